@@ -1,0 +1,1 @@
+"""Yikatong central service: forwarder, platform adapters, registry, monitor and dashboard."""

@@ -1,0 +1,136 @@
+"""``ykt central``: the central service.
+
+Runs (single site) its own supervised Mosquitto with a generated config, the forwarder that
+takes device requests to the platform exactly once, the device registry, and the staff
+dashboard with its REST API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import uvicorn
+from pydantic import SecretStr
+
+from central.broker import Listener, Mosquitto, MosquittoConfig
+from central.config import CentralConfig
+from central.dashboard.app import create_dashboard
+from central.forwarder import Forwarder, ForwarderSettings
+from central.platform.config import create_adapter
+from central.registry import Registry
+from central.store import open_store
+from edge.common.config import load_config, read_secret
+from edge.common.logging import setup_logging
+from edge.common.systemd import notify, watchdog_loop
+
+log = logging.getLogger("central.app")
+
+__all__ = ["add_central_arguments", "main", "run"]
+
+
+def add_central_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``ykt central``."""
+    p.add_argument("--config", default="/etc/yikatong/central.toml", help="central TOML config")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None,
+                   help="override [log].level")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run central until SIGTERM/SIGINT."""
+    cfg = load_config(args.config, CentralConfig)
+    setup_logging("central", args.log_level or cfg.log.level)
+    token = read_secret(cfg.dashboard.admin_token_file, cfg.dashboard.admin_token_env,
+                        what="dashboard.admin_token_file")
+    asyncio.run(run(cfg, token))
+    return 0
+
+
+async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | None = None) -> None:
+    """Run every part of central until ``stop`` is set (or a signal arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    data = cfg.central.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    store = open_store(data / "central.db")
+    broker_dir = data / "broker"
+    mosquitto: Mosquitto | None = None
+
+    def reload_broker() -> None:
+        if mosquitto is not None and mosquitto.running():
+            mosquitto.reload()
+
+    registry = Registry(store, broker_dir, on_change=reload_broker)
+    if cfg.broker.mode == "embedded":
+        creds = registry.central_credentials()
+        registry.write_acl()
+        mosquitto = Mosquitto(broker_dir, MosquittoConfig(
+            listeners=[Listener(host=cfg.broker.host, port=cfg.broker.port)],
+            persistence_dir=broker_dir / "persistence",
+            acl_file=registry.acl_file,
+            password_file=registry.password_file,
+            max_queued_messages=cfg.broker.max_queued_messages,
+        ))
+        await asyncio.to_thread(mosquitto.start)
+        settings = ForwarderSettings(host=cfg.broker.host, port=cfg.broker.port,
+                                     username=creds.username,
+                                     password=SecretStr(creds.password),
+                                     concurrency=cfg.forwarder.concurrency)
+    else:
+        settings = ForwarderSettings(host=cfg.broker.host, port=cfg.broker.port,
+                                     username=cfg.broker.username or "central",
+                                     password_file=cfg.broker.password_file,
+                                     concurrency=cfg.forwarder.concurrency)
+
+    adapter = create_adapter(cfg.platform)
+    forwarder = Forwarder(settings, store, adapter, share_group=cfg.forwarder.share_group)
+
+    def live_status() -> dict[str, Any]:
+        return {
+            "broker": {"mode": cfg.broker.mode,
+                       "running": mosquitto.running() if mosquitto else None,
+                       "restarts": mosquitto.restarts if mosquitto else None},
+            "forwarder": {"connected": forwarder.connected, **forwarder.stats},
+        }
+
+    app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
+                           extra_status=live_status)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.dashboard.host, port=cfg.dashboard.port,
+                                           log_config=None, access_log=False, lifespan="off"))
+    await forwarder.start()
+    tasks = [
+        asyncio.create_task(forwarder.run(), name="forwarder"),
+        asyncio.create_task(server.serve(), name="dashboard"),
+        asyncio.create_task(watchdog_loop(), name="watchdog"),
+    ]
+    if mosquitto is not None:
+        tasks.append(asyncio.create_task(mosquitto.supervise(), name="broker"))
+    log.info("central started", extra={"broker": f"{cfg.broker.host}:{cfg.broker.port}",
+                                       "dashboard": f"{cfg.dashboard.host}:{cfg.dashboard.port}"})
+    notify("READY=1")
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not waiter and not t.cancelled() and t.exception() is not None:
+                log.error("component failed: %s", t.get_name(), exc_info=t.exception())
+    finally:
+        notify("STOPPING=1")
+        server.should_exit = True
+        await forwarder.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await adapter.aclose()
+        if mosquitto is not None:
+            await asyncio.to_thread(mosquitto.stop)
+        store.close()
+        log.info("central stopped")

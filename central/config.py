@@ -1,0 +1,72 @@
+"""Typed configuration of the central service (``ykt central``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from central.platform.config import PlatformConfig
+from edge.common.config import StrictModel
+
+__all__ = ["BrokerSection", "CentralConfig", "CentralSection", "DashboardSection",
+           "ForwarderSection"]
+
+
+class CentralSection(StrictModel):
+    """Where central keeps its state."""
+
+    data_dir: Path
+    site_name: str = Field(default="示范市第一人民医院", min_length=1, max_length=60)
+
+
+class BrokerSection(StrictModel):
+    """The MQTT broker: central's own supervised Mosquitto, or an external one."""
+
+    mode: Literal["embedded", "external"] = "embedded"
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    max_queued_messages: int = Field(default=100_000, ge=1001)
+    # external mode only: central's own credentials on that broker
+    username: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _external_needs_credentials(self) -> BrokerSection:
+        if self.mode == "external" and (self.username is None or self.password_file is None):
+            raise ValueError("external broker needs username and password_file")
+        return self
+
+
+class DashboardSection(StrictModel):
+    """Staff dashboard and REST API."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8800, ge=1, le=65535)
+    admin_token_file: Path | None = None
+    admin_token_env: str = "YKT_CENTRAL_ADMIN_TOKEN"
+
+
+class ForwarderSection(StrictModel):
+    """Forwarding of device requests to the platform."""
+
+    share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    concurrency: int = Field(default=32, ge=1, le=1024)
+
+
+class LogSection(StrictModel):
+    """Logging level; JSON lines on stdout."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class CentralConfig(StrictModel):
+    """The whole ``ykt central`` configuration file."""
+
+    central: CentralSection
+    broker: BrokerSection = BrokerSection()
+    platform: PlatformConfig = PlatformConfig()
+    dashboard: DashboardSection = DashboardSection()
+    forwarder: ForwarderSection = ForwarderSection()
+    log: LogSection = LogSection()

@@ -1,0 +1,1 @@
+"""Staff dashboard and REST API of the central service."""

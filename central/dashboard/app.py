@@ -1,0 +1,99 @@
+"""The staff dashboard (fleet health) and central's REST API.
+
+Reads are open to the staff network the dashboard is bound to; every change (registering,
+disabling a device) needs the admin bearer token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from central.registry import Registry, RegistryError
+from central.store import Store
+
+STATIC = Path(__file__).parent / "static"
+
+__all__ = ["create_dashboard"]
+
+
+class DeviceIn(BaseModel):
+    """A device to register."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")
+    role: Literal["kiosk", "cashier"]
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
+                     site_name: str, extra_status: Any = None) -> FastAPI:
+    """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform)."""
+
+    def require_admin(authorization: str = Header(default="")) -> None:
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {admin_token}".encode()):
+            raise HTTPException(status_code=401, detail="admin token required")
+
+    app = FastAPI(title="Yikatong central", version="1", docs_url="/api/docs", redoc_url=None)
+    api = APIRouter(prefix="/api")
+
+    @app.exception_handler(RegistryError)
+    async def _registry_error(_: Request, exc: RegistryError) -> JSONResponse:
+        return JSONResponse({"error": {"code": "registry", "message": exc.message,
+                                       "message_zh": exc.message_zh}}, status_code=400)
+
+    @api.get("/status")
+    async def status() -> dict[str, Any]:
+        ok, broken_at = store.verify_chain()
+        out: dict[str, Any] = {"site_name": site_name,
+                               "audit_chain": {"ok": ok, "broken_at": broken_at}}
+        if extra_status is not None:
+            out.update(extra_status())
+        return out
+
+    @api.get("/devices")
+    async def devices() -> dict[str, Any]:
+        return {"devices": [_jsonable(asdict(d)) for d in store.devices()]}
+
+    @api.get("/devices/{dev}/events")
+    async def device_events(dev: str, limit: int = 50) -> dict[str, Any]:
+        return {"events": _jsonable(store.recent_events(dev, min(max(limit, 1), 200)))}
+
+    @api.post("/devices", dependencies=[Depends(require_admin)])
+    async def register(dev: DeviceIn) -> dict[str, Any]:
+        creds = registry.register(dev.id, dev.role)
+        # The password is shown this once; central keeps only the broker's hash of it.
+        return {"id": dev.id, "username": creds.username, "password": creds.password}
+
+    @api.post("/devices/{dev}/disable", dependencies=[Depends(require_admin)])
+    async def disable(dev: str) -> dict[str, Any]:
+        registry.disable(dev)
+        return {"id": dev, "enabled": False}
+
+    @api.get("/audit")
+    async def audit(since: int = 0) -> dict[str, Any]:
+        entries = store.audit_entries(since_seq=since)[-200:]
+        return {"entries": [_jsonable(asdict(e)) for e in entries]}
+
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    return app

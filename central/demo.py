@@ -1,0 +1,380 @@
+"""``ykt demo``: the site-in-a-box.
+
+Starts, on this machine and on loopback only: the reference platform, central (which runs
+and supervises its own Mosquitto), and two simulated terminals — a self-service kiosk and a
+cashier desk — each with its own private pcscd + vpcd card reader (patient slot and SAM
+slot), a virtual ESC/POS network printer, ``ykt edge`` and ``ykt kiosk``. A small hardware
+panel lets a person insert and remove virtual health cards and see the printed paper.
+Every process is a real one started through the ``ykt`` command; Ctrl-C stops them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["DEMO_PATIENTS", "Site", "add_demo_arguments", "main"]
+
+# Patients the platform knows and the panel can insert as virtual cards. ID numbers carry a
+# valid GB 11643 check digit; card numbers follow the 18-character health card number form.
+DEMO_PATIENTS: tuple[dict[str, str], ...] = (
+    {"name": "张三", "sex": "1", "ethnicity": "01", "birth_date": "19800101",
+     "id_number": "11010119800101003X", "card_number": "110100000000000001",
+     "phone": "13812345678"},
+    {"name": "李秀英", "sex": "2", "ethnicity": "01", "birth_date": "19650312",
+     "id_number": "310104196503120026", "card_number": "310100000000000002",
+     "phone": "13987654321"},
+    {"name": "欧阳娜娜", "sex": "2", "ethnicity": "01", "birth_date": "19991231",
+     "id_number": "440106199912310028", "card_number": "440100000000000003",
+     "phone": "13711112222"},
+)
+
+SAM_PIN = "123456"  # demo-only: written to a 0600 secret file, never into a TOML
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A currently free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            r = httpx.get(url, timeout=1.0)
+            if r.status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s ({last})")
+
+
+def _secret_file(path: Path, value: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return path
+
+
+def _toml(data: dict[str, Any]) -> str:
+    """Tiny TOML writer for the generated configs (tables of scalars, nested once or twice)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v), ensure_ascii=False)
+
+    out: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        if prefix:
+            out.append(f"[{prefix}]")
+        out.extend(f"{k} = {scalar(v)}" for k, v in scalars.items())
+        out.append("")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(out)
+
+
+@dataclass
+class Terminal:
+    """One simulated terminal: its hardware and its two processes."""
+
+    device_id: str
+    role: str
+    api_port: int
+    ui_port: int
+    printer: Any = None
+    pcscd: Any = None
+    patient_slot: Any = None
+    sam_slot: Any = None
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def ui_url(self) -> str:
+        """URL of this terminal's UI."""
+        return f"http://127.0.0.1:{self.ui_port}/"
+
+
+class Site:
+    """Owns every process and simulator of the site-in-a-box; ``stop()`` undoes ``start()``."""
+
+    def __init__(self, workdir: Path, *, ykt: list[str] | None = None, seed: int = 1,
+                 log_to_files: bool = True) -> None:
+        self.workdir = workdir.resolve()
+        self.ykt = ykt or [sys.executable, "-m", "edge.cli"]
+        self.seed = seed
+        self.log_to_files = log_to_files
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.terminals: list[Terminal] = []
+        self.platform_port = free_port()
+        self.dashboard_port = free_port()
+        self.broker_port = free_port()
+        self.panel_port = free_port()
+        self.admin_token = secrets.token_urlsafe(24)
+        self._panel: Any = None
+
+    # -- processes -----------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
+               ) -> subprocess.Popen[bytes]:
+        logdir = self.workdir / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        out: Any = open(logdir / f"{name}.log", "ab") if self.log_to_files else None  # noqa: SIM115
+        full_env = {**os.environ, **(env or {})}
+        proc = subprocess.Popen([*self.ykt, *args], stdout=out, stderr=subprocess.STDOUT if out
+                                else None, env=full_env, start_new_session=True)
+        if out is not None:
+            out.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def start(self) -> None:
+        """Bring the whole site up; on any failure everything started so far is stopped."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
+        from edge.devices.card.sim.sam import SamSim
+
+        from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
+        from edge.devices.card.sim.vpcd import VirtualCardSlot
+        from edge.devices.printer.sim.server import VirtualPrinter
+
+        wd = self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        admin_file = _secret_file(wd / "secrets" / "central-admin.token", self.admin_token)
+
+        # 1. reference platform
+        plat = self._spawn("platform", ["platform-sim", "--host", "127.0.0.1", "--port",
+                                        str(self.platform_port), "--db", str(wd / "platform.db"),
+                                        "--seed", str(self.seed)])
+        _wait_http(f"{self.platform_url}/openapi.json", 30, plat)
+        for p in DEMO_PATIENTS:
+            self.add_patient(p)
+
+        # 2. central (+ its own Mosquitto)
+        central_cfg = wd / "central.toml"
+        central_cfg.write_text(_toml({
+            "central": {"data_dir": str(wd / "central"), "site_name": "示范市第一人民医院"},
+            "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port},
+            "platform": {"kind": "reference", "base_url": self.platform_url},
+            "dashboard": {"host": "127.0.0.1", "port": self.dashboard_port,
+                          "admin_token_file": str(admin_file)},
+        }))
+        central = self._spawn("central", ["central", "--config", str(central_cfg)])
+        _wait_http(f"{self.dashboard_url}api/status", 40, central)
+
+        # 3. two terminals, each with its own card reader, SAM and printer
+        for dev, role in (("kiosk-001", "kiosk"), ("cashier-001", "cashier")):
+            term = Terminal(dev, role, api_port=free_port(), ui_port=free_port())
+            tdir = wd / dev
+            term.printer = VirtualPrinter(host="127.0.0.1", port=0, out_dir=tdir / "paper")
+            term.printer.start()
+            term.pcscd = PcscDaemon(tdir / "pcscd", free_port_pair())
+            term.pcscd.start()
+            term.sam_slot = VirtualCardSlot(term.pcscd.sam_port)
+            term.sam_slot.insert(SamSim.demo(pin=SAM_PIN))
+            term.patient_slot = VirtualCardSlot(term.pcscd.patient_port)
+            self._start_terminal(term, tdir)
+            self.terminals.append(term)
+
+        # 4. hardware panel
+        from central.demo_panel import start_panel
+
+        self._panel = start_panel(self, self.panel_port)
+
+    def _start_terminal(self, term: Terminal, tdir: Path) -> None:
+        r = httpx.post(f"{self.dashboard_url}api/devices", json={"id": term.device_id,
+                       "role": term.role}, headers={"Authorization": f"Bearer {self.admin_token}"},
+                       timeout=10)
+        r.raise_for_status()
+        pw_file = _secret_file(tdir / "secrets" / "mqtt.password", r.json()["password"])
+        api_token = secrets.token_urlsafe(24)
+        token_file = _secret_file(tdir / "secrets" / "edge-api.token", api_token)
+        pin_file = _secret_file(tdir / "secrets" / "sam.pin", SAM_PIN)
+        edge_cfg = tdir / "edge.toml"
+        edge_cfg.write_text(_toml({
+            "device": {"id": term.device_id, "role": term.role,
+                       "hospital_name": "示范市第一人民医院", "data_dir": str(tdir / "data")},
+            "api": {"host": "127.0.0.1", "port": term.api_port, "token_file": str(token_file)},
+            "card": {"patient_reader": term.pcscd.patient_reader,
+                     "sam_reader": term.pcscd.sam_reader, "sam_pin_file": str(pin_file),
+                     "hotlist_path": str(tdir / "data" / "hotlist.db")},
+            "printer": {"kind": "network", "host": "127.0.0.1", "port": term.printer.port,
+                        "profile": "xprinter-xp80"},
+            "uplink": {"host": "127.0.0.1", "port": self.broker_port,
+                       "username": term.device_id, "password_file": str(pw_file),
+                       "outbox_path": str(tdir / "data" / "outbox.db"),
+                       "state_path": str(tdir / "data" / "uplink-state.json"),
+                       "retry_interval_s": 3.0},
+        }))
+        kiosk_cfg = tdir / "kiosk.toml"
+        kiosk_cfg.write_text(_toml({
+            "server": {"host": "127.0.0.1", "port": term.ui_port},
+            "edge": {"url": f"http://127.0.0.1:{term.api_port}", "token_file": str(token_file)},
+            "ui": {"role": term.role, "language": "zh"},
+        }))
+        edge = self._spawn(f"{term.device_id}-edge", ["edge", "--config", str(edge_cfg)],
+                           env=term.pcscd.env)
+        term.procs.append(edge)
+        ui = self._spawn(f"{term.device_id}-kiosk", ["kiosk", "--config", str(kiosk_cfg)])
+        term.procs.append(ui)
+        _wait_http(term.ui_url + "api/config", 30, ui)
+
+    # -- helpers used by the panel and by tests ------------------------------------------
+
+    @property
+    def platform_url(self) -> str:
+        """Base URL of the reference platform."""
+        return f"http://127.0.0.1:{self.platform_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        """URL of the staff dashboard."""
+        return f"http://127.0.0.1:{self.dashboard_port}/"
+
+    @property
+    def panel_url(self) -> str:
+        """URL of the simulated-hardware panel."""
+        return f"http://127.0.0.1:{self.panel_port}/"
+
+    def add_patient(self, p: dict[str, str]) -> None:
+        """Make sure the platform knows a patient matching a virtual card."""
+        sex = {"1": "M", "2": "F"}.get(p["sex"], "U")
+        bd = p["birth_date"]
+        body = {"card_no": p["card_number"], "id_number": p["id_number"], "name": p["name"],
+                "sex": sex, "birth_date": f"{bd[:4]}-{bd[4:6]}-{bd[6:]}",
+                "phone": p.get("phone", "13800000000"), "balance_fen": 50000, "insured": True}
+        r = httpx.post(f"{self.platform_url}/admin/patients", json=body, timeout=10)
+        if r.status_code not in (200, 201, 409):
+            r.raise_for_status()
+
+    def insert_card(self, terminal: str, patient: dict[str, str]) -> None:
+        """Insert a virtual health card for ``patient`` into ``terminal``'s patient slot."""
+        from edge.devices.card.sim.cardos import HealthCardSim
+
+        term = self.terminal(terminal)
+        if term.patient_slot.is_inserted:
+            term.patient_slot.remove()
+        term.patient_slot.insert(HealthCardSim.from_holder(
+            name=patient["name"], sex=patient["sex"], ethnicity=patient.get("ethnicity", "01"),
+            birth_date=patient["birth_date"], id_number=patient["id_number"],
+            card_number=patient["card_number"]))
+
+    def remove_card(self, terminal: str) -> None:
+        """Take the card out of ``terminal``'s patient slot."""
+        self.terminal(terminal).patient_slot.remove()
+
+    def terminal(self, device_id: str) -> Terminal:
+        """The terminal called ``device_id``."""
+        for t in self.terminals:
+            if t.device_id == device_id:
+                return t
+        raise KeyError(device_id)
+
+    def stop(self) -> None:
+        """Stop everything, newest first; nothing is left running."""
+        if self._panel is not None:
+            with contextlib.suppress(Exception):
+                self._panel.stop()
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for term in self.terminals:
+            for part in (term.patient_slot, term.sam_slot):
+                if part is not None and part.is_inserted:
+                    with contextlib.suppress(Exception):
+                        part.remove()
+            if term.pcscd is not None:
+                term.pcscd.stop()
+            if term.printer is not None:
+                term.printer.stop()
+        self.procs.clear()
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``ykt demo``."""
+    p.add_argument("--workdir", type=Path, default=Path("var/demo"),
+                   help="where the site keeps its databases, configs, logs and printed paper")
+    p.add_argument("--seed", type=int, default=1, help="seed of the reference platform's data")
+    p.add_argument("--fresh", action="store_true", help="wipe --workdir before starting")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the site until Ctrl-C."""
+    import shutil
+
+    if args.fresh and args.workdir.exists():
+        shutil.rmtree(args.workdir)
+    site = Site(args.workdir, seed=args.seed)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("Starting the Yikatong site-in-a-box … (logs in", args.workdir / "logs", ")", flush=True)
+    try:
+        site.start()
+        kiosk, cashier = site.terminals
+        print(f"""
+  Yikatong site-in-a-box is running.
+    Kiosk UI (patient self-service) : {kiosk.ui_url}
+    Cashier UI (desk terminal)      : {cashier.ui_url}
+    Staff dashboard (central)       : {site.dashboard_url}
+    Hardware panel (insert cards)   : {site.panel_url}
+    Reference platform API docs     : {site.platform_url}/docs
+    MQTT broker (Mosquitto)         : 127.0.0.1:{site.broker_port}
+  Press Ctrl-C to stop everything.
+""", flush=True)
+        while not stop.is_set():
+            stop.wait(1.0)
+            for name, proc in site.procs:
+                if proc.poll() is not None:
+                    print(f"ykt demo: {name} exited with code {proc.returncode}; stopping",
+                          file=sys.stderr)
+                    stop.set()
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("Stopping …", flush=True)
+        site.stop()
+        print("Stopped; nothing left running.", flush=True)
+    return 0

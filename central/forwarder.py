@@ -1,0 +1,474 @@
+"""The forwarder: device requests from MQTT → dedup table → platform adapter → stored reply.
+
+One paho client (:class:`edge.uplink.session.MqttSession`: its thread hands messages to
+asyncio through ``call_soon_threadsafe``), a queue, and ``concurrency`` workers. Every
+message is checked in this order and never stops the forwarder, whatever it contains:
+
+1. topic parses (else log; nobody to answer);
+2. envelope decodes within 256 KiB (else an error reply if the topic names a registered
+   device and an ``id`` can be read, else a log line);
+3. sender: topic dev == envelope dev == a registered, enabled device (else ``unauthorized``,
+   an audit record and a log line);
+4. dedup by request id — *before* expiry, so a resend past ``exp`` still gets the stored
+   outcome: same id + same body → the stored reply again; same id + other body →
+   ``duplicate_mismatch``; in progress → ignored (the device resends later);
+5. ``exp`` passed → ``expired`` (stored: a resend gets the same answer);
+6. body validated against the catalogue model;
+7. ``adapter.call(type, body, idempotency_key=env.id)``;
+8. reply stored **in the same transaction** that marks the request done (with its audit
+   record), then published on ``down/resp``.
+
+Why a crash between 3 and 8 is safe: the request row stays ``received`` and nothing was
+stored as the outcome. The device's outbox resends the same id (it ends only on the reply);
+after ``lease_s`` another worker/instance takes the row over and calls the platform again
+with the **same idempotency key**, so the platform performs the operation at most once and
+returns the original outcome. Exactly one effect, and the reply reaches the device.
+
+Outcomes that say "nothing happened" or "we do not know" (``platform_unavailable``,
+``outcome_unknown``) are replied but not stored as final: the row is released so that a
+resend asks the platform again (same key), which is how an unknown outcome becomes known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from central.platform.base import MUTATING_OPERATIONS, PlatformAdapter
+from central.platform.errors import (
+    PlatformError,
+    PlatformOutcomeUnknown,
+    PlatformRejected,
+    PlatformUnavailable,
+)
+from central.store import Store
+from edge.protocol import topics
+from edge.protocol.envelope import (
+    MAX_PAYLOAD_BYTES,
+    Envelope,
+    canonical_json,
+    check_topic,
+    decode,
+    encode,
+    is_expired,
+    new_envelope,
+    peek_id,
+)
+from edge.protocol.errors import ProtocolError
+from edge.protocol.messages import ErrorCode, make_reply_error, make_reply_ok, parse_request
+from edge.uplink.config import TlsConfig
+from edge.uplink.session import InboundMessage, MqttSession
+
+__all__ = ["Forwarder", "ForwarderSettings", "OutcomeObserver", "body_hash"]
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class ForwarderSettings(BaseModel):
+    """Broker connection and processing limits of one forwarder instance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str = "central"
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    # Fixed per instance: central keeps a persistent session (clean_session false) so the
+    # broker queues events for it while it restarts — hence the raised max_queued_messages.
+    client_id: str = Field(default="central", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    concurrency: int = Field(default=32, ge=1, le=1024)
+    # Longer than any platform call: a row older than this was left by a dead worker.
+    lease_s: float = Field(default=120.0, gt=0)
+    call_timeout_s: float = Field(default=60.0, gt=0)
+    max_payload: int = Field(default=MAX_PAYLOAD_BYTES, ge=1024, le=MAX_PAYLOAD_BYTES)
+
+    def read_password(self) -> str | None:
+        """The broker password, from the setting or the password file."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        return None
+
+
+class OutcomeObserver(Protocol):
+    """Told about every platform outcome (e.g. :class:`central.payments.Payments`)."""
+
+    def __call__(
+        self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
+    ) -> Awaitable[None] | None:
+        """Observe one request's outcome."""
+
+
+def body_hash(env: Envelope) -> str:
+    """SHA-256 of the canonical JSON of the request's type and body (dedup comparison)."""
+    return hashlib.sha256(canonical_json({"type": env.type, "body": env.body})).hexdigest()
+
+
+def _clean(text: str, fallback: str) -> str:
+    text = _CONTROL.sub(" ", text).strip()[:500]
+    return text or fallback
+
+
+class Forwarder:
+    """Central's MQTT ↔ platform forwarder; ``await run()`` until ``await stop()``."""
+
+    def __init__(
+        self,
+        settings: ForwarderSettings,
+        store: Store,
+        adapter: PlatformAdapter,
+        *,
+        clock: Clock = lambda: datetime.now(UTC),
+        share_group: str | None = None,
+        observer: OutcomeObserver | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.adapter = adapter
+        self._clock = clock
+        self._share_group = share_group
+        self._observer = observer
+        self._queue: asyncio.Queue[InboundMessage] | None = None
+        self._session: MqttSession | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopped: asyncio.Event | None = None
+        self.stats: dict[str, int] = {
+            "received": 0, "replied": 0, "resent": 0, "rejected": 0, "errors": 0,
+        }
+
+    @property
+    def connected(self) -> bool:
+        """True while the broker connection is up."""
+        return self._session is not None and self._session.connected
+
+    async def start(self) -> None:
+        """Connect and start the workers (returns at once; ``wait_connected`` to wait)."""
+        if self._session is not None:
+            return
+        self._queue = asyncio.Queue()
+        self._stopped = asyncio.Event()
+        subs = [(f, 1) for f in topics.central_filters(self._share_group)]
+        if self._share_group is not None:
+            subs.append((topics.state_snapshot_filter(), 1))
+        s = self.settings
+        self._session = MqttSession(
+            s.client_id,
+            host=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.read_password(),
+            tls=s.tls,
+            keepalive=s.keepalive,
+            clean_session=False,
+            max_inflight=100,
+            subscriptions=subs,
+            on_message=self._enqueue,
+        )
+        await self._session.start()
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"forwarder-{i}")
+            for i in range(s.concurrency)
+        ]
+
+    async def wait_connected(self, timeout_s: float | None = None) -> bool:
+        """Wait until the broker connection is up; False on timeout."""
+        if self._session is None:
+            return False
+        return await self._session.wait_connected(timeout_s)
+
+    async def run(self) -> None:
+        """Start (if needed) and run until :meth:`stop`."""
+        await self.start()
+        assert self._stopped is not None  # set by start()
+        await self._stopped.wait()
+
+    async def stop(self) -> None:
+        """Stop the workers (in-flight requests are abandoned safely) and disconnect."""
+        for w in self._workers:
+            w.cancel()
+        for w in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await w
+        self._workers = []
+        if self._session is not None:
+            await self._session.stop()
+            self._session = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    # -- intake --------------------------------------------------------------------------
+    def _enqueue(self, msg: InboundMessage) -> None:
+        if self._queue is not None:
+            self._queue.put_nowait(msg)
+
+    async def _worker(self) -> None:
+        assert self._queue is not None  # set by start()
+        while True:
+            msg = await self._queue.get()
+            try:
+                await self.handle(msg)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug for one message must not stop the forwarder; the device resends.
+                self.stats["errors"] += 1
+                log.exception("forwarder failed on a message for %s", msg.topic[:120])
+
+    async def handle(self, msg: InboundMessage) -> None:
+        """Process one inbound message (public for tests and for other transports)."""
+        self.stats["received"] += 1
+        try:
+            t = topics.parse(msg.topic)
+        except ProtocolError as exc:
+            log.warning("dropped message on bad topic: %s", exc.message)
+            return
+        if t.direction == "state" and t.dev is not None:
+            self._handle_state(t.dev, msg)
+            return
+        if t.direction != "up" or t.dev is None:
+            log.info("ignored message on %s", msg.topic)
+            return
+        now = self._clock()
+        try:
+            env = decode(msg.payload, max_bytes=self.settings.max_payload)
+        except ProtocolError as exc:
+            self.stats["rejected"] += 1
+            log.warning("bad envelope from %s on %s: %s", t.dev, t.kind, exc.code)
+            req_id = peek_id(msg.payload) if t.kind == "req" else None
+            if req_id is not None and self._sender_ok(t.dev):
+                self._publish_error_raw(t.dev, req_id, exc.reply_code, exc, now)
+            return
+        try:
+            check_topic(env, t)
+            if not self._sender_ok(t.dev):
+                raise _Unauthorized(t.dev)
+        except (ProtocolError, _Unauthorized) as exc:
+            self.stats["rejected"] += 1
+            log.warning("unauthorized message on %s (envelope dev %s)", msg.topic, env.dev)
+            self.store.audit(
+                now, "forwarder", "message.unauthorized",
+                {"topic": msg.topic[:200], "dev": env.dev, "id": env.id, "type": env.type},
+            )
+            if t.kind == "req" and self._sender_ok(t.dev):
+                # The topic's device is real (the ACL guarantees who published): tell it.
+                self._publish(t.dev, _error_reply(env, t.dev, "unauthorized", exc, now))
+            return
+        self.store.touch(t.dev, now)
+        if t.kind == "req":
+            await self._handle_request(env, now)
+        else:
+            self.store.add_event(t.dev, t.kind, env.type, env.body, now)
+
+    def _sender_ok(self, dev: str) -> bool:
+        info = self.store.device(dev)
+        return info is not None and info.enabled
+
+    # -- requests ------------------------------------------------------------------------
+    async def _handle_request(self, env: Envelope, now: datetime) -> None:
+        begin = self.store.begin_request(
+            env.id, env.dev, env.type, body_hash(env), now, self.settings.lease_s
+        )
+        if begin.status == "done":
+            self.stats["resent"] += 1
+            if begin.reply is not None:
+                self._publish_bytes(env.dev, begin.reply)
+            return
+        if begin.status == "busy":
+            return  # another worker is on it; the device will resend if that one dies
+        if begin.status == "mismatch":
+            self.store.audit(
+                now, "forwarder", "request.duplicate_mismatch",
+                {"id": env.id, "dev": env.dev, "type": env.type},
+            )
+            self._publish(
+                env.dev,
+                make_reply_error(
+                    env, ErrorCode.DUPLICATE_MISMATCH,
+                    "request id already used with a different body",
+                    "请求编号重复且内容不同", False, now=now,
+                ),
+            )
+            return
+        if is_expired(env, now):
+            self._finish(env, make_reply_error(
+                env, ErrorCode.EXPIRED, f"request expired at {env.exp}", "请求已过期，未处理",
+                False, now=now,
+            ), now, "expired")
+            return
+        try:
+            parse_request(env)
+        except ProtocolError as exc:
+            self._finish(env, make_reply_error(
+                env, exc.reply_code, _clean(exc.message, exc.code),
+                _clean(exc.message_zh, "请求无效"), False, now=now,
+            ), now, exc.reply_code)
+            return
+        await self._call_platform(env)
+
+    async def _call_platform(self, env: Envelope) -> None:
+        mutating = env.type in MUTATING_OPERATIONS
+        result: dict[str, Any] | None = None
+        error: PlatformError | None = None
+        try:
+            result = await asyncio.wait_for(
+                self.adapter.call(env.type, dict(env.body), idempotency_key=env.id),
+                self.settings.call_timeout_s,
+            )
+            reply = make_reply_ok(env, result, now=self._clock())
+        except PlatformRejected as exc:
+            error = exc
+            reply = make_reply_error(
+                env, ErrorCode.REJECTED, _clean(f"{exc.code}: {exc.reason}", "rejected"),
+                _clean(exc.message_zh, "请求被拒绝"), False, now=self._clock(),
+            )
+            self._finish(env, reply, self._clock(), "rejected")
+            await self._observe(env, None, error)
+            return
+        except PlatformUnavailable as exc:
+            error = exc
+            reply = self._unsure(env, exc, mutating=False)
+        except Exception as exc:
+            # Outcome unknown, a timeout, an unreadable answer: for a mutating operation the
+            # platform may have acted; for a read nothing happened that matters.
+            error = exc if isinstance(exc, PlatformError) else PlatformOutcomeUnknown(
+                f"{type(exc).__name__} from the platform"
+            )
+            log.warning("platform %s for %s %s", type(exc).__name__, env.type, env.id)
+            reply = self._unsure(env, error, mutating=mutating)
+        if error is None:
+            self._finish(env, reply, self._clock(), "ok")
+            await self._observe(env, result, None)
+            return
+        # Not final: release the row so a resend asks the platform again (same key).
+        self.store.release_request(env.id)
+        self.store.audit(
+            self._clock(), "forwarder", "request.unsure",
+            {"id": env.id, "dev": env.dev, "type": env.type,
+             "code": str(reply.body.get("error", {}).get("code", ""))},
+        )
+        self._publish(env.dev, reply)
+        await self._observe(env, None, error)
+
+    def _unsure(self, env: Envelope, exc: PlatformError, *, mutating: bool) -> Envelope:
+        if mutating and not isinstance(exc, PlatformUnavailable):
+            return make_reply_error(
+                env, ErrorCode.OUTCOME_UNKNOWN, _clean(exc.message, "outcome unknown"),
+                "结果确认中，请勿重复操作", False, now=self._clock(),
+            )
+        return make_reply_error(
+            env, ErrorCode.PLATFORM_UNAVAILABLE, _clean(exc.message, "platform unavailable"),
+            _clean(exc.message_zh, "医院系统暂时不可用"), True, now=self._clock(),
+        )
+
+    async def _observe(
+        self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
+    ) -> None:
+        if self._observer is None:
+            return
+        try:
+            res = self._observer(env, result, error)
+            if res is not None:
+                await res
+        except Exception:
+            log.exception("outcome observer failed for %s", env.id)
+
+    def _finish(self, env: Envelope, reply: Envelope, now: datetime, outcome: str) -> None:
+        data = encode(reply)
+        self.store.finish_request(
+            env.id, data, now, actor="forwarder", action="request.done",
+            detail={"id": env.id, "dev": env.dev, "type": env.type, "outcome": outcome},
+        )
+        self._publish_bytes(env.dev, data)
+
+    # -- state ---------------------------------------------------------------------------
+    def _handle_state(self, dev: str, msg: InboundMessage) -> None:
+        if not msg.payload:
+            return  # a cleared retained message
+        try:
+            data = json.loads(msg.payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            log.warning("bad state payload from %s", dev)
+            return
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("online"), bool)
+            or type(data.get("boot_seq")) is not int
+        ):
+            log.warning("bad state payload from %s", dev)
+            return
+        version = data.get("version") if isinstance(data.get("version"), str) else None
+        applied = self.store.apply_state(
+            dev, online=data["online"], boot_seq=data["boot_seq"], version=version,
+            now=self._clock(),
+        )
+        if not applied:
+            log.info("stale or unknown state from %s ignored (boot_seq %s)", dev, data["boot_seq"])
+
+    # -- publishing ----------------------------------------------------------------------
+    def _publish(self, dev: str, reply: Envelope) -> None:
+        self._publish_bytes(dev, encode(reply))
+
+    def _publish_bytes(self, dev: str, data: bytes) -> None:
+        if self._session is None:
+            return
+        fut = self._session.publish_nowait(topics.down(dev, "resp"), data, qos=1)
+        fut.add_done_callback(_consume)
+        self.stats["replied"] += 1
+
+    def _publish_error_raw(
+        self, dev: str, req_id: str, code: str, exc: ProtocolError, now: datetime
+    ) -> None:
+        body = {
+            "status": "error",
+            "error": {
+                "code": code, "message": _clean(exc.message, exc.code),
+                "message_zh": _clean(exc.message_zh, "请求格式错误"), "retryable": False,
+            },
+        }
+        env = new_envelope("resp", dev, body, now=now, corr=req_id, id=uuid.uuid4().hex)
+        self._publish(dev, env)
+
+
+class _Unauthorized(Exception):
+    def __init__(self, dev: str) -> None:
+        super().__init__(f"device {dev} not registered or disabled")
+        self.message = str(self)
+        self.message_zh = "设备未登记或已停用"
+
+
+def _error_reply(
+    env: Envelope, dev: str, code: str, exc: Exception, now: datetime
+) -> Envelope:
+    message = getattr(exc, "message", str(exc))
+    body = {
+        "status": "error",
+        "error": {
+            "code": code, "message": _clean(str(message), code),
+            "message_zh": _clean(str(getattr(exc, "message_zh", "")), "未授权"),
+            "retryable": False,
+        },
+    }
+    return new_envelope("resp", dev, body, now=now, corr=env.id)
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # not connected: the stored reply is re-sent on the device's resend

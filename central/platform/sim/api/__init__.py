@@ -1,0 +1,1 @@
+"""HTTP routers of the reference platform, one module per resource."""

@@ -1,0 +1,55 @@
+"""``/payments``: charges, status, reversal and refunds."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+
+from central.platform.sim.api.runner import ERRORS, IdempotencyKey, OpRunner
+from central.platform.sim.schemas import (
+    PaymentCreateRequest,
+    PaymentOut,
+    RefundOut,
+    RefundRequest,
+)
+
+PaymentId = Annotated[str, Path(max_length=40)]
+
+
+def build_router(runner: OpRunner) -> APIRouter:
+    """Routes of the payments resource."""
+    router = APIRouter(prefix="/payments", tags=["payments"], responses=ERRORS)
+    svc = runner.service
+
+    @router.post("", response_model=PaymentOut, operation_id="pay_create")
+    async def create(req: PaymentCreateRequest, key: IdempotencyKey = None) -> object:
+        """Pay by prepaid balance, cash, or a scanned WeChat/Alipay code (micropay)."""
+        fingerprint = req.model_dump(mode="json")
+        if req.auth_code:
+            # The idempotency record keeps only a digest: payment codes are never stored.
+            fingerprint["auth_code"] = hashlib.sha256(req.auth_code.encode()).hexdigest()
+        return await runner.run("pay.create", lambda: svc.pay_create(req), key=key,
+                                fingerprint=fingerprint)
+
+    @router.get("/{payment_id}", response_model=PaymentOut, operation_id="pay_status")
+    async def status(payment_id: PaymentId) -> object:
+        """The current state of a payment (wallet payments resolve over time)."""
+        return await runner.run("pay.status", lambda: svc.pay_status(payment_id))
+
+    @router.post("/{payment_id}/reverse", response_model=PaymentOut, operation_id="pay_reverse")
+    async def reverse(payment_id: PaymentId, key: IdempotencyKey = None) -> object:
+        """Reverse a pending/unknown payment, or an approved one not yet settled."""
+        return await runner.run("pay.reverse", lambda: svc.pay_reverse(payment_id), key=key,
+                                fingerprint={"payment_id": payment_id})
+
+    @router.post("/{payment_id}/refunds", response_model=RefundOut, operation_id="pay_refund")
+    async def refund(payment_id: PaymentId, req: RefundRequest,
+                     key: IdempotencyKey = None) -> object:
+        """Refund (part of) an approved bills or top-up payment."""
+        return await runner.run(
+            "pay.refund", lambda: svc.pay_refund(payment_id, req), key=key,
+            fingerprint={"payment_id": payment_id, **req.model_dump(mode="json")})
+
+    return router

@@ -1,0 +1,128 @@
+"""``ykt edge``: the device daemon. Wires the card service, printer, uplink and local API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+
+from edge.api import create_api
+from edge.common.config import load_config, read_secret
+from edge.common.logging import setup_logging
+from edge.common.systemd import notify, watchdog_loop
+from edge.config import EdgeConfig
+from edge.runtime import EdgeRuntime
+
+log = logging.getLogger("edge.daemon")
+
+__all__ = ["add_edge_arguments", "main", "run"]
+
+
+class SystemClock:
+    """The real wall clock (UTC)."""
+
+    def now(self) -> datetime:
+        """Return the current aware UTC time."""
+        return datetime.now(UTC)
+
+
+def add_edge_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``ykt edge``."""
+    p.add_argument("--config", default="/etc/yikatong/edge.toml", help="edge TOML config file")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None,
+                   help="override [log].level")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    cfg = load_config(args.config, EdgeConfig)
+    setup_logging("edge", args.log_level or cfg.log.level)
+    token = read_secret(cfg.api.token_file, cfg.api.token_env, what="api.token_file")
+    asyncio.run(run(cfg, token))
+    return 0
+
+
+def _version() -> str:
+    from edge.cli import _version as v
+
+    return v()
+
+
+async def _pump_cards(cards: Any, runtime: EdgeRuntime) -> None:
+    """Turn card-service events into runtime state changes."""
+    from edge.devices.card import service as cs
+
+    async for ev in cards.events():
+        if isinstance(ev, cs.CardInsertedEvent):
+            runtime.card_inserted(ev.reader)
+        elif isinstance(ev, cs.IdentityRead):
+            runtime.identity_read(ev.reader, ev.identity)
+        elif isinstance(ev, cs.CardReadFailed):
+            err = ev.error
+            runtime.card_failed(ev.reader, getattr(err, "code", type(err).__name__),
+                                getattr(err, "message", str(err)),
+                                getattr(err, "message_zh", "读卡失败，请重新插卡。"))
+        elif isinstance(ev, cs.CardRemovedEvent):
+            runtime.card_removed(ev.reader)
+        elif isinstance(ev, cs.ReaderStateEvent):
+            runtime.reader_present = ev.present
+
+
+async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None) -> None:
+    """Run every part of the daemon until ``stop`` is set (or a signal arrives)."""
+    from edge.devices.card.hotlist import HotList
+    from edge.devices.card.service import CardService
+    from edge.devices.printer.driver import PrinterService
+    from edge.uplink.client import Uplink
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    cfg.device.data_dir.mkdir(parents=True, exist_ok=True)
+    clock = SystemClock()
+    uplink = Uplink(cfg.uplink, cfg.device.id, role=cfg.device.role, version=_version())
+    printer = PrinterService(cfg.printer, store_path=cfg.device.data_dir / "print-jobs.db")
+    hotlist = HotList(cfg.card.hotlist_path)
+    cards = CardService(cfg.card, hotlist)
+    runtime = EdgeRuntime(device_id=cfg.device.id, role=cfg.device.role,
+                          hospital_name=cfg.device.hospital_name, uplink=uplink,
+                          printer=printer, clock=clock)
+
+    await uplink.start()
+    await printer.resume()
+    await cards.start()
+    app = create_api(runtime, token)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port,
+                                           log_config=None, access_log=False, lifespan="off"))
+    tasks = [
+        asyncio.create_task(_pump_cards(cards, runtime), name="cards"),
+        asyncio.create_task(server.serve(), name="api"),
+        asyncio.create_task(watchdog_loop(), name="watchdog"),
+    ]
+    log.info("edge daemon started", extra={"device": cfg.device.id, "role": cfg.device.role,
+                                            "api": f"{cfg.api.host}:{cfg.api.port}"})
+    notify("READY=1")
+    try:
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not waiter and t.exception() is not None:
+                log.error("component failed", exc_info=t.exception())
+    finally:
+        notify("STOPPING=1")
+        server.should_exit = True
+        await cards.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await uplink.stop()
+        log.info("edge daemon stopped")

@@ -1,0 +1,203 @@
+"""``ykt card read`` and ``ykt card sam``: technician commands on the local readers.
+
+``read`` prints the decoded card (masked unless ``--show-personal-data``); without a
+usable SAM it prints the freely readable issuer data and says why the rest is missing.
+``sam`` verifies the SAM PIN once (never retried) and prints the SAM's identity.
+Exit codes: 0 done, 1 card/SAM error (message in English and Chinese on stderr),
+2 configuration or usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge.devices.card import errors as E
+from edge.devices.card.config import CardConfig, read_sam_pin
+from edge.devices.card.hotlist import HotList
+from edge.devices.card.service import reader_matches
+from edge.devices.card.session import CardSession, PyscardTransport, SamSession
+
+__all__ = ["add_card_commands", "list_readers", "load_card_config"]
+
+
+class ConfigFileError(Exception):
+    """A config file that cannot be used; the message names the file and the key."""
+
+
+def load_card_config(path: Path | None) -> CardConfig:
+    """``[card]`` of a TOML file (or the whole file when it has no such table)."""
+    if path is None:
+        return CardConfig()
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigFileError(f"{path}: {exc}") from exc
+    section = data.get("card", data)
+    prefix = "card." if "card" in data else ""
+    try:
+        return CardConfig.model_validate(section)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = prefix + ".".join(str(p) for p in first["loc"])
+        raise ConfigFileError(f"{path}: {key}: {first['msg']}") from exc
+
+
+def list_readers() -> list[str]:
+    """PC/SC reader names (empty when pcscd has none); ReaderUnavailable without pcscd."""
+    from smartcard import scard as s  # noqa: PLC0415 - pyscard only when a command runs
+
+    hr, ctx = s.SCardEstablishContext(s.SCARD_SCOPE_USER)
+    if hr != s.SCARD_S_SUCCESS:
+        raise E.ReaderUnavailable(f"PC/SC service not available: {s.SCardGetErrorMessage(hr)}",
+                                  "读卡服务不可用。")
+    try:
+        hr, readers = s.SCardListReaders(ctx, [])
+        if hr == s.SCARD_E_NO_READERS_AVAILABLE:
+            return []
+        if hr != s.SCARD_S_SUCCESS:
+            raise E.ReaderUnavailable(f"Cannot list readers: {s.SCardGetErrorMessage(hr)}",
+                                      "无法获取读卡器列表。")
+        return list(readers)
+    finally:
+        s.SCardReleaseContext(ctx)
+
+
+def _pick(readers: list[str], pattern: str, what: str) -> str:
+    for r in readers:
+        if reader_matches(pattern, r):
+            return r
+    raise E.ReaderUnavailable(f"No {what} reader matches {pattern!r} (readers: {readers})",
+                              "未找到读卡器。")
+
+
+def _fail(exc: E.CardError) -> int:
+    print(f"error: {exc.message}\n错误：{exc.message_zh}", file=sys.stderr)
+    return 1
+
+
+def _open_sam(config: CardConfig, readers: list[str]) -> SamSession:
+    reader = _pick(readers, config.sam_reader, "SAM")
+    pin = read_sam_pin(config.sam_pin_file)
+    sam = SamSession(PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s), pin)
+    try:
+        sam.open()
+    except BaseException:
+        sam.close()
+        raise
+    return sam
+
+
+def _print(doc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=False, indent=2, sort_keys=True))
+        return
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            print(f"{prefix}: {value}")
+    walk("", doc)
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    """``ykt card read``."""
+    try:
+        config = load_card_config(args.config)
+    except ConfigFileError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    masked = not args.show_personal_data
+    hotlist = HotList(config.hotlist_path) if config.hotlist_path.exists() else None
+    sam: SamSession | None = None
+    try:
+        readers = list_readers()
+        reader = _pick(readers, args.reader or config.patient_reader, "patient")
+        sam_error: E.CardError | None = None
+        try:
+            sam = _open_sam(config, readers)
+        except E.SamPinError:
+            raise  # a wrong PIN is not a "read less" situation: stop and say so
+        except E.CardError as exc:
+            sam_error = exc
+        transport = PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s)
+        try:
+            session = CardSession(transport, sam, config.auth.to_scheme(),
+                                  config.timeouts.to_timeouts(), profile=config.profile(),
+                                  hotlist=hotlist)
+            doc: dict[str, Any] = {"reader": reader, "atr": transport.atr.hex().upper()}
+            if sam is None:
+                issuer = session.read_issuer()
+                from dataclasses import asdict  # noqa: PLC0415
+
+                d = asdict(issuer)
+                d["issuer_certificate"] = f"<{len(issuer.issuer_certificate)} bytes>"
+                if masked:
+                    from edge.common.privacy import mask_card_number  # noqa: PLC0415
+
+                    d["card_number"] = mask_card_number(issuer.card_number)
+                doc["issuer"] = d
+                doc["incomplete"] = sam_error.to_dict() if sam_error else "no SAM"
+            else:
+                doc.update(session.read_all().to_dict(masked=masked))
+            doc["apdus"] = session.last_apdus
+        finally:
+            transport.close()
+    except E.CardError as exc:
+        return _fail(exc)
+    finally:
+        if sam is not None:
+            sam.close()
+        if hotlist is not None:
+            hotlist.close()
+    _print(doc, args.json)
+    if "incomplete" in doc:
+        print("warning: SAM not available, only the issuer data was read\n"
+              "提示：PSAM 不可用，仅读取了发卡机构数据", file=sys.stderr)
+    return 0
+
+
+def cmd_sam(args: argparse.Namespace) -> int:
+    """``ykt card sam``."""
+    try:
+        config = load_card_config(args.config)
+    except ConfigFileError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if args.reader:
+        config = config.model_copy(update={"sam_reader": args.reader})
+    try:
+        sam = _open_sam(config, list_readers())
+    except E.CardError as exc:
+        return _fail(exc)
+    try:
+        _print(sam.status(), args.json)
+    finally:
+        sam.close()
+    return 0
+
+
+def add_card_commands(subparsers: Any) -> None:
+    """Add ``card read`` and ``card sam`` to an argparse subparsers object."""
+    card = subparsers.add_parser("card", help="health card reader commands")
+    sub = card.add_subparsers(dest="card_command", required=True)
+    read = sub.add_parser("read", help="read and decode the card in the patient reader")
+    read.add_argument("--json", action="store_true", help="print JSON")
+    read.add_argument("--show-personal-data", action="store_true",
+                      help="do not mask names, ID numbers, phones, clinical data")
+    read.add_argument("--reader", help="reader name pattern (glob), overrides the config")
+    read.add_argument("--config", type=Path, help="TOML file with a [card] section")
+    read.set_defaults(func=cmd_read)
+    sam = sub.add_parser("sam", help="verify the SAM PIN and show the SAM's identity")
+    sam.add_argument("--json", action="store_true", help="print JSON")
+    sam.add_argument("--reader", help="SAM reader name pattern (glob)")
+    sam.add_argument("--config", type=Path, help="TOML file with a [card] section")
+    sam.set_defaults(func=cmd_sam)

@@ -1,0 +1,97 @@
+"""Configuration of the card subsystem (``[card]`` section), strict and typed.
+
+The SAM PIN is a per-site secret: only the path of a file holding it appears here.
+Reader patterns are shell-style globs matched case-insensitively against PC/SC names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from edge.devices.card.errors import SamPinError, SamUnavailable
+from edge.devices.card.protocol.security import AuthScheme
+from edge.devices.card.session import CardProfile, Timeouts
+
+__all__ = ["AuthSchemeConfig", "CardConfig", "CardTimeouts", "read_sam_pin"]
+
+
+class AuthSchemeConfig(BaseModel):
+    """Parameters marked *unsure* in the spec (see ``protocol.security``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cipher: Literal["SM4", "AES-128"] = "SM4"
+    card_factor_source: Literal["card_number", "atr_historical"] = "card_number"
+    city_pad: int = Field(0xFF, ge=0, le=0xFF)
+    city_align: Literal["left", "right"] = "left"
+    levels: Literal["city_card", "card"] = "city_card"
+    ext_auth_layout: Literal["kv_first", "kv_last"] = "kv_first"
+    key_version: int = Field(1, ge=0, le=0xFF)
+
+    def to_scheme(self) -> AuthScheme:
+        """The frozen dataclass the protocol code uses."""
+        return AuthScheme(**self.model_dump())
+
+
+class CardTimeouts(BaseModel):
+    """Per-APDU and per-operation limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    apdu_s: float = Field(5.0, gt=0, le=60)
+    operation_s: float = Field(20.0, gt=0, le=300)
+
+    @model_validator(mode="after")
+    def _order(self) -> CardTimeouts:
+        if self.operation_s < self.apdu_s:
+            raise ValueError("operation_s must be at least apdu_s")
+        return self
+
+    def to_timeouts(self) -> Timeouts:
+        """As the session's dataclass."""
+        return Timeouts(self.apdu_s, self.operation_s)
+
+
+class CardConfig(BaseModel):
+    """The ``[card]`` section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    patient_reader: str = Field("*00 00", min_length=1)
+    sam_reader: str = Field("*00 01", min_length=1)
+    sam_pin_file: Path | None = None
+    auth: AuthSchemeConfig = AuthSchemeConfig()
+    read_mode: Literal["auto", "sfi", "select"] = "auto"
+    timeouts: CardTimeouts = CardTimeouts()
+    hotlist_path: Path = Path("/var/lib/ykt/hotlist.sqlite")
+    reject_expired: bool = True
+    poll_interval_s: float = Field(0.5, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _distinct_readers(self) -> CardConfig:
+        if self.patient_reader == self.sam_reader:
+            raise ValueError("patient_reader and sam_reader must differ")
+        return self
+
+    def profile(self) -> CardProfile:
+        """Card quirks as the session's dataclass."""
+        return CardProfile(self.read_mode)
+
+
+def read_sam_pin(path: Path | None) -> str:
+    """Read the SAM PIN from its file (digits only, surrounding whitespace ignored)."""
+    if path is None:
+        raise SamUnavailable("No sam_pin_file configured", "未配置 PSAM 卡密码文件。")
+    try:
+        pin = Path(path).read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SamUnavailable(f"Cannot read SAM PIN file {path}: {exc}",
+                             "无法读取 PSAM 卡密码文件。") from exc
+    if not pin.isdigit() or not 4 <= len(pin) <= 12:
+        raise SamPinError(f"SAM PIN file {path} must hold 4-12 digits",
+                          "PSAM 卡密码文件格式错误。")
+    return pin

@@ -1,0 +1,92 @@
+"""The local copy of the lost/stolen card list (SQLite), enforced also when offline.
+
+Central publishes a version; the device applies full snapshots or deltas. A delta whose
+version is not newer than the local one is ignored (MQTT may redeliver or reorder).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from edge.devices.card.errors import CardParameterError
+
+__all__ = ["HotList"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS blocked (card_no TEXT PRIMARY KEY);
+"""
+
+
+def _norm(card_no: str) -> str:
+    return card_no.strip().upper()
+
+
+class HotList:
+    """Version + set of blocked card numbers, safe to use from several threads."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path) if str(path) != ":memory:" else path
+        if isinstance(self.path, Path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+
+    @property
+    def version(self) -> int:
+        """Version of the list held locally (0 = never received)."""
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k='version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM blocked").fetchone()[0])
+
+    def is_blocked(self, card_no: str) -> bool:
+        """True when the card number is on the list."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM blocked WHERE card_no=?",
+                                   (_norm(card_no),)).fetchone()
+        return row is not None
+
+    def apply_delta(self, version: int, added: Iterable[str] = (),
+                    removed: Iterable[str] = (), full: bool = False) -> bool:
+        """Apply a delta (or a full snapshot when ``full``); False when it is not newer."""
+        if not isinstance(version, int) or version < 0:
+            raise CardParameterError("hot list version must be a non-negative integer",
+                                     "挂失名单版本号错误")
+        add = {_norm(c) for c in added if c.strip()}
+        rem = {_norm(c) for c in removed if c.strip()}
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k='version'").fetchone()
+            current = int(row[0]) if row else 0
+            if version <= current and not (full and version == current):
+                return False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if full:
+                    self._db.execute("DELETE FROM blocked")
+                self._db.executemany("DELETE FROM blocked WHERE card_no=?",
+                                     [(c,) for c in rem])
+                self._db.executemany("INSERT OR IGNORE INTO blocked(card_no) VALUES (?)",
+                                     [(c,) for c in add])
+                self._db.execute("INSERT OR REPLACE INTO meta(k, v) VALUES ('version', ?)",
+                                 (version,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return True
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,292 @@
+"""The card subsystem of ``ykt edge``: watcher + sessions, events for the kiosk.
+
+Glue only. The watcher reports insertions; for the patient reader the service reads the
+identity in a worker thread (one card operation at a time) and publishes
+``IdentityRead`` / ``CardReadFailed``; removal publishes ``CardRemovedEvent`` and makes any
+read still in flight for that insertion be dropped, so no identity outlives its card.
+The SAM session is opened lazily on first use; a rejected PIN is remembered and never
+sent again until ``reset_sam()`` (an operator action) or a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fnmatch
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge.devices.card import errors as E
+from edge.devices.card import watcher as W
+from edge.devices.card.config import CardConfig, read_sam_pin
+from edge.devices.card.hotlist import HotList
+from edge.devices.card.protocol.records import CardContents, Identity
+from edge.devices.card.session import CardSession, CardTransport, PyscardTransport, SamSession
+
+__all__ = [
+    "CardInsertedEvent",
+    "CardReadFailed",
+    "CardRemovedEvent",
+    "CardService",
+    "IdentityRead",
+    "ServiceEvent",
+    "reader_matches",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CardInsertedEvent:
+    """A card entered the patient reader (reading starts)."""
+
+    reader: str
+    atr: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityRead:
+    """The identity of the card in ``reader``."""
+
+    reader: str
+    identity: Identity
+
+
+@dataclass(frozen=True, slots=True)
+class CardReadFailed:
+    """Reading the card in ``reader`` failed; ``error`` says why (screen text included)."""
+
+    reader: str
+    error: E.CardError
+
+
+@dataclass(frozen=True, slots=True)
+class CardRemovedEvent:
+    """The card left the patient reader."""
+
+    reader: str
+
+
+ServiceEvent = CardInsertedEvent | IdentityRead | CardReadFailed | CardRemovedEvent
+
+
+def reader_matches(pattern: str, reader: str) -> bool:
+    """Case-insensitive shell-style match of a PC/SC reader name."""
+    return fnmatch.fnmatchcase(reader.lower(), pattern.lower())
+
+
+def _today() -> dt.date:
+    return dt.datetime.now().astimezone().date()
+
+
+class CardService:
+    """Runs the watcher and reads cards; consume with ``async for ev in events()``."""
+
+    def __init__(self, config: CardConfig, hotlist: HotList, clock: Callable[[], dt.date]
+                 = _today, *, transport_factory: Callable[[str], CardTransport] | None = None,
+                 watcher_factory: Callable[..., W.ReaderWatcher] | None = None) -> None:
+        self.config = config
+        self.hotlist = hotlist
+        self._clock = clock
+        self._transport_factory = transport_factory or (
+            lambda reader: PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s))
+        self._watcher_factory = watcher_factory or W.ReaderWatcher
+        self._watcher: W.ReaderWatcher | None = None
+        self._events: asyncio.Queue[ServiceEvent] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._reads: set[asyncio.Task[None]] = set()
+        self._cards: dict[str, bytes] = {}
+        self._readers: set[str] = set()
+        self._generation: dict[str, int] = {}
+        self._card_lock = threading.Lock()  # one card/SAM operation at a time
+        self._sam: SamSession | None = None
+        self._sam_failure: E.SamError | None = None
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start watching readers (no-op with one log line when disabled)."""
+        if not self.config.enabled:
+            log.info("card subsystem disabled by config")
+            return
+        loop = asyncio.get_running_loop()
+        self._events = asyncio.Queue()
+        watch_q: asyncio.Queue[W.WatchEvent] = asyncio.Queue()
+        self._watcher = self._watcher_factory(
+            loop, watch_q, poll_timeout_ms=int(self.config.poll_interval_s * 1000))
+        self._watcher.start()
+        self._task = asyncio.create_task(self._consume(watch_q), name="card-service")
+
+    async def stop(self) -> None:
+        """Stop the watcher, wait for reads in flight, release the SAM."""
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)
+            self._watcher = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._reads:
+            await asyncio.gather(*self._reads, return_exceptions=True)
+        await asyncio.to_thread(self._close_sam)
+
+    async def events(self) -> AsyncIterator[ServiceEvent]:
+        """Service events, in order, until the service stops."""
+        if self._events is None:
+            return
+        while True:
+            yield await self._events.get()
+
+    # --- watcher events -----------------------------------------------------------------
+    def _is_patient(self, reader: str) -> bool:
+        return reader_matches(self.config.patient_reader, reader)
+
+    def _is_sam(self, reader: str) -> bool:
+        return reader_matches(self.config.sam_reader, reader)
+
+    def _publish(self, ev: ServiceEvent) -> None:
+        if self._events is not None:
+            self._events.put_nowait(ev)
+
+    async def _consume(self, q: asyncio.Queue[W.WatchEvent]) -> None:
+        while True:
+            ev = await q.get()
+            if isinstance(ev, W.ReaderAdded):
+                self._readers.add(ev.reader)
+            elif isinstance(ev, W.ReaderRemoved):
+                self._readers.discard(ev.reader)
+            elif isinstance(ev, W.CardInserted):
+                self._cards[ev.reader] = ev.atr
+                self._generation[ev.reader] = self._generation.get(ev.reader, 0) + 1
+                if self._is_patient(ev.reader):
+                    self._publish(CardInsertedEvent(ev.reader, ev.atr))
+                    task = asyncio.create_task(
+                        self._read_identity(ev.reader, self._generation[ev.reader]))
+                    self._reads.add(task)
+                    task.add_done_callback(self._reads.discard)
+            elif isinstance(ev, W.CardRemoved):
+                self._cards.pop(ev.reader, None)
+                self._generation[ev.reader] = self._generation.get(ev.reader, 0) + 1
+                if self._is_patient(ev.reader):
+                    self._publish(CardRemovedEvent(ev.reader))
+                elif self._is_sam(ev.reader):
+                    await asyncio.to_thread(self._close_sam)
+
+    async def _read_identity(self, reader: str, generation: int) -> None:
+        try:
+            identity = await asyncio.to_thread(self._blocking_identity, reader)
+            result: ServiceEvent = IdentityRead(reader, identity)
+        except E.CardError as exc:
+            result = CardReadFailed(reader, exc)
+        except Exception as exc:  # a bug must not kill the service; report it typed
+            log.exception("unexpected error reading card")
+            result = CardReadFailed(reader, E.CardError(f"Internal error: {type(exc).__name__}"))
+        if self._generation.get(reader) != generation:
+            return  # the card was removed (or swapped) meanwhile: drop the stale result
+        self._publish(result)
+
+    # --- blocking work (worker threads) -------------------------------------------------
+    def _session(self, transport: CardTransport) -> CardSession:
+        return CardSession(transport, self._ensure_sam(), self.config.auth.to_scheme(),
+                           self.config.timeouts.to_timeouts(), profile=self.config.profile(),
+                           hotlist=self.hotlist, today=self._clock)
+
+    def _blocking_identity(self, reader: str) -> Identity:
+        with self._card_lock:
+            transport = self._transport_factory(reader)
+            try:
+                return self._session(transport).read_identity(
+                    reject_expired=self.config.reject_expired)
+            finally:
+                transport.close()
+
+    def _blocking_all(self, reader: str) -> CardContents:
+        with self._card_lock:
+            transport = self._transport_factory(reader)
+            try:
+                return self._session(transport).read_all()
+            finally:
+                transport.close()
+
+    def _sam_reader(self) -> str | None:
+        for reader in sorted(self._cards):
+            if self._is_sam(reader):
+                return reader
+        return None
+
+    def _ensure_sam(self) -> SamSession | None:
+        """The open SAM session, or None (the card session then raises SamUnavailable)."""
+        if self._sam_failure is not None:
+            raise self._sam_failure
+        if self._sam is not None and self._sam.opened:
+            return self._sam
+        reader = self._sam_reader()
+        if reader is None:
+            return None
+        pin = read_sam_pin(self.config.sam_pin_file)
+        sam = SamSession(self._transport_factory(reader), pin)
+        try:
+            sam.open()
+        except (E.SamPinError, E.SamPinBlocked) as exc:
+            self._sam_failure = exc  # never send a rejected PIN again by ourselves
+            sam.close()
+            log.error("SAM PIN rejected in %s: %s", reader, exc.message)
+            raise
+        except E.CardError:
+            sam.close()
+            raise
+        self._sam = sam
+        return sam
+
+    def _close_sam(self) -> None:
+        with self._card_lock:
+            if self._sam is not None:
+                self._sam.close()
+                self._sam = None
+
+    # --- API ------------------------------------------------------------------------------
+    async def read_all(self) -> CardContents:
+        """Read everything from the card in the patient reader."""
+        reader = next((r for r in sorted(self._cards) if self._is_patient(r)), None)
+        if reader is None:
+            raise E.CardRemoved("No card in the patient reader", "请插入居民健康卡。")
+        return await asyncio.to_thread(self._blocking_all, reader)
+
+    async def reset_sam(self) -> None:
+        """Forget a PIN failure (after staff fixed the PIN file or replaced the SAM)."""
+        self._sam_failure = None
+        await asyncio.to_thread(self._close_sam)
+
+    def sam_status(self) -> dict[str, Any]:
+        """State of the SAM for health reports (never contains the PIN)."""
+        reader = self._sam_reader()
+        out: dict[str, Any] = {"reader": reader}
+        if not self.config.enabled:
+            out["state"] = "disabled"
+        elif self._sam_failure is not None:
+            out["state"] = ("pin_blocked" if isinstance(self._sam_failure, E.SamPinBlocked)
+                            else "pin_error")
+            out["retries_left"] = getattr(self._sam_failure, "retries_left", None)
+            out["error"] = self._sam_failure.to_dict()
+        elif self._sam is not None and self._sam.opened:
+            out.update(self._sam.status())
+            out["state"] = "ok"
+        elif reader is None:
+            out["state"] = "missing"
+        else:
+            out["state"] = "not_opened"
+        return out
+
+    @property
+    def readers(self) -> set[str]:
+        """Readers currently known."""
+        return set(self._readers)
+
+    @property
+    def cards(self) -> dict[str, bytes]:
+        """Readers holding a card → ATR."""
+        return dict(self._cards)

@@ -1,0 +1,784 @@
+"""Card and SAM sessions over one small transport interface.
+
+``CardTransport`` is all a session needs (``transmit``, ``atr``, ``reader``, ``close``).
+``PyscardTransport`` talks PC/SC through pyscard's low-level ``scard`` module and turns its
+result codes into our errors at the boundary; ``InProcessTransport`` wraps a simulator.
+
+``read_identity`` sends, on a card that accepts short-EF-identifier reads (SFI):
+SELECT DDF1, READ ×3 of DDF1/EF05 (card type, card number, city), GET CHALLENGE,
+SAM 80DE + 80FA (+ 00C0 on a T=0 SAM), EXTERNAL AUTHENTICATE, READ ×5 of EF06, READ of
+EF08 record 1 (expiry): 12 card APDUs + 2 SAM APDUs = 14 (15 with a T=0 SAM, which
+needs 00C0). Without SFI three EF SELECTs are
+added. The hot list is checked right after the card number is read, before EF06.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from edge.common.privacy import mask_card_number
+from edge.devices.card import errors as E
+from edge.devices.card.protocol import apdu as A
+from edge.devices.card.protocol import records as R
+from edge.devices.card.protocol import security as sec
+from edge.devices.card.protocol.files import ADF_FIDS, FILES, FileKind, FileSpec
+from edge.devices.card.protocol.status import error_for, retries_left
+
+__all__ = [
+    "CardProfile",
+    "CardSession",
+    "CardTransport",
+    "InProcessTransport",
+    "PyscardTransport",
+    "SamSession",
+    "Timeouts",
+]
+
+
+class HotListLike(Protocol):
+    """What the session needs from the hot list."""
+
+    def is_blocked(self, card_no: str) -> bool:
+        """True when the card number is on the lost/stolen list."""
+        ...
+
+
+class CardTransport(Protocol):
+    """A connected card: send an APDU, get the response (data + SW)."""
+
+    @property
+    def atr(self) -> bytes:
+        """The card's ATR."""
+        ...
+
+    @property
+    def reader(self) -> str | None:
+        """Reader name, for errors."""
+        ...
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Send one command APDU; CardRemoved when the card is gone."""
+        ...
+
+    def close(self) -> None:
+        """Release the card."""
+        ...
+
+
+class _SimCard(Protocol):
+    atr: bytes
+
+    def process_apdu(self, apdu: bytes) -> bytes: ...
+
+
+class InProcessTransport:
+    """A simulator called directly (tier-1 tests, benches)."""
+
+    def __init__(self, card: _SimCard, reader: str = "in-process",
+                 apdu_timeout: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._card = card
+        self._reader = reader
+        self._closed = False
+        self.apdu_timeout = apdu_timeout
+        self._monotonic = monotonic
+        self.apdu_count = 0
+
+    @property
+    def atr(self) -> bytes:
+        """The simulator's ATR."""
+        return self._card.atr
+
+    @property
+    def reader(self) -> str | None:
+        """Pseudo reader name."""
+        return self._reader
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Call the simulator; an empty answer means the card was pulled."""
+        if self._closed:
+            raise E.CardRemoved(reader=self._reader)
+        self.apdu_count += 1
+        start = self._monotonic()
+        resp = self._card.process_apdu(apdu)
+        if not resp:
+            self._closed = True
+            raise E.CardRemoved(reader=self._reader)
+        if self.apdu_timeout is not None and self._monotonic() - start > self.apdu_timeout:
+            raise E.CardTimeout(reader=self._reader)
+        return resp
+
+    def close(self) -> None:
+        """Mark closed."""
+        self._closed = True
+
+
+def _scard() -> Any:
+    from smartcard import scard  # noqa: PLC0415 - keep pyscard out of import time
+
+    return scard
+
+
+class PyscardTransport:
+    """A PC/SC card connection (pyscard ``scard``), errors converted at this boundary."""
+
+    def __init__(self, reader: str, *, apdu_timeout: float = 5.0, exclusive: bool = True
+                 ) -> None:
+        s = _scard()
+        self._s = s
+        self._reader = reader
+        self.apdu_timeout = apdu_timeout
+        self._broken = False
+        hr, ctx = s.SCardEstablishContext(s.SCARD_SCOPE_USER)
+        if hr != s.SCARD_S_SUCCESS:
+            raise self._error(hr, "establish context")
+        self._ctx = ctx
+        mode = s.SCARD_SHARE_EXCLUSIVE if exclusive else s.SCARD_SHARE_SHARED
+        hr, hcard, proto = s.SCardConnect(ctx, reader, mode,
+                                          s.SCARD_PROTOCOL_T0 | s.SCARD_PROTOCOL_T1)
+        if hr == s.SCARD_E_SHARING_VIOLATION and exclusive:
+            # Another process holds the card (e.g. a diagnostic tool): shared is fine.
+            hr, hcard, proto = s.SCardConnect(ctx, reader, s.SCARD_SHARE_SHARED,
+                                              s.SCARD_PROTOCOL_T0 | s.SCARD_PROTOCOL_T1)
+        if hr != s.SCARD_S_SUCCESS:
+            s.SCardReleaseContext(ctx)
+            raise self._error(hr, "connect")
+        self._hcard, self._proto = hcard, proto
+        hr, _name, _state, _p, atr = s.SCardStatus(hcard)
+        if hr != s.SCARD_S_SUCCESS:
+            self.close()
+            raise self._error(hr, "status")
+        self._atr = bytes(atr)
+        # One worker thread per connection so a hung SCardTransmit can be abandoned
+        # after apdu_timeout instead of blocking the caller forever.
+        self._jobs: queue.Queue[tuple[bytes, queue.Queue[tuple[int, list[int]]]] | None] = \
+            queue.Queue()
+        self._worker = threading.Thread(target=self._work, daemon=True,
+                                        name=f"pcsc-{reader}")
+        self._worker.start()
+
+    @property
+    def atr(self) -> bytes:
+        """ATR reported by pcscd."""
+        return self._atr
+
+    @property
+    def reader(self) -> str | None:
+        """PC/SC reader name."""
+        return self._reader
+
+    def _error(self, hr: int, action: str) -> E.CardError:
+        s = self._s
+        removed = {s.SCARD_W_REMOVED_CARD, s.SCARD_E_NO_SMARTCARD, s.SCARD_W_RESET_CARD,
+                   s.SCARD_E_NOT_TRANSACTED, s.SCARD_W_UNPOWERED_CARD,
+                   s.SCARD_E_COMM_DATA_LOST, s.SCARD_E_INVALID_HANDLE}
+        reader_gone = {s.SCARD_E_UNKNOWN_READER, s.SCARD_E_READER_UNAVAILABLE,
+                       s.SCARD_E_NO_SERVICE, s.SCARD_E_SERVICE_STOPPED,
+                       s.SCARD_E_NO_READERS_AVAILABLE}
+        text = f"{action}: {s.SCardGetErrorMessage(hr)} (0x{hr & 0xFFFFFFFF:08X})"
+        if hr in removed:
+            return E.CardRemoved(f"Card removed or reset ({text})", reader=self._reader)
+        if hr in reader_gone:
+            return E.ReaderUnavailable(f"Reader not available ({text})", reader=self._reader)
+        if hr == s.SCARD_W_UNRESPONSIVE_CARD:
+            return E.CardError(f"The card does not respond ({text})",
+                               "卡片无响应，请检查插卡方向。", reader=self._reader)
+        return E.CardError(f"PC/SC error ({text})", reader=self._reader)
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            apdu, out = job
+            try:
+                hr, resp = self._s.SCardTransmit(self._hcard, self._proto, list(apdu))
+            except Exception:  # pyscard raises on a handle freed under it
+                hr, resp = self._s.SCARD_E_INVALID_HANDLE, []
+            out.put((hr, resp))
+
+    def transmit(self, apdu: bytes) -> bytes:
+        """Send one APDU with the per-APDU timeout."""
+        if self._broken:
+            raise E.CardRemoved("The connection to the card is broken", reader=self._reader)
+        out: queue.Queue[tuple[int, list[int]]] = queue.Queue(maxsize=1)
+        self._jobs.put((bytes(apdu), out))
+        try:
+            hr, resp = out.get(timeout=self.apdu_timeout)
+        except queue.Empty:
+            self._broken = True
+            raise E.CardTimeout(reader=self._reader) from None
+        if hr != self._s.SCARD_S_SUCCESS:
+            raise self._error(hr, "transmit")
+        if len(resp) < 2:
+            # vpcd/pcscd hand back an empty answer when the card vanished mid-command;
+            # a present card always answers at least a status word.
+            self._broken = True
+            raise E.CardRemoved("The card gave no answer (removed mid-command)",
+                                reader=self._reader)
+        return bytes(resp)
+
+    def close(self) -> None:
+        """Disconnect (resetting the card so no security state outlives us)."""
+        s = self._s
+        with contextlib.suppress(Exception):
+            self._jobs.put(None)
+        with contextlib.suppress(Exception):
+            s.SCardDisconnect(self._hcard, s.SCARD_RESET_CARD)
+        with contextlib.suppress(Exception):
+            s.SCardReleaseContext(self._ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-APDU and per-operation limits in seconds."""
+
+    apdu_s: float = 5.0
+    operation_s: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class CardProfile:
+    """Card quirks: how to address record files (SFI support varies by COS)."""
+
+    read_mode: Literal["auto", "sfi", "select"] = "auto"
+
+
+_SFI_UNSUPPORTED = {0x6A81, 0x6A82, 0x6A86, 0x6B00, 0x6D00, 0x6E00, 0x6A80}
+
+
+@dataclass
+class _Counter:
+    card: int = 0
+    sam: int = 0
+    started: float = 0.0
+    deadline: float = float("inf")
+
+
+def _exchange(transport: CardTransport, cmd: A.Command, *, action: str, counter: _Counter,
+              side: Literal["card", "sam"], monotonic: Callable[[], float],
+              file: str | None = None, check: bool = True) -> A.Response:
+    """Send a command, follow 61xx / 6Cxx, raise the typed error for a failing SW."""
+    if monotonic() > counter.deadline:
+        raise E.CardTimeout("Operation took too long", reader=transport.reader)
+    raw = transport.transmit(cmd.to_bytes())
+    setattr(counter, side, getattr(counter, side) + 1)
+    resp = A.Response.parse(raw)
+    if resp.sw1 == 0x6C and cmd.le is not None:
+        cmd = A.Command(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, resp.sw2 or 256)
+        resp = A.Response.parse(transport.transmit(cmd.to_bytes()))
+        setattr(counter, side, getattr(counter, side) + 1)
+    data = resp.data
+    while resp.sw1 == 0x61:
+        resp = A.Response.parse(transport.transmit(A.get_response(resp.sw2).to_bytes()))
+        setattr(counter, side, getattr(counter, side) + 1)
+        data += resp.data
+    resp = A.Response(data, resp.sw1, resp.sw2)
+    if check and not resp.ok:
+        raise error_for(resp.sw1, resp.sw2, action=action, file=file, reader=transport.reader)
+    return resp
+
+
+class SamSession:
+    """The terminal's SAM: PIN verified once, DF01 selected, then diversify/compute."""
+
+    def __init__(self, transport: CardTransport, pin: str, *,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.transport = transport
+        self._pin = pin
+        self._monotonic = monotonic
+        self._opened = False
+        self._failure: E.SamError | None = None
+        self.serial: bytes = b""
+        self.terminal_number: bytes = b""
+        self._loaded: tuple[int, bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def opened(self) -> bool:
+        """True after a successful PIN verification."""
+        return self._opened
+
+    @property
+    def failure(self) -> E.SamError | None:
+        """The sticky PIN failure, if any (the PIN is never re-sent automatically)."""
+        return self._failure
+
+    def _x(self, cmd: A.Command, action: str, counter: _Counter | None = None,
+           check: bool = True) -> A.Response:
+        try:
+            return _exchange(self.transport, cmd, action=action,
+                             counter=counter or _Counter(), side="sam",
+                             monotonic=self._monotonic, check=check)
+        except (E.CardRemoved, E.ReaderUnavailable) as exc:
+            self._opened = False
+            raise E.SamUnavailable(f"SAM lost: {exc.message}",
+                                   reader=self.transport.reader) from exc
+        except E.SamError:
+            raise
+        except E.CardError as exc:
+            raise E.SamError(f"SAM {action} failed: {exc.message}", reader=exc.reader,
+                             sw1=exc.sw1, sw2=exc.sw2) from exc
+
+    def open(self, counter: _Counter | None = None) -> None:
+        """Verify the PIN (once, never retried), read 0015/0016, select DF01."""
+        with self._lock:
+            if self._opened:
+                return
+            if self._failure is not None:
+                raise self._failure
+            try:
+                verify = A.verify_pin(self._pin)
+            except E.CardParameterError as exc:
+                self._failure = E.SamPinError("SAM PIN file content is not 4-12 digits",
+                                              reader=self.transport.reader)
+                raise self._failure from exc
+            resp = self._x(verify, "VERIFY", counter, check=False)
+            if not resp.ok:
+                left = retries_left(resp.sw1, resp.sw2)
+                cls = E.SamPinBlocked if left == 0 else E.SamPinError
+                self._failure = cls(
+                    f"SAM PIN rejected (SW {resp.sw1:02X}{resp.sw2:02X}); "
+                    f"{'blocked' if left == 0 else f'{left} tries left'}; not retried",
+                    retries_left=left, reader=self.transport.reader,
+                    sw1=resp.sw1, sw2=resp.sw2)
+                raise self._failure
+            self._x(A.select_fid(0x0015), "SELECT 0015", counter)
+            self.serial = self._x(A.read_binary(0, 14), "READ 0015", counter).data
+            self._x(A.select_fid(0x0016), "SELECT 0016", counter)
+            self.terminal_number = self._x(A.read_binary(0, 6), "READ 0016", counter).data
+            self._x(A.sam_select_df01(), "SELECT DF01", counter)
+            self._loaded = None
+            self._opened = True
+
+    def diversify(self, key_ref: int, factor: bytes, counter: _Counter) -> None:
+        """Load the card key for ``key_ref`` (skipped when already loaded)."""
+        if self._loaded == (key_ref, factor):
+            return
+        self._x(A.sam_diversify(key_ref, factor), "DIVERSIFY", counter)
+        self._loaded = (key_ref, factor)
+
+    def compute(self, mode: int, data: bytes, counter: _Counter) -> bytes:
+        """80FA (+ 00C0) with the loaded key."""
+        return self._x(A.sam_compute(mode, data), "COMPUTE", counter).data
+
+    def status(self) -> dict[str, Any]:
+        """Screen/log-safe status (no PIN)."""
+        out: dict[str, Any] = {"reader": self.transport.reader, "opened": self._opened}
+        if self._failure is not None:
+            out["error"] = self._failure.to_dict()
+        if self.terminal_number:
+            out["terminal_number"] = self.terminal_number.hex().upper()
+        if self.serial:
+            out["serial"] = self.serial.hex().upper()
+        return out
+
+    def close(self) -> None:
+        """Release the SAM."""
+        self._opened = False
+        self.transport.close()
+
+
+@dataclass
+class _CardState:
+    df: str | None = None
+    ef: str | None = None
+    authed: set[tuple[str, int]] = field(default_factory=set)
+    sfi: bool | None = None
+    card_number: str = ""
+    city_code: str = ""
+
+
+class CardSession:
+    """Reads and writes one inserted health card."""
+
+    def __init__(self, transport: CardTransport, sam: SamSession | None,
+                 scheme: sec.AuthScheme | None = None, timeouts: Timeouts | None = None, *,
+                 profile: CardProfile | None = None, hotlist: HotListLike | None = None,
+                 today: Callable[[], dt.date] = dt.date.today,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.transport = transport
+        self.sam = sam
+        self.scheme = scheme or sec.AuthScheme()
+        self.timeouts = timeouts or Timeouts()
+        self.profile = profile or CardProfile()
+        self.hotlist = hotlist
+        self._today = today
+        self._monotonic = monotonic
+        self._st = _CardState()
+        self._c = _Counter()
+        self.last_apdus: dict[str, int] = {"card": 0, "sam": 0}
+
+    # --- plumbing ---------------------------------------------------------------------
+    def _begin(self) -> None:
+        now = self._monotonic()
+        self._c = _Counter(started=now, deadline=now + self.timeouts.operation_s)
+
+    def _end(self) -> None:
+        self.last_apdus = {"card": self._c.card, "sam": self._c.sam}
+
+    def _x(self, cmd: A.Command, action: str, *, file: str | None = None,
+           check: bool = True) -> A.Response:
+        return _exchange(self.transport, cmd, action=action, counter=self._c, side="card",
+                         monotonic=self._monotonic, file=file, check=check)
+
+    def _select_df(self, df: str) -> None:
+        if self._st.df == df:
+            return
+        resp = self._x(A.select_fid(ADF_FIDS[df]), f"SELECT {df}", file=df, check=False)
+        if not resp.ok:
+            if df == "DDF1" and resp.sw not in (0x6982, 0x6983):
+                # Bank cards, blank cards, other applications: no DDF1 here.
+                raise E.NotAHealthCard(
+                    f"No health-card application (SELECT DDF1 → {resp.sw:04X})",
+                    atr=self.transport.atr, reader=self.transport.reader,
+                    sw1=resp.sw1, sw2=resp.sw2)
+            raise error_for(resp.sw1, resp.sw2, action=f"SELECT {df}", file=df,
+                            reader=self.transport.reader)
+        self._st.df, self._st.ef = df, None
+
+    def _select_ef(self, spec: FileSpec) -> None:
+        self._select_df(spec.df)
+        if self._st.ef == spec.path:
+            return
+        self._x(A.select_fid(spec.fid), f"SELECT {spec.path}", file=spec.path)
+        self._st.ef = spec.path
+
+    def _use_sfi(self, spec: FileSpec) -> bool:
+        if spec.sfi is None or self.profile.read_mode == "select":
+            return False
+        if self.profile.read_mode == "sfi":
+            return True
+        return self._st.sfi is not False
+
+    def _read_rec(self, spec: FileSpec, p1: int, *, by_tag: bool) -> bytes:
+        """One READ RECORD, by SFI when possible (auto mode falls back once to SELECT)."""
+        self._select_df(spec.df)
+        le = spec.record_len(spec.record_of(p1)) if by_tag else 0
+        if self._use_sfi(spec) and self._st.ef != spec.path:
+            cmd = (A.read_record_by_tag(p1, le, sfi=spec.sfi) if by_tag
+                   else A.read_record(p1, sfi=spec.sfi))
+            resp = self._x(cmd, f"READ RECORD {spec.path}", file=spec.path, check=False)
+            if resp.ok:
+                self._st.sfi = True
+                self._st.ef = spec.path  # an SFI read makes the EF current (ISO 7816-4)
+                return resp.data
+            if self.profile.read_mode == "auto" and self._st.sfi is None and \
+                    resp.sw in _SFI_UNSUPPORTED:
+                self._st.sfi = False
+            else:
+                raise error_for(resp.sw1, resp.sw2, action=f"READ RECORD {spec.path}",
+                                file=spec.path, reader=self.transport.reader)
+        self._select_ef(spec)
+        cmd = A.read_record_by_tag(p1, le) if by_tag else A.read_record(p1)
+        return self._x(cmd, f"READ RECORD {spec.path}", file=spec.path).data
+
+    def _read_elements(self, path: str, names: tuple[str, ...] | None = None
+                       ) -> dict[str, R.Value]:
+        spec = FILES[path]
+        out: dict[str, R.Value] = {}
+        by_tag = path == "DDF1/EF05"
+        for i, el in enumerate(spec.elements, 1):
+            if names is not None and el.name not in names:
+                continue
+            raw = self._read_rec(spec, el.tag if by_tag else i, by_tag=by_tag)
+            out[el.name] = R.decode_element_record(spec, el, raw)
+        return out
+
+    def _card_ids(self) -> tuple[str, str, str]:
+        v = self._read_elements("DDF1/EF05", ("card_type", "card_number", "city_code"))
+        card_number, city = str(v["card_number"]), str(v["city_code"])
+        if not card_number:
+            raise E.CardDataError("Card number is empty", file="DDF1/EF05", tag=0x08)
+        self._st.card_number, self._st.city_code = card_number, city
+        self._check_hotlist(card_number)
+        return str(v["card_type"]), card_number, city
+
+    def _check_hotlist(self, card_number: str) -> None:
+        if self.hotlist is not None and self.hotlist.is_blocked(card_number):
+            raise E.CardBlocked(card_number_masked=mask_card_number(card_number),
+                                reader=self.transport.reader)
+
+    def _need_sam(self) -> SamSession:
+        if self.sam is None:
+            raise E.SamUnavailable("No SAM configured or present", reader=None)
+        self.sam.open(self._c)
+        return self.sam
+
+    def _factor(self) -> bytes:
+        if not self._st.card_number:
+            self._card_ids()
+        return sec.diversification_factor(self.scheme, self._st.card_number,
+                                          self._st.city_code, self.transport.atr)
+
+    def _authenticate(self, df: str, key_ref: int) -> None:
+        if (df, key_ref) in self._st.authed:
+            return
+        factor = self._factor()
+        sam = self._need_sam()
+        self._select_df(df)
+        challenge = self._x(A.get_challenge(8), "GET CHALLENGE").data
+        if len(challenge) != 8:
+            raise E.CardDataError("Challenge is not 8 bytes", file=df)
+        sam.diversify(key_ref, factor, self._c)
+        crypt = sam.compute(A.SAM_MODE_CRYPTOGRAM, challenge, self._c)
+        resp = self._x(A.external_authenticate(key_ref, sec.ext_auth_data(self.scheme, crypt)),
+                       "EXTERNAL AUTHENTICATE", check=False)
+        if not resp.ok:
+            if resp.sw == 0x6983:
+                raise E.CardAuthBlocked(reader=self.transport.reader, sw1=resp.sw1,
+                                        sw2=resp.sw2)
+            raise E.CardAuthFailed(
+                f"EXTERNAL AUTHENTICATE rejected (SW {resp.sw:04X})",
+                retries_left=retries_left(resp.sw1, resp.sw2),
+                reader=self.transport.reader, sw1=resp.sw1, sw2=resp.sw2)
+        self._st.authed.add((df, key_ref))
+
+    def _run(self, fn: Callable[[], Any]) -> Any:
+        self._begin()
+        try:
+            return fn()
+        finally:
+            self._end()
+
+    # --- reading ----------------------------------------------------------------------
+    def read_identity(self, *, reject_expired: bool = False) -> R.Identity:
+        """Identity with the fewest APDUs; hot list checked before EF06 is read."""
+        return self._run(lambda: self._read_identity(reject_expired))  # type: ignore[no-any-return]
+
+    def _read_identity(self, reject_expired: bool) -> R.Identity:
+        card_type, card_number, city = self._card_ids()
+        self._authenticate("DDF1", 0x04)
+        holder = R.Holder.from_values(self._read_elements("DDF1/EF06"))
+        extras = self._read_elements("DDF1/EF08", ("expiry",))
+        expiry = str(extras["expiry"])
+        expired = self._is_expired(expiry)
+        if expired and reject_expired:
+            raise E.CardExpired(f"The card expired on {expiry}", expiry=expiry,
+                                reader=self.transport.reader)
+        return R.Identity(card_number=card_number, card_type=card_type, expiry=expiry,
+                          city_code=city, name=holder.name, sex=holder.sex,
+                          ethnicity=holder.ethnicity, birth_date=holder.birth_date,
+                          id_number=holder.id_number, expired=expired)
+
+    def _is_expired(self, expiry: str) -> bool:
+        if not expiry:
+            return False  # no expiry written: the card does not expire
+        return R.parse_date(expiry, file="DDF1/EF08", tag=0x07) < self._today()
+
+    def _read_cyclic(self, path: str) -> list[bytes]:
+        spec = FILES[path]
+        out: list[bytes] = []
+        for n in range(1, 256):
+            self._select_df(spec.df)
+            self._select_ef(spec)
+            resp = self._x(A.read_record(n), f"READ RECORD {path}", file=path, check=False)
+            if resp.sw in (0x6A83, 0x6A82) or (resp.sw1 == 0x6A and n > 1):
+                break
+            if not resp.ok:
+                raise error_for(resp.sw1, resp.sw2, action=f"READ RECORD {path}", file=path,
+                                reader=self.transport.reader)
+            out.append(resp.data)
+        return out
+
+    def _read_binary(self, spec: FileSpec, length: int, offset: int = 0) -> bytes:
+        self._select_ef(spec)
+        out = bytearray()
+        while len(out) < length:
+            n = min(A.BINARY_CHUNK, length - len(out))
+            data = self._x(A.read_binary(offset + len(out), n), f"READ BINARY {spec.path}",
+                           file=spec.path).data
+            if not data:
+                raise E.CardDataError("Empty READ BINARY answer", file=spec.path)
+            out += data
+        return bytes(out[:length])
+
+    def _read_flags(self, path: str) -> tuple[bool, ...]:
+        spec = FILES[path]
+        return tuple(self._read_rec(spec, n, by_tag=False)[:1] == b"\x00"
+                     for n in range(1, spec.record_count + 1))
+
+    def read_issuer(self) -> R.IssuerData:
+        """DDF1/EF05 only (free to read: works without a SAM)."""
+        def run() -> R.IssuerData:
+            values = self._read_elements("DDF1/EF05")
+            issuer = R.file_values(R.IssuerData, values)
+            self._check_hotlist(issuer.card_number)
+            return issuer
+        return self._run(run)  # type: ignore[no-any-return]
+
+    def read_all(self) -> R.CardContents:
+        """Every file except the photo, decoded (no partial result on removal)."""
+        return self._run(self._read_all)  # type: ignore[no-any-return]
+
+    def _read_all(self) -> R.CardContents:
+        self._card_ids()
+        issuer = R.file_values(R.IssuerData, self._read_elements("DDF1/EF05"))
+        self._authenticate("DDF1", 0x04)
+        holder = R.Holder.from_values(self._read_elements("DDF1/EF06"))
+        extras = R.file_values(R.CardExtras, self._read_elements("DDF1/EF08"))
+        self._authenticate("DF01", 0x84)
+        address = R.file_values(R.Address, self._read_elements("DF01/EF05"))
+        contacts = R.file_values(R.Contacts, self._read_elements("DF01/EF06"))
+        social = R.file_values(R.Social, self._read_elements("DF01/EF07"))
+        documents = R.file_values(R.Documents, self._read_elements("DF01/EF08"))
+        self._authenticate("DF02", 0x84)
+        clinical = R.file_values(R.ClinicalBasics, self._read_elements("DF02/EF05"))
+        special = R.file_values(R.SpecialFlag, self._read_elements("DF02/EF06"))
+        allergies = tuple(a for a in map(R.decode_allergy, self._read_cyclic("DF02/EF07"))
+                          if a is not None)
+        immun = tuple(i for i in map(R.decode_immunisation, self._read_cyclic("DF02/EF08"))
+                      if i is not None)
+        self._authenticate("DF03", 0x84)
+        flags = R.RecordFlags(self._read_flags("DF03/EF05"), self._read_flags("DF03/EF06"))
+        inpatient = tuple(self._read_medical("inpatient", i + 1, True)
+                          for i, ok in enumerate(flags.inpatient) if ok)
+        outpatient = tuple(self._read_medical("outpatient", i + 1, True)
+                           for i, ok in enumerate(flags.outpatient) if ok)
+        return R.CardContents(issuer, holder, extras, address, contacts, social, documents,
+                              clinical, special, allergies, immun, flags,
+                              inpatient, outpatient)  # type: ignore[arg-type]
+
+    def _read_medical(self, kind: str, index: int, valid: bool) -> Any:
+        spec = FILES[f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"]
+        return R.parse_medical_record(kind, index, valid, self._read_binary(spec, spec.size))
+
+    def read_medical_record(self, kind: Literal["inpatient", "outpatient"], index: int
+                            ) -> R.InpatientRecord | R.OutpatientRecord:
+        """One DF03 record; RecordErased when its flag is not 00."""
+        def run() -> Any:
+            self._card_ids()
+            self._authenticate("DF03", 0x84)
+            spec = self._medical_spec(kind, index)
+            flags = self._read_flags("DF03/EF05" if kind == "inpatient" else "DF03/EF06")
+            if not flags[index - 1]:
+                raise E.RecordErased(f"{kind} record {index} is erased", file=spec.path)
+            return self._read_medical(kind, index, True)
+        return self._run(run)  # type: ignore[no-any-return]
+
+    def read_photo(self) -> R.Photo:
+        """DDF1/EF07: length prefix, then the image in 0x80-byte chunks."""
+        def run() -> R.Photo:
+            self._card_ids()
+            self._authenticate("DDF1", 0x04)
+            spec = FILES["DDF1/EF07"]
+            head = self._read_binary(spec, min(A.BINARY_CHUNK, spec.size))
+            n = R.parse_photo(head)
+            if n + 2 <= len(head):
+                return R.Photo(head[2:2 + n])
+            rest = self._read_binary(spec, n + 2 - len(head), offset=len(head))
+            return R.Photo((head + rest)[2:2 + n])
+        return self._run(run)  # type: ignore[no-any-return]
+
+    # --- writing ----------------------------------------------------------------------
+    def _sm_write(self, spec: FileSpec, cmd_for: Callable[[bytes], A.Command],
+                  plain: bytes) -> None:
+        """Encrypt + MAC through the SAM under the file's update key, then send."""
+        factor = self._factor()
+        sam = self._need_sam()
+        self._select_ef(spec)
+        sam.diversify(spec.update_key, factor, self._c)
+        cipher_text = sam.compute(A.SAM_MODE_ENCRYPT, plain, self._c)
+        probe = cmd_for(cipher_text + b"\x00" * 4)
+        challenge = self._x(A.get_challenge(8), "GET CHALLENGE").data
+        mac_in = sec.challenge_iv(challenge) + sec.sm_mac_input(
+            probe.cla, probe.ins, probe.p1, probe.p2, cipher_text)
+        mac = sam.compute(A.SAM_MODE_MAC, mac_in, self._c)
+        resp = self._x(cmd_for(cipher_text + mac), f"UPDATE {spec.path}", file=spec.path,
+                       check=False)
+        if not resp.ok:
+            if resp.sw in (0x6988, 0x6982):
+                raise E.CardAuthFailed(f"Write to {spec.path} refused (SW {resp.sw:04X})",
+                                       reader=self.transport.reader, sw1=resp.sw1,
+                                       sw2=resp.sw2)
+            raise error_for(resp.sw1, resp.sw2, action=f"UPDATE {spec.path}",
+                            file=spec.path, reader=self.transport.reader)
+
+    def append_allergy(self, substance: str, reaction: str) -> None:
+        """Add an allergy (cyclic: the oldest record is overwritten when full)."""
+        record = R.encode_allergy(R.Allergy(substance, reaction))
+        self._run(lambda: self._sm_write(FILES["DF02/EF07"], A.append_record_sm, record))
+
+    def append_immunisation(self, name: str, date: str) -> None:
+        """Add an immunisation (name AN 20, date YYYYMMDD)."""
+        record = R.encode_immunisation(R.Immunisation(name, date))
+        self._run(lambda: self._sm_write(FILES["DF02/EF08"], A.append_record_sm, record))
+
+    def update_element(self, path: str, name: str, value: R.Value) -> None:
+        """Rewrite one element of a record file with SM UPDATE RECORD."""
+        spec = FILES[path]
+        if spec.kind is not FileKind.RECORDS:
+            raise E.CardParameterError(f"{path} is not a record file", "文件类型错误")
+        try:
+            el = next(e for e in spec.elements if e.name == name)
+        except StopIteration:
+            raise E.CardParameterError(f"{path} has no element {name}", "数据项不存在") from None
+        record = R.encode_element_record(el, value)
+        n = spec.record_of(el.tag)
+
+        def run() -> None:
+            self._card_ids()
+            self._sm_write(spec, lambda d: A.update_record_sm(n, d), record)
+        self._run(run)
+
+    @staticmethod
+    def _medical_spec(kind: str, index: int) -> FileSpec:
+        count = 3 if kind == "inpatient" else 5
+        if kind not in ("inpatient", "outpatient") or not 1 <= index <= count:
+            raise E.CardParameterError(f"{kind} record index must be 1..{count}",
+                                       "病历序号错误")
+        return FILES[f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"]
+
+    def _set_flag(self, kind: str, index: int, valid: bool) -> None:
+        spec = FILES["DF03/EF05" if kind == "inpatient" else "DF03/EF06"]
+        self._select_ef(spec)
+        cmd = A.set_record_valid_flag(index) if valid else A.erase_record_flag(index)
+        self._x(cmd, f"FLAG {spec.path}", file=spec.path)
+
+    def write_outpatient_record(self, index: int, data: bytes, *, signature: bytes = b"",
+                                certificate: bytes = b"") -> None:
+        """Write DF03/ED0n and mark it valid (erased first, so a pulled card leaves no
+        half-written record flagged valid)."""
+        self._write_medical("outpatient", index, data, signature, certificate)
+
+    def write_inpatient_record(self, index: int, data: bytes, *, signature: bytes = b"",
+                               certificate: bytes = b"") -> None:
+        """Write DF03/EE0n and mark it valid."""
+        self._write_medical("inpatient", index, data, signature, certificate)
+
+    def _write_medical(self, kind: str, index: int, data: bytes, signature: bytes,
+                       certificate: bytes) -> None:
+        spec = self._medical_spec(kind, index)
+        image = R.encode_medical_record(kind, data, signature, certificate)
+
+        def run() -> None:
+            self._card_ids()
+            self._authenticate("DF03", 0x87)
+            self._set_flag(kind, index, valid=False)
+            self._select_ef(spec)
+            for off in range(0, len(image), 0xF0):
+                self._x(A.update_binary(off, image[off:off + 0xF0]), f"UPDATE {spec.path}",
+                        file=spec.path)
+            self._set_flag(kind, index, valid=True)
+        self._run(run)
+
+    def erase_record(self, kind: Literal["inpatient", "outpatient"], index: int) -> None:
+        """Mark a DF03 record erased (flag FF); its data stays but is no longer valid."""
+        self._medical_spec(kind, index)
+
+        def run() -> None:
+            self._card_ids()
+            self._authenticate("DF03", 0x87)
+            self._set_flag(kind, index, valid=False)
+        self._run(run)
+
+    def close(self) -> None:
+        """Release the card (the SAM session stays open for the next card)."""
+        self.transport.close()

@@ -1,0 +1,1 @@
+"""Simulators and a private PC/SC daemon for tests, benches and the site-in-a-box."""

@@ -1,0 +1,253 @@
+"""A private ``pcscd`` with two ``vpcd`` virtual readers (patient slot, SAM slot).
+
+pcscd 1.9.9 always listens on ``/run/pcscd/pcscd.comm`` and ignores
+``PCSCLITE_CSOCK_NAME``; the client library does honour it. So the daemon runs in its own
+mount namespace (``unshare -m``) with a private directory bind-mounted over ``/run/pcscd``;
+the socket then appears in that directory and clients point ``PCSCLITE_CSOCK_NAME`` at it.
+The client library caches the socket path per process on first use: a process that wants
+to talk to this daemon must set the variable before pyscard first contacts pcscd.
+
+Readiness is checked without connecting to the vpcd ports (a connection *is* a card
+insertion for vpcd): the socket file must exist and both ports must be in LISTEN state in
+``/proc/net/tcp``/``tcp6``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from edge.devices.card.errors import PcscDaemonError
+
+__all__ = ["VPCD_DRIVER", "PcscDaemon", "free_port_pair", "listening_ports"]
+
+VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
+_RUN_DIR = Path("/run/pcscd")
+_READER_BASE = "Virtual PCD"
+
+
+def free_port_pair(host: str = "127.0.0.1", attempts: int = 50) -> int:
+    """Return a base port such that base and base+1 are both free on loopback."""
+    for _ in range(attempts):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            base = s.getsockname()[1]
+        if base >= 65535:
+            continue
+        ok = True
+        for port in (base, base + 1):
+            with socket.socket() as t:
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise PcscDaemonError("No free pair of loopback ports found.", "找不到可用的端口。")
+
+
+def listening_ports() -> set[int]:
+    """Local TCP ports in LISTEN state on this host (read from /proc, no connection made)."""
+    ports: set[int] = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) > 3 and parts[3] == "0A":
+                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+class PcscDaemon:
+    """A pcscd process in a private mount namespace serving two vpcd readers."""
+
+    def __init__(self, workdir: Path, base_port: int, *, ready_timeout: float = 10.0,
+                 pcscd_binary: str = "pcscd") -> None:
+        self.workdir = Path(workdir)
+        self.base_port = base_port
+        self.ready_timeout = ready_timeout
+        self.pcscd_binary = pcscd_binary
+        self._rundir = self.workdir / "run"
+        self._confdir = self.workdir / "reader.conf.d"
+        self._log_path = self.workdir / "pcscd.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    # --- properties -------------------------------------------------------------------
+    @property
+    def socket_path(self) -> Path:
+        """Path of the daemon's client socket (valid while it runs)."""
+        return self._rundir / "pcscd.comm"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment a client process needs to talk to this daemon."""
+        return {"PCSCLITE_CSOCK_NAME": str(self.socket_path)}
+
+    @property
+    def patient_port(self) -> int:
+        """TCP port where a virtual card in the patient slot connects."""
+        return self.base_port
+
+    @property
+    def sam_port(self) -> int:
+        """TCP port where a virtual SAM connects."""
+        return self.base_port + 1
+
+    @property
+    def patient_reader(self) -> str:
+        """PC/SC name of the patient reader."""
+        return f"{_READER_BASE} 00 00"
+
+    @property
+    def sam_reader(self) -> str:
+        """PC/SC name of the SAM reader."""
+        return f"{_READER_BASE} 00 01"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running daemon, or None."""
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the daemon process is alive."""
+        return self.pid is not None
+
+    # --- lifecycle --------------------------------------------------------------------
+    def _check_environment(self) -> None:
+        if shutil.which("unshare") is None:
+            raise PcscDaemonError("'unshare' (util-linux) is not installed.",
+                                  "缺少 unshare 工具。")
+        if shutil.which(self.pcscd_binary) is None:
+            raise PcscDaemonError("pcscd is not installed (apt install pcscd).",
+                                  "未安装 pcscd。")
+        if not VPCD_DRIVER.exists():
+            raise PcscDaemonError(
+                f"vpcd driver missing at {VPCD_DRIVER} (apt install vsmartcard-vpcd).",
+                "未安装 vsmartcard-vpcd 虚拟读卡器驱动。")
+
+    def _write_config(self) -> None:
+        self._rundir.mkdir(parents=True, exist_ok=True)
+        self._confdir.mkdir(parents=True, exist_ok=True)
+        # Stale files from a killed daemon would make pcscd think another one runs.
+        for stale in ("pcscd.comm", "pcscd.pid", "pcscd.pub"):
+            with contextlib.suppress(FileNotFoundError):
+                (self._rundir / stale).unlink()
+        (self._confdir / "vpcd").write_text(
+            f'FRIENDLYNAME "{_READER_BASE}"\n'
+            f"DEVICENAME /dev/null:{self.base_port}\n"
+            f"LIBPATH {VPCD_DRIVER}\n"
+            f"CHANNELID {self.base_port}\n"
+        )
+
+    def start(self) -> None:
+        """Start the daemon and wait until its socket and both vpcd ports are ready."""
+        if self.running:
+            return
+        self._check_environment()
+        self._write_config()
+        busy = {self.patient_port, self.sam_port} & listening_ports()
+        if busy:
+            raise PcscDaemonError(f"Port(s) {sorted(busy)} already in use.", "端口已被占用。")
+        # /run/pcscd must exist as a mount point; creating it is harmless for a system pcscd.
+        _RUN_DIR.mkdir(parents=True, exist_ok=True)
+        script = (f'mount --bind "{self._rundir}" {_RUN_DIR} && '
+                  f'exec {self.pcscd_binary} -f -c "{self._confdir}"')
+        log = self._log_path.open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _log_tail(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-800:].strip()
+        except OSError:
+            return ""
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                tail = self._log_tail()
+                if "Operation not permitted" in tail or "permission denied" in tail.lower():
+                    raise PcscDaemonError(
+                        "Not permitted to create a private mount namespace for pcscd "
+                        "(needs root or CAP_SYS_ADMIN; in containers run privileged): " + tail,
+                        "没有权限启动私有读卡服务（需要 root 或 CAP_SYS_ADMIN）。")
+                raise PcscDaemonError(
+                    f"pcscd exited with code {self._proc.returncode}: {tail}",
+                    "读卡服务意外退出。")
+            if self.socket_path.exists() and {self.patient_port, self.sam_port} <= \
+                    listening_ports():
+                return
+            time.sleep(0.05)
+        raise PcscDaemonError(
+            f"pcscd not ready after {self.ready_timeout:.0f} s: {self._log_tail()}",
+            "读卡服务启动超时。")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the daemon (SIGTERM, then SIGKILL); leaves no process behind."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=timeout)
+        self._wait_ports_closed(timeout)
+
+    def kill(self) -> None:
+        """Kill the daemon with SIGKILL (a crash, for fault tests)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+        self._wait_ports_closed(5.0)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and socket path."""
+        self.stop()
+        self.start()
+
+    def _wait_ports_closed(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while {self.patient_port, self.sam_port} & listening_ports():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+
+    def __enter__(self) -> PcscDaemon:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

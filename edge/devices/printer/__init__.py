@@ -1,0 +1,1 @@
+"""Receipt printing: documents, pure ESC/POS layout, transports, driver, virtual printer."""

@@ -1,0 +1,466 @@
+"""The device's uplink: requests through the durable outbox, replies matched by ``corr``.
+
+Delivery (DESIGN.md "Delivery rules"):
+
+* :meth:`Uplink.request` writes the envelope to the outbox (fsynced) **before** publishing;
+  the entry ends only on the application reply (``down/resp`` with ``corr`` = id), never on
+  PUBACK. Until then the same bytes (same ``id``) are republished after every reconnect and
+  every ``retry_interval_s``; central dedups by id and re-sends its stored reply.
+* Unsent entries past ``exp`` are failed locally (``expired``) and never sent. Sent ones are
+  resent past ``exp`` until central answers: with the stored outcome, or ``expired`` if it
+  never saw the request — either way the truth.
+* Caller timeouts (``timeout``, default per type prefix, ``pay.*`` longer):
+
+  - ``pay.*`` → :class:`OutcomeUnknown`, always; the entry keeps going and a late reply is
+    kept for :meth:`result_of` (the kiosk says "payment being confirmed — do not pay again").
+  - other **mutating** types (``reg.book``, ``reg.cancel``, ``report.printed``) → if the
+    request was never published, it is withdrawn (failed locally, ``caller_timeout``) and
+    :class:`PlatformUnavailable` is raised — nothing happened; if it was published,
+    :class:`OutcomeUnknown` and the entry keeps going, as for payments.
+  - **read-only** types → withdrawn and :class:`PlatformUnavailable`; a read that happens
+    later has no effect, so "nothing happened" is true.
+
+* Events and command results are durable too, but end on PUBACK: the broker then holds them
+  for central's subscription, and they have no reply to wait for. A broker crash in that
+  window loses the event — acceptable for monitoring, and audit records carry a hash chain
+  with ``seq`` so central notices a gap.
+* Telemetry is QoS 0 and not stored; the next sample supersedes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from edge.protocol import topics
+from edge.protocol.envelope import Envelope, decode, encode, format_ts, new_envelope
+from edge.protocol.errors import ProtocolError
+from edge.protocol.messages import ReplyOk, make_request, parse_reply
+from edge.uplink.config import UplinkConfig
+from edge.uplink.errors import (
+    OutcomeUnknown,
+    PlatformUnavailable,
+    Rejected,
+    RequestExpired,
+    UnknownRequest,
+    UplinkClosed,
+    UplinkError,
+)
+from edge.uplink.outbox import Clock, Outbox, OutboxEntry, priority_for, utc_now
+from edge.uplink.session import InboundMessage, MqttSession, Will, next_boot_seq, state_payload
+
+__all__ = ["MUTATING_TYPES", "Uplink", "error_from_reply"]
+
+log = logging.getLogger(__name__)
+
+#: Request types with an effect on the platform (mirrors central.platform MUTATING_OPERATIONS;
+#: the edge does not import central).
+MUTATING_TYPES = frozenset(
+    {"reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund", "report.printed"}
+)
+
+Handler = Callable[[InboundMessage], Awaitable[None] | None]
+_HANDLER_KINDS = frozenset({"cmd", "config", "hotlist"})
+
+
+def _reply_parts(env: Envelope) -> tuple[bool, dict[str, Any]]:
+    """Validate a reply (catalogue "Reply envelope"): (True, result) or (False, error)."""
+    reply = parse_reply(env)
+    if isinstance(reply, ReplyOk):
+        return True, dict(reply.result)
+    return False, reply.error.model_dump(mode="json")
+
+
+def _unsettled(entry: OutboxEntry) -> bool:
+    """True when a finished entry's reply says the outcome is not final yet."""
+    if entry.reply is None:
+        return False
+    try:
+        ok, data = _reply_parts(decode(entry.reply))
+    except ProtocolError:
+        return False
+    return not ok and data.get("code") in ("outcome_unknown", "platform_unavailable")
+
+
+def error_from_reply(request_id: str, err: dict[str, Any]) -> UplinkError:
+    """Map a reply's error object to the typed error the caller sees."""
+    code = str(err.get("code", ""))
+    message = str(err.get("message", ""))
+    message_zh = err.get("message_zh") if isinstance(err.get("message_zh"), str) else None
+    if code == "platform_unavailable":
+        return PlatformUnavailable(
+            message or "platform unavailable", message_zh or "医院系统暂时无法连接，请稍后再试"
+        )
+    if code == "outcome_unknown":
+        return OutcomeUnknown(request_id, message_zh=message_zh or "结果确认中，请勿重复操作")
+    if code == "expired":
+        return RequestExpired(request_id)
+    if code == "rejected":
+        # The platform's reason code leads the message ("slot_full: …"): expose it as .code.
+        head, sep, rest = message.partition(":")
+        if sep and head.strip().replace("_", "").isalnum():
+            return Rejected(head.strip(), rest.strip() or head.strip(), message_zh)
+        return Rejected("rejected", message, message_zh)
+    return Rejected(code or "error", message, message_zh)
+
+
+class Uplink:
+    """A device's link to central: durable requests, events, telemetry, inbound handlers."""
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        device_id: str,
+        *,
+        role: str,
+        version: str,
+        clock: Clock = utc_now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.device_id = topics.check_device_id(device_id)
+        self.role = role
+        self.version = version
+        self._clock = clock
+        self._rng = rng or random.Random()  # noqa: S311 - jitter only
+        self.outbox = Outbox(
+            config.outbox_path,
+            clock,
+            max_entries=config.max_entries,
+            retry_interval_s=config.retry_interval_s,
+        )
+        self.boot_seq: int | None = None
+        self._session: MqttSession | None = None
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._handlers: dict[str, list[Handler]] = {k: [] for k in _HANDLER_KINDS}
+        self._wake: asyncio.Event | None = None
+        self._pump_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = True
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True while the MQTT session is up."""
+        return self._session is not None and self._session.connected
+
+    async def start(self) -> None:
+        """Bump boot_seq, connect (in the background) and start sending the outbox."""
+        if not self._closed:
+            return
+        cfg = self.config
+        password: str | None = None
+        if cfg.password_file is not None:
+            try:
+                password = cfg.password_file.read_text().strip()
+            except OSError as exc:
+                raise UplinkError(
+                    f"cannot read password file {cfg.password_file}: {exc.strerror}",
+                    "无法读取通信密码文件",
+                ) from exc
+        self.boot_seq = next_boot_seq(cfg.state_path)
+        state_topic = topics.state(self.device_id)
+        self._wake = asyncio.Event()
+        self._session = MqttSession(
+            self.device_id,
+            host=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            password=password,
+            tls=cfg.tls,
+            keepalive=cfg.keepalive,
+            protocol=cfg.protocol,
+            clean_session=True,  # see session.py: the outbox redelivers
+            max_inflight=cfg.max_inflight,
+            backoff_min_s=cfg.backoff_min_s,
+            backoff_max_s=cfg.backoff_max_s,
+            rng=self._rng,
+            will=Will(state_topic, state_payload(online=False, boot_seq=self.boot_seq)),
+            birth=Will(
+                state_topic,
+                state_payload(
+                    online=True, boot_seq=self.boot_seq, version=self.version, role=self.role
+                ),
+            ),
+            subscriptions=[(f, 1) for f in topics.device_filters(self.device_id)],
+            on_message=self._on_message,
+            on_connected=self._on_connected,
+        )
+        self._closed = False
+        await self._session.start()
+        self._pump_task = asyncio.create_task(self._pump(), name=f"outbox-{self.device_id}")
+
+    async def wait_connected(self, timeout_s: float | None = None) -> bool:
+        """Wait until the session is connected; False on timeout."""
+        if self._session is None:
+            raise UplinkClosed()
+        return await self._session.wait_connected(timeout_s)
+
+    async def stop(self) -> None:
+        """Publish the offline state, disconnect, stop the pump; pending entries stay on disk."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._pump_task is not None:
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+        for t in list(self._tasks):
+            t.cancel()
+        if self._session is not None and self.boot_seq is not None:
+            final = Will(
+                topics.state(self.device_id),
+                state_payload(online=False, boot_seq=self.boot_seq),
+            )
+            await self._session.stop(final=final)
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(UplinkClosed())
+        self._waiters.clear()
+        self.outbox.close()
+
+    # -- requests ------------------------------------------------------------------------
+    async def request(
+        self,
+        type: str,
+        body: dict[str, Any],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the caller's deadline is the API
+        exp: datetime | None = None,
+        id: str | None = None,
+    ) -> dict[str, Any]:
+        """Send a request durably and return its result dict, or raise a typed error."""
+        if self._closed:
+            raise UplinkClosed()
+        now = self._clock()
+        exp = exp or now + timedelta(seconds=self.config.request_exp_s)
+        try:
+            env = make_request(type, self.device_id, body, now=now, id=id, exp=format_ts(exp))
+        except ProtocolError as exc:
+            raise Rejected(exc.code, exc.message, exc.message_zh) from exc
+        entry = self.outbox.enqueue(env, priority=priority_for("req", type), kind="req")
+        if entry.state == "done" and _unsettled(entry):
+            # A retry with the same id after "outcome unknown"/"unavailable": ask again. The
+            # same id is the platform's idempotency key, so this can never take effect twice.
+            entry = self.outbox.reopen(entry.id, now) or entry
+        if entry.state != "pending":  # the same id was already finished: its outcome stands
+            return self._outcome(entry)
+        fut = self._waiter(entry.id)
+        self._kick()
+        wait_s = timeout if timeout is not None else self.config.timeout_for(type)
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), wait_s)
+        except TimeoutError:
+            current = self.outbox.get(entry.id)
+            if current is None or current.state == "pending":
+                raise self._gave_up(entry.id, type) from None
+        final = self.outbox.get(entry.id)
+        if final is None:
+            raise UnknownRequest(entry.id)
+        return self._outcome(final)
+
+    def _gave_up(self, req_id: str, type_: str) -> UplinkError:
+        """The error for a caller timeout on a still-pending request (rules in the docstring)."""
+        entry = self.outbox.get(req_id)
+        sent = entry is not None and entry.attempts > 0
+        if type_.startswith("pay.") or (sent and type_ in MUTATING_TYPES):
+            return OutcomeUnknown(req_id)
+        # Withdrawn: no await since the attempts check, so the pump cannot send it meanwhile.
+        self.outbox.fail(req_id, "caller_timeout")
+        self._waiters.pop(req_id, None)
+        return PlatformUnavailable(
+            f"no reply to {type_} in time (request {req_id})", "医院系统响应超时，请稍后再试"
+        )
+
+    def _outcome(self, entry: OutboxEntry) -> dict[str, Any]:
+        """Result of a finished entry, or the typed error it ended with."""
+        if entry.state == "pending":
+            raise OutcomeUnknown(entry.id)
+        if entry.state == "failed":
+            if entry.fail_reason == "expired":
+                raise RequestExpired(entry.id)
+            if entry.fail_reason == "caller_timeout":
+                raise PlatformUnavailable(
+                    f"request {entry.id} withdrawn after the caller's timeout",
+                    "请求已撤回，未被处理",
+                )
+            raise OutcomeUnknown(entry.id)  # no_reply: sent, never answered
+        if entry.reply is None:
+            return {}
+        try:
+            env = decode(entry.reply)
+            ok, data = _reply_parts(env)
+        except ProtocolError as exc:
+            raise Rejected("invalid_reply", exc.message, exc.message_zh) from exc
+        if ok:
+            return data
+        raise error_from_reply(entry.id, data)
+
+    async def result_of(self, request_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
+        """Outcome of an earlier request (also after the caller gave up); waits up to wait_s."""
+        entry = self.outbox.get(request_id)
+        if entry is None:
+            raise UnknownRequest(request_id)
+        if entry.state == "pending" and wait_s > 0:
+            fut = self._waiter(request_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), wait_s)
+            entry = self.outbox.get(request_id) or entry
+        return self._outcome(entry)
+
+    def _waiter(self, req_id: str) -> asyncio.Future[None]:
+        fut = self._waiters.get(req_id)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[req_id] = fut
+        return fut
+
+    def _resolve(self, req_id: str) -> None:
+        fut = self._waiters.pop(req_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    # -- events / telemetry --------------------------------------------------------------
+    async def publish_event(self, type: str, body: dict[str, Any]) -> str:
+        """Queue an event durably (QoS 1, ends on PUBACK); returns its id."""
+        return self._enqueue_oneway("event", type, body, corr=None)
+
+    async def publish_result(
+        self, type: str, body: dict[str, Any], *, corr: str
+    ) -> str:
+        """Queue a command result (``up/result``) durably; returns its id."""
+        return self._enqueue_oneway("result", type, body, corr=corr)
+
+    def _enqueue_oneway(
+        self, kind: str, type_: str, body: dict[str, Any], *, corr: str | None
+    ) -> str:
+        if self._closed:
+            raise UplinkClosed()
+        try:
+            env = new_envelope(type_, self.device_id, body, now=self._clock(), corr=corr)
+        except ProtocolError as exc:
+            raise Rejected(exc.code, exc.message, exc.message_zh) from exc
+        entry = self.outbox.enqueue(env, priority=priority_for(kind, type_), kind=kind)
+        self._kick()
+        return entry.id
+
+    def publish_telemetry(self, body: dict[str, Any]) -> bool:
+        """Publish a telemetry sample (QoS 0, not stored); False if offline or invalid."""
+        if self._session is None or not self._session.connected:
+            return False
+        try:
+            env = new_envelope("telemetry", self.device_id, body, now=self._clock())
+            payload = encode(env)
+        except ProtocolError as exc:
+            log.warning("telemetry dropped: %s", exc.code)
+            return False
+        fut = self._session.publish_nowait(topics.up(self.device_id, "telemetry"), payload, qos=0)
+        return fut.done() and fut.exception() is None
+
+    # -- inbound -------------------------------------------------------------------------
+    def on_message(self, kind: str, handler: Handler) -> None:
+        """Register a handler for ``cmd``, ``config`` (down/…) or ``hotlist`` messages."""
+        if kind not in _HANDLER_KINDS:
+            raise ValueError(f"kind must be one of {sorted(_HANDLER_KINDS)}")
+        self._handlers[kind].append(handler)
+
+    def _on_message(self, msg: InboundMessage) -> None:
+        try:
+            t = topics.parse(msg.topic)
+        except ProtocolError:
+            log.warning("message on unexpected topic dropped")
+            return
+        if t.direction == "down" and t.dev == self.device_id and t.kind == "resp":
+            self._on_reply(msg)
+            return
+        kind = "hotlist" if t.direction == "fleet" else t.kind
+        if (t.direction == "down" and t.dev != self.device_id) or kind not in _HANDLER_KINDS:
+            log.warning("message on %s ignored", msg.topic)
+            return
+        for h in self._handlers[kind]:
+            res = h(msg)
+            if inspect.isawaitable(res):
+                task = asyncio.ensure_future(res)
+                self._tasks.add(task)
+                task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.discard(task)  # type: ignore[arg-type]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("handler failed: %r", task.exception())
+
+    def _on_reply(self, msg: InboundMessage) -> None:
+        try:
+            env = decode(msg.payload)
+        except ProtocolError as exc:
+            log.warning("unreadable reply dropped: %s", exc.code)
+            return
+        if env.type != "resp" or env.corr is None or env.dev != self.device_id:
+            log.warning("reply without corr/dev dropped (id %s)", env.id)
+            return
+        if self.outbox.complete(env.corr, msg.payload):
+            self._resolve(env.corr)
+        # else: a duplicate reply (central re-sent it for our resend) or not ours — ignore.
+
+    def _on_connected(self) -> None:
+        # Everything pending goes out again on the new connection, same ids.
+        self.outbox.retry_all_now(self._clock())
+        self._kick()
+
+    # -- the pump ------------------------------------------------------------------------
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _pump(self) -> None:
+        assert self._wake is not None  # set in start(), before the task exists
+        while True:
+            self._wake.clear()
+            more = False
+            try:
+                more = self._send_due()
+            except Exception:
+                log.exception("outbox pump error")  # keep pumping: the next tick retries
+            delay = self.config.retry_interval_s
+            nxt = self.outbox.next_due_at()
+            if nxt is not None:
+                delay = max(0.05, min(delay, (nxt - self._clock()).total_seconds()))
+            if more:
+                delay = 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _send_due(self, limit: int = 200) -> bool:
+        now = self._clock()
+        for e in self.outbox.expire(now):
+            self._resolve(e.id)
+        session = self._session
+        if session is None or not session.connected:
+            return False
+        due = self.outbox.due(now, limit)
+        for e in due:
+            fut = session.publish_nowait(topics.up(self.device_id, e.kind), e.payload, qos=1)
+            if fut.done() and fut.exception() is not None:
+                return False  # the link dropped; the reconnect resends everything
+            self.outbox.mark_sent(e.id, now)
+            if e.kind in ("event", "result"):
+                fut.add_done_callback(lambda f, i=e.id: self._oneway_acked(i, f))
+            else:
+                fut.add_done_callback(_consume)
+        return len(due) == limit
+
+    def _oneway_acked(self, entry_id: str, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.outbox.complete(entry_id, None)
+
+
+def _consume(fut: asyncio.Future[None]) -> None:
+    # Requests end on the reply, not PUBACK; read the exception so asyncio does not log it.
+    if not fut.cancelled():
+        fut.exception()

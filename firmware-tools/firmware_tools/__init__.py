@@ -1,0 +1,1 @@
+"""Technician tools: keys, enrollment, config, commands and update bundles (``ykt fw``)."""

@@ -1,0 +1,1 @@
+"""Patient and cashier UI server."""

@@ -1,0 +1,53 @@
+"""Typed configuration of the kiosk UI server (``ykt kiosk``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from edge.common.config import StrictModel
+
+__all__ = ["EdgeLink", "KioskConfig", "ServerConfig", "UiConfig"]
+
+
+class ServerConfig(StrictModel):
+    """Where the UI is served (Chromium in kiosk mode opens it on the same machine)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class EdgeLink(StrictModel):
+    """How to reach the local ``ykt edge`` API."""
+
+    url: str = Field(default="http://127.0.0.1:8701", pattern=r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d+$")
+    token_file: Path | None = None
+    token_env: str = "YKT_EDGE_API_TOKEN"
+    timeout_s: float = Field(default=30.0, gt=0, le=120)
+
+
+class UiConfig(StrictModel):
+    """Behaviour of the screens."""
+
+    role: Literal["kiosk", "cashier"] = "kiosk"
+    language: Literal["zh", "en"] = "zh"
+    idle_timeout_s: int = Field(default=60, ge=15, le=600)
+    countdown_s: int = Field(default=10, ge=3, le=60)
+    hospital_name: str = Field(default="示范市第一人民医院", min_length=1, max_length=40)
+    pay_method: Literal["prepaid", "later"] = "prepaid"
+
+    @model_validator(mode="after")
+    def _countdown_shorter(self) -> UiConfig:
+        if self.countdown_s >= self.idle_timeout_s:
+            raise ValueError("countdown_s must be shorter than idle_timeout_s")
+        return self
+
+
+class KioskConfig(StrictModel):
+    """The whole ``ykt kiosk`` configuration file."""
+
+    server: ServerConfig = ServerConfig()
+    edge: EdgeLink = EdgeLink()
+    ui: UiConfig = UiConfig()

@@ -1,0 +1,198 @@
+"""The durable outbox: ordering, retries, expiry, the size policy, and kill -9 durability."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from edge.protocol.envelope import decode, new_envelope
+from edge.uplink.errors import OutboxFull
+from edge.uplink.outbox import Outbox, Priority
+
+T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=UTC)
+
+
+class FakeClock:
+    """A settable clock."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def env(type_: str = "reg.departments", *, id_: str | None = None, exp: datetime | None = None):
+    return new_envelope(type_, "kiosk-001", {}, now=T0, id=id_, exp=exp)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: FakeClock):
+    ob = Outbox(tmp_path / "outbox.db", clock, max_entries=50, retry_interval_s=10)
+    yield ob
+    ob.close()
+
+
+def test_uses_wal_and_full_sync(outbox: Outbox) -> None:
+    assert outbox._db.pragma("journal_mode") == "wal"
+    assert outbox._db.pragma("synchronous") == 2  # FULL
+
+
+def test_due_orders_money_and_results_before_requests_events_and_telemetry(outbox, clock):
+    outbox.enqueue(env("telemetry", id_="tele00001"), kind="telemetry")
+    outbox.enqueue(env("card.inserted", id_="event0001"), kind="event")
+    outbox.enqueue(env("reg.slots", id_="lookup001"), kind="req")
+    outbox.enqueue(env("cmd.result", id_="result001"), kind="result")
+    outbox.enqueue(env("pay.create", id_="payment01"), kind="req")
+    due = outbox.due(clock(), 10)
+    assert [e.id for e in due] == ["payment01", "result001", "lookup001", "event0001", "tele00001"]
+    assert due[0].priority == Priority.MONEY
+
+
+def test_retry_uses_same_bytes_and_id_after_the_interval(outbox, clock):
+    e = outbox.enqueue(env(id_="request01"), kind="req")
+    outbox.mark_sent(e.id, clock())
+    assert outbox.due(clock(), 10) == []
+    clock.advance(10)
+    again = outbox.due(clock(), 10)
+    assert [x.id for x in again] == ["request01"]
+    assert again[0].payload == e.payload and decode(again[0].payload).id == "request01"
+    assert again[0].attempts == 1
+    # enqueueing the same id again does not make a second entry
+    assert outbox.enqueue(env(id_="request01"), kind="req").attempts == 1
+    assert outbox.count() == 1
+
+
+def test_entry_ends_only_on_complete_or_fail(outbox, clock):
+    e = outbox.enqueue(env(id_="request02"), kind="req")
+    outbox.mark_sent(e.id, clock())
+    assert outbox.pending_count() == 1
+    assert outbox.complete(e.id, b"reply") is True
+    assert outbox.complete(e.id, b"other") is False  # already done: first reply kept
+    got = outbox.get(e.id)
+    assert got.state == "done" and got.reply == b"reply" and outbox.pending_count() == 0
+    f = outbox.enqueue(env(id_="request03"), kind="req")
+    assert outbox.fail(f.id, "gave up")
+    assert outbox.get(f.id).fail_reason == "gave up"
+    assert outbox.due(clock() + timedelta(hours=1), 10) == []
+
+
+def test_expired_unsent_entry_fails_locally_and_is_never_due(outbox, clock):
+    outbox.enqueue(env(id_="expiring1", exp=T0 + timedelta(seconds=5)), kind="req")
+    clock.advance(6)
+    assert outbox.due(clock(), 10) == []
+    got = outbox.get("expiring1")
+    assert got.state == "failed" and got.fail_reason == "expired" and got.attempts == 0
+
+
+def test_sent_entry_is_resent_past_exp_until_the_give_up_horizon(tmp_path, clock):
+    ob = Outbox(tmp_path / "o.db", clock, retry_interval_s=10, give_up_after_exp_s=60)
+    try:
+        ob.enqueue(env(id_="sentonce1", exp=T0 + timedelta(seconds=5)), kind="req")
+        ob.mark_sent("sentonce1", clock())
+        clock.advance(20)  # past exp: central answers from its dedup table or says expired
+        assert [e.id for e in ob.due(clock(), 10)] == ["sentonce1"]
+        clock.advance(60)
+        assert ob.due(clock(), 10) == []
+        assert ob.get("sentonce1").fail_reason == "no_reply"
+    finally:
+        ob.close()
+
+
+def test_size_policy_drops_oldest_events_first_and_never_requests(tmp_path, clock):
+    ob = Outbox(tmp_path / "small.db", clock, max_entries=10)
+    try:
+        for i in range(4):
+            ob.enqueue(env("print.done", id_=f"event{i:04d}"), kind="event")
+        for i in range(6):
+            ob.enqueue(env("pay.create", id_=f"money{i:04d}"), kind="req")
+        ob.enqueue(env("reg.book", id_="booking01"), kind="req")  # evicts the oldest event
+        assert ob.get("event0000") is None and ob.get("event0001") is not None
+        ob.enqueue(env("card.inserted", id_="eventnew1"), kind="event")
+        assert ob.get("event0001") is None
+        for i in range(3):
+            ob.enqueue(env("reg.cancel", id_=f"cancel{i:03d}"), kind="req")
+        assert ob.get("eventnew1") is None  # all events gone now
+        with pytest.raises(OutboxFull) as info:
+            ob.enqueue(env("pay.create", id_="money9999"), kind="req")
+        assert info.value.message_zh
+        assert all(ob.get(f"money{i:04d}") is not None for i in range(6))
+        # finished entries are the first to go
+        ob.complete("money0000", b"r")
+        ob.enqueue(env("pay.create", id_="money9999"), kind="req")
+        assert ob.get("money0000") is None and ob.get("money9999") is not None
+    finally:
+        ob.close()
+
+
+def test_retry_all_now_after_reconnect(outbox, clock):
+    for i in range(3):
+        e = outbox.enqueue(env(id_=f"request{i:02d}"), kind="req")
+        outbox.mark_sent(e.id, clock())
+    assert outbox.due(clock(), 10) == []
+    assert outbox.retry_all_now(clock()) == 3
+    assert len(outbox.due(clock(), 10)) == 3
+
+
+CHILD = textwrap.dedent(
+    """
+    import os, sys
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from edge.protocol.envelope import new_envelope
+    from edge.uplink.outbox import Outbox
+    ob = Outbox(Path(sys.argv[1]), lambda: datetime.now(UTC))
+    for i in range(20):
+        e = new_envelope("pay.create", "kiosk-001", {"n": i}, now=datetime.now(UTC),
+                         id=f"durable{i:04d}")
+        ob.enqueue(e, kind="req")
+        print(e.id, flush=True)   # reported only after enqueue returned (fsynced)
+    print("DONE", flush=True)
+    import time
+    time.sleep(60)
+    """
+)
+
+
+def test_enqueued_entries_survive_kill_9(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    )
+    acknowledged = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "DONE":
+                break
+            acknowledged.append(line.strip())
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    assert len(acknowledged) == 20
+    ob = Outbox(db, lambda: datetime.now(UTC))
+    try:
+        assert ob.pending_count() == 20
+        for i in acknowledged:
+            entry = ob.get(i)
+            assert entry is not None and entry.state == "pending"
+            assert decode(entry.payload).id == i
+    finally:
+        ob.close()

@@ -1,0 +1,92 @@
+"""End to end on the real stacks: a virtual health card in a vpcd reader of a real pcscd →
+``ykt edge`` (pyscard) → kiosk UI server → durable outbox → real Mosquitto → ``ykt central``
+→ reference platform → reply → registration slip on the virtual ESC/POS printer.
+
+Every process is real and started through the ``ykt`` command by the site-in-a-box
+(``central.demo.Site``), so this test also proves ``ykt demo`` works.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from central.demo import DEMO_PATIENTS, Site
+
+pytestmark = pytest.mark.stack
+
+
+def wait_for(fn, timeout=20.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met in {timeout}s (last={last!r})")
+
+
+def test_card_to_printed_slip(site: Site):
+    patient = DEMO_PATIENTS[0]  # 张三, 11010119800101003X
+    kiosk = site.terminal("kiosk-001")
+    ui = httpx.Client(base_url=kiosk.ui_url, timeout=30)
+
+    site.insert_card("kiosk-001", patient)
+
+    def ready():
+        s = ui.get("/api/state").json().get("session")
+        return s if s and s.get("state") == "ready" else None
+
+    session = wait_for(ready)
+    ident = session["identity"]
+    assert ident["name"] == "张*"
+    assert ident["id_number"] == "110***********003X"
+    assert patient["id_number"] not in str(session)
+
+    identified = ui.post("/api/identify").json()["session"]
+    assert identified["patient"]["name"] == "张*"
+
+    depts = ui.get("/api/departments").json()["departments"]
+    assert len(depts) >= 5
+    slot = dept = None
+    for d in depts:
+        slots = ui.get("/api/slots", params={"dept": d["code"]}).json()["slots"]
+        open_slots = [s for s in slots if s["remaining"] > 0]
+        if open_slots:
+            slot, dept = open_slots[0], d
+            break
+    assert slot is not None, "the platform offered no open slot today"
+
+    result = ui.post("/api/register", json={"slot_id": slot["slot_id"]}).json()
+    booking = result["booking"]
+    assert result["print"]["state"] == "printed", result
+    assert booking["dept_name"] == dept["name"]
+
+    (job,) = kiosk.printer.wait_for_jobs(1, timeout=10)
+    text = "\n".join(job.lines)
+    assert "张*" in text
+    assert dept["name"] in text
+    assert str(booking["queue_no"]) in text
+    assert patient["id_number"] not in text
+    assert patient["id_number"].encode() not in job.raw
+    assert patient["id_number"].encode("gb18030") not in job.raw
+    assert patient["name"] not in text
+
+    site.remove_card("kiosk-001")
+    wait_for(lambda: ui.get("/api/state").json().get("session") is None)
+
+
+def test_no_personal_data_in_any_log(site: Site):
+    # Runs after the registration above (module order): every process has logged by now.
+    logs = list(Path(site.workdir, "logs").glob("*.log"))
+    assert logs
+    patient = DEMO_PATIENTS[0]
+    for log in logs:
+        text = log.read_text(encoding="utf-8", errors="replace")
+        assert patient["id_number"] not in text, log.name
+        assert patient["name"] not in text, log.name
+        assert patient["phone"] not in text, log.name
