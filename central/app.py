@@ -26,7 +26,7 @@ from central.registry import Registry
 from central.store import open_store
 from edge.common.config import load_config, read_secret
 from edge.common.logging import setup_logging
-from edge.common.systemd import notify, watchdog_loop
+from edge.common.systemd import notify, watchdog_enabled, watchdog_loop
 
 log = logging.getLogger("central.app")
 
@@ -109,12 +109,13 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     tasks = [
         asyncio.create_task(forwarder.run(), name="forwarder"),
         asyncio.create_task(server.serve(), name="dashboard"),
-        asyncio.create_task(watchdog_loop(), name="watchdog"),
     ]
     if mosquitto is not None:
         tasks.append(asyncio.create_task(mosquitto.supervise(), name="broker"))
     log.info("central started", extra={"broker": f"{cfg.broker.host}:{cfg.broker.port}",
                                        "dashboard": f"{cfg.dashboard.host}:{cfg.dashboard.port}"})
+    if watchdog_enabled():
+        tasks.append(asyncio.create_task(watchdog_loop(), name="watchdog"))
     notify("READY=1")
     try:
         waiter = asyncio.create_task(stop.wait())

@@ -286,6 +286,7 @@ class Mosquitto:
         self._stopping = False
         self._log_file: object | None = None
         self.restarts = 0
+        self.started_pids: list[int] = []  # every child ever started (tests check none is left)
         # Port 0 is resolved once, so restarts come back on the same port (clients reconnect).
         listeners = [
             lst if lst.port != 0 else lst.model_copy(update={"port": free_port(lst.host)})
@@ -349,6 +350,7 @@ class Mosquitto:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # our signals only, not the terminal's
             )
+        self.started_pids.append(self._proc.pid)
         deadline = time.monotonic() + self._start_timeout_s
         pending = list(self.cfg.listeners)
         while pending:
@@ -395,6 +397,19 @@ class Mosquitto:
                     proc.kill()
                 proc.wait(timeout=timeout_s)
         self._proc = None
+
+    def leftovers(self) -> list[int]:
+        """PIDs this supervisor started that are still alive (should be empty after stop)."""
+        alive = []
+        for pid in self.started_pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+            alive.append(pid)
+        return alive
 
     def kill9(self) -> None:
         """SIGKILL the broker (fault injection); in-memory state is lost, as in a crash."""

@@ -33,17 +33,18 @@ __all__ = ["DEMO_PATIENTS", "Site", "add_demo_arguments", "main"]
 # valid GB 11643 check digit; card numbers follow the 18-character health card number form.
 DEMO_PATIENTS: tuple[dict[str, str], ...] = (
     {"name": "张三", "sex": "1", "ethnicity": "01", "birth_date": "19800101",
-     "id_number": "11010119800101003X", "card_number": "110100000000000001",
+     "id_number": "110101198001010037", "card_number": "110100000000000001",
      "phone": "13812345678"},
     {"name": "李秀英", "sex": "2", "ethnicity": "01", "birth_date": "19650312",
-     "id_number": "310104196503120026", "card_number": "310100000000000002",
+     "id_number": "310104196503120022", "card_number": "310100000000000002",
      "phone": "13987654321"},
     {"name": "欧阳娜娜", "sex": "2", "ethnicity": "01", "birth_date": "19991231",
-     "id_number": "440106199912310028", "card_number": "440100000000000003",
+     "id_number": "440106199912310025", "card_number": "440100000000000003",
      "phone": "13711112222"},
 )
 
-SAM_PIN = "123456"  # demo-only: written to a 0600 secret file, never into a TOML
+SAM_PIN = "123456"
+DEMO_STAFF_PIN = "2468"  # the seeded cashier badges (S1001 …) log in with this PIN  # demo-only: written to a 0600 secret file, never into a TOML
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -175,10 +176,13 @@ class Site:
         wd.mkdir(parents=True, exist_ok=True)
         admin_file = _secret_file(wd / "secrets" / "central-admin.token", self.admin_token)
 
-        # 1. reference platform
-        plat = self._spawn("platform", ["platform-sim", "--host", "127.0.0.1", "--port",
-                                        str(self.platform_port), "--db", str(wd / "platform.db"),
-                                        "--seed", str(self.seed)])
+        # 1. reference platform (admin endpoints on: the panel registers demo patients)
+        plat_cfg = wd / "platform-sim.toml"
+        plat_cfg.write_text(_toml({"platform_sim": {
+            "db_path": str(wd / "platform.db"), "seed": self.seed, "admin_enabled": True,
+            "demo_staff_pin": DEMO_STAFF_PIN}}))
+        plat = self._spawn("platform", ["platform-sim", "--config", str(plat_cfg),
+                                        "--host", "127.0.0.1", "--port", str(self.platform_port)])
         _wait_http(f"{self.platform_url}/openapi.json", 30, plat)
         for p in DEMO_PATIENTS:
             self.add_patient(p)
@@ -204,7 +208,7 @@ class Site:
             term.pcscd = PcscDaemon(tdir / "pcscd", free_port_pair())
             term.pcscd.start()
             term.sam_slot = VirtualCardSlot(term.pcscd.sam_port)
-            term.sam_slot.insert(SamSim.demo(pin=SAM_PIN))
+            term.sam_slot.insert(SamSim(SAM_PIN, terminal_number=bytes.fromhex(f"11010000000{len(self.terminals) + 1}")))
             term.patient_slot = VirtualCardSlot(term.pcscd.patient_port)
             self._start_terminal(term, tdir)
             self.terminals.append(term)
@@ -232,7 +236,7 @@ class Site:
                      "sam_reader": term.pcscd.sam_reader, "sam_pin_file": str(pin_file),
                      "hotlist_path": str(tdir / "data" / "hotlist.db")},
             "printer": {"kind": "network", "host": "127.0.0.1", "port": term.printer.port,
-                        "profile": "xprinter-xp80"},
+                        "profile": "xprinter_xp80"},
             "uplink": {"host": "127.0.0.1", "port": self.broker_port,
                        "username": term.device_id, "password_file": str(pw_file),
                        "outbox_path": str(tdir / "data" / "outbox.db"),

@@ -152,8 +152,9 @@ class Store:
             body = pw.TextField()
 
         class Payment(Base):
-            payment_id = pw.CharField(primary_key=True, max_length=128)
-            request_id = pw.CharField(max_length=128, index=True)
+            # Keyed by the pay.create request id: an unknown outcome has no payment_id yet.
+            request_id = pw.CharField(primary_key=True, max_length=128)
+            payment_id = pw.CharField(max_length=128, null=True, index=True)
             dev = pw.CharField(max_length=64, index=True)
             patient_id = pw.CharField(max_length=64)
             amount_fen = pw.IntegerField()
@@ -164,6 +165,9 @@ class Store:
             deadline = pw.FloatField()
             checks = pw.IntegerField(default=0)
             reason = pw.CharField(max_length=200, null=True)
+            # The request body for re-asking with the same key; None when it held a wallet
+            # payment code, which is never stored (those are resolved by the device's resend).
+            request_body = pw.TextField(null=True)
 
         self.Device: Any = Device
         self.RequestLog: Any = RequestLog
@@ -270,7 +274,7 @@ class Store:
             if r.dev != dev or r.type != type_ or r.body_hash != body_hash:
                 return Begin("mismatch")
             if r.state == "done":
-                return Begin("new")
+                return Begin("done", bytes(r.reply) if r.reply is not None else None)
             if t - r.received_at < lease_s:
                 return Begin("busy")
             R.update(received_at=t).where(R.id == req_id).execute()

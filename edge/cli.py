@@ -58,7 +58,7 @@ def _add_central(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _add_platform_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from central.platform.sim.cli import add_platform_sim_arguments, main
+    from central.platform.sim.server import add_platform_sim_arguments, main
 
     p = sub.add_parser(
         "platform-sim",
@@ -87,12 +87,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
 def _add_card(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from edge.devices.card.cli import add_card_commands
 
-    p = sub.add_parser(
-        "card",
-        help=_SHORT_HELP["card"],
-        description="Technician tools for the health-card reader and the terminal SAM.",
-    )
-    add_card_commands(p.add_subparsers(dest="card_cmd", required=True, metavar="COMMAND"))
+    add_card_commands(sub)  # adds "card" with "read" and "sam"
 
 
 def _add_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

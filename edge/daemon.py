@@ -15,7 +15,7 @@ import uvicorn
 from edge.api import create_api
 from edge.common.config import load_config, read_secret
 from edge.common.logging import setup_logging
-from edge.common.systemd import notify, watchdog_loop
+from edge.common.systemd import notify, watchdog_enabled, watchdog_loop
 from edge.config import EdgeConfig
 from edge.runtime import EdgeRuntime
 
@@ -70,8 +70,7 @@ async def _pump_cards(cards: Any, runtime: EdgeRuntime) -> None:
                                 getattr(err, "message_zh", "读卡失败，请重新插卡。"))
         elif isinstance(ev, cs.CardRemovedEvent):
             runtime.card_removed(ev.reader)
-        elif isinstance(ev, cs.ReaderStateEvent):
-            runtime.reader_present = ev.present
+        runtime.reader_present = bool(cards.readers)
 
 
 async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None) -> None:
@@ -94,7 +93,8 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     hotlist = HotList(cfg.card.hotlist_path)
     cards = CardService(cfg.card, hotlist)
     runtime = EdgeRuntime(device_id=cfg.device.id, role=cfg.device.role,
-                          hospital_name=cfg.device.hospital_name, uplink=uplink,
+                          hospital_name=cfg.device.hospital_name,
+                          timezone=cfg.device.timezone, uplink=uplink,
                           printer=printer, clock=clock)
 
     await uplink.start()
@@ -106,10 +106,11 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     tasks = [
         asyncio.create_task(_pump_cards(cards, runtime), name="cards"),
         asyncio.create_task(server.serve(), name="api"),
-        asyncio.create_task(watchdog_loop(), name="watchdog"),
     ]
     log.info("edge daemon started", extra={"device": cfg.device.id, "role": cfg.device.role,
                                             "api": f"{cfg.api.host}:{cfg.api.port}"})
+    if watchdog_enabled():
+        tasks.append(asyncio.create_task(watchdog_loop(), name="watchdog"))
     notify("READY=1")
     try:
         waiter = asyncio.create_task(stop.wait())

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 from edge.common.logging import known_names
 from edge.common.privacy import mask_card_number, mask_id_number, mask_name
@@ -113,6 +114,7 @@ class EdgeRuntime:
         device_id: str,
         role: str,
         hospital_name: str,
+        timezone: str = "Asia/Shanghai",
         uplink: Any,
         printer: Any,
         clock: Clock,
@@ -120,6 +122,7 @@ class EdgeRuntime:
         self.device_id = device_id
         self.role = role
         self.hospital_name = hospital_name
+        self.tz = ZoneInfo(timezone)
         self.uplink = uplink
         self.printer = printer
         self.clock = clock
@@ -225,7 +228,7 @@ class EdgeRuntime:
             fee_fen=int(booking["fee_fen"]),
             visit_no=booking["visit_no"],
             insured=bool(booking.get("insured", False)),
-            printed_at=self.clock.now(),
+            printed_at=self.clock.now().astimezone(self.tz),
             copy=copy,
         )
         job_id = f"slip-{booking['booking_id']}" + ("-copy" if copy else "")

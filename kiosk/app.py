@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request
@@ -57,9 +58,12 @@ def create_app(cfg: KioskConfig, edge: EdgeClient) -> FastAPI:
     async def _edge_error(_: Request, exc: EdgeError) -> JSONResponse:
         return JSONResponse({"error": exc.as_dict()}, status_code=exc.status)
 
+    def today() -> date:
+        return datetime.now(ZoneInfo(cfg.ui.timezone)).date()
+
     @api.get("/config")
     async def ui_config() -> dict[str, Any]:
-        return {"ui": cfg.ui.model_dump()}
+        return {"ui": {**cfg.ui.model_dump(), "today": today().isoformat()}}
 
     @api.get("/state")
     async def state() -> dict[str, Any]:
@@ -92,7 +96,7 @@ def create_app(cfg: KioskConfig, edge: EdgeClient) -> FastAPI:
     async def slots(dept: str = Query(min_length=1, max_length=16),
                     day: str | None = Query(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$")) -> Any:
         return await edge.request("reg.slots", {"dept_code": dept,
-                                                "date": day or date.today().isoformat()})
+                                                "date": day or today().isoformat()})
 
     @api.post("/register")
     async def register(req: RegisterIn) -> dict[str, Any]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from edge.common.config import StrictModel
 
@@ -37,6 +38,16 @@ class UiConfig(StrictModel):
     countdown_s: int = Field(default=10, ge=3, le=60)
     hospital_name: str = Field(default="示范市第一人民医院", min_length=1, max_length=40)
     pay_method: Literal["prepaid", "later"] = "prepaid"
+    timezone: str = "Asia/Shanghai"  # the hospital's day decides "today" on the booking screen
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
 
     @model_validator(mode="after")
     def _countdown_shorter(self) -> UiConfig:

@@ -22,7 +22,8 @@ __all__ = ["JsonFormatter", "MaskingFilter", "known_names", "setup_logging"]
 
 # LogRecord attributes that are not "extra" fields.
 _STD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys() | {"message", "asctime", "taskName"}
+    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
+    | {"message", "asctime", "taskName", "color_message"}  # uvicorn's ANSI-coloured copy
 )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 import socket
 
-__all__ = ["notify", "watchdog_loop"]
+__all__ = ["notify", "watchdog_enabled", "watchdog_loop"]
 
 
 def notify(message: str, environ: dict[str, str] | None = None) -> bool:
@@ -24,6 +24,12 @@ def notify(message: str, environ: dict[str, str] | None = None) -> bool:
         except OSError:
             return False
     return True
+
+
+def watchdog_enabled(environ: dict[str, str] | None = None) -> bool:
+    """True when systemd expects watchdog pings from this process."""
+    env = os.environ if environ is None else environ
+    return int(env.get("WATCHDOG_USEC", "0") or 0) > 0
 
 
 async def watchdog_loop(environ: dict[str, str] | None = None) -> None:

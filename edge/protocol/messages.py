@@ -264,7 +264,7 @@ class Slot(WireModel):
     end: HHMM
     remaining: Annotated[int, Field(ge=0, le=100_000)]
     fee_fen: Fen
-    closes_at: Timestamp
+    closes_at: HHMM  # hospital local time on `date`, when booking for the session stops
 
     @model_validator(mode="after")
     def _start_before_end(self) -> Slot:

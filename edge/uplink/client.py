@@ -8,11 +8,16 @@ Delivery (DESIGN.md "Delivery rules"):
   every ``retry_interval_s``; central dedups by id and re-sends its stored reply.
 * Unsent entries past ``exp`` are failed locally (``expired``) and never sent. Sent ones are
   resent past ``exp`` until central answers: with the stored outcome, or ``expired`` if it
-  never saw the request — either way the truth.
+  never saw the request — either way the truth. The default ``exp`` is the caller's timeout
+  plus 30 s of clock-skew allowance (capped by ``request_exp_s``), so nothing starts
+  taking effect long after the patient was told it is being confirmed.
 * Caller timeouts (``timeout``, default per type prefix, ``pay.*`` longer):
 
   - ``pay.*`` → :class:`OutcomeUnknown`, always; the entry keeps going and a late reply is
-    kept for :meth:`result_of` (the kiosk says "payment being confirmed — do not pay again").
+    kept for :meth:`result_of` (the kiosk says "payment being confirmed — do not pay again");
+    ``result_of`` later gives the result, or :class:`RequestExpired` = definitely not taken.
+  - a retry with the same ``id`` after ``outcome_unknown``/``platform_unavailable`` or a
+    withdrawal re-opens the entry and asks central again (same idempotency key).
   - other **mutating** types (``reg.book``, ``reg.cancel``, ``report.printed``) → if the
     request was never published, it is withdrawn (failed locally, ``caller_timeout``) and
     :class:`PlatformUnavailable` is raised — nothing happened; if it was published,
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import random
@@ -64,6 +70,9 @@ log = logging.getLogger(__name__)
 MUTATING_TYPES = frozenset(
     {"reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund", "report.printed"}
 )
+
+#: Seconds added to a request's default ``exp`` for clock skew between device and central.
+EXP_SKEW_ALLOWANCE_S = 30.0
 
 Handler = Callable[[InboundMessage], Awaitable[None] | None]
 _HANDLER_KINDS = frozenset({"cmd", "config", "hotlist"})
@@ -205,6 +214,8 @@ class Uplink:
     async def stop(self) -> None:
         """Publish the offline state, disconnect, stop the pump; pending entries stay on disk."""
         if self._closed:
+            if self._session is None:
+                self.outbox.close()  # never started: only the outbox is open
             return
         self._closed = True
         if self._pump_task is not None:
@@ -222,6 +233,7 @@ class Uplink:
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(UplinkClosed())
+                fut.exception()  # mark retrieved: nobody may be waiting any more
         self._waiters.clear()
         self.outbox.close()
 
@@ -239,21 +251,35 @@ class Uplink:
         if self._closed:
             raise UplinkClosed()
         now = self._clock()
-        exp = exp or now + timedelta(seconds=self.config.request_exp_s)
+        wait_s = timeout if timeout is not None else self.config.timeout_for(type)
+        if exp is None:
+            # Central must not start acting on a request after its caller gave up: then a
+            # payment that could not be sent in time is never taken. The allowance covers
+            # clock skew between device and central; sent requests stay safe past exp.
+            exp = now + timedelta(
+                seconds=min(self.config.request_exp_s, wait_s + EXP_SKEW_ALLOWANCE_S)
+            )
         try:
             env = make_request(type, self.device_id, body, now=now, id=id, exp=format_ts(exp))
         except ProtocolError as exc:
             raise Rejected(exc.code, exc.message, exc.message_zh) from exc
         entry = self.outbox.enqueue(env, priority=priority_for("req", type), kind="req")
-        if entry.state == "done" and _unsettled(entry):
-            # A retry with the same id after "outcome unknown"/"unavailable": ask again. The
-            # same id is the platform's idempotency key, so this can never take effect twice.
+        if entry.payload != encode(env):
+            stored = decode(entry.payload)
+            if (stored.type, stored.body) != (env.type, env.body):
+                # The same id was used for something else: never answer it with that outcome.
+                raise Rejected(
+                    "duplicate_mismatch", f"request id {env.id} already used with another body",
+                    "请求编号重复且内容不同",
+                )
+        if (entry.state == "done" and _unsettled(entry)) or entry.fail_reason == "caller_timeout":
+            # A retry with the same id after "outcome unknown"/"unavailable"/withdrawn: ask
+            # again. The id is the platform's idempotency key: never two effects.
             entry = self.outbox.reopen(entry.id, now) or entry
         if entry.state != "pending":  # the same id was already finished: its outcome stands
             return self._outcome(entry)
         fut = self._waiter(entry.id)
         self._kick()
-        wait_s = timeout if timeout is not None else self.config.timeout_for(type)
         try:
             await asyncio.wait_for(asyncio.shield(fut), wait_s)
         except TimeoutError:
@@ -269,11 +295,11 @@ class Uplink:
         """The error for a caller timeout on a still-pending request (rules in the docstring)."""
         entry = self.outbox.get(req_id)
         sent = entry is not None and entry.attempts > 0
+        self._waiters.pop(req_id, None)  # result_of makes a new one if someone asks
         if type_.startswith("pay.") or (sent and type_ in MUTATING_TYPES):
             return OutcomeUnknown(req_id)
         # Withdrawn: no await since the attempts check, so the pump cannot send it meanwhile.
         self.outbox.fail(req_id, "caller_timeout")
-        self._waiters.pop(req_id, None)
         return PlatformUnavailable(
             f"no reply to {type_} in time (request {req_id})", "医院系统响应超时，请稍后再试"
         )
@@ -391,7 +417,7 @@ class Uplink:
                 task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Future[Any]) -> None:
-        self._tasks.discard(task)  # type: ignore[arg-type]
+        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("handler failed: %r", task.exception())
 
@@ -420,10 +446,16 @@ class Uplink:
 
     async def _pump(self) -> None:
         assert self._wake is not None  # set in start(), before the task exists
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         while True:
             self._wake.clear()
             more = False
             try:
+                if loop.time() >= next_prune:
+                    # Finished entries are kept for result_of, then deleted (hourly check).
+                    self.outbox.prune(self._clock(), self.config.keep_done_s)
+                    next_prune = loop.time() + 3600
                 more = self._send_due()
             except Exception:
                 log.exception("outbox pump error")  # keep pumping: the next tick retries
@@ -450,7 +482,7 @@ class Uplink:
                 return False  # the link dropped; the reconnect resends everything
             self.outbox.mark_sent(e.id, now)
             if e.kind in ("event", "result"):
-                fut.add_done_callback(lambda f, i=e.id: self._oneway_acked(i, f))
+                fut.add_done_callback(functools.partial(self._oneway_acked, e.id))
             else:
                 fut.add_done_callback(_consume)
         return len(due) == limit

@@ -281,7 +281,7 @@ class Outbox:
         return bool(n)
 
     def reopen(self, id: str, now: datetime) -> OutboxEntry | None:
-        """Make a finished entry pending again (same id, same bytes) to ask central again.
+        """Make a done (or withdrawn) entry pending again (same id, same bytes) to ask again.
 
         Used when the stored reply was not final (``outcome_unknown``/``platform_unavailable``):
         central released the request, so a resend asks the platform again under the same
@@ -292,7 +292,10 @@ class Outbox:
             n = (
                 E.update(state="pending", reply=None, fail_reason=None, finished_at=None,
                          next_attempt_at=_ts(now))
-                .where((E.id == id) & (E.state == "done"))
+                .where(
+                    (E.id == id)
+                    & ((E.state == "done") | (E.fail_reason == "caller_timeout"))
+                )
                 .execute()
             )
         return self.get(id) if n else None

@@ -33,6 +33,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edge.uplink.config import TlsConfig
 from edge.uplink.errors import UplinkClosed, UplinkError
@@ -127,7 +129,7 @@ def next_boot_seq(path: Path) -> int:
 def backoff_delay(attempt: int, lo: float, hi: float, rng: random.Random) -> float:
     """Exponential backoff with full jitter: uniform in [lo, min(hi, lo * 2**attempt)]."""
     cap = min(hi, lo * (2 ** min(attempt, 30)))
-    return lo + (cap - lo) * rng.random()
+    return float(lo + (cap - lo) * rng.random())
 
 
 class MqttSession:
@@ -173,7 +175,6 @@ class MqttSession:
         self._connected = False  # asyncio-side view
         self._connected_event: asyncio.Event | None = None
         self._acks: dict[int, asyncio.Future[None]] = {}
-        self._early_acks: set[int] = set()
         self._attempt = 0  # network-thread only
 
         if self._v5:
@@ -251,10 +252,9 @@ class MqttSession:
             return fut
         if qos == 0:
             fut.set_result(None)
-        elif info.mid in self._early_acks:
-            self._early_acks.discard(info.mid)
-            fut.set_result(None)
         else:
+            # Registered before the PUBACK can be handled: _ack arrives via call_soon_threadsafe
+            # and so runs only after this synchronous method has returned.
             self._acks[info.mid] = fut
         return fut
 
@@ -302,7 +302,6 @@ class MqttSession:
             self._connected_event.clear()
         # Whatever waited for a PUBACK on the old connection will not get it from us.
         acks, self._acks = self._acks, {}
-        self._early_acks.clear()
         for fut in acks.values():
             if not fut.done():
                 fut.set_exception(NotConnected("connection lost before PUBACK"))
@@ -310,10 +309,9 @@ class MqttSession:
             self._on_disconnected_cb()
 
     def _ack(self, mid: int) -> None:
+        # Unknown mids are QoS 0 publishes (paho reports those too) or the birth: ignored.
         fut = self._acks.pop(mid, None)
-        if fut is None:
-            self._early_acks.add(mid)
-        elif not fut.done():
+        if fut is not None and not fut.done():
             fut.set_result(None)
 
     def _deliver(self, msg: InboundMessage) -> None:
@@ -340,7 +338,12 @@ class MqttSession:
             if not socket_open:
                 try:
                     if self._v5:
-                        c.connect(self._host, self._port, self._keepalive, clean_start=True)
+                        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                        # v5 spelling of the same choice: a clean start with no session kept,
+                        # or (central) a session that outlives a restart by a week.
+                        props.SessionExpiryInterval = 0 if self._clean else 7 * 24 * 3600
+                        c.connect(self._host, self._port, self._keepalive,
+                                  clean_start=self._clean, properties=props)
                     else:
                         c.connect(self._host, self._port, self._keepalive)
                     socket_open = True

@@ -51,7 +51,8 @@
     depts: () => `<h1>${t("choose_dept")}</h1><div class="grid">${(ctx.departments || []).map((d) =>
       `<button class="tile" data-dept="${esc(d.code)}"><div class="t">${esc(lang === "zh" ? d.name : d.name_en)}</div><div class="s">${esc(d.location)}</div></button>`).join("")}</div>
       <div class="actions"><button class="secondary" data-go="menu">${t("back")}</button></div>`,
-    slots: () => `<h1>${t("choose_slot")}</h1><div class="grid">${(ctx.slots || []).length ? ctx.slots.map((s) =>
+    slots: () => `<h1>${t("choose_slot")}</h1><div class="days">${days().map((d) =>
+      `<button class="chip-day ${d.iso === ctx.day ? "sel" : ""}" data-day="${d.iso}">${esc(d.label)}</button>`).join("")}</div><div class="grid">${(ctx.slots || []).length ? ctx.slots.map((s) =>
       `<button class="tile" data-slot="${esc(s.slot_id)}" ${s.remaining > 0 ? "" : "disabled"}>
         <div class="t">${esc(s.doctor_name)} · ${esc(s.title)}</div>
         <div class="s">${esc(s.date)} ${esc(s.start)}–${esc(s.end)} · ${t("remaining")} ${s.remaining} · ${yuan(s.fee_fen)}</div>
@@ -86,6 +87,7 @@
     screen.querySelectorAll("[data-go]").forEach((b) => b.onclick = () => go(b.dataset.go));
     screen.querySelectorAll("[data-dept]").forEach((b) => b.onclick = () => pickDept(b.dataset.dept));
     screen.querySelectorAll("[data-slot]").forEach((b) => b.onclick = () => pickSlot(b.dataset.slot));
+    screen.querySelectorAll("[data-day]").forEach((b) => b.onclick = () => pickDay(b.dataset.day));
     screen.querySelectorAll("[data-action]").forEach((b) => b.onclick = () => actions[b.dataset.action]());
   }
 
@@ -99,12 +101,34 @@
     show(v);
   }
 
-  async function pickDept(code) {
-    const d = ctx.departments.find((x) => x.code === code);
-    ctx.deptName = d ? (lang === "zh" ? d.name : d.name_en) : code;
-    try { ctx.slots = (await api("GET", "/slots?dept=" + encodeURIComponent(code))).slots; } catch (e) { return fail(e); }
+  // Today and the next 7 days: same-day registration or booking ahead.
+  function days() {
+    const out = [], wd = I18N[lang].weekdays;
+    const [y, m, dd] = (ui.today || new Date().toISOString().slice(0, 10)).split("-").map(Number);
+    for (let i = 0; i < 8; i++) {
+      const d = new Date(y, m - 1, dd + i);
+      const iso = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
+      const label = i === 0 ? t("today") : i === 1 ? t("tomorrow") : `${wd[d.getDay()]} ${iso.slice(5)}`;
+      out.push({ iso, label });
+    }
+    return out;
+  }
+
+  async function loadSlots() {
+    try {
+      ctx.slots = (await api("GET", `/slots?dept=${encodeURIComponent(ctx.dept)}&day=${ctx.day}`)).slots;
+    } catch (e) { return fail(e); }
     show("slots");
   }
+
+  async function pickDept(code) {
+    const d = ctx.departments.find((x) => x.code === code);
+    ctx.dept = code; ctx.day = days()[0].iso;
+    ctx.deptName = d ? (lang === "zh" ? d.name : d.name_en) : code;
+    await loadSlots();
+  }
+
+  async function pickDay(iso) { ctx.day = iso; await loadSlots(); }
 
   function pickSlot(id) { ctx.slot = ctx.slots.find((s) => s.slot_id === id); show("confirm"); }
 

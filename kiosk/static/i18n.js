@@ -10,7 +10,8 @@ window.I18N = {
     print_failed: "挂号已成功，但凭条打印失败", reprint: "补打凭条（副本）", confirming: "正在确认结果，请勿重复挂号",
     removed: "已取卡，会话结束", offline: "暂停服务", offline_sub: "网络连接中断，请到人工窗口办理",
     timeout: "长时间无操作，即将返回首页", closed: "已停诊", none: "暂无可挂号的时段", error: "出错了",
-    lang: "English", ok: "好的",
+    lang: "English", ok: "好的", today: "今天", tomorrow: "明天",
+    weekdays: ["周日", "周一", "周二", "周三", "周四", "周五", "周六"],
   },
   en: {
     insert: "Please insert your health card", insert_sub: "or show your e-health card QR code", reading: "Reading your card, do not remove it…",
@@ -22,6 +23,7 @@ window.I18N = {
     print_failed: "You are registered, but the slip did not print", reprint: "Reprint slip (copy)", confirming: "Confirming the result — do not register again",
     removed: "Card removed, session ended", offline: "Out of service", offline_sub: "Network is down; please go to a staffed counter",
     timeout: "No activity — returning to the start screen", closed: "Closed", none: "No slots available", error: "Something went wrong",
-    lang: "中文", ok: "OK",
+    lang: "中文", ok: "OK", today: "Today", tomorrow: "Tomorrow",
+    weekdays: ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"],
   },
 };

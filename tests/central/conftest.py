@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import shutil
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -27,13 +29,14 @@ from central.store import Store, open_store
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
 
+
 class FakePlatform(PlatformAdapter):
     """In-memory platform: idempotent per key, counts effects, scriptable per operation.
 
     ``script(op, *actions)`` queues actions for the next calls of ``op``: ``"ok"``,
     ``"unavailable"`` (nothing happens), ``"reject"``, ``"hang"`` (never answers),
     ``"lose_reply"`` (commits the effect, then raises outcome unknown), ``"commit_then_hang"``
-    (commits, never answers), ``"slow"`` (0.5 s).
+    (commits, never answers), ``"slow"`` (0.5 s), ``"pending"`` (payment stays pending).
     """
 
     def __init__(self) -> None:
@@ -44,13 +47,19 @@ class FakePlatform(PlatformAdapter):
         self._script: dict[str, list[str]] = {}
         self._ids = itertools.count(1)
         self.closed = False
+        self._pending_next = False
 
     def script(self, op: str, *actions: str) -> None:
         """Queue ``actions`` for the next calls of ``op``."""
         self._script.setdefault(op, []).extend(actions)
 
     async def call(
-        self, op: str, body: dict[str, Any], *, idempotency_key: str, timeout: float | None = None
+        self,
+        op: str,
+        body: dict[str, Any],
+        *,
+        idempotency_key: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - the adapter interface's signature
     ) -> dict[str, Any]:
         """Perform ``op`` once per idempotency key."""
         self.calls[idempotency_key] += 1
@@ -64,6 +73,8 @@ class FakePlatform(PlatformAdapter):
             await asyncio.sleep(3600)
         if action == "slow":
             await asyncio.sleep(0.5)
+        if action == "pending":  # the payer has not confirmed on their phone yet
+            self._pending_next = True
         if idempotency_key in self.outcomes:
             return self.outcomes[idempotency_key]
         result = self._perform(op, body, idempotency_key)
@@ -82,7 +93,9 @@ class FakePlatform(PlatformAdapter):
         if op == "pay.create":
             self.effects[key] += 1
             pid = f"P{next(self._ids):06d}"
-            pay = {"payment_id": pid, "state": "approved", "amount_fen": body["amount_fen"],
+            state = "pending" if self._pending_next else "approved"
+            self._pending_next = False
+            pay = {"payment_id": pid, "state": state, "amount_fen": body["amount_fen"],
                    "method": body["method"], "txn_id": f"T{pid}"}
             self.payments[pid] = pay
             return pay
@@ -163,18 +176,22 @@ def broker_site(tmp_path: Path) -> Iterator[Site]:
     finally:
         s.broker.stop()
         s.store.close()
+        left = s.broker.leftovers()
+        for pid in left:  # never leave a broker behind, but say so loudly
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"mosquitto processes left running: {left}"
 
 
 @pytest.fixture
-def platform() -> FakePlatform:
+def fake_platform() -> FakePlatform:
     """A fresh fake platform."""
     return FakePlatform()
 
 
 @pytest.fixture
-async def forwarder(broker_site: Site, platform: FakePlatform) -> AsyncIterator[Forwarder]:
+async def forwarder(broker_site: Site, fake_platform: FakePlatform) -> AsyncIterator[Forwarder]:
     """A connected forwarder on the site's broker with the fake platform."""
-    fwd = Forwarder(broker_site.forwarder_settings(concurrency=8), broker_site.store, platform)
+    fwd = Forwarder(broker_site.forwarder_settings(concurrency=8), broker_site.store, fake_platform)
     await fwd.start()
     assert await fwd.wait_connected(10)
     try:

@@ -1,8 +1,10 @@
-"""Mosquitto config/ACL rendering (golden), the supervisor, and the ACL enforced by a real broker."""
+"""Mosquitto config/ACL rendering (golden), the supervisor, and the ACL on a real broker."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import queue
 import socket
 import time
@@ -16,7 +18,6 @@ from pydantic import ValidationError
 from central.broker import (
     BrokerError,
     Listener,
-    Mosquitto,
     MosquittoConfig,
     TlsListener,
     render_acl,
@@ -245,8 +246,6 @@ def test_supervisor_stop_kill9_restart_leave_nothing_behind(broker_site) -> None
     broker_site.broker.stop()
     assert broker_site.broker.pid is None
     with pytest.raises(ProcessLookupError):
-        import os
-
         os.kill(last, 0)
 
 
@@ -266,5 +265,13 @@ async def test_supervise_restarts_a_dead_broker(broker_site) -> None:
         assert not broker_site.broker.running()
     finally:
         task.cancel()
-        with __import__("contextlib").suppress(asyncio.CancelledError):
+        with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_shipped_examples_match_the_renderers() -> None:
+    root = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
+    assert (root / "acl.example").read_text() == render_acl("central")
+    conf = (root / "mosquitto.conf.example").read_text()
+    assert "max_queued_messages 100000" in conf and "allow_anonymous false" in conf
+    assert "use_identity_as_username true" in conf

@@ -1,4 +1,4 @@
-"""Device uplink ↔ real Mosquitto ↔ forwarder ↔ fake platform, end to end."""
+"""Device uplink ↔ real Mosquitto ↔ forwarder ↔ fake fake_platform, end to end."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from central.forwarder import Forwarder
-from edge.protocol.envelope import decode, encode, new_envelope
+from central.payments import Payments
+from edge.protocol.envelope import encode, new_envelope
 from edge.uplink.errors import (
     OutcomeUnknown,
     PlatformUnavailable,
@@ -47,8 +48,8 @@ class RawDevice:
     async def send(self, payload: bytes, kind: str = "req") -> None:
         await self.session.publish(f"ykt/v1/dev/{self.dev}/up/{kind}", payload, 1, False, 5)
 
-    async def reply(self, timeout: float = 5.0) -> dict:
-        msg = await asyncio.wait_for(self.inbox.get(), timeout)
+    async def reply(self, wait_s: float = 5.0) -> dict:
+        msg = await asyncio.wait_for(self.inbox.get(), wait_s)
         return json.loads(msg.payload)
 
     async def no_reply(self, within: float = 0.5) -> bool:
@@ -65,7 +66,9 @@ def req(dev: str, type_: str, body: dict, *, id_: str, exp_s: float = 300) -> by
                                exp=now + timedelta(seconds=exp_s)))
 
 
-async def test_request_round_trip_and_state(broker_site, forwarder, platform, tmp_path) -> None:
+async def test_request_round_trip_and_state(
+    broker_site, forwarder, fake_platform, tmp_path
+) -> None:
     up = broker_site.device("kiosk-001", tmp_path)
     await up.start()
     try:
@@ -74,7 +77,7 @@ async def test_request_round_trip_and_state(broker_site, forwarder, platform, tm
         assert result["departments"][0]["code"] == "NK"
         pay = await up.request("pay.create", PAY, timeout=10)
         assert pay["state"] == "approved"
-        assert sum(platform.effects.values()) == 1
+        assert sum(fake_platform.effects.values()) == 1
         assert up.outbox.pending_count() == 0
         for _ in range(50):
             if broker_site.store.device("kiosk-001").online:
@@ -92,7 +95,7 @@ async def test_request_round_trip_and_state(broker_site, forwarder, platform, tm
 
 
 async def test_duplicate_id_gets_the_stored_reply_and_one_platform_call(
-    broker_site, forwarder, platform
+    broker_site, forwarder, fake_platform
 ) -> None:
     async with RawDevice(broker_site, "kiosk-002") as d:
         data = req("kiosk-002", "pay.create", PAY, id_="dup0000001")
@@ -101,7 +104,7 @@ async def test_duplicate_id_gets_the_stored_reply_and_one_platform_call(
         await d.send(data)
         second = await d.reply()
         assert first["body"] == second["body"] and first["corr"] == "dup0000001"
-        assert platform.calls["dup0000001"] == 1 and platform.effects["dup0000001"] == 1
+        assert fake_platform.calls["dup0000001"] == 1 and fake_platform.effects["dup0000001"] == 1
         # same id, different body: refused, and the stored outcome is untouched
         other = req("kiosk-002", "pay.create", {**PAY, "amount_fen": 99}, id_="dup0000001")
         await d.send(other)
@@ -109,11 +112,11 @@ async def test_duplicate_id_gets_the_stored_reply_and_one_platform_call(
         assert mismatch["body"]["error"]["code"] == "duplicate_mismatch"
         await d.send(data)
         assert (await d.reply())["body"] == first["body"]
-        assert platform.calls["dup0000001"] == 1
+        assert fake_platform.calls["dup0000001"] == 1
 
 
 async def test_bad_input_gets_typed_errors_and_the_forwarder_keeps_going(
-    broker_site, forwarder, platform
+    broker_site, forwarder, fake_platform
 ) -> None:
     async with RawDevice(broker_site, "kiosk-003") as d:
         await d.send(b"\xff\xfe not json")  # no id to answer: logged only
@@ -135,8 +138,10 @@ async def test_bad_input_gets_typed_errors_and_the_forwarder_keeps_going(
     assert forwarder.stats["errors"] == 0
 
 
-async def test_oversized_payload_gets_payload_error(broker_site, platform) -> None:
-    fwd = Forwarder(broker_site.forwarder_settings(max_payload=4096), broker_site.store, platform)
+async def test_oversized_payload_gets_payload_error(broker_site, fake_platform) -> None:
+    fwd = Forwarder(
+        broker_site.forwarder_settings(max_payload=4096), broker_site.store, fake_platform
+    )
     await fwd.start()
     try:
         assert await fwd.wait_connected(10)
@@ -148,31 +153,31 @@ async def test_oversized_payload_gets_payload_error(broker_site, platform) -> No
             assert "4096" in r["body"]["error"]["message"]
     finally:
         await fwd.stop()
-    assert platform.calls["big0000001"] == 0
+    assert fake_platform.calls["big0000001"] == 0
 
 
-async def test_spoofed_dev_is_rejected_and_audited(broker_site, forwarder, platform) -> None:
+async def test_spoofed_dev_is_rejected_and_audited(broker_site, forwarder, fake_platform) -> None:
     broker_site.registry.register("kiosk-victim", "kiosk")
     async with RawDevice(broker_site, "kiosk-005") as d:
         # the ACL only lets it publish on its own topic, so it lies inside the envelope
         await d.send(req("kiosk-victim", "pay.create", PAY, id_="spoof00001"))
         r = await d.reply()
         assert r["body"]["error"]["code"] == "unauthorized" and r["dev"] == "kiosk-005"
-    assert platform.calls["spoof00001"] == 0
+    assert fake_platform.calls["spoof00001"] == 0
     actions = [e.action for e in broker_site.store.audit_entries()]
     assert "message.unauthorized" in actions
 
 
-async def test_disabled_device_is_not_served(broker_site, forwarder, platform) -> None:
+async def test_disabled_device_is_not_served(broker_site, forwarder, fake_platform) -> None:
     async with RawDevice(broker_site, "kiosk-006") as d:
         broker_site.store.set_enabled("kiosk-006", False)  # registry not reloaded yet
         await d.send(req("kiosk-006", "reg.departments", {}, id_="disabled01"))
         assert await d.no_reply()
-    assert platform.calls["disabled01"] == 0
+    assert fake_platform.calls["disabled01"] == 0
 
 
 async def test_expired_request_fails_locally_and_is_never_sent(
-    broker_site, forwarder, platform, tmp_path
+    broker_site, forwarder, fake_platform, tmp_path
 ) -> None:
     up = broker_site.device("kiosk-007", tmp_path)
     await up.start()
@@ -186,60 +191,62 @@ async def test_expired_request_fails_locally_and_is_never_sent(
         assert entry.state == "failed" and entry.fail_reason == "expired" and entry.attempts == 0
     finally:
         await up.stop()
-    assert platform.calls["expired001"] == 0
+    assert fake_platform.calls["expired001"] == 0
     assert broker_site.store.request_state("expired001") is None
 
 
-async def test_expired_on_arrival_gets_expired_reply(broker_site, forwarder, platform) -> None:
+async def test_expired_on_arrival_gets_expired_reply(broker_site, forwarder, fake_platform) -> None:
     async with RawDevice(broker_site, "kiosk-008") as d:
         await d.send(req("kiosk-008", "pay.create", PAY, id_="late000001", exp_s=-5))
         assert (await d.reply())["body"]["error"]["code"] == "expired"
-    assert platform.calls["late000001"] == 0
+    assert fake_platform.calls["late000001"] == 0
 
 
-async def test_errors_map_to_typed_exceptions(broker_site, forwarder, platform, tmp_path) -> None:
+async def test_errors_map_to_typed_exceptions(
+    broker_site, forwarder, fake_platform, tmp_path
+) -> None:
     up = broker_site.device("kiosk-009", tmp_path)
     await up.start()
     try:
         assert await up.wait_connected(10)
-        platform.script("pay.create", "reject")
+        fake_platform.script("pay.create", "reject")
         with pytest.raises(Rejected) as rej:
             await up.request("pay.create", PAY, timeout=10)
         assert rej.value.code == "slot_full"
-        platform.script("reg.departments", "unavailable")
+        fake_platform.script("reg.departments", "unavailable")
         with pytest.raises(PlatformUnavailable):
             await up.request("reg.departments", {}, timeout=10)
         with pytest.raises(Rejected) as bad:
             await up.request("reg.slots", {"dept_code": "NK"}, timeout=10)  # missing date
         assert bad.value.code == "invalid_request"
         # the reply was lost after the platform committed: unknown, never "failed"
-        platform.script("pay.create", "lose_reply")
+        fake_platform.script("pay.create", "lose_reply")
         with pytest.raises(OutcomeUnknown) as unk:
             await up.request("pay.create", PAY, timeout=10, id="lostreply1")
         assert unk.value.request_id == "lostreply1"
         # asking again with the same id is safe: same key, so the platform's first outcome
         again = await up.request("pay.create", PAY, timeout=10, id="lostreply1")
         assert again["state"] == "approved"
-        assert platform.effects["lostreply1"] == 1
+        assert fake_platform.effects["lostreply1"] == 1
     finally:
         await up.stop()
 
 
 async def test_payment_caller_timeout_is_outcome_unknown_and_late_reply_is_kept(
-    broker_site, forwarder, platform, tmp_path
+    broker_site, forwarder, fake_platform, tmp_path
 ) -> None:
     up = broker_site.device("kiosk-010", tmp_path)
     await up.start()
     try:
         assert await up.wait_connected(10)
-        platform.script("pay.create", "slow")
+        fake_platform.script("pay.create", "slow")
         with pytest.raises(OutcomeUnknown) as info:
             await up.request("pay.create", PAY, timeout=0.1)
         rid = info.value.request_id
         result = await up.result_of(rid, wait_s=5)
-        assert result["state"] == "approved" and platform.effects[rid] == 1
+        assert result["state"] == "approved" and fake_platform.effects[rid] == 1
         # a read-only request that times out is withdrawn: "nothing happened" is true
-        platform.script("reg.departments", "slow")
+        fake_platform.script("reg.departments", "slow")
         with pytest.raises(PlatformUnavailable):
             await up.request("reg.departments", {}, timeout=0.1, id="withdrawn1")
         assert up.outbox.get("withdrawn1").fail_reason == "caller_timeout"
@@ -267,24 +274,24 @@ async def test_stale_will_is_ignored(broker_site, forwarder) -> None:
 
 
 async def test_broker_kill9_mid_stream_loses_nothing_and_charges_once(
-    broker_site, forwarder, platform, tmp_path
+    broker_site, forwarder, fake_platform, tmp_path
 ) -> None:
     up = broker_site.device("kiosk-012", tmp_path)
     await up.start()
     try:
         assert await up.wait_connected(10)
-        platform.script("pay.create", *["slow"] * 40)  # 0.5 s each, 8 workers: ~2.5 s
+        fake_platform.script("pay.create", *["slow"] * 40)  # 0.5 s each, 8 workers: ~2.5 s
         tasks = [
             asyncio.create_task(up.request("pay.create", {**PAY, "amount_fen": 100 + i},
                                            timeout=40, id=f"burst{i:05d}"))
             for i in range(40)
         ]
         for _ in range(100):
-            if sum(platform.effects.values()) >= 5:
+            if sum(fake_platform.effects.values()) >= 5:
                 break
             await asyncio.sleep(0.02)
         broker_site.broker.kill9()  # in-flight requests and replies are lost with it
-        done_at_kill = sum(platform.effects.values())
+        done_at_kill = sum(fake_platform.effects.values())
         assert 0 < done_at_kill < 40
         await asyncio.sleep(0.5)
         broker_site.broker.start()
@@ -292,16 +299,16 @@ async def test_broker_kill9_mid_stream_loses_nothing_and_charges_once(
     finally:
         await up.stop()
     assert [r["amount_fen"] for r in results] == [100 + i for i in range(40)]
-    assert all(platform.effects[f"burst{i:05d}"] == 1 for i in range(40))
-    assert sum(platform.effects.values()) == 40
+    assert all(fake_platform.effects[f"burst{i:05d}"] == 1 for i in range(40))
+    assert sum(fake_platform.effects.values()) == 40
     assert all(broker_site.store.request_state(f"burst{i:05d}") == "done" for i in range(40))
 
 
 async def test_central_crash_between_platform_commit_and_store_commit_is_safe(
-    broker_site, platform, tmp_path
+    broker_site, fake_platform, tmp_path
 ) -> None:
-    platform.script("pay.create", "commit_then_hang")
-    first = Forwarder(broker_site.forwarder_settings(lease_s=1.0), broker_site.store, platform)
+    fake_platform.script("pay.create", "commit_then_hang")
+    first = Forwarder(broker_site.forwarder_settings(lease_s=1.0), broker_site.store, fake_platform)
     await first.start()
     assert await first.wait_connected(10)
     up = broker_site.device("kiosk-013", tmp_path)
@@ -309,13 +316,13 @@ async def test_central_crash_between_platform_commit_and_store_commit_is_safe(
     try:
         task = asyncio.create_task(up.request("pay.create", PAY, timeout=30, id="crash00001"))
         for _ in range(100):
-            if platform.calls["crash00001"]:
+            if fake_platform.calls["crash00001"]:
                 break
             await asyncio.sleep(0.05)
         await first.stop()  # central dies mid-call: the platform has committed
         assert broker_site.store.request_state("crash00001") == "received"
         second = Forwarder(broker_site.forwarder_settings(lease_s=1.0), broker_site.store,
-                           platform)
+                           fake_platform)
         await second.start()
         try:
             result = await task  # the device resends; after the lease the new one takes over
@@ -324,7 +331,7 @@ async def test_central_crash_between_platform_commit_and_store_commit_is_safe(
     finally:
         await up.stop()
     assert result["state"] == "approved"
-    assert platform.calls["crash00001"] >= 2 and platform.effects["crash00001"] == 1
+    assert fake_platform.calls["crash00001"] >= 2 and fake_platform.effects["crash00001"] == 1
 
 
 async def test_events_and_telemetry_are_stored_for_the_monitor(
@@ -348,3 +355,40 @@ async def test_events_and_telemetry_are_stored_for_the_monitor(
     kinds = sorted(e["kind"] for e in broker_site.store.recent_events("kiosk-014"))
     assert kinds == ["event", "telemetry"]
     assert up.outbox.get(eid).state == "done"  # events end on PUBACK
+
+
+async def test_forwarder_reports_payment_outcomes_to_the_resolver(
+    broker_site, fake_platform, tmp_path
+) -> None:
+    payments = Payments(broker_site.store, fake_platform)
+    fwd = Forwarder(broker_site.forwarder_settings(), broker_site.store, fake_platform,
+                    observer=payments.observe)
+    await fwd.start()
+    up = broker_site.device("kiosk-015", tmp_path)
+    await up.start()
+    try:
+        assert await fwd.wait_connected(10) and await up.wait_connected(10)
+        fake_platform.script("pay.create", "lose_reply")
+        with pytest.raises(OutcomeUnknown):
+            await up.request("pay.create", PAY, timeout=10, id="observed01")
+        assert payments.get("observed01").state == "unknown"
+        assert [p.request_id for p in payments.unresolved()] == ["observed01"]
+        assert await payments.resolve_once() == 0
+        assert payments.get("observed01").state == "approved"
+        assert fake_platform.effects["observed01"] == 1
+    finally:
+        await up.stop()
+        await fwd.stop()
+
+
+async def test_concurrent_duplicates_make_one_platform_call(
+    broker_site, forwarder, fake_platform
+) -> None:
+    async with RawDevice(broker_site, "kiosk-016") as d:
+        fake_platform.script("pay.create", "slow")
+        data = req("kiosk-016", "pay.create", PAY, id_="concur0001")
+        msg = InboundMessage("ykt/v1/dev/kiosk-016/up/req", data, 1, False)
+        await asyncio.gather(forwarder.handle(msg), forwarder.handle(msg))
+        assert (await d.reply())["body"]["status"] == "ok"
+        assert await d.no_reply(0.3)  # the in-progress duplicate was ignored, not answered
+    assert fake_platform.calls["concur0001"] == 1

@@ -31,20 +31,29 @@ def test_patient_registers_in_the_browser(page, site, screens_dir):
     assert page.get_by_test_id("patient-name").inner_text() == "李*英"
     body = page.inner_text("body")
     assert patient["id_number"] not in body and patient["name"] not in body
-    assert "310***********0026" in body
+    assert "310***********0022" in body
     page.screenshot(path=screens_dir / "kiosk-menu-zh.png")
 
     page.get_by_test_id("menu-register").click()
     page.locator("[data-dept]").first.wait_for()
     page.screenshot(path=screens_dir / "kiosk-departments-zh.png")
-    # Walk the departments until one has an open slot today.
-    n = page.locator("[data-dept]").count()
-    for i in range(n):
+    # Walk departments and days (today's sessions may have closed) until a slot is open.
+    found = False
+    for i in range(page.locator("[data-dept]").count()):
         page.locator("[data-dept]").nth(i).click()
-        page.wait_for_selector("[data-slot], .card")
-        if page.locator("[data-slot]:not([disabled])").count():
+        page.locator("[data-day]").first.wait_for()
+        for j in range(page.locator("[data-day]").count()):
+            page.locator("[data-day]").nth(j).click()
+            page.wait_for_function(
+                "j => document.querySelectorAll('[data-day]')[j].classList.contains('sel')",
+                arg=j)
+            if page.locator("[data-slot]:not([disabled])").count():
+                found = True
+                break
+        if found:
             break
         page.locator("[data-go=depts]").click()
+    assert found, "no open slot in any department this week"
     page.screenshot(path=screens_dir / "kiosk-slots-zh.png")
     page.locator("[data-slot]:not([disabled])").first.click()
     page.get_by_test_id("confirm").wait_for()

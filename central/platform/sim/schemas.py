@@ -249,7 +249,7 @@ class ReportOut(_Response):
     title: str
     patient_name: str
     sex: Literal["M", "F", "U"]
-    age: int
+    age: str
     dept_name: str
     specimen: str
     sampled_at: str

@@ -11,6 +11,7 @@ from central.platform.sim import data
 from central.platform.sim.ids import id_check_digit
 from central.platform.sim.models import Schema
 from central.platform.sim.security import hash_pin
+from edge.protocol.envelope import format_ts
 
 __all__ = ["ensure_schedule", "iso_utc", "seed_database"]
 
@@ -20,8 +21,8 @@ BLOCKED_PATIENTS = 2
 
 
 def iso_utc(moment: datetime) -> str:
-    """RFC 3339 UTC with ``Z``, to the second."""
-    return moment.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 UTC with ``Z`` and milliseconds: the wire contract's timestamp form."""
+    return format_ts(moment)
 
 
 def _rng(seed: int, *parts: object) -> random.Random:

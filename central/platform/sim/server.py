@@ -16,6 +16,7 @@ import uvicorn
 from central.platform.sim.app import create_app
 from central.platform.sim.config import PlatformSimSettings, SettingsError, load_sim_settings
 from central.platform.sim.service import Clock
+from edge.common.logging import setup_logging
 
 __all__ = [
     "RunningServer",
@@ -40,6 +41,8 @@ def _config(settings: PlatformSimSettings, host: str, port: int, clock: Clock | 
         # Requests held by a "timeout"/"drop" fault must not keep a shutdown waiting.
         timeout_graceful_shutdown=1,
         lifespan="off",
+        log_config=None,  # our JSON, masking handlers (edge.common.logging) stay in charge
+        access_log=False,
     )
 
 
@@ -111,6 +114,7 @@ def main(args: argparse.Namespace | Sequence[str] | None = None) -> int:
                                          description="Reference hospital platform")
         add_platform_sim_arguments(parser)
         args = parser.parse_args(args)
+    setup_logging("platform-sim")
     try:
         settings = load_sim_settings(args.config, db_path=args.db, seed=args.seed,
                                      admin_enabled=args.admin)

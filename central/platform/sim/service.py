@@ -642,7 +642,12 @@ class PlatformService:
         r = self._ready_report(report_no)
         p = s.PatientRow.get(s.PatientRow.patient_id == r.patient_id)
         born, today = date.fromisoformat(p.birth_date), self.today()
-        age = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        if years >= 1:
+            age = f"{years}岁"
+        else:  # infants: Chinese reports give months (or days) instead of 0岁
+            months = (today.year - born.year) * 12 + today.month - born.month
+            age = f"{months}个月" if months >= 1 else f"{(today - born).days}天"
         items = (s.ReportItemRow.select().where(s.ReportItemRow.report_no == report_no)
                  .order_by(s.ReportItemRow.position))
         return ReportOut(

@@ -13,11 +13,13 @@ import argparse
 import json
 import sys
 import tomllib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from edge.common.privacy import mask_card_number
 from edge.devices.card import errors as E
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
@@ -136,14 +138,11 @@ def cmd_read(args: argparse.Namespace) -> int:
             doc: dict[str, Any] = {"reader": reader, "atr": transport.atr.hex().upper()}
             if sam is None:
                 issuer = session.read_issuer()
-                from dataclasses import asdict  # noqa: PLC0415
-
                 d = asdict(issuer)
                 d["issuer_certificate"] = f"<{len(issuer.issuer_certificate)} bytes>"
                 if masked:
-                    from edge.common.privacy import mask_card_number  # noqa: PLC0415
-
                     d["card_number"] = mask_card_number(issuer.card_number)
+                    d["security_code"] = "***"
                 doc["issuer"] = d
                 doc["incomplete"] = sam_error.to_dict() if sam_error else "no SAM"
             else:

@@ -7,7 +7,7 @@ Reader patterns are shell-style globs matched case-insensitively against PC/SC n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,11 +25,11 @@ class AuthSchemeConfig(BaseModel):
 
     cipher: Literal["SM4", "AES-128"] = "SM4"
     card_factor_source: Literal["card_number", "atr_historical"] = "card_number"
-    city_pad: int = Field(0xFF, ge=0, le=0xFF)
+    city_pad: Annotated[int, Field(ge=0, le=0xFF)] = 0xFF
     city_align: Literal["left", "right"] = "left"
     levels: Literal["city_card", "card"] = "city_card"
     ext_auth_layout: Literal["kv_first", "kv_last"] = "kv_first"
-    key_version: int = Field(1, ge=0, le=0xFF)
+    key_version: Annotated[int, Field(ge=0, le=0xFF)] = 1
 
     def to_scheme(self) -> AuthScheme:
         """The frozen dataclass the protocol code uses."""
@@ -41,8 +41,8 @@ class CardTimeouts(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    apdu_s: float = Field(5.0, gt=0, le=60)
-    operation_s: float = Field(20.0, gt=0, le=300)
+    apdu_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+    operation_s: Annotated[float, Field(gt=0, le=300)] = 20.0
 
     @model_validator(mode="after")
     def _order(self) -> CardTimeouts:
@@ -61,15 +61,15 @@ class CardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = True
-    patient_reader: str = Field("*00 00", min_length=1)
-    sam_reader: str = Field("*00 01", min_length=1)
+    patient_reader: Annotated[str, Field(min_length=1)] = "*00 00"
+    sam_reader: Annotated[str, Field(min_length=1)] = "*00 01"
     sam_pin_file: Path | None = None
     auth: AuthSchemeConfig = AuthSchemeConfig()
     read_mode: Literal["auto", "sfi", "select"] = "auto"
     timeouts: CardTimeouts = CardTimeouts()
     hotlist_path: Path = Path("/var/lib/ykt/hotlist.sqlite")
     reject_expired: bool = True
-    poll_interval_s: float = Field(0.5, gt=0, le=10)
+    poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.5
 
     @model_validator(mode="after")
     def _distinct_readers(self) -> CardConfig:

@@ -176,9 +176,21 @@ class CardService:
                 elif self._is_sam(ev.reader):
                     await asyncio.to_thread(self._close_sam)
 
+    def _limit(self) -> float:
+        # Hard bound over the worker thread: the session checks its own deadline between
+        # APDUs, this one also covers a driver call that never returns.
+        return self.config.timeouts.operation_s + self.config.timeouts.apdu_s
+
+    async def _bounded(self, fn: Callable[[str], Any], reader: str) -> Any:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(fn, reader), self._limit())
+        except TimeoutError:
+            raise E.CardTimeout("The card operation did not finish in time",
+                                reader=reader) from None
+
     async def _read_identity(self, reader: str, generation: int) -> None:
         try:
-            identity = await asyncio.to_thread(self._blocking_identity, reader)
+            identity = await self._bounded(self._blocking_identity, reader)
             result: ServiceEvent = IdentityRead(reader, identity)
         except E.CardError as exc:
             result = CardReadFailed(reader, exc)
@@ -195,22 +207,32 @@ class CardService:
                            self.config.timeouts.to_timeouts(), profile=self.config.profile(),
                            hotlist=self.hotlist, today=self._clock)
 
+    def _acquire(self, reader: str) -> None:
+        if not self._card_lock.acquire(timeout=self._limit()):
+            raise E.CardTimeout("The reader is busy with a previous operation", reader=reader)
+
     def _blocking_identity(self, reader: str) -> Identity:
-        with self._card_lock:
+        self._acquire(reader)
+        try:
             transport = self._transport_factory(reader)
             try:
                 return self._session(transport).read_identity(
                     reject_expired=self.config.reject_expired)
             finally:
                 transport.close()
+        finally:
+            self._card_lock.release()
 
     def _blocking_all(self, reader: str) -> CardContents:
-        with self._card_lock:
+        self._acquire(reader)
+        try:
             transport = self._transport_factory(reader)
             try:
                 return self._session(transport).read_all()
             finally:
                 transport.close()
+        finally:
+            self._card_lock.release()
 
     def _sam_reader(self) -> str | None:
         for reader in sorted(self._cards):
@@ -243,10 +265,15 @@ class CardService:
         return sam
 
     def _close_sam(self) -> None:
-        with self._card_lock:
-            if self._sam is not None:
-                self._sam.close()
-                self._sam = None
+        locked = self._card_lock.acquire(timeout=self._limit())
+        try:
+            # Even when a hung operation still holds the lock, drop the SAM (shutdown).
+            sam, self._sam = self._sam, None
+            if sam is not None:
+                sam.close()
+        finally:
+            if locked:
+                self._card_lock.release()
 
     # --- API ------------------------------------------------------------------------------
     async def read_all(self) -> CardContents:
@@ -254,7 +281,7 @@ class CardService:
         reader = next((r for r in sorted(self._cards) if self._is_patient(r)), None)
         if reader is None:
             raise E.CardRemoved("No card in the patient reader", "请插入居民健康卡。")
-        return await asyncio.to_thread(self._blocking_all, reader)
+        return await self._bounded(self._blocking_all, reader)  # type: ignore[no-any-return]
 
     async def reset_sam(self) -> None:
         """Forget a PIN failure (after staff fixed the PIN file or replaced the SAM)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -156,13 +155,6 @@ class PyscardTransport:
             self.close()
             raise self._error(hr, "status")
         self._atr = bytes(atr)
-        # One worker thread per connection so a hung SCardTransmit can be abandoned
-        # after apdu_timeout instead of blocking the caller forever.
-        self._jobs: queue.Queue[tuple[bytes, queue.Queue[tuple[int, list[int]]]] | None] = \
-            queue.Queue()
-        self._worker = threading.Thread(target=self._work, daemon=True,
-                                        name=f"pcsc-{reader}")
-        self._worker.start()
 
     @property
     def atr(self) -> bytes:
@@ -192,29 +184,24 @@ class PyscardTransport:
                                "卡片无响应，请检查插卡方向。", reader=self._reader)
         return E.CardError(f"PC/SC error ({text})", reader=self._reader)
 
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            apdu, out = job
-            try:
-                hr, resp = self._s.SCardTransmit(self._hcard, self._proto, list(apdu))
-            except Exception:  # pyscard raises on a handle freed under it
-                hr, resp = self._s.SCARD_E_INVALID_HANDLE, []
-            out.put((hr, resp))
-
     def transmit(self, apdu: bytes) -> bytes:
-        """Send one APDU with the per-APDU timeout."""
+        """Send one APDU; an answer slower than ``apdu_timeout`` is discarded as a timeout.
+
+        SCardTransmit is called directly: pcscd and the reader driver bound a dead card
+        (card waiting time), and the service bounds the whole operation from asyncio, so a
+        helper thread per APDU (≈75 µs each) would buy nothing.
+        """
         if self._broken:
             raise E.CardRemoved("The connection to the card is broken", reader=self._reader)
-        out: queue.Queue[tuple[int, list[int]]] = queue.Queue(maxsize=1)
-        self._jobs.put((bytes(apdu), out))
+        start = time.monotonic()
         try:
-            hr, resp = out.get(timeout=self.apdu_timeout)
-        except queue.Empty:
+            hr, resp = self._s.SCardTransmit(self._hcard, self._proto, list(apdu))
+        except Exception as exc:  # pyscard raises on a handle freed under it
             self._broken = True
-            raise E.CardTimeout(reader=self._reader) from None
+            raise E.CardRemoved(f"Transmit failed: {exc}", reader=self._reader) from exc
+        if time.monotonic() - start > self.apdu_timeout:
+            self._broken = True
+            raise E.CardTimeout(reader=self._reader)
         if hr != self._s.SCARD_S_SUCCESS:
             raise self._error(hr, "transmit")
         if len(resp) < 2:
@@ -228,8 +215,6 @@ class PyscardTransport:
     def close(self) -> None:
         """Disconnect (resetting the card so no security state outlives us)."""
         s = self._s
-        with contextlib.suppress(Exception):
-            self._jobs.put(None)
         with contextlib.suppress(Exception):
             s.SCardDisconnect(self._hcard, s.SCARD_RESET_CARD)
         with contextlib.suppress(Exception):
@@ -321,7 +306,7 @@ class SamSession:
             self._opened = False
             raise E.SamUnavailable(f"SAM lost: {exc.message}",
                                    reader=self.transport.reader) from exc
-        except E.SamError:
+        except (E.SamError, E.CardTimeout):
             raise
         except E.CardError as exc:
             raise E.SamError(f"SAM {action} failed: {exc.message}", reader=exc.reader,
@@ -644,7 +629,7 @@ class CardSession:
                            for i, ok in enumerate(flags.outpatient) if ok)
         return R.CardContents(issuer, holder, extras, address, contacts, social, documents,
                               clinical, special, allergies, immun, flags,
-                              inpatient, outpatient)  # type: ignore[arg-type]
+                              inpatient, outpatient)
 
     def _read_medical(self, kind: str, index: int, valid: bool) -> Any:
         spec = FILES[f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"]

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,10 +199,3 @@ class ReaderWatcher:
         """Known readers."""
         return list(self._states)
 
-
-def make_emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]
-                 ) -> Callable[[Any], None]:
-    """The thread→asyncio door as a function (for other thread-side producers)."""
-    def emit(ev: Any) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, ev)
-    return emit

@@ -189,7 +189,7 @@ def test_cutoff_follows_the_injected_clock(client: TestClient, clock: Any) -> No
     slot = open_slot(client, period="am")
     pid = new_patient(client)["patient"]["patient_id"]
     clock.set_local("11:00")
-    r = client.get(f"{API}/slots", params={"dept_code": slot["slot_id"] and _dept(client, slot),
+    r = client.get(f"{API}/slots", params={"dept_code": _dept(client, slot),
                                            "date": slot["date"]})
     closed = next(s for s in r.json()["slots"] if s["slot_id"] == slot["slot_id"])
     assert closed["remaining"] == 0
@@ -289,7 +289,7 @@ def _patient_with_bill(client: TestClient) -> tuple[str, dict[str, Any]]:
 
 
 def test_bills_have_items_that_add_up(client: TestClient) -> None:
-    pid, bill = _patient_with_bill(client)
+    _, bill = _patient_with_bill(client)
     assert sum(i["amount_fen"] for i in bill["items"]) == bill["total_fen"]
     assert all(i["qty"] * i["unit_price_fen"] == i["amount_fen"] for i in bill["items"])
     assert client.get(f"{API}/bills", params={"patient_id": "P999999"}).status_code == 404

@@ -93,7 +93,7 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                     "end": "09:30",
                     "remaining": 3,
                     "fee_fen": 5000,
-                    "closes_at": "2024-05-01T01:00:00.000Z",
+                    "closes_at": "11:00",
                 }
             ]
         },
@@ -344,7 +344,7 @@ def test_topup_rules() -> None:
 BAD_RESULTS = [
     ("reg.slots", ("slots", 0, "start"), "09:30"),  # start == end
     ("reg.slots", ("slots", 0, "end"), "24:00"),
-    ("reg.slots", ("slots", 0, "closes_at"), "2024-05-01T01:00:00Z"),
+    ("reg.slots", ("slots", 0, "closes_at"), "25:00"),
     ("reg.slots", ("slots", 0, "remaining"), -1),
     ("patient.identify", ("sex",), "X"),
     ("patient.identify", ("balance_fen",), 12.5),

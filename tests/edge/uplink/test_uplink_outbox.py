@@ -185,6 +185,8 @@ def test_enqueued_entries_survive_kill_9(tmp_path: Path) -> None:
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     assert len(acknowledged) == 20
     ob = Outbox(db, lambda: datetime.now(UTC))

@@ -69,12 +69,12 @@ class FileSpec:
     @property
     def path(self) -> str:
         """``DF/EFxx`` path used in errors and logs."""
-        return f"{self.df}/{self.fid:04X}" if self.fid > 0xFF else f"{self.df}/EF{self.fid:02X}"
+        return f"{self.df}/{self.fid:04X}"
 
     @property
     def sfi(self) -> int | None:
-        """Short EF identifier (the low five bits of EF05–EF08), None for binary data files."""
-        return self.fid if self.fid <= 0x1F else None
+        """Short EF identifier (5 for EF05 …), None for the DF03 record files (EExx/EDxx)."""
+        return self.fid & 0x1F if self.fid >> 8 == 0xEF else None
 
     def element(self, tag: int) -> ElementSpec:
         """Element by tag (KeyError when the file has no such tag)."""
@@ -108,7 +108,7 @@ ADF_FIDS: dict[str, int] = {"DDF1": 0xDDF1, "DF01": 0xDF01, "DF02": 0xDF02, "DF0
 
 _FILES: tuple[FileSpec, ...] = (
     # DDF1/EF05 issuer data, free read (HEALTHCARD.md "DDF1/EF05: 1→01 … 10→39").
-    FileSpec("DDF1", 0x05, FileKind.RECORDS, "issuer data", "发卡机构基本数据", None, 0x05, (
+    FileSpec("DDF1", 0xEF05, FileKind.RECORDS, "issuer data", "发卡机构基本数据", None, 0x05, (
         _e(0x01, "card_type", "卡类别", AN, 1),
         _e(0x02, "spec_version", "规范版本", AN, 4),
         _e(0x03, "issuer_name", "发卡机构名称", AN, 30),
@@ -121,7 +121,7 @@ _FILES: tuple[FileSpec, ...] = (
         _e(0x39, "city_code", "应用城市代码", CN, 3),
     )),
     # DDF1/EF06 holder ("DDF1/EF06: 0B name … 0F ID number").
-    FileSpec("DDF1", 0x06, FileKind.RECORDS, "holder", "持卡人基本信息", 0x04, 0x05, (
+    FileSpec("DDF1", 0xEF06, FileKind.RECORDS, "holder", "持卡人基本信息", 0x04, 0x05, (
         _e(0x0B, "name", "姓名", AN, 30),
         _e(0x0C, "sex", "性别", B, 1),
         _e(0x0D, "ethnicity", "民族", CN, 1),
@@ -129,9 +129,9 @@ _FILES: tuple[FileSpec, ...] = (
         _e(0x0F, "id_number", "证件号码", AN, 18),
     )),
     # DDF1/EF07 photo: 2-byte length + image, ≤ 3072 bytes in total.
-    FileSpec("DDF1", 0x07, FileKind.BINARY, "photo", "照片", 0x04, 0x05, size=3072),
+    FileSpec("DDF1", 0xEF07, FileKind.BINARY, "photo", "照片", 0x04, 0x05, size=3072),
     # DDF1/EF08 ("07 card expiry · 10,11 phone · 12–14 payment method").
-    FileSpec("DDF1", 0x08, FileKind.RECORDS, "card extras", "有效期与联系方式", 0x04, 0x05, (
+    FileSpec("DDF1", 0xEF08, FileKind.RECORDS, "card extras", "有效期与联系方式", 0x04, 0x05, (
         _e(0x07, "expiry", "有效期", CN, 4),
         _e(0x10, "phone1", "联系电话1", AN, 20),
         _e(0x11, "phone2", "联系电话2", AN, 20),
@@ -140,13 +140,13 @@ _FILES: tuple[FileSpec, ...] = (
         _e(0x14, "payment3", "医疗费用支付方式3", CN, 1),
     )),
     # DF01/EF05–EF08 ("address; contacts; education/marriage/occupation; documents").
-    FileSpec("DF01", 0x05, FileKind.RECORDS, "address", "地址信息", 0x84, 0x85, (
+    FileSpec("DF01", 0xEF05, FileKind.RECORDS, "address", "地址信息", 0x84, 0x85, (
         _e(0x15, "address1_type", "地址类别1", CN, 1),
         _e(0x16, "address1", "地址1", AN, 100),
         _e(0x17, "address2_type", "地址类别2", CN, 1),
         _e(0x18, "address2", "地址2", AN, 100),
     )),
-    FileSpec("DF01", 0x06, FileKind.RECORDS, "contacts", "联系人信息", 0x84, 0x85, (
+    FileSpec("DF01", 0xEF06, FileKind.RECORDS, "contacts", "联系人信息", 0x84, 0x85, (
         _e(0x19, "contact1_name", "联系人1姓名", AN, 30),
         _e(0x1A, "contact1_relation", "联系人1关系", CN, 1),
         _e(0x1B, "contact1_phone", "联系人1电话", AN, 20),
@@ -157,19 +157,19 @@ _FILES: tuple[FileSpec, ...] = (
         _e(0x20, "contact3_relation", "联系人3关系", CN, 1),
         _e(0x21, "contact3_phone", "联系人3电话", AN, 20),
     )),
-    FileSpec("DF01", 0x07, FileKind.RECORDS, "social", "职业婚姻信息", 0x84, 0x85, (
+    FileSpec("DF01", 0xEF07, FileKind.RECORDS, "social", "职业婚姻信息", 0x84, 0x85, (
         _e(0x22, "education", "文化程度", CN, 1),
         _e(0x23, "marriage", "婚姻状况", CN, 1),
         _e(0x24, "occupation", "职业", AN, 3),
     )),
-    FileSpec("DF01", 0x08, FileKind.RECORDS, "documents", "证件记录", 0x84, 0x85, (
+    FileSpec("DF01", 0xEF08, FileKind.RECORDS, "documents", "证件记录", 0x84, 0x85, (
         _e(0x25, "document_type", "证件类别", CN, 1),
         _e(0x26, "document_number", "证件号码", AN, 18),
         _e(0x27, "health_record_number", "健康档案编号", AN, 17),
         _e(0x28, "rural_insurance_number", "新农合证号", AN, 18),
     )),
     # DF02/EF05 clinical basics ("29–37: ABO B 1, Rh CN 1, twelve flags B 1, other AN 40").
-    FileSpec("DF02", 0x05, FileKind.RECORDS, "clinical basics", "临床基本数据", 0x84, 0x86, (
+    FileSpec("DF02", 0xEF05, FileKind.RECORDS, "clinical basics", "临床基本数据", 0x84, 0x86, (
         _e(0x29, "abo", "ABO血型", B, 1),
         _e(0x2A, "rh", "RH血型", CN, 1),
         _e(0x2B, "asthma", "哮喘标志", B, 1),
@@ -186,18 +186,18 @@ _FILES: tuple[FileSpec, ...] = (
         _e(0x36, "pacemaker", "心脏起搏器标志", B, 1),
         _e(0x37, "other_warning", "其他医学警示名称", AN, 40),
     )),
-    FileSpec("DF02", 0x06, FileKind.RECORDS, "special flag", "特殊信息标志", 0x84, 0x86, (
+    FileSpec("DF02", 0xEF06, FileKind.RECORDS, "special flag", "特殊信息标志", 0x84, 0x86, (
         _e(0x38, "special_flag", "精神病标志", B, 1),
     )),
     # DF02/EF07 allergies, cyclic 120-byte records; EF08 immunisations, cyclic 24-byte.
-    FileSpec("DF02", 0x07, FileKind.CYCLIC, "allergies", "过敏基本数据", 0x84, 0x86,
+    FileSpec("DF02", 0xEF07, FileKind.CYCLIC, "allergies", "过敏基本数据", 0x84, 0x86,
              record_size=120, record_count=10),
-    FileSpec("DF02", 0x08, FileKind.CYCLIC, "immunisations", "免疫基本数据", 0x84, 0x86,
+    FileSpec("DF02", 0xEF08, FileKind.CYCLIC, "immunisations", "免疫基本数据", 0x84, 0x86,
              record_size=24, record_count=10),
     # DF03/EF05, EF06 record validity flags (3 inpatient, 5 outpatient).
-    FileSpec("DF03", 0x05, FileKind.FLAGS, "inpatient flags", "住院有效标志", 0x84, 0x87,
+    FileSpec("DF03", 0xEF05, FileKind.FLAGS, "inpatient flags", "住院有效标志", 0x84, 0x87,
              record_size=1, record_count=3),
-    FileSpec("DF03", 0x06, FileKind.FLAGS, "outpatient flags", "门诊有效标志", 0x84, 0x87,
+    FileSpec("DF03", 0xEF06, FileKind.FLAGS, "outpatient flags", "门诊有效标志", 0x84, 0x87,
              record_size=1, record_count=5),
     # DF03/EE01–EE03 inpatient (1893 bytes), ED01–ED05 outpatient (3267 bytes).
     *(FileSpec("DF03", 0xEE00 + i, FileKind.BINARY, f"inpatient record {i}", f"住院记录{i}",

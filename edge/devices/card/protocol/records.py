@@ -77,10 +77,11 @@ def decode_element_record(spec: FileSpec, element: ElementSpec, record: bytes) -
 
 def encode_element_record(element: ElementSpec, value: Value) -> bytes:
     """Encode one element as its full TLV record."""
-    if element.coding is Coding.B and element.length == 1 and isinstance(value, int):
-        if not 0 <= value <= 0xFF:
-            raise CardParameterError(f"{element.name}: 0-255", f"{element.name_zh}取值错误")
-        value = bytes((value,))
+    if isinstance(value, int):
+        if element.coding is not Coding.B or element.length != 1 or not 0 <= value <= 0xFF:
+            raise CardParameterError(f"{element.name}: one byte 0-255 expected",
+                                     f"{element.name_zh}取值错误")
+        return codecs.tlv(element.tag, bytes((value,)))
     return codecs.tlv(element.tag, codecs.encode_element(element, value))
 
 
@@ -456,6 +457,7 @@ class CardContents:
             return d
         d["issuer"]["card_number"] = mask_card_number(self.issuer.card_number)
         d["issuer"]["issuer_certificate"] = f"<{len(self.issuer.issuer_certificate)} bytes>"
+        d["issuer"]["security_code"] = _HIDDEN  # the card's CVN: never shown
         h = d["holder"]
         h["name"] = mask_name(self.holder.name)
         h["id_number"] = mask_id_number(self.holder.id_number)

@@ -11,6 +11,7 @@ diversified from ``IssuerKeys`` with the same ``AuthScheme`` the SAM simulator u
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import os
@@ -121,20 +122,21 @@ class HealthCardSim:
         self.removed = False
         self.reads: list[str] = []  # paths of every successful read, in order (for tests)
         self.commands: list[bytes] = []  # every command APDU received
-        self._data: dict[str, list[bytes] | bytearray] = {}
+        self._records: dict[str, list[bytes]] = {}
+        self._binaries: dict[str, bytearray] = {}
         for path, spec in FILES.items():
             if spec.kind is FileKind.RECORDS:
                 vals = values.get(path, {})
-                self._data[path] = [rec.encode_element_record(e, vals[e.name])
-                                    if e.name in vals else b"" for e in spec.elements]
+                self._records[path] = [rec.encode_element_record(e, vals[e.name])
+                                       if e.name in vals else b"" for e in spec.elements]
             elif spec.kind is FileKind.CYCLIC:
-                self._data[path] = [b"\x00" * spec.record_size] * cyclic_records
+                self._records[path] = [b"\x00" * spec.record_size] * cyclic_records
             elif spec.kind is FileKind.FLAGS:
-                self._data[path] = [b"\xff"] * spec.record_count
+                self._records[path] = [b"\xff"] * spec.record_count
             else:
-                self._data[path] = bytearray(spec.size)
+                self._binaries[path] = bytearray(spec.size)
         if photo is not None:
-            self._data["DDF1/EF07"][:len(photo) + 2] = rec.encode_photo(photo)  # type: ignore[index]
+            self.set_binary("DDF1/EF07", rec.encode_photo(photo))
         self.card_number = str(values["DDF1/EF05"]["card_number"])
         self.city_code = str(values["DDF1/EF05"]["city_code"])
         issuer = keys or IssuerKeys.for_tests()
@@ -164,6 +166,7 @@ class HealthCardSim:
                     **kwargs: Any) -> HealthCardSim:
         """A card with the given holder and realistic defaults for everything else."""
         faults = faults or Faults()
+        _check_holder(sex, ethnicity, birth_date, id_number, expiry)
         if card_number is None:
             card_number = "H" + hashlib.sha256(id_number.encode()).hexdigest().upper()[:17]
         if faults.expired:
@@ -220,11 +223,18 @@ class HealthCardSim:
 
     def records(self, path: str) -> list[bytes]:
         """Raw records of a record file (for tests)."""
-        return list(self._data[path])  # type: ignore[arg-type]
+        return list(self._records[path])
 
     def binary(self, path: str) -> bytes:
         """Raw content of a binary file (for tests)."""
-        return bytes(self._data[path])
+        return bytes(self._binaries[path])
+
+    def set_binary(self, path: str, data: bytes, offset: int = 0) -> None:
+        """Personalise (or damage, in tests) part of a binary file."""
+        buf = self._binaries[path]
+        if offset + len(data) > len(buf):
+            raise CardParameterError(f"{path}: data beyond the file", "数据超出文件")
+        buf[offset:offset + len(data)] = data
 
     # --- APDU processing ----------------------------------------------------------------
     def process_apdu(self, apdu: bytes) -> bytes:
@@ -293,7 +303,7 @@ class HealthCardSim:
             if not self.faults.supports_sfi:
                 return _sw(0x6A81)
             for spec in FILES.values():
-                if spec.df == self._df and spec.fid == sfi:
+                if spec.df == self._df and spec.sfi == sfi:
                     self._ef = spec
                     return spec
             return _sw(0x6A82)
@@ -313,7 +323,7 @@ class HealthCardSim:
             return _sw(0x6981)
         if not self._can_read(spec):
             return _sw(0x6982)
-        recs: list[bytes] = self._data[spec.path]  # type: ignore[assignment]
+        recs = self._records[spec.path]
         mode = c.p2 & 0x07
         if mode == 0x00 and spec.kind is FileKind.RECORDS:
             idx = next((i for i, e in enumerate(spec.elements) if e.tag == c.p1), None)
@@ -340,7 +350,7 @@ class HealthCardSim:
         if not self._can_read(spec):
             return _sw(0x6982)
         off = (c.p1 << 8) | c.p2
-        buf = self._data[spec.path]
+        buf = self._binaries[spec.path]
         if off >= len(buf):
             return _sw(0x6B00)
         le = c.le or 256
@@ -415,7 +425,7 @@ class HealthCardSim:
             data = c.data
         else:
             return _sw(0x6982)
-        recs: list[bytes] = self._data[spec.path]  # type: ignore[assignment]
+        recs = self._records[spec.path]
         if (c.p1, c.p2 & 0x07) == (0, 0x03):
             if spec.kind is not FileKind.CYCLIC:
                 return _sw(0x6981)
@@ -442,7 +452,7 @@ class HealthCardSim:
         if (spec.df, spec.update_key) not in self._granted:
             return _sw(0x6982)
         off = (c.p1 << 8) | c.p2
-        buf: bytearray = self._data[spec.path]  # type: ignore[assignment]
+        buf = self._binaries[spec.path]
         if off + len(c.data) > len(buf):
             return _sw(0x6B00)
         buf[off:off + len(c.data)] = c.data
@@ -458,11 +468,29 @@ class HealthCardSim:
             return _sw(0x6981)
         if (spec.df, spec.update_key) not in self._granted:
             return _sw(0x6982)
-        recs: list[bytes] = self._data[spec.path]  # type: ignore[assignment]
+        recs = self._records[spec.path]
         if c.p2 != 0x04 or not 1 <= c.p1 <= len(recs):
             return _sw(0x6A83)
         recs[c.p1 - 1] = b"\x00" if c.ins == 0xD2 else b"\xff"
         return SW_OK
+
+
+def _check_holder(sex: str, ethnicity: str, birth_date: str, id_number: str,
+                  expiry: str) -> None:
+    """Reject values a real issuer would not personalise (clear error, not a broken card)."""
+    if sex not in ("0", "1", "2", "9"):
+        raise CardParameterError("sex must be 0, 1, 2 or 9 (GB/T 2261.1)", "性别代码错误")
+    if not (ethnicity.isdigit() and len(ethnicity) == 2):
+        raise CardParameterError("ethnicity must be two digits (GB 3304)", "民族代码错误")
+    for value, what, zh in ((birth_date, "birth date", "出生日期"), (expiry, "expiry", "有效期")):
+        try:
+            if len(value) != 8 or not value.isdigit():
+                raise ValueError(value)
+            dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        except ValueError as exc:
+            raise CardParameterError(f"{what} must be YYYYMMDD", f"{zh}格式应为 YYYYMMDD") from exc
+    if not id_number or len(id_number.encode("gb18030")) > 18:
+        raise CardParameterError("ID number must be 1-18 characters", "证件号码长度错误")
 
 
 class _SmError(Exception):

@@ -150,13 +150,20 @@ def cmd_insert(args: argparse.Namespace) -> int:
     state.write_text(json.dumps({"pid": proc.pid, "port": args.port, "kind": args.kind}))
     who = ""
     if args.kind == "health":
-        who = f" {mask_name(args.name or '张三')} card {mask_card_number(args.card_number or '')}"
+        who = f" of {mask_name(args.name or '张三')}"
+        if args.card_number:
+            who += f", card {mask_card_number(args.card_number)}"
     print(f"inserted {args.kind} card{who} into port {args.port} (pid {proc.pid})")
     return 0
 
 
-def serve(spec_file: Path, port: int, host: str, ready_file: Path | None) -> int:
-    """Child process: keep the card connected until SIGTERM, reconnecting after pcscd restarts."""
+def serve(spec_file: Path, port: int, host: str, ready_file: Path | None,
+          give_up_s: float = 120.0) -> int:
+    """Child process: keep the card connected until SIGTERM, reconnecting after pcscd restarts.
+
+    Exits by itself (code 3) when vpcd has been unreachable for ``give_up_s`` — the pcscd
+    it belonged to is gone for good and nobody is left to call ``remove``.
+    """
     card = build_card(json.loads(spec_file.read_text()))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -165,10 +172,17 @@ def serve(spec_file: Path, port: int, host: str, ready_file: Path | None) -> int
     slot.insert(card)
     if ready_file is not None:
         ready_file.write_text(str(os.getpid()))
+    slot.connect_timeout = 1.0  # reconnect attempts stay short so SIGTERM is served quickly
+    lost_since: float | None = None
     while not stop.wait(0.2):
-        if not slot.is_inserted:
-            with contextlib.suppress(CardError):
-                slot.insert(card)
+        if slot.is_inserted:
+            lost_since = None
+            continue
+        lost_since = lost_since or time.monotonic()
+        with contextlib.suppress(CardError):
+            slot.insert(card)
+        if not slot.is_inserted and time.monotonic() - lost_since > give_up_s:
+            return 3
     slot.remove()
     return 0
 

@@ -14,8 +14,10 @@ insertion for vpcd): the socket file must exist and both ports must be in LISTEN
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -37,7 +39,7 @@ def free_port_pair(host: str = "127.0.0.1", attempts: int = 50) -> int:
     for _ in range(attempts):
         with socket.socket() as s:
             s.bind((host, 0))
-            base = s.getsockname()[1]
+            base = int(s.getsockname()[1])
         if base >= 65535:
             continue
         ok = True
@@ -73,11 +75,12 @@ class PcscDaemon:
     """A pcscd process in a private mount namespace serving two vpcd readers."""
 
     def __init__(self, workdir: Path, base_port: int, *, ready_timeout: float = 10.0,
-                 pcscd_binary: str = "pcscd") -> None:
+                 pcscd_binary: str = "pcscd", extra_args: tuple[str, ...] = ()) -> None:
         self.workdir = Path(workdir)
         self.base_port = base_port
         self.ready_timeout = ready_timeout
         self.pcscd_binary = pcscd_binary
+        self.extra_args = extra_args  # e.g. ("-d", "-a") for debug and APDU logs
         self._rundir = self.workdir / "run"
         self._confdir = self.workdir / "reader.conf.d"
         self._log_path = self.workdir / "pcscd.log"
@@ -163,7 +166,8 @@ class PcscDaemon:
         # /run/pcscd must exist as a mount point; creating it is harmless for a system pcscd.
         _RUN_DIR.mkdir(parents=True, exist_ok=True)
         script = (f'mount --bind "{self._rundir}" {_RUN_DIR} && '
-                  f'exec {self.pcscd_binary} -f -c "{self._confdir}"')
+                  f'exec {self.pcscd_binary} -f -c "{self._confdir}"'
+                  + "".join(f" {shlex.quote(a)}" for a in self.extra_args))
         log = self._log_path.open("ab")
         try:
             self._proc = subprocess.Popen(
@@ -173,11 +177,19 @@ class PcscDaemon:
             )
         finally:
             log.close()
+        # An interpreter that exits without stop() (a crashed test or script) must not
+        # leave pcscd behind. (PR_SET_PDEATHSIG is no option: it fires when the *thread*
+        # that started us exits, e.g. an asyncio.to_thread worker.)
+        atexit.register(self._stop_at_exit)
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
+
+    def _stop_at_exit(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop(timeout=2.0)
 
     def _log_tail(self) -> str:
         try:
@@ -187,9 +199,11 @@ class PcscDaemon:
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
+        proc = self._proc
+        if proc is None:
+            raise PcscDaemonError("pcscd was not started", "读卡服务未启动。")
         while time.monotonic() < deadline:
-            assert self._proc is not None
-            if self._proc.poll() is not None:
+            if proc.poll() is not None:
                 tail = self._log_tail()
                 if "Operation not permitted" in tail or "permission denied" in tail.lower():
                     raise PcscDaemonError(
@@ -197,7 +211,7 @@ class PcscDaemon:
                         "(needs root or CAP_SYS_ADMIN; in containers run privileged): " + tail,
                         "没有权限启动私有读卡服务（需要 root 或 CAP_SYS_ADMIN）。")
                 raise PcscDaemonError(
-                    f"pcscd exited with code {self._proc.returncode}: {tail}",
+                    f"pcscd exited with code {proc.returncode}: {tail}",
                     "读卡服务意外退出。")
             if self.socket_path.exists() and {self.patient_port, self.sam_port} <= \
                     listening_ports():
@@ -212,6 +226,7 @@ class PcscDaemon:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        atexit.unregister(self._stop_at_exit)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -228,6 +243,7 @@ class PcscDaemon:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        atexit.unregister(self._stop_at_exit)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)

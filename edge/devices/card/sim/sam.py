@@ -61,10 +61,9 @@ class SamSim:
             ("MF", 0x0015): serial[:14].ljust(14, b"\x00"),
             ("MF", 0x0016): terminal_number,
             ("DF01", 0x001A): key_info,
-            ("DF01", 0x001B): hashlib.sha512(b"issuer-cert").digest() * 3 + b"\x00" * 0,
+            ("DF01", 0x001B): (hashlib.sha512(b"issuer-cert").digest() * 3)[:180],
             ("DF01", 0x001C): (hashlib.sha512(b"sam-cert").digest() * 3)[:190],
         }
-        self._files[("DF01", 0x001B)] = self._files[("DF01", 0x001B)][:180]
         self._reset()
 
     def _reset(self) -> None:

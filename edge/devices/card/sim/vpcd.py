@@ -4,6 +4,11 @@ vpcd protocol (vsmartcard): the virtual card is the TCP *client*; each message i
 2-byte big-endian length and a payload. A 1-byte payload is a control (00 power off,
 01 power on, 02 reset, 04 get ATR — answered with the ATR); anything else is a command
 APDU answered with the response APDU. Connected means inserted; closing means removed.
+
+pcscd polls a vpcd reader every 400 ms and only compares the card's presence with its
+previous poll: a card removed and re-inserted between two polls is never reported (the
+reader stays "empty"). A hand cannot do that either, so ``insert`` keeps the slot empty
+for at least ``min_absent_s`` (0.5 s) after the previous card left.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ class VirtualCardSlot:
     """One vpcd slot; ``insert(card)`` connects a card, ``remove()`` disconnects it."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", *,
-                 connect_timeout: float = 5.0) -> None:
+                 connect_timeout: float = 5.0, min_absent_s: float = 0.5) -> None:
         self.port = port
+        self.min_absent_s = min_absent_s
+        self._left_at = 0.0  # monotonic time the last card left the slot
         self.host = host
         self.connect_timeout = connect_timeout
         self._sock: socket.socket | None = None
@@ -63,6 +70,10 @@ class VirtualCardSlot:
     def insert(self, card: SimCard) -> None:
         """Connect ``card`` to vpcd, retrying while vpcd is not listening yet."""
         self.remove()
+        self.wait_removed()
+        wait = self._left_at + self.min_absent_s - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
         deadline = time.monotonic() + self.connect_timeout
         last: OSError | None = None
         while True:
@@ -96,6 +107,7 @@ class VirtualCardSlot:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+            self._left_at = time.monotonic()
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -151,6 +163,7 @@ class VirtualCardSlot:
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
+            self._left_at = time.monotonic()
             with self._lock:
                 if self._sock is sock:
                     self._sock = None

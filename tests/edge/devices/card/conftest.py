@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from smartcard import scard as s  # importing does not contact pcscd; the first call does
 
 from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
 from edge.devices.card.sim.sam import SamSim
@@ -46,8 +47,6 @@ def pcscd(pcscd_daemon: PcscDaemon) -> PcscDaemon:
 
 
 def _reader_has_card(reader: str) -> bool | None:
-    from smartcard import scard as s
-
     hr, ctx = s.SCardEstablishContext(s.SCARD_SCOPE_USER)
     if hr != s.SCARD_S_SUCCESS:
         return None

@@ -43,7 +43,8 @@ def test_sam_commands() -> None:
     assert A.verify_pin("12345").to_bytes() == bytes.fromhex("002000000312345F")
     assert A.sam_select_df01().to_bytes() == bytes.fromhex("00A4000002DF01")
     assert A.sam_diversify(0x04, bytes(16)).to_bytes()[:5] == bytes.fromhex("80DE000410")
-    assert A.sam_compute(0, bytes(8)).to_bytes() == bytes.fromhex("80FA0000080000000000000000") + b"\x00"
+    assert A.sam_compute(0, bytes(8)).to_bytes() == \
+        bytes.fromhex("80FA0000080000000000000000") + b"\x00"
     assert A.get_response(0x10).to_bytes() == bytes.fromhex("00C0000010")
 
 

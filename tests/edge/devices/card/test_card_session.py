@@ -1,0 +1,214 @@
+"""CardSession and SamSession against the simulators, in process (tier 1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from edge.devices.card import errors as E
+from edge.devices.card.hotlist import HotList
+from edge.devices.card.protocol.security import AuthScheme
+from edge.devices.card.session import (
+    CardProfile,
+    CardSession,
+    InProcessTransport,
+    SamSession,
+    Timeouts,
+)
+from edge.devices.card.sim.cardos import BankCardSim, BlankCardSim, Faults, HealthCardSim
+from edge.devices.card.sim.sam import SamSim
+
+PIN = "123456"
+CARD_NO = "H11010119800101001"
+
+
+def _today() -> dt.date:
+    return dt.date(2026, 6, 1)
+
+
+def make(card: object, *, sam: SamSim | None = None, pin: str = PIN, **kw: object
+         ) -> tuple[CardSession, SamSim]:
+    sam = sam or SamSim(PIN)
+    ss = SamSession(InProcessTransport(sam, "sam"), pin)
+    return CardSession(InProcessTransport(card, "patient"), ss, today=_today,  # type: ignore[arg-type]
+                       **kw), sam  # type: ignore[arg-type]
+
+
+def holder_card(**kw: object) -> HealthCardSim:
+    return HealthCardSim.from_holder(name="张三", sex="1", ethnicity="01",
+                                     birth_date="19800101", id_number="110101198001011234",
+                                     card_number=CARD_NO, **kw)  # type: ignore[arg-type]
+
+
+def test_read_identity_decodes_the_holder() -> None:
+    session, _ = make(holder_card())
+    ident = session.read_identity()
+    assert (ident.name, ident.sex, ident.ethnicity, ident.birth_date, ident.id_number) == \
+        ("张三", "1", "01", "19800101", "110101198001011234")
+    assert (ident.card_number, ident.card_type, ident.city_code, ident.expiry) == \
+        (CARD_NO, "1", "110100", "20351231")
+    assert ident.expired is False
+    assert ident.masked()["name"] == "张*"
+    assert ident.masked()["id_number"] == "110***********1234"
+    assert ident.masked()["card_number"] == "H110**********1001"
+
+
+def test_read_identity_apdu_budget() -> None:
+    # T=0 SAM: 12 card APDUs + 80DE, 80FA, 00C0 (PIN/DF01 are once per SAM session).
+    card = holder_card()
+    session, _ = make(card)
+    session.sam.open()  # type: ignore[union-attr]
+    session.read_identity()
+    assert session.last_apdus == {"card": 12, "sam": 3}
+    # T=1 SAM answers 80FA directly: 14 in total.
+    session, _ = make(holder_card(), sam=SamSim(PIN, t0=False))
+    session.sam.open()  # type: ignore[union-attr]
+    session.read_identity()
+    assert session.last_apdus == {"card": 12, "sam": 2}
+
+
+def test_cards_without_sfi_fall_back_to_select() -> None:
+    card = holder_card(faults=Faults(supports_sfi=False))
+    session, _ = make(card)
+    session.sam.open()  # type: ignore[union-attr]
+    assert session.read_identity().name == "张三"
+    # one refused SFI read + three EF selects
+    assert session.last_apdus["card"] == 16
+    forced, _ = make(holder_card(faults=Faults(supports_sfi=False)),
+                     profile=CardProfile("select"))
+    forced.sam.open()  # type: ignore[union-attr]
+    forced.read_identity()
+    assert forced.last_apdus["card"] == 15
+
+
+def test_hot_listed_card_is_refused_before_ef06(tmp_path: Path) -> None:
+    hot = HotList(tmp_path / "hot.sqlite")
+    hot.apply_delta(3, added=[CARD_NO])
+    card = holder_card()
+    session, _ = make(card, hotlist=hot)
+    with pytest.raises(E.CardBlocked) as e:
+        session.read_identity()
+    assert "DDF1/EF06" not in card.reads
+    assert e.value.card_number_masked == "H110**********1001"
+    assert "挂失" in e.value.message_zh
+
+
+@pytest.mark.parametrize("card", [BankCardSim(), BlankCardSim()])
+def test_non_health_cards_are_refused(card: object) -> None:
+    session, sam = make(card)
+    with pytest.raises(E.NotAHealthCard) as e:
+        session.read_identity()
+    assert e.value.atr == card.atr  # type: ignore[attr-defined]
+    assert e.value.sw == "6A82"
+    assert sam.apdu_count == 0  # refused before any SAM work
+
+
+def test_expired_card_flagged_or_rejected() -> None:
+    session, _ = make(holder_card(faults=Faults(expired=True)))
+    assert session.read_identity().expired is True
+    session, _ = make(holder_card(faults=Faults(expired=True)))
+    with pytest.raises(E.CardExpired) as e:
+        session.read_identity(reject_expired=True)
+    assert e.value.expiry == "20200101"
+
+
+def test_wrong_sam_pin_is_never_retried() -> None:
+    session, sam = make(holder_card(), pin="654321")
+    with pytest.raises(E.SamPinError) as e:
+        session.read_identity()
+    assert e.value.retries_left == 2 and e.value.sw == "63C2"
+    with pytest.raises(E.SamPinError):
+        session.read_identity()
+    assert sam.verify_count == 1
+    assert sam.pin_tries_left == 2
+
+
+def test_blocked_sam_pin() -> None:
+    sam = SamSim(PIN, pin_tries=1)
+    session, _ = make(holder_card(), sam=sam, pin="000000")
+    with pytest.raises(E.SamPinBlocked) as e:
+        session.read_identity()
+    assert e.value.retries_left == 0
+
+
+def test_no_sam_means_sam_unavailable_after_the_free_data() -> None:
+    session = CardSession(InProcessTransport(holder_card()), None)
+    assert session.read_issuer().card_number == CARD_NO
+    with pytest.raises(E.SamUnavailable):
+        session.read_identity()
+
+
+def test_wrong_issuer_keys_fail_authentication_with_retries() -> None:
+    # A SAM of another scheme produces a cryptogram the card rejects.
+    sam = SamSim(PIN, scheme=AuthScheme(cipher="AES-128"))
+    session, _ = make(holder_card(), sam=sam)
+    with pytest.raises(E.CardAuthFailed) as e:
+        session.read_identity()
+    assert e.value.retries_left == 2 and e.value.sw == "63C2"
+
+
+def test_blocked_card_key() -> None:
+    session, _ = make(holder_card(faults=Faults(auth_blocked=True)))
+    with pytest.raises(E.CardAuthBlocked):
+        session.read_identity()
+
+
+def test_other_auth_layouts_work_end_to_end() -> None:
+    scheme = AuthScheme(cipher="AES-128", card_factor_source="atr_historical",
+                        city_pad=0, city_align="right", levels="card",
+                        ext_auth_layout="kv_last", key_version=3)
+    card = holder_card(scheme=scheme)
+    session, _ = make(card, sam=SamSim(PIN, scheme=scheme), scheme=scheme)
+    assert session.read_identity().name == "张三"
+
+
+def test_corrupt_tlv_names_file_and_tag() -> None:
+    session, _ = make(holder_card(faults=Faults(corrupt_tlv="DDF1/EF06")))
+    with pytest.raises(E.CardDataError) as e:
+        session.read_identity()
+    assert (e.value.file, e.value.tag) == ("DDF1/EF06", "0B")
+
+
+def test_unexpected_status_word_is_typed() -> None:
+    session, _ = make(holder_card(faults=Faults(wrong_sw_at=(3, 0x6581))))
+    with pytest.raises(E.CardCommandError) as e:
+        session.read_identity()
+    assert e.value.sw == "6581"
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_card_pulled_at_each_apdu_gives_card_removed(n: int) -> None:
+    session, _ = make(holder_card(faults=Faults(disconnect_at=n)))
+    with pytest.raises(E.CardRemoved):
+        session.read_identity()
+
+
+def test_per_apdu_timeout() -> None:
+    ticks = iter(range(0, 1000, 3))
+    clock = lambda: float(next(ticks))  # noqa: E731 - each call advances 3 s
+    card = holder_card()
+    transport = InProcessTransport(card, apdu_timeout=2.0, monotonic=clock)
+    session = CardSession(transport, None, monotonic=lambda: 0.0)
+    with pytest.raises(E.CardTimeout):
+        session.read_issuer()
+
+
+def test_per_operation_timeout() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0
+        return now[0]
+    session, _ = make(holder_card(), timeouts=Timeouts(apdu_s=5, operation_s=4),
+                      monotonic=clock)
+    with pytest.raises(E.CardTimeout):
+        session.read_identity()
+
+
+def test_error_messages_are_screen_ready() -> None:
+    err = E.CardRemoved(reader="Virtual PCD 00 00")
+    d = err.to_dict()
+    assert d["code"] == "card_removed" and d["reader"] == "Virtual PCD 00 00"
+    assert "卡" in d["message_zh"] and d["message"]

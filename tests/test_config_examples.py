@@ -1,0 +1,43 @@
+"""Every example config in config/ loads into its strict model."""
+
+from pathlib import Path
+
+import pytest
+
+from central.config import CentralConfig
+from central.platform.sim.config import load_sim_settings
+from edge.common.config import load_config
+from edge.config import EdgeConfig
+from kiosk.config import KioskConfig
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+
+
+@pytest.mark.parametrize(("name", "model"), [
+    ("edge-kiosk.toml", EdgeConfig), ("edge-cashier.toml", EdgeConfig),
+    ("kiosk.toml", KioskConfig), ("cashier-ui.toml", KioskConfig),
+    ("central.toml", CentralConfig),
+])
+def test_example_loads(name, model):
+    cfg = load_config(CONFIG / name, model)
+    assert cfg is not None
+
+
+def test_edge_roles_differ():
+    kiosk = load_config(CONFIG / "edge-kiosk.toml", EdgeConfig)
+    cashier = load_config(CONFIG / "edge-cashier.toml", EdgeConfig)
+    assert (kiosk.device.role, cashier.device.role) == ("kiosk", "cashier")
+    assert kiosk.uplink.username == kiosk.device.id
+
+
+def test_platform_sim_example_loads():
+    s = load_sim_settings(CONFIG / "platform-sim.toml")
+    assert s.admin_enabled is False
+
+
+def test_no_secret_values_in_examples():
+    import re
+
+    secret_key = re.compile(r"^\s*(password|pin|sam_pin|token|api_token|secret)\s*=", re.M)
+    for f in CONFIG.glob("*.toml"):
+        assert not secret_key.search(f.read_text()), f"{f.name} holds a secret value"
