@@ -21,6 +21,7 @@ from central.broker import Listener, Mosquitto, MosquittoConfig
 from central.config import CentralConfig
 from central.dashboard.app import create_dashboard
 from central.forwarder import Forwarder, ForwarderSettings
+from central.payments import Payments
 from central.platform.config import create_adapter
 from central.registry import Registry
 from central.store import open_store
@@ -91,7 +92,9 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
                                      concurrency=cfg.forwarder.concurrency)
 
     adapter = create_adapter(cfg.platform)
-    forwarder = Forwarder(settings, store, adapter, share_group=cfg.forwarder.share_group)
+    payments = Payments(store, adapter)
+    forwarder = Forwarder(settings, store, adapter, share_group=cfg.forwarder.share_group,
+                          observer=payments.observe)
 
     def live_status() -> dict[str, Any]:
         return {
@@ -102,13 +105,14 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         }
 
     app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
-                           extra_status=live_status)
+                           extra_status=live_status, payments=payments)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.dashboard.host, port=cfg.dashboard.port,
                                            log_config=None, access_log=False, lifespan="off"))
     await forwarder.start()
     tasks = [
         asyncio.create_task(forwarder.run(), name="forwarder"),
         asyncio.create_task(server.serve(), name="dashboard"),
+        asyncio.create_task(payments.run(), name="payments"),
     ]
     if mosquitto is not None:
         tasks.append(asyncio.create_task(mosquitto.supervise(), name="broker"))

@@ -216,8 +216,10 @@ class Payments:
     async def run(self) -> None:
         """Resolve open payments every ``poll_interval_s`` until cancelled."""
         while True:
-            with contextlib.suppress(Exception):
+            try:
                 await self.resolve_once()
+            except Exception:  # one bad round must not stop resolving money; say so loudly
+                log.exception("payment resolver round failed")
             await asyncio.sleep(self.poll_interval_s)
 
     def unresolved(self) -> list[PaymentInfo]:

@@ -42,7 +42,7 @@ def _jsonable(obj: Any) -> Any:
 
 
 def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
-                     site_name: str, extra_status: Any = None) -> FastAPI:
+                     site_name: str, extra_status: Any = None, payments: Any = None) -> FastAPI:
     """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform)."""
 
     def require_admin(authorization: str = Header(default="")) -> None:
@@ -84,6 +84,11 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     async def disable(dev: str) -> dict[str, Any]:
         registry.disable(dev)
         return {"id": dev, "enabled": False}
+
+    @api.get("/payments/unresolved")
+    async def unresolved() -> dict[str, Any]:
+        items = payments.unresolved() if payments is not None else []
+        return {"payments": [_jsonable(asdict(p)) for p in items]}
 
     @api.get("/audit")
     async def audit(since: int = 0) -> dict[str, Any]:

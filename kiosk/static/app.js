@@ -176,7 +176,7 @@
 
   // Inactivity: after idle_timeout_s - countdown_s show a countdown, then end the session.
   function tick() {
-    $("#clock").textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour: "2-digit", minute: "2-digit" });
+    $("#clock").textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour: "2-digit", minute: "2-digit", timeZone: ui.timezone || "Asia/Shanghai" });
     const idle = (Date.now() - lastActivity) / 1000, cd = $("#countdown");
     if (view === "attract") { cd.hidden = true; return; }
     const left = Math.ceil(ui.idle_timeout_s - idle);

@@ -1,0 +1,176 @@
+"""HID keyboard-wedge scanners through evdev: exclusive grab, reader thread, one door.
+
+The device is grabbed (EVIOCGRAB) so its key presses reach only us and do not also type
+into the kiosk browser. The thread waits on the device fd with a short select timeout (so
+``stop()`` is noticed), converts each evdev event to our ``KeyEvent`` at once, and feeds a
+``KeyDecoder``. An unplug (ENODEV) reports ``ScannerLost``; the path is retried until it
+returns — use ``/dev/input/by-id/...`` in config, since eventN numbers change on replug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from edge.devices.scanner.base import (
+    LoopDoor,
+    ScanFailed,
+    ScannerConnected,
+    ScannerLost,
+    ScanRead,
+    Sink,
+)
+from edge.devices.scanner.errors import ScannerDisconnected
+from edge.devices.scanner.frames import RawScan
+from edge.devices.scanner.keymaps import KeyDecoder, KeyEvent, Keymap
+
+__all__ = ["EvdevDevice", "HidScanner", "open_evdev"]
+
+log = logging.getLogger(__name__)
+
+_POLL_S = 0.2
+_LED_CAPSL = 0x01  # linux/input-event-codes.h
+
+
+class EvdevDevice(Protocol):
+    """The part of ``evdev.InputDevice`` we use."""
+
+    @property
+    def fd(self) -> int:
+        """File descriptor to wait on."""
+
+    def read(self) -> Iterable[Any]:
+        """Pending events; raises BlockingIOError when there are none."""
+
+    def grab(self) -> None:
+        """Take the device exclusively."""
+
+    def ungrab(self) -> None:
+        """Release the exclusive grab."""
+
+    def leds(self) -> list[int]:
+        """LEDs currently lit."""
+
+    def close(self) -> None:
+        """Close the device."""
+
+
+def open_evdev(path: str) -> EvdevDevice:
+    """Open an evdev input device (imported lazily: only HID setups need python-evdev)."""
+    import evdev  # noqa: PLC0415
+
+    device: Any = evdev.InputDevice(path)
+    return device  # type: ignore[no-any-return]
+
+
+def to_key_event(ev: Any) -> KeyEvent:
+    """Convert an evdev ``InputEvent`` (or anything shaped like one) to our ``KeyEvent``."""
+    return KeyEvent(type=int(ev.type), code=int(ev.code), value=int(ev.value),
+                    ts=float(ev.sec) + float(ev.usec) / 1e6)
+
+
+class HidScanner:
+    """A keyboard-wedge scanner on an evdev path; scans arrive at ``sink`` on the loop."""
+
+    def __init__(
+        self,
+        path: str,
+        keymap: Keymap,
+        sink: Sink,
+        *,
+        name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        reconnect_delay_s: float = 1.0,
+        max_length: int = 1024,
+        opener: Callable[[str], EvdevDevice] = open_evdev,
+    ) -> None:
+        self.path = path
+        self.keymap = keymap
+        self.name = name or path
+        self._sink = sink
+        self._clock = clock
+        self._delay = reconnect_delay_s
+        self._max = max_length
+        self._opener = opener
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        """Start the reader thread (idempotent)."""
+        if self._thread is not None:
+            return
+        door = LoopDoor(asyncio.get_running_loop(), self._sink)
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(door,), name=f"scanner-hid:{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the reader thread, ungrab and close the device."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        await asyncio.to_thread(thread.join, _POLL_S * 10 + self._delay)
+
+    def _run(self, door: LoopDoor) -> None:
+        reported_down = False
+        while not self._stop.is_set():
+            try:
+                dev = self._opener(self.path)
+            except OSError as exc:
+                if not reported_down:
+                    door.post(ScannerLost(self.name, ScannerDisconnected(self.name, str(exc))))
+                    reported_down = True
+                self._stop.wait(self._delay)
+                continue
+            try:
+                # EBUSY here means another process holds the grab: retrying is right, reading
+                # without the grab would type the codes into the browser as well.
+                dev.grab()
+                decoder = KeyDecoder(self.keymap, max_length=self._max,
+                                     caps_lock=_LED_CAPSL in dev.leds())
+                reported_down = False
+                door.post(ScannerConnected(self.name))
+                self._read_until_error(dev, decoder, door)
+            except OSError as exc:
+                detail = "device busy (grabbed elsewhere)" if exc.errno == errno.EBUSY else str(exc)
+                if not reported_down:
+                    door.post(ScannerLost(self.name, ScannerDisconnected(self.name, detail)))
+                    reported_down = True
+                self._stop.wait(self._delay)
+            finally:
+                self._release(dev)
+
+    def _release(self, dev: EvdevDevice) -> None:
+        for step in (dev.ungrab, dev.close):
+            try:
+                step()
+            except OSError:
+                log.debug("releasing %s: %s failed", self.name, step.__name__, exc_info=True)
+
+    def _read_until_error(self, dev: EvdevDevice, decoder: KeyDecoder, door: LoopDoor) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([dev.fd], [], [], _POLL_S)
+            if not ready:
+                continue
+            try:
+                events = list(dev.read())
+            except BlockingIOError:
+                continue
+            for ev in events:
+                result = decoder.feed(to_key_event(ev))
+                if result is None:
+                    continue
+                if isinstance(result, str):
+                    raw = RawScan(text=result, symbology=None, ts=self._clock(), source=self.name)
+                    door.post(ScanRead(self.name, raw))
+                else:
+                    door.post(ScanFailed(self.name, result))
