@@ -45,7 +45,7 @@ class DashboardSection(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8800, ge=1, le=65535)
     admin_token_file: Path | None = None
-    admin_token_env: str = "YKT_CENTRAL_ADMIN_TOKEN"
+    admin_token_env: str = "YKT_CENTRAL_ADMIN_TOKEN"  # noqa: S105 - a variable name
 
 
 class ForwarderSection(StrictModel):

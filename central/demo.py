@@ -43,8 +43,9 @@ DEMO_PATIENTS: tuple[dict[str, str], ...] = (
      "phone": "13711112222"},
 )
 
+# Demo-only secrets: written to 0600 files for the processes, never into a TOML.
 SAM_PIN = "123456"
-DEMO_STAFF_PIN = "2468"  # the seeded cashier badges (S1001 …) log in with this PIN  # demo-only: written to a 0600 secret file, never into a TOML
+DEMO_STAFF_PIN = "2468"  # the seeded cashier badges (S1001 …) log in with this PIN
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -166,9 +167,8 @@ class Site:
             raise
 
     def _start(self) -> None:
-        from edge.devices.card.sim.sam import SamSim
-
         from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
+        from edge.devices.card.sim.sam import SamSim
         from edge.devices.card.sim.vpcd import VirtualCardSlot
         from edge.devices.printer.sim.server import VirtualPrinter
 
@@ -208,7 +208,8 @@ class Site:
             term.pcscd = PcscDaemon(tdir / "pcscd", free_port_pair())
             term.pcscd.start()
             term.sam_slot = VirtualCardSlot(term.pcscd.sam_port)
-            term.sam_slot.insert(SamSim(SAM_PIN, terminal_number=bytes.fromhex(f"11010000000{len(self.terminals) + 1}")))
+            terminal_number = bytes.fromhex(f"1101000000{len(self.terminals) + 1:02d}")
+            term.sam_slot.insert(SamSim(SAM_PIN, terminal_number=terminal_number))
             term.patient_slot = VirtualCardSlot(term.pcscd.patient_port)
             self._start_terminal(term, tdir)
             self.terminals.append(term)

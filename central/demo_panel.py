@@ -76,8 +76,13 @@ button,select{{font-size:16px;padding:6px 12px;margin-right:8px}}
 .paper img{{max-height:420px;border:1px solid #ddd;margin:8px 8px 0 0;background:#fff}}</style>
 </head><body><h1>模拟硬件面板 Simulated hardware panel</h1>{''.join(rows)}
 <script>
-async function ins(d){{await fetch(`/api/${{d}}/card/`+document.getElementById('c-'+d).value,{{method:'POST'}});setTimeout(()=>location.reload(),800)}}
-async function rem(d){{await fetch(`/api/${{d}}/card`,{{method:'DELETE'}});setTimeout(()=>location.reload(),500)}}
+async function ins(d){{
+  const card=document.getElementById('c-'+d).value;
+  await fetch(`/api/${{d}}/card/${{card}}`,{{method:'POST'}});
+  setTimeout(()=>location.reload(),800)}}
+async function rem(d){{
+  await fetch(`/api/${{d}}/card`,{{method:'DELETE'}});
+  setTimeout(()=>location.reload(),500)}}
 </script></body></html>"""
 
     return app

@@ -23,7 +23,6 @@ Every transition is an audit record. ``unresolved()`` feeds the staff dashboard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging

@@ -42,7 +42,7 @@ class ApiConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8701, ge=1, le=65535)
     token_file: Path | None = None
-    token_env: str = "YKT_EDGE_API_TOKEN"
+    token_env: str = "YKT_EDGE_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
 
     @field_validator("host")
     @classmethod

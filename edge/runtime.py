@@ -137,7 +137,8 @@ class EdgeRuntime:
         """A card went into the patient slot: open a session in the reading state."""
         self._wipe()
         self.session = CardSessionState(
-            session_id=secrets.token_hex(8), reader=reader, state="reading", started=self.clock.now()
+            session_id=secrets.token_hex(8), reader=reader, state="reading",
+            started=self.clock.now(),
         )
         self.bus.publish("card.inserted", {"session_id": self.session.session_id})
 
@@ -202,9 +203,9 @@ class EdgeRuntime:
         known_names.add(result["name"])
         return s.masked()
 
-    async def request(self, type_: str, body: dict[str, Any], timeout: float | None) -> Any:
+    async def request(self, type_: str, body: dict[str, Any], timeout_s: float | None) -> Any:
         """Forward a non-personal request (slots, booking, payment...) through the uplink."""
-        return await self.uplink.request(type_, body, timeout=timeout)
+        return await self.uplink.request(type_, body, timeout=timeout_s)
 
     async def print_registration_slip(self, booking: dict[str, Any], *, copy: bool) -> Any:
         """Print the slip of a confirmed booking for the patient in the slot."""

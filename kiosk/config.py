@@ -23,9 +23,10 @@ class ServerConfig(StrictModel):
 class EdgeLink(StrictModel):
     """How to reach the local ``ykt edge`` API."""
 
-    url: str = Field(default="http://127.0.0.1:8701", pattern=r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d+$")
+    url: str = Field(default="http://127.0.0.1:8701",
+                     pattern=r"^http://(127\.0\.0\.1|localhost|\[::1\]):\d+$")
     token_file: Path | None = None
-    token_env: str = "YKT_EDGE_API_TOKEN"
+    token_env: str = "YKT_EDGE_API_TOKEN"  # noqa: S105 - the variable's name, not a secret
     timeout_s: float = Field(default=30.0, gt=0, le=120)
 
 

@@ -74,7 +74,9 @@ class EdgeClient:
         """Identify the patient of the inserted card at the platform."""
         return (await self._call("POST", "/v1/patient/identify"))["session"]
 
-    async def request(self, type_: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
+    async def request(
+        self, type_: str, body: dict[str, Any], timeout_s: float | None = None
+    ) -> Any:
         """Forward a request to the platform through the uplink."""
         payload: dict[str, Any] = {"type": type_, "body": body}
         if timeout_s is not None:

@@ -53,7 +53,7 @@ def load_card_config(path: Path | None) -> CardConfig:
 
 def list_readers() -> list[str]:
     """PC/SC reader names (empty when pcscd has none); ReaderUnavailable without pcscd."""
-    from smartcard import scard as s  # noqa: PLC0415 - pyscard only when a command runs
+    from smartcard import scard as s
 
     hr, ctx = s.SCardEstablishContext(s.SCARD_SCOPE_USER)
     if hr != s.SCARD_S_SUCCESS:

@@ -120,7 +120,7 @@ class InProcessTransport:
 
 
 def _scard() -> Any:
-    from smartcard import scard  # noqa: PLC0415 - keep pyscard out of import time
+    from smartcard import scard
 
     return scard
 

@@ -69,7 +69,7 @@ class ReaderWatcher:
         self._retry_s = retry_s
         self._max_retry_s = max_retry_s
         if scard is None:
-            from smartcard import scard as _s  # noqa: PLC0415 - no pyscard at import time
+            from smartcard import scard as _s
             scard = _s
         self._s = scard
         self._stop = threading.Event()

@@ -56,7 +56,7 @@ class PrinterTransport(Protocol):
 
 
 def _escpos_printer_module() -> Any:
-    import escpos.printer  # noqa: PLC0415 (lazy: it probes optional USB/CUPS libraries)
+    import escpos.printer
 
     return escpos.printer
 
@@ -220,8 +220,8 @@ class UsbTransport:
         """Find, detach the kernel driver and claim; retries while the device is busy."""
         self.close()
         try:
-            import usb.core  # noqa: PLC0415 (optional dependency pyusb)
-            import usb.util  # noqa: PLC0415
+            import usb.core
+            import usb.util
         except ImportError as exc:
             raise PrinterOffline(
                 f"{self._name()}: pyusb is not installed", reason="no_pyusb"
@@ -278,7 +278,7 @@ class UsbTransport:
         """Bulk-in read; a libusb timeout is an empty answer."""
         if self._printer is None:
             raise PrinterOffline(f"{self._name()}: not open", reason="not_connected")
-        import usb.core  # noqa: PLC0415 (optional dependency pyusb)
+        import usb.core
 
         try:
             data = self._printer._device.read(self.in_ep, n, int(timeout * 1000))

@@ -63,7 +63,7 @@ class EvdevDevice(Protocol):
 
 def open_evdev(path: str) -> EvdevDevice:
     """Open an evdev input device (imported lazily: only HID setups need python-evdev)."""
-    import evdev  # noqa: PLC0415
+    import evdev
 
     device: Any = evdev.InputDevice(path)
     return device  # type: ignore[no-any-return]

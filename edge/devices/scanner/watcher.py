@@ -63,7 +63,7 @@ WatchEvent = ScannerAdded | ScannerRemoved
 
 def list_serial_ports() -> list[DeviceInfo]:
     """Serial ports as pyserial sees them, with USB ids where the port is USB."""
-    from serial.tools import list_ports  # noqa: PLC0415  (only when discovery runs)
+    from serial.tools import list_ports
 
     return [
         DeviceInfo(bus="serial", path=p.device, vid=p.vid, pid=p.pid,
@@ -75,7 +75,7 @@ def list_serial_ports() -> list[DeviceInfo]:
 def list_input_devices() -> list[DeviceInfo]:
     """evdev input devices that can type Enter (keyboards and keyboard-wedge scanners)."""
     try:
-        import evdev  # noqa: PLC0415
+        import evdev
     except ImportError:
         return []
     out: list[DeviceInfo] = []

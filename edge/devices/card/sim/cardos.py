@@ -84,7 +84,7 @@ _DEFAULT_SAM_CERT = hashlib.sha512(b"sam-cert").digest() * 3
 def _default_photo() -> bytes:
     """A small grey JPEG (the card's photo file holds at most 3070 bytes of image)."""
     try:
-        from PIL import Image, ImageDraw  # noqa: PLC0415 - optional, only for the default photo
+        from PIL import Image, ImageDraw
     except ImportError:
         return b"\xff\xd8\xff\xe0" + b"\x00" * 60 + b"\xff\xd9"
     img = Image.new("L", (60, 80), 200)

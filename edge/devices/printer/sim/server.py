@@ -269,7 +269,7 @@ class VirtualPrinter:
         with self._file_lock:
             index = len(self.jobs) + 1
             if self.out_dir is not None:
-                from edge.devices.printer.sim.paper import render_job  # noqa: PLC0415 (Pillow on demand)
+                from edge.devices.printer.sim.paper import render_job
 
                 name = f"job-{index:04d}{'-interrupted' if job.interrupted else ''}"
                 try:

@@ -145,7 +145,7 @@ async def test_printer_driver_jobs_survive_a_restart(samples: Samples, tmp_path:
 async def test_printer_driver_sends_exact_bytes_and_status_queries(
     samples: Samples, tmp_path: Path
 ) -> None:
-    from edge.devices.printer.escpos import get_profile, render  # noqa: PLC0415
+    from edge.devices.printer.escpos import get_profile, render
 
     mem = MemoryTransport()
     svc = memory_service(tmp_path, mem)

@@ -86,9 +86,9 @@ def test_printer_decoder_never_crashes(data: bytes, chunk: int) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.integers(1, 50))
 def test_printer_decoder_chunking_does_not_change_result(chunk: int) -> None:
-    from datetime import datetime  # noqa: PLC0415
+    from datetime import datetime
 
-    from edge.devices.printer.documents import TestPage  # noqa: PLC0415
+    from edge.devices.printer.documents import TestPage
 
     data = render(TestPage("KIOSK-1", "0.1", datetime(2024, 1, 1)), get_profile("sunmi_80"))
     dec = EscPosDecoder()
@@ -100,10 +100,10 @@ def test_printer_decoder_chunking_does_not_change_result(chunk: int) -> None:
 
 
 def test_printer_sim_cli_serves_until_stopped(tmp_path: Path) -> None:
-    import argparse  # noqa: PLC0415
-    import threading  # noqa: PLC0415
+    import argparse
+    import threading
 
-    from edge.devices.printer.sim.cli import add_sim_printer_commands, run_sim_printer  # noqa: PLC0415
+    from edge.devices.printer.sim.cli import add_sim_printer_commands, run_sim_printer
 
     parser = argparse.ArgumentParser()
     add_sim_printer_commands(parser.add_subparsers())
