@@ -30,6 +30,8 @@ class AuthSchemeConfig(BaseModel):
     levels: Literal["city_card", "card"] = "city_card"
     ext_auth_layout: Literal["kv_first", "kv_last"] = "kv_first"
     key_version: Annotated[int, Field(ge=0, le=0xFF)] = 1
+    # combined: one 80DE (P1=01) diversifies and answers the cryptogram; split: 80DE + 80FA.
+    sam_auth: Literal["combined", "split"] = "combined"
 
     def to_scheme(self) -> AuthScheme:
         """The frozen dataclass the protocol code uses."""

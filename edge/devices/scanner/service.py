@@ -44,6 +44,7 @@ from edge.devices.scanner.watcher import (
     DRIVERS,
     DeviceWatcher,
     HidDriver,
+    Lister,
     ScannerAdded,
     ScannerRemoved,
     SerialDriver,
@@ -76,7 +77,7 @@ class ScannerService:
         clock: Callable[[], float] = time.monotonic,
         *,
         drivers: Mapping[str, SerialDriver | HidDriver] | None = None,
-        watcher: DeviceWatcher | None = None,
+        listers: Mapping[str, Lister] | None = None,
         queue_size: int = 32,
         max_age_s: float = 30.0,
         dedup_key: bytes | None = None,
@@ -85,7 +86,8 @@ class ScannerService:
         self._clock = clock
         self._drivers = drivers if drivers is not None else DRIVERS
         self._rules: ClassifierRules = config.rules()
-        self._watcher = watcher
+        self._listers = listers
+        self._watcher: DeviceWatcher | None = None
         self._queue_size = queue_size
         self._max_age = max_age_s
         self._key = dedup_key if dedup_key is not None else os.urandom(16)
@@ -114,9 +116,9 @@ class ScannerService:
                 continue
             await self._start_scanner(dev.name, dev.kind, path, MODELS[dev.model_name], dev)
         if needs_discovery:
-            if self._watcher is None:
-                self._watcher = DeviceWatcher(matcher=self._match,
-                                              interval_s=self._config.discovery_interval_s)
+            # listers=None means the real buses (pyserial ports and evdev nodes).
+            self._watcher = DeviceWatcher(self._listers, matcher=self._match,
+                                          interval_s=self._config.discovery_interval_s)
             self._watch_task = asyncio.create_task(self._watch(self._watcher),
                                                    name="scanner-discovery")
 

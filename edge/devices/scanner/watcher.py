@@ -29,6 +29,7 @@ __all__ = [
     "DRIVERS",
     "DeviceWatcher",
     "HidDriver",
+    "Lister",
     "ScannerAdded",
     "ScannerRemoved",
     "SerialDriver",

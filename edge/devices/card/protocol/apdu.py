@@ -25,6 +25,7 @@ __all__ = [
     "read_record_by_tag",
     "sam_compute",
     "sam_diversify",
+    "sam_diversify_cryptogram",
     "sam_select_df01",
     "select_fid",
     "set_record_valid_flag",
@@ -219,6 +220,26 @@ def sam_diversify(key_ref: int, factor: bytes) -> Command:
     if len(factor) != 16:
         raise CardParameterError("diversification factor must be 16 bytes", "分散因子错误")
     return Command(0x80, 0xDE, 0x00, _u8(key_ref, "key"), factor)
+
+
+#: 80DE P1: 00 loads the diversified key only; 01 (our combined form, see
+#: ``sam_diversify_cryptogram``) loads it and returns the cryptogram of a card challenge.
+SAM_DIVERSIFY_LOAD, SAM_DIVERSIFY_CRYPTOGRAM = 0x00, 0x01
+
+
+def sam_diversify_cryptogram(key_ref: int, factor: bytes, challenge: bytes) -> Command:
+    """SAM ``80 DE 01 <key> 18 <factor ‖ challenge> 00``: diversify and compute in one go.
+
+    HEALTHCARD.md describes 80DE data as "card number ‖ city factor ‖ random": this form
+    sends the random with the factors and gets the 16-byte cryptogram back (61 10 + 00C0
+    on a T=0 SAM), saving the separate 80FA. The key stays loaded for later 80FA calls.
+    """
+    if len(factor) != 16:
+        raise CardParameterError("diversification factor must be 16 bytes", "分散因子错误")
+    if len(challenge) != 8:
+        raise CardParameterError("challenge must be 8 bytes", "随机数长度错误")
+    return Command(0x80, 0xDE, SAM_DIVERSIFY_CRYPTOGRAM, _u8(key_ref, "key"),
+                   factor + challenge, 0)
 
 
 #: 80FA P1 modes of our scheme: single-block cryptogram, encrypt (padded), MAC (IV ‖ data).

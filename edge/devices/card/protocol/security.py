@@ -14,6 +14,9 @@ scheme is implemented end to end:
   ``levels="card"`` skips the city level;
 * cryptogram: ``E(K_card, challenge(8) ‖ 80 00…00)``; EXTERNAL AUTHENTICATE data is the
   key version byte and the 16-byte cryptogram, in the order ``ext_auth_layout`` says;
+* SAM commands (``sam_auth``): ``combined`` sends factor ‖ challenge in one 80DE (P1=01)
+  that returns the cryptogram; ``split`` sends 80DE (P1=00) then 80FA, for SAMs that only
+  know the two-step form;
 * SM: data padded ISO 9797-1 method 2 and encrypted CBC (zero IV) under the diversified
   update key; MAC = first 4 bytes of the CBC-MAC (IV = challenge ‖ 00…) over
   ``CLA INS P1 P2 Lc ‖ cipher text``, padded method 2.
@@ -59,6 +62,7 @@ class AuthScheme:
     levels: Literal["city_card", "card"] = "city_card"
     ext_auth_layout: Literal["kv_first", "kv_last"] = "kv_first"
     key_version: int = 0x01
+    sam_auth: Literal["combined", "split"] = "combined"
 
 
 def _algo(scheme: AuthScheme, key: bytes) -> algorithms.SM4 | algorithms.AES:

@@ -3,8 +3,10 @@
 MF files 0015 (serial/version, 14 bytes) and 0016 (terminal number, 6 bytes), DF01 with
 001A (key info, 25), 001B (issuer certificate, 180), 001C (SAM certificate, 190). VERIFY
 PIN with a retry counter (63Cx, blocked at 0 → 6983). After the PIN and SELECT DF01:
-``80 DE`` diversifies an issuer master key with the card factors, ``80 FA`` computes a
-cryptogram / cipher text / MAC (see ``protocol.security``). Like most PSAMs it speaks
+``80 DE 00`` diversifies an issuer master key with the card factors, ``80 FA`` computes a
+cryptogram / cipher text / MAC (see ``protocol.security``); ``80 DE 01`` (factor ‖ card
+challenge) does both and answers the cryptogram — ``combined=False`` makes the SAM refuse
+that form (6A86) like a SAM that only knows the two-step one. Like most PSAMs it speaks
 T=0 by default, so results come back as ``61xx`` and are fetched with ``00 C0``; with
 ``t0=False`` it answers case-4 commands directly (T=1).
 """
@@ -17,6 +19,8 @@ import threading
 from edge.devices.card.errors import CardParameterError
 from edge.devices.card.protocol import security as sec
 from edge.devices.card.protocol.apdu import (
+    SAM_DIVERSIFY_CRYPTOGRAM,
+    SAM_DIVERSIFY_LOAD,
     SAM_MODE_CRYPTOGRAM,
     SAM_MODE_ENCRYPT,
     SAM_MODE_MAC,
@@ -40,7 +44,8 @@ class SamSim:
 
     def __init__(self, pin: str, *, terminal_number: bytes = bytes.fromhex("110100000001"),
                  keys: IssuerKeys | None = None, scheme: sec.AuthScheme | None = None,
-                 pin_tries: int = 3, t0: bool = True, serial: bytes | None = None) -> None:
+                 pin_tries: int = 3, t0: bool = True, serial: bytes | None = None,
+                 combined: bool = True) -> None:
         if not pin.isdigit() or not 4 <= len(pin) <= 12:
             raise CardParameterError("SAM PIN must be 4-12 digits", "PSAM 密码格式错误")
         if len(terminal_number) != 6:
@@ -48,6 +53,7 @@ class SamSim:
         self.atr = SAM_ATR_T0 if t0 else with_tck_t1(SAM_ATR_T1)
         self._pin = pin
         self.t0 = t0
+        self.combined = combined
         self.scheme = scheme or sec.AuthScheme()
         self._keys = keys or IssuerKeys.for_tests()
         self.max_tries = pin_tries
@@ -151,13 +157,23 @@ class SamSim:
     def _diversify(self, c: Command) -> bytes:
         if (err := self._ready()) is not None:
             return err
-        if len(c.data) != 16:
-            return _sw(0x6700)
+        if c.p1 == SAM_DIVERSIFY_LOAD:
+            factor, challenge = c.data, None
+            if len(factor) != 16:
+                return _sw(0x6700)
+        elif c.p1 == SAM_DIVERSIFY_CRYPTOGRAM and self.combined:
+            if len(c.data) != 24:
+                return _sw(0x6700)
+            factor, challenge = c.data[:16], c.data[16:]
+        else:
+            return _sw(0x6A86)
         master = self._keys.masters.get(c.p2)
         if master is None:
             return _sw(0x6A88)
-        self._work_key = sec.diversify(self.scheme, master, c.data)
-        return SW_OK
+        self._work_key = sec.diversify(self.scheme, master, factor)
+        if challenge is None:
+            return SW_OK
+        return self._answer(c, sec.cryptogram(self.scheme, self._work_key, challenge))
 
     def _compute(self, c: Command) -> bytes:
         if (err := self._ready()) is not None:
@@ -177,6 +193,10 @@ class SamSim:
             out = sec.mac(self.scheme, key, c.data[:16], c.data[16:])
         else:
             return _sw(0x6A86)
+        return self._answer(c, out)
+
+    def _answer(self, c: Command, out: bytes) -> bytes:
+        """T=0 (or no Le): 61xx and the data kept for 00C0; T=1: the data directly."""
         if self.t0 or c.le is None:
             self._pending = out
             return _sw(0x6100 | (len(out) & 0xFF))

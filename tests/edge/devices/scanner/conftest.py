@@ -1,6 +1,10 @@
-"""Test helper: turn text into the key events a scanner programmed for a layout would send."""
+"""Shared fixtures for scanner tests: a "typist" that turns text into a scanner's key events."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
 
 from edge.devices.scanner import keymaps as km
 
@@ -33,3 +37,9 @@ def typed(keymap: km.Keymap, text: str, *, terminator: int = km.KEY_ENTER,
             tap(km.KEY_SPACE)  # how a scanner sends a dead-key character on its own
     tap(terminator)
     return out
+
+
+@pytest.fixture(scope="session")
+def typist() -> Callable[..., list[tuple[int, int, int]]]:
+    """The ``typed`` helper, as a fixture (test modules cannot import siblings here)."""
+    return typed
