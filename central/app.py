@@ -21,6 +21,7 @@ from central.broker import Listener, Mosquitto, MosquittoConfig
 from central.config import CentralConfig
 from central.dashboard.app import create_dashboard
 from central.forwarder import Forwarder, ForwarderSettings
+from central.hotlist import FleetPublisher, HotlistSync
 from central.payments import Payments
 from central.platform.config import create_adapter
 from central.registry import Registry
@@ -95,6 +96,9 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     payments = Payments(store, adapter)
     forwarder = Forwarder(settings, store, adapter, share_group=cfg.forwarder.share_group,
                           observer=payments.observe)
+    fleet = FleetPublisher.from_forwarder_settings(settings)
+    hotlist = HotlistSync(adapter, fleet, store)
+    fleet.on_connected = hotlist.republish  # a restarted broker may have lost the notice
 
     def live_status() -> dict[str, Any]:
         return {
@@ -109,10 +113,12 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.dashboard.host, port=cfg.dashboard.port,
                                            log_config=None, access_log=False, lifespan="off"))
     await forwarder.start()
+    await fleet.start()
     tasks = [
         asyncio.create_task(forwarder.run(), name="forwarder"),
         asyncio.create_task(server.serve(), name="dashboard"),
         asyncio.create_task(payments.run(), name="payments"),
+        asyncio.create_task(hotlist.run(), name="hotlist"),
     ]
     if mosquitto is not None:
         tasks.append(asyncio.create_task(mosquitto.supervise(), name="broker"))
@@ -131,6 +137,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         notify("STOPPING=1")
         server.should_exit = True
         await forwarder.stop()
+        await fleet.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -48,8 +48,15 @@ SAM_PIN = "123456"
 DEMO_STAFF_PIN = "2468"  # the seeded cashier badges (S1001 …) log in with this PIN
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A currently free TCP port on loopback."""
+def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
+    """``preferred`` when it is free on loopback (stable URLs for people), else any free port."""
+    if preferred is not None:
+        with socket.socket() as s:
+            try:
+                s.bind((host, preferred))
+                return preferred
+            except OSError:
+                pass
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -129,19 +136,24 @@ class Site:
     """Owns every process and simulator of the site-in-a-box; ``stop()`` undoes ``start()``."""
 
     def __init__(self, workdir: Path, *, ykt: list[str] | None = None, seed: int = 1,
-                 log_to_files: bool = True) -> None:
+                 log_to_files: bool = True, stable_ports: bool = False) -> None:
         self.workdir = workdir.resolve()
         self.ykt = ykt or [sys.executable, "-m", "edge.cli"]
         self.seed = seed
         self.log_to_files = log_to_files
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.terminals: list[Terminal] = []
-        self.platform_port = free_port()
-        self.dashboard_port = free_port()
-        self.broker_port = free_port()
-        self.panel_port = free_port()
+        # People get the same URLs every run (when free); tests take whatever is free.
+        self._stable = stable_ports
+        self.platform_port = self._port(8600)
+        self.dashboard_port = self._port(8800)
+        self.broker_port = self._port(1883)
+        self.panel_port = self._port(8900)
         self.admin_token = secrets.token_urlsafe(24)
         self._panel: Any = None
+
+    def _port(self, preferred: int) -> int:
+        return free_port(preferred=preferred if self._stable else None)
 
     # -- processes -----------------------------------------------------------------------
 
@@ -200,8 +212,8 @@ class Site:
         _wait_http(f"{self.dashboard_url}api/status", 40, central)
 
         # 3. two terminals, each with its own card reader, SAM and printer
-        for dev, role in (("kiosk-001", "kiosk"), ("cashier-001", "cashier")):
-            term = Terminal(dev, role, api_port=free_port(), ui_port=free_port())
+        for n, (dev, role) in enumerate((("kiosk-001", "kiosk"), ("cashier-001", "cashier"))):
+            term = Terminal(dev, role, api_port=self._port(8701 + n), ui_port=self._port(8080 + n))
             tdir = wd / dev
             term.printer = VirtualPrinter(host="127.0.0.1", port=0, out_dir=tdir / "paper")
             term.printer.start()
@@ -351,9 +363,12 @@ def main(args: argparse.Namespace) -> int:
 
     if args.fresh and args.workdir.exists():
         shutil.rmtree(args.workdir)
-    site = Site(args.workdir, seed=args.seed)
+    site = Site(args.workdir, seed=args.seed, stable_ports=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Explicit handlers: a shell may start us with SIGINT ignored (background job), and a
+    # closed terminal sends SIGHUP; every one of them must end in a clean stop.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
     print("Starting the Yikatong site-in-a-box … (logs in", args.workdir / "logs", ")", flush=True)
     try:
         site.start()

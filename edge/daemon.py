@@ -78,6 +78,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     from edge.devices.card.hotlist import HotList
     from edge.devices.card.service import CardService
     from edge.devices.printer.driver import PrinterService
+    from edge.fleet.hotlist_sync import HotlistSync
     from edge.uplink.client import Uplink
 
     stop = stop or asyncio.Event()
@@ -92,12 +93,14 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     printer = PrinterService(cfg.printer, store_path=cfg.device.data_dir / "print-jobs.db")
     hotlist = HotList(cfg.card.hotlist_path)
     cards = CardService(cfg.card, hotlist)
+    hotlist_sync = HotlistSync(uplink, hotlist)  # before uplink.start(): the retained notice
     runtime = EdgeRuntime(device_id=cfg.device.id, role=cfg.device.role,
                           hospital_name=cfg.device.hospital_name,
                           timezone=cfg.device.timezone, uplink=uplink,
                           printer=printer, clock=clock)
 
     await uplink.start()
+    await hotlist_sync.start()
     await printer.resume()
     await cards.start()
     app = create_api(runtime, token)
@@ -125,5 +128,6 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await hotlist_sync.stop()
         await uplink.stop()
         log.info("edge daemon stopped")

@@ -10,9 +10,12 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -21,7 +24,14 @@ from edge.common.privacy import mask_card_number, mask_id_number, mask_name
 
 log = logging.getLogger("edge.runtime")
 
-__all__ = ["EdgeRuntime", "EventBus", "SessionError"]
+__all__ = ["EdgeRuntime", "EventBus", "Ledger", "SessionError"]
+
+#: How long a scanned payment code may wait for its payment. Wallet codes are short-lived
+#: (about a minute) and single-use: a stale one must not be charged later.
+PAY_CODE_TTL_S = 60.0
+#: Used when the daemon has no scanner config: the site-in-a-box's specimen and badge shapes.
+DEFAULT_SPECIMEN_REGEX = r"[0-9A-Za-z][0-9A-Za-z-]{5,31}"
+DEFAULT_BADGE_REGEX = r"S[0-9]{4}"
 
 
 class SessionError(Exception):
@@ -83,10 +93,26 @@ class CardSessionState:
     patient: dict[str, Any] | None = None  # platform's patient record (full)
     started: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    via: str = "card"  # "card" | "ehc_qr"
+
+    @property
+    def holder_name(self) -> str:
+        """The full name for paper (masked by the layout), from the card or the platform."""
+        if self.identity is not None:
+            return str(self.identity.name)
+        return str((self.patient or {}).get("name", ""))
+
+    @property
+    def card_no(self) -> str:
+        """The health card number (full; masked on paper)."""
+        if self.identity is not None:
+            return str(self.identity.card_number)
+        return str((self.patient or {}).get("card_no", ""))
 
     def masked(self) -> dict[str, Any]:
         """What the kiosk may see."""
-        out: dict[str, Any] = {"session_id": self.session_id, "state": self.state}
+        out: dict[str, Any] = {"session_id": self.session_id, "state": self.state,
+                               "via": self.via}
         if self.identity is not None:
             out["identity"] = self.identity.masked()
         if self.error:
@@ -105,6 +131,71 @@ class CardSessionState:
         return out
 
 
+class Ledger:
+    """This terminal's money movements (SQLite), the source of the cashier's closing report.
+
+    Only confirmed outcomes are written: an approved payment or top-up, a refund. A payment is
+    recorded once, by its id, however many times its approval is seen (create, then status).
+    No personal data: amounts, methods, platform ids and the operator's staff id.
+    """
+
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS ledger (entry_id TEXT PRIMARY KEY, ts TEXT NOT NULL,"
+            " kind TEXT NOT NULL, method TEXT NOT NULL, amount_fen INTEGER NOT NULL,"
+            " payment_id TEXT NOT NULL, operator TEXT NOT NULL DEFAULT '')")
+
+    def record(self, entry_id: str, ts: datetime, kind: str, method: str, amount_fen: int,
+               payment_id: str, operator: str = "") -> bool:
+        """Add one movement (kind payment|topup|refund); False when it was already there."""
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (entry_id, ts.astimezone(ZoneInfo("UTC")).isoformat(), kind, method, amount_fen,
+             payment_id, operator))
+        return cur.rowcount == 1
+
+    def method_of(self, payment_id: str) -> str | None:
+        """The method a payment recorded here was made with."""
+        row = self._db.execute("SELECT method FROM ledger WHERE payment_id = ? AND kind != "
+                               "'refund' LIMIT 1", (payment_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def totals(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Per-method counts and sums of each kind between start and end."""
+        utc = ZoneInfo("UTC")
+        rows = self._db.execute(
+            "SELECT method, kind, COUNT(*), SUM(amount_fen) FROM ledger WHERE ts >= ? AND ts < ?"
+            " GROUP BY method, kind ORDER BY method",
+            (start.astimezone(utc).isoformat(), end.astimezone(utc).isoformat())).fetchall()
+        out: dict[str, dict[str, Any]] = {}
+        for method, kind, count, total in rows:
+            line = out.setdefault(method, {"method": method, "payment_count": 0,
+                                           "payment_fen": 0, "topup_count": 0, "topup_fen": 0,
+                                           "refund_count": 0, "refund_fen": 0})
+            line[f"{kind}_count"] = int(count)
+            line[f"{kind}_fen"] = int(total or 0)
+        return list(out.values())
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+
+@dataclass
+class HeldCode:
+    """A scanned payment code waiting for its payment (never logged, never persisted)."""
+
+    wallet: str
+    code: str = field(repr=False)
+    masked: str = ""
+    at: float = 0.0
+
+
 class EdgeRuntime:
     """Glue between the card service, the printer, the uplink and the local API."""
 
@@ -118,6 +209,9 @@ class EdgeRuntime:
         uplink: Any,
         printer: Any,
         clock: Clock,
+        rules: Any = None,
+        ledger: Ledger | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.device_id = device_id
         self.role = role
@@ -130,6 +224,19 @@ class EdgeRuntime:
         self.session: CardSessionState | None = None
         self.reader_present = False
         self.started = clock.now()
+        if rules is None:
+            from edge.devices.scanner.classify import ClassifierRules
+
+            rules = ClassifierRules.from_strings(DEFAULT_SPECIMEN_REGEX, DEFAULT_BADGE_REGEX)
+        self.rules = rules
+        self.ledger = ledger or Ledger()
+        self.monotonic = monotonic
+        self.codes: dict[str, HeldCode] = {}
+        self.staff: dict[str, Any] | None = None
+        self.platform_ok: bool | None = None  # last request's verdict on the platform link
+        self._purposes: dict[str, str] = {}  # payment id or request id -> purpose (ledger kind)
+        self._ehc_pending: str | None = None
+        self.last_job: str | None = None  # the last document printed (cashier "reprint last")
 
     # -- card events ---------------------------------------------------------------------
 
@@ -177,15 +284,19 @@ class EdgeRuntime:
             self.bus.publish("session.ended", {"session_id": sid})
 
     def _wipe(self) -> None:
-        if self.session is not None and self.session.identity is not None:
-            known_names.discard(self.session.identity.name)
+        if self.session is not None:
+            if self.session.identity is not None:
+                known_names.discard(self.session.identity.name)
+            if self.session.patient:
+                known_names.discard(self.session.patient.get("name", ""))
         self.session = None
+        self.codes.clear()  # a scanned payment code never outlives the patient's session
 
     # -- actions -------------------------------------------------------------------------
 
     def _require_identity(self) -> CardSessionState:
         s = self.session
-        if s is None or s.state != "ready" or s.identity is None:
+        if s is None or s.state != "ready" or (s.identity is None and not s.patient):
             raise SessionError(
                 "no_card", "Please insert your health card.", "请插入您的居民健康卡。"
             )
@@ -194,8 +305,10 @@ class EdgeRuntime:
     async def identify_patient(self) -> dict[str, Any]:
         """Ask the platform who the card in the slot belongs to."""
         s = self._require_identity()
-        result = await self.uplink.request(
-            "patient.identify", {"by": "card", "value": s.identity.card_number}
+        if s.identity is None:  # opened by an e-health QR: already identified
+            return s.masked()
+        result = await self._call(
+            "patient.identify", {"by": "card", "value": s.identity.card_number, "scene": "0200"}
         )
         if self.session is not s:  # card pulled while we waited: drop the answer
             raise SessionError("card_removed", "The card was removed.", "卡已被取出。")
@@ -203,45 +316,330 @@ class EdgeRuntime:
         known_names.add(result["name"])
         return s.masked()
 
-    async def request(self, type_: str, body: dict[str, Any], timeout_s: float | None) -> Any:
-        """Forward a non-personal request (slots, booking, payment...) through the uplink."""
-        return await self.uplink.request(type_, body, timeout=timeout_s)
+    async def request(self, type_: str, body: dict[str, Any], timeout_s: float | None,
+                      request_id: str | None = None) -> Any:
+        """Forward a non-personal request (slots, booking...) through the uplink."""
+        return await self._call(type_, body, timeout_s, request_id)
+
+    async def _call(self, type_: str, body: dict[str, Any], timeout_s: float | None = None,
+                    request_id: str | None = None) -> Any:
+        """One uplink request; remembers whether the platform answered (out-of-service)."""
+        from edge.uplink.errors import PlatformUnavailable, UplinkClosed
+
+        kw: dict[str, Any] = {"timeout": timeout_s}
+        if request_id is not None:
+            kw["id"] = request_id
+        try:
+            result = await self.uplink.request(type_, body, **kw)
+        except (PlatformUnavailable, UplinkClosed):
+            self._platform(False)
+            raise
+        except Exception:
+            self._platform(True)  # an answer (rejection) or an unknown outcome: link alive
+            raise
+        self._platform(True)
+        return result
+
+    def _platform(self, ok: bool) -> None:
+        if self.platform_ok is not ok:
+            self.platform_ok = ok
+            self.bus.publish("platform.status", {"ok": ok})
+
+    async def request_result(self, request_id: str, wait_s: float) -> Any:
+        """The outcome of an earlier request whose caller gave up (OutcomeUnknown)."""
+        result = await self.uplink.result_of(request_id, wait_s=wait_s)
+        await self._note_payment(result, self._purposes.get(request_id))
+        return result
+
+    # -- scans -----------------------------------------------------------------------------
+
+    def scan_text(self, text: str, source: str = "ui") -> dict[str, Any]:
+        """Classify text typed into the kiosk's scan field (a keyboard-wedge scanner)."""
+        from edge.devices.scanner.classify import classify
+
+        return self.scan_received(classify(text, self.rules), source)
+
+    def scan_received(self, scan: Any, source: str = "scanner") -> dict[str, Any]:
+        """Handle one classified scan; publish a ``scan`` event without secrets; return it."""
+        from edge.devices.scanner.classify import (
+            EhcQr,
+            PaymentCode,
+            SpecimenBarcode,
+            StaffBadge,
+        )
+
+        now = self.monotonic()
+        self.codes = {k: c for k, c in self.codes.items() if now - c.at <= PAY_CODE_TTL_S}
+        event: dict[str, Any] = {"scan_id": secrets.token_hex(8), "source": source}
+        if isinstance(scan, PaymentCode):
+            # The code stays here; the kiosk and the event stream get a handle and a mask.
+            self.codes = {event["scan_id"]: HeldCode(scan.wallet, scan.code, scan.masked, now)}
+            event.update(kind="payment_code", wallet=scan.wallet, masked=scan.masked)
+        elif isinstance(scan, SpecimenBarcode):
+            event.update(kind="specimen", value=scan.value)
+        elif isinstance(scan, StaffBadge):
+            event.update(kind="staff_badge", value=scan.badge_id)
+        elif isinstance(scan, EhcQr):
+            self._ehc_pending = scan.raw
+            event.update(kind="ehc_qr", qr=scan.kind)
+        else:
+            event.update(kind="unknown", length=getattr(scan, "length", 0))
+        self.bus.publish("scan", event)
+        return event
+
+    async def identify_by_qr(self) -> dict[str, Any]:
+        """Open a session for the e-health QR scanned last (no card in the slot)."""
+        raw, self._ehc_pending = self._ehc_pending, None
+        if not raw:
+            raise SessionError("no_qr", "Please show your e-health card QR code again.",
+                               "请重新出示电子健康卡二维码。")
+        if self.session is not None and self.session.identity is not None:
+            raise SessionError("card_in_slot", "A card is in the slot.", "读卡器中已有卡片。")
+        result = await self._call("patient.identify",
+                                  {"by": "ehc_qr", "value": raw, "scene": "0200"})
+        self._wipe()
+        self.session = CardSessionState(session_id=secrets.token_hex(8), reader="qr",
+                                        state="ready", started=self.clock.now(), via="ehc_qr",
+                                        patient=dict(result))
+        known_names.add(result["name"])
+        masked = self.session.masked()
+        self.bus.publish("card.identity", masked)
+        return masked
+
+    # -- money -----------------------------------------------------------------------------
+
+    def _require_patient(self) -> tuple[CardSessionState, dict[str, Any]]:
+        s = self._require_identity()
+        if not s.patient:
+            raise SessionError("not_identified", "Your record has not been looked up yet.",
+                               "尚未查询到您的就诊信息。")
+        return s, s.patient
+
+    def _require_staff(self) -> dict[str, Any]:
+        if self.role != "cashier" or self.staff is None:
+            raise SessionError("staff_only", "Only a signed-in cashier can do this.",
+                               "此操作需要收费员登录。")
+        return self.staff
+
+    async def pay(self, *, purpose: str, refs: list[str], amount_fen: int, method: str,
+                  scan_id: str | None, request_id: str, timeout_s: float | None) -> Any:
+        """``pay.create`` for the session's patient; a payment code is taken by its scan id.
+
+        ``request_id`` is the caller's idempotency key: after OutcomeUnknown the caller asks
+        ``request_result`` with it and never pays again.
+        """
+        _, patient = self._require_patient()
+        body: dict[str, Any] = {"patient_id": patient["patient_id"], "purpose": purpose,
+                                "refs": refs, "amount_fen": amount_fen}
+        if method == "cash":
+            self._require_staff()  # only a desk takes cash
+            body["method"] = "cash"
+        elif method == "prepaid":
+            body["method"] = "prepaid"
+        elif method == "code":
+            held = self.codes.pop(scan_id or "", None)
+            if held is None or self.monotonic() - held.at > PAY_CODE_TTL_S:
+                raise SessionError("scan_code_again",
+                                   "Please show your payment code again (it expires quickly).",
+                                   "付款码已失效，请刷新后重新出示。")
+            body["method"], body["auth_code"] = held.wallet, held.code
+        else:
+            raise SessionError("bad_method", f"Unknown payment method {method}.", "支付方式无效。")
+        self._purposes[request_id] = purpose
+        result = await self._call("pay.create", body, timeout_s, request_id)
+        await self._note_payment(result, purpose)
+        return result
+
+    async def pay_status(self, payment_id: str) -> Any:
+        """``pay.status``; a payment seen approved here is written to the ledger."""
+        result = await self._call("pay.status", {"payment_id": payment_id})
+        await self._note_payment(result)
+        return result
+
+    async def pay_reverse(self, payment_id: str) -> Any:
+        """``pay.reverse`` of a payment that never resolved (the wallet deadline passed)."""
+        return await self._call("pay.reverse", {"payment_id": payment_id}, 30)
+
+    async def _note_payment(self, result: Any, purpose: str | None = None) -> None:
+        if not isinstance(result, dict) or result.get("state") != "approved":
+            return
+        if "payment_id" not in result:
+            return
+        if purpose is None:
+            purpose = self._purposes.get(result["payment_id"], "bills")
+        self._purposes[result["payment_id"]] = purpose
+        kind = "topup" if purpose == "topup" else "payment"
+        self.ledger.record(f"pay-{result['payment_id']}", self.clock.now(), kind,
+                           result["method"], int(result["amount_fen"]), result["payment_id"],
+                           (self.staff or {}).get("staff_id", ""))
+
+    async def refund(self, payment_id: str, amount_fen: int, reason: str) -> dict[str, Any]:
+        """Cashier refund to the original method; returns the refund plus that method."""
+        staff = self._require_staff()
+        self._require_patient()
+        original = await self._call("pay.status", {"payment_id": payment_id})
+        result = await self._call("pay.refund", {"payment_id": payment_id,
+                                                 "amount_fen": amount_fen, "reason": reason}, 30)
+        self.ledger.record(f"refund-{result['refund_id']}", self.clock.now(), "refund",
+                           original["method"], int(result["amount_fen"]), payment_id,
+                           staff.get("staff_id", ""))
+        return {**result, "method": original["method"]}
+
+    # -- staff -----------------------------------------------------------------------------
+
+    async def staff_login(self, badge: str, pin: str) -> dict[str, Any]:
+        """``staff.login`` at central; the PIN is passed through, never kept or logged."""
+        if self.role != "cashier":
+            raise SessionError("not_a_desk", "Staff sign-in is for desk terminals.",
+                               "仅收费终端可登录。")
+        result = await self._call("staff.login", {"badge": badge, "pin": pin}, 20)
+        self.staff = {"staff_id": result["staff_id"], "name": result["name"],
+                      "role": result["role"], "badge": badge,
+                      "since": self.clock.now().isoformat()}
+        self.bus.publish("staff.login", {"name": result["name"], "role": result["role"]})
+        return dict(self.staff)
+
+    def staff_logout(self) -> None:
+        """Lock the desk: the staff session ends (and so does any patient session)."""
+        self.staff = None
+        self.end_session()
+        self.bus.publish("staff.logout", {})
 
     async def print_registration_slip(self, booking: dict[str, Any], *, copy: bool) -> Any:
         """Print the slip of a confirmed booking for the patient in the slot."""
-        from edge.devices.printer.documents import RegistrationSlip
+        return await self.print_document("registration_slip", booking, copy=copy)
 
-        s = self._require_identity()
-        ident = s.identity
-        slip = RegistrationSlip(
-            hospital_name=self.hospital_name,
-            patient_name=ident.name,
-            id_number=ident.id_number,
-            card_no=ident.card_number,
-            dept_name=booking["dept_name"],
-            doctor_name=booking["doctor_name"],
-            doctor_title=booking.get("title", ""),
-            date=booking["date"],
-            start=booking["start"],
-            end=booking["end"],
-            queue_no=int(booking["queue_no"]),
-            location=booking.get("location", ""),
-            fee_fen=int(booking["fee_fen"]),
-            visit_no=booking["visit_no"],
-            insured=bool(booking.get("insured", False)),
-            printed_at=self.clock.now().astimezone(self.tz),
-            copy=copy,
-        )
-        job_id = f"slip-{booking['booking_id']}" + ("-copy" if copy else "")
-        outcome = await self.printer.print(slip, job_id=job_id, copy=copy)
-        kind = "print.done" if outcome.state == "printed" else "print.failed"
-        body = {"job_id": job_id, "doc_kind": "registration_slip", "copy": copy}
-        if outcome.state != "printed":
-            body["reason"] = outcome.reason or "unknown"
-        self.bus.publish(kind, body)
-        with contextlib.suppress(Exception):
-            await self.uplink.publish_event(kind, body)
+    async def print_document(self, kind: str, data: dict[str, Any], *, copy: bool) -> Any:
+        """Print one document for the current session; personal fields come from here.
+
+        The kiosk sends only what the platform told it (booking, bills, payment ids); the
+        holder's name, card and ID numbers are filled in from the daemon's session.
+        """
+        from edge.devices.printer.errors import InvalidDocument
+
+        try:
+            doc, job_id = await self._build(kind, data, copy)
+        except (InvalidDocument, KeyError, TypeError, ValueError) as exc:
+            raise SessionError("bad_document", f"Cannot print this {kind}: {exc}",
+                               "凭条内容不完整，无法打印，请到人工窗口办理。") from exc
+        if copy:
+            job_id += f"-copy-{secrets.token_hex(3)}"
+        outcome = await self.printer.print(doc, job_id=job_id, copy=copy)
+        self.last_job = job_id
+        self._last_doc = (kind, data)
+        await self._report_print(outcome, kind, copy)
+        if kind == "lab_report" and outcome.state == "printed" and not copy:
+            with contextlib.suppress(Exception):
+                await self._call("report.printed", {"report_no": data["report_no"]}, 20)
         return outcome
+
+    async def reprint_failed(self, job_id: str) -> Any:
+        """Print a job that failed once more, marked as a copy (paid but no slip)."""
+        outcome = await self.printer.reprint(job_id)
+        await self._report_print(outcome, outcome.doc_kind, True)
+        return outcome
+
+    async def reprint_last(self) -> Any:
+        """Cashier: print the last document again, marked as a copy."""
+        last = getattr(self, "_last_doc", None)
+        if last is None:
+            raise SessionError("nothing_printed", "Nothing has been printed yet.",
+                               "尚无可补打的凭条。")
+        return await self.print_document(last[0], last[1], copy=True)
+
+    async def _report_print(self, outcome: Any, kind: str, copy: bool) -> None:
+        ev = "print.done" if outcome.state == "printed" else "print.failed"
+        body: dict[str, Any] = {"job_id": outcome.job_id, "doc_kind": kind, "copy": copy}
+        if outcome.state != "printed":
+            body = {"job_id": outcome.job_id, "reason": outcome.reason or "unknown"}
+        self.bus.publish(ev, body)
+        with contextlib.suppress(Exception):
+            await self.uplink.publish_event(ev, body)
+
+    async def _build(self, kind: str, d: dict[str, Any], copy: bool) -> tuple[Any, str]:
+        from edge.devices.printer import documents as docs
+
+        now = self.clock.now().astimezone(self.tz)
+        operator = (self.staff or {}).get("name", "")
+        if kind == "closing_report":
+            staff = self._require_staff()
+            start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+            lines = tuple(docs.ClosingLine(**x) for x in self.ledger.totals(
+                start, now + timedelta(seconds=1)))
+            return docs.ClosingReport(
+                hospital_name=self.hospital_name, terminal_id=self.device_id,
+                cashier=staff["name"], period_start=start, period_end=now, lines=lines,
+                printed_at=now, copy=copy), f"closing-{now:%Y%m%d%H%M%S}"
+        if kind == "lab_report":
+            # Printing by specimen barcode needs no card: the barcode slip is the credential.
+            r = await self._call("report.fetch", {"report_no": d["report_no"]}, 20)
+            return docs.LabReport(
+                hospital_name=self.hospital_name, report_no=r["report_no"], title=r["title"],
+                patient_name=r["patient_name"], sex=r["sex"], age=r["age"],
+                dept_name=r["dept_name"], specimen=r["specimen"],
+                sampled_at=_local(r["sampled_at"], self.tz),
+                reported_at=_local(r["reported_at"], self.tz),
+                items=tuple(docs.LabItem(**i) for i in r["items"]), doctor=r["doctor"],
+                verify_url=r["verify_url"], printed_at=now, copy=copy,
+            ), f"report-{r['report_no']}"
+        s = self._require_identity()
+        name, card = s.holder_name, s.card_no
+        if kind == "registration_slip":
+            id_number = s.identity.id_number if s.identity is not None else (
+                (s.patient or {}).get("id_number", ""))
+            return docs.RegistrationSlip(
+                hospital_name=self.hospital_name, patient_name=name, id_number=id_number,
+                card_no=card, dept_name=d["dept_name"], doctor_name=d["doctor_name"],
+                doctor_title=d.get("title", ""), date=d["date"], start=d["start"],
+                end=d["end"], queue_no=int(d["queue_no"]), location=d.get("location", ""),
+                fee_fen=int(d["fee_fen"]), visit_no=d["visit_no"],
+                insured=bool(d.get("insured", (s.patient or {}).get("insured", False))),
+                printed_at=now, copy=copy,
+            ), f"slip-{d['booking_id']}"
+        if kind == "payment_receipt":
+            items = tuple(docs.ReceiptItem(name=i["name"], qty=int(i["qty"]),
+                                           unit_price_fen=int(i["unit_price_fen"]),
+                                           amount_fen=int(i["amount_fen"]))
+                          for i in d["items"])
+            return docs.PaymentReceipt(
+                hospital_name=self.hospital_name, patient_name=name, card_no=card,
+                items=items, total_fen=int(d["total_fen"]), method=d["method"],
+                txn_id=d.get("txn_id") or d["payment_id"], printed_at=now,
+                balance_after_fen=d.get("balance_after_fen"), payment_id=d["payment_id"],
+                dept_name=d.get("dept_name", ""), operator=operator, copy=copy,
+            ), f"receipt-{d['payment_id']}"
+        if kind == "topup_receipt":
+            return docs.TopUpReceipt(
+                hospital_name=self.hospital_name, patient_name=name, card_no=card,
+                amount_fen=int(d["amount_fen"]), method=d["method"],
+                txn_id=d.get("txn_id") or d["payment_id"],
+                balance_after_fen=int(d["balance_after_fen"]), printed_at=now,
+                operator=operator, copy=copy,
+            ), f"topup-{d['payment_id']}"
+        if kind == "refund_receipt":
+            return docs.RefundReceipt(
+                hospital_name=self.hospital_name, patient_name=name, card_no=card,
+                refund_id=d["refund_id"], payment_id=d["payment_id"],
+                amount_fen=int(d["amount_fen"]), method=d["method"], reason=d["reason"],
+                printed_at=now, balance_after_fen=d.get("balance_after_fen"),
+                operator=operator, copy=copy,
+            ), f"refund-{d['refund_id']}"
+        raise ValueError(f"unknown document kind {kind}")
+
+    async def printer_check(self) -> dict[str, Any]:
+        """Can a job sent now print completely? Asked before taking money."""
+        from edge.devices.printer.errors import PrinterError
+
+        try:
+            st = await self.printer.status()
+        except PrinterError as exc:
+            reason = getattr(exc, "reason", None) or "offline"
+            return {"ready": False, "problem": reason, "paper": "unknown",
+                    **_printer_text(reason)}
+        problem = None if st.ready else (st.problem or "printer_error")
+        return {"ready": st.ready, "problem": problem, "paper": st.paper,
+                "online": st.online, "cover_open": st.cover_open,
+                **(_printer_text(problem) if problem else {})}
 
     def health(self) -> dict[str, Any]:
         """A snapshot for the kiosk's status bar and the API's /health."""
@@ -251,5 +649,25 @@ class EdgeRuntime:
             "uplink_connected": bool(getattr(self.uplink, "connected", False)),
             "reader_present": self.reader_present,
             "session": self.session.masked() if self.session else None,
+            "platform_ok": self.platform_ok,
+            "staff": {"name": self.staff["name"], "role": self.staff["role"]}
+            if self.staff else None,
             "uptime_s": int((self.clock.now() - self.started).total_seconds()),
         }
+
+
+def _local(ts: str, tz: ZoneInfo) -> datetime:
+    """An RFC 3339 timestamp from the platform as hospital-local time."""
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone(tz)
+
+
+_PRINTER_TEXT = {
+    "paper_out": ("The printer is out of paper.", "打印机缺纸。"),
+    "cover_open": ("The printer cover is open.", "打印机上盖未关闭。"),
+    "offline": ("The printer is not responding.", "打印机无响应。"),
+}
+
+
+def _printer_text(reason: str) -> dict[str, str]:
+    en, zh = _PRINTER_TEXT.get(reason, ("The printer has a fault.", "打印机故障。"))
+    return {"message": en, "message_zh": zh}

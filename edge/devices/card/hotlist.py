@@ -2,13 +2,19 @@
 
 Central publishes a version; the device applies full snapshots or deltas. A delta whose
 version is not newer than the local one is ignored (MQTT may redeliver or reorder).
+
+Lookups are on the card-read path, so ``is_blocked`` answers from an in-memory frozenset
+snapshot, never from SQLite: ``apply_delta`` updates the snapshot with its commit, and a
+change written by another connection (``PRAGMA data_version``) is picked up within
+``recheck_s`` — the edge daemon is the only writer in practice, so that is a safety net.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from edge.devices.card.errors import CardParameterError
@@ -28,7 +34,8 @@ def _norm(card_no: str) -> str:
 class HotList:
     """Version + set of blocked card numbers, safe to use from several threads."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, recheck_s: float = 1.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
         if isinstance(self.path, Path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +45,22 @@ class HotList:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+        self._recheck_s = recheck_s
+        self._monotonic = monotonic
+        self._blocked: frozenset[str] = frozenset()
+        self._data_version = -1
+        self._checked_at = monotonic()
+        with self._lock:
+            self._reload_if_changed()
+
+    def _reload_if_changed(self) -> None:
+        """Reload the snapshot when another connection committed (caller holds the lock)."""
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            rows = self._db.execute("SELECT card_no FROM blocked").fetchall()
+            self._blocked = frozenset(r[0] for r in rows)
+            self._data_version = version
+        self._checked_at = self._monotonic()
 
     @property
     def version(self) -> int:
@@ -51,11 +74,11 @@ class HotList:
             return int(self._db.execute("SELECT COUNT(*) FROM blocked").fetchone()[0])
 
     def is_blocked(self, card_no: str) -> bool:
-        """True when the card number is on the list."""
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM blocked WHERE card_no=?",
-                                   (_norm(card_no),)).fetchone()
-        return row is not None
+        """True when the card number is on the list (answered from memory)."""
+        if self._monotonic() - self._checked_at >= self._recheck_s:
+            with self._lock:
+                self._reload_if_changed()
+        return _norm(card_no) in self._blocked
 
     def apply_delta(self, version: int, added: Iterable[str] = (),
                     removed: Iterable[str] = (), full: bool = False) -> bool:
@@ -63,8 +86,8 @@ class HotList:
         if not isinstance(version, int) or version < 0:
             raise CardParameterError("hot list version must be a non-negative integer",
                                      "挂失名单版本号错误")
-        add = {_norm(c) for c in added if c.strip()}
-        rem = {_norm(c) for c in removed if c.strip()}
+        add = frozenset(_norm(c) for c in added if c.strip())
+        rem = frozenset(_norm(c) for c in removed if c.strip())
         with self._lock:
             row = self._db.execute("SELECT v FROM meta WHERE k='version'").fetchone()
             current = int(row[0]) if row else 0
@@ -84,6 +107,10 @@ class HotList:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            # Our own commit does not move data_version; another writer's commit does,
+            # and then the snapshot is rebuilt from the table instead of patched.
+            self._blocked = add if full else (self._blocked - rem) | add
+            self._reload_if_changed()
         return True
 
     def close(self) -> None:

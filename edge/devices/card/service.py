@@ -25,7 +25,13 @@ from edge.devices.card import watcher as W
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
 from edge.devices.card.protocol.records import CardContents, Identity
-from edge.devices.card.session import CardSession, CardTransport, PyscardTransport, SamSession
+from edge.devices.card.session import (
+    CardSession,
+    CardTransport,
+    PcscContext,
+    PyscardTransport,
+    SamSession,
+)
 
 __all__ = [
     "CardInsertedEvent",
@@ -92,8 +98,10 @@ class CardService:
         self.config = config
         self.hotlist = hotlist
         self._clock = clock
-        self._transport_factory = transport_factory or (
-            lambda reader: PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s))
+        # One PC/SC context for every card and SAM connection of the service (they are
+        # serialised by _card_lock): a context per card cost two pcscd round trips.
+        self._pcsc: PcscContext | None = None
+        self._transport_factory = transport_factory or self._pyscard_transport
         self._watcher_factory = watcher_factory or W.ReaderWatcher
         self._watcher: W.ReaderWatcher | None = None
         self._events: asyncio.Queue[ServiceEvent] | None = None
@@ -105,6 +113,12 @@ class CardService:
         self._card_lock = threading.Lock()  # one card/SAM operation at a time
         self._sam: SamSession | None = None
         self._sam_failure: E.SamError | None = None
+
+    def _pyscard_transport(self, reader: str) -> CardTransport:
+        if self._pcsc is None:
+            self._pcsc = PcscContext()
+        return PyscardTransport(reader, apdu_timeout=self.config.timeouts.apdu_s,
+                                context=self._pcsc)
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -133,6 +147,9 @@ class CardService:
         if self._reads:
             await asyncio.gather(*self._reads, return_exceptions=True)
         await asyncio.to_thread(self._close_sam)
+        pcsc, self._pcsc = self._pcsc, None
+        if pcsc is not None:
+            await asyncio.to_thread(pcsc.close)
 
     async def events(self) -> AsyncIterator[ServiceEvent]:
         """Service events, in order, until the service stops."""

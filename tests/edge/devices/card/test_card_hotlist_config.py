@@ -30,6 +30,25 @@ def test_hotlist_deltas_and_snapshots(tmp_path: Path) -> None:
         again.apply_delta(-1)
 
 
+def test_hotlist_lookups_come_from_memory_and_follow_other_writers(tmp_path: Path) -> None:
+    now = [0.0]
+    path = tmp_path / "hot.sqlite"
+    reader = HotList(path, recheck_s=1.0, monotonic=lambda: now[0])
+    writer = HotList(path)  # another connection, as a second process would be
+    assert writer.apply_delta(1, added=["H1"])
+    assert not reader.is_blocked("H1")  # snapshot: not re-checked within recheck_s
+    now[0] = 1.0
+    assert reader.is_blocked("H1")  # data_version moved: snapshot rebuilt
+    # our own delta is visible at once; a foreign commit before it is not lost either
+    assert writer.apply_delta(2, added=["H2"])
+    assert reader.apply_delta(3, added=["H3"], removed=["H1"])
+    assert [reader.is_blocked(c) for c in ("H1", "H2", "H3")] == [False, True, True]
+    reader.close()
+    # after close, lookups still answer from the snapshot (no database access)
+    assert reader.is_blocked("H3")
+    writer.close()
+
+
 def test_config_defaults_and_strictness(tmp_path: Path) -> None:
     c = CardConfig()
     assert c.enabled and c.auth.to_scheme().cipher == "SM4"

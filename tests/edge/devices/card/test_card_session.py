@@ -55,18 +55,51 @@ def test_read_identity_decodes_the_holder() -> None:
     assert ident.masked()["card_number"] == "H110**********1001"
 
 
-def test_read_identity_apdu_budget() -> None:
-    # T=0 SAM: 12 card APDUs + 80DE, 80FA, 00C0 (PIN/DF01 are once per SAM session).
+@pytest.mark.parametrize(("sam_auth", "t0", "sam_apdus"), [
+    ("combined", True, ["80DE01", "00C000"]),  # T=0: 80DE answers 6110, fetched by 00C0
+    ("combined", False, ["80DE01"]),  # T=1 answers the cryptogram directly
+    ("split", True, ["80DE00", "80FA00", "00C000"]),
+    ("split", False, ["80DE00", "80FA00"]),
+])
+def test_read_identity_apdu_budget(sam_auth: str, t0: bool, sam_apdus: list[str]) -> None:
+    # 12 card APDUs + the SAM's; PIN/DF01 are once per SAM session (opened first).
     card = holder_card()
-    session, _ = make(card)
+    session, sam = make(card, sam=SamSim(PIN, t0=t0),
+                        scheme=AuthScheme(sam_auth=sam_auth))  # type: ignore[arg-type]
     session.sam.open()  # type: ignore[union-attr]
+    before = len(card.commands)
+    sent: list[bytes] = []
+    inner = sam.process_apdu
+    sam.process_apdu = lambda apdu: (sent.append(apdu), inner(apdu))[1]  # type: ignore[method-assign]
+    assert session.read_identity().name == "张三"
+    assert session.last_apdus == {"card": 12, "sam": len(sam_apdus)}
+    assert len(card.commands) - before == 12
+    assert [a[:3].hex().upper() for a in sent] == sam_apdus
+    if sam_auth == "combined":  # the default: the budget of 14 holds for any SAM
+        assert sum(session.last_apdus.values()) <= 14
+
+
+def test_split_sam_commands_skip_reloading_the_same_key() -> None:
+    # split mode keeps the loaded key: a second read of the same card needs no 80DE.
+    card = holder_card()
+    session, sam = make(card, scheme=AuthScheme(sam_auth="split"))
     session.read_identity()
-    assert session.last_apdus == {"card": 12, "sam": 3}
-    # T=1 SAM answers 80FA directly: 14 in total.
-    session, _ = make(holder_card(), sam=SamSim(PIN, t0=False))
-    session.sam.open()  # type: ignore[union-attr]
-    session.read_identity()
-    assert session.last_apdus == {"card": 12, "sam": 2}
+    again = CardSession(InProcessTransport(card, "patient"), session.sam, today=_today,
+                        scheme=AuthScheme(sam_auth="split"))
+    again.read_identity()
+    assert again.last_apdus == {"card": 12, "sam": 2}
+
+
+def test_combined_sam_command_refused_by_a_two_step_sam() -> None:
+    # A SAM that only knows 80DE P1=00 refuses the combined form with 6A86: typed SamError,
+    # and the "split" setting reads the same card.
+    session, _ = make(holder_card(), sam=SamSim(PIN, combined=False))
+    with pytest.raises(E.SamError) as e:
+        session.read_identity()
+    assert e.value.sw == "6A86"
+    session, _ = make(holder_card(), sam=SamSim(PIN, combined=False),
+                      scheme=AuthScheme(sam_auth="split"))
+    assert session.read_identity().name == "张三"
 
 
 def test_cards_without_sfi_fall_back_to_select() -> None:
