@@ -2,38 +2,63 @@
 
 Starts a private pcscd with vpcd (needs root or CAP_SYS_ADMIN for ``unshare -m``), puts the
 card and SAM simulators in the two slots, records the APDUs one ``read_identity()`` sends,
-then times N reads through our stack against N raw ``SCardTransmit`` replays of the same
-list (the card's challenge is fixed so the replayed EXTERNAL AUTHENTICATE stays valid).
-Both sides connect to the card once per read; the SAM is opened once, as in the daemon.
+then times our stack against raw ``SCardTransmit`` replays of exactly that list (the card's
+challenge is fixed so the replayed EXTERNAL AUTHENTICATE stays valid). Both sides run in
+the same process against the same pcscd, interleaved (ours, raw, raw, ours, …) so drift
+hits both alike, and use the same PC/SC context and SAM handle:
 
-    .venv/bin/python bench/card_read.py [-n 200]
+* ``connected`` — the card is already connected: ``read_identity()`` (hot list included,
+  as in the daemon) vs the raw APDU list on the very same card handle;
+* ``per card`` — connect + read + disconnect (reset): ``PyscardTransport`` + read + close
+  vs ``SCardConnect`` + the APDU list + ``SCardDisconnect``.
+
+The SAM PIN VERIFY and SELECT DF01 happen once per SAM session (as in the daemon), outside
+both. After timing, the card simulator's command log is checked: every timed run, ours and
+raw, sent exactly the recorded APDUs. Timings are printed, never asserted.
+
+    .venv/bin/python bench/card_read.py [-n 300]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import gc
 import os
+import platform
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from smartcard import scard as s  # importing does not contact pcscd; calls do
 
-from edge.devices.card.session import CardSession, InProcessTransport, PyscardTransport, SamSession
+from edge.devices.card.hotlist import HotList
+from edge.devices.card.protocol.security import AuthScheme
+from edge.devices.card.session import (
+    CardSession,
+    CardTransport,
+    InProcessTransport,
+    PcscContext,
+    PyscardTransport,
+    SamSession,
+)
 from edge.devices.card.sim.cardos import HealthCardSim
 from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
 
 PIN = "123456"
+HOTLIST_SIZE = 10_000
+WARMUP = 20
 
 
 class Recording:
-    """Transport wrapper that records every APDU sent."""
+    """Transport wrapper that records every APDU sent (used once, outside the timing)."""
 
-    def __init__(self, inner: PyscardTransport, log: list[tuple[str, bytes]], side: str) -> None:
+    def __init__(self, inner: CardTransport, log: list[tuple[str, bytes]], side: str) -> None:
         self.inner, self.log, self.side = inner, log, side
 
     @property
@@ -66,83 +91,165 @@ def wait_present(reader: str, timeout: float = 5.0) -> None:
     raise SystemExit(f"{reader}: no card after {timeout}s")
 
 
+def in_process_counts() -> list[tuple[str, int, int]]:
+    """(variant, card APDUs, SAM APDUs) of one read_identity for each SAM setting."""
+    out = []
+    for sam_auth in ("combined", "split"):
+        for t0 in (True, False):
+            ss = SamSession(InProcessTransport(SamSim(PIN, t0=t0)), PIN)
+            ss.open()
+            session = CardSession(InProcessTransport(HealthCardSim.from_holder()), ss,
+                                  AuthScheme(sam_auth=sam_auth))  # type: ignore[arg-type]
+            session.read_identity()
+            out.append((f"{sam_auth}, T={'0' if t0 else '1'} SAM",
+                        session.last_apdus["card"], session.last_apdus["sam"]))
+    return out
+
+
+def interleaved(n: int, ours: Callable[[], None], raw: Callable[[], None]
+                ) -> tuple[list[int], list[int]]:
+    """n timed runs of each, in ABBA order, after a short warm-up (ns per run)."""
+    for _ in range(WARMUP):
+        ours()
+        raw()
+    t_ours: list[int] = []
+    t_raw: list[int] = []
+    clock = time.perf_counter_ns
+    gc.collect()
+    for i in range(n):
+        pair = ((ours, t_ours), (raw, t_raw)) if i % 2 == 0 else ((raw, t_raw), (ours, t_ours))
+        for fn, acc in pair:
+            t = clock()
+            fn()
+            acc.append(clock() - t)
+    return t_ours, t_raw
+
+
+def p95(values: list[int]) -> float:
+    return sorted(values)[int(0.95 * (len(values) - 1))]
+
+
+def report(name: str, t_ours: list[int], t_raw: list[int]) -> None:
+    med = statistics.median
+    paired = statistics.median(o / r for o, r in zip(t_ours, t_raw, strict=True))
+    print(f"| {name} | {med(t_ours) / 1e6:.3f} | {p95(t_ours) / 1e6:.3f} | "
+          f"{med(t_raw) / 1e6:.3f} | {p95(t_raw) / 1e6:.3f} | "
+          f"{med(t_ours) / med(t_raw):.3f} | {paired:.3f} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("-n", type=int, default=200, help="reads per variant")
+    ap.add_argument("-n", type=int, default=300, help="timed runs per variant and side")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         daemon = PcscDaemon(Path(tmp), free_port_pair())
         daemon.start()
         os.environ.update(daemon.env)  # before pyscard's first call
         patient, sam_slot = VirtualCardSlot(daemon.patient_port), VirtualCardSlot(daemon.sam_port)
+        hot = HotList(Path(tmp) / "hotlist.sqlite")
+        hot.apply_delta(1, added=[f"H{i:017d}" for i in range(HOTLIST_SIZE)])
+        ctx = PcscContext()
         try:
             card = HealthCardSim.from_holder(rng=lambda n: bytes(range(n)))
+            sam_sim = SamSim(PIN)
             patient.insert(card)
-            sam_slot.insert(SamSim(PIN))
+            sam_slot.insert(sam_sim)
             wait_present(daemon.patient_reader)
             wait_present(daemon.sam_reader)
+            sam_tr = PyscardTransport(daemon.sam_reader, context=ctx)
             log: list[tuple[str, bytes]] = []
-            sam = SamSession(Recording(PyscardTransport(daemon.sam_reader), log, "sam"), PIN)
+            sam = SamSession(Recording(sam_tr, log, "sam"), PIN)
             sam.open()
             log.clear()
-            tr = Recording(PyscardTransport(daemon.patient_reader), log, "card")
-            session = CardSession(tr, sam)
+            tr = PyscardTransport(daemon.patient_reader, context=ctx)
+            session = CardSession(Recording(tr, log, "card"), sam, hotlist=hot)
             session.read_identity()
-            tr.close()
             apdus = list(log)
+            sam.transport = sam_tr  # no recording during the timing
+            card_apdus = [a for side, a in apdus if side == "card"]
+            n_card, n_sam = len(card_apdus), len(apdus) - len(card_apdus)
+            # Raw replay: the APDUs as pyscard lists, prepared before timing (raw's best case).
+            hsam, psam = sam_tr._hcard, sam_tr._proto  # noqa: SLF001 - same SAM handle for both
+            plan = [(side == "card", list(a)) for side, a in apdus]
+            ok_sw1 = (0x90, 0x61)
 
-            ours: list[float] = []
-            for _ in range(args.n):
-                t = time.perf_counter()
-                transport = PyscardTransport(daemon.patient_reader)
-                CardSession(transport, sam).read_identity()
-                transport.close()
-                ours.append(time.perf_counter() - t)
-
-            sam.close()  # our SAM session holds the SAM exclusively
-            hr, ctx = s.SCardEstablishContext(s.SCARD_SCOPE_USER)
-            proto = s.SCARD_PROTOCOL_T0 | s.SCARD_PROTOCOL_T1
-            hr, hsam, psam = s.SCardConnect(ctx, daemon.sam_reader, s.SCARD_SHARE_SHARED, proto)
-            if hr != s.SCARD_S_SUCCESS:
-                raise SystemExit(f"SAM connect failed: {hr:#x}")
-            for setup in ("0020000003" + PIN, "00A4000002DF01"):  # once, like SamSession.open
-                s.SCardTransmit(hsam, psam, list(bytes.fromhex(setup)))
-            raw: list[float] = []
-            for _ in range(args.n):
-                t = time.perf_counter()
-                hr, hcard, pcard = s.SCardConnect(ctx, daemon.patient_reader,
-                                                  s.SCARD_SHARE_EXCLUSIVE, proto)
-                for side, apdu in apdus:
-                    h, p = (hcard, pcard) if side == "card" else (hsam, psam)
-                    hr, resp = s.SCardTransmit(h, p, list(apdu))
-                    if hr != s.SCARD_S_SUCCESS or len(resp) < 2 or resp[-2] not in (0x90, 0x61):
+            def replay(hcard: int, pcard: int) -> None:
+                for is_card, apdu in plan:
+                    hr, resp = s.SCardTransmit(hcard, pcard, apdu) if is_card else \
+                        s.SCardTransmit(hsam, psam, apdu)
+                    if hr != s.SCARD_S_SUCCESS or len(resp) < 2 or resp[-2] not in ok_sw1:
                         raise SystemExit(f"raw replay failed: {hr:#x} {bytes(resp).hex()}")
-                s.SCardDisconnect(hcard, s.SCARD_RESET_CARD)
-                raw.append(time.perf_counter() - t)
-            s.SCardDisconnect(hsam, s.SCARD_LEAVE_CARD)
-            s.SCardReleaseContext(ctx)
 
-            inproc: list[float] = []
+            # --- connected: the same card handle for both sides -------------------------
+            def ours_connected() -> None:
+                CardSession(tr, sam, hotlist=hot).read_identity()
+
+            def raw_connected() -> None:
+                replay(tr._hcard, tr._proto)  # noqa: SLF001
+
+            start_cmds = len(card.commands)
+            connected = interleaved(args.n, ours_connected, raw_connected)
+            tr.close()
+
+            # --- per card: connect + read + disconnect ----------------------------------
+            protocols = s.SCARD_PROTOCOL_T0 | s.SCARD_PROTOCOL_T1
+
+            def ours_per_card() -> None:
+                transport = PyscardTransport(daemon.patient_reader, context=ctx)
+                try:
+                    CardSession(transport, sam, hotlist=hot).read_identity()
+                finally:
+                    transport.close()
+
+            def raw_per_card() -> None:
+                hr, hctx = ctx.acquire()
+                hr, hcard, pcard = s.SCardConnect(hctx, daemon.patient_reader,
+                                                  s.SCARD_SHARE_EXCLUSIVE, protocols)
+                if hr != s.SCARD_S_SUCCESS:
+                    raise SystemExit(f"connect failed: {hr:#x}")
+                replay(hcard, pcard)
+                s.SCardDisconnect(hcard, s.SCARD_RESET_CARD)
+
+            per_card = interleaved(args.n, ours_per_card, raw_per_card)
+
+            # Honesty check: every run (both sides, warm-up included) sent the same APDUs.
+            sent = card.commands[start_cmds:]
+            runs = 2 * 2 * (args.n + WARMUP)
+            expected = card_apdus * runs
+            if sent != expected:
+                raise SystemExit(f"APDU mismatch: {len(sent)} card APDUs sent, "
+                                 f"{len(expected)} expected")
+            sam_tr.close()
+
+            inproc: list[int] = []
             sim_sam = SamSession(InProcessTransport(SamSim(PIN)), PIN)
             sim_sam.open()
+            sim_card = HealthCardSim.from_holder(rng=lambda n: bytes(range(n)))
             for _ in range(args.n):
-                t = time.perf_counter()
-                CardSession(InProcessTransport(card), sim_sam).read_identity()
-                inproc.append(time.perf_counter() - t)
+                t = time.perf_counter_ns()
+                CardSession(InProcessTransport(sim_card), sim_sam, hotlist=hot).read_identity()
+                inproc.append(time.perf_counter_ns() - t)
         finally:
+            ctx.close()
+            hot.close()
             patient.remove()
             sam_slot.remove()
             daemon.stop()
 
-    n_card = sum(1 for side, _ in apdus if side == "card")
-    med = statistics.median
-    print(f"APDUs per read_identity: {len(apdus)} (card {n_card}, SAM {len(apdus) - n_card}; "
-          "SAM PIN/DF01 once per SAM session, not counted)")
-    print(f"read_identity over pcscd+vpcd: median {med(ours) * 1e3:.2f} ms "
-          f"(p95 {sorted(ours)[int(0.95 * len(ours))] * 1e3:.2f} ms), n={args.n}")
-    print(f"raw SCardTransmit, same APDUs: median {med(raw) * 1e3:.2f} ms")
-    print(f"ratio ours/raw: {med(ours) / med(raw):.2f}")
-    print(f"in-process (no pcscd), protocol+sim cost: median {med(inproc) * 1e3:.3f} ms")
+    print(f"# card read bench — {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %z}, "
+          f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
+          f"n={args.n} per side, hot list {HOTLIST_SIZE} entries")
+    print(f"APDUs per read_identity (default scheme, T=0 SAM, this run): {n_card + n_sam} "
+          f"(card {n_card}, SAM {n_sam}: {', '.join(a[:3].hex().upper() for side, a in apdus if side == 'sam')})")
+    for variant, c, m in in_process_counts():
+        print(f"  {variant}: card {c} + SAM {m} = {c + m}")
+    print("\n| variant | ours median ms | ours p95 ms | raw median ms | raw p95 ms | "
+          "ratio of medians | median paired ratio |")
+    print("|---|---|---|---|---|---|---|")
+    report("connected (read only)", *connected)
+    report("per card (connect + read + disconnect)", *per_card)
+    print(f"\nin process (no pcscd), protocol + simulators: median "
+          f"{statistics.median(inproc) / 1e6:.3f} ms")
     return 0
 
 

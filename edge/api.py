@@ -17,7 +17,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from edge.runtime import EdgeRuntime, SessionError
-from edge.uplink.errors import OutcomeUnknown, PlatformUnavailable, Rejected, UplinkError
+from edge.uplink.errors import (
+    OutcomeUnknown,
+    PlatformUnavailable,
+    Rejected,
+    RequestExpired,
+    UplinkError,
+)
 
 __all__ = ["create_api"]
 
@@ -31,17 +37,67 @@ class RequestIn(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=120)
 
 
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{8,64}$")
+
+
 class PrintIn(BaseModel):
     """A document to print for the current session."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: Literal["registration_slip"]
-    data: dict[str, Any]
+    kind: Literal["registration_slip", "payment_receipt", "topup_receipt", "refund_receipt",
+                  "lab_report", "closing_report"]
+    data: dict[str, Any] = Field(default_factory=dict)
     copy_: bool = Field(default=False, alias="copy")
 
 
-# Requests that carry personal data go through dedicated endpoints, not the generic one.
-_PERSONAL_TYPES = frozenset({"patient.identify"})
+class ReprintIn(BaseModel):
+    """Reprint a failed job (as a copy), or the last document when ``job_id`` is absent."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: str | None = Field(default=None, max_length=128)
+
+
+class PayIn(BaseModel):
+    """A payment for the session's patient; a wallet code is referred to by its scan id."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{8,64}$")  # the caller's idempotency key
+    purpose: Literal["registration", "bills", "topup"]
+    refs: list[str] = Field(default_factory=list, max_length=100)
+    amount_fen: int = Field(ge=1, le=1_000_000_000)
+    method: Literal["prepaid", "cash", "code"]
+    scan_id: str | None = Field(default=None, max_length=32)
+    timeout_s: float | None = Field(default=None, gt=0, le=120)
+
+
+class RefundIn(BaseModel):
+    """A desk refund to the original method."""
+
+    model_config = ConfigDict(extra="forbid")
+    payment_id: str = Field(min_length=1, max_length=64)
+    amount_fen: int = Field(ge=1, le=1_000_000_000)
+    reason: str = Field(min_length=1, max_length=100)
+
+
+class ScanIn(BaseModel):
+    """Text from the kiosk's scan field (a keyboard-wedge scanner or typed by hand)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=512)
+
+
+class StaffLoginIn(BaseModel):
+    """Badge and PIN; the PIN is never logged or kept."""
+
+    model_config = ConfigDict(extra="forbid")
+    badge: str = Field(min_length=1, max_length=64)
+    pin: str = Field(pattern=r"^[0-9]{4,12}$", repr=False)
+
+
+# Requests that carry personal data or secrets go through dedicated endpoints, where the
+# daemon fills in (or keeps back) what the kiosk must not hold.
+_PERSONAL_TYPES = frozenset({"patient.identify", "report.fetch", "staff.login", "pay.create",
+                             "pay.refund"})
 
 
 def _error(status: int, code: str, message: str, message_zh: str, **extra: Any) -> JSONResponse:
@@ -71,7 +127,11 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
         if isinstance(exc, Rejected):
             return _error(422, exc.code, exc.message, exc.message_zh, reason=exc.reason)
         if isinstance(exc, OutcomeUnknown):
-            return _error(504, "outcome_unknown", exc.message, exc.message_zh)
+            return _error(504, "outcome_unknown", exc.message, exc.message_zh,
+                          request_id=exc.request_id)
+        if isinstance(exc, RequestExpired):
+            return _error(410, "request_expired", exc.message, exc.message_zh,
+                          request_id=exc.request_id)
         if isinstance(exc, PlatformUnavailable):
             return _error(503, "platform_unavailable", exc.message, exc.message_zh)
         return _error(502, type(exc).__name__, exc.message, exc.message_zh)
@@ -96,19 +156,76 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     @r.post("/request")
     async def forward(req: RequestIn) -> Any:
         if req.type in _PERSONAL_TYPES:
-            return _error(400, "use_dedicated_endpoint", "Use /v1/patient/identify.",
+            return _error(400, "use_dedicated_endpoint", f"{req.type} has its own endpoint.",
                           "请使用专用接口。")
-        return {"result": await runtime.request(req.type, req.body, req.timeout_s)}
+        return {"result": await runtime.request(req.type, req.body, req.timeout_s, req.id)}
+
+    @r.get("/request/{request_id}")
+    async def request_result(request_id: str, wait_s: float = 0.0) -> Any:
+        """Outcome of a request whose caller got outcome_unknown (still never re-sent)."""
+        return {"result": await runtime.request_result(request_id, min(max(wait_s, 0), 10))}
+
+    @r.post("/patient/identify-qr")
+    async def identify_qr() -> dict[str, Any]:
+        return {"session": await runtime.identify_by_qr()}
+
+    @r.post("/scan")
+    async def scan(req: ScanIn) -> dict[str, Any]:
+        from edge.devices.scanner.errors import InvalidScanText
+
+        try:
+            return {"scan": runtime.scan_text(req.text, "ui")}
+        except InvalidScanText:
+            return _error(422, "bad_scan", "That code could not be read. Please scan again.",
+                          "无法识别该条码，请重新扫描。")
+
+    @r.post("/pay")
+    async def pay(req: PayIn) -> dict[str, Any]:
+        return {"result": await runtime.pay(
+            purpose=req.purpose, refs=req.refs, amount_fen=req.amount_fen, method=req.method,
+            scan_id=req.scan_id, request_id=req.id, timeout_s=req.timeout_s)}
+
+    @r.get("/pay/{payment_id}")
+    async def pay_status(payment_id: str) -> dict[str, Any]:
+        return {"result": await runtime.pay_status(payment_id)}
+
+    @r.post("/pay/{payment_id}/reverse")
+    async def pay_reverse(payment_id: str) -> dict[str, Any]:
+        return {"result": await runtime.pay_reverse(payment_id)}
+
+    @r.post("/refund")
+    async def refund(req: RefundIn) -> dict[str, Any]:
+        return {"result": await runtime.refund(req.payment_id, req.amount_fen, req.reason)}
+
+    @r.post("/staff/login")
+    async def staff_login(req: StaffLoginIn) -> dict[str, Any]:
+        return {"staff": await runtime.staff_login(req.badge, req.pin)}
+
+    @r.post("/staff/logout")
+    async def staff_logout() -> dict[str, Any]:
+        runtime.staff_logout()
+        return {"ok": True}
 
     @r.post("/print")
     async def print_doc(req: PrintIn) -> dict[str, Any]:
-        outcome = await runtime.print_registration_slip(req.data, copy=req.copy_)
-        return {"job_id": outcome.job_id, "state": outcome.state, "reason": outcome.reason}
+        outcome = await runtime.print_document(req.kind, req.data, copy=req.copy_)
+        return _outcome(outcome)
+
+    @r.post("/reprint")
+    async def reprint(req: ReprintIn) -> dict[str, Any]:
+        from edge.devices.printer.errors import PrinterError
+
+        try:
+            if req.job_id:
+                return _outcome(await runtime.reprint_failed(req.job_id))
+            return _outcome(await runtime.reprint_last())
+        except PrinterError as exc:
+            return _error(409, "not_reprintable", "This document cannot be reprinted here.",
+                          "该凭条无法在此补打，请到人工窗口。", reason=getattr(exc, "reason", ""))
 
     @r.get("/printer/status")
     async def printer_status() -> dict[str, Any]:
-        st = await runtime.printer.status()
-        return {"status": _as_dict(st)}
+        return {"status": await runtime.printer_check()}
 
     @r.get("/events")
     async def events(request: Request) -> StreamingResponse:
@@ -130,11 +247,7 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     return app
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "model_dump"):
-        return dict(obj.model_dump())
-    if hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(obj)
-    return dict(obj)
+def _outcome(outcome: Any) -> dict[str, Any]:
+    return {"job_id": outcome.job_id, "state": outcome.state, "reason": outcome.reason,
+            "copy": bool(getattr(outcome, "copy", False)), "message": outcome.message,
+            "message_zh": outcome.message_zh}

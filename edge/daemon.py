@@ -73,6 +73,12 @@ async def _pump_cards(cards: Any, runtime: EdgeRuntime) -> None:
         runtime.reader_present = bool(cards.readers)
 
 
+async def _pump_scans(scanners: Any, runtime: EdgeRuntime) -> None:
+    """Hand classified scans to the runtime (payment codes stay in the daemon)."""
+    async for ev in scanners.scans():
+        runtime.scan_received(ev.scan, ev.source)
+
+
 async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None) -> None:
     """Run every part of the daemon until ``stop`` is set (or a signal arrives)."""
     from edge.devices.card.hotlist import HotList
@@ -94,10 +100,15 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     hotlist = HotList(cfg.card.hotlist_path)
     cards = CardService(cfg.card, hotlist)
     hotlist_sync = HotlistSync(uplink, hotlist)  # before uplink.start(): the retained notice
+    from edge.runtime import Ledger
+
+    scanner_cfg = getattr(cfg, "scanner", None)  # present once the scanner config lands
     runtime = EdgeRuntime(device_id=cfg.device.id, role=cfg.device.role,
                           hospital_name=cfg.device.hospital_name,
                           timezone=cfg.device.timezone, uplink=uplink,
-                          printer=printer, clock=clock)
+                          printer=printer, clock=clock,
+                          rules=scanner_cfg.rules() if scanner_cfg is not None else None,
+                          ledger=Ledger(cfg.device.data_dir / "ledger.db"))
 
     await uplink.start()
     await hotlist_sync.start()
@@ -110,6 +121,13 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
         asyncio.create_task(_pump_cards(cards, runtime), name="cards"),
         asyncio.create_task(server.serve(), name="api"),
     ]
+    scanners = None
+    if scanner_cfg is not None and getattr(scanner_cfg, "enabled", False):
+        from edge.devices.scanner.service import ScannerService
+
+        scanners = ScannerService(scanner_cfg)
+        await scanners.start()
+        tasks.append(asyncio.create_task(_pump_scans(scanners, runtime), name="scans"))
     log.info("edge daemon started", extra={"device": cfg.device.id, "role": cfg.device.role,
                                             "api": f"{cfg.api.host}:{cfg.api.port}"})
     if watchdog_enabled():
@@ -125,6 +143,8 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
         notify("STOPPING=1")
         server.should_exit = True
         await cards.stop()
+        if scanners is not None:
+            await scanners.stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

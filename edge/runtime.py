@@ -522,6 +522,10 @@ class EdgeRuntime:
         except (InvalidDocument, KeyError, TypeError, ValueError) as exc:
             raise SessionError("bad_document", f"Cannot print this {kind}: {exc}",
                                "凭条内容不完整，无法打印，请到人工窗口办理。") from exc
+        existing = self.printer.job(job_id) if hasattr(self.printer, "job") else None
+        if existing is not None and existing.state == "printed":
+            copy = True  # it is on paper already: any second print is a marked copy
+            doc, _ = await self._build(kind, data, copy)
         if copy:
             job_id += f"-copy-{secrets.token_hex(3)}"
         outcome = await self.printer.print(doc, job_id=job_id, copy=copy)

@@ -13,16 +13,26 @@ __all__ = ["EdgeClient", "EdgeError"]
 class EdgeError(Exception):
     """The edge daemon refused or failed an action; messages are fit for the screen."""
 
-    def __init__(self, status: int, code: str, message: str, message_zh: str) -> None:
+    def __init__(self, status: int, code: str, message: str, message_zh: str,
+                 **extra: Any) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         self.message_zh = message_zh
+        self.extra = extra  # e.g. request_id of an outcome_unknown, reason of a rejection
+
+    @property
+    def reason(self) -> str:
+        """The platform's reason code of a rejection (``insufficient_balance`` …) or ''."""
+        return str(self.extra.get("reason") or "")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the browser."""
-        return {"code": self.code, "message": self.message, "message_zh": self.message_zh}
+        out = {"code": self.code, "message": self.message, "message_zh": self.message_zh}
+        if self.reason:
+            out["reason"] = self.reason
+        return out
 
 
 class EdgeClient:
@@ -50,8 +60,9 @@ class EdgeClient:
                             "终端服务未运行。") from None
         if resp.status_code >= 400:
             try:
-                err = resp.json()["error"]
-                raise EdgeError(resp.status_code, err["code"], err["message"], err["message_zh"])
+                err = dict(resp.json()["error"])
+                raise EdgeError(resp.status_code, err.pop("code"), err.pop("message"),
+                                err.pop("message_zh"), **err)
             except (ValueError, KeyError, TypeError):
                 raise EdgeError(resp.status_code, "edge_error",
                                 f"Terminal error (HTTP {resp.status_code}).",
@@ -74,22 +85,81 @@ class EdgeClient:
         """Identify the patient of the inserted card at the platform."""
         return (await self._call("POST", "/v1/patient/identify"))["session"]
 
+    async def identify_qr(self) -> dict[str, Any]:
+        """Open a session for the e-health QR the daemon holds from the last scan."""
+        return (await self._call("POST", "/v1/patient/identify-qr"))["session"]
+
     async def request(
-        self, type_: str, body: dict[str, Any], timeout_s: float | None = None
+        self, type_: str, body: dict[str, Any], timeout_s: float | None = None,
+        request_id: str | None = None,
     ) -> Any:
         """Forward a request to the platform through the uplink."""
         payload: dict[str, Any] = {"type": type_, "body": body}
         if timeout_s is not None:
             payload["timeout_s"] = timeout_s
+        if request_id is not None:
+            payload["id"] = request_id
         return (await self._call("POST", "/v1/request", json=payload))["result"]
+
+    async def request_result(self, request_id: str, wait_s: float = 0.0) -> Any:
+        """The outcome of a request that ended in outcome_unknown (never re-sent)."""
+        return (await self._call("GET", f"/v1/request/{request_id}",
+                                 params={"wait_s": wait_s}))["result"]
+
+    async def scan(self, text: str) -> dict[str, Any]:
+        """Hand scanned/typed text to the daemon; a payment code comes back as a handle."""
+        return (await self._call("POST", "/v1/scan", json={"text": text}))["scan"]
+
+    async def pay(self, *, request_id: str, purpose: str, refs: list[str], amount_fen: int,
+                  method: str, scan_id: str | None = None,
+                  timeout_s: float | None = None) -> dict[str, Any]:
+        """``pay.create`` for the session's patient (the daemon fills in the payment code)."""
+        body: dict[str, Any] = {"id": request_id, "purpose": purpose, "refs": refs,
+                                "amount_fen": amount_fen, "method": method}
+        if scan_id is not None:
+            body["scan_id"] = scan_id
+        if timeout_s is not None:
+            body["timeout_s"] = timeout_s
+        return (await self._call("POST", "/v1/pay", json=body))["result"]
+
+    async def pay_status(self, payment_id: str) -> dict[str, Any]:
+        """``pay.status``."""
+        return (await self._call("GET", f"/v1/pay/{payment_id}"))["result"]
+
+    async def pay_reverse(self, payment_id: str) -> dict[str, Any]:
+        """``pay.reverse`` of an unresolved payment."""
+        return (await self._call("POST", f"/v1/pay/{payment_id}/reverse"))["result"]
+
+    async def refund(self, payment_id: str, amount_fen: int, reason: str) -> dict[str, Any]:
+        """Desk refund to the original method (staff only)."""
+        return (await self._call("POST", "/v1/refund", json={
+            "payment_id": payment_id, "amount_fen": amount_fen, "reason": reason}))["result"]
+
+    async def staff_login(self, badge: str, pin: str) -> dict[str, Any]:
+        """Sign a cashier in (the PIN goes straight through to central)."""
+        return (await self._call("POST", "/v1/staff/login",
+                                 json={"badge": badge, "pin": pin}))["staff"]
+
+    async def staff_logout(self) -> None:
+        """Lock the desk."""
+        await self._call("POST", "/v1/staff/logout")
+
+    async def print_doc(self, kind: str, data: dict[str, Any], *,
+                        copy: bool = False) -> dict[str, Any]:
+        """Print a document for the current session; the daemon adds the personal fields."""
+        return await self._call("POST", "/v1/print",
+                                json={"kind": kind, "data": data, "copy": copy})
 
     async def print_slip(self, booking: dict[str, Any], *, copy: bool = False) -> dict[str, Any]:
         """Print a registration slip for the current session."""
-        return await self._call("POST", "/v1/print",
-                                json={"kind": "registration_slip", "data": booking, "copy": copy})
+        return await self.print_doc("registration_slip", booking, copy=copy)
+
+    async def reprint(self, job_id: str | None = None) -> dict[str, Any]:
+        """Reprint a failed job, or (no id) the last document, marked as a copy."""
+        return await self._call("POST", "/v1/reprint", json={"job_id": job_id})
 
     async def printer_status(self) -> dict[str, Any]:
-        """Live printer status."""
+        """Can the printer print now? ``{ready, problem, message, message_zh, paper}``."""
         return (await self._call("GET", "/v1/printer/status"))["status"]
 
     async def events(self) -> AsyncIterator[bytes]:

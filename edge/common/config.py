@@ -11,13 +11,27 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
-__all__ = ["ConfigError", "StrictModel", "load_config", "read_secret", "resolve_paths"]
+__all__ = ["ConfigError", "StrictModel", "TimeZoneName", "load_config", "read_secret",
+           "resolve_paths"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _check_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+#: An IANA time zone name (``Asia/Shanghai``), checked against the system's zone database.
+TimeZoneName = Annotated[str, AfterValidator(_check_zone)]
 
 
 class StrictModel(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edge.common.errors import LocalizedError
+
 __all__ = [
     "OutboxFull",
     "OutcomeUnknown",
@@ -14,17 +16,16 @@ __all__ = [
 ]
 
 
-class UplinkError(Exception):
+class UplinkError(LocalizedError):
     """Base of every uplink error: ``message`` (English, for logs) and ``message_zh`` (UI)."""
 
-    def __init__(self, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
+    code = "uplink_error"
 
 
 class PlatformUnavailable(UplinkError):
     """Nothing happened (platform down, link down before sending): safe to try again later."""
+
+    code = "platform_unavailable"
 
     def __init__(
         self,
@@ -46,6 +47,8 @@ class Rejected(UplinkError):
 class OutcomeUnknown(UplinkError):
     """The request may have taken effect; must be resolved (``pay.status``), never retried blind."""
 
+    code = "outcome_unknown"
+
     def __init__(
         self,
         request_id: str,
@@ -59,6 +62,8 @@ class OutcomeUnknown(UplinkError):
 class RequestExpired(UplinkError):
     """The request passed its ``exp`` before it was acted on; it was not (and will not be) sent."""
 
+    code = "expired"
+
     def __init__(self, request_id: str) -> None:
         super().__init__(f"request {request_id} expired", "请求已过期，未被处理")
         self.request_id = request_id
@@ -66,6 +71,8 @@ class RequestExpired(UplinkError):
 
 class OutboxFull(UplinkError):
     """The durable outbox is full of requests; nothing was queued."""
+
+    code = "outbox_full"
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"outbox full ({limit} entries)", "设备待发送队列已满，请联系工作人员")
@@ -75,12 +82,16 @@ class OutboxFull(UplinkError):
 class UplinkClosed(UplinkError):
     """The uplink is stopped (or not started)."""
 
+    code = "uplink_closed"
+
     def __init__(self) -> None:
         super().__init__("uplink closed", "通信模块已关闭")
 
 
 class UnknownRequest(UplinkError):
     """``result_of`` was asked about a request id the outbox does not hold (any more)."""
+
+    code = "unknown_request"
 
     def __init__(self, request_id: str) -> None:
         super().__init__(f"unknown request {request_id}", "找不到该请求记录")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edge.common.errors import LocalizedError
+
 __all__ = [
     "InvalidDocument",
     "LayoutError",
@@ -15,19 +17,10 @@ __all__ = [
 ]
 
 
-class PrinterError(Exception):
+class PrinterError(LocalizedError):
     """Base of every printer error; ``message`` is English, ``message_zh`` Chinese."""
 
     code = "printer_error"
-
-    def __init__(self, message: str, message_zh: str, *, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
-        self.reason = reason or self.code
-
-    def __str__(self) -> str:
-        return f"{self.message} / {self.message_zh}"
 
 
 class PrinterOffline(PrinterError):

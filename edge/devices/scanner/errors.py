@@ -5,6 +5,8 @@ No error message ever carries scanned text in clear: a scan may be a wallet paym
 
 from __future__ import annotations
 
+from edge.common.errors import LocalizedError
+
 __all__ = [
     "FrameDecodeError",
     "FrameTooLong",
@@ -16,19 +18,10 @@ __all__ = [
 ]
 
 
-class ScannerError(Exception):
+class ScannerError(LocalizedError):
     """Base of every scanner error; ``message`` is English, ``message_zh`` Chinese."""
 
     code = "scanner_error"
-
-    def __init__(self, message: str, message_zh: str, *, reason: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
-        self.reason = reason or self.code
-
-    def __str__(self) -> str:
-        return f"{self.message} / {self.message_zh}"
 
 
 class InvalidScanText(ScannerError):

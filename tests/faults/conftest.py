@@ -1,0 +1,271 @@
+"""Tier-3 fault rigs: real processes (``ykt platform-sim``, ``ykt central``) and a Mosquitto
+the test supervises, so each can be SIGKILLed and restarted on the same ports and data.
+
+Broker choice: central runs in **external broker mode** against a Mosquitto started here
+with :class:`central.broker.Mosquitto`, reading central's own password and ACL files
+(``{data_dir}/broker/passwd``, ``acl``). The broker can then be killed and restarted on its
+own, and killing central never leaves an orphaned embedded broker holding the port. Devices
+registered through central's REST API land in that password file; the test sends the broker
+SIGHUP afterwards, as central itself does in embedded mode.
+
+Every process started here is stopped at teardown, and the teardown fails the test if any
+is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from central.broker import Listener, Mosquitto, MosquittoConfig, free_port, mosquitto_passwd_set
+from central.broker import render_acl
+from edge.uplink.config import UplinkConfig
+
+REPO = Path(__file__).resolve().parents[2]
+MUTATING = ("reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund",
+            "report.printed")
+
+
+def toml(data: dict[str, Any]) -> str:
+    """Tables of scalars, nested (enough for our configs)."""
+
+    def scalar(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v), ensure_ascii=False)
+
+    out: list[str] = []
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        if prefix:
+            out.append(f"[{prefix}]")
+        out.extend(f"{k} = {scalar(v)}" for k, v in d.items() if not isinstance(v, dict))
+        out.append("")
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{k}" if prefix else k, v)
+
+    table("", data)
+    return "\n".join(out)
+
+
+def secret_file(path: Path, value: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return path
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not up within {timeout}s ({last})")
+
+
+class Procs:
+    """Starts ``ykt`` subcommands as real processes and guarantees none outlives the test."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        logdir.mkdir(parents=True, exist_ok=True)
+        self.all: list[subprocess.Popen[bytes]] = []
+
+    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        with open(self.logdir / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})}, cwd=REPO, start_new_session=True)
+        self.all.append(proc)
+        return proc
+
+    def ykt(self, name: str, *args: str, env: dict[str, str] | None = None
+            ) -> subprocess.Popen[bytes]:
+        return self.spawn(name, [sys.executable, "-m", "edge.cli", *args], env)
+
+    @staticmethod
+    def kill9(proc: subprocess.Popen[bytes]) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    @staticmethod
+    def terminate(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            Procs.kill9(proc)
+
+    def stop_all(self) -> list[int]:
+        for p in reversed(self.all):
+            self.terminate(p)
+        alive = []
+        for p in self.all:
+            try:
+                os.killpg(p.pid, 0)  # any process left in its group (children too)?
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                pass
+            alive.append(p.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+        return alive
+
+
+class Stack:
+    """Reference platform + external Mosquitto + ``ykt central``, each restartable."""
+
+    def __init__(self, workdir: Path, procs: Procs, *, wallet_pending_s: float = 3.0,
+                 read_timeout_s: float = 2.0) -> None:
+        self.workdir = workdir
+        self.procs = procs
+        self.platform_port = free_port()
+        self.dashboard_port = free_port()
+        self.data_dir = workdir / "central"
+        broker_dir = self.data_dir / "broker"
+        broker_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_token = secrets.token_urlsafe(18)
+        self.platform_db = workdir / "platform.db"
+        # central's broker credentials and ACL, in the files its registry maintains
+        self.passwd, self.acl = broker_dir / "passwd", broker_dir / "acl"
+        central_pw = secrets.token_urlsafe(24)
+        mosquitto_passwd_set(self.passwd, "central", central_pw)
+        self.central_pw_file = secret_file(broker_dir / "central.password", central_pw)
+        self.acl.write_text(render_acl("central"))
+        self.broker = Mosquitto(workdir / "mosquitto", MosquittoConfig(
+            listeners=[Listener(host="127.0.0.1", port=0)],
+            persistence_dir=workdir / "mosquitto" / "data",
+            password_file=self.passwd, acl_file=self.acl))
+        token_file = secret_file(workdir / "admin.token", self.admin_token)
+        self.platform_cfg = workdir / "platform-sim.toml"
+        self.platform_cfg.write_text(toml({"platform_sim": {
+            "db_path": str(self.platform_db), "seed": 20240601, "admin_enabled": True,
+            "wallet_pending_s": wallet_pending_s, "fault_hang_s": 3.0}}))
+        self.central_cfg = workdir / "central.toml"
+        self.central_cfg.write_text(toml({
+            "central": {"data_dir": str(self.data_dir)},
+            "broker": {"mode": "external", "host": "127.0.0.1", "port": self.broker.port,
+                       "username": "central", "password_file": str(self.central_pw_file)},
+            "platform": {"base_url": self.platform_url, "connect_timeout_s": 1.0,
+                         "read_timeout_s": read_timeout_s,
+                         "breaker": {"failure_threshold": 10, "reset_timeout_s": 2.0}},
+            "dashboard": {"host": "127.0.0.1", "port": self.dashboard_port,
+                          "admin_token_file": str(token_file)},
+            "forwarder": {"concurrency": 32},
+            "log": {"level": "warning"},
+        }))
+        self.platform: subprocess.Popen[bytes] | None = None
+        self.central: subprocess.Popen[bytes] | None = None
+        self.central_starts = 0
+
+    @property
+    def platform_url(self) -> str:
+        return f"http://127.0.0.1:{self.platform_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    # -- processes ------------------------------------------------------------------------
+    def start_platform(self) -> None:
+        self.platform = self.procs.ykt(
+            "platform", "platform-sim", "--config", str(self.platform_cfg), "--host",
+            "127.0.0.1", "--port", str(self.platform_port), "--admin")
+        wait_http(f"{self.platform_url}/openapi.json", 60, self.platform)
+
+    def start_central(self) -> None:
+        self.central_starts += 1
+        self.central = self.procs.ykt(f"central-{self.central_starts}", "central",
+                                      "--config", str(self.central_cfg))
+        wait_http(f"{self.dashboard_url}/api/status", 60, self.central)
+
+    def kill_central(self) -> None:
+        assert self.central is not None
+        Procs.kill9(self.central)
+
+    def stop_central(self) -> None:
+        if self.central is not None:
+            Procs.terminate(self.central)
+
+    def start(self) -> None:
+        self.broker.start()
+        self.start_platform()
+        self.start_central()
+
+    def stop(self) -> list[int]:
+        left = self.procs.stop_all()
+        self.broker.stop()
+        left += self.broker.leftovers()
+        return left
+
+    # -- helpers --------------------------------------------------------------------------
+    def register(self, dev: str, tmp: Path, **kw: Any) -> UplinkConfig:
+        r = httpx.post(f"{self.dashboard_url}/api/devices", json={"id": dev, "role": "kiosk"},
+                       headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
+        r.raise_for_status()
+        pw = secret_file(tmp / f"{dev}.password", r.json()["password"])
+        self.broker.reload()  # Mosquitto re-reads the password file central just wrote
+        opts: dict[str, Any] = {"retry_interval_s": 2.0, "backoff_min_s": 0.1,
+                                "backoff_max_s": 1.0, "max_inflight": 100, **kw}
+        return UplinkConfig(host="127.0.0.1", port=self.broker.port, username=dev,
+                            password_file=pw, outbox_path=tmp / f"{dev}.outbox.db",
+                            state_path=tmp / f"{dev}.state.json", **opts)
+
+    def platform_api(self, method: str, path: str, **kw: Any) -> Any:
+        r = httpx.request(method, f"{self.platform_url}{path}", timeout=15,
+                          headers={"Idempotency-Key": secrets.token_hex(16)}, **kw)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def set_faults(self, **spec: Any) -> None:
+        for i, op in enumerate(MUTATING):
+            self.platform_api("POST", "/admin/faults", json={"op": op, "seed": i, **spec})
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.platform_api("GET", "/admin/stats"))
+
+    def unresolved_payments(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.dashboard_url}/api/payments/unresolved", timeout=10)
+        r.raise_for_status()
+        return list(r.json()["payments"])
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """A started stack; everything is stopped afterwards and nothing may be left running."""
+    procs = Procs(tmp_path / "logs")
+    s = Stack(tmp_path, procs)
+    try:
+        s.start()
+        yield s
+    finally:
+        left = s.stop()
+        assert not left, f"processes left running: {left}"
