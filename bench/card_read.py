@@ -99,7 +99,7 @@ def in_process_counts() -> list[tuple[str, int, int]]:
             ss = SamSession(InProcessTransport(SamSim(PIN, t0=t0)), PIN)
             ss.open()
             session = CardSession(InProcessTransport(HealthCardSim.from_holder()), ss,
-                                  AuthScheme(sam_auth=sam_auth))  # type: ignore[arg-type]
+                                  AuthScheme(sam_auth=sam_auth))
             session.read_identity()
             out.append((f"{sam_auth}, T={'0' if t0 else '1'} SAM",
                         session.last_apdus["card"], session.last_apdus["sam"]))
@@ -169,7 +169,7 @@ def main() -> int:
             card_apdus = [a for side, a in apdus if side == "card"]
             n_card, n_sam = len(card_apdus), len(apdus) - len(card_apdus)
             # Raw replay: the APDUs as pyscard lists, prepared before timing (raw's best case).
-            hsam, psam = sam_tr._hcard, sam_tr._proto  # noqa: SLF001 - same SAM handle for both
+            hsam, psam = sam_tr.pcsc_handle  # the same SAM handle for both sides
             plan = [(side == "card", list(a)) for side, a in apdus]
             ok_sw1 = (0x90, 0x61)
 
@@ -185,7 +185,7 @@ def main() -> int:
                 CardSession(tr, sam, hotlist=hot).read_identity()
 
             def raw_connected() -> None:
-                replay(tr._hcard, tr._proto)  # noqa: SLF001
+                replay(*tr.pcsc_handle)
 
             start_cmds = len(card.commands)
             connected = interleaved(args.n, ours_connected, raw_connected)
@@ -239,8 +239,9 @@ def main() -> int:
     print(f"# card read bench — {dt.datetime.now().astimezone():%Y-%m-%d %H:%M %z}, "
           f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
           f"n={args.n} per side, hot list {HOTLIST_SIZE} entries")
+    sam_heads = ", ".join(a[:3].hex().upper() for side, a in apdus if side == "sam")
     print(f"APDUs per read_identity (default scheme, T=0 SAM, this run): {n_card + n_sam} "
-          f"(card {n_card}, SAM {n_sam}: {', '.join(a[:3].hex().upper() for side, a in apdus if side == 'sam')})")
+          f"(card {n_card}, SAM {n_sam}: {sam_heads})")
     for variant, c, m in in_process_counts():
         print(f"  {variant}: card {c} + SAM {m} = {c + m}")
     print("\n| variant | ours median ms | ours p95 ms | raw median ms | raw p95 ms | "

@@ -1,7 +1,9 @@
 """``ykt kiosk``: the UI server. Static pages plus a small JSON API over the edge daemon.
 
 The browser holds no device handles and no personal data beyond masked values; every
-action goes through this server to the local ``ykt edge`` API.
+action goes through this server to the local ``ykt edge`` API. The flows (state machines in
+``kiosk.flows``) run here; the page renders the view model pushed over ``/api/events`` and
+posts what the person did to ``/api/action``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import date, datetime
@@ -18,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +29,9 @@ from edge.common.config import load_config, read_secret
 from edge.common.logging import setup_logging
 from kiosk.config import KioskConfig
 from kiosk.edge_client import EdgeClient, EdgeError
+from kiosk.flows import Timing
+from kiosk.session import Screen
+from kiosk.voice import speak
 
 log = logging.getLogger("kiosk.app")
 
@@ -34,24 +40,32 @@ STATIC = Path(__file__).parent / "static"
 __all__ = ["add_kiosk_arguments", "create_app", "main"]
 
 
-class RegisterIn(BaseModel):
-    """The patient's choice on the confirm screen."""
+class ActionIn(BaseModel):
+    """One thing the person at the screen did."""
 
     model_config = ConfigDict(extra="forbid")
-    slot_id: str = Field(min_length=1, max_length=64)
-    insured: bool = False
+    action: str = Field(pattern=r"^[a-z_]{1,32}$")
+    args: dict[str, Any] = Field(default_factory=dict)
 
 
-def create_app(cfg: KioskConfig, edge: EdgeClient) -> FastAPI:
+def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = None) -> FastAPI:
     """Build the UI server around an edge client."""
+    screen = Screen(cfg, edge, timing=timing)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        follower = asyncio.create_task(screen.follow(), name="edge-events")
+        with contextlib.suppress(Exception):
+            await screen.sync()
         yield
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
         await edge.aclose()
 
     app = FastAPI(title="Yikatong kiosk UI", version="1", lifespan=lifespan,
                   docs_url=None, redoc_url=None)
+    app.state.screen = screen  # read by tests and the benchmark (never by request handlers)
     api = APIRouter(prefix="/api")
 
     @app.exception_handler(EdgeError)
@@ -70,19 +84,32 @@ def create_app(cfg: KioskConfig, edge: EdgeClient) -> FastAPI:
         try:
             health = await edge.health()
         except EdgeError as exc:
-            return {"online": False, "error": exc.as_dict(), "session": None}
-        return {"online": True, "health": health, "session": health.get("session")}
+            return {"online": False, "error": exc.as_dict(), "session": None,
+                    "view": screen.view()}
+        return {"online": True, "health": health, "session": health.get("session"),
+                "view": screen.view()}
 
     @api.get("/events")
-    async def events() -> StreamingResponse:
-        async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in edge.events():
-                    yield chunk
-            except EdgeError:
-                yield b"event: edge.offline\ndata: {}\n\n"
+    async def events(request: Request) -> StreamingResponse:
+        """The view model, pushed after every change (server-sent events)."""
 
-        return StreamingResponse(relay(), media_type="text/event-stream")
+        async def stream() -> AsyncIterator[bytes]:
+            async with screen.subscribe() as q:
+                while not await request.is_disconnected():
+                    try:
+                        v = await asyncio.wait_for(q.get(), timeout=15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield b"event: view\ndata: " + json.dumps(
+                        v, ensure_ascii=False).encode() + b"\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})
+
+    @api.post("/action")
+    async def action(req: ActionIn) -> dict[str, Any]:
+        return {"view": await screen.dispatch(req.action, req.args)}
 
     @api.post("/identify")
     async def identify() -> dict[str, Any]:
@@ -98,33 +125,18 @@ def create_app(cfg: KioskConfig, edge: EdgeClient) -> FastAPI:
         return await edge.request("reg.slots", {"dept_code": dept,
                                                 "date": day or today().isoformat()})
 
-    @api.post("/register")
-    async def register(req: RegisterIn) -> dict[str, Any]:
-        session = await edge.session()
-        if not session or "patient" not in session:
-            raise EdgeError(409, "no_patient", "Please insert your card first.", "请先插入健康卡。")
-        booking = await edge.request("reg.book", {
-            "patient_id": session["patient"]["patient_id"],
-            "slot_id": req.slot_id,
-            "pay_method": cfg.ui.pay_method,
-            "insured": req.insured,
-        }, timeout_s=60)
-        # The booking is confirmed: print. A print failure never undoes it; the UI offers
-        # a reprint marked as a copy instead.
-        try:
-            printed = await edge.print_slip(booking)
-        except EdgeError as exc:
-            printed = {"state": "failed", "reason": exc.code}
-        return {"booking": booking, "print": printed}
-
-    @api.post("/reprint")
-    async def reprint(booking: dict[str, Any]) -> dict[str, Any]:
-        return {"print": await edge.print_slip(booking, copy=True)}
-
     @api.post("/session/end")
     async def end() -> dict[str, Any]:
-        await edge.end_session()
+        await screen.dispatch("end", {})
         return {"ok": True}
+
+    @api.get("/voice/{key}.wav", include_in_schema=False)
+    async def voice(key: str) -> Response:
+        wav = await speak(cfg, key)
+        if wav is None:
+            return Response(status_code=404)
+        return Response(wav, media_type="audio/wav",
+                        headers={"Cache-Control": "max-age=86400"})
 
     app.include_router(api)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -40,6 +40,9 @@ class UiConfig(StrictModel):
     hospital_name: str = Field(default="示范市第一人民医院", min_length=1, max_length=40)
     pay_method: Literal["prepaid", "later"] = "prepaid"
     timezone: str = "Asia/Shanghai"  # the hospital's day decides "today" on the booking screen
+    elder_mode: bool = False  # 适老化 by default (larger type, fewer items, high contrast)
+    staff_lock_s: int = Field(default=300, ge=30, le=3600)  # cashier desk auto-lock
+    voice: bool = False  # spoken prompts (espeak-ng, synthesised on this machine)
 
     @field_validator("timezone")
     @classmethod

@@ -241,6 +241,11 @@ class PyscardTransport:
         """PC/SC reader name."""
         return self._reader
 
+    @property
+    def pcsc_handle(self) -> tuple[Any, int]:
+        """(card handle, protocol) — for benchmarks replaying raw SCardTransmit on it."""
+        return self._hcard, self._proto
+
     def _error(self, hr: int, action: str) -> E.CardError:
         s = self._s
         removed = {s.SCARD_W_REMOVED_CARD, s.SCARD_E_NO_SMARTCARD, s.SCARD_W_RESET_CARD,
@@ -314,6 +319,24 @@ class CardProfile:
     read_mode: Literal["auto", "sfi", "select"] = "auto"
 
 
+#: Constant APDUs of the read path, serialised once.
+_SELECT_DF: dict[str, bytes] = {df: A.select_fid(fid).to_bytes() for df, fid in ADF_FIDS.items()}
+_GET_CHALLENGE_8 = A.get_challenge(8).to_bytes()
+_READ_CMDS: dict[tuple[str, int, bool, bool], bytes] = {}
+
+
+def _read_cmd(spec: FileSpec, p1: int, by_tag: bool, *, sfi: bool) -> bytes:
+    """READ RECORD APDU bytes, built once per (file, record, form) — they never change."""
+    key = (spec.path, p1, by_tag, sfi)
+    apdu = _READ_CMDS.get(key)
+    if apdu is None:
+        le = spec.record_len(spec.record_of(p1)) if by_tag else 0
+        s = spec.sfi if sfi else None
+        cmd = A.read_record_by_tag(p1, le, sfi=s) if by_tag else A.read_record(p1, sfi=s)
+        apdu = _READ_CMDS[key] = cmd.to_bytes()
+    return apdu
+
+
 _SFI_UNSUPPORTED = {0x6A81, 0x6A82, 0x6A86, 0x6B00, 0x6D00, 0x6E00, 0x6A80}
 
 
@@ -325,23 +348,48 @@ class _Counter:
     deadline: float = float("inf")
 
 
-def _exchange(transport: CardTransport, cmd: A.Command, *, action: str, counter: _Counter,
-              side: Literal["card", "sam"], monotonic: Callable[[], float],
-              file: str | None = None, check: bool = True) -> A.Response:
-    """Send a command, follow 61xx / 6Cxx, raise the typed error for a failing SW."""
+def _exchange(transport: CardTransport, cmd: A.Command | bytes, *, action: str,
+              counter: _Counter, side: Literal["card", "sam"],
+              monotonic: Callable[[], float], file: str | None = None,
+              check: bool = True) -> A.Response:
+    """Send a command, follow 61xx / 6Cxx, raise the typed error for a failing SW.
+
+    ``cmd`` may be the serialised APDU (the hot path caches those). A plain 9000 answer
+    returns at once; everything else goes through ``_exchange_rest``.
+    """
     if monotonic() > counter.deadline:
         raise E.CardTimeout("Operation took too long", reader=transport.reader)
-    raw = transport.transmit(cmd.to_bytes())
-    setattr(counter, side, getattr(counter, side) + 1)
-    resp = A.Response.parse(raw)
-    if resp.sw1 == 0x6C and cmd.le is not None:
-        cmd = A.Command(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, resp.sw2 or 256)
-        resp = A.Response.parse(transport.transmit(cmd.to_bytes()))
-        setattr(counter, side, getattr(counter, side) + 1)
+    apdu = cmd if isinstance(cmd, bytes) else cmd.to_bytes()
+    raw = transport.transmit(apdu)
+    if side == "card":
+        counter.card += 1
+    else:
+        counter.sam += 1
+    if len(raw) >= 2 and raw[-2] == 0x90 and raw[-1] == 0x00:
+        return A.Response(raw[:-2], 0x90, 0x00)
+    return _exchange_rest(transport, apdu, A.Response.parse(raw), action=action,
+                          counter=counter, side=side, file=file, check=check)
+
+
+def _exchange_rest(transport: CardTransport, apdu: bytes, resp: A.Response, *, action: str,
+                   counter: _Counter, side: Literal["card", "sam"], file: str | None,
+                   check: bool) -> A.Response:
+    def count() -> None:
+        if side == "card":
+            counter.card += 1
+        else:
+            counter.sam += 1
+
+    if resp.sw1 == 0x6C:
+        cmd = A.Command.parse(apdu)
+        if cmd.le is not None:
+            cmd = A.Command(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, resp.sw2 or 256)
+            resp = A.Response.parse(transport.transmit(cmd.to_bytes()))
+            count()
     data = resp.data
     while resp.sw1 == 0x61:
         resp = A.Response.parse(transport.transmit(A.get_response(resp.sw2).to_bytes()))
-        setattr(counter, side, getattr(counter, side) + 1)
+        count()
         data += resp.data
     resp = A.Response(data, resp.sw1, resp.sw2)
     if check and not resp.ok:
@@ -374,7 +422,7 @@ class SamSession:
         """The sticky PIN failure, if any (the PIN is never re-sent automatically)."""
         return self._failure
 
-    def _x(self, cmd: A.Command, action: str, counter: _Counter | None = None,
+    def _x(self, cmd: A.Command | bytes, action: str, counter: _Counter | None = None,
            check: bool = True) -> A.Response:
         try:
             return _exchange(self.transport, cmd, action=action,
@@ -496,7 +544,7 @@ class CardSession:
     def _end(self) -> None:
         self.last_apdus = {"card": self._c.card, "sam": self._c.sam}
 
-    def _x(self, cmd: A.Command, action: str, *, file: str | None = None,
+    def _x(self, cmd: A.Command | bytes, action: str, *, file: str | None = None,
            check: bool = True) -> A.Response:
         return _exchange(self.transport, cmd, action=action, counter=self._c, side="card",
                          monotonic=self._monotonic, file=file, check=check)
@@ -504,7 +552,7 @@ class CardSession:
     def _select_df(self, df: str) -> None:
         if self._st.df == df:
             return
-        resp = self._x(A.select_fid(ADF_FIDS[df]), f"SELECT {df}", file=df, check=False)
+        resp = self._x(_SELECT_DF[df], f"SELECT {df}", file=df, check=False)
         if not resp.ok:
             if df == "DDF1" and resp.sw not in (0x6982, 0x6983):
                 # Bank cards, blank cards, other applications: no DDF1 here.
@@ -533,10 +581,8 @@ class CardSession:
     def _read_rec(self, spec: FileSpec, p1: int, *, by_tag: bool) -> bytes:
         """One READ RECORD, by SFI when possible (auto mode falls back once to SELECT)."""
         self._select_df(spec.df)
-        le = spec.record_len(spec.record_of(p1)) if by_tag else 0
         if self._use_sfi(spec) and self._st.ef != spec.path:
-            cmd = (A.read_record_by_tag(p1, le, sfi=spec.sfi) if by_tag
-                   else A.read_record(p1, sfi=spec.sfi))
+            cmd = _read_cmd(spec, p1, by_tag, sfi=True)
             resp = self._x(cmd, f"READ RECORD {spec.path}", file=spec.path, check=False)
             if resp.ok:
                 self._st.sfi = True
@@ -549,8 +595,8 @@ class CardSession:
                 raise error_for(resp.sw1, resp.sw2, action=f"READ RECORD {spec.path}",
                                 file=spec.path, reader=self.transport.reader)
         self._select_ef(spec)
-        cmd = A.read_record_by_tag(p1, le) if by_tag else A.read_record(p1)
-        return self._x(cmd, f"READ RECORD {spec.path}", file=spec.path).data
+        return self._x(_read_cmd(spec, p1, by_tag, sfi=False), f"READ RECORD {spec.path}",
+                       file=spec.path).data
 
     def _read_elements(self, path: str, names: tuple[str, ...] | None = None
                        ) -> dict[str, R.Value]:
@@ -598,7 +644,7 @@ class CardSession:
         factor = self._factor()
         sam = self._need_sam()
         self._select_df(df)
-        challenge = self._x(A.get_challenge(8), "GET CHALLENGE").data
+        challenge = self._x(_GET_CHALLENGE_8, "GET CHALLENGE").data
         if len(challenge) != 8:
             raise E.CardDataError("Challenge is not 8 bytes", file=df)
         if self.scheme.sam_auth == "combined":

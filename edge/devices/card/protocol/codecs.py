@@ -138,6 +138,8 @@ def parse_tlv(data: bytes, *, file: str | None = None) -> list[tuple[int, bytes]
 
 def parse_tlv_record(data: bytes, expected_tag: int, *, file: str | None = None) -> bytes:
     """Return the value of the record's TLV with ``expected_tag`` (CardDataError otherwise)."""
+    if len(data) >= 2 and data[0] == expected_tag and len(data) == 2 + data[1]:
+        return data[2:]  # the usual record: exactly one TLV with the expected tag
     items = parse_tlv(data, file=file)
     for tag, value in items:
         if tag == expected_tag:

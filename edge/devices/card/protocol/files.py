@@ -8,7 +8,7 @@ element), so the record size is the element length + 2. Key references: read key
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 __all__ = [
@@ -65,11 +65,12 @@ class FileSpec:
     record_size: int = 0  # CYCLIC / FLAGS
     record_count: int = 0  # CYCLIC / FLAGS
     size: int = 0  # BINARY
+    #: ``DF/EFxx`` path used in errors, logs and caches (computed once: it is on the
+    #: card-read hot path).
+    path: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def path(self) -> str:
-        """``DF/EFxx`` path used in errors and logs."""
-        return f"{self.df}/{self.fid:04X}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", f"{self.df}/{self.fid:04X}")
 
     @property
     def sfi(self) -> int | None:

@@ -82,7 +82,7 @@ def test_read_identity_apdu_budget(sam_auth: str, t0: bool, sam_apdus: list[str]
 def test_split_sam_commands_skip_reloading_the_same_key() -> None:
     # split mode keeps the loaded key: a second read of the same card needs no 80DE.
     card = holder_card()
-    session, sam = make(card, scheme=AuthScheme(sam_auth="split"))
+    session, _ = make(card, scheme=AuthScheme(sam_auth="split"))
     session.read_identity()
     again = CardSession(InProcessTransport(card, "patient"), session.sam, today=_today,
                         scheme=AuthScheme(sam_auth="split"))

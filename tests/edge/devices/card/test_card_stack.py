@@ -9,7 +9,7 @@ import pytest
 
 from edge.devices.card import errors as E
 from edge.devices.card.hotlist import HotList
-from edge.devices.card.session import CardSession, PyscardTransport, SamSession
+from edge.devices.card.session import CardSession, PcscContext, PyscardTransport, SamSession
 from edge.devices.card.sim.cardos import BankCardSim, Faults, HealthCardSim
 from edge.devices.card.sim.pcscd import PcscDaemon
 from edge.devices.card.sim.sam import SamSim
@@ -48,7 +48,8 @@ def test_read_identity_over_pcscd(pcscd: PcscDaemon, patient_slot: VirtualCardSl
     wait_card(pcscd.patient_reader, True)
     ident, session = _read(pcscd)
     assert ident.name == "张三" and ident.card_number == CARD_NO  # type: ignore[attr-defined]
-    assert session.last_apdus["card"] == 12
+    # SAM: 6 to open it (first use: VERIFY, 2×SELECT+READ, SELECT DF01) + 80DE P1=01 + 00C0
+    assert session.last_apdus == {"card": 12, "sam": 8}
     assert session.sam.terminal_number == bytes.fromhex("110100000001")  # type: ignore[union-attr]
 
 
@@ -130,3 +131,40 @@ def test_daemon_properties(pcscd: PcscDaemon) -> None:
     assert pcscd.env == {"PCSCLITE_CSOCK_NAME": str(pcscd.socket_path)}
     assert pcscd.socket_path.exists() and pcscd.running
     assert pcscd.patient_reader.endswith("00 00") and pcscd.sam_reader.endswith("00 01")
+
+
+def test_shared_context_survives_a_pcscd_restart(
+        pcscd: PcscDaemon, patient_slot: VirtualCardSlot, sam_slot: VirtualCardSlot,
+        wait_card: Callable[..., None]) -> None:
+    ctx = PcscContext()
+    try:
+        patient_slot.insert(_card())
+        wait_card(pcscd.patient_reader, True)
+        for _ in range(2):  # the second card reuses the context (no new one per card)
+            sam = SamSession(PyscardTransport(pcscd.sam_reader, context=ctx), PIN)
+            transport = PyscardTransport(pcscd.patient_reader, context=ctx)
+            try:
+                assert CardSession(transport, sam).read_identity().name == "张三"
+            finally:
+                transport.close()
+                sam.close()
+        old = ctx.acquire()[1]
+        pcscd.stop()
+        pcscd.start()
+        patient_slot.insert(_card())  # vpcd connections died with the daemon: re-insert
+        sam_slot.insert(SamSim(PIN))
+        wait_card(pcscd.patient_reader, True)
+        wait_card(pcscd.sam_reader, True)
+        # the old context died with the daemon: the next connect establishes a new one
+        transport = PyscardTransport(pcscd.patient_reader, context=ctx)
+        try:
+            sam = SamSession(PyscardTransport(pcscd.sam_reader, context=ctx), PIN)
+            try:
+                assert CardSession(transport, sam).read_identity().name == "张三"
+            finally:
+                sam.close()
+        finally:
+            transport.close()
+        assert ctx.acquire()[1] != old
+    finally:
+        ctx.close()

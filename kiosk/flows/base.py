@@ -1,0 +1,174 @@
+"""What every flow shares: an explicit state table, the screen model and error texts.
+
+A flow is a state machine. ``TRANSITIONS`` lists, for each state, the states it may move to;
+``to()`` refuses anything else (``IllegalTransition``), so a bug can never show "paid" from
+"paying" without passing "confirming"/"printing". The decisions (what to show for a payment
+result, whether the balance covers a bill, what change to give) are pure functions in the
+flow modules; the ``do_*`` methods are the async driver, calling an injected edge client.
+The page only renders ``view()`` and sends actions back: it holds no flow logic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, ClassVar, Protocol
+
+from kiosk.edge_client import EdgeError
+
+__all__ = ["Context", "Flow", "IllegalTransition", "Timing", "text"]
+
+
+class IllegalTransition(Exception):
+    """An action or a state change that the current state does not allow."""
+
+    def __init__(self, flow: str, state: str, target: str) -> None:
+        super().__init__(f"{flow}: {state} -> {target} is not allowed")
+        self.flow, self.state, self.target = flow, state, target
+
+
+class Edge(Protocol):
+    """The part of ``kiosk.edge_client.EdgeClient`` the flows use (fakes implement it)."""
+
+    async def request(self, type_: str, body: dict[str, Any], timeout_s: float | None = None,
+                      request_id: str | None = None) -> Any: ...
+    async def request_result(self, request_id: str, wait_s: float = 0.0) -> Any: ...
+    async def pay(self, *, request_id: str, purpose: str, refs: list[str], amount_fen: int,
+                  method: str, scan_id: str | None = None,
+                  timeout_s: float | None = None) -> dict[str, Any]: ...
+    async def pay_status(self, payment_id: str) -> dict[str, Any]: ...
+    async def pay_reverse(self, payment_id: str) -> dict[str, Any]: ...
+    async def refund(self, payment_id: str, amount_fen: int, reason: str) -> dict[str, Any]: ...
+    async def print_doc(self, kind: str, data: dict[str, Any], *,
+                        copy: bool = False) -> dict[str, Any]: ...
+    async def reprint(self, job_id: str | None = None) -> dict[str, Any]: ...
+    async def printer_status(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Payment confirmation timing (HEALTHCARD.md: query every few seconds, ~30 s, reverse)."""
+
+    poll_interval_s: float = 2.0
+    confirm_window_s: float = 30.0
+    pay_timeout_s: float = 20.0
+
+
+@dataclass
+class Context:
+    """What a flow may know about the session: the masked patient, the role, the day."""
+
+    patient: dict[str, Any]
+    role: str = "kiosk"
+    today: date = field(default_factory=date.today)
+    staff: dict[str, Any] | None = None
+
+
+def text(code: str, message: str, message_zh: str, **extra: Any) -> dict[str, Any]:
+    """An error/notice for the screen, always in both languages."""
+    return {"code": code, "message": message, "message_zh": message_zh, **extra}
+
+
+class Flow:
+    """Base of the flows: state, data for the screen, error, version, the state table."""
+
+    name: ClassVar[str] = ""
+    START: ClassVar[str] = ""
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {}
+    #: States in which the page must not time the session out or offer "home".
+    BUSY: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, edge: Edge, ctx: Context, *,
+                 on_change: Callable[[Flow], None] | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 timing: Timing | None = None) -> None:
+        self.edge = edge
+        self.ctx = ctx
+        self.on_change = on_change or (lambda _f: None)
+        self.sleep = sleep
+        self.clock = clock
+        self.timing = timing or Timing()
+        self.state = self.START
+        self.data: dict[str, Any] = {}
+        self.error: dict[str, Any] | None = None
+        self.history: list[str] = [self.START]
+
+    # -- the state table -------------------------------------------------------------------
+
+    def can(self, target: str) -> bool:
+        """May the flow move from its state to ``target``?"""
+        return target in self.TRANSITIONS.get(self.state, frozenset())
+
+    def to(self, target: str, *, error: dict[str, Any] | None = None, **data: Any) -> None:
+        """Move to ``target`` (checked against the table) and tell the page."""
+        if not self.can(target):
+            raise IllegalTransition(self.name, self.state, target)
+        self.state = target
+        self.error = error
+        self.data.update(data)
+        self.history.append(target)
+        self.on_change(self)
+
+    def expect(self, *states: str) -> None:
+        """Refuse an action that the current state does not offer."""
+        if self.state not in states:
+            raise IllegalTransition(self.name, self.state, "/".join(states))
+
+    def fail(self, exc: EdgeError, target: str = "error") -> None:
+        """Show an edge/platform error in ``target`` (what happened and what to do)."""
+        self.to(target, error={**exc.as_dict(), **advice(exc)})
+
+    @property
+    def busy(self) -> bool:
+        """True while money or paper is in motion (no timeout, no leaving)."""
+        return self.state in self.BUSY
+
+    def view(self) -> dict[str, Any]:
+        """The screen model the page renders."""
+        return {"name": self.name, "state": self.state, "data": self.data,
+                "error": self.error, "busy": self.busy}
+
+    async def start(self) -> None:
+        """First work on entering the flow (load lists …); default: nothing."""
+
+    async def handle(self, action: str, args: dict[str, Any]) -> None:
+        """Run ``do_<action>``; unknown actions are illegal transitions."""
+        fn = getattr(self, f"do_{action}", None)
+        if fn is None:
+            raise IllegalTransition(self.name, self.state, action)
+        await fn(**args)
+
+    async def on_scan(self, scan: dict[str, Any]) -> bool:
+        """A scan arrived while this flow is shown; True when it was used."""
+        return False
+
+
+#: What the patient can do about each error, in both languages.
+_ADVICE: dict[str, tuple[str, str]] = {
+    "platform_unavailable": ("Please try again in a moment, or go to a staffed counter.",
+                             "请稍后再试，或到人工窗口办理。"),
+    "edge_unavailable": ("Please go to a staffed counter.", "请到人工窗口办理。"),
+    "edge_timeout": ("Please try again, or go to a staffed counter.", "请重试，或到人工窗口办理。"),
+    "no_card": ("Please insert your health card.", "请插入您的居民健康卡。"),
+    "card_removed": ("Please insert your card again.", "请重新插入健康卡。"),
+}
+_REASON_ADVICE: dict[str, tuple[str, str]] = {
+    "insufficient_balance": ("Top up your card, or pay with a WeChat/Alipay code.",
+                             "请先充值，或使用微信/支付宝付款码支付。"),
+    "slot_full": ("Please choose another time or doctor.", "请选择其他时段或医生。"),
+    "closed": ("Registration for this session has closed; choose another.",
+               "该时段已停止挂号，请选择其他时段。"),
+    "card_blocked": ("This card is reported lost; please go to a staffed counter.",
+                     "该卡已挂失，请到人工窗口办理。"),
+}
+
+
+def advice(exc: EdgeError) -> dict[str, str]:
+    """``todo``/``todo_zh``: what to do next after ``exc``."""
+    en, zh = _REASON_ADVICE.get(exc.reason, _ADVICE.get(
+        exc.code, ("Please try again, or ask staff for help.", "请重试，或向工作人员求助。")))
+    return {"todo": en, "todo_zh": zh}

@@ -1,0 +1,442 @@
+"""The terminal's one screen: who is being served, which flow is on, and the page's view.
+
+The kiosk server runs one ``Screen``. It follows the daemon's event stream (card in/out,
+identity, scans, platform status), runs the flows, and publishes the whole view model to the
+page over server-sent events after every change. The page renders and sends actions back;
+it keeps nothing but what it is shown (masked values only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from kiosk.config import KioskConfig
+from kiosk.edge_client import EdgeClient, EdgeError
+from kiosk.flows import FLOWS, Context, Flow, IllegalTransition, Timing
+from kiosk.flows.base import advice, text
+
+log = logging.getLogger("kiosk.session")
+
+__all__ = ["Screen", "parse_sse"]
+
+
+def parse_sse(buffer: str) -> tuple[list[tuple[str, dict[str, Any]]], str]:
+    """Split complete SSE frames off ``buffer``: ([(event, data)], rest) (pure)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    while "\n\n" in buffer:
+        frame, buffer = buffer.split("\n\n", 1)
+        kind, data = "message", ""
+        for line in frame.splitlines():
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+        if data:
+            try:
+                events.append((kind, json.loads(data)))
+            except ValueError:
+                continue
+    return events, buffer
+
+
+class Screen:
+    """View model and dispatcher of one terminal's UI."""
+
+    def __init__(self, cfg: KioskConfig, edge: EdgeClient, *,
+                 timing: Timing | None = None,
+                 now: Callable[[], datetime] | None = None) -> None:
+        self.cfg = cfg
+        self.edge = edge
+        self.role = cfg.ui.role
+        self.timing = timing or Timing()
+        self._now = now or (lambda: datetime.now(ZoneInfo(cfg.ui.timezone)))
+        self.version = 0
+        self.screen = "locked" if self.role == "cashier" else "attract"
+        self.identity: dict[str, Any] | None = None
+        self.patient: dict[str, Any] | None = None
+        self.flow: Flow | None = None
+        self.staff: dict[str, Any] | None = None
+        self.error: dict[str, Any] | None = None
+        self.notice: dict[str, Any] | None = None
+        self.edge_ok = True
+        self.platform_ok = True
+        self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._seen_scans: list[str] = []
+        self.stamps: dict[str, float] = {}  # event → loop time (for the benchmark's trace)
+
+    # -- view ------------------------------------------------------------------------------
+
+    def today(self) -> date:
+        """The hospital's date."""
+        return self._now().date()
+
+    def view(self) -> dict[str, Any]:
+        """Everything the page shows."""
+        return {
+            "v": self.version, "role": self.role, "screen": self.screen,
+            "identity": self.identity, "patient": self.patient,
+            "flow": self.flow.view() if self.flow else None,
+            "staff": self.staff, "error": self.error, "notice": self.notice,
+            "online": {"edge": self.edge_ok, "platform": self.platform_ok},
+            "today": self.today().isoformat(),
+        }
+
+    def changed(self, *_: Any) -> None:
+        """Publish the view to every page."""
+        self.version += 1
+        v = self.view()
+        for q in list(self._subs):
+            if q.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(v)
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
+        """A queue of views, starting with the current one."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(16)
+        q.put_nowait(self.view())
+        self._subs.add(q)
+        try:
+            yield q
+        finally:
+            self._subs.discard(q)
+
+    # -- following the daemon ----------------------------------------------------------------
+
+    async def follow(self) -> None:
+        """Consume the daemon's event stream forever (reconnecting), and poll its health."""
+        health = asyncio.create_task(self._health_loop())
+        try:
+            while True:
+                buffer = ""
+                try:
+                    async for chunk in self.edge.events():
+                        if not self.edge_ok:
+                            self.edge_ok = True
+                            await self.sync()
+                        buffer += chunk.decode("utf-8", "replace")
+                        events, buffer = parse_sse(buffer)
+                        for _kind, ev in events:
+                            await self.on_edge_event(ev.get("kind", _kind), ev.get("data", {}))
+                except (EdgeError, OSError, Exception) as exc:  # noqa: BLE001 - keep following
+                    log.warning("edge event stream lost: %s", type(exc).__name__)
+                if self.edge_ok:
+                    self.edge_ok = False
+                    self.changed()
+                await asyncio.sleep(1.0)
+        finally:
+            health.cancel()
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            with contextlib.suppress(Exception):
+                await self.sync()
+
+    async def sync(self) -> None:
+        """Align with the daemon's health (uplink, platform, session) — after a reconnect too."""
+        try:
+            h = await self.edge.health()
+        except EdgeError:
+            if self.edge_ok:
+                self.edge_ok = False
+                self.changed()
+            return
+        plat = bool(h.get("uplink_connected")) and h.get("platform_ok") is not False
+        changed = (not self.edge_ok) or plat != self.platform_ok
+        self.edge_ok, self.platform_ok = True, plat
+        if h.get("session") is None and (self.patient or self.identity):
+            self._wipe("attract")
+            changed = True
+        elif (s := h.get("session")) and s.get("state") == "ready" and not self.identity:
+            await self.on_edge_event("card.identity", s)
+            return
+        if self.role == "cashier" and h.get("staff") is None and self.staff is not None:
+            self.staff = None
+            self._wipe("locked")
+            changed = True
+        if changed:
+            self.changed()
+
+    async def on_edge_event(self, kind: str, data: dict[str, Any]) -> None:
+        """React to one daemon event."""
+        loop = asyncio.get_running_loop()
+        self.stamps[kind] = loop.time()
+        if kind == "card.inserted":
+            self._wipe("reading" if self._serving() else self.screen)
+            self.changed()
+        elif kind == "card.identity":
+            if not self._serving():
+                return
+            self.identity = dict(data.get("identity") or {}) or None
+            if data.get("patient"):
+                self.patient = dict(data["patient"])
+                self.screen = "menu"
+                self.changed()
+                return
+            self.screen = "identifying"
+            self.changed()
+            self._spawn(self._identify())
+        elif kind == "card.error":
+            self._wipe("error" if self._serving() else self.screen)
+            err = data.get("error") or {}
+            self.error = {**err, "todo": "Please take your card and try again, or go to a "
+                          "staffed counter.", "todo_zh": "请取出卡片后重试，或到人工窗口办理。"}
+            self.changed()
+        elif kind in ("card.removed", "session.ended"):
+            self._wipe(self._idle_screen())
+            self.changed()
+        elif kind == "scan":
+            await self.on_scan(data)
+        elif kind == "platform.status":
+            self.platform_ok = bool(data.get("ok"))
+            self.changed()
+        elif kind == "staff.logout" and self.staff is not None:
+            self.staff = None
+            self._wipe("locked")
+            self.changed()
+
+    def _serving(self) -> bool:
+        return self.role != "cashier" or self.staff is not None
+
+    def _idle_screen(self) -> str:
+        if self.role == "cashier":
+            return "attract" if self.staff is not None else "locked"
+        return "attract"
+
+    def _wipe(self, screen: str) -> None:
+        """Forget the patient (masked data included) and the flow."""
+        self.identity = self.patient = self.flow = None
+        self.error = self.notice = None
+        self.screen = screen
+        self._seen_scans.clear()
+
+    async def _identify(self) -> None:
+        try:
+            session = await self.edge.identify()
+        except EdgeError as exc:
+            if self.identity is None:
+                return  # the card went meanwhile
+            if exc.code in ("platform_unavailable", "edge_unavailable"):
+                self.platform_ok = exc.code != "platform_unavailable"
+                self.screen = "out_of_service"
+            else:
+                self.screen = "error"
+                self.error = {**exc.as_dict(), **advice(exc)}
+            self.changed()
+            return
+        if self.identity is None and session.get("via") != "ehc_qr":
+            return
+        self.patient = dict(session["patient"])
+        self.platform_ok = True
+        self.screen = "menu"
+        self.stamps["identified"] = asyncio.get_running_loop().time()
+        self.changed()
+
+    async def on_scan(self, scan: dict[str, Any]) -> None:
+        """A classified scan (from the hardware scanner or the page's scan field)."""
+        sid = scan.get("scan_id")
+        if sid in self._seen_scans:
+            return
+        if sid:
+            self._seen_scans = [*self._seen_scans[-20:], sid]
+        kind = scan.get("kind")
+        if self.flow is not None:
+            if self._running():
+                return
+            self._spawn(self._flow_scan(scan), main=True)
+            return
+        if kind == "ehc_qr" and self._serving() and self.screen in ("attract", "error"):
+            self.screen = "identifying"
+            self.changed()
+            self._spawn(self._qr())
+        elif kind == "specimen" and self._serving() and self.screen in ("attract", "menu"):
+            await self._start_flow("reports", patientless=True)
+            if self.flow is not None:
+                self._spawn(self._flow_scan(scan), main=True)
+        elif kind == "staff_badge" and self.screen == "locked":
+            self.notice = {"badge": scan.get("value")}
+            self.changed()
+
+    async def _qr(self) -> None:
+        try:
+            await self.edge.identify_qr()
+        except EdgeError as exc:
+            self.screen = "error"
+            self.error = {**exc.as_dict(), **advice(exc)}
+            self.changed()
+            return
+        # the daemon publishes card.identity with the patient: handled in on_edge_event
+
+    async def _flow_scan(self, scan: dict[str, Any]) -> None:
+        assert self.flow is not None
+        flow = self.flow
+        try:
+            await flow.on_scan(scan)
+        except EdgeError as exc:
+            flow.error = {**exc.as_dict(), **advice(exc)}
+            self.changed()
+
+    # -- actions from the page ---------------------------------------------------------------
+
+    def _running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def _spawn(self, coro: Any, *, main: bool = False) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self._guard(coro))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        if main:
+            self._task = task
+        return task
+
+    async def _guard(self, coro: Any) -> None:
+        try:
+            await coro
+        except IllegalTransition as exc:
+            log.info("ignored action: %s", exc)
+        except EdgeError as exc:
+            if self.flow is not None:
+                self.flow.error = {**exc.as_dict(), **advice(exc)}
+            else:
+                self.error = {**exc.as_dict(), **advice(exc)}
+            self.changed()
+        except Exception:
+            log.exception("flow action failed")
+            self.error = text("internal", "Something went wrong on this terminal.",
+                              "本机出现故障。", todo="Please go to a staffed counter.",
+                              todo_zh="请到人工窗口办理。")
+            self.screen = "error"
+            self.changed()
+
+    async def dispatch(self, action: str, args: dict[str, Any], wait_s: float = 0.5
+                       ) -> dict[str, Any]:
+        """Run one page action; returns the view after it (long work continues meanwhile)."""
+        if action == "scan":
+            try:
+                scan = await self.edge.scan(str(args.get("text", "")))
+            except EdgeError as exc:
+                target = self.flow if self.flow is not None else self
+                target.error = {**exc.as_dict(), **advice(exc)}
+                self.changed()
+                return self.view()
+            await self.on_scan(scan)
+        elif action in ("end", "lock", "home", "start", "login", "closing", "reprint_last",
+                        "dismiss"):
+            await getattr(self, f"_a_{action}")(**args)
+        elif action == "flow":
+            if self.flow is None or self._running():
+                return self.view()
+            self._spawn(self.flow.handle(str(args.get("do")), dict(args.get("args") or {})),
+                        main=True)
+        else:
+            return self.view()
+        if self._task is not None and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), wait_s)
+        return self.view()
+
+    async def _a_end(self) -> None:
+        if self.flow is not None and self.flow.busy:
+            return  # money or paper in motion: the session ends when it is settled
+        with contextlib.suppress(EdgeError):
+            await self.edge.end_session()
+        self._wipe(self._idle_screen())
+        self.changed()
+
+    async def _a_lock(self) -> None:
+        if self.flow is not None and self.flow.busy:
+            return
+        with contextlib.suppress(EdgeError):
+            await self.edge.staff_logout()
+        self.staff = None
+        self._wipe("locked")
+        self.changed()
+
+    async def _a_home(self) -> None:
+        if self.flow is not None and self.flow.busy:
+            return
+        self.flow = None
+        self.error = self.notice = None
+        self.screen = "menu" if self.patient else self._idle_screen()
+        self.changed()
+
+    async def _a_dismiss(self) -> None:
+        self.error = self.notice = None
+        if self.screen == "error":
+            self.screen = "menu" if self.patient else self._idle_screen()
+        self.changed()
+
+    async def _a_start(self, flow: str) -> None:
+        await self._start_flow(flow)
+
+    async def _start_flow(self, name: str, patientless: bool = False) -> None:
+        entry = FLOWS.get(name)
+        if entry is None or self.role not in entry[1] or not self._serving():
+            return
+        if self.patient is None and not (name == "reports"):
+            return
+        cls = entry[0]
+        ctx = Context(patient=self.patient if self.patient is not None else {},
+                      role=self.role, today=self.today(), staff=self.staff)
+        kw: dict[str, Any] = {}
+        if name in ("register", "cancel"):
+            kw["now_hhmm"] = lambda: self._now().strftime("%H:%M")
+        self.flow = cls(self.edge, ctx, on_change=self.changed, timing=self.timing, **kw)
+        self.screen = "flow"
+        self.error = None
+        self.changed()
+        if not patientless:
+            self._spawn(self.flow.start(), main=True)
+        else:
+            self.flow.to("scan")
+
+    async def _a_login(self, badge: str, pin: str) -> None:
+        if self.role != "cashier":
+            return
+        try:
+            self.staff = await self.edge.staff_login(badge.strip(), pin.strip())
+        except EdgeError as exc:
+            self.error = {**exc.as_dict(), **advice(exc)}
+            if exc.code == "invalid_request" or exc.status == 422:
+                self.error.update(todo="Check the badge and PIN and try again.",
+                                  todo_zh="请核对工号和密码后重试。")
+            self.changed()
+            return
+        self.error = None
+        self.screen = "menu" if self.patient else "attract"
+        self.changed()
+        with contextlib.suppress(Exception):
+            await self.sync()
+
+    async def _a_closing(self) -> None:
+        if self.staff is None:
+            return
+        try:
+            out = await self.edge.print_doc("closing_report", {})
+        except EdgeError as exc:
+            self.error = {**exc.as_dict(), **advice(exc)}
+        else:
+            self.notice = {"printed": out, "what": "closing_report"}
+        self.changed()
+
+    async def _a_reprint_last(self) -> None:
+        if self.staff is None:
+            return
+        try:
+            out = await self.edge.reprint()
+        except EdgeError as exc:
+            self.error = {**exc.as_dict(), **advice(exc)}
+        else:
+            self.notice = {"printed": out, "what": "reprint"}
+        self.changed()
