@@ -7,13 +7,30 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge.common.privacy import mask_id_number, mask_name
 
 __all__ = ["PanelServer", "create_panel", "start_panel"]
+
+
+class ScanIn(BaseModel):
+    """Text the simulated 2D scanner reads (payment code, specimen barcode, badge, QR)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1, max_length=512)
+
+
+class PaperIn(BaseModel):
+    """Printer paper switches: out of paper now, or the roll ends after N lines."""
+
+    model_config = ConfigDict(extra="forbid")
+    paper_out: bool = False
+    lines_left: int | None = Field(default=None, ge=0, le=10_000)
 
 
 def create_panel(site: Any) -> FastAPI:
@@ -39,6 +56,25 @@ def create_panel(site: Any) -> FastAPI:
     def remove(dev: str) -> dict[str, Any]:
         site.remove_card(term(dev).device_id)
         return {"removed": True}
+
+    @app.post("/api/{dev}/scan")
+    def scan(dev: str, req: ScanIn) -> dict[str, Any]:
+        # The simulated scanner hands the text to the daemon as a hardware scanner would;
+        # the reply shows only what the daemon shows (payment codes masked).
+        t = term(dev)
+        token_file = Path(site.workdir) / t.device_id / "secrets" / "edge-api.token"
+        r = httpx.post(f"http://127.0.0.1:{t.api_port}/v1/scan", json={"text": req.text},
+                       headers={"Authorization": f"Bearer {token_file.read_text().strip()}"},
+                       timeout=10)
+        if r.status_code >= 400:
+            raise HTTPException(r.status_code, "scan refused")
+        return dict(r.json())
+
+    @app.post("/api/{dev}/paper")
+    def paper_fault(dev: str, req: PaperIn) -> dict[str, Any]:
+        t = term(dev)
+        t.printer.set_fault(paper_out=req.paper_out, paper_lines_left=req.lines_left)
+        return {"paper_out": req.paper_out, "lines_left": req.lines_left}
 
     @app.get("/paper/{dev}/{name}")
     def paper(dev: str, name: str) -> FileResponse:
@@ -67,6 +103,10 @@ def create_panel(site: Any) -> FastAPI:
               <select id="c-{t.device_id}">{cards}</select>
               <button onclick="ins('{t.device_id}')">插卡 Insert card</button>
               <button onclick="rem('{t.device_id}')">拔卡 Remove card</button>
+              <br><input id="s-{t.device_id}" size="32" placeholder="扫码内容 text to scan">
+              <button onclick="scan('{t.device_id}')">扫码 Scan</button>
+              <button onclick="paper('{t.device_id}', true)">缺纸 Paper out</button>
+              <button onclick="paper('{t.device_id}', false)">装纸 Refill</button>
               <div class="paper">{imgs or '<i>尚未打印 nothing printed yet</i>'}</div></section>""")
         return f"""<!doctype html><html lang="zh-CN"><head><meta charset="utf-8">
 <title>模拟硬件 Simulated hardware</title><style>
@@ -80,6 +120,14 @@ async function ins(d){{
   const card=document.getElementById('c-'+d).value;
   await fetch(`/api/${{d}}/card/${{card}}`,{{method:'POST'}});
   setTimeout(()=>location.reload(),800)}}
+async function scan(d){{
+  const el=document.getElementById('s-'+d);
+  await fetch(`/api/${{d}}/scan`,{{method:'POST',headers:{{'Content-Type':'application/json'}},
+    body:JSON.stringify({{text:el.value}})}});
+  el.value=''}}
+async function paper(d,out){{
+  await fetch(`/api/${{d}}/paper`,{{method:'POST',headers:{{'Content-Type':'application/json'}},
+    body:JSON.stringify({{paper_out:out}})}})}}
 async function rem(d){{
   await fetch(`/api/${{d}}/card`,{{method:'DELETE'}});
   setTimeout(()=>location.reload(),500)}}

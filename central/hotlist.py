@@ -107,7 +107,7 @@ class HotlistSync:
             raise ValueError("interval_s must be > 0")
         self.adapter = adapter
         self._publish: Callable[[str, bytes], Awaitable[None]] = (
-            publish.publish if hasattr(publish, "publish") else publish  # type: ignore[assignment]
+            publish.publish if hasattr(publish, "publish") else publish
         )
         self.store = store
         self.interval_s = interval_s

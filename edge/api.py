@@ -125,7 +125,9 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     @app.exception_handler(UplinkError)
     async def _uplink_error(_: Request, exc: UplinkError) -> JSONResponse:
         if isinstance(exc, Rejected):
-            return _error(422, exc.code, exc.message, exc.message_zh, reason=exc.reason)
+            # As on the wire: code "rejected", the platform's reason code apart (what the
+            # kiosk decides on), and a message fit for a screen.
+            return _error(422, "rejected", exc.reason, exc.message_zh, reason=exc.code)
         if isinstance(exc, OutcomeUnknown):
             return _error(504, "outcome_unknown", exc.message, exc.message_zh,
                           request_id=exc.request_id)
@@ -169,8 +171,8 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     async def identify_qr() -> dict[str, Any]:
         return {"session": await runtime.identify_by_qr()}
 
-    @r.post("/scan")
-    async def scan(req: ScanIn) -> dict[str, Any]:
+    @r.post("/scan", response_model=None)
+    async def scan(req: ScanIn) -> dict[str, Any] | JSONResponse:
         from edge.devices.scanner.errors import InvalidScanText
 
         try:
@@ -211,8 +213,8 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
         outcome = await runtime.print_document(req.kind, req.data, copy=req.copy_)
         return _outcome(outcome)
 
-    @r.post("/reprint")
-    async def reprint(req: ReprintIn) -> dict[str, Any]:
+    @r.post("/reprint", response_model=None)
+    async def reprint(req: ReprintIn) -> dict[str, Any] | JSONResponse:
         from edge.devices.printer.errors import PrinterError
 
         try:

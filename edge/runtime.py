@@ -150,7 +150,7 @@ class Ledger:
             " kind TEXT NOT NULL, method TEXT NOT NULL, amount_fen INTEGER NOT NULL,"
             " payment_id TEXT NOT NULL, operator TEXT NOT NULL DEFAULT '')")
 
-    def record(self, entry_id: str, ts: datetime, kind: str, method: str, amount_fen: int,
+    def record(self, entry_id: str, ts: datetime, *, kind: str, method: str, amount_fen: int,
                payment_id: str, operator: str = "") -> bool:
         """Add one movement (kind payment|topup|refund); False when it was already there."""
         cur = self._db.execute(
@@ -236,7 +236,10 @@ class EdgeRuntime:
         self.platform_ok: bool | None = None  # last request's verdict on the platform link
         self._purposes: dict[str, str] = {}  # payment id or request id -> purpose (ledger kind)
         self._ehc_pending: str | None = None
-        self.last_job: str | None = None  # the last document printed (cashier "reprint last")
+        self.last_job: str | None = None
+        # The last document printed, for the desk's "reprint last (copy)"; it holds personal
+        # data, so it lives in memory only and goes at sign-out (kiosks: at session end).
+        self._last_doc: tuple[str, Any, str] | None = None
 
     # -- card events ---------------------------------------------------------------------
 
@@ -291,6 +294,8 @@ class EdgeRuntime:
                 known_names.discard(self.session.patient.get("name", ""))
         self.session = None
         self.codes.clear()  # a scanned payment code never outlives the patient's session
+        if self.role != "cashier":
+            self._last_doc = None
 
     # -- actions -------------------------------------------------------------------------
 
@@ -469,9 +474,10 @@ class EdgeRuntime:
             purpose = self._purposes.get(result["payment_id"], "bills")
         self._purposes[result["payment_id"]] = purpose
         kind = "topup" if purpose == "topup" else "payment"
-        self.ledger.record(f"pay-{result['payment_id']}", self.clock.now(), kind,
-                           result["method"], int(result["amount_fen"]), result["payment_id"],
-                           (self.staff or {}).get("staff_id", ""))
+        self.ledger.record(f"pay-{result['payment_id']}", self.clock.now(), kind=kind,
+                           method=result["method"], amount_fen=int(result["amount_fen"]),
+                           payment_id=result["payment_id"],
+                           operator=(self.staff or {}).get("staff_id", ""))
 
     async def refund(self, payment_id: str, amount_fen: int, reason: str) -> dict[str, Any]:
         """Cashier refund to the original method; returns the refund plus that method."""
@@ -480,9 +486,9 @@ class EdgeRuntime:
         original = await self._call("pay.status", {"payment_id": payment_id})
         result = await self._call("pay.refund", {"payment_id": payment_id,
                                                  "amount_fen": amount_fen, "reason": reason}, 30)
-        self.ledger.record(f"refund-{result['refund_id']}", self.clock.now(), "refund",
-                           original["method"], int(result["amount_fen"]), payment_id,
-                           staff.get("staff_id", ""))
+        self.ledger.record(f"refund-{result['refund_id']}", self.clock.now(), kind="refund",
+                           method=original["method"], amount_fen=int(result["amount_fen"]),
+                           payment_id=payment_id, operator=staff.get("staff_id", ""))
         return {**result, "method": original["method"]}
 
     # -- staff -----------------------------------------------------------------------------
@@ -502,6 +508,7 @@ class EdgeRuntime:
     def staff_logout(self) -> None:
         """Lock the desk: the staff session ends (and so does any patient session)."""
         self.staff = None
+        self._last_doc = None
         self.end_session()
         self.bus.publish("staff.logout", {})
 
@@ -530,7 +537,7 @@ class EdgeRuntime:
             job_id += f"-copy-{secrets.token_hex(3)}"
         outcome = await self.printer.print(doc, job_id=job_id, copy=copy)
         self.last_job = job_id
-        self._last_doc = (kind, data)
+        self._last_doc = (kind, doc, job_id)
         await self._report_print(outcome, kind, copy)
         if kind == "lab_report" and outcome.state == "printed" and not copy:
             with contextlib.suppress(Exception):
@@ -545,11 +552,18 @@ class EdgeRuntime:
 
     async def reprint_last(self) -> Any:
         """Cashier: print the last document again, marked as a copy."""
-        last = getattr(self, "_last_doc", None)
-        if last is None:
+        import dataclasses
+
+        self._require_staff()
+        if self._last_doc is None:
             raise SessionError("nothing_printed", "Nothing has been printed yet.",
                                "尚无可补打的凭条。")
-        return await self.print_document(last[0], last[1], copy=True)
+        kind, doc, job_id = self._last_doc
+        job_id = f"{job_id.split('-copy-')[0]}-copy-{secrets.token_hex(3)}"
+        outcome = await self.printer.print(dataclasses.replace(doc, copy=True), job_id=job_id,
+                                           copy=True)
+        await self._report_print(outcome, kind, True)
+        return outcome
 
     async def _report_print(self, outcome: Any, kind: str, copy: bool) -> None:
         ev = "print.done" if outcome.state == "printed" else "print.failed"

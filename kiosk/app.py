@@ -117,7 +117,7 @@ def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = No
 
     @api.get("/departments")
     async def departments() -> dict[str, Any]:
-        return await edge.request("reg.departments", {})
+        return dict(await edge.request("reg.departments", {}))
 
     @api.get("/slots")
     async def slots(dept: str = Query(min_length=1, max_length=16),

@@ -69,13 +69,22 @@ class EdgeClient:
                                 f"终端错误（HTTP {resp.status_code}）。") from None
         return resp.json()
 
+    async def _field(self, key: str, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        data = await self._call(method, path, **kw)
+        out: dict[str, Any] = data[key]
+        return out
+
+    async def _obj(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        data: dict[str, Any] = await self._call(method, path, **kw)
+        return data
+
     async def health(self) -> dict[str, Any]:
         """Daemon health, including the masked session."""
-        return await self._call("GET", "/v1/health")
+        return await self._obj("GET", "/v1/health")
 
     async def session(self) -> dict[str, Any] | None:
         """The current card session (masked) or None."""
-        return (await self._call("GET", "/v1/session"))["session"]
+        return await self._field("session", "GET", "/v1/session")
 
     async def end_session(self) -> None:
         """Wipe the session on the daemon."""
@@ -83,11 +92,11 @@ class EdgeClient:
 
     async def identify(self) -> dict[str, Any]:
         """Identify the patient of the inserted card at the platform."""
-        return (await self._call("POST", "/v1/patient/identify"))["session"]
+        return await self._field("session", "POST", "/v1/patient/identify")
 
     async def identify_qr(self) -> dict[str, Any]:
         """Open a session for the e-health QR the daemon holds from the last scan."""
-        return (await self._call("POST", "/v1/patient/identify-qr"))["session"]
+        return await self._field("session", "POST", "/v1/patient/identify-qr")
 
     async def request(
         self, type_: str, body: dict[str, Any], timeout_s: float | None = None,
@@ -99,16 +108,16 @@ class EdgeClient:
             payload["timeout_s"] = timeout_s
         if request_id is not None:
             payload["id"] = request_id
-        return (await self._call("POST", "/v1/request", json=payload))["result"]
+        return await self._field("result", "POST", "/v1/request", json=payload)
 
     async def request_result(self, request_id: str, wait_s: float = 0.0) -> Any:
         """The outcome of a request that ended in outcome_unknown (never re-sent)."""
-        return (await self._call("GET", f"/v1/request/{request_id}",
-                                 params={"wait_s": wait_s}))["result"]
+        return await self._field("result", "GET", f"/v1/request/{request_id}",
+                                 params={"wait_s": wait_s})
 
     async def scan(self, text: str) -> dict[str, Any]:
         """Hand scanned/typed text to the daemon; a payment code comes back as a handle."""
-        return (await self._call("POST", "/v1/scan", json={"text": text}))["scan"]
+        return await self._field("scan", "POST", "/v1/scan", json={"text": text})
 
     async def pay(self, *, request_id: str, purpose: str, refs: list[str], amount_fen: int,
                   method: str, scan_id: str | None = None,
@@ -120,25 +129,25 @@ class EdgeClient:
             body["scan_id"] = scan_id
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
-        return (await self._call("POST", "/v1/pay", json=body))["result"]
+        return await self._field("result", "POST", "/v1/pay", json=body)
 
     async def pay_status(self, payment_id: str) -> dict[str, Any]:
         """``pay.status``."""
-        return (await self._call("GET", f"/v1/pay/{payment_id}"))["result"]
+        return await self._field("result", "GET", f"/v1/pay/{payment_id}")
 
     async def pay_reverse(self, payment_id: str) -> dict[str, Any]:
         """``pay.reverse`` of an unresolved payment."""
-        return (await self._call("POST", f"/v1/pay/{payment_id}/reverse"))["result"]
+        return await self._field("result", "POST", f"/v1/pay/{payment_id}/reverse")
 
     async def refund(self, payment_id: str, amount_fen: int, reason: str) -> dict[str, Any]:
         """Desk refund to the original method (staff only)."""
-        return (await self._call("POST", "/v1/refund", json={
-            "payment_id": payment_id, "amount_fen": amount_fen, "reason": reason}))["result"]
+        return await self._field("result", "POST", "/v1/refund", json={
+            "payment_id": payment_id, "amount_fen": amount_fen, "reason": reason})
 
     async def staff_login(self, badge: str, pin: str) -> dict[str, Any]:
         """Sign a cashier in (the PIN goes straight through to central)."""
-        return (await self._call("POST", "/v1/staff/login",
-                                 json={"badge": badge, "pin": pin}))["staff"]
+        return await self._field("staff", "POST", "/v1/staff/login",
+                                 json={"badge": badge, "pin": pin})
 
     async def staff_logout(self) -> None:
         """Lock the desk."""
@@ -147,8 +156,8 @@ class EdgeClient:
     async def print_doc(self, kind: str, data: dict[str, Any], *,
                         copy: bool = False) -> dict[str, Any]:
         """Print a document for the current session; the daemon adds the personal fields."""
-        return await self._call("POST", "/v1/print",
-                                json={"kind": kind, "data": data, "copy": copy})
+        return await self._obj("POST", "/v1/print",
+                               json={"kind": kind, "data": data, "copy": copy})
 
     async def print_slip(self, booking: dict[str, Any], *, copy: bool = False) -> dict[str, Any]:
         """Print a registration slip for the current session."""
@@ -156,11 +165,11 @@ class EdgeClient:
 
     async def reprint(self, job_id: str | None = None) -> dict[str, Any]:
         """Reprint a failed job, or (no id) the last document, marked as a copy."""
-        return await self._call("POST", "/v1/reprint", json={"job_id": job_id})
+        return await self._obj("POST", "/v1/reprint", json={"job_id": job_id})
 
     async def printer_status(self) -> dict[str, Any]:
         """Can the printer print now? ``{ready, problem, message, message_zh, paper}``."""
-        return (await self._call("GET", "/v1/printer/status"))["status"]
+        return await self._field("status", "GET", "/v1/printer/status")
 
     async def events(self) -> AsyncIterator[bytes]:
         """Raw SSE stream from the daemon (relayed to the browser)."""

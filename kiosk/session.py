@@ -72,6 +72,7 @@ class Screen:
         self._background: set[asyncio.Task[Any]] = set()
         self._seen_scans: list[str] = []
         self.stamps: dict[str, float] = {}  # event → loop time (for the benchmark's trace)
+        self._last_action = 0.0  # loop time of the last page action or card event
 
     # -- view ------------------------------------------------------------------------------
 
@@ -128,7 +129,7 @@ class Screen:
                         events, buffer = parse_sse(buffer)
                         for _kind, ev in events:
                             await self.on_edge_event(ev.get("kind", _kind), ev.get("data", {}))
-                except (EdgeError, OSError, Exception) as exc:  # noqa: BLE001 - keep following
+                except (EdgeError, OSError, Exception) as exc:
                     log.warning("edge event stream lost: %s", type(exc).__name__)
                 if self.edge_ok:
                     self.edge_ok = False
@@ -142,6 +143,27 @@ class Screen:
             await asyncio.sleep(5.0)
             with contextlib.suppress(Exception):
                 await self.sync()
+            with contextlib.suppress(Exception):
+                await self.idle_check()
+
+    async def idle_check(self) -> None:
+        """Backstop for the page's countdown (a closed or crashed page cannot end a session).
+
+        After the idle timeout plus a grace period with no action and no card event, a patient
+        session ends (kiosk) or the desk locks (cashier) — never while money or paper moves.
+        """
+        now = asyncio.get_running_loop().time()
+        limit = self.cfg.ui.staff_lock_s if self.role == "cashier" else self.cfg.ui.idle_timeout_s
+        if now - self._last_action < limit + 10:
+            return
+        if self.flow is not None and self.flow.busy:
+            return
+        if self.role == "cashier" and self.staff is not None:
+            log.info("desk locked after inactivity")
+            await self._a_lock()
+        elif self.role != "cashier" and self.screen not in ("attract", "locked"):
+            log.info("session ended after inactivity")
+            await self._a_end()
 
     async def sync(self) -> None:
         """Align with the daemon's health (uplink, platform, session) — after a reconnect too."""
@@ -171,7 +193,7 @@ class Screen:
     async def on_edge_event(self, kind: str, data: dict[str, Any]) -> None:
         """React to one daemon event."""
         loop = asyncio.get_running_loop()
-        self.stamps[kind] = loop.time()
+        self.stamps[kind] = self._last_action = loop.time()
         if kind == "card.inserted":
             self._wipe("reading" if self._serving() else self.screen)
             self.changed()
@@ -322,6 +344,7 @@ class Screen:
     async def dispatch(self, action: str, args: dict[str, Any], wait_s: float = 0.5
                        ) -> dict[str, Any]:
         """Run one page action; returns the view after it (long work continues meanwhile)."""
+        self._last_action = asyncio.get_running_loop().time()
         if action == "scan":
             try:
                 scan = await self.edge.scan(str(args.get("text", "")))
@@ -384,7 +407,7 @@ class Screen:
         entry = FLOWS.get(name)
         if entry is None or self.role not in entry[1] or not self._serving():
             return
-        if self.patient is None and not (name == "reports"):
+        if self.patient is None and name != "reports":
             return
         cls = entry[0]
         ctx = Context(patient=self.patient if self.patient is not None else {},

@@ -14,6 +14,7 @@ DEB_PACKAGES=(
   mosquitto mosquitto-clients                      # the real MQTT broker central supervises
   socat                                            # pseudo-terminals for serial scanner tests
   chromium fonts-noto-cjk                          # kiosk browser, Chinese glyphs for UI and receipts
+  espeak-ng                                        # optional spoken prompts at the kiosk
   python3 python3-venv python3-dev gcc make pkg-config util-linux
 )
 

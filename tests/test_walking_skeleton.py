@@ -69,9 +69,37 @@ def test_card_to_printed_slip(site: Site):
     slot, dept = find_open_slot(ui, depts)
 
     before = len(kiosk.printer.jobs)  # other tests share the site and its printer
-    result = ui.post("/api/register", json={"slot_id": slot["slot_id"]}).json()
-    booking = result["booking"]
-    assert result["print"]["state"] == "printed", result
+    # Drive the registration flow the way the page does: actions in, views out.
+    def act(action, **args):
+        return ui.post("/api/action", json={"action": action, "args": args}).json()["view"]
+
+    def view_where(pred):
+        def check():
+            v = ui.get("/api/state").json()["view"]
+            return v if pred(v) else None
+        return wait_for(check)
+
+    def flow_in(*states):
+        return view_where(lambda v: v["flow"] is not None and v["flow"]["state"] in states)
+
+    view_where(lambda v: v["screen"] == "menu")
+    act("start", flow="register")
+    flow_in("depts")
+    act("flow", do="dept", args={"code": dept["code"]})
+    v = flow_in("slots")
+    if v["flow"]["data"]["day"] != slot["date"]:
+        act("flow", do="day", args={"day": slot["date"]})
+        view_where(lambda v: v["flow"]["state"] == "slots"
+                   and v["flow"]["data"]["day"] == slot["date"])
+    act("flow", do="slot", args={"slot_id": slot["slot_id"]})
+    flow_in("confirm")
+    act("flow", do="confirm")
+    flow_in("pay_method")
+    act("flow", do="method", args={"method": "prepaid"})
+    done = flow_in("done", "print_failed", "declined", "error")["flow"]
+    assert done["state"] == "done", done
+    booking = done["data"]["booking"]
+    assert done["data"]["print"]["state"] == "printed", done
     assert booking["dept_name"] == dept["name"]
 
     job = kiosk.printer.wait_for_jobs(before + 1, timeout=10)[-1]

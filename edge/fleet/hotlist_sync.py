@@ -73,7 +73,7 @@ class RequestLink(Protocol):
     async def wait_connected(self, timeout_s: float | None = None) -> bool:
         """Wait for the connection; False on timeout."""
 
-    async def request(self, type: str, body: dict[str, Any], *,  # noqa: A002
+    async def request(self, type: str, body: dict[str, Any], *,
                       timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         """Send a request and return its result."""
 
@@ -128,8 +128,7 @@ class HotlistSync:
             log.warning("hot list notice ignored: %s", getattr(exc, "code", type(exc).__name__))
             return
         self.stats["notices"] += 1
-        if notice.version > self.announced:
-            self.announced = notice.version
+        self.announced = max(self.announced, notice.version)
         if self.announced > self.hotlist.version:
             self._wake.set()
 

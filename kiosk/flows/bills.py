@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.edge_client import EdgeError
 from kiosk.flows.base import text
-from kiosk.flows.payment import pay_states
 from kiosk.flows.paying import PayingFlow, print_states
+from kiosk.flows.payment import pay_states
 
 __all__ = ["BillsFlow", "default_selection", "selection_total"]
 
@@ -41,7 +41,7 @@ class BillsFlow(PayingFlow):
     name = "bills"
     START = "loading"
     PURPOSE = "bills"
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "loading": frozenset({"list", "none", "error"}),
         "list": frozenset({"list", "confirm"}),
         "confirm": frozenset({"list", "pay_method"}),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.edge_client import EdgeError
 from kiosk.flows.base import Flow, text
@@ -29,7 +29,7 @@ class CancelFlow(Flow):
     name = "cancel"
     START = "loading"
     BUSY = frozenset({"cancelling"})
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "loading": frozenset({"list", "none", "error"}),
         "list": frozenset({"confirm"}),
         "confirm": frozenset({"list", "cancelling"}),

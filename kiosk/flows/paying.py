@@ -113,7 +113,8 @@ class PayingFlow(Flow):
             self.to("done", print=out)
         else:
             self.to("print_failed", print=out, error=text(
-                "print_failed", f"Done, but the paper did not print ({out.get('message') or out.get('reason')}).",
+                "print_failed",
+                f"Done, but the paper did not print ({out.get('message') or out.get('reason')}).",
                 f"已办理成功，但凭条打印失败（{out.get('message_zh') or out.get('reason')}）。",
                 todo="Tap 'Reprint' for a copy — you will not be charged again — or ask at a "
                      "staffed counter.",

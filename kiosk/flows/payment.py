@@ -75,6 +75,10 @@ def decline_text(result: dict[str, Any]) -> dict[str, Any]:
         "wallet_insufficient_funds": ("Your wallet has insufficient funds.", "钱包余额不足。"),
         "auth_code_expired": ("The payment code expired.", "付款码已过期。"),
         "insufficient_balance": ("Your card balance is too low.", "就诊卡余额不足。"),
+        "payment_in_progress": ("An earlier payment for this is still being confirmed; do "
+                                "not pay again.", "该单据有正在确认中的支付，请勿重复支付。"),
+        "already_paid": ("This is already paid.", "该单据已支付。"),
+        "invalid_auth_code": ("That is not a valid payment code.", "付款码无效。"),
     }
     en, zh = table.get(reason, ("The payment was declined.", "支付未成功。"))
     return text("declined", f"{en} You were not charged.", f"{zh}未扣款。", reason=reason,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.edge_client import EdgeError
-from kiosk.flows.payment import pay_states
 from kiosk.flows.paying import PayingFlow, print_states
+from kiosk.flows.payment import pay_states
 
 __all__ = ["PickupFlow", "pickable"]
 
@@ -22,7 +22,7 @@ class PickupFlow(PayingFlow):
     name = "pickup"
     START = "loading"
     PURPOSE = "registration"
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "loading": frozenset({"list", "none", "error"}),
         "list": frozenset({"printing", "pay_method"}),
         "none": frozenset(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.edge_client import EdgeError
 from kiosk.flows.base import text
@@ -32,7 +32,7 @@ class RefundFlow(PayingFlow):
     name = "refund"
     START = "form"
     BUSY = frozenset({"refunding", "printing"})
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "form": frozenset({"form", "id_check"}),
         "id_check": frozenset({"form", "refunding"}),
         "refunding": frozenset({"printing", "error"}),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.edge_client import EdgeError
 from kiosk.flows.base import text
-from kiosk.flows.payment import new_request_id, pay_states
 from kiosk.flows.paying import PayingFlow, print_states
+from kiosk.flows.payment import new_request_id, pay_states
 
 __all__ = ["RegisterFlow", "booking_days", "slot_view"]
 
@@ -41,7 +42,7 @@ class RegisterFlow(PayingFlow):
     name = "register"
     START = "loading_depts"
     PURPOSE = "registration"
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "loading_depts": frozenset({"depts", "error"}),
         "depts": frozenset({"loading_slots"}),
         "loading_slots": frozenset({"slots", "error"}),
@@ -188,10 +189,9 @@ class RegisterFlow(PayingFlow):
         self.expect("pay_method", "declined")
         booking = self.data.get("booking")
         if booking:
-            try:
+            # An unpaid booking that cannot be cancelled now lapses; nothing was charged.
+            with contextlib.suppress(EdgeError):
                 await self.edge.request("reg.cancel", {"booking_id": booking["booking_id"]}, 30)
-            except EdgeError:
-                pass  # an unpaid booking lapses at the clinic; nothing was charged
         self.to("cancelled")
 
     async def paid(self, result: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ A report already printed is marked and not printed again at a kiosk: a reprint n
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.edge_client import EdgeError
 from kiosk.flows.base import Flow, text
@@ -26,7 +26,7 @@ class ReportsFlow(Flow):
     name = "reports"
     START = "start"
     BUSY = frozenset({"printing"})
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "start": frozenset({"loading", "scan"}),
         "scan": frozenset({"loading", "scan"}),
         "loading": frozenset({"list", "none", "error", "scan"}),
@@ -66,7 +66,8 @@ class ReportsFlow(Flow):
     async def _load(self, body: dict[str, Any], barcode: str | None) -> None:
         self.to("loading", barcode=barcode)
         try:
-            reports = [dict(r) for r in (await self.edge.request("report.list", body))["reports"]]
+            found = await self.edge.request("report.list", body)
+            reports = [dict(r) for r in found["reports"]]
         except EdgeError as exc:
             if exc.reason == "not_found" or "not_found" in exc.message:
                 self.to("scan", error=text(
@@ -102,7 +103,8 @@ class ReportsFlow(Flow):
             self.to("list", error=text(
                 "reprint_needs_staff", "This report was printed already. A reprint needs "
                 "staff.", "该报告已打印过，补打需要工作人员办理。",
-                todo="Please ask at the lab or a staffed counter.", todo_zh="请到检验科或人工窗口补打。"))
+                todo="Please ask at the lab or a staffed counter.",
+                todo_zh="请到检验科或人工窗口补打。"))
             return
         sel = list(self.data["selected"])
         sel.remove(report_no) if report_no in sel else sel.append(report_no)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from kiosk.flows.base import text
-from kiosk.flows.payment import pay_states
 from kiosk.flows.paying import PayingFlow, print_states
+from kiosk.flows.payment import pay_states
 
 __all__ = ["AMOUNTS_FEN", "TopupFlow", "check_amount"]
 
@@ -30,7 +30,7 @@ class TopupFlow(PayingFlow):
     name = "topup"
     START = "amount"
     PURPOSE = "topup"
-    TRANSITIONS = {
+    TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "amount": frozenset({"amount", "pay_method"}),
         **pay_states(after_paid=("printing",), back=("amount",)),
         "error": frozenset({"amount"}),

@@ -1,202 +1,424 @@
-// Kiosk screens. Plain JS, no build step: the device serves these files as they are.
-// The page holds only masked personal data, and forgets it when the session ends.
+// Kiosk and cashier screens. Plain JS, no build step: the device serves these files as they are.
+// The server runs the flows and pushes the whole view model over /api/events; this page renders
+// it and posts what the person did to /api/action. It holds only masked personal data.
 (() => {
   "use strict";
   const $ = (sel) => document.querySelector(sel);
-  const screen = $("#screen");
-  let lang = "zh";
-  let ui = { idle_timeout_s: 60, countdown_s: 10, hospital_name: "" };
-  let view = "attract";
-  let ctx = {};           // per-session state: masked patient, chosen dept/slot, booking
-  let lastActivity = Date.now();
+  const main = $("#screen");
+  let lang = "zh", elder = false, page = 0, pageKey = "";
+  let ui = { idle_timeout_s: 60, countdown_s: 10, hospital_name: "", staff_lock_s: 300 };
+  let V = null;                    // the last view from the server
+  let lastActivity = Date.now(), stateSince = Date.now(), stateKey = "";
 
-  const t = (k) => (I18N[lang][k] || k);
-  const other = () => (lang === "zh" ? "en" : "zh");
-  const yuan = (fen) => "¥" + (fen / 100).toFixed(2);
+  const t = (k) => (I18N[lang][k] ?? k);
+  const both = (k) => ({ main: I18N[lang][k], sub: I18N[lang === "zh" ? "en" : "zh"][k] });
+  const yuan = (fen) => "¥" + (Number(fen || 0) / 100).toFixed(2);
   const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+  const row = (k, v, tid) => `<div class="row"><span class="k">${esc(k)}</span><span class="v"${tid ? ` data-testid="${tid}"` : ""}>${esc(v)}</span></div>`;
+  const btn = (label, attrs, cls = "secondary") => `<button class="${cls}" ${attrs}>${esc(label)}</button>`;
+  const perPage = () => (elder ? 4 : 8);
+  // Pictures as inline SVG: kiosks rarely have an emoji font.
+  const ICON = {
+    card: `<svg viewBox="0 0 160 110" width="200" height="140" aria-hidden="true"><rect x="20" y="8" width="120" height="78" rx="10" fill="#e8f5ef" stroke="currentColor" stroke-width="5"/>
+      <rect x="36" y="26" width="26" height="20" rx="3" fill="#d4a72c"/><line x1="36" y1="64" x2="120" y2="64" stroke="currentColor" stroke-width="5"/>
+      <path d="M80 92 v14 M68 96 l12 12 l12 -12" stroke="currentColor" stroke-width="5" fill="none"/></svg>`,
+    qr: `<svg viewBox="0 0 70 70" width="120" height="120" aria-hidden="true" fill="currentColor"><rect x="4" y="4" width="22" height="22"/><rect x="44" y="4" width="22" height="22"/><rect x="4" y="44" width="22" height="22"/>
+      <rect x="10" y="10" width="10" height="10" fill="#fff"/><rect x="50" y="10" width="10" height="10" fill="#fff"/><rect x="10" y="50" width="10" height="10" fill="#fff"/>
+      <rect x="32" y="6" width="6" height="6"/><rect x="32" y="20" width="6" height="10"/><rect x="44" y="34" width="8" height="6"/><rect x="32" y="36" width="6" height="6"/>
+      <rect x="56" y="44" width="8" height="8"/><rect x="44" y="56" width="8" height="8"/><rect x="36" y="50" width="6" height="14"/><rect x="58" y="58" width="6" height="8"/></svg>`,
+    barcode: `<svg viewBox="0 0 120 60" width="200" height="100" aria-hidden="true" fill="currentColor">${[4, 10, 14, 22, 26, 34, 38, 42, 50, 56, 60, 68, 74, 78, 86, 90, 98, 104, 110].map((x, i) => `<rect x="${x}" y="4" width="${i % 3 ? 2 : 4}" height="52"/>`).join("")}</svg>`,
+  };
 
-  async function api(method, path, body) {
-    const r = await fetch("/api" + path, {
-      method, headers: body ? { "Content-Type": "application/json" } : {},
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const data = await r.json().catch(() => ({}));
-    if (!r.ok) { const e = new Error((data.error && data.error.code) || ("http_" + r.status)); e.detail = data.error || {}; e.status = r.status; throw e; }
-    return data;
+  // ---- talking to the server ----------------------------------------------------------
+  async function act(action, args = {}) {
+    lastActivity = Date.now();
+    try {
+      const r = await fetch("/api/action", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ action, args }) });
+      const d = await r.json();
+      if (d.view) show(d.view);
+    } catch (_) { /* the event stream reports the terminal being down */ }
+  }
+  const flow = (doIt, args = {}) => act("flow", { do: doIt, args });
+
+  function show(v) {
+    if (V && v.v < V.v) return;    // an older view than the one on screen
+    V = v; render();
   }
 
-  function message(kind, zh, en, extra = "") {
-    // Errors are always shown in both languages: the main one large, the other below.
-    const main = lang === "zh" ? zh : en, sub = lang === "zh" ? en : zh;
-    return `<div class="card msg ${kind}" data-testid="message"><h2>${esc(main)}</h2><div class="en">${esc(sub)}</div>${extra}</div>`;
+  // ---- messages: both languages, what happened and what to do ----------------------------
+  function message(kind, err, extra = "") {
+    if (!err) return "";
+    const zh = err.message_zh || "", en = err.message || "";
+    const todoZh = err.todo_zh || "", todoEn = err.todo || "";
+    const [m, s, tm, ts] = lang === "zh" ? [zh, en, todoZh, todoEn] : [en, zh, todoEn, todoZh];
+    return `<div class="card msg ${kind}" data-testid="message" role="alert"><h2>${esc(m)}</h2>
+      ${tm ? `<div class="todo">${esc(tm)}</div>` : ""}<div class="en">${esc(s)}${ts ? " · " + esc(ts) : ""}</div>${extra}</div>`;
+  }
+  const fixed = (kind, k, todoK, extra = "") => {
+    const a = both(k), b = todoK ? both(todoK) : { main: "", sub: "" };
+    return message(kind, lang === "zh" ? { message_zh: a.main, message: a.sub, todo_zh: b.main, todo: b.sub }
+      : { message: a.main, message_zh: a.sub, todo: b.main, todo_zh: b.sub }, extra);
+  };
+  const waiting = (k) => `<div class="attract"><div class="big">${esc(t(k))}</div><div class="spinner"></div>
+    <div class="slow" data-testid="slow" ${Date.now() - stateSince > 2500 ? "" : "hidden"}>${esc(t("slow"))}</div></div>`;
+  const scanBox = (tid = "scan-input") => `<form class="scanbox" data-scan><input data-testid="${tid}" name="code" autocomplete="off" inputmode="text" placeholder="${esc(t("scan_here"))}">
+    <button class="primary small" type="submit">${esc(t("scan_ok"))}</button></form>`;
+
+  // ---- page-through lists (elder mode shows fewer per screen) ----------------------------
+  function paged(key, items) {
+    if (key !== pageKey) { pageKey = key; page = 0; }
+    const n = perPage(), pages = Math.max(1, Math.ceil(items.length / n));
+    page = Math.min(page, pages - 1);
+    const nav = pages > 1 ? `<div class="pager">${btn(t("prev_page"), `data-page="-1" ${page ? "" : "disabled"}`)}
+      <span>${page + 1} / ${pages}</span>${btn(t("next_page"), `data-page="1" ${page < pages - 1 ? "" : "disabled"}`)}</div>` : "";
+    return { items: items.slice(page * n, page * n + n), nav };
+  }
+
+  // ---- screens ----------------------------------------------------------------------
+  const patientCard = () => {
+    const p = V.patient || {}, i = V.identity || {};
+    return `<div class="card patient" data-testid="patient"><div><h2>${esc(t("hello"))}，<span data-testid="patient-name">${esc(p.name || i.name)}</span></h2>
+      <div class="muted">${esc(t("id_no"))} ${esc(p.id_number || i.id_number || "")}</div></div>
+      ${p.balance_fen != null ? `<div class="bal"><div class="muted">${esc(t("balance"))}</div><div class="money" data-testid="balance">${yuan(p.balance_fen)}</div></div>` : ""}</div>`;
+  };
+  const tile = (k, attrs, extra = "") => `<button class="tile" ${attrs}><div class="t">${esc(t("menu_" + k))}</div><div class="s">${esc(t("menu_" + k + "_s"))}</div>${extra}</button>`;
+
+  const screens = {
+    locked: () => `<div class="card login"><h1>${esc(t("login_title"))}</h1>
+      ${message("err", V.error)}
+      <form data-login><label>${esc(t("badge"))}<input name="badge" data-testid="badge" autocomplete="off" value="${esc((V.notice && V.notice.badge) || "")}"></label>
+      <label>${esc(t("pin"))}<input name="pin" data-testid="pin" type="password" inputmode="numeric" autocomplete="off"></label>
+      <button class="primary" type="submit" data-testid="login">${esc(t("login"))}</button></form>
+      <div class="muted">${esc(t("locked_sub"))}</div></div>`,
+    attract: () => V.role === "cashier" ? `<div class="attract"><div class="big" data-testid="prompt">${esc(t("wait_card"))}</div>
+        <div class="sub">${esc(V.staff ? V.staff.name : "")}</div><div class="slotpic">${ICON.card}</div></div>${staffTools()}` :
+      `<div class="attract"><div class="big" data-testid="prompt">${esc(t("insert"))}</div>
+      <div class="sub">${esc(t("insert_sub"))}</div><div class="slotpic">${ICON.card}</div></div>
+      ${V.online.platform ? "" : fixed("warn", "oos_sub", "oos_works")}
+      <div class="actions">${btn(t("reports_nocard"), 'data-start="reports" data-testid="reports-nocard"', "secondary wide")}</div>`,
+    reading: () => waiting("reading"),
+    identifying: () => `<div class="attract"><div class="big">${esc(t("hello"))}，<span data-testid="identity-name">${esc((V.identity || {}).name || "")}</span></div>
+      <div class="sub">${esc(t("identifying"))}</div><div class="spinner"></div></div>`,
+    menu: () => {
+      const tiles = [tile("register", 'data-start="register" data-testid="menu-register"'), tile("pickup", 'data-start="pickup" data-testid="menu-pickup"'),
+        tile("bills", 'data-start="bills" data-testid="menu-bills"'), tile("topup", 'data-start="topup" data-testid="menu-topup"'),
+        tile("reports", 'data-start="reports" data-testid="menu-reports"'), tile("cancel", 'data-start="cancel" data-testid="menu-cancel"')];
+      if (V.role === "cashier") tiles.push(tile("refund", 'data-start="refund" data-testid="menu-refund"'));
+      const pg = paged("menu", tiles);
+      return `${patientCard()}${notice()}<div class="grid menu">${pg.items.join("")}</div>${pg.nav}
+        <div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"')}</div>${V.role === "cashier" ? staffTools() : ""}`;
+    },
+    out_of_service: () => `${V.identity ? patientCard() : ""}${fixed("err", "oos_title", "oos_sub")}${fixed("", "oos_works")}
+      <div class="actions">${btn(t("finish"), 'data-top="end"')}</div>`,
+    error: () => `${message("err", V.error || { message: "Something went wrong", message_zh: "出错了" }, `<div class="actions">${btn(t("ok"), 'data-top="dismiss" data-testid="ok"')}</div>`)}`,
+    flow: () => (V.patient && V.patient.name ? `<div class="pstrip" data-testid="patient-strip"><span>${esc(t("patient"))}${esc(t("colon"))}<b>${esc(V.patient.name)}</b></span>
+      <span>${esc(t("balance"))} <b>${yuan(V.patient.balance_fen)}</b></span></div>` : "") + renderFlow(V.flow),
+  };
+
+  function notice() {
+    const n = V.notice;
+    if (!n || !n.printed) return "";
+    const ok = n.printed.state === "printed";
+    const k = n.what === "closing_report" ? "closing_done" : "reprint_done";
+    return ok ? fixed("", k) : message("warn", n.printed);
+  }
+  const staffTools = () => `<div class="actions staff">${btn(t("closing"), 'data-top="closing" data-testid="closing"')}
+    ${btn(t("reprint_last"), 'data-top="reprint_last" data-testid="reprint-last"')}${btn(t("lock"), 'data-top="lock" data-testid="lock"')}</div>${V.screen === "attract" ? notice() : ""}`;
+
+  // ---- flows ------------------------------------------------------------------------
+  function days(list) {
+    const wd = I18N[lang].weekdays;
+    return list.map((iso, i) => {
+      const [y, m, d] = iso.split("-").map(Number), dt = new Date(y, m - 1, d);
+      return { iso, label: i === 0 ? t("today") : i === 1 ? t("tomorrow") : `${wd[dt.getDay()]} ${iso.slice(5)}` };
+    });
+  }
+  const deptName = (d) => (lang === "zh" ? d.name : d.name_en || d.name);
+
+  function payScreens(f) {
+    const d = f.data, s = f.state;
+    if (s === "pay_method") {
+      const warn = d.printer_warning ? message("warn", d.printer_warning) : "";
+      const ms = (d.methods || []).map((m) => `<button class="tile method" data-method="${m.method}" data-testid="method-${m.method}" ${m.ok ? "" : "disabled"}>
+        <div class="t">${esc(t("m_" + m.method))}</div><div class="s">${m.method === "prepaid" ? esc(t("balance")) + " " + yuan(m.balance_fen) : ""}
+        ${m.ok ? "" : `<b class="why">${esc(lang === "zh" ? m.why_zh : m.why)}</b>`}</div></button>`).join("");
+      const leave = f.name === "register" ? btn(t("abandon"), 'data-do="abandon"') : btn(t("back"), 'data-do="back"');
+      return `<h1>${esc(t("choose_method"))}</h1>${warn}<div class="card due">${row(t("amount_due"), yuan(d.amount_fen), "amount-due")}</div>
+        ${message("warn", f.error)}<div class="grid">${ms}</div><div class="actions">${leave}</div>`;
+    }
+    if (s === "scan_code") return `<h1>${esc(t("scan_code"))}</h1><div class="card due">${row(t("amount_due"), yuan(d.amount_fen))}</div>
+      ${message("warn", f.error)}<div class="attract"><div class="slotpic qr">${ICON.qr}</div><div class="sub">${esc(t("scan_code_sub"))}</div></div>${scanBox()}
+      <div class="actions">${btn(t("back"), 'data-do="back"')}</div>`;
+    if (s === "cash_tendered") return `<h1>${esc(t("m_cash"))}</h1><div class="card due">${row(t("amount_due"), yuan(d.amount_fen), "amount-due")}</div>
+      ${message("warn", f.error)}<form class="card form" data-cash><label>${esc(t("tendered"))}<input name="tendered" data-testid="tendered" inputmode="decimal" autocomplete="off"></label>
+      <div class="row"><span class="k">${esc(t("change"))}</span><span class="v" data-change>—</span></div>
+      <button class="primary" type="submit" data-testid="cash-ok">${esc(t("cash_ok"))}</button></form><div class="actions">${btn(t("back"), 'data-do="back"')}</div>`;
+    if (s === "paying") return waiting("paying");
+    if (s === "confirming") return `<div class="attract"><div class="big warn-text" data-testid="confirming">${esc(lang === "zh" ? "正在确认支付结果，请勿重复支付" : "Payment being confirmed — do not pay again")}</div>
+      <div class="sub">${esc(lang === "zh" ? "Payment being confirmed — do not pay again" : "正在确认支付结果，请勿重复支付")}</div><div class="spinner"></div></div>
+      <div class="card due">${row(t("amount_due"), yuan(d.amount_fen))}${d.payment_id ? row(t("payment_id"), d.payment_id) : ""}</div>`;
+    if (s === "declined") return `${message("err", f.error)}<div class="actions">${btn(t("choose_method"), 'data-do="back" data-testid="other-method"', "primary")}
+      ${f.name === "register" ? btn(t("abandon"), 'data-do="abandon"') : btn(t("home"), 'data-top="home"')}</div>`;
+    if (s === "unresolved") return `${message("err", f.error, d.payment_id ? row(t("payment_id"), d.payment_id, "payment-id") : "")}
+      <div class="actions">${btn(t("finish"), 'data-top="end"')}</div>`;
+    if (s === "printing") return waiting("printing");
+    if (s === "print_failed") return `${message("warn", f.error)}<div class="actions">${btn(t("reprint"), 'data-do="reprint" data-testid="reprint"', "primary")}${btn(t("finish"), 'data-top="end"')}</div>`;
+    return null;
+  }
+
+  function doneScreen(f) {
+    const d = f.data;
+    if (f.name === "register" || f.name === "pickup") {
+      const b = d.booking || {};
+      return `<div class="card msg" data-testid="done"><h2>${esc(t("done_register"))}</h2>
+        <div class="queue" data-testid="queue">${esc(b.queue_no)}</div><div class="center">${esc(t("queue"))}</div>
+        ${row(t("dept"), b.dept_name)}${row(t("doctor"), `${b.doctor_name || ""} ${b.title || ""}`)}${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("location"), b.location)}
+        ${row(t("fee"), yuan(b.fee_fen))}</div>${fixed("", "take_slip")}<div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
+    }
+    const p = d.payment || {};
+    const head = f.name === "bills" ? "done_bills" : f.name === "topup" ? "done_topup" : "done_refund";
+    const rows = f.name === "refund" ? row(t("refunded"), yuan((d.refund || {}).amount_fen)) + row(t("payment_id"), (d.refund || {}).refund_id)
+      : row(t("total"), yuan(p.amount_fen)) + row(t("payment_id"), p.payment_id) + (p.balance_fen != null ? row(t("new_balance"), yuan(p.balance_fen)) : "")
+        + (d.change_fen != null ? row(t("change"), yuan(d.change_fen), "change") : "");
+    return `<div class="card msg" data-testid="done"><h2>${esc(t(head))}</h2>${rows}</div>${fixed("", "take_receipt")}
+      <div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
+  }
+
+  const flowRenders = {
+    register(f) {
+      const d = f.data, s = f.state;
+      if (s === "loading_depts" || s === "loading_slots") return waiting("loading");
+      if (s === "booking") return waiting("booking");
+      if (s === "booking_unknown") return `${message("warn", f.error)}<div class="spinner"></div>`;
+      if (s === "depts") {
+        const pg = paged("depts", d.departments.map((x) => `<button class="tile" data-dept="${esc(x.code)}"><div class="t">${esc(deptName(x))}</div><div class="s">${esc(x.location)}</div></button>`));
+        return `<h1>${esc(t("choose_dept"))}</h1><div class="grid">${pg.items.join("")}</div>${pg.nav}<div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      }
+      if (s === "slots") {
+        const chips = days(d.days).map((x) => `<button class="chip-day ${x.iso === d.day ? "sel" : ""}" data-day="${x.iso}">${esc(x.label)}</button>`).join("");
+        const pg = paged("slots" + d.day, (d.slots || []).map((x) => `<button class="tile slot" data-slot="${esc(x.slot_id)}" ${x.open ? "" : "disabled"}>
+          <div class="t">${esc(x.doctor_name)} · ${esc(x.title)}</div>
+          <div class="s">${esc(x.start)}–${esc(x.end)} · ${esc(t("remaining"))} <b>${x.remaining}</b> · ${yuan(x.fee_fen)}</div>
+          <div class="s">${x.open ? `${esc(t("closes"))} ${esc(x.closes_at)}` : `<b class="why">${esc(lang === "zh" ? x.why_zh : x.why)}</b>`} · ${esc(x.specialty || "")}</div></button>`));
+        return `<h1>${esc(t("choose_slot"))} · ${esc(deptName(d.dept))}</h1><div class="days">${chips}</div>
+          <div class="grid">${pg.items.join("") || `<div class="card">${esc(t("none_slots"))}</div>`}</div>${pg.nav}
+          <div class="actions">${btn(t("back"), 'data-do="back"')}</div>`;
+      }
+      if (s === "confirm" || s === "printer_warning") {
+        const x = d.slot, p = V.patient || {};
+        const ins = d.can_insure ? `<div class="seg">${btn(t("self_pay"), `data-insured="0" class="${d.insured ? "" : "on"}"`, "seg-b " + (d.insured ? "" : "on"))}${btn(t("insured"), 'data-insured="1"', "seg-b " + (d.insured ? "on" : ""))}</div>` : esc(t("self_pay"));
+        const body = `<h1>${esc(t("confirm"))}</h1><div class="card">${row(t("patient"), p.name)}${row(t("dept"), deptName(d.dept))}
+          ${row(t("doctor"), x.doctor_name + " " + x.title)}${row(t("time"), `${x.date} ${x.start}–${x.end}`)}${row(t("fee"), yuan(x.fee_fen), "fee")}
+          <div class="row"><span class="k">${esc(t("pay_type"))}</span><span class="v">${ins}</span></div></div>`;
+        if (s === "printer_warning") return `${body}${message("warn", f.error)}<div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("continue_anyway"), 'data-do="confirm" data-anyway="1" data-testid="continue-anyway"', "primary")}</div>`;
+        return `${body}<div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("confirm_btn"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`;
+      }
+      if (s === "cancelled") return `${fixed("", "cancelled")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("retry"), 'data-do="retry" data-testid="retry"', "primary")}</div>`;
+      return payScreens(f) || (s === "done" ? doneScreen(f) : "");
+    },
+    pickup(f) {
+      const d = f.data, s = f.state;
+      if (s === "loading") return waiting("loading");
+      if (s === "none") return `${fixed("", "none_pickup")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
+      if (s === "list") return `<h1>${esc(t("pickup_title"))}</h1><div class="grid">${d.bookings.map((b) => `<button class="tile" data-booking="${esc(b.booking_id)}">
+        <div class="t">${esc(b.dept_name)} · ${esc(b.doctor_name)}</div><div class="s">${esc(b.date)} ${esc(b.start)}–${esc(b.end)} · ${yuan(b.fee_fen)} · ${esc(b.status === "paid" ? "✓" : t("amount_due"))}</div></button>`).join("")}</div>
+        <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("retry"), 'data-do="retry"', "primary")}</div>`;
+      return payScreens(f) || (s === "done" ? doneScreen(f) : "");
+    },
+    bills(f) {
+      const d = f.data, s = f.state;
+      if (s === "loading") return waiting("loading");
+      if (s === "none") return `${fixed("", "none_bills")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
+      if (s === "list" || s === "confirm") {
+        const sel = new Set(d.selected);
+        const list = (s === "confirm" ? d.bills.filter((b) => sel.has(b.bill_id)) : d.bills).map((b) => `<button class="tile bill ${sel.has(b.bill_id) ? "on" : ""}" data-bill="${esc(b.bill_id)}" ${s === "confirm" ? "disabled" : ""}>
+          <div class="t"><span class="box">${sel.has(b.bill_id) ? "☑" : "☐"}</span> ${esc(b.dept_name)} · ${yuan(b.total_fen)}</div>
+          <div class="s">${esc(b.date)} · ${esc(b.items.map((i) => `${i.name}×${i.qty}`).join("、"))}</div>${b.payable_here ? "" : `<div class="s"><b class="why">${esc(t("not_here"))}</b></div>`}</button>`);
+        const pg = paged("bills" + s, list);
+        return `<h1>${esc(t("bills_title"))}</h1>${message("warn", f.error)}<div class="grid one">${pg.items.join("")}</div>${pg.nav}
+          <div class="card due">${row(`${t("total")}（${d.selected.length} ${t("selected")}）`, yuan(d.total_fen), "total")}</div>
+          <div class="actions">${s === "list" ? btn(t("home"), 'data-top="home"') + btn(t("next"), 'data-do="next" data-testid="next"', "primary")
+            : btn(t("back"), 'data-do="back"') + btn(t("confirm_pay"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`;
+      }
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("retry"), 'data-do="retry"', "primary")}</div>`;
+      return payScreens(f) || (s === "done" ? doneScreen(f) : "");
+    },
+    topup(f) {
+      const d = f.data, s = f.state;
+      if (s === "amount") return `<h1>${esc(t("topup_title"))}</h1>${message("warn", f.error)}<div class="grid">${(d.amounts || []).map((a) =>
+        `<button class="tile amount" data-amount="${a}"><div class="t money">${yuan(a)}</div></button>`).join("")}</div>
+        <form class="card form" data-custom><label>${esc(t("other_amount"))}<input name="amount" data-testid="custom-amount" inputmode="decimal" autocomplete="off"></label>
+        <button class="primary small" type="submit">${esc(t("next"))}</button></form><div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
+      return payScreens(f) || (s === "done" ? doneScreen(f) : "");
+    },
+    reports(f) {
+      const d = f.data, s = f.state;
+      if (s === "start" || s === "loading") return waiting("loading");
+      if (s === "scan") return `<h1>${esc(t("scan_specimen"))}</h1>${message("warn", f.error)}<div class="attract"><div class="slotpic">${ICON.barcode}</div></div>${scanBox()}
+        <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      if (s === "none") return `${fixed("", "none_reports")}<div class="actions">${btn(t("by_barcode"), 'data-do="by_barcode"')}${btn(t("home"), 'data-top="home"', "primary")}</div>`;
+      if (s === "list" || s === "done" || s === "printing") {
+        const sel = new Set(d.selected || []), res = d.results || {};
+        const list = d.reports.map((r) => {
+          const o = res[r.report_no];
+          const st = o ? (o.state === "printed" ? `<b class="okc">${esc(t("printed_ok"))}</b>` : `<b class="why">${esc(t("print_fail"))}</b>`)
+            : r.status !== "ready" ? esc(t("pending")) : r.printed ? `<b class="muted">${esc(t("printed"))}</b>` : esc(t("ready"));
+          return `<button class="tile report ${sel.has(r.report_no) ? "on" : ""} ${s === "list" ? "" : "static"}" data-report="${esc(r.report_no)}" ${s === "list" ? "" : "disabled"}>
+            <div class="t"><span class="box">${sel.has(r.report_no) ? "☑" : "☐"}</span> ${esc(r.title)}</div><div class="s">${esc(r.specimen)} · ${esc(r.report_no)} · ${st}</div></button>`;
+        });
+        const pg = paged("reports", list);
+        const acts = s === "list" ? btn(t("home"), 'data-top="home"') + (V.patient ? btn(t("by_barcode"), 'data-do="by_barcode"') : "") + btn(t("print_btn"), 'data-do="print" data-testid="print-reports"', "primary")
+          : s === "done" ? btn(t("more"), 'data-do="more"') + btn(t("finish"), 'data-top="end" data-testid="finish"', "primary") : "";
+        return `<h1>${esc(t("reports_title"))}</h1>${s === "printing" ? waiting("printing") : ""}${message(s === "done" ? "warn" : "warn", f.error)}
+          ${s === "done" && !f.error ? fixed("", V.patient ? "take_report_card" : "take_report") : ""}<div class="grid one">${pg.items.join("")}</div>${pg.nav}<div class="actions">${acts}</div>`;
+      }
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("retry"), 'data-do="retry"', "primary")}</div>`;
+      return "";
+    },
+    cancel(f) {
+      const d = f.data, s = f.state;
+      if (s === "loading") return waiting("loading");
+      if (s === "cancelling") return waiting("loading");
+      if (s === "none") return `${fixed("", "none_cancel")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
+      if (s === "list") return `<h1>${esc(t("cancel_title"))}</h1><div class="grid one">${d.bookings.map((b) => `<button class="tile" data-booking="${esc(b.booking_id)}">
+        <div class="t">${esc(b.dept_name)} · ${esc(b.doctor_name)}</div><div class="s">${esc(b.date)} ${esc(b.start)}–${esc(b.end)} · ${yuan(b.fee_fen)}</div></button>`).join("")}</div>
+        <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      if (s === "confirm") { const b = d.booking; return `<h1>${esc(t("cancel_confirm"))}</h1><div class="card">${row(t("dept"), b.dept_name)}${row(t("doctor"), b.doctor_name)}
+        ${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("refunded"), yuan(d.refund_fen))}</div>${fixed("", d.refund_fen ? "refund_to_origin" : "no_refund")}
+        <div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("cancel_confirm"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`; }
+      if (s === "done") return `<div class="card msg" data-testid="done"><h2>${esc(t("cancel_done"))}</h2>${row(t("refunded"), yuan(d.refund_fen))}</div>
+        ${d.refund_fen ? fixed("", "refund_to_origin") : ""}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("finish"), 'data-top="end"', "primary")}</div>`;
+      if (s === "unresolved" || s === "error") return `${message("err", f.error)}<div class="actions">${s === "error" ? btn(t("home"), 'data-top="home"') + btn(t("retry"), 'data-do="retry"') : ""}${btn(t("finish"), 'data-top="end"', "primary")}</div>`;
+      return "";
+    },
+    refund(f) {
+      const d = f.data, s = f.state;
+      if (s === "form") return `<h1>${esc(t("refund_title"))}</h1>${message("warn", f.error)}<form class="card form" data-refund>
+        <label>${esc(t("payment_no"))}<input name="payment_id" data-testid="refund-payment" autocomplete="off" value="${esc(d.payment_id || "")}"></label>
+        <label>${esc(t("refund_amount"))}<input name="amount" data-testid="refund-amount" inputmode="decimal" autocomplete="off"></label>
+        <label>${esc(t("reason"))}<input name="reason" data-testid="refund-reason" autocomplete="off" value="${esc(d.reason || "")}"></label>
+        <button class="primary" type="submit" data-testid="refund-next">${esc(t("next"))}</button></form><div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      if (s === "id_check") return `<h1>${esc(t("id_check_title"))}</h1><div class="card">${row(t("patient"), d.name)}${row(t("id_no"), d.id_number)}
+        ${row(t("payment_id"), d.payment_id)}${row(t("refunded"), yuan(d.amount_fen))}${row(t("reason"), d.reason)}</div>
+        <div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("id_checked"), 'data-do="id_checked" data-testid="id-checked"', "primary")}</div>`;
+      if (s === "refunding") return waiting("loading");
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("back"), 'data-do="back"', "primary")}</div>`;
+      if (s === "done") return doneScreen(f);
+      return payScreens(f) || "";
+    },
+  };
+
+  function renderFlow(f) {
+    const r = flowRenders[f.name];
+    return (r && r(f)) || waiting("loading");
   }
 
   function render() {
+    if (!V) return;
+    const key = V.screen + "/" + (V.flow ? V.flow.name + "/" + V.flow.state : "");
+    // What was typed survives a re-render of the same screen (a pushed view, a language switch).
+    const typed = {};
+    if (key === stateKey) main.querySelectorAll("input[name]").forEach((i) => { if (i.value) typed[i.name] = i.value; });
+    if (key !== stateKey) { stateKey = key; stateSince = Date.now(); voice(); }
     $("#lang").textContent = t("lang");
+    $("#elder").textContent = elder ? t("elder_off") : t("elder");
     $("#hospital").textContent = ui.hospital_name;
+    $("#net").className = "dot " + (V.online.edge && V.online.platform ? "on" : "off");
     document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
-    const r = renders[view] || renders.attract;
-    screen.innerHTML = r();
-    screen.dataset.view = view;
-    bind();
+    document.body.classList.toggle("elder", elder);
+    document.body.dataset.role = V.role;
+    const focused = document.activeElement && document.activeElement.name;
+    const fn = V.online.edge ? (screens[V.screen] || screens.attract) : () => message("err", { message: I18N.en.edge_down, message_zh: I18N.zh.edge_down });
+    main.innerHTML = fn();
+    main.dataset.view = V.screen;
+    main.dataset.state = V.flow ? V.flow.name + ":" + V.flow.state : "";
+    bind(typed);
+    const again = focused && main.querySelector(`input[name="${focused}"]`);
+    (again || main.querySelector("[data-scan] input, [data-login] input:not([value='']), [data-login] input"))?.focus();
   }
 
-  const renders = {
-    attract: () => `<div class="attract"><div class="big" data-testid="prompt">${t("insert")}</div>
-      <div class="sub">${t("insert_sub")}</div><div class="slotpic">💳</div></div>`,
-    reading: () => `<div class="attract"><div class="big">${t("reading")}</div><div class="spinner"></div></div>`,
-    identifying: () => `<div class="attract"><div class="big">${t("identifying")}</div><div class="spinner"></div></div>`,
-    menu: () => `${patientCard()}<div class="grid">
-      <button class="tile" data-go="depts" data-testid="menu-register"><div class="t">${t("menu_register")}</div><div class="s">${t("menu_register_s")}</div></button></div>`,
-    depts: () => `<h1>${t("choose_dept")}</h1><div class="grid">${(ctx.departments || []).map((d) =>
-      `<button class="tile" data-dept="${esc(d.code)}"><div class="t">${esc(lang === "zh" ? d.name : d.name_en)}</div><div class="s">${esc(d.location)}</div></button>`).join("")}</div>
-      <div class="actions"><button class="secondary" data-go="menu">${t("back")}</button></div>`,
-    slots: () => `<h1>${t("choose_slot")}</h1><div class="days">${days().map((d) =>
-      `<button class="chip-day ${d.iso === ctx.day ? "sel" : ""}" data-day="${d.iso}">${esc(d.label)}</button>`).join("")}</div><div class="grid">${(ctx.slots || []).length ? ctx.slots.map((s) =>
-      `<button class="tile" data-slot="${esc(s.slot_id)}" ${s.remaining > 0 ? "" : "disabled"}>
-        <div class="t">${esc(s.doctor_name)} · ${esc(s.title)}</div>
-        <div class="s">${esc(s.date)} ${esc(s.start)}–${esc(s.end)} · ${t("remaining")} ${s.remaining} · ${yuan(s.fee_fen)}</div>
-        <div class="s">${esc(s.specialty || "")}</div></button>`).join("") : `<div class="card">${t("none")}</div>`}</div>
-      <div class="actions"><button class="secondary" data-go="depts">${t("back")}</button></div>`,
-    confirm: () => { const s = ctx.slot, p = ctx.patient || {}; return `<h1>${t("confirm")}</h1><div class="card">
-      ${row(t("patient"), p.name)}${row(t("dept"), ctx.deptName)}${row(t("doctor"), s.doctor_name + " " + s.title)}
-      ${row(t("time"), `${s.date} ${s.start}–${s.end}`)}${row(t("fee"), yuan(s.fee_fen))}
-      ${row(t("pay_prepaid"), `${t("balance")} ${yuan(p.balance_fen || 0)}`)}</div>
-      <div class="actions"><button class="secondary" data-go="slots">${t("back")}</button>
-      <button class="primary" data-action="book" data-testid="confirm">${t("confirm_btn")}</button></div>`; },
-    booking: () => `<div class="attract"><div class="big">${t("booking")}</div><div class="spinner"></div></div>`,
-    done: () => { const b = ctx.booking; const printed = ctx.print && ctx.print.state === "printed"; return `
-      <div class="card msg" data-testid="done"><h2>${t("done")}</h2>
-      <div class="queue" data-testid="queue">${esc(b.queue_no)}</div><div style="text-align:center">${t("queue")}</div>
-      ${row(t("dept"), b.dept_name)}${row(t("doctor"), b.doctor_name)}${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("location"), b.location)}</div>
-      ${printed ? message("", I18N.zh.take_slip, I18N.en.take_slip) :
-        message("warn", I18N.zh.print_failed, I18N.en.print_failed, `<div class="actions"><button class="primary" data-action="reprint">${t("reprint")}</button></div>`)}
-      <div class="actions"><button class="secondary" data-action="end">${t("home")}</button></div>`; },
-    unknown: () => message("warn", I18N.zh.confirming, I18N.en.confirming),
-    error: () => { const d = ctx.error || {}; return message("err", d.message_zh || I18N.zh.error, d.message || I18N.en.error,
-      `<div class="actions"><button class="secondary" data-go="${ctx.patient ? "menu" : "attract"}">${t("ok")}</button></div>`); },
-    offline: () => message("err", I18N.zh.offline + "：" + I18N.zh.offline_sub, I18N.en.offline + ": " + I18N.en.offline_sub),
-  };
-
-  const row = (k, v) => `<div class="row"><span class="k">${esc(k)}</span><span class="v">${esc(v)}</span></div>`;
-  const patientCard = () => { const p = ctx.patient || {}; return `<div class="card" data-testid="patient">
-    <h2>${t("hello")}，<span data-testid="patient-name">${esc(p.name)}</span></h2>
-    ${row("ID", p.id_number)}${row(t("balance"), yuan(p.balance_fen || 0))}</div>`; };
-
-  function bind() {
-    screen.querySelectorAll("[data-go]").forEach((b) => b.onclick = () => go(b.dataset.go));
-    screen.querySelectorAll("[data-dept]").forEach((b) => b.onclick = () => pickDept(b.dataset.dept));
-    screen.querySelectorAll("[data-slot]").forEach((b) => b.onclick = () => pickSlot(b.dataset.slot));
-    screen.querySelectorAll("[data-day]").forEach((b) => b.onclick = () => pickDay(b.dataset.day));
-    screen.querySelectorAll("[data-action]").forEach((b) => b.onclick = () => actions[b.dataset.action]());
+  function bind(typed = {}) {
+    const on = (sel, fn) => main.querySelectorAll(sel).forEach((el) => { el.onclick = (e) => { e.preventDefault(); fn(el); }; });
+    on("[data-start]", (b) => act("start", { flow: b.dataset.start }));
+    on("[data-top]", (b) => act(b.dataset.top));
+    on("[data-do]", (b) => flow(b.dataset.do, b.dataset.anyway ? { anyway: true } : {}));
+    on("[data-dept]", (b) => flow("dept", { code: b.dataset.dept }));
+    on("[data-day]", (b) => flow("day", { day: b.dataset.day }));
+    on("[data-slot]", (b) => flow("slot", { slot_id: b.dataset.slot }));
+    on("[data-insured]", (b) => flow("insured", { insured: b.dataset.insured === "1" }));
+    on("[data-method]", (b) => flow("method", { method: b.dataset.method }));
+    on("[data-bill]", (b) => flow("toggle", { bill_id: b.dataset.bill }));
+    on("[data-report]", (b) => flow("toggle", { report_no: b.dataset.report }));
+    on("[data-booking]", (b) => flow("pick", { booking_id: b.dataset.booking }));
+    on("[data-amount]", (b) => flow("amount", { amount_fen: Number(b.dataset.amount) }));
+    on("[data-page]", (b) => { page += Number(b.dataset.page); render(); });
+    const form = (sel, fn) => { const f = main.querySelector(sel); if (f) f.onsubmit = (e) => { e.preventDefault(); fn(new FormData(f)); }; };
+    const fen = (v) => Math.round(parseFloat(String(v || "").replace(/[^0-9.]/g, "")) * 100) || 0;
+    form("[data-scan]", (d) => { const c = String(d.get("code") || "").trim(); if (c) act("scan", { text: c }); });
+    form("[data-login]", (d) => act("login", { badge: String(d.get("badge") || ""), pin: String(d.get("pin") || "") }));
+    form("[data-cash]", (d) => flow("tendered", { tendered_fen: fen(d.get("tendered")) }));
+    form("[data-custom]", (d) => flow("amount", { amount_fen: fen(d.get("amount")) }));
+    form("[data-refund]", (d) => flow("submit", { payment_id: String(d.get("payment_id") || ""), amount_fen: fen(d.get("amount")), reason: String(d.get("reason") || "") }));
+    const cash = main.querySelector("[data-cash] input");
+    if (cash) { cash.oninput = () => { const due = V.flow.data.amount_fen, c = fen(cash.value) - due; main.querySelector("[data-change]").textContent = c >= 0 ? yuan(c) : "—"; }; }
+    main.querySelectorAll("input[name]").forEach((i) => { if (typed[i.name] && !i.value) i.value = typed[i.name]; });
+    if (cash && cash.value) cash.oninput();
   }
 
-  function show(v) { view = v; render(); }
-  function fail(e) { ctx.error = e.detail || { message: String(e), message_zh: I18N.zh.error }; show("error"); }
+  // ---- a keyboard-wedge scanner types fast and ends with Enter ------------------------------
+  let wedge = "", wedgeAt = 0;
+  document.addEventListener("keydown", (e) => {
+    if (e.target && e.target.tagName === "INPUT") return;   // typed into a field: the form handles it
+    const now = Date.now();
+    if (now - wedgeAt > 80) wedge = "";
+    wedgeAt = now;
+    if (e.key === "Enter") { if (wedge.length >= 6) act("scan", { text: wedge }); wedge = ""; }
+    else if (e.key.length === 1) wedge += e.key;
+  });
 
-  async function go(v) {
-    if (v === "depts" && !ctx.departments) {
-      try { ctx.departments = (await api("GET", "/departments")).departments; } catch (e) { return fail(e); }
-    }
-    show(v);
+  // ---- voice prompts (optional, server-side synthesis) ------------------------------------
+  function voice() {
+    if (!ui.voice || !V) return;
+    const f = V.flow, key = V.screen === "attract" && V.role === "kiosk" ? "insert" : f && f.state === "confirming" ? "confirming"
+      : f && f.state === "scan_code" ? "scan_code" : f && f.state === "done" ? "take_card" : null;
+    if (key) new Audio(`/api/voice/${key}_${lang}.wav`).play().catch(() => {});
   }
 
-  // Today and the next 7 days: same-day registration or booking ahead.
-  function days() {
-    const out = [], wd = I18N[lang].weekdays;
-    const [y, m, dd] = (ui.today || new Date().toISOString().slice(0, 10)).split("-").map(Number);
-    for (let i = 0; i < 8; i++) {
-      const d = new Date(y, m - 1, dd + i);
-      const iso = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
-      const label = i === 0 ? t("today") : i === 1 ? t("tomorrow") : `${wd[d.getDay()]} ${iso.slice(5)}`;
-      out.push({ iso, label });
-    }
-    return out;
-  }
-
-  async function loadSlots() {
-    try {
-      ctx.slots = (await api("GET", `/slots?dept=${encodeURIComponent(ctx.dept)}&day=${ctx.day}`)).slots;
-    } catch (e) { return fail(e); }
-    show("slots");
-  }
-
-  async function pickDept(code) {
-    const d = ctx.departments.find((x) => x.code === code);
-    ctx.dept = code; ctx.day = days()[0].iso;
-    ctx.deptName = d ? (lang === "zh" ? d.name : d.name_en) : code;
-    await loadSlots();
-  }
-
-  async function pickDay(iso) { ctx.day = iso; await loadSlots(); }
-
-  function pickSlot(id) { ctx.slot = ctx.slots.find((s) => s.slot_id === id); show("confirm"); }
-
-  const actions = {
-    async book() {
-      show("booking");
-      try {
-        const r = await api("POST", "/register", { slot_id: ctx.slot.slot_id, insured: !!(ctx.patient && ctx.patient.insured) });
-        ctx.booking = r.booking; ctx.print = r.print; show("done");
-      } catch (e) {
-        if (e.status === 504) return show("unknown");     // outcome unknown: never offer to pay again
-        fail(e);
-      }
-    },
-    async reprint() {
-      try { ctx.print = (await api("POST", "/reprint", ctx.booking)).print; show("done"); } catch (e) { fail(e); }
-    },
-    async end() { await api("POST", "/session/end").catch(() => {}); reset(); },
-  };
-
-  function reset() { ctx = {}; show("attract"); }
-
-  async function onIdentity() {
-    show("identifying");
-    try { const r = await api("POST", "/identify"); ctx.patient = r.session.patient; show("menu"); }
-    catch (e) { fail(e); }
-  }
-
-  function onEvent(kind, data) {
-    lastActivity = Date.now();
-    if (kind === "card.inserted") { ctx = {}; show("reading"); }
-    else if (kind === "card.identity") onIdentity();
-    else if (kind === "card.error") { ctx = {}; ctx.error = data.error; show("error"); }
-    else if (kind === "card.removed" || kind === "session.ended") { if (view !== "attract") { reset(); } }
-    else if (kind === "edge.offline") show("offline");
-  }
-
-  function connect() {
-    const es = new EventSource("/api/events");
-    ["card.inserted", "card.identity", "card.error", "card.removed", "session.ended", "edge.offline"].forEach((k) =>
-      es.addEventListener(k, (m) => { let d = {}; try { d = JSON.parse(m.data).data; } catch (_) {} onEvent(k, d); }));
-    es.onerror = () => { $("#net").className = "dot off"; };
-    es.onopen = () => { $("#net").className = "dot on"; };
-  }
-
-  // Inactivity: after idle_timeout_s - countdown_s show a countdown, then end the session.
+  // ---- inactivity: countdown, then end the session (kiosk) or lock the desk (cashier) -------
   function tick() {
     $("#clock").textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour: "2-digit", minute: "2-digit", timeZone: ui.timezone || "Asia/Shanghai" });
-    const idle = (Date.now() - lastActivity) / 1000, cd = $("#countdown");
-    if (view === "attract") { cd.hidden = true; return; }
-    const left = Math.ceil(ui.idle_timeout_s - idle);
-    if (left <= ui.countdown_s) { cd.hidden = false; cd.textContent = `${t("timeout")} ${Math.max(left, 0)}s`; }
+    const cd = $("#countdown");
+    if (V && V.flow && ["loading", "loading_depts", "loading_slots", "booking", "start"].includes(V.flow.state) && Date.now() - stateSince > 2500) {
+      const s = main.querySelector("[data-testid=slow]"); if (s) s.hidden = false;
+    }
+    if (!V) return;
+    const cashier = V.role === "cashier";
+    const idleOk = cashier ? V.screen === "locked" : V.screen === "attract";
+    if (idleOk || (V.flow && V.flow.busy)) { cd.hidden = true; if (V.flow && V.flow.busy) lastActivity = Date.now(); return; }
+    const limit = cashier ? ui.staff_lock_s : ui.idle_timeout_s;
+    const left = Math.ceil(limit - (Date.now() - lastActivity) / 1000);
+    if (left <= ui.countdown_s) { cd.hidden = false; cd.textContent = `${t(cashier ? "lock_soon" : "timeout")} ${Math.max(left, 0)}s`; }
     else cd.hidden = true;
-    if (left <= 0) actions.end();
+    if (left <= 0) { lastActivity = Date.now(); act(cashier ? "lock" : "end"); }
   }
 
   document.addEventListener("pointerdown", () => { lastActivity = Date.now(); });
-  $("#lang").onclick = () => { lang = other(); render(); };
+  document.addEventListener("keydown", () => { lastActivity = Date.now(); });
+  $("#lang").onclick = () => { lang = lang === "zh" ? "en" : "zh"; render(); };
+  $("#elder").onclick = () => { elder = !elder; page = 0; render(); };
+
+  function connect() {
+    const es = new EventSource("/api/events");
+    es.addEventListener("view", (m) => { try { show(JSON.parse(m.data)); } catch (_) {} });
+    es.onerror = () => { $("#net").className = "dot off"; };
+  }
 
   (async () => {
-    try { ui = (await api("GET", "/config")).ui; lang = ui.language; } catch (_) {}
-    render();
-    try {
-      const st = await api("GET", "/state");
-      if (!st.online) show("offline");
-      else if (st.session && st.session.state === "ready") onIdentity();
-    } catch (_) {}
+    try { ui = (await (await fetch("/api/config")).json()).ui; lang = ui.language; elder = !!ui.elder_mode; } catch (_) {}
     connect();
-    setInterval(tick, 1000); tick();
+    setInterval(tick, 500); tick();
   })();
 })();

@@ -52,7 +52,8 @@ window.I18N = {
     edge_down: "终端服务未运行，请到人工窗口办理。",
     timeout: "长时间无操作，即将返回首页", lock_soon: "长时间无操作，即将锁屏",
     payment_id: "支付编号", what_to_do: "请您",
-    closing_done: "日结报表已打印", reprint_done: "已补打（副本）",
+    closing_done: "日结报表已打印", reprint_done: "已补打（副本）", colon: "：",
+    take_report: "报告已打印，请取走报告单", take_report_card: "报告已打印，请取走报告单和您的健康卡",
   },
   en: {
     lang: "中文", elder: "Large text", elder_off: "Standard",
@@ -107,6 +108,7 @@ window.I18N = {
     edge_down: "The terminal service is not running. Please go to a staffed counter.",
     timeout: "No activity — returning to the start screen", lock_soon: "No activity — locking",
     payment_id: "Payment number", what_to_do: "Please",
-    closing_done: "Closing report printed", reprint_done: "Reprinted (copy)",
+    closing_done: "Closing report printed", reprint_done: "Reprinted (copy)", colon: ": ",
+    take_report: "Printed — please take your report", take_report_card: "Printed — please take your report and your card",
   },
 };

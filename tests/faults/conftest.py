@@ -29,8 +29,14 @@ from typing import Any
 import httpx
 import pytest
 
-from central.broker import Listener, Mosquitto, MosquittoConfig, free_port, mosquitto_passwd_set
-from central.broker import render_acl
+from central.broker import (
+    Listener,
+    Mosquitto,
+    MosquittoConfig,
+    free_port,
+    mosquitto_passwd_set,
+    render_acl,
+)
 from edge.uplink.config import UplinkConfig
 
 REPO = Path(__file__).resolve().parents[2]

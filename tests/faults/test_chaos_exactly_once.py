@@ -154,7 +154,7 @@ def build_workload(stack: Any, rng: random.Random) -> list[list[tuple[str, Any]]
 
     jobs: list[list[tuple[str, Any]]] = []
     k = 0
-    for i in range(80):  # book, then pay the fee from the prepaid balance
+    for _ in range(80):  # book, then pay the fee from the prepaid balance
         k += 1
         jobs.append([("reg.book", book("later", k)), ("pay.registration", None)])
     for i in range(120):
@@ -194,9 +194,11 @@ def build_workload(stack: Any, rng: random.Random) -> list[list[tuple[str, Any]]
 
 async def run_job(uplink: Uplink, run: Run, pacer: Pacer, job: list[tuple[str, Any]]) -> None:
     prev: Outcome | None = None
-    for type_, body in job:
-        if type_ == "pay.registration":
+    for step, given in job:
+        type_, body = step, given
+        if step == "pay.registration":
             assert prev is not None
+            type_ = "pay.create"
             if prev.status == "ok" and prev.result["status"] == "booked":
                 b = prev.result
                 body = {"patient_id": prev.body["patient_id"], "purpose": "registration",
@@ -205,7 +207,6 @@ async def run_job(uplink: Uplink, run: Run, pacer: Pacer, job: list[tuple[str, A
             else:  # the booking was refused: the patient tops up in cash instead
                 body = {"patient_id": prev.body["patient_id"], "purpose": "topup",
                         "refs": [], "amount_fen": 500, "method": "cash"}
-            type_ = "pay.create"
         prev = await send(uplink, run, pacer, type_, body)
 
 
@@ -224,7 +225,7 @@ async def device_worker(uplink: Uplink, run: Run, pacer: Pacer,
 
 async def chaos(stack: Any, run: Run, t0: float) -> None:
     for frac, what in CHAOS:
-        while run.done < frac * TOTAL:
+        while run.done < frac * TOTAL:  # noqa: ASYNC110 - polling the devices' progress
             await asyncio.sleep(0.05)
         if what == "broker":
             await asyncio.to_thread(stack.broker.kill9)
@@ -317,7 +318,7 @@ async def test_chaos_exactly_once(stack: Any, tmp_path: Path) -> None:
     con = sqlite3.connect(f"file:{stack.platform_db}?mode=ro", uri=True, timeout=10)
     try:
         (pay_rows,) = con.execute(
-            f"SELECT count(*) FROM payment_row WHERE patient_id IN ({marks})", ours  # noqa: S608
+            f"SELECT count(*) FROM payment_row WHERE patient_id IN ({marks})", ours
         ).fetchone()
     finally:
         con.close()

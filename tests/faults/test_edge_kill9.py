@@ -136,9 +136,11 @@ backoff_min_s = 0.1
 backoff_max_s = 0.5
 """)
     first17 = "11010119900101777"
-    r = httpx.post(f"{platform.base_url}/admin/patients", timeout=10, json={
-        "card_no": "KILL9000001", "id_number": first17 + id_check_digit(first17),
-        "name": "断电", "sex": "F", "birth_date": "1990-01-01", "balance_fen": 0})
+    r = await asyncio.to_thread(httpx.post, f"{platform.base_url}/admin/patients", timeout=10,
+                                json={"card_no": "KILL9000001",
+                                      "id_number": first17 + id_check_digit(first17),
+                                      "name": "断电", "sex": "F", "birth_date": "1990-01-01",
+                                      "balance_fen": 0})
     r.raise_for_status()
     rig = Rig(tmp_path, store, registry, broker, platform, central.password, edge_toml,
               r.json()["patient"]["patient_id"])

@@ -39,7 +39,8 @@ async def enqueue(uplink: Uplink, n: int, patient_id: str) -> None:
     tasks = [asyncio.create_task(uplink.request("pay.create", body(patient_id, i),
                                                 id=request_id(i), timeout=300))
              for i in range(n)]
-    while uplink.outbox.count() < n:  # request() writes the entry before its first await
+    # request() writes its entry before its first await; poll the outbox, not a task.
+    while uplink.outbox.count() < n:  # noqa: ASYNC110
         await asyncio.sleep(0.01)
     print(f"ENQUEUED {n}", flush=True)
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -150,7 +150,8 @@ async def test_declined_says_why_and_allows_another_method(make, edge, reason, z
     edge.script["pay"] = pay_result("declined", reason=reason)
     f = await to_scan(make)
     await f.on_scan(SCAN)
-    assert f.state == "declined" and zh in f.error["message_zh"] and "未扣款" in f.error["message_zh"]
+    assert f.state == "declined" and zh in f.error["message_zh"]
+    assert "未扣款" in f.error["message_zh"]
     await f.handle("back", {})
     assert f.state == "pay_method"
 

@@ -85,7 +85,7 @@ class FakeUplink:
             return False
         return True
 
-    async def request(self, type: str, body: dict[str, Any], *,  # noqa: A002
+    async def request(self, type: str, body: dict[str, Any], *,
                       timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         assert type == "hotlist.delta"
         self.requests.append(body)
@@ -104,9 +104,9 @@ def notice(version: int) -> bytes:
     return notice_payload(version, NOW)
 
 
-async def until(cond: Any, timeout: float = 3.0) -> None:
+async def until(cond: Any, within_s: float = 3.0) -> None:
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within_s
     while not cond():
         assert loop.time() < end, "condition not reached in time"
         await asyncio.sleep(0.01)
