@@ -2,7 +2,9 @@
 
 ``read`` prints the decoded card (masked unless ``--show-personal-data``); without a
 usable SAM it prints the freely readable issuer data and says why the rest is missing.
-``sam`` verifies the SAM PIN once (never retried) and prints the SAM's identity.
+``sam`` verifies the SAM PIN once (never retried, never with the last try, never a PIN
+the SAM already rejected — the daemon's record in the state dir is shared) and prints the
+SAM's identity.
 Exit codes: 0 done, 1 card/SAM error (message in English and Chinese on stderr),
 2 configuration or usage error.
 """
@@ -23,6 +25,7 @@ from edge.common.privacy import mask_card_number
 from edge.devices.card import errors as E
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
+from edge.devices.card.pinstate import SamPinLedger
 from edge.devices.card.service import reader_matches
 from edge.devices.card.session import CardSession, PyscardTransport, SamSession
 
@@ -87,7 +90,9 @@ def _fail(exc: E.CardError) -> int:
 def _open_sam(config: CardConfig, readers: list[str]) -> SamSession:
     reader = _pick(readers, config.sam_reader, "SAM")
     pin = read_sam_pin(config.sam_pin_file)
-    sam = SamSession(PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s), pin)
+    # The daemon's failure record: a PIN the SAM rejected is not presented again from here.
+    sam = SamSession(PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s), pin,
+                     ledger=SamPinLedger(config.sam_pin_state_path()))
     try:
         sam.open()
     except BaseException:

@@ -70,6 +70,9 @@ class CardConfig(BaseModel):
     read_mode: Literal["auto", "sfi", "select"] = "auto"
     timeouts: CardTimeouts = CardTimeouts()
     hotlist_path: Path = Path("/var/lib/ykt/hotlist.sqlite")
+    # Where the card service keeps its state (the SAM PIN failure record); by default the
+    # hot list's directory, so a test or a site that moves one moves both.
+    state_dir: Path | None = None
     reject_expired: bool = True
     poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 0.5
 
@@ -78,6 +81,10 @@ class CardConfig(BaseModel):
         if self.patient_reader == self.sam_reader:
             raise ValueError("patient_reader and sam_reader must differ")
         return self
+
+    def sam_pin_state_path(self) -> Path:
+        """The persisted SAM PIN failure record (see ``pinstate``)."""
+        return (self.state_dir or self.hotlist_path.parent) / "sam-pin-state.json"
 
     def profile(self) -> CardProfile:
         """Card quirks as the session's dataclass."""

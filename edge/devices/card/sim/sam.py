@@ -2,7 +2,8 @@
 
 MF files 0015 (serial/version, 14 bytes) and 0016 (terminal number, 6 bytes), DF01 with
 001A (key info, 25), 001B (issuer certificate, 180), 001C (SAM certificate, 190). VERIFY
-PIN with a retry counter (63Cx, blocked at 0 → 6983). After the PIN and SELECT DF01:
+PIN with a retry counter (63Cx, blocked at 0 → 6983); VERIFY without data asks the
+counter without spending a try (ISO 7816-4). After the PIN and SELECT DF01:
 ``80 DE 00`` diversifies an issuer master key with the card factors, ``80 FA`` computes a
 cryptogram / cipher text / MAC (see ``protocol.security``); ``80 DE 01`` (factor ‖ card
 challenge) does both and answers the cryptogram — ``combined=False`` makes the SAM refuse
@@ -58,7 +59,8 @@ class SamSim:
         self._keys = keys or IssuerKeys.for_tests()
         self.max_tries = pin_tries
         self.pin_tries_left = pin_tries
-        self.verify_count = 0  # VERIFY commands received (tests: "never retried")
+        self.verify_count = 0  # VERIFY commands carrying a PIN (each may spend a try)
+        self.verify_queries = 0  # VERIFY without data (asks the tries left, spends none)
         self.apdu_count = 0
         self._lock = threading.Lock()
         serial = serial or bytes.fromhex("0102") + hashlib.sha256(pin.encode()).digest()[:12]
@@ -109,11 +111,16 @@ class SamSim:
             return _sw(0x6D00)
 
     def _verify(self, c: Command) -> bytes:
+        if not c.data:
+            # ISO 7816-4 VERIFY without data: a status query that spends no try —
+            # 9000 when already verified, 63Cx (x = tries left) otherwise, 6983 blocked.
+            self.verify_queries += 1
+            if self.pin_tries_left <= 0:
+                return _sw(0x6983)
+            return SW_OK if self._pin_ok else _sw(0x63C0 | min(self.pin_tries_left, 15))
         self.verify_count += 1
         if self.pin_tries_left <= 0:
             return _sw(0x6983)
-        if not c.data:
-            return _sw(0x63C0 | self.pin_tries_left)
         given = c.data.hex().upper().rstrip("F")
         if given == self._pin:
             self.pin_tries_left = self.max_tries
@@ -133,9 +140,12 @@ class SamSim:
         if fid == 0xDF01:
             self._df, self._ef = "DF01", None
             return SW_OK
-        if (self._df, fid) in self._files:
-            self._ef = (self._df, fid)
-            return SW_OK
+        # ISO 7816-4 FID search: children of the current DF, then (from DF01) its
+        # siblings under the MF — so 0015/0016 stay selectable after SELECT DF01.
+        for df in (self._df, "MF"):
+            if (df, fid) in self._files:
+                self._df, self._ef = df, (df, fid)
+                return SW_OK
         return _sw(0x6A82)
 
     def _read_binary(self, c: Command) -> bytes:

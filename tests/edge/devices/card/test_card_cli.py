@@ -13,6 +13,7 @@ from edge.devices.card.cli import add_card_commands
 from edge.devices.card.sim.cardos import HealthCardSim
 from edge.devices.card.sim.cli import add_sim_card_commands
 from edge.devices.card.sim.pcscd import PcscDaemon
+from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
 
 pytestmark = pytest.mark.stack
@@ -65,9 +66,9 @@ def test_sim_insert_then_card_read_then_remove(
         assert run(["sim", "card", "remove", "--port", port, "--state-dir", str(state)]) == 0
     wait_card(pcscd.patient_reader, False)
     assert run(["sim", "card", "remove", "--port", port, "--state-dir", str(state)]) == 1
+    assert capsys.readouterr().err == f"no virtual card recorded for port {port}\n"
     assert run(["card", "read", "--config", str(config_file)]) == 1
-    err = capsys.readouterr().err
-    assert "请插入" in err or "卡" in err
+    assert capsys.readouterr().err == "error: No card in the reader\n错误：请插入居民健康卡。\n"
 
 
 def test_card_read_without_sam_prints_free_data(
@@ -94,3 +95,27 @@ def test_config_errors_name_file_and_key(tmp_path: Path,
     assert "bad.toml" in err and "card.sam_pin" in err
     assert run(["sim", "card", "insert", "--birth-date", "1990", "--state-dir",
                 str(tmp_path)]) == 2
+
+
+def test_card_sam_never_presents_a_rejected_pin_again(
+        pcscd: PcscDaemon, sam_slot: VirtualCardSlot, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    sam = sam_slot.card
+    assert isinstance(sam, SamSim)
+    pin = tmp_path / "sam.pin"
+    pin.write_text("999999\n")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[card]\npatient_reader = "{pcscd.patient_reader}"\n'
+                   f'sam_reader = "{pcscd.sam_reader}"\nsam_pin_file = "{pin}"\n'
+                   f'hotlist_path = "{tmp_path / "hot.sqlite"}"\n')
+    assert run(["card", "sam", "--config", str(cfg)]) == 1
+    assert capsys.readouterr().err == ("error: SAM PIN rejected (SW 63C2); 2 tries left; "
+                                       "not retried\n错误：PSAM 卡密码错误，请联系工作人员。\n")
+    for argv in (["card", "sam"], ["card", "read"], ["card", "sam"]):  # later processes
+        assert run([*argv, "--config", str(cfg)]) == 1
+        assert "the same PIN is not presented again" in capsys.readouterr().err
+    assert (sam.verify_count, sam.pin_tries_left) == (1, 2)
+    pin.write_text("123456\n")  # the PIN file is fixed: its PIN gets the one try it needs
+    assert run(["card", "sam", "--json", "--config", str(cfg)]) == 0
+    assert json.loads(capsys.readouterr().out)["pin_tries_left"] == 2  # asked before VERIFY
+    assert (sam.verify_count, sam.pin_tries_left) == (2, 3)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from edge.devices.card.errors import CardDataError, CardParameterError
 from edge.devices.card.protocol import codecs
 from edge.devices.card.protocol.files import FILES
+from edge.devices.card.protocol.records import parse_date
 
 
 def test_cn_is_left_aligned_bcd_padded_with_f() -> None:
@@ -112,3 +113,23 @@ def test_every_element_round_trips_at_max_length() -> None:
             raw = codecs.encode_element(el, value)
             assert len(raw) == el.length
             assert codecs.decode_element(el, raw) == value
+
+
+def test_an_ascii_and_chinese_decode_as_gb18030_does() -> None:
+    for text in ("H11010119800101001", "11010519491231002X", "张三", "A张", "  "):
+        raw = text.encode("gb18030").ljust(30, b"\x00")
+        assert codecs.decode_an(raw) == raw.rstrip(b"\x00").decode("gb18030").rstrip(" ")
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("20300101", True), ("20240229", True), ("20230229", False), ("20301301", False),
+    ("2030-01-01", False), ("2030W011", False), ("2030011", False), ("２０３００１０１", False),
+    ("", False),
+])
+def test_card_dates_are_yyyymmdd_or_a_data_error(value: str, ok: bool) -> None:
+    if ok:
+        assert parse_date(value, file="DDF1/EF08", tag=7).strftime("%Y%m%d") == value
+    else:
+        with pytest.raises(CardDataError) as e:
+            parse_date(value, file="DDF1/EF08", tag=7)
+        assert (e.value.file, e.value.tag) == ("DDF1/EF08", "07")

@@ -36,7 +36,9 @@ def _value_for(coding: Coding, length: int, seed: int) -> R.Value:
         return "".join(str((seed + i) % 10) for i in range(2 * length))
     if length < 6:
         return "A1B2C3"[:length]
-    return "𠀀" + "测" * ((length - 4) // 2)  # four-byte char + fill to the maximum
+    # a four-byte GB18030 char, two-byte ones, and one ASCII char when the length is odd:
+    # always exactly the maximum
+    return "𠀀" + "测" * ((length - 4) // 2) + "Z" * ((length - 4) % 2)
 
 
 RECORD_FILES = [p for p, f in FILES.items() if f.kind is FileKind.RECORDS]
@@ -48,10 +50,12 @@ def test_record_file_round_trip(session: CardSession, card: HealthCardSim, path:
     expected: dict[str, R.Value] = {}
     for i, el in enumerate(spec.elements):
         if path == "DDF1/EF05" and el.name in ("card_number", "city_code"):
-            continue  # rewriting them would change the card's key diversification
+            continue  # test_card_ids_round_trip: they change the key diversification
         value = _value_for(el.coding, el.length, i + 3)
         if path == "DDF1/EF06" and el.name == "sex":
             value = 2
+        if el.coding is Coding.AN:  # every text element at its exact maximum
+            assert len(str(value).encode("gb18030")) == el.length, el.name
         session.update_element(path, el.name, value)
         expected[el.name] = value
     contents = session.read_all()
@@ -68,6 +72,76 @@ def test_record_file_round_trip(session: CardSession, card: HealthCardSim, path:
             assert card.records(path)[spec.record_of(el.tag) - 1] == \
                 R.encode_element_record(el, expected[el.name])
     assert {f.name for f in fields(obj)} == {e.name for e in spec.elements}
+
+
+@pytest.mark.parametrize(("card_number", "city_code"), [
+    ("H44030000000000009", "440300"),  # AN 18 and CN 3 at their maximum
+    ("𠀀测测测测测测测", "999999"),  # 18 bytes of GB18030, odd digits
+    ("12345", "4403"),  # short: 00 and F padding
+])
+def test_card_ids_round_trip(card_number: str, city_code: str) -> None:
+    # Issued with these ids (the card's keys derive from them): identity and free data.
+    card = HealthCardSim.from_holder(card_number=card_number, city_code=city_code)
+    sam = SamSession(InProcessTransport(SamSim(PIN)), PIN)
+    ident = CardSession(InProcessTransport(card), sam).read_identity()
+    assert (ident.card_number, ident.city_code) == (card_number, city_code)
+    issuer = CardSession(InProcessTransport(card), None).read_issuer()
+    assert (issuer.card_number, issuer.city_code) == (card_number, city_code)
+
+
+@pytest.mark.parametrize(("name", "value", "raw"), [
+    ("card_number", "Z" * 18, "0812" + "5A" * 18),
+    ("city_code", "12345", "3903" "12345F"),
+])
+def test_card_ids_rewritten_read_back(session: CardSession, card: HealthCardSim, name: str,
+                                      value: str, raw: str) -> None:
+    # Rewriting one is an issuer's job: the card keeps the keys of the old ids, so later
+    # SM writes would fail. But the bytes round-trip: written under DDF1's update key,
+    # read back from the free file.
+    session.update_element("DDF1/EF05", name, value)
+    issuer = CardSession(InProcessTransport(card), None).read_issuer()
+    assert getattr(issuer, name) == value
+    tag = next(e.tag for e in FILES["DDF1/EF05"].elements if e.name == name)
+    assert card.records("DDF1/EF05")[FILES["DDF1/EF05"].record_of(tag) - 1] == \
+        bytes.fromhex(raw)
+
+
+def test_sm_writes_authenticate_with_the_update_key_first(session: CardSession,
+                                                          card: HealthCardSim) -> None:
+    start = len(card.commands)
+    session.append_allergy("青霉素", "皮疹")
+    sent = [c[:4].hex().upper() for c in card.commands[start:]]
+    auth = sent.index("00820086")  # DF02's update key
+    assert sent.index("04DC0003", auth) > auth
+    start = len(card.commands)
+    session.update_element("DF01/EF07", "occupation", "X9Z")
+    sent = [c[:4].hex().upper() for c in card.commands[start:]]
+    assert "00820085" in sent and sent.index("00820085") < sent.index("04DC0304")
+
+
+@pytest.mark.parametrize(("kind", "index"), [("inpatient", i) for i in (1, 2, 3)]
+                         + [("outpatient", i) for i in (1, 2, 3, 4, 5)])
+def test_every_medical_record_at_maximum_length(session: CardSession, card: HealthCardSim,
+                                                kind: str, index: int) -> None:
+    d, s, c = R.INPATIENT_LAYOUT if kind == "inpatient" else R.OUTPATIENT_LAYOUT
+    data = bytes((index * 7 + i) % 254 + 1 for i in range(d))  # never 00 or FF at the end
+    signature = bytes((index + i) % 256 for i in range(s))
+    certificate = bytes((index * 3 + i) % 256 for i in range(c))
+    write = (session.write_inpatient_record if kind == "inpatient"
+             else session.write_outpatient_record)
+    write(index, data, signature=signature, certificate=certificate)
+    path = f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"
+    assert card.binary(path) == data + signature + certificate  # the whole file, no padding
+    got = session.read_medical_record(kind, index)  # type: ignore[arg-type]
+    assert (got.index, got.data, got.signature, got.certificate) == \
+        (index, data, signature, certificate)
+    contents = session.read_all()
+    records = contents.inpatient if kind == "inpatient" else contents.outpatient
+    assert [r.index for r in records] == [index] and records[0].data == data
+    with pytest.raises(E.CardParameterError):
+        write(index, data + b"\x01")  # one byte over
+    with pytest.raises(E.CardParameterError):
+        write(index, data[:-1] + b"\xff")  # would read back shorter
 
 
 def test_cyclic_allergies_keep_newest_first_and_wrap(session: CardSession) -> None:

@@ -18,6 +18,8 @@ from edge.devices.card.service import (
     CardRemovedEvent,
     CardService,
     IdentityRead,
+    ReaderAddedEvent,
+    ReaderRemovedEvent,
     ServiceEvent,
 )
 from edge.devices.card.sim.cardos import BankCardSim, HealthCardSim
@@ -100,12 +102,14 @@ async def test_wrong_pin_reported_and_never_resent(
         for _ in range(2):
             await asyncio.to_thread(patient_slot.insert, _card())
             failed = await next_event(service, CardReadFailed)
-            assert isinstance(failed.error, E.SamPinError)  # type: ignore[union-attr]
-            assert failed.error.retries_left == 2  # type: ignore[union-attr]
+            err = failed.error  # type: ignore[union-attr]
+            assert isinstance(err, E.CardServiceUnavailable)  # no PIN talk on the screen
+            assert isinstance(err.cause, E.SamPinError) and err.cause.retries_left == 2
         assert sam.verify_count == 1
         status = service.sam_status()
         assert status["state"] == "pin_error" and status["retries_left"] == 2
-        assert "123456" not in repr(status)
+        assert service.health()["fault"]["code"] == "sam_pin_error"
+        assert "123456" not in repr(service.health())
     finally:
         await asyncio.to_thread(sam_slot.remove)
         await asyncio.to_thread(wait_card, pcscd.sam_reader, False)
@@ -118,9 +122,13 @@ async def test_pcscd_killed_and_restarted_while_watching(
     assert (await next_event(service, IdentityRead)).identity.name == "李四"  # type: ignore[union-attr]
     await asyncio.to_thread(pcscd.kill)
     await next_event(service, CardRemovedEvent)  # the watcher reports the loss
+    gone = await next_event(service, ReaderRemovedEvent)
+    assert gone.reader == pcscd.patient_reader  # type: ignore[union-attr]
+    assert not service.reader_present and not service.cards
     await asyncio.to_thread(pcscd.start)
-    sam_sim = sam_slot.card
-    assert sam_sim is None or isinstance(sam_sim, SamSim)
+    back = await next_event(service, ReaderAddedEvent, wait_s=15)
+    assert back.reader == pcscd.patient_reader and service.reader_present  # type: ignore[union-attr]
+    # vpcd's connections died with pcscd: both virtual cards go back in
     await asyncio.to_thread(sam_slot.insert, SamSim("123456"))
     await asyncio.to_thread(patient_slot.insert, _card("王五"))
     ev = await next_event(service, IdentityRead, wait_s=15)

@@ -9,11 +9,14 @@ import pytest
 
 from edge.devices.card import errors as E
 from edge.devices.card.hotlist import HotList
+from edge.devices.card.pinstate import SamPinLedger
 from edge.devices.card.protocol.security import AuthScheme
 from edge.devices.card.session import (
+    MAX_GET_RESPONSES,
     CardProfile,
     CardSession,
     InProcessTransport,
+    LocalToday,
     SamSession,
     Timeouts,
 )
@@ -158,12 +161,87 @@ def test_wrong_sam_pin_is_never_retried() -> None:
     assert sam.pin_tries_left == 2
 
 
-def test_blocked_sam_pin() -> None:
+def test_last_sam_pin_try_is_never_spent() -> None:
     sam = SamSim(PIN, pin_tries=1)
-    session, _ = make(holder_card(), sam=sam, pin="000000")
+    session, _ = make(holder_card(), sam=sam, pin=PIN)  # even the right PIN is not risked
+    with pytest.raises(E.SamPinTriesLow) as e:
+        session.read_identity()
+    assert e.value.retries_left == 1 and e.value.sw == "63C1"
+    assert (sam.verify_count, sam.verify_queries, sam.pin_tries_left) == (0, 1, 1)
+    assert session.sam.status()["pin_tries_left"] == 1  # type: ignore[union-attr]
+
+
+def test_blocked_sam_pin_is_not_presented() -> None:
+    sam = SamSim(PIN)
+    sam.pin_tries_left = 0
+    session, _ = make(holder_card(), sam=sam, pin=PIN)
     with pytest.raises(E.SamPinBlocked) as e:
         session.read_identity()
-    assert e.value.retries_left == 0
+    assert e.value.retries_left == 0 and e.value.sw == "6983"
+    assert sam.verify_count == 0
+
+
+def test_wrong_pin_that_blocks_is_reported_blocked() -> None:
+    sam = SamSim(PIN, pin_tries=2)  # 2 tries: the one spare try may be used once
+    session, _ = make(holder_card(), sam=sam, pin="000000")
+    with pytest.raises(E.SamPinError) as e:
+        session.read_identity()
+    assert e.value.retries_left == 1 and sam.verify_count == 1
+
+
+def _sam_session(sam: SamSim, pin: str, state: Path) -> SamSession:
+    return SamSession(InProcessTransport(sam, "sam"), pin, ledger=SamPinLedger(state))
+
+
+def test_wrong_pin_spends_one_try_across_restarts(tmp_path: Path) -> None:
+    sam, state = SamSim(PIN), tmp_path / "state" / "sam-pin.json"
+    with pytest.raises(E.SamPinError) as e:
+        _sam_session(sam, "654321", state).open()
+    assert e.value.retries_left == 2 and sam.pin_tries_left == 2
+    assert "654321" not in state.read_text()
+    # "restart": a new process, a new session, the same wrong PIN file → nothing spent
+    for _ in range(3):
+        with pytest.raises(E.SamPinError) as e:
+            _sam_session(sam, "654321", state).open()
+        assert e.value.retries_left == 2
+    assert (sam.verify_count, sam.pin_tries_left) == (1, 2)
+    # another SAM (another serial) is not affected by this SAM's record
+    other = SamSim(PIN, serial=bytes(14))
+    _sam_session(other, PIN, state).open()
+    # the PIN file was fixed: the new PIN gets its try, succeeds, the record goes
+    fixed = _sam_session(sam, PIN, state)
+    fixed.open()
+    assert fixed.opened and sam.pin_tries_left == 3 and sam.verify_count == 2
+    assert fixed.serial.hex().upper() not in state.read_text()
+
+
+def test_changed_but_still_wrong_pin_gets_one_try(tmp_path: Path) -> None:
+    sam, state = SamSim(PIN), tmp_path / "sam-pin.json"
+    with pytest.raises(E.SamPinError):
+        _sam_session(sam, "111111", state).open()
+    with pytest.raises(E.SamPinError) as e:  # another wrong PIN: its own single try
+        _sam_session(sam, "222222", state).open()
+    assert e.value.retries_left == 1
+    with pytest.raises(E.SamPinTriesLow):  # one try left: nothing more is presented
+        _sam_session(sam, "333333", state).open()
+    assert (sam.verify_count, sam.pin_tries_left) == (2, 1)
+
+
+def test_damaged_pin_state_file_refuses_without_presenting(tmp_path: Path) -> None:
+    sam, state = SamSim(PIN), tmp_path / "sam-pin.json"
+    state.write_text("{not json")
+    with pytest.raises(E.SamError) as e:
+        _sam_session(sam, PIN, state).open()
+    assert str(state) in e.value.message and sam.verify_count == 0
+
+
+def test_sam_already_verified_is_not_verified_again() -> None:
+    sam = SamSim(PIN)
+    first = SamSession(InProcessTransport(sam, "sam"), PIN)
+    first.open()
+    second = SamSession(InProcessTransport(sam, "sam"), "000000")  # no reset in between
+    second.open()
+    assert second.opened and sam.verify_count == 1
 
 
 def test_no_sam_means_sam_unavailable_after_the_free_data() -> None:
@@ -245,3 +323,94 @@ def test_error_messages_are_screen_ready() -> None:
     d = err.to_dict()
     assert d["code"] == "card_removed" and d["reader"] == "Virtual PCD 00 00"
     assert "卡" in d["message_zh"] and d["message"]
+
+
+def test_endless_61xx_chaining_is_capped() -> None:
+    # From APDU 2 (the first READ RECORD) the card answers 6110 to everything, GET RESPONSE
+    # included: the session gives up after MAX_GET_RESPONSES, typed, instead of spinning.
+    card = holder_card(faults=Faults(stuck_sw_from=(2, 0x6110)))
+    session = CardSession(InProcessTransport(card, "patient"), None)
+    with pytest.raises(E.CardCommandError) as e:
+        session.read_issuer()
+    assert e.value.sw == "6110"
+    assert card.apdu_count == 2 + MAX_GET_RESPONSES
+    assert session.last_apdus["card"] == 2 + MAX_GET_RESPONSES
+
+
+def test_chaining_stops_at_the_operation_deadline() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # every deadline check is one second later
+        return now[0]
+    card = holder_card(faults=Faults(stuck_sw_from=(2, 0x6110)))
+    session = CardSession(InProcessTransport(card, "patient"), None,
+                          timeouts=Timeouts(apdu_s=1, operation_s=5), monotonic=clock)
+    with pytest.raises(E.CardTimeout) as e:
+        session.read_issuer()
+    assert "chaining" in e.value.message
+    assert card.apdu_count < 2 + MAX_GET_RESPONSES
+
+
+def test_sam_answering_61xx_for_ever_is_a_sam_error() -> None:
+    class StuckSam(SamSim):
+        def _get_response(self, c: object) -> bytes:  # type: ignore[override]
+            return b"\x61\x10"
+    session, _ = make(holder_card(), sam=StuckSam(PIN))
+    with pytest.raises(E.SamError) as e:
+        session.read_identity()
+    assert e.value.sw == "6110"
+
+
+# Card APDUs of read_identity: 1 SELECT DDF1, 2-4 EF05 (2 by SFI, then the current EF),
+# 5 GET CHALLENGE, 6 EXTERNAL AUTHENTICATE, 7 EF06 by SFI, 8-11 EF06 current, 12 EF08 by SFI.
+@pytest.mark.parametrize(("n", "file"), [(2, "DDF1/EF05"), (4, "DDF1/EF05"), (7, "DDF1/EF06"),
+                                         (9, "DDF1/EF06"), (12, "DDF1/EF08")])
+def test_failing_read_on_the_lean_path_is_typed_and_names_the_file(n: int, file: str) -> None:
+    session, _ = make(holder_card(faults=Faults(wrong_sw_at=(n, 0x6A83))))
+    with pytest.raises(E.CardError) as e:
+        session.read_identity()
+    assert (e.value.file, e.value.sw) == (file, "6A83")
+    assert session.last_apdus["card"] == n
+
+
+@pytest.mark.parametrize("n", [3, 7, 8, 12])
+def test_61xx_on_the_lean_path_is_chained_and_capped(n: int) -> None:
+    card = holder_card(faults=Faults(stuck_sw_from=(n, 0x6110)))
+    session, _ = make(card)
+    with pytest.raises(E.CardCommandError) as e:
+        session.read_identity()
+    assert e.value.sw == "6110"
+    assert card.apdu_count == n + MAX_GET_RESPONSES
+
+
+def test_operation_deadline_is_checked_before_every_lean_read() -> None:
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    class Slow(InProcessTransport):
+        def transmit(self, apdu: bytes) -> bytes:
+            now[0] += 1.0  # each APDU takes one second
+            return super().transmit(apdu)
+    sam = SamSession(InProcessTransport(SamSim(PIN), "sam"), PIN, monotonic=clock)
+    session = CardSession(Slow(holder_card(), "patient"), sam,
+                          timeouts=Timeouts(operation_s=8.5), today=_today, monotonic=clock)
+    with pytest.raises(E.CardTimeout):
+        session.read_identity()
+    assert session.last_apdus["card"] == 9  # 9 s after 9 card APDUs: the 10th is not sent
+
+
+def test_local_today_follows_the_clock_across_midnight() -> None:
+    day = dt.date(2026, 6, 1)
+    midnight = dt.datetime(2026, 6, 2).timestamp()  # local midnight, as date.today() sees it
+    now = [midnight - 1.0]
+    today = LocalToday(clock=lambda: now[0])
+    assert today() == day == dt.date.fromtimestamp(now[0])
+    now[0] = midnight - 0.001
+    assert today() == day
+    now[0] = midnight
+    assert today() == day + dt.timedelta(days=1)
+    now[0] = midnight - 3 * 86400.0  # clock set back three days
+    assert today() == day - dt.timedelta(days=2)

@@ -8,7 +8,10 @@ import time
 import pytest
 
 from edge.devices.card.errors import CardParameterError, VpcdConnectError
+from edge.devices.card.protocol import apdu as A
+from edge.devices.card.protocol import security as sec
 from edge.devices.card.sim.cardos import BANK_ATR, HealthCardSim
+from edge.devices.card.sim.issuer import IssuerKeys
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
 
@@ -57,14 +60,33 @@ def test_external_authenticate_retry_counter() -> None:
     assert sw(card, "0082009911" + "00" * 17) == "6A88"  # unknown key
 
 
-def test_sm_write_needs_a_valid_mac() -> None:
+def _ext_auth(card: HealthCardSim, key_ref: int) -> str:
+    """EXTERNAL AUTHENTICATE as a terminal with the test issuer's SAM would send it."""
+    challenge = card.process_apdu(bytes.fromhex("0084000008"))[:-2]
+    scheme = sec.AuthScheme()
+    factor = sec.diversification_factor(scheme, card.card_number, card.city_code, card.atr)
+    key = sec.diversify(scheme, IssuerKeys.for_tests().masters[key_ref], factor)
+    data = sec.ext_auth_data(scheme, sec.cryptogram(scheme, key, challenge))
+    return sw(card, A.external_authenticate(key_ref, data).to_bytes().hex())
+
+
+def test_sm_write_needs_the_update_key_and_a_valid_mac() -> None:
     card = HealthCardSim.from_holder()
     for a in ("00A4000002DDF1", "00A4000002DF02", "00A4000002EF07"):
         assert sw(card, a) == "9000"
+    sw(card, "0084000008")
+    assert sw(card, "04DC000384" + "00" * 132) == "6982"  # no EXTERNAL AUTHENTICATE
+    assert _ext_auth(card, 0x84) == "9000"  # the read key does not allow writing
+    sw(card, "0084000008")
+    assert sw(card, "04DC000384" + "00" * 132) == "6982"
+    assert _ext_auth(card, 0x86) == "9000"  # DF02's update key
     assert sw(card, "04DC000384" + "00" * 132) == "6985"  # no challenge
     sw(card, "0084000008")
     assert sw(card, "04DC000384" + "00" * 132) == "6988"  # bad MAC
-    assert sw(card, "00DC000378" + "00" * 120) == "6982"  # plain write without auth
+    assert sw(card, "00A4000002DF01") == "9000"
+    assert sw(card, "00A4000002EF05") == "9000"
+    sw(card, "0084000008")
+    assert sw(card, "04DC010414" + "00" * 20) == "6982"  # DF02's key does not open DF01
 
 
 def test_faults_delay_and_disconnect() -> None:
@@ -83,6 +105,8 @@ def test_sam_pin_counter_and_blocking() -> None:
     assert sw(sam, "002000000000"[:8]) == "63C1"  # no data: how many tries are left
     assert sw(sam, "00200000021111") == "6983"
     assert sw(sam, "00200000021234") == "6983"  # blocked even with the right PIN
+    assert sw(sam, "00200000") == "6983"  # the query says blocked too
+    assert (sam.verify_count, sam.verify_queries) == (3, 2)
     with pytest.raises(CardParameterError):
         SamSim("12ab")
 
@@ -91,7 +115,9 @@ def test_sam_files_and_t0_get_response() -> None:
     sam = SamSim("1234", terminal_number=bytes.fromhex("440300000123"))
     assert sw(sam, "00A40000020016") == "9000"
     assert sam.process_apdu(bytes.fromhex("00B0000006")) == bytes.fromhex("4403000001239000")
+    assert sw(sam, "00200000") == "63C3"  # query before: tries left, none spent
     assert sw(sam, "00200000021234") == "9000"
+    assert sw(sam, "0020000000") == "9000"  # query after: already verified (Le form too)
     assert sw(sam, "00A4000002DF01") == "9000"
     for fid, size in (("001A", 25), ("001B", 180), ("001C", 190)):
         assert sw(sam, "00A4000002" + fid) == "9000"

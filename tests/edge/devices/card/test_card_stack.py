@@ -48,8 +48,9 @@ def test_read_identity_over_pcscd(pcscd: PcscDaemon, patient_slot: VirtualCardSl
     wait_card(pcscd.patient_reader, True)
     ident, session = _read(pcscd)
     assert ident.name == "张三" and ident.card_number == CARD_NO  # type: ignore[attr-defined]
-    # SAM: 6 to open it (first use: VERIFY, 2×SELECT+READ, SELECT DF01) + 80DE P1=01 + 00C0
-    assert session.last_apdus == {"card": 12, "sam": 8}
+    # SAM: 7 to open it (first use: SELECT+READ 0015, VERIFY query, VERIFY, SELECT+READ
+    # 0016, SELECT DF01) + 80DE P1=01 + 00C0
+    assert session.last_apdus == {"card": 12, "sam": 9}
     assert session.sam.terminal_number == bytes.fromhex("110100000001")  # type: ignore[union-attr]
 
 
@@ -62,11 +63,12 @@ def test_card_pulled_at_every_apdu_of_read_identity(
             card = _card(faults=Faults(disconnect_at=n))
             patient_slot.insert(card)
             wait_card(pcscd.patient_reader, True)
-            result: list[object] = []
-            with pytest.raises(E.CardRemoved):
-                result.append(_read(pcscd, sam=sam)[0])
-            assert result == []  # nothing, not even a partial identity
+            with pytest.raises(E.CardRemoved) as e:
+                _read(pcscd, sam=sam)
             assert card.apdu_count == n
+            # the error names the reader and carries nothing read from the card
+            assert e.value.reader == pcscd.patient_reader
+            assert CARD_NO not in repr(vars(e.value)) and "张三" not in repr(vars(e.value))
             patient_slot.wait_removed()
             wait_card(pcscd.patient_reader, False)
         # the same SAM session still works for the next good card
