@@ -33,6 +33,9 @@ class PrinterConfig(BaseModel):
     job_timeout_s: float = Field(default=30.0, gt=0, le=600)
     reconnect_attempts: int = Field(default=3, ge=0, le=20)
     reconnect_delay_s: float = Field(default=1.0, ge=0, le=30)
+    # DLE EOT poll while no job runs, so "paper near end" reaches staff before a patient
+    # meets an empty printer; 0 turns the poll off.
+    status_poll_s: float = Field(default=10.0, ge=0, le=3600)
 
     @field_validator("vendor_id", "product_id", mode="before")
     @classmethod

@@ -8,7 +8,10 @@ document, and drops the bytes once the job has printed.
 Completion is confirmed with GS r 1, which the printer answers only after everything sent
 before it has printed; while waiting, DLE EOT status is polled so paper out or an open
 cover mid-job ends the job as ``failed`` with that reason instead of hanging or being
-reported as printed. All blocking I/O runs in a worker thread (``asyncio.to_thread``).
+reported as printed. A status query left unanswered mid-job is not a failure: a slow
+printer answers only after draining the data before it, so the driver keeps waiting until
+``job_timeout_s`` (see ``_await_completion``). All blocking I/O runs in a worker thread
+(``asyncio.to_thread``).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,6 +225,30 @@ class PrinterService:
         async with self._lock:
             return await asyncio.to_thread(self._status_sync)
 
+    async def status_changes(self) -> AsyncIterator[PrinterStatus]:
+        """Poll status every ``status_poll_s`` while idle; yield it on start and on change.
+
+        A printer that does not answer is yielded as offline with paper ``unknown``. Rounds
+        that fall while a job prints are skipped: the job reports its own outcome, and a
+        query then would only queue behind the job's data.
+        """
+        interval = self.config.status_poll_s
+        if not self.config.enabled or interval <= 0:
+            return
+        last: dict[str, bool | str] | None = None
+        while True:
+            if not self._lock.locked():
+                try:
+                    current = await self.status()
+                except PrinterError as exc:
+                    log.debug("idle status poll: %s", exc.reason)
+                    current = PrinterStatus(online=False, cover_open=False, paper="unknown")
+                # Compare what is reported, so a feed-button press is not a "change".
+                if current.event_body() != last:
+                    last = current.event_body()
+                    yield current
+            await asyncio.sleep(interval)
+
     async def print(self, doc: Document, *, job_id: str, copy: bool = False) -> PrintOutcome:
         """Store the job, print it and report the outcome; a known job_id is not reprinted."""
         existing = self._store.get(job_id)
@@ -319,21 +346,53 @@ class PrinterService:
         return self._finish(job_id, "printed", None)
 
     def _await_completion(self, t: PrinterTransport) -> str | None:
-        """None when the job has printed, else the reason it did not."""
-        if not self.profile.sequenced_status:
-            after = self._query(t)
-            return None if after.ready else after.problem
+        """None when the job has printed, else the reason it did not.
+
+        Only a definite answer ends a job failed: a status saying paper out, cover open or a
+        cutter error, or the link breaking (``PrinterOffline`` from read/write). A status
+        query that gets no reply is *unconfirmed*, not offline: a printer draining a long job
+        over a slow link (serial at 9600 baud, a busy network printer) reads our DLE EOT
+        only after the data queued before it, so its answer can take far longer than
+        ``status_timeout_s``. Calling that "offline" would invite a duplicate print of a
+        receipt that came out fine, so we keep listening until ``job_timeout_s``.
+        """
         deadline = time.monotonic() + self.config.job_timeout_s
-        while time.monotonic() < deadline:
-            reply = t.read(1, min(_POLL_S, max(0.01, deadline - time.monotonic())))
-            if reply and not is_status_byte(reply[0]):
-                return None  # the GS r reply: everything before it is on paper
-            status, gs_r_seen = self._query_noting_gs_r(t)
-            if gs_r_seen:
-                return None
+        sequenced = self.profile.sequenced_status
+        asked: list[int] = []  # DLE EOT n sent and not yet answered, in sending order
+        replies: dict[int, int] = {}
+        asked_at = 0.0
+        next_round = time.monotonic() + (_POLL_S if sequenced else 0.0)
+        warned = False
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return "timeout"
+            if not asked and now >= next_round:
+                # One round of all four queries: replies come back in the order asked.
+                t.write(b"".join(DLE_EOT + bytes([n]) for n in (1, 2, 3, 4)))
+                asked, replies, asked_at = [1, 2, 3, 4], {}, now
+            reply = t.read(1, min(_POLL_S, max(0.01, deadline - now)))
+            if not reply:
+                if asked and not warned and now - asked_at > self.config.status_timeout_s:
+                    log.info("printer status unconfirmed after %.1fs while a job drains; "
+                             "waiting up to job_timeout_s", now - asked_at)
+                    warned = True
+                continue
+            if not is_status_byte(reply[0]):
+                if sequenced:
+                    return None  # the GS r reply: everything before it is on paper
+                continue  # stray byte from a printer that is not meant to send one
+            if not asked:
+                continue  # a late reply to a round we no longer wait for
+            replies[asked.pop(0)] = reply[0]
+            if asked:
+                continue
+            status = parse_status(replies)
             if not status.ready:
-                return status.problem
-        return "timeout"
+                return status.problem or "printer_error"
+            if not sequenced:
+                return None  # no GS r on this model: a clean status after the data is all we get
+            next_round = time.monotonic() + _POLL_S
 
     def _connected(self) -> PrinterTransport:
         if self._transport is not None:

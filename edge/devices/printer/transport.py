@@ -207,10 +207,12 @@ class UsbTransport:
         attempts: int = 3,
         delay: float = 1.0,
         sleep: Callable[[float], None] = time.sleep,
+        usb_util: Any = None,
     ) -> None:
         self.vendor_id, self.product_id = vendor_id, product_id
         self.in_ep, self.out_ep, self.timeout = in_ep, out_ep, timeout
         self.attempts, self.delay, self._sleep = attempts, delay, sleep
+        self._usb_util = usb_util  # pyusb's usb.util unless a test hands in a fake
         self._printer: Any = None
 
     def _name(self) -> str:
@@ -226,6 +228,7 @@ class UsbTransport:
             raise PrinterOffline(
                 f"{self._name()}: pyusb is not installed", reason="no_pyusb"
             ) from exc
+        util = self._usb_util or usb.util
         last: Exception | None = None
         for attempt in range(self.attempts + 1):
             printer = _escpos_printer_module().Usb(
@@ -237,25 +240,23 @@ class UsbTransport:
                 if not printer._device:
                     raise PrinterOffline(f"{self._name()}: not found")
                 # Claim now, so a busy interface shows up here and not in the first write.
-                usb.util.claim_interface(printer._device, 0)
+                util.claim_interface(printer._device, 0)
                 self._printer = printer
                 return
-            except usb.core.USBError as exc:
-                last = exc
-                if exc.errno != errno.EBUSY:
-                    break
-                if printer._device:
-                    usb.util.dispose_resources(printer._device)
-                if attempt < self.attempts:
-                    self._sleep(self.delay * (attempt + 1))
             except PrinterOffline:
                 raise
-            except Exception as exc:  # DeviceNotFoundError: unplugged or no permission
-                raise PrinterOffline(f"{self._name()}: {exc}") from exc
-        busy = isinstance(last, usb.core.USBError) and last.errno == errno.EBUSY
-        raise PrinterOffline(
-            f"{self._name()}: {last}", reason="usb_busy" if busy else "offline"
-        ) from last
+            except Exception as exc:
+                # python-escpos wraps a USBError from set_configuration (EBUSY while usblp
+                # still holds the device) in DeviceNotFoundError: look at the chain.
+                if _usb_errno(exc, usb.core.USBError) != errno.EBUSY:
+                    raise PrinterOffline(f"{self._name()}: {exc}") from exc
+                last = exc
+                if printer._device:
+                    with contextlib.suppress(Exception):
+                        util.dispose_resources(printer._device)
+                if attempt < self.attempts:
+                    self._sleep(self.delay * (attempt + 1))
+        raise PrinterOffline(f"{self._name()}: {last}", reason="usb_busy") from last
 
     def close(self) -> None:
         """Release the interface and libusb handles."""
@@ -288,6 +289,17 @@ class UsbTransport:
             self.close()
             raise PrinterOffline(f"{self._name()}: {exc}", reason="connection_lost") from exc
         return bytes(data)
+
+
+def _usb_errno(exc: BaseException | None, usb_error: type[BaseException]) -> int | None:
+    """The errno of the first pyusb USBError in ``exc``'s cause/context chain, if any."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, usb_error):
+            return getattr(exc, "errno", None)
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
 
 
 class CupsTransport:

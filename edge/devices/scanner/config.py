@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edge.devices.scanner.classify import DEFAULT_MAX_LENGTH, ClassifierRules
-from edge.devices.scanner.models import MODELS
+from edge.devices.scanner.models import MODELS, ScannerModel
 
 __all__ = ["ScannerConfig", "ScannerDeviceConfig"]
 
@@ -28,6 +29,14 @@ class ScannerDeviceConfig(BaseModel):
     model: str | None = None
     layout: Literal["us", "de"] | None = None
     baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] | None = None
+    # Overrides of the model profile's framing, for a scanner reprogrammed on site (models.py:
+    # "every value here is a default that the config can override"). TOML escapes give
+    # control bytes: terminator = "\r\n", prefix = "\u0002". Serial only: a keyboard
+    # wedge always ends a scan with Enter.
+    prefix: str | None = Field(default=None, max_length=8)
+    suffix: str | None = Field(default=None, max_length=8)
+    terminator: str | None = Field(default=None, min_length=1, max_length=4)
+    aim: bool | None = None  # whether the scanner sends an AIM id ("]Q1") before the data
 
     @field_validator("usb_id")
     @classmethod
@@ -56,6 +65,10 @@ class ScannerDeviceConfig(BaseModel):
         else:
             if self.port is not None or self.baudrate is not None:
                 raise ValueError("port and baudrate are for kind=serial")
+            framing = [k for k in ("prefix", "suffix", "terminator")
+                       if getattr(self, k) is not None]
+            if framing:
+                raise ValueError(f"{', '.join(framing)}: framing is for kind=serial")
             if self.evdev_path is None and self.usb_id is None:
                 raise ValueError("kind=hid needs evdev_path or usb_id")
         if self.model is not None and MODELS[self.model].interface != self.kind:
@@ -75,6 +88,22 @@ class ScannerDeviceConfig(BaseModel):
     def model_name(self) -> str:
         """The model profile to use (generic for the kind when not given)."""
         return self.model or f"generic_{self.kind}"
+
+    def profile(self) -> ScannerModel:
+        """The model profile with this device's framing overrides applied."""
+        model = MODELS[self.model_name]
+        changes: dict[str, object] = {
+            key: value.encode("utf-8")
+            for key, value in (("prefix", self.prefix), ("suffix", self.suffix),
+                               ("terminator", self.terminator))
+            if value is not None
+        }
+        if self.aim is not None:
+            changes["aim"] = self.aim
+        if not changes:
+            return model
+        frame = dataclasses.replace(model.frame, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(model, frame=frame)
 
 
 class ScannerConfig(BaseModel):

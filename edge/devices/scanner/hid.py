@@ -27,7 +27,7 @@ from edge.devices.scanner.base import (
     Sink,
 )
 from edge.devices.scanner.errors import ScannerDisconnected
-from edge.devices.scanner.frames import RawScan
+from edge.devices.scanner.frames import RawScan, split_aim
 from edge.devices.scanner.keymaps import KeyDecoder, KeyEvent, Keymap
 
 __all__ = ["EvdevDevice", "HidScanner", "open_evdev"]
@@ -88,6 +88,7 @@ class HidScanner:
         clock: Callable[[], float] = time.monotonic,
         reconnect_delay_s: float = 1.0,
         max_length: int = 1024,
+        aim: bool = True,
         opener: Callable[[str], EvdevDevice] = open_evdev,
     ) -> None:
         self.path = path
@@ -97,6 +98,9 @@ class HidScanner:
         self._clock = clock
         self._delay = reconnect_delay_s
         self._max = max_length
+        # Scanners programmed to send AIM ids type them too ("]Q1" + data): strip and keep
+        # the symbology, as the serial framing does, or the classifier sees "]Q1<qr>".
+        self._aim = aim
         self._opener = opener
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -170,7 +174,12 @@ class HidScanner:
                 if result is None:
                     continue
                 if isinstance(result, str):
-                    raw = RawScan(text=result, symbology=None, ts=self._clock(), source=self.name)
+                    aim_id, symbology, text = split_aim(result) if self._aim else (
+                        None, None, result)
+                    if not text:
+                        continue  # an AIM id with no data: nothing was read
+                    raw = RawScan(text=text, symbology=symbology, ts=self._clock(),
+                                  aim_id=aim_id, source=self.name)
                     door.post(ScanRead(self.name, raw))
                 else:
                     door.post(ScanFailed(self.name, result))

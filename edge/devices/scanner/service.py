@@ -39,7 +39,7 @@ from edge.devices.scanner.classify import (
 )
 from edge.devices.scanner.config import ScannerConfig, ScannerDeviceConfig
 from edge.devices.scanner.errors import InvalidScanText
-from edge.devices.scanner.models import MODELS, ScannerModel
+from edge.devices.scanner.models import ScannerModel
 from edge.devices.scanner.watcher import (
     DRIVERS,
     DeviceWatcher,
@@ -114,7 +114,7 @@ class ScannerService:
             if path is None:
                 needs_discovery = True  # found by usb_id when it shows up
                 continue
-            await self._start_scanner(dev.name, dev.kind, path, MODELS[dev.model_name], dev)
+            await self._start_scanner(dev.name, dev.kind, path, dev.profile(), dev)
         if needs_discovery:
             # listers=None means the real buses (pyserial ports and evdev nodes).
             self._watcher = DeviceWatcher(self._listers, matcher=self._match,
@@ -171,7 +171,7 @@ class ScannerService:
         dev = self._configured_for(info)
         if dev is not None:
             # A usb_id given in config beats the registry: the site knows this device.
-            return MODELS[dev.model_name]
+            return dev.profile()
         if self._config.autodiscover:
             return registry_matcher(self._drivers)(info)
         return None

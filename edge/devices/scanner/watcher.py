@@ -126,6 +126,7 @@ class HidDriver:
         """A ``HidScanner`` for ``path``; options: name, layout, clock, reconnect_delay_s."""
         options.pop("baudrate", None)
         layout = options.pop("layout", None) or model.keyboard_layout
+        options.setdefault("aim", model.frame.aim)
         return HidScanner(path, KEYMAPS[layout], sink, **options)
 
 

@@ -47,6 +47,10 @@ METHOD_ZH = {
 }
 _SEX_ZH = {"M": "男", "F": "女", "U": "未知"}
 _LABEL_W = 10  # "就诊日期：" — every label is padded to this many columns
+# A reprint must be told from the original at a glance (DESIGN.md: "a reprint is marked as
+# a copy"), hence big and at the top, and again in the footer where it says what it is.
+_COPY_MARK = "副本 / COPY"
+_COPY_NOTE = ("本凭条为副本，仅供参考", "This is a copy")  # one line each: fits 58 mm paper
 
 
 def _ts(value: datetime) -> str:
@@ -110,14 +114,34 @@ class _Page:
         self.b.line(ch * (self.cols // display_width(ch)))
 
     def kv(self, label: str, value: str, *, bold: bool = False) -> None:
-        """Label padded to the common label width, then the value with hanging wrap."""
-        self.lines(kv_lines(pad(label + "：", _LABEL_W), value, self.cols), bold=bold)
+        """Label padded to the common label width, then the value with hanging wrap.
+
+        Widths count CJK as two columns. A label wider than the label column (a caller's
+        own test-page key) goes on a line of its own, so its value still starts in the
+        value column instead of pushing it right; our own labels all fit (a test checks).
+        """
+        label = label + "："
+        if display_width(label) > _LABEL_W:
+            self.lines(wrap(label, self.cols), bold=bold)
+            label = ""
+        self.lines(kv_lines(pad(label, _LABEL_W), value, self.cols), bold=bold)
 
     def amount(self, label: str, value: str, *, big: bool = False) -> None:
-        """Label left, amount right; ``big`` prints it bold at double height."""
-        self.lines(
-            two_col_lines(label, value, self.cols), bold=big, height=2 if big else 1
-        )
+        """Label left, amount right; ``big`` prints it bold at double width and height.
+
+        Double height alone draws tall, narrow glyphs that read as squashed, so ``big`` is
+        2x2; where label and amount do not fit one 2x2 line (58 mm paper) the label goes
+        on its own bold line and the amount follows at 2x2, flush right.
+        """
+        if not big:
+            self.lines(two_col_lines(label, value, self.cols))
+            return
+        half = self.cols // 2
+        if display_width(label) + 1 + display_width(value) <= half:
+            self.lines(two_col_lines(label, value, half), bold=True, width=2, height=2)
+            return
+        self.text(label, bold=True)
+        self.lines([pad(value, half, "right")], bold=True, width=2, height=2)
 
     def header(self, hospital: str, title: str, copy: bool) -> None:
         """Hospital name, document title and the copy mark."""
@@ -127,8 +151,13 @@ class _Page:
         tw = 2 if display_width(title) * 2 <= self.cols else 1
         self.text(title, align="center", bold=True, width=tw, height=2)
         if copy:
-            self.text("【补打凭条 COPY】", align="center", bold=True)
+            self.copy_mark()
         self.rule("=")
+
+    def copy_mark(self) -> None:
+        """The copy mark: a rule of stars, then bold double width and height text."""
+        self.rule("*")
+        self.text(_COPY_MARK, align="center", bold=True, width=2, height=2)
 
     def footer(self, printed_at: datetime, notes: Iterable[str], copy: bool) -> None:
         """Closing rule, notes, print time and the cut."""
@@ -137,7 +166,8 @@ class _Page:
             self.text(note)
         self.kv("打印时间", _ts(printed_at))
         if copy:
-            self.text("本凭条为补打件，原件作废以原件为准", align="center")
+            for note in _COPY_NOTE:
+                self.text(note, align="center", bold=True)
         self.b.cut()
 
     def qr(self, payload: str, caption: str) -> None:
@@ -221,7 +251,7 @@ def _topup(doc: TopUpReceipt, page: _Page) -> None:
     page.amount("充值金额", format_fen(doc.amount_fen), big=True)
     page.kv("支付方式", METHOD_ZH[doc.method])
     page.kv("交易流水", doc.txn_id)
-    page.kv("充值后余额", format_fen(doc.balance_after_fen), bold=True)
+    page.kv("账户余额", format_fen(doc.balance_after_fen), bold=True)
     if doc.operator:
         page.kv("操 作 员", doc.operator)
     page.footer(
@@ -274,7 +304,8 @@ def _lab(doc: LabReport, page: _Page) -> None:
     rows = [
         [i.name, i.value + (arrows[i.flag] or "  "), i.unit, i.ref_range] for i in doc.items
     ]
-    page.lines(table_lines(columns, rows, page.cols))
+    # Two spaces between columns: "10^12/L" and a range next to it read as one word.
+    page.lines(table_lines(columns, rows, page.cols, gap=2))
     page.rule()
     flagged = sum(1 for i in doc.items if i.flag)
     page.text(f"共{len(doc.items)}项，异常{flagged}项    ↑偏高  ↓偏低")
@@ -328,12 +359,12 @@ def _test_page(doc: TestPage, page: _Page) -> None:
     page.text("打印测试页", align="center", bold=True, width=2, height=2)
     page.text("PRINTER TEST PAGE", align="center")
     if doc.copy:
-        page.text("【补打凭条 COPY】", align="center", bold=True)
+        page.copy_mark()
     page.rule("=")
     page.kv("设备编号", doc.device_id)
     page.kv("软件版本", doc.version)
     page.kv("打印机型", page.p.model)
-    page.kv("纸宽/列数", f"{page.p.dots_per_line}点 / {page.p.columns}列 / {page.p.dpi}dpi")
+    page.kv("打印宽度", f"{page.p.dots_per_line}点 / {page.p.columns}列 / {page.p.dpi}dpi")
     for key, value in doc.extra:
         page.kv(key, value)
     page.rule()

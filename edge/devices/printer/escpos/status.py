@@ -58,6 +58,11 @@ class PrinterStatus:
             and not (self.cutter_error or self.recoverable_error or self.unrecoverable_error)
         )
 
+    def event_body(self) -> dict[str, bool | str]:
+        """The ``printer.status`` event body (edge/protocol/messages.py ``PrinterStatus``)."""
+        return {"online": self.online, "paper": self.paper, "cover_open": self.cover_open,
+                "cutter_error": self.cutter_error}
+
     @property
     def problem(self) -> str | None:
         """A reason code for the first thing that stops printing, or None."""

@@ -143,8 +143,12 @@ class Column:
     flex: bool = False
 
 
-def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int) -> list[str]:
+def table_lines(
+    columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int, *, gap: int = 1
+) -> list[str]:
     """Lay a table out in ``width`` columns; the flex column wraps, the others fit content.
+
+    ``gap`` spaces separate the columns.
 
     When the fixed columns leave less than 6 columns for the flex one (narrow paper),
     every row prints its flex cell on a line of its own followed by the other cells.
@@ -159,37 +163,42 @@ def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[str]], width:
         max([display_width(c.header)] + [display_width(r[i]) for r in rows])
         for i, c in enumerate(columns)
     ]
-    gaps = len(columns) - 1
+    gaps = (len(columns) - 1) * gap
     fixed = sum(w for i, w in enumerate(widths) if i != flex_i)
     flex_w = width - fixed - gaps
     if flex_w >= 6:
         widths[flex_i] = flex_w
-        out = [_table_row([c.header for c in columns], columns, widths)]
-        out += [line for r in rows for line in _table_rows(r, columns, widths, flex_i)]
+        out = [_table_row([c.header for c in columns], columns, widths, gap)]
+        out += [line for r in rows for line in _table_rows(r, columns, widths, flex_i, gap)]
         return out
     # Stacked form for narrow paper.
     others = [i for i in range(len(columns)) if i != flex_i]
     out = []
     for r in rows:
         out += wrap(r[flex_i], width)
-        rest = " ".join(r[i] for i in others)
+        rest = (" " * gap).join(r[i] for i in others)
         out += [pad(x, width, "right") for x in wrap(rest, width)]
     return out
 
 
-def _table_row(cells: Sequence[str], columns: Sequence[Column], widths: Sequence[int]) -> str:
-    return " ".join(pad(c, w, col.align) for c, col, w in zip(cells, columns, widths, strict=True))
+def _table_row(
+    cells: Sequence[str], columns: Sequence[Column], widths: Sequence[int], gap: int = 1
+) -> str:
+    return (" " * gap).join(
+        pad(c, w, col.align) for c, col, w in zip(cells, columns, widths, strict=True)
+    )
 
 
 def _table_rows(
-    row: Sequence[str], columns: Sequence[Column], widths: Sequence[int], flex_i: int
+    row: Sequence[str], columns: Sequence[Column], widths: Sequence[int], flex_i: int,
+    gap: int = 1,
 ) -> list[str]:
     wrapped = wrap(row[flex_i], widths[flex_i])
     first = list(row)
     first[flex_i] = wrapped[0]
-    lines = [_table_row(first, columns, widths).rstrip(" ")]
+    lines = [_table_row(first, columns, widths, gap).rstrip(" ")]
     for cont in wrapped[1:]:
         cells = ["" for _ in columns]
         cells[flex_i] = cont
-        lines.append(_table_row(cells, columns, widths).rstrip(" "))
+        lines.append(_table_row(cells, columns, widths, gap).rstrip(" "))
     return lines

@@ -45,6 +45,9 @@ class Faults:
     cutter_error: bool = False
     slow_bps: int | None = None  # receive at most this many bytes per second
     drop_after_bytes: int | None = None  # close the next connection after N bytes (one-shot)
+    # Hang up on the first printed line of the next job, on whichever connection carries it
+    # (one-shot). Unlike drop_after_bytes this also hits a driver's long-lived connection.
+    drop_next_job: bool = False
     paper_lines_left: int | None = None  # the roll ends after N more printed lines
 
     @property
@@ -205,8 +208,23 @@ class VirtualPrinter:
                     break
                 received += len(chunk)
                 self.bytes_received += len(chunk)
-                for event in decoder.feed(chunk):
+                dropped = False
+                events = decoder.feed(chunk)
+                for i, event in enumerate(events):
                     self._on_event(conn, hit, event, waiting)
+                    if isinstance(event, PrintedLine) and self._take_drop_next_job():
+                        dropped = hit[0] = True  # the job stops half-printed
+                        # The decoder may already have closed this job within the chunk;
+                        # then file it here (interrupted), else finish() below does.
+                        done = [e for e in events[i:] if isinstance(e, JobDone)]
+                        if done:
+                            done[0].job.interrupted = True
+                            self._file(done[0].job)
+                        break
+                if dropped:
+                    log.info("virtual printer: dropping the connection mid-job")
+                    conn.shutdown(socket.SHUT_RDWR)
+                    break
                 if drop_after is not None and received >= drop_after:
                     log.info("virtual printer: dropping connection after %d bytes", received)
                     conn.shutdown(socket.SHUT_RDWR)
@@ -241,6 +259,13 @@ class VirtualPrinter:
             self._file(event.job)
         elif isinstance(event, PrintedLine | PrintedQr | Feed):
             hit[0] = self._consume_paper(event) or hit[0]
+
+    def _take_drop_next_job(self) -> bool:
+        with self._lock:
+            if not self._faults.drop_next_job:
+                return False
+            self._faults = replace(self._faults, drop_next_job=False)
+            return True
 
     def _consume_paper(self, element: object) -> bool:
         """Use paper for one element; True if it could not print (stopped mechanism)."""

@@ -79,7 +79,7 @@ async def test_printer_driver_paper_out_mid_job_fails_then_reprint_is_a_copy(
     again = await svc.reprint("pay-1")
     assert again.state == "printed" and again.copy
     jobs = printer.wait_for_jobs(2)
-    assert "补打" in jobs[1].text and not jobs[1].interrupted
+    assert "副本 / COPY" in jobs[1].lines and not jobs[1].interrupted
     with pytest.raises(PrinterJobFailed) as err:
         await svc.reprint("pay-1")  # only once
     assert err.value.job_id == "pay-1"
@@ -176,3 +176,96 @@ def test_printer_config_is_strict() -> None:
         PrinterConfig(kind="memory", profile="nope")
     cfg = PrinterConfig(kind="usb", vendor_id="0x0416", product_id="5011")  # type: ignore[arg-type]
     assert (cfg.vendor_id, cfg.product_id) == (0x0416, 0x5011)
+
+
+async def test_printer_driver_slow_printer_is_not_offline(
+    printer: VirtualPrinter, samples: Samples, tmp_path: Path
+) -> None:
+    # ~1 kB at 600 B/s drains for ~1.8 s; the status queries sent meanwhile queue behind the
+    # data, far past status_timeout_s. That is "unconfirmed", not "offline".
+    printer.set_fault(slow_bps=600)
+    cfg = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port,
+                        status_timeout_s=0.3, job_timeout_s=15.0, reconnect_attempts=0)
+    svc = PrinterService(cfg, tmp_path / "jobs.db", clock=clock)
+    outcome = await svc.print(samples["lab_report"](), job_id="lab-slow")
+    assert outcome.state == "printed", outcome.reason
+    (job,) = printer.wait_for_jobs(1)
+    assert not job.interrupted and "血常规检验报告单" in job.text
+    assert svc.job("lab-slow").state == "printed"  # type: ignore[union-attr]
+    await svc.close()
+
+
+async def test_printer_driver_slow_printer_times_out_only_at_job_timeout(
+    printer: VirtualPrinter, samples: Samples, tmp_path: Path
+) -> None:
+    import time
+
+    printer.set_fault(slow_bps=100)  # ~10 s of data: cannot finish inside job_timeout_s
+    cfg = PrinterConfig(kind="network", host="127.0.0.1", port=printer.port,
+                        status_timeout_s=0.2, job_timeout_s=1.5, reconnect_attempts=0)
+    svc = PrinterService(cfg, tmp_path / "jobs.db", clock=clock)
+    started = time.monotonic()
+    outcome = await svc.print(samples["lab_report"](), job_id="lab-slower")
+    assert (outcome.state, outcome.reason) == ("failed", "timeout")
+    assert time.monotonic() - started >= 1.5
+    printer.clear_faults()
+    await svc.close()
+
+
+async def _print_and_fault_midway(
+    printer: VirtualPrinter, svc: PrinterService, doc: Document, job_id: str,
+    after_bytes: int, **fault: bool,
+) -> object:
+    import asyncio
+
+    task = asyncio.create_task(svc.print(doc, job_id=job_id))
+    for _ in range(200):
+        if printer.bytes_received >= after_bytes:
+            break
+        await asyncio.sleep(0.02)
+    assert printer.bytes_received >= after_bytes and not task.done()
+    printer.set_fault(**fault)
+    return await task
+
+
+async def test_printer_driver_cover_opened_mid_job_fails_with_cover_open(
+    printer: VirtualPrinter, samples: Samples, tmp_path: Path
+) -> None:
+    printer.set_fault(slow_bps=2000)
+    svc = PrinterService(net_config(printer.port), tmp_path / "jobs.db", clock=clock)
+    outcome = await _print_and_fault_midway(
+        printer, svc, samples["lab_report"](), "lab-cover", 300, cover_open=True)
+    assert (outcome.state, outcome.reason) == ("failed", "cover_open")  # type: ignore[attr-defined]
+    await svc.close()
+    printer.stop()  # close the link: the half-printed job is filed as interrupted
+    assert printer.jobs[0].interrupted
+
+
+async def test_printer_driver_connection_dropped_mid_job_fails_connection_lost(
+    printer: VirtualPrinter, samples: Samples, tmp_path: Path
+) -> None:
+    printer.set_fault(drop_after_bytes=300)  # the printer loses power 300 bytes in
+    svc = PrinterService(net_config(printer.port), tmp_path / "jobs.db", clock=clock)
+    outcome = await svc.print(samples["lab_report"](), job_id="lab-drop")
+    assert (outcome.state, outcome.reason) == ("failed", "connection_lost")
+    assert printer.wait_for_jobs(1)[0].cut is False
+    # Back on: a reprint goes over a fresh connection and is marked as a copy.
+    again = await svc.reprint("lab-drop")
+    assert again.state == "printed" and again.copy
+    await svc.close()
+
+
+async def test_printer_driver_without_gs_r_trusts_the_status_after_the_data(
+    samples: Samples, tmp_path: Path
+) -> None:
+    import dataclasses
+
+    mem = MemoryTransport()
+    svc = memory_service(tmp_path, mem)
+    svc.profile = dataclasses.replace(svc.profile, sequenced_status=False)
+    assert (await svc.print(samples["slip"](), job_id="s-1")).state == "printed"
+    assert b"\x1dr\x01" not in mem.written
+    mem.paper_out_after_jobs = mem.jobs_printed + 1  # this job empties the roll
+    outcome = await svc.print(samples["refund"](), job_id="r-1")
+    assert (outcome.state, outcome.reason) == ("failed", "paper_out")
+    await svc.close()

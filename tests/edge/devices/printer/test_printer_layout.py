@@ -41,9 +41,25 @@ def test_printer_layout_matches_golden_bytes(kind: str, profile: str, samples: S
 
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("kind", KINDS)
-def test_printer_layout_lines_fit_the_paper(kind: str, profile: str, samples: Samples) -> None:
+def test_printer_copy_layout_matches_golden_bytes(
+    kind: str, profile: str, samples: Samples
+) -> None:
+    data = render(dataclasses.replace(samples[kind](), copy=True), get_profile(profile))
+    golden = FIXTURES / f"{kind}.{profile}.copy.bin"
+    if os.environ.get("YKT_REGEN_GOLDEN") == "1":
+        golden.write_bytes(data)
+    assert golden.exists(), f"missing {golden.name}; run with YKT_REGEN_GOLDEN=1"
+    assert data == golden.read_bytes()
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("copy", [False, True])
+def test_printer_layout_lines_fit_the_paper(
+    kind: str, profile: str, copy: bool, samples: Samples
+) -> None:
     prof = get_profile(profile)
-    (job,) = decode(render(samples[kind](), prof))
+    (job,) = decode(render(dataclasses.replace(samples[kind](), copy=copy), prof))
     assert job.cut == (prof.cutter != "none")
     for element in job.elements:
         runs = getattr(element, "runs", ())
@@ -74,10 +90,23 @@ def test_printer_slip_starts_with_init_and_chinese_mode_and_ends_with_cut(sample
     assert "心血管内科门诊".encode("gb18030") in data
 
 
-def test_printer_copy_is_marked(samples: Samples) -> None:
-    copy = dataclasses.replace(samples["slip"](), copy=True)
-    (job,) = decode(render(copy, get_profile("xprinter_xp80")))
-    assert "补打" in job.text
+@pytest.mark.parametrize("kind", KINDS)
+def test_printer_copy_is_marked_clearly_and_only_on_copies(kind: str, samples: Samples) -> None:
+    from edge.devices.printer.sim.decoder import PrintedLine
+
+    (original,) = decode(render(samples[kind](), get_profile("xprinter_xp58")))
+    assert "副本" not in original.text and "COPY" not in original.text
+    copy = dataclasses.replace(samples[kind](), copy=True)
+    (job,) = decode(render(copy, get_profile("xprinter_xp58")))
+    marks = [e for e in job.elements
+             if isinstance(e, PrintedLine) and "副本 / COPY" in "".join(r.text for r in e.runs)]
+    assert len(marks) == 1
+    (run,) = marks[0].runs
+    assert run.bold and (run.width, run.height) == (2, 2)
+    assert job.lines[-2:] == ["本凭条为副本，仅供参考", "This is a copy"]
+    assert "原件作废" not in job.text  # the old, self-contradictory footer
+    # The mark sits above the body: before the first line that is not header or rule.
+    assert job.lines.index("副本 / COPY") < 6
 
 
 def test_printer_money_prints_as_yuan_with_two_decimals(samples: Samples) -> None:
@@ -124,3 +153,54 @@ def test_printer_documents_validate_fields(samples: Samples) -> None:
         dataclasses.replace(samples["payment"](), total_fen=1)  # items do not add up
     with pytest.raises(InvalidDocument):
         dataclasses.replace(samples["slip"](), fee_fen=12.5)  # type: ignore[arg-type]
+
+
+def _value_column(line: str) -> int:
+    """Display column where the value starts after the first full-width colon."""
+    head, _, tail = line.partition("：")
+    rest = tail.lstrip(" ")
+    return display_width(head + "：") + (len(tail) - len(rest))
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_printer_every_label_fits_the_label_column(
+    kind: str, profile: str, samples: Samples
+) -> None:
+    (job,) = decode(render(samples[kind](), get_profile(profile)))
+    # A label too wide for the column is printed on a line of its own: none of ours may be.
+    assert not [line for line in job.lines if line.endswith("：")], kind
+
+
+def test_printer_values_start_in_one_column(samples: Samples) -> None:
+    prof = get_profile("xprinter_xp80")
+    (topup,) = decode(render(samples["topup"](), prof))
+    (page,) = decode(render(samples["test_page"](), prof))
+    rows = [line for line in topup.lines + page.lines
+            if line.split("：")[0] in ("患者姓名", "账户余额", "支付方式", "设备编号", "打印宽度",
+                                       "打印时间", "操 作 员")]
+    assert len(rows) == 8
+    assert {_value_column(line) for line in rows} == {10}
+
+
+def test_printer_long_caller_label_keeps_the_value_column(samples: Samples) -> None:
+    doc = dataclasses.replace(samples["test_page"](), extra=(("读卡器固件版本号", "V2.3.1"),))
+    (job,) = decode(render(doc, get_profile("xprinter_xp80")))
+    i = job.lines.index("读卡器固件版本号：")
+    assert job.lines[i + 1] == " " * 10 + "V2.3.1"
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_printer_big_amounts_are_double_width_and_height(profile: str, samples: Samples) -> None:
+    from edge.devices.printer.sim.decoder import PrintedLine
+
+    (job,) = decode(render(samples["payment"](), get_profile(profile)))
+    big = [r for e in job.elements if isinstance(e, PrintedLine) for r in e.runs
+           if r.height == 2 and "85.50" in r.text]
+    assert big and all(r.width == 2 and r.bold for r in big)
+
+
+def test_printer_lab_table_keeps_two_spaces_between_columns(samples: Samples) -> None:
+    (job,) = decode(render(samples["lab_report"](), get_profile("xprinter_xp80")))
+    (rbc,) = [line for line in job.lines if line.startswith("红细胞计数")]
+    assert "10^12/L  4.3-5.8" in rbc

@@ -145,3 +145,34 @@ def test_real_listers_return_device_infos() -> None:
     # No scanners in CI; the listers must still run against the real sysfs / evdev.
     for info in [*list_serial_ports(), *list_input_devices()]:
         assert isinstance(info, DeviceInfo) and info.path
+
+
+def test_per_port_framing_overrides_the_model_profile() -> None:
+    cfg = ScannerConfig.model_validate({"devices": [
+        {"name": "desk", "kind": "serial", "port": "/dev/ttyACM0",
+         "model": "honeywell_xenon_1900_serial", "prefix": "\u0002", "suffix": "#",
+         "terminator": "\r\n", "aim": False},
+        {"name": "plain", "kind": "serial", "port": "/dev/ttyACM1",
+         "model": "honeywell_xenon_1900_serial"},
+    ]})
+    frame = cfg.devices[0].profile().frame
+    assert (frame.prefix, frame.suffix, frame.terminator, frame.aim) == (
+        b"\x02", b"#", b"\r\n", False)
+    assert cfg.devices[0].profile().baudrate == 115200  # the rest of the row is kept
+    assert cfg.devices[1].profile() is MODELS["honeywell_xenon_1900_serial"]
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    ({"terminator": ""}, "terminator"),
+    ({"prefix": "0123456789"}, "prefix"),
+])
+def test_bad_framing_override_names_the_key(extra: dict[str, object], fragment: str) -> None:
+    dev = {"name": "a", "kind": "serial", "port": "/x", **extra}
+    with pytest.raises(ValidationError, match=fragment):
+        ScannerConfig.model_validate({"devices": [dev]})
+
+
+def test_framing_overrides_are_refused_for_hid() -> None:
+    with pytest.raises(ValidationError, match="framing is for kind=serial"):
+        ScannerConfig.model_validate({"devices": [
+            {"name": "a", "kind": "hid", "evdev_path": "/x", "terminator": "\t"}]})

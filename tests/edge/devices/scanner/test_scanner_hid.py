@@ -215,3 +215,37 @@ async def test_open_evdev_on_a_missing_path_is_an_oserror(missing: str) -> None:
 
     with pytest.raises(OSError):
         open_evdev(missing)
+
+
+async def test_aim_prefix_is_stripped_and_dynamic_ehc_qr_classifies(typist: Typist) -> None:
+    from edge.devices.scanner.classify import ClassifierRules, EhcQr, classify
+
+    dev = FakeInputDevice()
+    events = Events()
+    scanner = HidScanner("/dev/input/event5", US, events.sink, opener=Opener(dev))
+    qr = "0123456789abcdef" * 4 + ":0:" + "fedcba9876543210" * 2
+    await scanner.start()
+    try:
+        await events.next(ScannerConnected)
+        dev.inject(typist(US, "]Q1" + qr))
+        read = await events.next(ScanRead)
+    finally:
+        await scanner.stop()
+    raw = read.raw  # type: ignore[attr-defined]
+    assert (raw.text, raw.aim_id, raw.symbology) == (qr, "]Q1", "qr")
+    scan = classify(raw.text, ClassifierRules())
+    assert isinstance(scan, EhcQr) and scan.kind == "dynamic"
+
+
+async def test_aim_stripping_can_be_switched_off(typist: Typist) -> None:
+    dev = FakeInputDevice()
+    events = Events()
+    scanner = HidScanner("/dev/input/event5", US, events.sink, opener=Opener(dev), aim=False)
+    await scanner.start()
+    try:
+        await events.next(ScannerConnected)
+        dev.inject(typist(US, "]C1ABC"))
+        read = await events.next(ScanRead)
+    finally:
+        await scanner.stop()
+    assert read.raw.text == "]C1ABC" and read.raw.symbology is None  # type: ignore[attr-defined]

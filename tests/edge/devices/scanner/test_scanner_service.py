@@ -301,3 +301,23 @@ async def test_end_to_end_over_a_real_pty(pty_pair: tuple[str, str]) -> None:
         await service.stop()
     assert isinstance(got[0].scan, EhcQr) and got[0].scan.kind == "dynamic"
     assert isinstance(got[1].scan, PaymentCode) and got[1].scan.wallet == "wechat"
+
+
+async def test_framing_overrides_apply_over_a_real_pty(pty_pair: tuple[str, str]) -> None:
+    # A scanner reprogrammed on site: STX prefix, ETX terminator, no AIM id.
+    scanner_end, port = pty_pair
+    cfg = make_config(devices=[{"name": "desk", "kind": "serial", "port": port,
+                                "model": "newland_fr40_serial", "prefix": "\u0002",
+                                "terminator": "\u0003"}])
+    service = ScannerService(cfg)
+    await service.start()
+    try:
+        await wait_until(lambda: service.connected().get("desk"), within=5)
+        fd = os.open(scanner_end, os.O_WRONLY | os.O_NOCTTY)
+        os.write(fd, f"\x02{EMPI}:1\x03\x02{WECHAT}\x03".encode())
+        os.close(fd)
+        got = await take(service, 2, within=5)
+    finally:
+        await service.stop()
+    assert isinstance(got[0].scan, EhcQr) and got[0].scan.kind == "static"
+    assert isinstance(got[1].scan, PaymentCode)
