@@ -17,6 +17,15 @@
   const row = (k, v, tid) => `<div class="row"><span class="k">${esc(k)}</span><span class="v"${tid ? ` data-testid="${tid}"` : ""}>${esc(v)}</span></div>`;
   const btn = (label, attrs, cls = "secondary") => `<button class="${cls}" ${attrs}>${esc(label)}</button>`;
   const perPage = () => (elder ? 4 : 8);
+  // The platform's vocabulary in English where the glossary knows it; names stay as they are.
+  const tr = (s) => {
+    if (lang === "zh" || s == null || s === "") return s;
+    const g = (window.GLOSSARY || {})[s];
+    if (g) return g;
+    for (const [re, fn] of window.GLOSSARY_PATTERNS || []) { const m = re.exec(s); if (m) return fn(m); }
+    return s;
+  };
+  const fmt = (k, vars) => t(k).replace(/\{(\w+)\}/g, (_, n) => String(vars[n] ?? ""));
   // Pictures as inline SVG: kiosks rarely have an emoji font.
   const ICON = {
     card: `<svg viewBox="0 0 160 110" width="200" height="140" aria-hidden="true"><rect x="20" y="8" width="120" height="78" rx="10" fill="#e8f5ef" stroke="currentColor" stroke-width="5"/>
@@ -40,8 +49,11 @@
   }
   const flow = (doIt, args = {}) => act("flow", { do: doIt, args });
 
+  let resync = false, netTimer = 0;
   function show(v) {
-    if (V && v.v < V.v) return;    // an older view than the one on screen
+    clearTimeout(netTimer);
+    if (V && v.v < V.v && !resync) return;    // an older view than the one on screen
+    resync = false;
     V = v; render();
   }
 
@@ -59,15 +71,21 @@
     return message(kind, lang === "zh" ? { message_zh: a.main, message: a.sub, todo_zh: b.main, todo: b.sub }
       : { message: a.main, message_zh: a.sub, todo: b.main, todo_zh: b.sub }, extra);
   };
-  const waiting = (k) => `<div class="attract"><div class="big">${esc(t(k))}</div><div class="spinner"></div>
-    <div class="slow" data-testid="slow" ${Date.now() - stateSince > 2500 ? "" : "hidden"}>${esc(t("slow"))}</div></div>`;
-  const scanBox = (tid = "scan-input") => `<form class="scanbox" data-scan><input data-testid="${tid}" name="code" autocomplete="off" inputmode="text" placeholder="${esc(t("scan_here"))}">
-    <button class="primary small" type="submit">${esc(t("scan_ok"))}</button></form>`;
+  // Honest waiting: any screen that waits on the hospital says so once it takes long (tick()).
+  const SLOW_MS = 2500;
+  const slowNote = () => `<div class="slow" data-testid="slow" role="status" ${Date.now() - stateSince > SLOW_MS ? "" : "hidden"}>${esc(t("slow"))}</div>`;
+  const waiting = (k) => `<div class="attract wait"><div class="big">${esc(t(k))}</div><div class="spinner"></div>${slowNote()}</div>`;
+  // A kiosk has no keyboard: typed fields get an on-screen keypad (a desk terminal has one).
+  const keypad = (name, dot = false) => V.role === "cashier" ? "" : `<div class="keypad" data-keypad="${name}" data-testid="keypad-${name}">
+    ${["1", "2", "3", "4", "5", "6", "7", "8", "9", dot ? "." : "clear", "0", "del"].map((k) =>
+      `<button type="button" class="key${k.length > 1 ? " fn" : ""}" data-key="${k}" data-testid="key-${k}">${esc(k === "del" ? "⌫ " + t("key_del") : k === "clear" ? t("key_clear") : k)}</button>`).join("")}</div>`;
+  const scanBox = (tid = "scan-input") => `<form class="scanbox" data-scan><input data-testid="${tid}" name="code" autocomplete="off" inputmode="numeric" placeholder="${esc(t("scan_here"))}">
+    <button class="primary small" type="submit">${esc(t("scan_ok"))}</button></form>${keypad("code")}`;
 
   // ---- page-through lists (elder mode shows fewer per screen) ----------------------------
-  function paged(key, items) {
+  function paged(key, items, n = perPage()) {
     if (key !== pageKey) { pageKey = key; page = 0; }
-    const n = perPage(), pages = Math.max(1, Math.ceil(items.length / n));
+    const pages = Math.max(1, Math.ceil(items.length / n));
     page = Math.min(page, pages - 1);
     const nav = pages > 1 ? `<div class="pager">${btn(t("prev_page"), `data-page="-1" ${page ? "" : "disabled"}`)}
       <span>${page + 1} / ${pages}</span>${btn(t("next_page"), `data-page="1" ${page < pages - 1 ? "" : "disabled"}`)}</div>` : "";
@@ -77,7 +95,7 @@
   // ---- screens ----------------------------------------------------------------------
   const patientCard = () => {
     const p = V.patient || {}, i = V.identity || {};
-    return `<div class="card patient" data-testid="patient"><div><h2>${esc(t("hello"))}，<span data-testid="patient-name">${esc(p.name || i.name)}</span></h2>
+    return `<div class="card patient" data-testid="patient"><div><h2>${esc(t("hello"))}${esc(t("comma"))}<span data-testid="patient-name">${esc(p.name || i.name)}</span></h2>
       <div class="muted">${esc(t("id_no"))} ${esc(p.id_number || i.id_number || "")}</div></div>
       ${p.balance_fen != null ? `<div class="bal"><div class="muted">${esc(t("balance"))}</div><div class="money" data-testid="balance">${yuan(p.balance_fen)}</div></div>` : ""}</div>`;
   };
@@ -97,8 +115,11 @@
       ${V.online.platform ? "" : fixed("warn", "oos_sub", "oos_works")}
       <div class="actions">${btn(t("reports_nocard"), 'data-start="reports" data-testid="reports-nocard"', "secondary wide")}</div>`,
     reading: () => waiting("reading"),
-    identifying: () => `<div class="attract"><div class="big">${esc(t("hello"))}，<span data-testid="identity-name">${esc((V.identity || {}).name || "")}</span></div>
-      <div class="sub">${esc(t("identifying"))}</div><div class="spinner"></div></div>`,
+    identifying: () => {
+      const name = (V.identity || {}).name;
+      return `<div class="attract wait">${name ? `<div class="big">${esc(t("hello"))}${esc(t("comma"))}<span data-testid="identity-name">${esc(name)}</span></div>
+        <div class="sub">${esc(t("identifying"))}</div>` : `<div class="big">${esc(t("qr_identifying"))}</div>`}<div class="spinner"></div>${slowNote()}</div>`;
+    },
     menu: () => {
       const tiles = [tile("register", 'data-start="register" data-testid="menu-register"'), tile("pickup", 'data-start="pickup" data-testid="menu-pickup"'),
         tile("bills", 'data-start="bills" data-testid="menu-bills"'), tile("topup", 'data-start="topup" data-testid="menu-topup"'),
@@ -108,9 +129,12 @@
       return `${patientCard()}${notice()}<div class="grid menu">${pg.items.join("")}</div>${pg.nav}
         <div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"')}</div>${V.role === "cashier" ? staffTools() : ""}`;
     },
-    out_of_service: () => `${V.identity ? patientCard() : ""}${fixed("err", "oos_title", "oos_sub")}${fixed("", "oos_works")}
-      <div class="actions">${btn(t("finish"), 'data-top="end"')}</div>`,
-    error: () => `${message("err", V.error || { message: "Something went wrong", message_zh: "出错了" }, `<div class="actions">${btn(t("ok"), 'data-top="dismiss" data-testid="ok"')}</div>`)}`,
+    // The headline says the machine is down, loudest; what still works comes second, quieter.
+    out_of_service: () => `${V.identity ? patientCard() : ""}<div class="oos" role="alert" data-testid="oos"><div class="oos-h">${esc(t("oos_headline"))}</div>
+      <div class="oos-s">${esc(t("oos_sub"))}</div><div class="en">${esc(both("oos_headline").sub)}</div></div>
+      <div class="card works"><h3>${esc(t("oos_works_title"))}</h3><div>${esc(t("oos_works_body"))}</div><div class="en">${esc(both("oos_works_title").sub)}: ${esc(both("oos_works_body").sub)}</div></div>
+      <div class="actions">${btn(t("finish"), 'data-top="end"', "primary")}</div>`,
+    error: () => `${message("err", V.error || { message: "Something went wrong", message_zh: "出错了" })}<div class="actions">${btn(t("ok"), 'data-top="dismiss" data-testid="ok"', "primary")}</div>`,
     flow: () => (V.patient && V.patient.name ? `<div class="pstrip" data-testid="patient-strip"><span>${esc(t("patient"))}${esc(t("colon"))}<b>${esc(V.patient.name)}</b></span>
       <span>${esc(t("balance"))} <b>${yuan(V.patient.balance_fen)}</b></span></div>` : "") + renderFlow(V.flow),
   };
@@ -140,29 +164,47 @@
     if (s === "pay_method") {
       const warn = d.printer_warning ? message("warn", d.printer_warning) : "";
       const ms = (d.methods || []).map((m) => `<button class="tile method" data-method="${m.method}" data-testid="method-${m.method}" ${m.ok ? "" : "disabled"}>
-        <div class="t">${esc(t("m_" + m.method))}</div><div class="s">${m.method === "prepaid" ? esc(t("balance")) + " " + yuan(m.balance_fen) : ""}
+        <div class="t">${esc(t("m_" + m.method))}</div><div class="s">${m.method === "prepaid" ? esc(t("available")) + " " + yuan(m.balance_fen) : ""}
         ${m.ok ? "" : `<b class="why">${esc(lang === "zh" ? m.why_zh : m.why)}</b>`}</div></button>`).join("");
       const leave = f.name === "register" ? btn(t("abandon"), 'data-do="abandon"') : btn(t("back"), 'data-do="back"');
-      return `<h1>${esc(t("choose_method"))}</h1>${warn}<div class="card due">${row(t("amount_due"), yuan(d.amount_fen), "amount-due")}</div>
+      const b = d.booking;   // what the money is for, when it is a registration fee
+      const what = b ? `<div class="card what">${row(t("dept"), tr(b.dept_name))}${row(t("doctor"), `${b.doctor_name} ${tr(b.title) || ""}`)}${row(t("time"), `${b.date} ${b.start}–${b.end}`)}</div>` : "";
+      return `<h1>${esc(t("choose_method"))}</h1>${warn}<div class="card due">${row(t("amount_due"), yuan(d.amount_fen), "amount-due")}</div>${what}
         ${message("warn", f.error)}<div class="grid">${ms}</div><div class="actions">${leave}</div>`;
     }
     if (s === "scan_code") return `<h1>${esc(t("scan_code"))}</h1><div class="card due">${row(t("amount_due"), yuan(d.amount_fen))}</div>
-      ${message("warn", f.error)}<div class="attract"><div class="slotpic qr">${ICON.qr}</div><div class="sub">${esc(t("scan_code_sub"))}</div></div>${scanBox()}
+      ${message("warn", f.error)}<div class="attract compact"><div class="slotpic qr">${ICON.qr}</div><div class="sub">${esc(t("scan_code_sub"))}</div></div>${scanBox()}
       <div class="actions">${btn(t("back"), 'data-do="back"')}</div>`;
     if (s === "cash_tendered") return `<h1>${esc(t("m_cash"))}</h1><div class="card due">${row(t("amount_due"), yuan(d.amount_fen), "amount-due")}</div>
       ${message("warn", f.error)}<form class="card form" data-cash><label>${esc(t("tendered"))}<input name="tendered" data-testid="tendered" inputmode="decimal" autocomplete="off"></label>
       <div class="row"><span class="k">${esc(t("change"))}</span><span class="v" data-change>—</span></div>
       <button class="primary" type="submit" data-testid="cash-ok">${esc(t("cash_ok"))}</button></form><div class="actions">${btn(t("back"), 'data-do="back"')}</div>`;
     if (s === "paying") return waiting("paying");
-    if (s === "confirming") return `<div class="attract"><div class="big warn-text" data-testid="confirming">${esc(lang === "zh" ? "正在确认支付结果，请勿重复支付" : "Payment being confirmed — do not pay again")}</div>
-      <div class="sub">${esc(lang === "zh" ? "Payment being confirmed — do not pay again" : "正在确认支付结果，请勿重复支付")}</div><div class="spinner"></div></div>
+    if (s === "confirming") return `<div class="attract wait"><div class="big warn-text" data-testid="confirming">${esc(lang === "zh" ? "正在确认支付结果，请勿重复支付" : "Payment being confirmed — do not pay again")}</div>
+      <div class="sub">${esc(lang === "zh" ? "Payment being confirmed — do not pay again" : "正在确认支付结果，请勿重复支付")}</div><div class="spinner"></div>${slowNote()}</div>
+      ${f.card_gone ? `<div class="card msg warn" data-testid="card-gone"><h2>${esc(t("card_gone_wait"))}</h2><div class="en">${esc(both("card_gone_wait").sub)}</div></div>` : ""}
       <div class="card due">${row(t("amount_due"), yuan(d.amount_fen))}${d.payment_id ? row(t("payment_id"), d.payment_id) : ""}</div>`;
     if (s === "declined") return `${message("err", f.error)}<div class="actions">${btn(t("choose_method"), 'data-do="back" data-testid="other-method"', "primary")}
       ${f.name === "register" ? btn(t("abandon"), 'data-do="abandon"') : btn(t("home"), 'data-top="home"')}</div>`;
-    if (s === "unresolved") return `${message("err", f.error, d.payment_id ? row(t("payment_id"), d.payment_id, "payment-id") : "")}
-      <div class="actions">${btn(t("finish"), 'data-top="end"')}</div>`;
+    if (s === "unresolved") return `${message("err", f.error)}<div class="card due">${row(t("amount_due"), yuan(d.amount_fen))}
+      ${d.payment_id ? row(t("payment_id"), d.payment_id, "payment-id") : ""}</div>
+      <div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
     if (s === "printing") return waiting("printing");
-    if (s === "print_failed") return `${message("warn", f.error)}<div class="actions">${btn(t("reprint"), 'data-do="reprint" data-testid="reprint"', "primary")}${btn(t("finish"), 'data-top="end"')}</div>`;
+    if (s === "print_failed") {
+      // Paid: the patient must leave with the queue number even without paper, and the
+      // reprint is the obvious next step.
+      const b = d.booking, p = d.payment || {};
+      const what = b && b.queue_no != null ? `<div class="queue" data-testid="queue">${esc(b.queue_no)}</div><div class="center">${esc(t("queue"))}</div>
+          ${row(t("dept"), tr(b.dept_name))}${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("location"), tr(b.location))}`
+        : `${row(t("total"), yuan(p.amount_fen))}${row(t("payment_id"), p.payment_id)}`;
+      // No reprint button where none can work (refused here, card gone): the counter it is.
+      const pr = d.print || {}, canReprint = !!pr.job_id && pr.reason !== "not_reprintable" && !f.card_gone;
+      return `<div class="card msg warn" data-testid="print-failed"><h2>${esc(t("print_failed_title"))}</h2>${what}</div>
+        ${canReprint ? message("warn", f.error) : f.card_gone ? message("warn", f.error) + fixed("", b && b.queue_no != null ? "show_queue" : "show_payment")
+          : fixed("err", "reprint_at_counter", b && b.queue_no != null ? "show_queue" : "show_payment")}
+        <div class="actions">${canReprint ? btn(t("finish"), 'data-top="end"') + btn(t("reprint_big"), 'data-do="reprint" data-testid="reprint"', "primary big")
+          : btn(t("finish"), 'data-top="end" data-testid="finish"', "primary big")}</div>`;
+    }
     return null;
   }
 
@@ -172,15 +214,18 @@
       const b = d.booking || {};
       return `<div class="card msg" data-testid="done"><h2>${esc(t("done_register"))}</h2>
         <div class="queue" data-testid="queue">${esc(b.queue_no)}</div><div class="center">${esc(t("queue"))}</div>
-        ${row(t("dept"), b.dept_name)}${row(t("doctor"), `${b.doctor_name || ""} ${b.title || ""}`)}${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("location"), b.location)}
+        ${row(t("dept"), tr(b.dept_name))}${row(t("doctor"), `${b.doctor_name || ""} ${tr(b.title) || ""}`)}${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("location"), tr(b.location))}
         ${row(t("fee"), yuan(b.fee_fen))}</div>${fixed("", "take_slip")}<div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
     }
     const p = d.payment || {};
     const head = f.name === "bills" ? "done_bills" : f.name === "topup" ? "done_topup" : "done_refund";
-    const rows = f.name === "refund" ? row(t("refunded"), yuan((d.refund || {}).amount_fen)) + row(t("payment_id"), (d.refund || {}).refund_id)
-      : row(t("total"), yuan(p.amount_fen)) + row(t("payment_id"), p.payment_id) + (p.balance_fen != null ? row(t("new_balance"), yuan(p.balance_fen)) : "")
-        + (d.change_fen != null ? row(t("change"), yuan(d.change_fen), "change") : "");
-    return `<div class="card msg" data-testid="done"><h2>${esc(t(head))}</h2>${rows}</div>${fixed("", "take_receipt")}
+    const r = d.refund || {};
+    const rows = f.name === "refund" ? row(t("refunded"), yuan(r.amount_fen), "refund-amount") + (r.method ? row(t("refunded_to"), t("m_" + r.method), "refund-method") : "") + row(t("refund_no"), r.refund_id) + row(t("payment_id"), r.payment_id)
+      : row(t("total"), yuan(p.amount_fen)) + (d.tendered_fen != null ? row(t("tendered_row"), yuan(d.tendered_fen), "tendered-done") : "")
+        + row(t("payment_id"), p.payment_id, "payment-id") + (p.balance_fen != null ? row(t("new_balance"), yuan(p.balance_fen)) : "");
+    // Cash at a desk: the change to hand back is the one number the cashier needs, so it is big.
+    const change = d.change_fen != null ? `<div class="change-due"><span>${esc(t("change_due"))}</span><b data-testid="change">${yuan(d.change_fen)}</b></div>` : "";
+    return `<div class="card msg" data-testid="done"><h2>${esc(t(head))}</h2>${change}${rows}</div>${fixed("", "take_receipt")}
       <div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
   }
 
@@ -189,27 +234,30 @@
       const d = f.data, s = f.state;
       if (s === "loading_depts" || s === "loading_slots") return waiting("loading");
       if (s === "booking") return waiting("booking");
-      if (s === "booking_unknown") return `${message("warn", f.error)}<div class="spinner"></div>`;
+      if (s === "booking_unknown") return `${message("warn", f.error)}<div class="attract wait"><div class="spinner"></div>${slowNote()}</div>`;
       if (s === "depts") {
-        const pg = paged("depts", d.departments.map((x) => `<button class="tile" data-dept="${esc(x.code)}"><div class="t">${esc(deptName(x))}</div><div class="s">${esc(x.location)}</div></button>`));
+        const pg = paged("depts", d.departments.map((x) => `<button class="tile" data-dept="${esc(x.code)}"><div class="t">${esc(deptName(x))}</div><div class="s">${esc(tr(x.location))}</div></button>`));
         return `<h1>${esc(t("choose_dept"))}</h1><div class="grid">${pg.items.join("")}</div>${pg.nav}<div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
       }
       if (s === "slots") {
         const chips = days(d.days).map((x) => `<button class="chip-day ${x.iso === d.day ? "sel" : ""}" data-day="${x.iso}">${esc(x.label)}</button>`).join("");
         const pg = paged("slots" + d.day, (d.slots || []).map((x) => `<button class="tile slot" data-slot="${esc(x.slot_id)}" ${x.open ? "" : "disabled"}>
-          <div class="t">${esc(x.doctor_name)} · ${esc(x.title)}</div>
+          <div class="t">${esc(x.doctor_name)} · ${esc(tr(x.title))}</div>
           <div class="s">${esc(x.start)}–${esc(x.end)} · ${esc(t("remaining"))} <b>${x.remaining}</b> · ${yuan(x.fee_fen)}</div>
-          <div class="s">${x.open ? `${esc(t("closes"))} ${esc(x.closes_at)}` : `<b class="why">${esc(lang === "zh" ? x.why_zh : x.why)}</b>`} · ${esc(x.specialty || "")}</div></button>`));
+          <div class="s">${x.open ? `${esc(t("closes"))} ${esc(x.closes_at)}` : `<b class="why tag">${esc(lang === "zh" ? x.why_zh : x.why)}</b>`}${x.specialty ? " · " + esc(tr(x.specialty)) : ""}</div></button>`));
         return `<h1>${esc(t("choose_slot"))} · ${esc(deptName(d.dept))}</h1><div class="days">${chips}</div>
           <div class="grid">${pg.items.join("") || `<div class="card">${esc(t("none_slots"))}</div>`}</div>${pg.nav}
           <div class="actions">${btn(t("back"), 'data-do="back"')}</div>`;
       }
       if (s === "confirm" || s === "printer_warning") {
         const x = d.slot, p = V.patient || {};
-        const ins = d.can_insure ? `<div class="seg">${btn(t("self_pay"), `data-insured="0" class="${d.insured ? "" : "on"}"`, "seg-b " + (d.insured ? "" : "on"))}${btn(t("insured"), 'data-insured="1"', "seg-b " + (d.insured ? "on" : ""))}</div>` : esc(t("self_pay"));
+        // Self-pay / insured: a large two-way switch, the chosen side filled and ticked.
+        const ins = d.can_insure ? `<div class="seg" role="radiogroup" aria-label="${esc(t("pay_type"))}">${[["0", "self_pay", !d.insured], ["1", "insured", !!d.insured]].map(([v, k, on]) =>
+          `<button class="seg-b${on ? " on" : ""}" role="radio" aria-checked="${on}" data-insured="${v}" data-testid="insured-${v}"><span class="tick">${on ? "✓" : ""}</span>${esc(t(k))}</button>`).join("")}</div>`
+          : `<div class="seg-fixed">${esc(t("self_pay"))}</div>`;
         const body = `<h1>${esc(t("confirm"))}</h1><div class="card">${row(t("patient"), p.name)}${row(t("dept"), deptName(d.dept))}
-          ${row(t("doctor"), x.doctor_name + " " + x.title)}${row(t("time"), `${x.date} ${x.start}–${x.end}`)}${row(t("fee"), yuan(x.fee_fen), "fee")}
-          <div class="row"><span class="k">${esc(t("pay_type"))}</span><span class="v">${ins}</span></div></div>`;
+          ${row(t("doctor"), x.doctor_name + " " + tr(x.title))}${row(t("time"), `${x.date} ${x.start}–${x.end}`)}${row(t("fee"), yuan(d.due_fen ?? x.fee_fen), "fee")}${d.insurance_fen ? row(lang === "zh" ? "医保支付" : "Paid by insurance", yuan(d.insurance_fen), "insurance") : ""}
+          <div class="paytype"><div class="k">${esc(t("pay_type"))}</div>${ins}</div></div>`;
         if (s === "printer_warning") return `${body}${message("warn", f.error)}<div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("continue_anyway"), 'data-do="confirm" data-anyway="1" data-testid="continue-anyway"', "primary")}</div>`;
         return `${body}<div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("confirm_btn"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`;
       }
@@ -220,9 +268,12 @@
     pickup(f) {
       const d = f.data, s = f.state;
       if (s === "loading") return waiting("loading");
+      if (s === "checking_in") return waiting("printing");
+      if (s === "done" && d.checkin_error) return message("warn", d.checkin_error) + doneScreen(f);
       if (s === "none") return `${fixed("", "none_pickup")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
-      if (s === "list") return `<h1>${esc(t("pickup_title"))}</h1><div class="grid">${d.bookings.map((b) => `<button class="tile" data-booking="${esc(b.booking_id)}">
-        <div class="t">${esc(b.dept_name)} · ${esc(b.doctor_name)}</div><div class="s">${esc(b.date)} ${esc(b.start)}–${esc(b.end)} · ${yuan(b.fee_fen)} · ${esc(b.status === "paid" ? "✓" : t("amount_due"))}</div></button>`).join("")}</div>
+      if (s === "list") return `<h1>${esc(t("pickup_title"))}</h1><div class="grid one">${d.bookings.map((b) => `<button class="tile" data-booking="${esc(b.booking_id)}">
+        <div class="t">${esc(tr(b.dept_name))} · ${esc(b.doctor_name)} ${esc(tr(b.title))}</div><div class="s">${esc(b.date)} ${esc(b.start)}–${esc(b.end)} · ${esc(tr(b.location))}</div>
+        <div class="s">${yuan(b.fee_fen)} · ${b.status === "paid" ? `<b class="okc">✓ ${esc(t("fee_paid"))}</b>` : `<b class="duec">${esc(t("fee_due"))}</b>`}${b.slip_missing ? ` · <b class="duec" data-testid="slip-missing">${esc(lang === "zh" ? "凭条未打印，免费打印" : "Slip not printed yet — prints free")}</b>` : ""}${b.copy ? ` · <span data-testid="slip-copy">${esc(lang === "zh" ? "副本" : "COPY")}</span>` : ""}</div></button>`).join("")}</div>
         <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
       if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("retry"), 'data-do="retry"', "primary")}</div>`;
       return payScreens(f) || (s === "done" ? doneScreen(f) : "");
@@ -233,12 +284,13 @@
       if (s === "none") return `${fixed("", "none_bills")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
       if (s === "list" || s === "confirm") {
         const sel = new Set(d.selected);
-        const list = (s === "confirm" ? d.bills.filter((b) => sel.has(b.bill_id)) : d.bills).map((b) => `<button class="tile bill ${sel.has(b.bill_id) ? "on" : ""}" data-bill="${esc(b.bill_id)}" ${s === "confirm" ? "disabled" : ""}>
-          <div class="t"><span class="box">${sel.has(b.bill_id) ? "☑" : "☐"}</span> ${esc(b.dept_name)} · ${yuan(b.total_fen)}</div>
-          <div class="s">${esc(b.date)} · ${esc(b.items.map((i) => `${i.name}×${i.qty}`).join("、"))}</div>${b.payable_here ? "" : `<div class="s"><b class="why">${esc(t("not_here"))}</b></div>`}</button>`);
-        const pg = paged("bills" + s, list);
-        return `<h1>${esc(t("bills_title"))}</h1>${message("warn", f.error)}<div class="grid one">${pg.items.join("")}</div>${pg.nav}
-          <div class="card due">${row(`${t("total")}（${d.selected.length} ${t("selected")}）`, yuan(d.total_fen), "total")}</div>
+        const list = (s === "confirm" ? d.bills.filter((b) => sel.has(b.bill_id)) : d.bills).map((b) => `<button class="tile bill ${sel.has(b.bill_id) ? "on" : ""} ${s === "confirm" ? "static" : ""}" data-bill="${esc(b.bill_id)}" ${s === "confirm" ? "disabled" : ""}>
+          <div class="t">${s === "list" ? `<span class="box">${sel.has(b.bill_id) ? "☑" : "☐"}</span> ` : ""}${esc(tr(b.dept_name))} · ${yuan(b.total_fen)}</div>
+          <div class="s">${esc(b.date)}</div><div class="items">${b.items.map((i) => `<div class="item"><span>${esc(tr(i.name))} ×${esc(i.qty)}</span><span>${yuan(i.amount_fen)}</span></div>`).join("")}</div>
+          ${b.payable_here ? "" : `<div class="s"><b class="why">${esc(t("not_here"))}</b></div>`}</button>`);
+        const pg = paged("bills" + s, list, elder ? 2 : 4);   // bills are tall: their lines show
+        return `<h1>${esc(t(s === "list" ? "bills_title" : "confirm_bills"))}</h1>${message("warn", f.error)}<div class="grid one">${pg.items.join("")}</div>${pg.nav}
+          <div class="card due">${row(fmt("sel_total", { n: d.selected.length }), yuan(d.total_fen), "total")}</div>
           <div class="actions">${s === "list" ? btn(t("home"), 'data-top="home"') + btn(t("next"), 'data-do="next" data-testid="next"', "primary")
             : btn(t("back"), 'data-do="back"') + btn(t("confirm_pay"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`;
       }
@@ -248,16 +300,16 @@
     topup(f) {
       const d = f.data, s = f.state;
       if (s === "amount") return `<h1>${esc(t("topup_title"))}</h1>${message("warn", f.error)}<div class="grid">${(d.amounts || []).map((a) =>
-        `<button class="tile amount" data-amount="${a}"><div class="t money">${yuan(a)}</div></button>`).join("")}</div>
-        <form class="card form" data-custom><label>${esc(t("other_amount"))}<input name="amount" data-testid="custom-amount" inputmode="decimal" autocomplete="off"></label>
-        <button class="primary small" type="submit">${esc(t("next"))}</button></form><div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+        `<button class="tile amount" data-amount="${a}" data-testid="amount-${a}"><div class="t money">${yuan(a)}</div></button>`).join("")}</div>
+        <form class="card form custom" data-custom><label>${esc(t("other_amount"))}<span class="inline"><input name="amount" data-testid="custom-amount" inputmode="decimal" autocomplete="off">
+        <button class="primary small" type="submit" data-testid="custom-next">${esc(t("next"))}</button></span></label>${keypad("amount", true)}</form><div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
       if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
       return payScreens(f) || (s === "done" ? doneScreen(f) : "");
     },
     reports(f) {
       const d = f.data, s = f.state;
       if (s === "start" || s === "loading") return waiting("loading");
-      if (s === "scan") return `<h1>${esc(t("scan_specimen"))}</h1>${message("warn", f.error)}<div class="attract"><div class="slotpic">${ICON.barcode}</div></div>${scanBox()}
+      if (s === "scan") return `<h1>${esc(t("scan_specimen"))}</h1>${message("warn", f.error)}<div class="attract compact"><div class="slotpic">${ICON.barcode}</div></div>${scanBox()}
         <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
       if (s === "none") return `${fixed("", "none_reports")}<div class="actions">${btn(t("by_barcode"), 'data-do="by_barcode"')}${btn(t("home"), 'data-top="home"', "primary")}</div>`;
       if (s === "list" || s === "done" || s === "printing") {
@@ -265,12 +317,17 @@
         const list = d.reports.map((r) => {
           const o = res[r.report_no];
           const st = o ? (o.state === "printed" ? `<b class="okc">${esc(t("printed_ok"))}</b>` : `<b class="why">${esc(t("print_fail"))}</b>`)
-            : r.status !== "ready" ? esc(t("pending")) : r.printed ? `<b class="muted">${esc(t("printed"))}</b>` : esc(t("ready"));
+            : r.status !== "ready" ? esc(t("pending")) : r.printed ? `<b>${esc(t("printed"))}</b>` : esc(t("ready"));
+          // A checkbox only where the patient can still choose; once on paper it says so.
+          const done = (o && o.state === "printed") || (r.printed && !sel.has(r.report_no));
+          const mark = done ? `<span class="tag ok" data-testid="printed-tag">✓ ${esc(t("printed_tag"))}</span>`
+            : o ? `<span class="tag bad">✗ ${esc(t("print_fail"))}</span>`
+            : s === "list" && r.status === "ready" ? `<span class="box">${sel.has(r.report_no) ? "☑" : "☐"}</span>` : "";
           return `<button class="tile report ${sel.has(r.report_no) ? "on" : ""} ${s === "list" ? "" : "static"}" data-report="${esc(r.report_no)}" ${s === "list" ? "" : "disabled"}>
-            <div class="t"><span class="box">${sel.has(r.report_no) ? "☑" : "☐"}</span> ${esc(r.title)}</div><div class="s">${esc(r.specimen)} · ${esc(r.report_no)} · ${st}</div></button>`;
+            <div class="t">${mark} ${esc(tr(r.title))}</div><div class="s">${esc(tr(r.specimen))} · ${esc(r.report_no)}${o && o.state === "printed" ? "" : " · " + st}</div></button>`;
         });
         const pg = paged("reports", list);
-        const acts = s === "list" ? btn(t("home"), 'data-top="home"') + (V.patient ? btn(t("by_barcode"), 'data-do="by_barcode"') : "") + btn(t("print_btn"), 'data-do="print" data-testid="print-reports"', "primary")
+        const acts = s === "list" ? btn(t("home"), 'data-top="home"') + (V.patient ? btn(t("by_barcode"), 'data-do="by_barcode"') : "") + btn(t("print_btn"), `data-do="print" data-testid="print-reports" ${sel.size ? "" : "disabled"}`, "primary")
           : s === "done" ? btn(t("more"), 'data-do="more"') + btn(t("finish"), 'data-top="end" data-testid="finish"', "primary") : "";
         return `<h1>${esc(t("reports_title"))}</h1>${s === "printing" ? waiting("printing") : ""}${message(s === "done" ? "warn" : "warn", f.error)}
           ${s === "done" && !f.error ? fixed("", V.patient ? "take_report_card" : "take_report") : ""}<div class="grid one">${pg.items.join("")}</div>${pg.nav}<div class="actions">${acts}</div>`;
@@ -281,12 +338,12 @@
     cancel(f) {
       const d = f.data, s = f.state;
       if (s === "loading") return waiting("loading");
-      if (s === "cancelling") return waiting("loading");
+      if (s === "cancelling") return waiting("cancelling");
       if (s === "none") return `${fixed("", "none_cancel")}<div class="actions">${btn(t("home"), 'data-top="home"', "primary")}</div>`;
       if (s === "list") return `<h1>${esc(t("cancel_title"))}</h1><div class="grid one">${d.bookings.map((b) => `<button class="tile" data-booking="${esc(b.booking_id)}">
-        <div class="t">${esc(b.dept_name)} · ${esc(b.doctor_name)}</div><div class="s">${esc(b.date)} ${esc(b.start)}–${esc(b.end)} · ${yuan(b.fee_fen)}</div></button>`).join("")}</div>
+        <div class="t">${esc(tr(b.dept_name))} · ${esc(b.doctor_name)} ${esc(tr(b.title))}</div><div class="s">${esc(b.date)} ${esc(b.start)}–${esc(b.end)} · ${yuan(b.fee_fen)} · ${esc(t(b.status === "paid" ? "fee_paid" : "fee_due"))}</div></button>`).join("")}</div>
         <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
-      if (s === "confirm") { const b = d.booking; return `<h1>${esc(t("cancel_confirm"))}</h1><div class="card">${row(t("dept"), b.dept_name)}${row(t("doctor"), b.doctor_name)}
+      if (s === "confirm") { const b = d.booking; return `<h1>${esc(t("cancel_confirm"))}</h1><div class="card">${row(t("dept"), tr(b.dept_name))}${row(t("doctor"), `${b.doctor_name} ${tr(b.title) || ""}`)}
         ${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("refunded"), yuan(d.refund_fen))}</div>${fixed("", d.refund_fen ? "refund_to_origin" : "no_refund")}
         <div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("cancel_confirm"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`; }
       if (s === "done") return `<div class="card msg" data-testid="done"><h2>${esc(t("cancel_done"))}</h2>${row(t("refunded"), yuan(d.refund_fen))}</div>
@@ -304,7 +361,7 @@
       if (s === "id_check") return `<h1>${esc(t("id_check_title"))}</h1><div class="card">${row(t("patient"), d.name)}${row(t("id_no"), d.id_number)}
         ${row(t("payment_id"), d.payment_id)}${row(t("refunded"), yuan(d.amount_fen))}${row(t("reason"), d.reason)}</div>
         <div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("id_checked"), 'data-do="id_checked" data-testid="id-checked"', "primary")}</div>`;
-      if (s === "refunding") return waiting("loading");
+      if (s === "refunding") return waiting("refunding");
       if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("back"), 'data-do="back"', "primary")}</div>`;
       if (s === "done") return doneScreen(f);
       return payScreens(f) || "";
@@ -331,7 +388,8 @@
     document.body.classList.toggle("elder", elder);
     document.body.dataset.role = V.role;
     const focused = document.activeElement && document.activeElement.name;
-    const fn = V.online.edge ? (screens[V.screen] || screens.attract) : () => message("err", { message: I18N.en.edge_down, message_zh: I18N.zh.edge_down });
+    const fn = V.online.edge ? (screens[V.screen] || screens.attract) : () => `<div class="oos" role="alert" data-testid="edge-down"><div class="oos-h">${esc(t("oos_headline"))}</div>
+      <div class="oos-s">${esc(t("edge_down"))}</div><div class="en">${esc(both("edge_down").sub)}</div></div>`;
     main.innerHTML = fn();
     main.dataset.view = V.screen;
     main.dataset.state = V.flow ? V.flow.name + ":" + V.flow.state : "";
@@ -355,6 +413,13 @@
     on("[data-booking]", (b) => flow("pick", { booking_id: b.dataset.booking }));
     on("[data-amount]", (b) => flow("amount", { amount_fen: Number(b.dataset.amount) }));
     on("[data-page]", (b) => { page += Number(b.dataset.page); render(); });
+    on("[data-key]", (b) => {
+      const input = main.querySelector(`input[name="${b.closest("[data-keypad]").dataset.keypad}"]`);
+      if (!input) return;
+      const k = b.dataset.key;
+      input.value = k === "del" ? input.value.slice(0, -1) : k === "clear" ? "" : input.value + k;
+      input.dispatchEvent(new Event("input"));
+    });
     const form = (sel, fn) => { const f = main.querySelector(sel); if (f) f.onsubmit = (e) => { e.preventDefault(); fn(new FormData(f)); }; };
     const fen = (v) => Math.round(parseFloat(String(v || "").replace(/[^0-9.]/g, "")) * 100) || 0;
     form("[data-scan]", (d) => { const c = String(d.get("code") || "").trim(); if (c) act("scan", { text: c }); });
@@ -391,17 +456,28 @@
   function tick() {
     $("#clock").textContent = new Date().toLocaleTimeString(lang === "zh" ? "zh-CN" : "en-GB", { hour: "2-digit", minute: "2-digit", timeZone: ui.timezone || "Asia/Shanghai" });
     const cd = $("#countdown");
-    if (V && V.flow && ["loading", "loading_depts", "loading_slots", "booking", "start"].includes(V.flow.state) && Date.now() - stateSince > 2500) {
-      const s = main.querySelector("[data-testid=slow]"); if (s) s.hidden = false;
-    }
+    if (Date.now() - stateSince > SLOW_MS) { const s = main.querySelector("[data-testid=slow]"); if (s) s.hidden = false; }
     if (!V) return;
     const cashier = V.role === "cashier";
     const idleOk = cashier ? V.screen === "locked" : V.screen === "attract";
-    if (idleOk || (V.flow && V.flow.busy)) { cd.hidden = true; if (V.flow && V.flow.busy) lastActivity = Date.now(); return; }
+    const ov = $("#overlay");
+    if (idleOk || (V.flow && V.flow.busy)) { cd.hidden = ov.hidden = true; if (V.flow && V.flow.busy) lastActivity = Date.now(); return; }
     const limit = cashier ? ui.staff_lock_s : ui.idle_timeout_s;
     const left = Math.ceil(limit - (Date.now() - lastActivity) / 1000);
-    if (left <= ui.countdown_s) { cd.hidden = false; cd.textContent = `${t(cashier ? "lock_soon" : "timeout")} ${Math.max(left, 0)}s`; }
-    else cd.hidden = true;
+    if (left <= ui.countdown_s) {
+      // Said big, over the screen, with one large way to stay: a footer line goes unseen.
+      cd.hidden = false; cd.textContent = `${t(cashier ? "lock_soon" : "timeout")} ${Math.max(left, 0)}s`;
+      const head = t(cashier ? "lock_soon" : "timeout");
+      if (ov.hidden || ov.dataset.head !== head) {   // built once, then only the number changes
+        ov.dataset.head = head;
+        ov.innerHTML = `<div class="ov-box" role="alertdialog" data-testid="timeout"><div class="ov-t">${esc(head)}</div>
+          <div class="ov-n" data-testid="timeout-left"></div><div class="ov-u">${esc(t("seconds"))}</div>
+          <button class="primary big" data-testid="stay">${esc(t("stay"))}</button></div>`;
+        ov.querySelector("[data-testid=stay]").onclick = () => { lastActivity = Date.now(); ov.hidden = cd.hidden = true; };
+        ov.hidden = false;
+      }
+      ov.querySelector("[data-testid=timeout-left]").textContent = String(Math.max(left, 0));
+    } else cd.hidden = ov.hidden = true;
     if (left <= 0) { lastActivity = Date.now(); act(cashier ? "lock" : "end"); }
   }
 
@@ -413,7 +489,12 @@
   function connect() {
     const es = new EventSource("/api/events");
     es.addEventListener("view", (m) => { try { show(JSON.parse(m.data)); } catch (_) {} });
-    es.onerror = () => { $("#net").className = "dot off"; };
+    // After a reconnect the server sends its current view first; take it even if its version
+    // is lower (the kiosk server restarted), or the page would keep a stale screen and dot.
+    // A dropped stream reconnects by itself within a second or two: only a lasting loss turns
+    // the dot red, and the next view turns it back (render()), so it never stays red stale.
+    es.onopen = () => { resync = true; };
+    es.onerror = () => { clearTimeout(netTimer); netTimer = setTimeout(() => { $("#net").className = "dot off"; }, 3000); };
   }
 
   (async () => {

@@ -54,6 +54,22 @@ window.I18N = {
     payment_id: "支付编号", what_to_do: "请您",
     closing_done: "日结报表已打印", reprint_done: "已补打（副本）", colon: "：",
     take_report: "报告已打印，请取走报告单", take_report_card: "报告已打印，请取走报告单和您的健康卡",
+    comma: "，", sel_total: "已选 {n} 项，合计", available: "可用",
+    cancelling: "正在退号，请稍候…", refunding: "正在退费，请稍候…", confirming_booking: "正在确认挂号结果，请稍候…",
+    items: "收费明细", fee_due: "待缴费", fee_paid: "已缴费", closed_tag: "不可挂号",
+    tendered_row: "实收现金", change_due: "应找零", refunded_to: "退回方式",
+    print_failed_title: "已支付成功，凭条未打出", reprint_big: "补打凭条（副本，不重复收费）",
+    key_del: "删除", key_clear: "清空", printed_tag: "已打印",
+    oos_headline: "本机暂停服务", oos_works_title: "仍可使用",
+    qr_identifying: "正在核验电子健康卡…",
+    seconds: "秒", stay: "我还要继续",
+    show_payment: "请出示本页支付编号。",
+    refund_no: "退费单号",
+    confirm_bills: "请确认缴费",
+    card_gone_wait: "您的卡已取出。支付结果确认后将显示在本屏，请稍候。",
+    oos_works_body: "读卡显示身份信息；已支付但未出凭条的补打。其他业务请到人工窗口办理。",
+    reprint_at_counter: "凭条无法在本机补打，请到人工窗口补打（不会重复收费）", show_queue: "请记下或拍下本页候诊号，凭候诊号就诊。",
+    m_wechat: "微信支付", m_alipay: "支付宝", m_insurance: "医保统筹",
   },
   en: {
     lang: "中文", elder: "Large text", elder_off: "Standard",
@@ -80,7 +96,7 @@ window.I18N = {
     confirm_btn: "Confirm", booking: "Registering, please wait…",
     printer_warn_title: "The printer cannot print right now", continue_anyway: "Continue anyway (get the slip at a counter)",
     amount_due: "Amount due", choose_method: "Choose how to pay",
-    m_prepaid: "Card balance", m_code: "WeChat / Alipay code", m_cash: "Cash",
+    m_prepaid: "Pay from card balance", m_code: "WeChat / Alipay code", m_cash: "Cash",
     abandon: "Cancel registration", scan_code: "Hold your phone's payment code to the scanner",
     scan_code_sub: "WeChat or Alipay \"Pay\" code", scan_here: "Scan or type a code", scan_ok: "OK",
     tendered: "Cash tendered (¥)", change: "Change", cash_ok: "Take cash",
@@ -110,5 +126,71 @@ window.I18N = {
     payment_id: "Payment number", what_to_do: "Please",
     closing_done: "Closing report printed", reprint_done: "Reprinted (copy)", colon: ": ",
     take_report: "Printed — please take your report", take_report_card: "Printed — please take your report and your card",
+    comma: ", ", sel_total: "Total ({n} selected)", available: "Available",
+    cancelling: "Cancelling, please wait…", refunding: "Refunding, please wait…", confirming_booking: "Confirming your registration, please wait…",
+    items: "Items", fee_due: "Fee due", fee_paid: "Paid", closed_tag: "Unavailable",
+    tendered_row: "Cash tendered", change_due: "Change due", refunded_to: "Refunded to",
+    print_failed_title: "Paid — but the slip did not print", reprint_big: "Reprint (copy, no second charge)",
+    key_del: "Delete", key_clear: "Clear", printed_tag: "Printed",
+    oos_headline: "This machine is out of service", oos_works_title: "Still working",
+    qr_identifying: "Checking your e-health card…",
+    seconds: "seconds", stay: "I'm still here",
+    show_payment: "Show the payment number on this screen.",
+    refund_no: "Refund number",
+    confirm_bills: "Please confirm what you pay",
+    card_gone_wait: "Your card is out. The payment result will show on this screen once confirmed — please wait.",
+    oos_works_body: "Reading your card; reprinting a paid slip that did not print. Please go to a staffed counter for anything else.",
+    reprint_at_counter: "The slip cannot be reprinted here — a staffed counter will print it (no second charge)", show_queue: "Note or photograph the queue number on this screen; it is all you need to be seen.",
+    m_wechat: "WeChat Pay", m_alipay: "Alipay", m_insurance: "Medical insurance",
   },
 };
+
+// English for the hospital's own vocabulary, which the platform sends in Chinese only: doctor
+// titles, departments, specialties, locations, bill items, lab report titles and specimens.
+// The strings are those of the reference platform (central/platform/sim/data.py); a term not
+// listed stays Chinese on English screens, and people's names are never translated.
+window.GLOSSARY = {
+  // professional titles (卫生专业技术职务)
+  "主任医师": "Chief Physician", "副主任医师": "Associate Chief Physician",
+  "主治医师": "Attending Physician", "住院医师": "Resident Physician",
+  // departments
+  "内科": "Internal Medicine", "心血管内科": "Cardiology", "呼吸内科": "Respiratory Medicine",
+  "消化内科": "Gastroenterology", "普外科": "General Surgery", "骨科": "Orthopedics", "儿科": "Pediatrics",
+  "妇产科": "Obstetrics and Gynecology", "眼科": "Ophthalmology", "耳鼻喉科": "ENT",
+  "皮肤科": "Dermatology", "口腔科": "Stomatology", "中医科": "Traditional Chinese Medicine",
+  // specialties
+  "发热": "Fever", "高血压": "Hypertension", "糖尿病": "Diabetes", "慢病管理": "Chronic disease care",
+  "冠心病": "Coronary heart disease", "心律失常": "Arrhythmia", "心力衰竭": "Heart failure",
+  "慢阻肺": "COPD", "哮喘": "Asthma", "肺部结节": "Lung nodules", "肺炎": "Pneumonia",
+  "胃炎": "Gastritis", "胃镜诊疗": "Gastroscopy", "肝病": "Liver disease", "炎症性肠病": "Inflammatory bowel disease",
+  "甲状腺": "Thyroid", "乳腺": "Breast", "疝": "Hernia", "胆道外科": "Biliary surgery",
+  "脊柱": "Spine", "关节": "Joints", "创伤": "Trauma", "运动医学": "Sports medicine",
+  "小儿呼吸": "Paediatric respiratory", "小儿消化": "Paediatric digestive", "儿童保健": "Child health",
+  "新生儿": "Newborns", "产科": "Obstetrics", "妇科肿瘤": "Gynaecologic oncology", "不孕不育": "Infertility",
+  "围绝经期": "Menopause", "白内障": "Cataract", "青光眼": "Glaucoma", "眼底病": "Retinal disease",
+  "屈光": "Refraction", "鼻炎": "Rhinitis", "咽喉": "Throat", "耳聋耳鸣": "Hearing loss, tinnitus",
+  "睡眠呼吸暂停": "Sleep apnoea", "湿疹": "Eczema", "痤疮": "Acne", "银屑病": "Psoriasis",
+  "过敏性皮肤病": "Skin allergies", "牙体牙髓": "Endodontics", "口腔正畸": "Orthodontics", "牙周": "Periodontics",
+  "口腔修复": "Prosthodontics", "针灸": "Acupuncture", "中医内科": "TCM internal medicine", "推拿": "Tuina massage",
+  "中医调理": "TCM wellness",
+  // bill items and lab report titles (some are both)
+  "挂号费": "Registration fee", "诊查费": "Consultation fee", "血常规": "Complete blood count",
+  "尿常规": "Urinalysis", "肝功能": "Liver function", "肾功能": "Kidney function",
+  "空腹血糖": "Fasting blood glucose", "血脂四项": "Lipid panel", "心电图": "ECG",
+  "胸部正位片": "Chest X-ray", "腹部彩超": "Abdominal ultrasound", "头颅CT平扫": "Head CT (plain)",
+  "阿莫西林胶囊(0.25g×24粒)": "Amoxicillin capsules (0.25 g × 24)",
+  "头孢克肟分散片(0.1g×6片)": "Cefixime dispersible tablets (0.1 g × 6)",
+  "布洛芬缓释胶囊(0.3g×20粒)": "Ibuprofen SR capsules (0.3 g × 20)",
+  "奥美拉唑肠溶胶囊(20mg×14粒)": "Omeprazole capsules (20 mg × 14)",
+  "二甲双胍片(0.5g×60片)": "Metformin tablets (0.5 g × 60)",
+  "苯磺酸氨氯地平片(5mg×7片)": "Amlodipine tablets (5 mg × 7)",
+  "复方甘草口服溶液(100ml)": "Compound liquorice oral solution (100 ml)",
+  "静脉输液(首组)": "IV infusion (first bag)",
+  // specimens
+  "全血": "Whole blood", "血清": "Serum",
+};
+// Patterns for composed strings: "门诊楼3层B区" → "Outpatient Building 3F, Zone B".
+window.GLOSSARY_PATTERNS = [
+  [/^门诊楼(\d+)层([A-Z])区$/, (m) => `Outpatient Building ${m[1]}F, Zone ${m[2]}`],
+  [/^门诊楼(\d+)层$/, (m) => `Outpatient Building ${m[1]}F`],
+];
