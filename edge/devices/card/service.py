@@ -36,6 +36,7 @@ from edge.devices.card.protocol.records import CardContents, Identity
 from edge.devices.card.session import (
     CardSession,
     CardTransport,
+    LocalToday,
     PcscContext,
     PyscardTransport,
     SamSession,
@@ -110,8 +111,8 @@ def reader_matches(pattern: str, reader: str) -> bool:
     return fnmatch.fnmatchcase(reader.lower(), pattern.lower())
 
 
-def _today() -> dt.date:
-    return dt.datetime.now().astimezone().date()
+#: The local date for the expiry check (cached per day: the read path asks it per card).
+_today = LocalToday()
 
 
 class CardService:

@@ -389,7 +389,7 @@ def _read_plan(spec: FileSpec, names: tuple[str, ...] | None) -> tuple[_ReadStep
 
 
 # The two variable APDUs of the read path, as a cached header + their data: the builders
-# (frozen Command, range checks, to_bytes) cost ≈1 µs each warm, several µs cold.
+# (frozen Command, range checks, to_bytes) cost ≈1 µs each warm, several µs over pcscd.
 @functools.cache
 def _ext_auth_head(key_ref: int) -> bytes:
     """``00 82 00 <key> 11``: EXTERNAL AUTHENTICATE without its 17 data bytes."""
@@ -417,8 +417,8 @@ class _Counter:
 # 9000 answer at once; everything else (61xx / 6Cxx chaining, the typed error for a failing
 # SW) goes through ``_exchange_rest``. That first part is written out in CardSession._x,
 # CardSession._x_data and SamSession._x rather than shared: it runs for every APDU,
-# and one keyword-heavy call layer less per APDU is measurable over pcscd (≈1 µs warm,
-# several µs right after a PC/SC wait).
+# and one keyword-heavy call layer less per APDU is measurable over pcscd (≈0.3 µs warm,
+# where each warm µs costs 4-9 µs between PC/SC waits: docs/performance.md "Card read").
 
 
 #: GET RESPONSEs followed after one command. Our longest answer is a 128-byte READ BINARY
@@ -663,8 +663,8 @@ class LocalToday:
     """``dt.date.today()``, recomputed only when the wall clock leaves the cached local day.
 
     The expiry check needs today's date once per card; ``date.today()`` (localtime) costs
-    ≈0.6 µs warm but ≈10 µs right after a PC/SC wait (cold caches, measured over
-    pcscd+vpcd), about 0.7 % of a ``read_identity``. ``time.time()`` against the day's
+    ≈0.6 µs warm but ≈10 µs right after a PC/SC wait (measured over pcscd+vpcd), about
+    0.7 % of a ``read_identity``. ``time.time()`` against the day's
     bounds is a vDSO read. The bounds come from ``mktime`` (DST-aware); a clock set back or
     forward just falls outside them and recomputes.
     """

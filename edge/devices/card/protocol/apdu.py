@@ -106,7 +106,8 @@ class Response:
     @property
     def ok(self) -> bool:
         """9000 or 61xx."""
-        return self.sw == 0x9000 or self.sw1 == 0x61
+        sw1 = self.sw1
+        return (sw1 == 0x90 and self.sw2 == 0x00) or sw1 == 0x61
 
     @classmethod
     def parse(cls, raw: bytes) -> Response:
