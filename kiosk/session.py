@@ -73,6 +73,11 @@ class Screen:
         self._seen_scans: list[str] = []
         self.stamps: dict[str, float] = {}  # event → loop time (for the benchmark's trace)
         self._last_action = 0.0  # loop time of the last page action or card event
+        # A flow whose card left while money or paper moved runs on to its outcome
+        # (DESIGN.md "Money"); card events wait until then.
+        self._detached: Flow | None = None
+        self._card_back = False  # a card went in while a detached flow was finishing
+        self._moved = asyncio.Event()  # set on every change: wakes the detached watcher
 
     # -- view ------------------------------------------------------------------------------
 
@@ -94,6 +99,7 @@ class Screen:
     def changed(self, *_: Any) -> None:
         """Publish the view to every page."""
         self.version += 1
+        self._moved.set()
         v = self.view()
         for q in list(self._subs):
             if q.full():
@@ -178,7 +184,8 @@ class Screen:
         changed = (not self.edge_ok) or plat != self.platform_ok
         self.edge_ok, self.platform_ok = True, plat
         if h.get("session") is None and (self.patient or self.identity):
-            self._wipe("attract")
+            if self._detached is None:
+                await self._card_left("attract")
             changed = True
         elif (s := h.get("session")) and s.get("state") == "ready" and not self.identity:
             await self.on_edge_event("card.identity", s)
@@ -194,9 +201,17 @@ class Screen:
         """React to one daemon event."""
         loop = asyncio.get_running_loop()
         self.stamps[kind] = self._last_action = loop.time()
+        if kind in ("card.inserted", "card.identity", "card.error") and self._holding():
+            # Money or paper is moving for the card that left: this card is served once
+            # that is settled (sync() then picks its session up again).
+            self._card_back = True
+            return
         if kind == "card.inserted":
+            left = self.flow
             self._wipe("reading" if self._serving() else self.screen)
             self.changed()
+            if left is not None:
+                self._spawn(self._abandon(left))
         elif kind == "card.identity":
             if not self._serving():
                 return
@@ -216,8 +231,8 @@ class Screen:
                           "staffed counter.", "todo_zh": "请取出卡片后重试，或到人工窗口办理。"}
             self.changed()
         elif kind in ("card.removed", "session.ended"):
-            self._wipe(self._idle_screen())
-            self.changed()
+            if self._detached is None:
+                await self._card_left(self._idle_screen())
         elif kind == "scan":
             await self.on_scan(data)
         elif kind == "platform.status":
@@ -242,6 +257,75 @@ class Screen:
         self.error = self.notice = None
         self.screen = screen
         self._seen_scans.clear()
+        self._detached = None
+
+    def _holding(self) -> bool:
+        return self.flow is not None and self.flow.busy
+
+    async def _card_left(self, screen: str) -> None:
+        """The card (or the daemon's session) went: wipe — unless money or paper is moving.
+
+        A busy flow is kept to its outcome: a payment being confirmed is still resolved and
+        its result shown ("paid", or "being confirmed — do not pay again"); only then is the
+        personal data wiped. A flow left waiting for the patient is abandoned.
+        """
+        flow = self.flow
+        if flow is not None and flow.busy:
+            flow.card_gone = True
+            self.identity = None  # the card is gone; the masked patient stays until then
+            self._detached = flow
+            task = self._task if self._running() else None
+            self.changed()
+            self._spawn(self._finish_detached(flow, task))
+            return
+        self._wipe(screen)
+        self.changed()
+        if flow is not None:
+            self._spawn(self._abandon(flow))
+
+    async def _finish_detached(self, flow: Flow, task: asyncio.Task[Any] | None) -> None:
+        """Wait for the detached flow's outcome, show it a while, then wipe."""
+        while True:
+            # A flow whose task died while "busy" would otherwise hold the screen forever.
+            while flow.busy and self.flow is flow and task is not None and not task.done():
+                self._moved.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._moved.wait(), 1.0)
+            if self.flow is not flow:
+                await self._abandon(flow)  # wiped meanwhile (a new card, the desk)
+                return
+            if flow.busy or not flow.shows_outcome():
+                break
+            await asyncio.sleep(self.timing.linger_s)
+            if not flow.busy:
+                break
+            task = self._task  # busy again (a page action): wait for that too
+        if self.flow is flow:
+            await self._release(flow)
+        else:
+            await self._abandon(flow)
+
+    async def _release(self, flow: Flow) -> None:
+        """Wipe after a detached flow; serve a card that went in meanwhile."""
+        card_back = self._card_back
+        self._card_back = False
+        self._wipe(self._idle_screen())
+        self.changed()
+        await self._abandon(flow)
+        if card_back:
+            with contextlib.suppress(Exception):
+                await self.sync()
+
+    @staticmethod
+    async def _abandon(flow: Flow) -> None:
+        """Let a flow the patient walked away from release what it holds, once; never raises."""
+        if flow.abandoned:
+            return
+        flow.abandoned = True
+        try:
+            await flow.on_abandon()
+        except Exception:
+            log.exception("releasing an abandoned %s flow failed", flow.name)
 
     async def _identify(self) -> None:
         try:
@@ -274,7 +358,7 @@ class Screen:
             self._seen_scans = [*self._seen_scans[-20:], sid]
         kind = scan.get("kind")
         if self.flow is not None:
-            if self._running():
+            if self._running() or self.flow.card_gone:
                 return
             self._spawn(self._flow_scan(scan), main=True)
             return
@@ -358,7 +442,9 @@ class Screen:
                         "dismiss"):
             await getattr(self, f"_a_{action}")(**args)
         elif action == "flow":
-            if self.flow is None or self._running():
+            # A flow whose card has left only shows its outcome: nothing can be done for a
+            # patient who is no longer identified (reprint needs the card, too).
+            if self.flow is None or self._running() or self.flow.card_gone:
                 return self.view()
             self._spawn(self.flow.handle(str(args.get("do")), dict(args.get("args") or {})),
                         main=True)
@@ -372,23 +458,37 @@ class Screen:
     async def _a_end(self) -> None:
         if self.flow is not None and self.flow.busy:
             return  # money or paper in motion: the session ends when it is settled
+        flow = self.flow
+        if flow is not None and flow is self._detached:
+            await self._release(flow)  # the daemon's session ended with the card already
+            return
         with contextlib.suppress(EdgeError):
             await self.edge.end_session()
         self._wipe(self._idle_screen())
         self.changed()
+        if flow is not None:
+            self._spawn(self._abandon(flow))
 
     async def _a_lock(self) -> None:
         if self.flow is not None and self.flow.busy:
             return
+        flow = self.flow
         with contextlib.suppress(EdgeError):
             await self.edge.staff_logout()
         self.staff = None
         self._wipe("locked")
         self.changed()
+        if flow is not None:
+            self._spawn(self._abandon(flow))
 
     async def _a_home(self) -> None:
         if self.flow is not None and self.flow.busy:
             return
+        if self.flow is not None and self.flow is self._detached:
+            await self._release(self.flow)
+            return
+        if self.flow is not None:
+            self._spawn(self._abandon(self.flow))
         self.flow = None
         self.error = self.notice = None
         self.screen = "menu" if self.patient else self._idle_screen()

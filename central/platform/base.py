@@ -16,6 +16,8 @@ OPERATIONS: frozenset[str] = frozenset(
         "reg.book",
         "reg.cancel",
         "reg.bookings",
+        "reg.checkin",
+        "reg.printed",
         "bill.list",
         "pay.create",
         "pay.status",
@@ -31,7 +33,10 @@ OPERATIONS: frozenset[str] = frozenset(
 
 #: Operations that change state on the platform; the rest are safe to repeat freely.
 MUTATING_OPERATIONS: frozenset[str] = frozenset(
-    {"reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund", "report.printed"}
+    {
+        "reg.book", "reg.cancel", "reg.checkin", "reg.printed", "pay.create", "pay.reverse",
+        "pay.refund", "report.printed",
+    }
 )
 
 

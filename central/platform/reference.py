@@ -43,6 +43,12 @@ _ROUTES: dict[str, _Route] = {
     "reg.book": _Route("POST", "/bookings"),
     "reg.cancel": _Route("POST", "/bookings/{booking_id}/cancel", "booking_id", send_body=False),
     "reg.bookings": _Route("GET", "/bookings", query=("patient_id", "date"), send_body=False),
+    "reg.checkin": _Route(
+        "POST", "/bookings/{booking_id}/checkin", "booking_id", send_body=False
+    ),
+    "reg.printed": _Route(
+        "POST", "/bookings/{booking_id}/printed", "booking_id", send_body=False
+    ),
     "bill.list": _Route("GET", "/bills", query=("patient_id",), send_body=False),
     "pay.create": _Route("POST", "/payments"),
     "pay.status": _Route("GET", "/payments/{payment_id}", "payment_id", send_body=False),
@@ -71,6 +77,8 @@ RESULT_KEYS: dict[str, frozenset[str]] = {
     "reg.book": frozenset({"booking_id", "queue_no", "fee_fen", "status"}),
     "reg.cancel": frozenset({"booking_id", "status", "refund_fen"}),
     "reg.bookings": frozenset({"bookings"}),
+    "reg.checkin": frozenset({"booking_id", "status", "checked_in_at"}),
+    "reg.printed": frozenset({"booking_id", "printed"}),
     "bill.list": frozenset({"bills"}),
     "pay.create": frozenset({"payment_id", "state", "amount_fen", "method"}),
     "pay.status": frozenset({"payment_id", "state", "amount_fen", "method"}),

@@ -85,7 +85,10 @@ __all__ = [
     "RegBookReq",
     "RegBookingsReq",
     "RegCancelReq",
+    "RegCheckinReq",
     "RegDepartmentsReq",
+    "RegPrintedReq",
+    "RegPrintedResult",
     "RegSlotsReq",
     "ReplyError",
     "ReplyOk",
@@ -265,6 +268,8 @@ class Slot(WireModel):
     remaining: Annotated[int, Field(ge=0, le=100_000)]
     fee_fen: Fen
     closes_at: HHMM  # hospital local time on `date`, when booking for the session stops
+    #: What an insured patient pays (医保个人自付); absent when the platform does not say.
+    insured_fee_fen: Fen | None = None
 
     @model_validator(mode="after")
     def _start_before_end(self) -> Slot:
@@ -302,8 +307,18 @@ class Booking(WireModel):
     start: HHMM
     end: HHMM
     location: Text
+    #: What the patient pays (for an insured booking: the patient's share only).
     fee_fen: Fen
-    status: Literal["booked", "paid"]
+    # "cancelled" appears in reg.bookings once a booking was cancelled or abandoned.
+    status: Literal["booked", "paid", "cancelled"]
+    insured: bool | None = None
+    #: The part of the fee medical insurance pays (insured bookings).
+    insurance_fen: Fen | None = None
+    #: When a terminal checked the booking in (预约取号); absent: not checked in.
+    checked_in_at: Timestamp | None = None
+    #: True once a slip was printed; any later slip is a copy. Absent: the platform
+    #: does not say.
+    slip_printed: bool | None = None
 
 
 class RegCancelReq(WireModel):
@@ -318,6 +333,25 @@ class CancelResult(WireModel):
     booking_id: Ident
     status: Literal["cancelled"]
     refund_fen: Fen
+
+
+class RegCheckinReq(WireModel):
+    """``reg.checkin``: check a paid (or free) booking of today in at a terminal (取号)."""
+
+    booking_id: Ident
+
+
+class RegPrintedReq(WireModel):
+    """``reg.printed``: the terminal printed the booking's slip."""
+
+    booking_id: Ident
+
+
+class RegPrintedResult(WireModel):
+    """Result of ``reg.printed``."""
+
+    booking_id: Ident
+    printed: Literal[True]
 
 
 class RegBookingsReq(WireModel):
@@ -550,6 +584,8 @@ REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "reg.book": (RegBookReq, Booking),
     "reg.cancel": (RegCancelReq, CancelResult),
     "reg.bookings": (RegBookingsReq, BookingList),
+    "reg.checkin": (RegCheckinReq, Booking),
+    "reg.printed": (RegPrintedReq, RegPrintedResult),
     "bill.list": (BillListReq, BillList),
     "pay.create": (PayCreateReq, PaymentResult),
     "pay.status": (PayStatusReq, PaymentResult),

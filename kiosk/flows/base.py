@@ -55,6 +55,8 @@ class Timing:
     poll_interval_s: float = 2.0
     confirm_window_s: float = 30.0
     pay_timeout_s: float = 20.0
+    #: How long an outcome stays on screen after the card was taken out mid-payment.
+    linger_s: float = 15.0
 
 
 @dataclass
@@ -96,6 +98,10 @@ class Flow:
         self.data: dict[str, Any] = {}
         self.error: dict[str, Any] | None = None
         self.history: list[str] = [self.START]
+        #: Set by the screen when the card left while money or paper was moving: the flow
+        #: runs to its outcome, but nothing can be printed for the patient any more.
+        self.card_gone = False
+        self.abandoned = False  # on_abandon ran (the screen calls it once)
 
     # -- the state table -------------------------------------------------------------------
 
@@ -127,10 +133,25 @@ class Flow:
         """True while money or paper is in motion (no timeout, no leaving)."""
         return self.state in self.BUSY
 
+    def shows_outcome(self) -> bool:
+        """True in a state worth showing once the patient may have walked away.
+
+        Final states (nothing follows) and the failure states that end the patient's part;
+        a state waiting for a choice (methods, a list) is not.
+        """
+        return self.state in ("print_failed", "declined", "error") or not self.TRANSITIONS.get(
+            self.state)
+
     def view(self) -> dict[str, Any]:
         """The screen model the page renders."""
         return {"name": self.name, "state": self.state, "data": self.data,
-                "error": self.error, "busy": self.busy}
+                "error": self.error, "busy": self.busy, "card_gone": self.card_gone}
+
+    async def on_abandon(self) -> None:
+        """The patient left (card out, timeout, home) mid-flow: release what the flow holds.
+
+        Best effort and never raising: the screen has already wiped the session.
+        """
 
     async def start(self) -> None:
         """First work on entering the flow (load lists …); default: nothing."""

@@ -12,10 +12,16 @@ __all__ = ["CancelFlow", "cancellable"]
 
 def cancellable(bookings: list[dict[str, Any]], today: str, now_hhmm: str | None
                 ) -> list[dict[str, Any]]:
-    """Bookings from today on that have not started and are not cancelled (pure)."""
+    """Bookings from today on that have not started, are not cancelled and not checked in (pure).
+
+    ``reg.bookings`` also lists cancelled bookings; a checked-in visit (取号) is cancelled at
+    a staffed counter only.
+    """
     out = []
     for b in bookings:
         if b.get("status") not in ("booked", "paid") or b["date"] < today:
+            continue
+        if b.get("checked_in_at"):
             continue
         if b["date"] == today and now_hhmm is not None and b["start"] <= now_hhmm:
             continue

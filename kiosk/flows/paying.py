@@ -25,6 +25,10 @@ class PayingFlow(Flow):
 
     PURPOSE: ClassVar[str] = ""
     BUSY = frozenset({"paying", "confirming", "printing", "booking"})
+    #: What to do when the card was taken out before the document could print.
+    LATER: ClassVar[tuple[str, str]] = (
+        "Ask at a staffed counter for a copy — you will not be charged again.",
+        "请到人工窗口补打（不会重复收费）。")
 
     def offer_payment(self, amount_fen: int, refs: list[str], warning: dict[str, Any] | None
                       ) -> None:
@@ -98,19 +102,33 @@ class PayingFlow(Flow):
 
     # -- printing ------------------------------------------------------------------------
 
-    async def print_doc(self, kind: str, data: dict[str, Any]) -> None:
+    async def print_doc(self, kind: str, data: dict[str, Any], *, copy: bool = False) -> None:
         """Print after a confirmed outcome; never undoes it when the paper fails."""
         self.to("printing")
         try:
-            out = await self.edge.print_doc(kind, data)
+            out = await self.edge.print_doc(kind, data, copy=copy)
         except EdgeError as exc:
             out = {"state": "failed", "reason": exc.code, "job_id": None,
                    "message": exc.message, "message_zh": exc.message_zh}
+        await self._after_print(out)
+
+    async def printed_ok(self, out: dict[str, Any]) -> None:
+        """The document came out (subclasses tell the platform); must not raise."""
+
+    async def _after_print(self, out: dict[str, Any]) -> None:
+        if out.get("state") == "printed":
+            await self.printed_ok(out)
         self._printed(out)
 
     def _printed(self, out: dict[str, Any]) -> None:
         if out.get("state") == "printed":
             self.to("done", print=out)
+        elif self.card_gone:
+            # The daemon wiped the card session, so nothing personal can print now.
+            en, zh = self.LATER
+            self.to("print_failed", print=dict(out, job_id=None), error=text(
+                "slip_later", "Done — but your card was taken out, so nothing could be "
+                "printed.", "已办理成功，但卡已取出，凭条未能打印。", todo=en, todo_zh=zh))
         else:
             self.to("print_failed", print=out, error=text(
                 "print_failed",
@@ -132,4 +150,4 @@ class PayingFlow(Flow):
                    "message": exc.message, "message_zh": exc.message_zh}
         if out.get("state") != "printed" and job_id:
             out.setdefault("job_id", job_id)
-        self._printed(out)
+        await self._after_print(out)

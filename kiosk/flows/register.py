@@ -10,8 +10,9 @@ from kiosk.edge_client import EdgeError
 from kiosk.flows.base import text
 from kiosk.flows.paying import PayingFlow, print_states
 from kiosk.flows.payment import new_request_id, pay_states
+from kiosk.flows.slip import record_printed
 
-__all__ = ["RegisterFlow", "booking_days", "slot_view"]
+__all__ = ["RegisterFlow", "booking_days", "fee_due", "slot_view"]
 
 _BACK = ("slots", "depts")
 
@@ -36,12 +37,35 @@ def slot_view(slot: dict[str, Any], now_hhmm: str | None) -> dict[str, Any]:
     return out
 
 
+def fee_due(slot: dict[str, Any], insured: bool) -> dict[str, Any]:
+    """What the patient pays for ``slot``, and insurance's part (pure).
+
+    The platform quotes an insured patient's share per slot (``insured_fee_fen``); without
+    a quote the full fee is shown and the booking's own fee decides what is charged.
+    """
+    fee = int(slot["fee_fen"])
+    share = slot.get("insured_fee_fen")
+    if not insured or share is None:
+        return {"due_fen": fee, "insurance_fen": 0}
+    return {"due_fen": int(share), "insurance_fen": fee - int(share)}
+
+
+#: States in which an unpaid booking of this flow waits for the patient's money.
+_UNPAID = frozenset({"pay_method", "scan_code", "cash_tendered", "declined"})
+
+
 class RegisterFlow(PayingFlow):
     """Registration for today or a later day, self-pay or insured."""
 
     name = "register"
     START = "loading_depts"
     PURPOSE = "registration"
+    # Waiting to learn whether a booking exists is kept to its end too: a card pulled then
+    # must not leave an unknown booking holding the slot (it is cancelled once known).
+    BUSY = PayingFlow.BUSY | {"booking_unknown"}
+    LATER = ("Insert your card again and choose 'Pick up' to print it — you will not be "
+             "charged again — or ask at a staffed counter.",
+             "请重新插卡并选择“预约取号”打印凭条（不会重复收费），或到人工窗口补打。")
     TRANSITIONS: ClassVar[dict[str, frozenset[str]]] = {
         "loading_depts": frozenset({"depts", "error"}),
         "depts": frozenset({"loading_slots"}),
@@ -100,6 +124,10 @@ class RegisterFlow(PayingFlow):
         """One screen back (or, in payment, to the methods)."""
         if self.state in ("scan_code", "cash_tendered", "declined"):
             await super().do_back()
+        elif self.state == "error" and "departments" not in self.data:
+            # Nothing to go back to yet: back to the department list means loading it.
+            self.to("loading_depts")
+            await self.start()
         elif self.state in ("slots", "error"):
             self.to("depts")
         elif self.state in ("confirm", "printer_warning"):
@@ -124,13 +152,15 @@ class RegisterFlow(PayingFlow):
         slot = next((s for s in self.data["slots"] if s["slot_id"] == slot_id), None)
         if slot is None or not slot["open"]:
             return
-        self.to("confirm", slot=slot, insured=bool(self.ctx.patient.get("insured")),
-                can_insure=bool(self.ctx.patient.get("insured")))
+        insured = bool(self.ctx.patient.get("insured"))
+        self.to("confirm", slot=slot, insured=insured, can_insure=insured,
+                **fee_due(slot, insured))
 
     async def do_insured(self, insured: bool) -> None:
-        """Toggle self-pay / insured (only for insured patients)."""
+        """Toggle self-pay / insured (only for insured patients); the fee follows."""
         self.expect("confirm")
-        self.to("confirm", insured=bool(insured) and self.data["can_insure"])
+        on = bool(insured) and self.data["can_insure"]
+        self.to("confirm", insured=on, **fee_due(self.data["slot"], on))
 
     async def do_confirm(self, anyway: bool = False) -> None:
         """Book the slot (after checking the printer), then take payment."""
@@ -199,3 +229,18 @@ class RegisterFlow(PayingFlow):
         booking = dict(self.data["booking"], status="paid")
         self.data["booking"] = booking
         await self.print_doc("registration_slip", booking)
+
+    async def printed_ok(self, out: dict[str, Any]) -> None:
+        """The slip came out: the platform records it (a later pick-up prints a copy)."""
+        await record_printed(self, self.data["booking"])
+
+    async def on_abandon(self) -> None:
+        """Card out or timeout while the fee was still due: free the slot (best effort)."""
+        booking = self.data.get("booking")
+        if self.state not in _UNPAID or not booking or booking.get("status") != "booked":
+            return
+        if (self.error or {}).get("reason") == "payment_in_progress":
+            return  # an earlier payment may still land on this booking: keep it
+        # Nothing was charged; a cancel that fails leaves an unpaid booking that lapses.
+        with contextlib.suppress(EdgeError):
+            await self.edge.request("reg.cancel", {"booking_id": booking["booking_id"]}, 30)

@@ -7,7 +7,7 @@ import pytest
 from kiosk.edge_client import EdgeError
 from kiosk.flows import IllegalTransition
 from kiosk.flows.pickup import PickupFlow
-from kiosk.flows.register import RegisterFlow, booking_days, slot_view
+from kiosk.flows.register import RegisterFlow, booking_days, fee_due, slot_view
 
 
 def err(code, status=503, **extra):
@@ -25,6 +25,16 @@ BOOKING = {"booking_id": "BK1", "visit_no": "V1", "queue_no": 7, "dept_code": "N
            "fee_fen": 5000, "status": "booked"}
 APPROVED = {"payment_id": "PAY1", "state": "approved", "amount_fen": 5000, "method": "prepaid",
             "txn_id": "HIS1", "balance_fen": 0}
+
+
+@pytest.fixture(autouse=True)
+def _platform_records(edge):
+    """Check-in and "slip printed" answers (the flows send them around every slip)."""
+    edge.script["reg.checkin"] = lambda body: dict(BOOKING, booking_id=body["booking_id"],
+                                                   status="paid",
+                                                   checked_in_at="2026-11-22T01:00:00.000Z")
+    edge.script["reg.printed"] = lambda body: {"booking_id": body["booking_id"],
+                                               "printed": True}
 
 
 def test_days_and_slot_views():
@@ -207,3 +217,113 @@ async def test_pickup_slip_fails_reprint_copy(make, edge):
     await f.start()
     await f.handle("pick", {"booking_id": "BK1"})
     assert f.state == "print_failed"
+
+
+# -- issue 6: back from error, insured share, abandonment, slips --------------------------
+
+
+async def test_back_from_error_before_departments_loaded_reloads_them(make, edge):
+    edge.script["reg.departments"] = [err("platform_unavailable"), err("platform_unavailable"),
+                                      DEPTS]
+    f = make(RegisterFlow)
+    await f.start()
+    assert f.state == "error" and "departments" not in f.data
+    await f.handle("back", {})  # still down: an error again, never a list without data
+    assert f.state == "error" and "departments" not in f.data
+    await f.handle("back", {})
+    assert f.state == "depts" and f.data["departments"] == DEPTS["departments"]
+    assert f.history == ["loading_depts", "error", "loading_depts", "error", "loading_depts",
+                         "depts"]
+
+
+def test_fee_due_insured_share_and_self_pay():
+    quoted = dict(SLOT, insured_fee_fen=1500)
+    assert fee_due(quoted, True) == {"due_fen": 1500, "insurance_fen": 3500}
+    assert fee_due(quoted, False) == {"due_fen": 5000, "insurance_fen": 0}
+    assert fee_due(SLOT, True) == {"due_fen": 5000, "insurance_fen": 0}  # no quote
+
+
+async def test_insured_choice_changes_the_fee_and_reaches_the_platform(make, edge):
+    edge.script["reg.departments"] = DEPTS
+    edge.script["reg.slots"] = {"slots": [dict(SLOT, insured_fee_fen=1500)]}
+    edge.script["reg.book"] = lambda body: dict(
+        BOOKING, fee_fen=1500 if body["insured"] else 5000, insured=body["insured"],
+        insurance_fen=3500 if body["insured"] else 0)
+    edge.script["pay"] = lambda kw: dict(APPROVED, amount_fen=kw["amount_fen"])
+    f = make(RegisterFlow, now_hhmm=lambda: "08:00")
+    await f.start()
+    await f.handle("dept", {"code": "NK01"})
+    await f.handle("slot", {"slot_id": "SL1"})
+    assert (f.data["insured"], f.data["due_fen"], f.data["insurance_fen"]) == (True, 1500, 3500)
+    await f.handle("insured", {"insured": False})
+    assert (f.data["due_fen"], f.data["insurance_fen"]) == (5000, 0)
+    await f.handle("insured", {"insured": True})
+    await f.handle("confirm", {})
+    assert edge.called("reg.book")[0]["insured"] is True
+    assert f.state == "pay_method" and f.data["amount_fen"] == 1500
+    await f.handle("method", {"method": "prepaid"})
+    assert f.state == "done" and edge.called("pay")[0]["amount_fen"] == 1500
+
+
+async def test_uninsured_patient_cannot_switch_to_insured(make, edge):
+    edge.script["reg.departments"] = DEPTS
+    edge.script["reg.slots"] = {"slots": [dict(SLOT, insured_fee_fen=1500)]}
+    f = make(RegisterFlow, patient={"patient_id": "P9", "balance_fen": 0, "insured": False},
+             now_hhmm=lambda: "08:00")
+    await f.start()
+    await f.handle("dept", {"code": "NK01"})
+    await f.handle("slot", {"slot_id": "SL1"})
+    await f.handle("insured", {"insured": True})
+    assert f.data["insured"] is False and f.data["due_fen"] == 5000
+
+
+@pytest.mark.parametrize("state_setup", ["pay_method", "scan_code", "declined"])
+async def test_leaving_with_an_unpaid_booking_cancels_it(make, edge, state_setup):
+    edge.script["reg.book"] = BOOKING
+    edge.script["reg.cancel"] = {"booking_id": "BK1", "status": "cancelled", "refund_fen": 0}
+    edge.script["pay"] = err("rejected", 422, reason="insufficient_balance")
+    f = await to_confirm(make, edge)
+    await f.handle("confirm", {})
+    if state_setup == "scan_code":
+        await f.handle("method", {"method": "code"})
+    elif state_setup == "declined":
+        await f.handle("method", {"method": "prepaid"})
+    assert f.state == state_setup
+    await f.on_abandon()
+    assert edge.called("reg.cancel") == [{"booking_id": "BK1"}]
+
+
+async def test_leaving_never_cancels_a_paid_or_confirming_booking(make, edge):
+    edge.script["reg.book"] = BOOKING
+    edge.script["pay"] = APPROVED
+    f = await to_confirm(make, edge)
+    await f.handle("confirm", {})
+    await f.handle("method", {"method": "prepaid"})
+    assert f.state == "done"
+    await f.on_abandon()
+    edge.script["pay"] = err("rejected", 422, reason="payment_in_progress")
+    g = await to_confirm(make, edge)
+    await g.handle("confirm", {})
+    await g.handle("method", {"method": "prepaid"})
+    assert g.state == "declined"
+    await g.on_abandon()  # an earlier payment may still land on it
+    assert edge.called("reg.cancel") == []
+
+
+async def test_cancel_failure_when_leaving_is_swallowed(make, edge):
+    edge.script["reg.book"] = BOOKING
+    edge.script["reg.cancel"] = err("platform_unavailable")
+    f = await to_confirm(make, edge)
+    await f.handle("confirm", {})
+    await f.on_abandon()
+    assert len(edge.called("reg.cancel")) == 1
+
+
+async def test_printed_slip_is_recorded_at_the_platform(make, edge):
+    edge.script["reg.book"] = BOOKING
+    edge.script["pay"] = APPROVED
+    f = await to_confirm(make, edge)
+    await f.handle("confirm", {})
+    await f.handle("method", {"method": "prepaid"})
+    assert edge.called("reg.printed") == [{"booking_id": "BK1"}]
+    assert edge.called("reg.checkin") == []  # same-day registration stays cancellable

@@ -203,3 +203,274 @@ async def test_server_side_idle_backstop_ends_session_and_locks_desk():
     c._last_action -= 311
     await c.idle_check()
     assert c.screen == "locked" and c.staff is None
+
+
+# -- issue 6: the card leaves while money or paper moves ------------------------------------
+
+SLOT = {"slot_id": "SL1", "doctor_id": "D1", "doctor_name": "李明", "title": "主任医师",
+        "specialty": "", "date": "2026-11-22", "period": "pm", "start": "14:00",
+        "end": "14:30", "remaining": 3, "fee_fen": 5000, "closes_at": "16:30"}
+BOOKING = {"booking_id": "BK1", "visit_no": "V1", "queue_no": 7, "dept_code": "NK",
+           "dept_name": "内科", "doctor_name": "李明", "title": "主任医师",
+           "date": "2026-11-22", "start": "14:00", "end": "14:30", "location": "2F",
+           "fee_fen": 5000, "status": "booked"}
+APPROVED = {"payment_id": "PAY1", "state": "approved", "amount_fen": 5000,
+            "method": "prepaid", "balance_fen": 5000}
+
+
+class MoneyEdge(Edge):
+    """The screen's edge double, plus registration, payment and slips behind gates.
+
+    Like the daemon, it cannot print a personal slip once the card has left.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.identify_result = {"patient": {"patient_id": "P1", "name": "李*英",
+                                            "balance_fen": 10_000, "insured": False}}
+        self.pay_gate, self.status_gate, self.print_gate = (asyncio.Event(), asyncio.Event(),
+                                                            asyncio.Event())
+        for g in (self.pay_gate, self.status_gate, self.print_gate):
+            g.set()
+        self.pay_result: Any = APPROVED
+        self.status_result: Any = APPROVED
+        self.card_in = True
+        self.session: Any = None
+
+    async def request(self, type_, body, timeout_s=None, request_id=None):
+        self.calls.append(type_)
+        answers = {"reg.slots": {"slots": [SLOT]}, "reg.book": BOOKING,
+                   "reg.cancel": {"booking_id": "BK1", "status": "cancelled", "refund_fen": 0},
+                   "reg.printed": {"booking_id": "BK1", "printed": True}}
+        if type_ in answers:
+            return answers[type_]
+        return await super().request(type_, body, timeout_s, request_id)
+
+    async def pay(self, **kw):
+        self.calls.append("pay")
+        await self.pay_gate.wait()
+        if isinstance(self.pay_result, BaseException):
+            raise self.pay_result
+        return self.pay_result
+
+    async def pay_status(self, payment_id):
+        self.calls.append("pay_status")
+        await self.status_gate.wait()
+        return self.status_result
+
+    async def pay_reverse(self, payment_id):
+        self.calls.append("pay_reverse")
+        raise EdgeError(503, "platform_unavailable", "down", "连接不上")
+
+    async def printer_status(self):
+        return {"ready": True, "problem": None, "paper": "ok"}
+
+    async def print_doc(self, kind, data, copy=False):
+        self.calls.append(f"print {kind}")
+        await self.print_gate.wait()
+        if not self.card_in:
+            raise EdgeError(409, "no_card", "Please insert your health card.", "请插入健康卡。")
+        return {"state": "printed", "job_id": "slip-BK1"}
+
+    async def health(self):
+        return {"uplink_connected": True, "platform_ok": True, "session": self.session,
+                "staff": None}
+
+
+def money_screen() -> tuple[Screen, MoneyEdge]:
+    from kiosk.flows import Timing
+
+    e = MoneyEdge()
+    s = Screen(KioskConfig(ui=UiConfig(role="kiosk")), e,
+               timing=Timing(poll_interval_s=0.01, confirm_window_s=0.2, linger_s=0.05),
+               now=lambda: datetime(2026, 11, 22, 9, 0, tzinfo=ZoneInfo("Asia/Shanghai")))
+    return s, e
+
+
+async def at_pay_method(s: Screen) -> None:
+    await s.on_edge_event("card.identity", IDENT)
+    await settle()
+    await s.dispatch("start", {"flow": "register"})
+    await settle()
+    for do, args in (("dept", {"code": "NK"}), ("slot", {"slot_id": "SL1"}),
+                     ("confirm", {})):
+        await s.dispatch("flow", {"do": do, "args": args}, wait_s=1)
+    assert s.flow is not None and s.flow.state == "pay_method"
+
+
+async def pull_card(s: Screen, e: MoneyEdge) -> None:
+    e.card_in = False
+    await s.on_edge_event("card.removed", {})
+
+
+async def until(cond, limit: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + limit
+    while not cond():
+        assert loop.time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_card_pulled_while_paying_keeps_the_flow_and_shows_the_outcome():
+    s, e = money_screen()
+    await at_pay_method(s)
+    e.pay_gate.clear()
+    await s.dispatch("flow", {"do": "method", "args": {"method": "prepaid"}}, wait_s=0.01)
+    assert s.flow.state == "paying"
+    flow = s.flow
+    await pull_card(s, e)
+    v = s.view()
+    assert v["screen"] == "flow" and v["flow"]["state"] == "paying" and v["flow"]["card_gone"]
+    assert v["identity"] is None
+    e.pay_gate.set()
+    await until(lambda: flow.state == "print_failed")
+    # paid: the truth is on screen (the slip cannot print without the card) …
+    assert s.flow is flow and s.view()["flow"]["error"]["code"] == "slip_later"
+    assert "reg.cancel" not in e.calls
+    # … and only then is the personal data wiped
+    await until(lambda: s.flow is None)
+    assert s.screen == "attract" and s.patient is None and "李*英" not in str(s.view())
+    assert "reg.cancel" not in e.calls  # paid: never cancelled
+
+
+async def test_card_pulled_while_confirming_resolves_then_wipes():
+    s, e = money_screen()
+    await at_pay_method(s)
+    e.pay_result = dict(APPROVED, state="pending")
+    e.status_gate.clear()
+    await s.dispatch("flow", {"do": "method", "args": {"method": "prepaid"}}, wait_s=0.05)
+    await until(lambda: s.flow.state == "confirming")
+    flow = s.flow
+    await pull_card(s, e)
+    await s.sync()  # the health poll sees no session: still kept
+    assert s.flow is flow and s.screen == "flow"
+    await s.dispatch("end", {})  # the page's countdown: refused while money moves
+    assert s.flow is flow
+    e.status_gate.set()
+    await until(lambda: flow.state == "print_failed")
+    assert flow.data["payment"]["state"] == "approved"
+    await until(lambda: s.flow is None)
+    assert s.patient is None
+
+
+async def test_card_pulled_while_confirming_unknown_shows_do_not_pay_again():
+    s, e = money_screen()
+    await at_pay_method(s)
+    e.pay_result = dict(APPROVED, state="unknown")
+    e.status_result = dict(APPROVED, state="unknown")
+    await s.dispatch("flow", {"do": "method", "args": {"method": "prepaid"}}, wait_s=0.01)
+    await until(lambda: s.flow is not None and s.flow.state == "confirming")
+    flow = s.flow
+    await pull_card(s, e)
+    await until(lambda: flow.state == "unresolved")
+    assert s.flow is flow and "请勿重复支付" in s.view()["flow"]["error"]["message_zh"]
+    await until(lambda: s.flow is None)
+    assert "reg.cancel" not in e.calls  # money may have moved: the booking stays
+
+
+async def test_card_pulled_while_printing_finishes_the_slip():
+    s, e = money_screen()
+    await at_pay_method(s)
+    e.print_gate.clear()
+    await s.dispatch("flow", {"do": "method", "args": {"method": "prepaid"}}, wait_s=0.01)
+    await until(lambda: s.flow.state == "printing")
+    flow = s.flow
+    await s.on_edge_event("card.removed", {})  # the job was already built: it prints
+    e.print_gate.set()
+    await until(lambda: flow.state == "done")
+    assert s.flow is flow and "reg.printed" in e.calls
+    await until(lambda: s.flow is None)
+
+
+async def test_card_back_while_money_moves_is_served_afterwards():
+    s, e = money_screen()
+    await at_pay_method(s)
+    e.pay_gate.clear()
+    await s.dispatch("flow", {"do": "method", "args": {"method": "prepaid"}}, wait_s=0.01)
+    flow = s.flow
+    await pull_card(s, e)
+    await s.on_edge_event("card.inserted", {})
+    await s.on_edge_event("card.identity", IDENT)
+    assert s.flow is flow and s.screen == "flow"  # not wiped by the new card
+    e.session = IDENT
+    e.pay_gate.set()
+    await until(lambda: s.flow is None and s.screen == "menu")
+    assert s.patient["patient_id"] == "P1"
+
+
+async def test_card_pulled_at_the_methods_wipes_and_frees_the_slot():
+    s, e = money_screen()
+    await at_pay_method(s)
+    await pull_card(s, e)
+    assert s.flow is None and s.patient is None and s.screen == "attract"
+    await until(lambda: "reg.cancel" in e.calls)
+
+
+async def test_timeout_at_the_methods_frees_the_slot():
+    s, e = money_screen()
+    await at_pay_method(s)
+    s._last_action -= 71
+    await s.idle_check()
+    assert s.flow is None and s.screen == "attract"
+    await until(lambda: "reg.cancel" in e.calls)
+
+
+async def test_detached_flow_takes_no_page_actions_and_a_dead_busy_flow_is_released():
+    s, e = money_screen()
+    await at_pay_method(s)
+    s.flow.state = "paying"  # as if stuck there by a crashed task
+    flow = s.flow
+    await pull_card(s, e)
+    await until(lambda: s.flow is None)  # no task runs it: released, not held forever
+    assert flow.card_gone and s.screen == "attract"
+
+
+async def test_outcome_screen_after_card_left_refuses_reprint():
+    s, e = money_screen()
+    await at_pay_method(s)
+    s.timing = type(s.timing)(poll_interval_s=0.01, confirm_window_s=0.2, linger_s=0.5)
+    e.pay_gate.clear()
+    await s.dispatch("flow", {"do": "method", "args": {"method": "prepaid"}}, wait_s=0.01)
+    flow = s.flow
+    await pull_card(s, e)
+    e.pay_gate.set()
+    await until(lambda: flow.state == "print_failed")
+    await s.dispatch("flow", {"do": "reprint", "args": {}}, wait_s=0.05)
+    assert flow.state == "print_failed" and flow.history.count("printing") == 1
+    await until(lambda: s.flow is None)
+
+
+async def test_card_pulled_while_booking_is_unknown_cancels_the_booking_once_known():
+    s, e = money_screen()
+    await at_pay_method(s)
+    await s.dispatch("flow", {"do": "abandon", "args": {}}, wait_s=0.5)  # start over
+    await s.dispatch("home", {})
+    e.calls.clear()
+    await s.dispatch("start", {"flow": "register"})
+    await settle()
+    gate = asyncio.Event()
+    booked = {"n": 0}
+
+    async def request(type_, body, timeout_s=None, request_id=None):
+        if type_ == "reg.book":
+            booked["n"] += 1
+            raise EdgeError(504, "outcome_unknown", "unknown", "结果确认中")
+        return await MoneyEdge.request(e, type_, body, timeout_s, request_id)
+
+    async def request_result(request_id, wait_s=0.0):
+        await gate.wait()
+        return BOOKING
+
+    e.request, e.request_result = request, request_result
+    for do, args in (("dept", {"code": "NK"}), ("slot", {"slot_id": "SL1"})):
+        await s.dispatch("flow", {"do": do, "args": args}, wait_s=1)
+    await s.dispatch("flow", {"do": "confirm", "args": {}}, wait_s=0.05)
+    await until(lambda: s.flow.state == "booking_unknown")
+    flow = s.flow
+    assert flow.busy
+    await pull_card(s, e)
+    assert s.flow is flow  # kept: the booking may exist
+    gate.set()
+    await until(lambda: s.flow is None)
+    await until(lambda: "reg.cancel" in e.calls)
+    assert booked["n"] == 1 and flow.state == "pay_method"

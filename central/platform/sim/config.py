@@ -35,6 +35,9 @@ class PlatformSimSettings(BaseModel):
     demo_staff_pin: str | None = Field(None, pattern=r"^\d{4,8}$")
     #: how long a "timeout" / "drop" fault holds the reply; longer than any client timeout
     fault_hang_s: float = Field(30.0, gt=0, le=600)
+    #: percent of a registration fee an insured patient pays (医保个人自付比例); the rest
+    #: is the insurance fund's part
+    insured_share_pct: int = Field(30, ge=0, le=100)
 
     @field_validator("timezone")
     @classmethod

@@ -117,6 +117,10 @@ class BookingRow(_Base):
     status = pw.CharField()  # booked | paid | cancelled
     payment_id = pw.CharField(null=True)
     created_at = pw.CharField()
+    # migration 2: check-in (预约取号), slip printed, insurance's part of the fee
+    checked_in_at = pw.CharField(null=True)
+    slip_printed = pw.BooleanField(default=False)
+    insurance_fen = pw.IntegerField(default=0)
 
 
 class BillRow(_Base):
@@ -300,8 +304,25 @@ def _initial(schema: Schema) -> None:
     schema.db.create_tables(schema.tables())
 
 
+def _booking_checkin(schema: Schema) -> None:
+    """Bookings learn check-in time, slip printed and the insurance's part of the fee."""
+    from playhouse.migrate import SqliteMigrator
+    from playhouse.migrate import migrate as run
+
+    b = schema.BookingRow
+    table = b._meta.table_name
+    have = {c.name for c in schema.db.get_columns(table)}
+    # A database made by _initial with today's models already has them.
+    ops = [SqliteMigrator(schema.db).add_column(table, name, getattr(b, name))
+           for name in ("checked_in_at", "slip_printed", "insurance_fen") if name not in have]
+    if ops:
+        run(*ops)
+
+
 #: Ordered migrations; each runs once in its own transaction. Append, never edit.
-MIGRATIONS: tuple[tuple[int, Callable[[Schema], None]], ...] = ((1, _initial),)
+MIGRATIONS: tuple[tuple[int, Callable[[Schema], None]], ...] = (
+    (1, _initial), (2, _booking_checkin),
+)
 
 
 def migrate(schema: Schema, now_iso: str) -> int:

@@ -92,6 +92,8 @@ class SlotOut(_Response):
     remaining: int
     fee_fen: int
     closes_at: str
+    #: what an insured patient pays of ``fee_fen`` (the rest is paid by insurance)
+    insured_fee_fen: int | None = None
 
 
 class SlotsOut(_Response):
@@ -127,6 +129,10 @@ class BookingOut(_Response):
     location: str
     fee_fen: int
     status: Literal["booked", "paid", "cancelled"]
+    insured: bool = False
+    insurance_fen: int = 0
+    checked_in_at: str | None = None
+    slip_printed: bool = False
 
 
 class BookingsOut(_Response):
@@ -257,6 +263,13 @@ class ReportOut(_Response):
     items: list[ReportItemOut]
     doctor: str
     verify_url: str
+
+
+class SlipPrintedOut(_Response):
+    """The ``reg.printed`` result."""
+
+    booking_id: str
+    printed: Literal[True]
 
 
 class PrintedOut(_Response):

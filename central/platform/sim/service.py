@@ -49,6 +49,7 @@ from central.platform.sim.schemas import (
     ReportOut,
     ReportsOut,
     ReportSummaryOut,
+    SlipPrintedOut,
     SlotOut,
     SlotsOut,
     StaffCreateRequest,
@@ -242,11 +243,16 @@ class PlatformService:
             rows.append((r.period, rank.get(r.title, 9), r.doctor_id, SlotOut(
                 slot_id=r.slot_id, doctor_id=r.doctor_id, doctor_name=r.name, title=r.title,
                 specialty=r.specialty, date=r.date, period=r.period, start=r.start, end=r.end,
-                remaining=remaining, fee_fen=r.fee_fen, closes_at=r.closes_at)))
+                remaining=remaining, fee_fen=r.fee_fen, closes_at=r.closes_at,
+                insured_fee_fen=self._insured_share(r.fee_fen))))
         rows.sort(key=lambda t: t[:3])
         return SlotsOut(slots=[t[3] for t in rows])
 
     # --- bookings -------------------------------------------------------------------------
+
+    def _insured_share(self, fee_fen: int) -> int:
+        """What an insured patient pays of ``fee_fen`` (rounded half up to the fen)."""
+        return (fee_fen * self.settings.insured_share_pct + 50) // 100
 
     def _slot(self, slot_id: str) -> Any:
         s = self.s
@@ -270,7 +276,9 @@ class PlatformService:
         return BookingOut(booking_id=b.booking_id, visit_no=b.visit_no, queue_no=b.queue_no,
                           dept_code=dept.code, dept_name=dept.name, doctor_name=doctor.name,
                           title=doctor.title, date=slot.date, start=slot.start, end=slot.end,
-                          location=dept.location, fee_fen=b.fee_fen, status=b.status)
+                          location=dept.location, fee_fen=b.fee_fen, status=b.status,
+                          insured=b.insured, insurance_fen=b.insurance_fen,
+                          checked_in_at=b.checked_in_at, slip_printed=b.slip_printed)
 
     def book(self, req: BookRequest) -> BookingOut:
         """``reg.book``: take one number of a session (prepaid bookings are paid at once)."""
@@ -300,23 +308,27 @@ class PlatformService:
             raise business("slot_full", "no numbers left in this session", "该时段号源已满")
         now = self.now()
         booking_id = f"BK{self.today():%Y%m%d}{self._next('booking'):05d}"
+        # Insured: the patient pays only their share; the fund's part is settled with
+        # the insurer, not at the terminal.
+        fee = self._insured_share(slot.fee_fen) if req.insured else slot.fee_fen
         status, payment_id = "booked", None
-        if req.pay_method == "prepaid":
-            if patient.balance_fen < slot.fee_fen:
+        if req.pay_method == "prepaid" and fee > 0:
+            if patient.balance_fen < fee:
                 raise business("insufficient_balance",
-                               f"prepaid balance {patient.balance_fen} < fee {slot.fee_fen}",
+                               f"prepaid balance {patient.balance_fen} < fee {fee}",
                                "预交金余额不足")
-            self._adjust_balance(patient.patient_id, -slot.fee_fen)
+            self._adjust_balance(patient.patient_id, -fee)
             payment_id = self._new_payment_row(
-                patient.patient_id, "registration", [booking_id], slot.fee_fen, "prepaid",
+                patient.patient_id, "registration", [booking_id], fee, "prepaid",
                 state="approved").payment_id
             status = "paid"
         booking = B.create(
             booking_id=booking_id,
             visit_no=f"{date.fromisoformat(slot.date):%Y%m%d}{self._next('visit'):06d}",
             patient_id=patient.patient_id, slot_id=slot.slot_id, queue_no=slot.next_queue_no,
-            pay_method=req.pay_method, insured=req.insured, fee_fen=slot.fee_fen,
-            status=status, payment_id=payment_id, created_at=iso_utc(now))
+            pay_method=req.pay_method, insured=req.insured, fee_fen=fee,
+            insurance_fen=slot.fee_fen - fee, status=status, payment_id=payment_id,
+            created_at=iso_utc(now))
         self._effect("reg.book")
         return self._booking_out(booking)
 
@@ -328,6 +340,9 @@ class PlatformService:
             raise not_found("booking", "挂号记录", booking_id)
         if b.status == "cancelled":
             raise business("already_cancelled", "the booking is already cancelled", "该挂号已取消")
+        if b.checked_in_at:
+            raise business("checked_in", "the patient has checked in for this visit",
+                           "已取号签到，无法退号，请到人工窗口办理")
         slot = s.SlotRow.get(s.SlotRow.slot_id == b.slot_id)
         if self.now() >= self._local(slot.date, slot.start):
             raise business("too_late_to_cancel", "the session has started",
@@ -352,6 +367,39 @@ class PlatformService:
         b.save()
         self._effect("reg.cancel")
         return CancelOut(booking_id=b.booking_id, status="cancelled", refund_fen=refund)
+
+    def _live_booking(self, booking_id: str) -> Any:
+        b = self.s.BookingRow.get_or_none(self.s.BookingRow.booking_id == booking_id)
+        if b is None:
+            raise not_found("booking", "挂号记录", booking_id)
+        if b.status == "cancelled":
+            raise business("already_cancelled", "the booking is already cancelled", "该挂号已取消")
+        return b
+
+    def checkin(self, booking_id: str) -> BookingOut:
+        """``reg.checkin``: 预约取号 — a paid (or free) booking of today joins the queue."""
+        s = self.s
+        b = self._live_booking(booking_id)
+        slot = s.SlotRow.get(s.SlotRow.slot_id == b.slot_id)
+        if slot.date != self.today().isoformat():
+            raise business("not_today", f"the booking is for {slot.date}",
+                           "只能在就诊当天取号")
+        if b.status != "paid" and b.fee_fen > 0:
+            raise business("not_paid", "the registration fee is not paid yet", "挂号费尚未支付")
+        if not b.checked_in_at:  # a second check-in keeps the first time
+            b.checked_in_at = iso_utc(self.now())
+            b.save()
+            self._effect("reg.checkin")
+        return self._booking_out(b)
+
+    def slip_printed(self, booking_id: str) -> SlipPrintedOut:
+        """``reg.printed``: the slip came out; any later slip is a copy."""
+        b = self._live_booking(booking_id)
+        if not b.slip_printed:
+            b.slip_printed = True
+            b.save()
+            self._effect("reg.printed")
+        return SlipPrintedOut(booking_id=booking_id, printed=True)
 
     def bookings(self, patient_id: str, day: date | None) -> BookingsOut:
         """``reg.bookings``: a patient's bookings, optionally of one day."""

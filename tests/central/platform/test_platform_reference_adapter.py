@@ -120,6 +120,18 @@ async def test_every_operation_round_trips(asgi: tuple[ReferenceAdapter, httpx.A
     cancel = await adapter.call("reg.cancel", {"booking_id": booking["booking_id"]},
                                 idempotency_key=k())
     assert cancel["refund_fen"] == booking["fee_fen"]
+    # 预约取号 of a second, prepaid booking (insured: the patient's share), then its slip
+    insured = await adapter.call("reg.book", {"patient_id": p["patient_id"],
+                                              "slot_id": slot["slot_id"],
+                                              "pay_method": "prepaid",
+                                              "insured": bool(p["insured"])},
+                                 idempotency_key=k())
+    checked = await adapter.call("reg.checkin", {"booking_id": insured["booking_id"]},
+                                 idempotency_key=k())
+    assert checked["checked_in_at"] and checked["status"] == "paid"
+    assert await adapter.call("reg.printed", {"booking_id": insured["booking_id"]},
+                              idempotency_key=k()) == {"booking_id": insured["booking_id"],
+                                                       "printed": True}
     top = await adapter.call("pay.create", {"patient_id": p["patient_id"], "purpose": "topup",
                                             "refs": [], "amount_fen": 500, "method": "cash"},
                              idempotency_key=k())

@@ -94,6 +94,7 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                     "remaining": 3,
                     "fee_fen": 5000,
                     "closes_at": "11:00",
+                    "insured_fee_fen": 1500,
                 }
             ]
         },
@@ -106,7 +107,17 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"booking_id": "BK1"},
         {"booking_id": "BK1", "status": "cancelled", "refund_fen": 5000},
     ),
-    "reg.bookings": ({"patient_id": "P0001", "date": "2024-05-01"}, {"bookings": [BOOKING]}),
+    "reg.bookings": (
+        {"patient_id": "P0001", "date": "2024-05-01"},
+        # a cancelled booking stays in the list (the platform returns it; issue 6)
+        {"bookings": [BOOKING, {**BOOKING, "booking_id": "BK0", "status": "cancelled"}]},
+    ),
+    "reg.checkin": (
+        {"booking_id": "BK1"},
+        {**BOOKING, "insured": True, "insurance_fen": 3500, "fee_fen": 1500,
+         "checked_in_at": "2024-05-01T00:40:00.000Z", "slip_printed": False},
+    ),
+    "reg.printed": ({"booking_id": "BK1"}, {"booking_id": "BK1", "printed": True}),
     "bill.list": (
         {"patient_id": "P0001"},
         {
@@ -353,6 +364,11 @@ BAD_RESULTS = [
     ("report.fetch", ("items", 0, "flag"), "HH"),
     ("report.printed", ("printed",), False),
     ("pay.create", ("state",), "paid"),
+    ("reg.book", ("status",), "refunded"),
+    ("reg.checkin", ("checked_in_at",), "2024-05-01 08:40"),
+    ("reg.checkin", ("insurance_fen",), -1),
+    ("reg.checkin", ("slip_printed",), "yes"),
+    ("reg.printed", ("printed",), False),
 ]
 
 

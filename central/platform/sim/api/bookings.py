@@ -8,7 +8,13 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from central.platform.sim.api.runner import ERRORS, IdempotencyKey, OpRunner
-from central.platform.sim.schemas import BookingOut, BookingsOut, BookRequest, CancelOut
+from central.platform.sim.schemas import (
+    BookingOut,
+    BookingsOut,
+    BookRequest,
+    CancelOut,
+    SlipPrintedOut,
+)
 
 
 def build_router(runner: OpRunner) -> APIRouter:
@@ -28,6 +34,23 @@ def build_router(runner: OpRunner) -> APIRouter:
     ) -> object:
         """Cancel a booking; a paid fee is refunded."""
         return await runner.run("reg.cancel", lambda: svc.cancel(booking_id), key=key,
+                                fingerprint={"booking_id": booking_id})
+
+    @router.post("/{booking_id}/checkin", response_model=BookingOut, operation_id="reg_checkin")
+    async def checkin(
+        booking_id: Annotated[str, Path(max_length=32)], key: IdempotencyKey = None
+    ) -> object:
+        """Check a paid booking of today in (预约取号); repeating it changes nothing."""
+        return await runner.run("reg.checkin", lambda: svc.checkin(booking_id), key=key,
+                                fingerprint={"booking_id": booking_id})
+
+    @router.post("/{booking_id}/printed", response_model=SlipPrintedOut,
+                 operation_id="reg_printed")
+    async def printed(
+        booking_id: Annotated[str, Path(max_length=32)], key: IdempotencyKey = None
+    ) -> object:
+        """Record that the booking's slip was printed."""
+        return await runner.run("reg.printed", lambda: svc.slip_printed(booking_id), key=key,
                                 fingerprint={"booking_id": booking_id})
 
     @router.get("", response_model=BookingsOut, operation_id="reg_bookings")
