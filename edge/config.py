@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from edge.common.config import StrictModel, TimeZoneName
 from edge.devices.card.config import CardConfig
 from edge.devices.printer.config import PrinterConfig
+from edge.devices.scanner.config import ScannerConfig
 from edge.uplink.config import UplinkConfig
 
 __all__ = ["ApiConfig", "DeviceConfig", "EdgeConfig", "LogConfig"]
@@ -61,6 +62,8 @@ class EdgeConfig(StrictModel):
     api: ApiConfig = ApiConfig()
     card: CardConfig
     printer: PrinterConfig
+    # Optional: without it no scanner runs and /v1/scan uses the runtime's built-in patterns.
+    scanner: ScannerConfig | None = None
     uplink: UplinkConfig
     log: LogConfig = LogConfig()
     telemetry_interval_s: float = Field(default=30.0, ge=1.0, le=3600.0)

@@ -70,13 +70,38 @@ async def _pump_cards(cards: Any, runtime: EdgeRuntime) -> None:
                                 getattr(err, "message_zh", "读卡失败，请重新插卡。"))
         elif isinstance(ev, cs.CardRemovedEvent):
             runtime.card_removed(ev.reader)
-        runtime.reader_present = bool(cards.readers)
+        elif isinstance(ev, cs.ReaderAddedEvent | cs.ReaderRemovedEvent):
+            kind = "reader.added" if isinstance(ev, cs.ReaderAddedEvent) else "reader.removed"
+            runtime.bus.publish(kind, {"reader": ev.reader})
+        runtime.reader_present = cards.reader_present  # the patient reader, not the SAM's
 
 
 async def _pump_scans(scanners: Any, runtime: EdgeRuntime) -> None:
     """Hand classified scans to the runtime (payment codes stay in the daemon)."""
     async for ev in scanners.scans():
         runtime.scan_received(ev.scan, ev.source)
+
+
+async def _pump_printer_status(printer: Any, runtime: EdgeRuntime) -> None:
+    """Hand idle printer status changes (paper near end, cover open…) to the runtime."""
+    async for status in printer.status_changes():
+        await runtime.printer_status_changed(status)
+
+
+async def _start_scanners(scanner_cfg: Any) -> Any:
+    """The scanner service, started; None when scanners are off or cannot start (fail soft)."""
+    if scanner_cfg is None or not scanner_cfg.enabled:
+        log.info("scanners disabled in config")
+        return None
+    from edge.devices.scanner.service import ScannerService
+
+    scanners = ScannerService(scanner_cfg)
+    try:
+        await scanners.start()
+    except Exception as exc:  # a scanner fault must not keep the card reader and printer down
+        log.error("scanners not started: %s", exc)
+        return None
+    return scanners
 
 
 async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None) -> None:
@@ -102,7 +127,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     hotlist_sync = HotlistSync(uplink, hotlist)  # before uplink.start(): the retained notice
     from edge.runtime import Ledger
 
-    scanner_cfg = getattr(cfg, "scanner", None)  # present once the scanner config lands
+    scanner_cfg = cfg.scanner  # None: no scanners, the runtime's built-in scan patterns
     runtime = EdgeRuntime(device_id=cfg.device.id, role=cfg.device.role,
                           hospital_name=cfg.device.hospital_name,
                           timezone=cfg.device.timezone, uplink=uplink,
@@ -114,6 +139,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     await hotlist_sync.start()
     await printer.resume()
     await cards.start()
+    runtime.card_health = cards.health  # reader + SAM state for /v1/health
     app = create_api(runtime, token)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port,
                                            log_config=None, access_log=False, lifespan="off"))
@@ -121,12 +147,11 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
         asyncio.create_task(_pump_cards(cards, runtime), name="cards"),
         asyncio.create_task(server.serve(), name="api"),
     ]
-    scanners = None
-    if scanner_cfg is not None and getattr(scanner_cfg, "enabled", False):
-        from edge.devices.scanner.service import ScannerService
-
-        scanners = ScannerService(scanner_cfg)
-        await scanners.start()
+    if cfg.printer.enabled and cfg.printer.status_poll_s > 0:  # a pump that ends stops the daemon
+        tasks.append(asyncio.create_task(_pump_printer_status(printer, runtime),
+                                         name="printer-status"))
+    scanners = await _start_scanners(scanner_cfg)
+    if scanners is not None:
         tasks.append(asyncio.create_task(_pump_scans(scanners, runtime), name="scans"))
     log.info("edge daemon started", extra={"device": cfg.device.id, "role": cfg.device.role,
                                             "api": f"{cfg.api.host}:{cfg.api.port}"})

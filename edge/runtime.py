@@ -223,6 +223,8 @@ class EdgeRuntime:
         self.bus = EventBus()
         self.session: CardSessionState | None = None
         self.reader_present = False
+        # The card service's health (reader, SAM state, last fault); set by the daemon.
+        self.card_health: Callable[[], dict[str, Any]] | None = None
         self.started = clock.now()
         if rules is None:
             from edge.devices.scanner.classify import ClassifierRules
@@ -574,6 +576,14 @@ class EdgeRuntime:
         with contextlib.suppress(Exception):
             await self.uplink.publish_event(ev, body)
 
+    async def printer_status_changed(self, status: Any) -> None:
+        """Publish an idle printer status change to the kiosk and to central."""
+        body = status.event_body()
+        self.bus.publish("printer.status", {**body, "paper_near_end": body["paper"] == "near_end",
+                                            "paper_out": body["paper"] == "out"})
+        with contextlib.suppress(Exception):
+            await self.uplink.publish_event("printer.status", body)
+
     async def _build(self, kind: str, d: dict[str, Any], copy: bool) -> tuple[Any, str]:
         from edge.devices.printer import documents as docs
 
@@ -666,6 +676,7 @@ class EdgeRuntime:
             "role": self.role,
             "uplink_connected": bool(getattr(self.uplink, "connected", False)),
             "reader_present": self.reader_present,
+            "card": self.card_health() if self.card_health is not None else None,
             "session": self.session.masked() if self.session else None,
             "platform_ok": self.platform_ok,
             "staff": {"name": self.staff["name"], "role": self.staff["role"]}
