@@ -548,6 +548,11 @@ class EdgeRuntime:
 
     async def reprint_failed(self, job_id: str) -> Any:
         """Print a job that failed once more, marked as a copy (paid but no slip)."""
+        # The one reprint a job is allowed must not be spent on a printer that cannot print
+        # now (paper out, cover open): say so, and let the patient try again once fixed.
+        check = await self.printer_check()
+        if not check["ready"]:
+            raise SessionError("printer_not_ready", check["message"], check["message_zh"])
         outcome = await self.printer.reprint(job_id)
         await self._report_print(outcome, outcome.doc_kind, True)
         return outcome

@@ -86,7 +86,11 @@ def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = No
         except EdgeError as exc:
             return {"online": False, "error": exc.as_dict(), "session": None,
                     "view": screen.view()}
-        return {"online": True, "health": health, "session": health.get("session"),
+        # The page gets a summary only: the daemon's full health carries SAM and reader
+        # detail that is for technicians and central, not for a public screen.
+        summary = {k: health.get(k) for k in ("uplink_connected", "reader_present",
+                                              "platform_ok", "role")}
+        return {"online": True, "health": summary, "session": health.get("session"),
                 "view": screen.view()}
 
     @api.get("/events")

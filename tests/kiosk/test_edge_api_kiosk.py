@@ -54,6 +54,7 @@ class Printer:
         self.fail: str | None = None
         self.offline = False
         self.jobs: dict[str, Any] = {}
+        self.reprints: list[str] = []
 
     async def print(self, doc, *, job_id, copy=False):
         self.docs.append((doc, job_id, copy))
@@ -65,6 +66,7 @@ class Printer:
         return self.jobs.get(job_id)
 
     async def reprint(self, job_id):
+        self.reprints.append(job_id)
         return PrintOutcome(job_id, "printed", None, True, "registration_slip")
 
     async def status(self):
@@ -234,6 +236,18 @@ async def test_printer_status_before_payment(rig):
 async def test_reprint_failed_job(rig):
     r = await rig.http.post("/v1/reprint", json={"job_id": "slip-BK1"})
     assert r.json()["state"] == "printed" and r.json()["copy"] is True
+
+
+async def test_reprint_is_not_spent_on_a_printer_that_cannot_print(rig):
+    rig.pr.offline = True
+    r = await rig.http.post("/v1/reprint", json={"job_id": "slip-BK1"})
+    assert r.status_code == 409
+    assert r.json()["error"]["code"] == "printer_not_ready"
+    assert r.json()["error"]["message_zh"] == "打印机无响应。"
+    assert rig.pr.reprints == []  # the job's one reprint is still there
+    rig.pr.offline = False
+    r = await rig.http.post("/v1/reprint", json={"job_id": "slip-BK1"})
+    assert r.json()["state"] == "printed" and rig.pr.reprints == ["slip-BK1"]
 
 
 async def test_cashier_staff_cash_refund_ledger_and_closing(rig):
