@@ -46,6 +46,16 @@ def parse_sse(buffer: str) -> tuple[list[tuple[str, dict[str, Any]]], str]:
     return events, buffer
 
 
+# What a patient can do about a card that could not be read. Retrying only helps when the
+# read itself failed; a lost, locked or expired card needs the service desk.
+_CARD_RETRY = {"todo": "Please take your card and try again, or go to a staffed counter.",
+               "todo_zh": "请取出卡片后重试，或到人工窗口办理。"}
+_CARD_DESK = {"todo": "Please take your card and go to a staffed counter.",
+              "todo_zh": "请取出卡片，到人工窗口办理。"}
+_CARD_ERROR_TODO = {code: _CARD_DESK for code in
+                    ("card_blocked", "card_auth_blocked", "card_expired")}
+
+
 class Screen:
     """View model and dispatcher of one terminal's UI."""
 
@@ -227,8 +237,7 @@ class Screen:
         elif kind == "card.error":
             self._wipe("error" if self._serving() else self.screen)
             err = data.get("error") or {}
-            self.error = {**err, "todo": "Please take your card and try again, or go to a "
-                          "staffed counter.", "todo_zh": "请取出卡片后重试，或到人工窗口办理。"}
+            self.error = {**err, **_CARD_ERROR_TODO.get(str(err.get("code")), _CARD_RETRY)}
             self.changed()
         elif kind in ("card.removed", "session.ended"):
             if self._detached is None:

@@ -135,6 +135,16 @@ async def test_card_error_says_what_to_do():
     assert s.screen == "attract"
 
 
+async def test_lost_card_sends_the_patient_to_the_desk_not_to_retry():
+    s, _ = screen()
+    await s.on_edge_event("card.error", {"error": {
+        "code": "card_blocked", "message": "This card has been reported lost.",
+        "message_zh": "此卡已挂失，不能使用，请到人工窗口办理。"}})
+    assert s.screen == "error"
+    assert s.error["todo_zh"] == "请取出卡片，到人工窗口办理。"
+    assert "try again" not in s.error["todo"]
+
+
 async def test_specimen_scan_on_attract_opens_reports_without_card():
     s, e = screen()
     await s.dispatch("scan", {"text": "81234567890"})
