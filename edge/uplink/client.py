@@ -6,11 +6,18 @@ Delivery (DESIGN.md "Delivery rules"):
   the entry ends only on the application reply (``down/resp`` with ``corr`` = id), never on
   PUBACK. Until then the same bytes (same ``id``) are republished after every reconnect and
   every ``retry_interval_s``; central dedups by id and re-sends its stored reply.
-* Unsent entries past ``exp`` are failed locally (``expired``) and never sent. Sent ones are
-  resent past ``exp`` until central answers: with the stored outcome, or ``expired`` if it
-  never saw the request — either way the truth. The default ``exp`` is the caller's timeout
-  plus 30 s of clock-skew allowance (capped by ``request_exp_s``), so nothing starts
-  taking effect long after the patient was told it is being confirmed.
+* Every send is recorded in the outbox (one fsynced transaction per batch) **before** the
+  bytes go to MQTT, so a crash right after a publish can never leave an entry that looks
+  unsent. Unsent entries past ``exp`` are failed locally (``expired``) and never sent: that
+  is "definitely not taken". Entries ever marked sent are resent past ``exp`` until central
+  answers: with the stored outcome, or ``expired`` if it never saw the request — either way
+  the truth; if it never answers they end as ``no_reply`` = :class:`OutcomeUnknown`. The
+  default ``exp`` is the caller's timeout plus 30 s of clock-skew allowance (capped by
+  ``request_exp_s``), so nothing starts taking effect long after the patient was told it is
+  being confirmed.
+* The pump hands MQTT at most its free inflight slots (``max_inflight`` minus unacknowledged
+  publishes), highest priority first, and wakes on every PUBACK: a payment enqueued behind a
+  burst of lookups goes out next, not after everything paho already queued.
 * Caller timeouts (``timeout``, default per type prefix, ``pay.*`` longer):
 
   - ``pay.*`` → :class:`OutcomeUnknown`, always; the entry keeps going and a late reply is
@@ -47,7 +54,7 @@ from typing import Any
 from edge.protocol import topics
 from edge.protocol.envelope import Envelope, decode, encode, format_ts, new_envelope
 from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import ReplyOk, make_request, parse_reply
+from edge.protocol.messages import ReplyOk, make_request, parse_reply, parse_result
 from edge.uplink.config import UplinkConfig
 from edge.uplink.errors import (
     OutcomeUnknown,
@@ -61,6 +68,10 @@ from edge.uplink.errors import (
 from edge.uplink.outbox import Clock, Outbox, OutboxEntry, priority_for, utc_now
 from edge.uplink.session import InboundMessage, MqttSession, Will, next_boot_seq, state_payload
 
+#: paho's queue may hold this many messages beyond ``max_inflight``: the birth and the final
+#: offline state are published outside the pump's slot accounting.
+_PAHO_QUEUE_HEADROOM = 8
+
 __all__ = ["MUTATING_TYPES", "Uplink", "error_from_reply"]
 
 log = logging.getLogger(__name__)
@@ -68,7 +79,8 @@ log = logging.getLogger(__name__)
 #: Request types with an effect on the platform (mirrors central.platform MUTATING_OPERATIONS;
 #: the edge does not import central).
 MUTATING_TYPES = frozenset(
-    {"reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund", "report.printed"}
+    {"reg.book", "reg.cancel", "reg.checkin", "reg.printed", "pay.create", "pay.reverse",
+     "pay.refund", "report.printed"}
 )
 
 #: Seconds added to a request's default ``exp`` for clock skew between device and central.
@@ -131,6 +143,7 @@ class Uplink:
         version: str,
         clock: Clock = utc_now,
         rng: random.Random | None = None,
+        session_factory: Callable[..., MqttSession] = MqttSession,
     ) -> None:
         self.config = config
         self.device_id = topics.check_device_id(device_id)
@@ -138,6 +151,8 @@ class Uplink:
         self.version = version
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
+        # Tests pass a scripted stand-in with MqttSession's asyncio-side API.
+        self._session_factory = session_factory
         self.outbox = Outbox(
             config.outbox_path,
             clock,
@@ -176,7 +191,7 @@ class Uplink:
         self.boot_seq = next_boot_seq(cfg.state_path)
         state_topic = topics.state(self.device_id)
         self._wake = asyncio.Event()
-        self._session = MqttSession(
+        self._session = self._session_factory(
             self.device_id,
             host=cfg.host,
             port=cfg.port,
@@ -187,6 +202,7 @@ class Uplink:
             protocol=cfg.protocol,
             clean_session=True,  # see session.py: the outbox redelivers
             max_inflight=cfg.max_inflight,
+            max_queued=cfg.max_inflight + _PAHO_QUEUE_HEADROOM,
             backoff_min_s=cfg.backoff_min_s,
             backoff_max_s=cfg.backoff_max_s,
             rng=self._rng,
@@ -263,8 +279,11 @@ class Uplink:
             env = make_request(type, self.device_id, body, now=now, id=id, exp=format_ts(exp))
         except ProtocolError as exc:
             raise Rejected(exc.code, exc.message, exc.message_zh) from exc
-        entry = self.outbox.enqueue(env, priority=priority_for("req", type), kind="req")
-        if entry.payload != encode(env):
+        payload = encode(env)  # once: the outbox stores exactly these bytes
+        entry = self.outbox.enqueue(
+            env, priority=priority_for("req", type), kind="req", payload=payload
+        )
+        if entry.payload != payload:
             stored = decode(entry.payload)
             if (stored.type, stored.body) != (env.type, env.body):
                 # The same id was used for something else: never answer it with that outcome.
@@ -320,13 +339,26 @@ class Uplink:
         if entry.reply is None:
             return {}
         try:
-            env = decode(entry.reply)
-            ok, data = _reply_parts(env)
+            reply = parse_reply(decode(entry.reply))
+            if isinstance(reply, ReplyOk):
+                # The caller gets the plain dict, but only once it matches the result model
+                # of the request type: a malformed reply is a typed error, never a KeyError
+                # deep in a flow.
+                parse_result(entry.type, reply)
+                return dict(reply.result)
         except ProtocolError as exc:
-            raise Rejected("invalid_reply", exc.message, exc.message_zh) from exc
-        if ok:
-            return data
-        raise error_from_reply(entry.id, data)
+            raise self._invalid_reply(entry, exc) from exc
+        raise error_from_reply(entry.id, reply.error.model_dump(mode="json"))
+
+    @staticmethod
+    def _invalid_reply(entry: OutboxEntry, exc: ProtocolError) -> UplinkError:
+        """The error for a reply that does not parse or does not match its result model."""
+        log.warning("invalid reply to %s %s: %s", entry.type, entry.id, exc.code)
+        if entry.type in MUTATING_TYPES:
+            # Central answered, so something happened, but we cannot read what: a payment
+            # here is neither paid nor "not taken" until pay.status says which.
+            return OutcomeUnknown(entry.id, message=f"unreadable reply ({exc.code})")
+        return Rejected("invalid_reply", exc.message, exc.message_zh)
 
     async def result_of(self, request_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
         """Outcome of an earlier request (also after the caller gave up); waits up to wait_s."""
@@ -370,9 +402,12 @@ class Uplink:
             raise UplinkClosed()
         try:
             env = new_envelope(type_, self.device_id, body, now=self._clock(), corr=corr)
+            payload = encode(env)
         except ProtocolError as exc:
             raise Rejected(exc.code, exc.message, exc.message_zh) from exc
-        entry = self.outbox.enqueue(env, priority=priority_for(kind, type_), kind=kind)
+        entry = self.outbox.enqueue(
+            env, priority=priority_for(kind, type_), kind=kind, payload=payload
+        )
         self._kick()
         return entry.id
 
@@ -450,49 +485,67 @@ class Uplink:
         next_prune = loop.time()
         while True:
             self._wake.clear()
-            more = False
+            status = "idle"
             try:
                 if loop.time() >= next_prune:
                     # Finished entries are kept for result_of, then deleted (hourly check).
                     self.outbox.prune(self._clock(), self.config.keep_done_s)
                     next_prune = loop.time() + 3600
-                more = self._send_due()
+                status = self._send_due()
             except Exception:
                 log.exception("outbox pump error")  # keep pumping: the next tick retries
             delay = self.config.retry_interval_s
             nxt = self.outbox.next_due_at()
-            if nxt is not None:
+            if nxt is not None and status != "blocked":
+                # blocked: every slot is in flight; a PUBACK or a reconnect kicks the pump.
                 delay = max(0.05, min(delay, (nxt - self._clock()).total_seconds()))
-            if more:
+            if status == "more":
                 delay = 0
+            # Not wait_for: on 3.11 it swallows a cancel that lands in the same loop turn as a
+            # kick (stop() right after the CONNACK's kick hung forever); timeout() does not.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
-    def _send_due(self, limit: int = 200) -> bool:
+    def _send_due(self, limit: int = 200) -> str:
+        """Publish what is due: "more" (a full batch went), "blocked" (no free slot), "idle"."""
         now = self._clock()
         for e in self.outbox.expire(now):
             self._resolve(e.id)
         session = self._session
         if session is None or not session.connected:
-            return False
-        due = self.outbox.due(now, limit)
-        for e in due:
+            return "idle"
+        batch = min(limit, session.free_slots)
+        if batch <= 0:
+            return "blocked"
+        due = self.outbox.due(now, batch)
+        if not due:
+            return "idle"
+        # Durable before the first byte leaves (one fsync for the batch): if we die after a
+        # publish, the entry must not look unsent, or it would expire as "not taken".
+        marked = self.outbox.mark_sent_many([e.id for e in due], now)
+        for i, e in enumerate(due):
+            if e.id not in marked:
+                continue  # finished meanwhile (a reply, a withdrawal): nothing to send
             fut = session.publish_nowait(topics.up(self.device_id, e.kind), e.payload, qos=1)
             if fut.done() and fut.exception() is not None:
-                return False  # the link dropped; the reconnect resends everything
-            self.outbox.mark_sent(e.id, now)
-            if e.kind in ("event", "result"):
-                fut.add_done_callback(functools.partial(self._oneway_acked, e.id))
-            else:
-                fut.add_done_callback(_consume)
-        return len(due) == limit
+                # The link dropped. This one stays "maybe sent" (the safe side); the rest were
+                # never handed over, so they are unsent again. The reconnect resends all.
+                rest = [x.id for x in due[i + 1:] if x.id in marked]
+                if rest:
+                    self.outbox.unmark_sent(rest, now)
+                return "idle"
+            oneway = e.kind in ("event", "result")
+            fut.add_done_callback(functools.partial(self._acked, e.id, oneway))
+        if len(due) == limit:
+            return "more"
+        return "blocked" if len(due) == batch else "idle"
 
-    def _oneway_acked(self, entry_id: str, fut: asyncio.Future[None]) -> None:
-        if not fut.cancelled() and fut.exception() is None:
+    def _acked(self, entry_id: str, oneway: bool, fut: asyncio.Future[None]) -> None:
+        # Requests end on the reply, not PUBACK; events and results end here. Either way a
+        # slot is free again (or the link dropped), so the pump gets another turn.
+        if not fut.cancelled() and fut.exception() is None and oneway:
             self.outbox.complete(entry_id, None)
-
-
-def _consume(fut: asyncio.Future[None]) -> None:
-    # Requests end on the reply, not PUBACK; read the exception so asyncio does not log it.
-    if not fut.cancelled():
-        fut.exception()
+        if not fut.cancelled():
+            fut.exception()  # read, so asyncio does not log it
+        self._kick()

@@ -7,23 +7,34 @@ Life of an entry: ``pending`` → ``done`` (the application reply arrived; event
 PUBACK) or ``failed`` (expired, dropped, given up). The same envelope bytes — hence the same
 ``id`` — are republished on every retry, so central's dedup table sees one request.
 
+A send is recorded (:meth:`Outbox.mark_sent_many`, one fsynced transaction per batch)
+**before** the bytes are handed to MQTT. So ``attempts == 0`` means "certainly never left the
+device", and only such an entry may expire as ``expired`` (= definitely not taken). One that
+was ever marked sent stays pending past ``exp`` and ends, if central never answers, as
+``no_reply`` — an unknown outcome to resolve (``pay.status``), never "not taken".
+
 Size policy (stated, tested): at most ``max_entries`` rows. When an enqueue would exceed it:
 1. finished rows (done/failed) are deleted, oldest first;
 2. then pending **events/telemetry** are dropped, oldest and lowest priority first;
 3. requests, results and money are never dropped: if only those remain, :class:`OutboxFull`.
+
+Plain ``sqlite3`` with fixed SQL: an enqueue is one INSERT (plus a SELECT only for a repeated
+id) in one fsynced transaction; the row count and the next ``seq`` are kept in memory and
+reloaded whenever another connection wrote the file (``PRAGMA data_version``). The schema is
+the one earlier versions created through peewee, so existing outbox files open unchanged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import peewee as pw
 
 from edge.protocol.envelope import Envelope, encode, parse_ts
 from edge.uplink.errors import OutboxFull
@@ -101,31 +112,62 @@ class OutboxEntry:
     finished_at: datetime | None
 
 
-def _models(db: pw.Database) -> type[pw.Model]:
-    # Models are made per Outbox so several outboxes (devices in a test) can live in one process.
-    class Entry(pw.Model):
-        id = pw.CharField(primary_key=True, max_length=128)
-        seq = pw.IntegerField(index=True)
-        kind = pw.CharField(max_length=16)
-        type = pw.CharField(max_length=64)
-        priority = pw.IntegerField()
-        payload = pw.BlobField()
-        state = pw.CharField(max_length=8, index=True)
-        attempts = pw.IntegerField(default=0)
-        created_at = pw.FloatField()
-        next_attempt_at = pw.FloatField()
-        exp = pw.FloatField(null=True)
-        last_sent_at = pw.FloatField(null=True)
-        reply = pw.BlobField(null=True)
-        fail_reason = pw.CharField(max_length=200, null=True)
-        finished_at = pw.FloatField(null=True)
+# The DDL peewee generated for earlier versions (same names, so old files need no migration).
+_SCHEMA = (
+    'CREATE TABLE IF NOT EXISTS "outbox" ("id" VARCHAR(128) NOT NULL PRIMARY KEY, '
+    '"seq" INTEGER NOT NULL, "kind" VARCHAR(16) NOT NULL, "type" VARCHAR(64) NOT NULL, '
+    '"priority" INTEGER NOT NULL, "payload" BLOB NOT NULL, "state" VARCHAR(8) NOT NULL, '
+    '"attempts" INTEGER NOT NULL, "created_at" REAL NOT NULL, "next_attempt_at" REAL NOT NULL, '
+    '"exp" REAL, "last_sent_at" REAL, "reply" BLOB, "fail_reason" VARCHAR(200), '
+    '"finished_at" REAL)',
+    'CREATE INDEX IF NOT EXISTS "entry_seq" ON "outbox" ("seq")',
+    'CREATE INDEX IF NOT EXISTS "entry_state_priority_seq" '
+    'ON "outbox" ("state", "priority", "seq")',
+    # A prefix of the index above, so it served no query and only cost every write.
+    'DROP INDEX IF EXISTS "entry_state"',
+)
 
-        class Meta:
-            database = db
-            table_name = "outbox"
-            indexes = ((("state", "priority", "seq"), False),)
+_COLS = (
+    "id, kind, type, priority, payload, state, attempts, created_at, next_attempt_at, exp, "
+    "last_sent_at, reply, fail_reason, finished_at"
+)
+_INSERT = (
+    "INSERT INTO outbox (id, seq, kind, type, priority, payload, state, attempts, created_at, "
+    "next_attempt_at, exp) VALUES (?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) "
+    "ON CONFLICT(id) DO NOTHING"
+)
+_GET = f"SELECT {_COLS} FROM outbox WHERE id = ?"  # noqa: S608 - fixed column list
+_MARK_SENT = (
+    "UPDATE outbox SET attempts = attempts + 1, last_sent_at = ?, next_attempt_at = ? "
+    "WHERE id = ? AND state = 'pending'"
+)
 
-    return Entry
+
+def _entry(row: Sequence[Any]) -> OutboxEntry:
+    (id_, kind, type_, prio, payload, state, attempts, created, next_at, exp, last_sent,
+     reply, fail_reason, finished) = row
+    return OutboxEntry(
+        id=id_,
+        kind=kind,
+        type=type_,
+        priority=prio,
+        payload=bytes(payload),
+        state=state,
+        attempts=attempts,
+        created_at=datetime.fromtimestamp(created, UTC),
+        next_attempt_at=datetime.fromtimestamp(next_at, UTC),
+        exp=_dt(exp),
+        last_sent_at=_dt(last_sent),
+        reply=None if reply is None else bytes(reply),
+        fail_reason=fail_reason,
+        finished_at=_dt(finished),
+    )
+
+
+def _chunks(ids: Sequence[str], n: int = 500) -> Iterator[Sequence[str]]:
+    # Stays below SQLite's limit on bound parameters in one IN (...).
+    for i in range(0, len(ids), n):
+        yield ids[i:i + n]
 
 
 class Outbox:
@@ -148,136 +190,186 @@ class Outbox:
         self.max_entries = max_entries
         self.retry_interval_s = retry_interval_s
         self.give_up_after_exp_s = give_up_after_exp_s
-        self._db = pw.SqliteDatabase(
-            str(self.path),
-            pragmas={"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1},
-            timeout=10,
-        )
-        self._Entry: Any = _models(self._db)
-        # Serialises writers inside the process (the asyncio thread and, e.g., the local API).
+        # One connection shared by the asyncio thread and, e.g., the local API: every use
+        # holds this lock, which also serialises writers inside the process.
         self._lock = threading.RLock()
-        self._db.connect(reuse_if_open=True)
-        self._db.create_tables([self._Entry])
+        self._con: sqlite3.Connection | None = None
+        # Row count and last seq, valid while data_version is unchanged (no other writer).
+        self._data_version: int | None = None
+        self._count = 0
+        self._last_seq = 0
+        with self._lock:
+            con = self._connection()
+            for ddl in _SCHEMA:
+                con.execute(ddl)
+
+    def _connection(self) -> sqlite3.Connection:
+        # Opened lazily again after close(), as the peewee-based version did (autoconnect).
+        con = self._con
+        if con is None:
+            con = sqlite3.connect(
+                str(self.path), timeout=10, isolation_level=None, check_same_thread=False
+            )
+            con.execute("PRAGMA journal_mode=wal")
+            con.execute("PRAGMA synchronous=full")
+            con.execute("PRAGMA foreign_keys=1")
+            self._con = con
+            self._data_version = None
+        return con
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._db.close()
+        """Close the database connection (a later call opens it again)."""
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
 
-    # -- conversions -------------------------------------------------------------------
-    @staticmethod
-    def _to_entry(row: Any) -> OutboxEntry:
-        return OutboxEntry(
-            id=row.id,
-            kind=row.kind,
-            type=row.type,
-            priority=row.priority,
-            payload=bytes(row.payload),
-            state=row.state,
-            attempts=row.attempts,
-            created_at=_dt(row.created_at) or utc_now(),
-            next_attempt_at=_dt(row.next_attempt_at) or utc_now(),
-            exp=_dt(row.exp),
-            last_sent_at=_dt(row.last_sent_at),
-            reply=None if row.reply is None else bytes(row.reply),
-            fail_reason=row.fail_reason,
-            finished_at=_dt(row.finished_at),
-        )
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (fsynced on commit); rolled back on any error."""
+        with self._lock:
+            con = self._connection()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
+                self._data_version = None  # the cached count/seq may count undone rows
+                raise
+
+    def _sync_cache(self, con: sqlite3.Connection) -> None:
+        # Another connection (a probe, a restarted process) may have written the file.
+        version = con.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._count, self._last_seq = con.execute(
+                "SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM outbox"
+            ).fetchone()
+            self._data_version = version
 
     # -- writes ------------------------------------------------------------------------
     def enqueue(
-        self, envelope: Envelope, *, priority: int | None = None, kind: str = "req"
+        self,
+        envelope: Envelope,
+        *,
+        priority: int | None = None,
+        kind: str = "req",
+        payload: bytes | None = None,
     ) -> OutboxEntry:
-        """Store ``envelope`` durably (fsynced) and return its entry; idempotent per id."""
+        """Store ``envelope`` durably (fsynced) and return its entry; idempotent per id.
+
+        ``payload`` is ``encode(envelope)`` when the caller already has it (encoded once).
+        """
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         prio = int(priority if priority is not None else priority_for(kind, envelope.type))
-        payload = encode(envelope)
+        data = encode(envelope) if payload is None else bytes(payload)
         now = _ts(self._clock())
         exp = None if envelope.exp is None else _ts(parse_ts(envelope.exp))
-        E = self._Entry
-        with self._lock, self._db.atomic("IMMEDIATE"):
-            existing = E.get_or_none(E.id == envelope.id)
-            if existing is not None:
-                # Same id again (a caller retry): the first stored bytes win; never two rows.
-                return self._to_entry(existing)
-            self._make_room(kind)
-            last = E.select(pw.fn.MAX(E.seq)).scalar() or 0
-            row = E.create(
-                id=envelope.id,
-                seq=last + 1,
-                kind=kind,
-                type=envelope.type,
-                priority=prio,
-                payload=payload,
-                state="pending",
-                attempts=0,
-                created_at=now,
-                next_attempt_at=now,
-                exp=exp,
+        with self._write() as con:
+            self._sync_cache(con)
+            if self._count >= self.max_entries:
+                # The policy runs only at the limit; a repeated id must not evict anything.
+                row = con.execute(_GET, (envelope.id,)).fetchone()
+                if row is not None:
+                    return _entry(row)
+                self._make_room(con, self._count - self.max_entries + 1)
+            seq = self._last_seq + 1
+            cur = con.execute(
+                _INSERT, (envelope.id, seq, kind, envelope.type, prio, data, now, now, exp)
             )
-        return self._to_entry(row)
+            if cur.rowcount == 0:
+                # Same id again (a caller retry): the first stored bytes win; never two rows.
+                return _entry(con.execute(_GET, (envelope.id,)).fetchone())
+            self._count += 1
+            self._last_seq = seq
+        created = datetime.fromtimestamp(now, UTC)
+        return OutboxEntry(
+            id=envelope.id, kind=kind, type=envelope.type, priority=prio, payload=data,
+            state="pending", attempts=0, created_at=created, next_attempt_at=created,
+            exp=_dt(exp), last_sent_at=None, reply=None, fail_reason=None, finished_at=None,
+        )
 
-    def _make_room(self, kind: str) -> None:
-        E = self._Entry
-        over = E.select().count() - self.max_entries + 1
+    def _make_room(self, con: sqlite3.Connection, over: int) -> None:
+        finished = [r[0] for r in con.execute(
+            "SELECT id FROM outbox WHERE state != 'pending' ORDER BY seq LIMIT ?", (over,)
+        )]
+        self._delete(con, finished)
+        over -= len(finished)
         if over <= 0:
             return
-        finished = (
-            E.select(E.id).where(E.state != "pending").order_by(E.seq).limit(over)
-        )
-        ids = [r.id for r in finished]
-        if ids:
-            E.delete().where(E.id.in_(ids)).execute()
-            over -= len(ids)
-        if over <= 0:
-            return
-        droppable = (
-            E.select(E.id)
-            .where((E.state == "pending") & (E.kind.in_(sorted(DROPPABLE_KINDS))))
-            .order_by(E.priority.desc(), E.seq)
-            .limit(over)
-        )
-        ids = [r.id for r in droppable]
-        if len(ids) < over:
-            raise OutboxFull(self.max_entries)
-        E.delete().where(E.id.in_(ids)).execute()
+        kinds = sorted(DROPPABLE_KINDS)
+        droppable = [r[0] for r in con.execute(
+            f"SELECT id FROM outbox WHERE state = 'pending' AND kind IN ({_marks(kinds)}) "  # noqa: S608
+            "ORDER BY priority DESC, seq LIMIT ?",
+            (*kinds, over),
+        )]
+        if len(droppable) < over:
+            raise OutboxFull(self.max_entries)  # the transaction rolls back the deletes above
+        self._delete(con, droppable)
+
+    def _delete(self, con: sqlite3.Connection, ids: Sequence[str]) -> None:
+        for part in _chunks(ids):
+            n = con.execute(
+                f"DELETE FROM outbox WHERE id IN ({_marks(part)})", tuple(part)  # noqa: S608
+            ).rowcount
+            self._count -= n
+
+    def mark_sent_many(self, ids: Iterable[str], now: datetime) -> set[str]:
+        """Record a publish attempt of each id in one fsynced transaction, before publishing.
+
+        attempts+1, next retry after ``retry_interval_s``; returns the ids that were still
+        pending (only those may be published).
+        """
+        t = _ts(now)
+        marked: set[str] = set()
+        with self._write() as con:
+            for id_ in ids:
+                if con.execute(_MARK_SENT, (t, t + self.retry_interval_s, id_)).rowcount:
+                    marked.add(id_)
+        return marked
 
     def mark_sent(self, id: str, now: datetime) -> OutboxEntry | None:
-        """Record a publish attempt: attempts+1, next retry after ``retry_interval_s``."""
-        E = self._Entry
+        """Record one publish attempt (see :meth:`mark_sent_many`); the entry, or None."""
+        return self.get(id) if self.mark_sent_many([id], now) else None
+
+    def unmark_sent(self, ids: Iterable[str], now: datetime) -> int:
+        """Undo :meth:`mark_sent_many` for ids that were never handed to MQTT; how many.
+
+        Only for entries the caller knows did not leave (the link dropped before their
+        turn); an entry that may have left must stay marked.
+        """
         t = _ts(now)
-        with self._lock, self._db.atomic():
-            n = (
-                E.update(
-                    attempts=E.attempts + 1,
-                    last_sent_at=t,
-                    next_attempt_at=t + self.retry_interval_s,
-                )
-                .where((E.id == id) & (E.state == "pending"))
-                .execute()
-            )
-        return self.get(id) if n else None
+        n = 0
+        with self._write() as con:
+            for id_ in ids:
+                n += con.execute(
+                    "UPDATE outbox SET attempts = attempts - 1, next_attempt_at = ?, "
+                    "last_sent_at = CASE WHEN attempts <= 1 THEN NULL ELSE last_sent_at END "
+                    "WHERE id = ? AND state = 'pending' AND attempts > 0",
+                    (t, id_),
+                ).rowcount
+        return n
 
     def complete(self, id: str, reply: bytes | None) -> bool:
         """End an entry on its application reply (events: on PUBACK, reply None)."""
-        E = self._Entry
-        with self._lock, self._db.atomic():
-            n = (
-                E.update(state="done", reply=reply, finished_at=_ts(self._clock()))
-                .where((E.id == id) & (E.state == "pending"))
-                .execute()
-            )
+        with self._write() as con:
+            n = con.execute(
+                "UPDATE outbox SET state = 'done', reply = ?, finished_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (reply, _ts(self._clock()), id),
+            ).rowcount
         return bool(n)
 
     def fail(self, id: str, reason: str) -> bool:
         """End a pending entry as failed with ``reason`` (it will not be sent again)."""
-        E = self._Entry
-        with self._lock, self._db.atomic():
-            n = (
-                E.update(state="failed", fail_reason=reason[:200], finished_at=_ts(self._clock()))
-                .where((E.id == id) & (E.state == "pending"))
-                .execute()
-            )
+        with self._write() as con:
+            n = con.execute(
+                "UPDATE outbox SET state = 'failed', fail_reason = ?, finished_at = ? "
+                "WHERE id = ? AND state = 'pending'",
+                (reason[:200], _ts(self._clock()), id),
+            ).rowcount
         return bool(n)
 
     def reopen(self, id: str, now: datetime) -> OutboxEntry | None:
@@ -287,91 +379,96 @@ class Outbox:
         central released the request, so a resend asks the platform again under the same
         idempotency key — it can never cause a second effect.
         """
-        E = self._Entry
-        with self._lock, self._db.atomic():
-            n = (
-                E.update(state="pending", reply=None, fail_reason=None, finished_at=None,
-                         next_attempt_at=_ts(now))
-                .where(
-                    (E.id == id)
-                    & ((E.state == "done") | (E.fail_reason == "caller_timeout"))
-                )
-                .execute()
-            )
+        with self._write() as con:
+            n = con.execute(
+                "UPDATE outbox SET state = 'pending', reply = NULL, fail_reason = NULL, "
+                "finished_at = NULL, next_attempt_at = ? "
+                "WHERE id = ? AND (state = 'done' OR fail_reason = 'caller_timeout')",
+                (_ts(now), id),
+            ).rowcount
         return self.get(id) if n else None
 
     def retry_all_now(self, now: datetime) -> int:
         """Make every pending entry due at ``now`` (after a reconnect); returns how many."""
-        E = self._Entry
-        with self._lock, self._db.atomic():
-            return int(
-                E.update(next_attempt_at=_ts(now)).where(E.state == "pending").execute()
-            )
+        with self._write() as con:
+            return int(con.execute(
+                "UPDATE outbox SET next_attempt_at = ? WHERE state = 'pending'", (_ts(now),)
+            ).rowcount)
 
     def expire(self, now: datetime) -> list[OutboxEntry]:
         """Fail pending entries past ``exp``; return them.
 
-        Never sent → reason ``expired``: it is not sent, and nobody acted on it. Already sent
-        → kept past ``exp``: central answers a resend from its dedup table (the stored
-        outcome) or with ``expired`` (it never saw it), which is the truth the caller needs;
-        only ``give_up_after_exp_s`` later is it failed with reason ``no_reply``.
+        Never sent (no attempt was ever recorded) → reason ``expired``: it is not sent, and
+        nobody acted on it. Ever marked sent → kept past ``exp``: central answers a resend
+        from its dedup table (the stored outcome) or with ``expired`` (it never saw it),
+        which is the truth the caller needs; only ``give_up_after_exp_s`` later is it failed
+        with reason ``no_reply`` (outcome unknown, never "not taken").
         """
-        E = self._Entry
         t = _ts(now)
-        with self._lock, self._db.atomic():
-            base = (E.state == "pending") & E.exp.is_null(False)
-            unsent = list(E.select(E.id).where(base & (E.attempts == 0) & (E.exp <= t)))
-            stale = list(
-                E.select(E.id).where(
-                    base & (E.attempts > 0) & (E.exp <= t - self.give_up_after_exp_s)
-                )
-            )
-            for rows, reason in ((unsent, "expired"), (stale, "no_reply")):
-                if rows:
-                    E.update(state="failed", fail_reason=reason, finished_at=t).where(
-                        E.id.in_([r.id for r in rows])
-                    ).execute()
-        return [e for e in (self.get(r.id) for r in unsent + stale) if e is not None]
+        with self._write() as con:
+            unsent = [r[0] for r in con.execute(
+                "SELECT id FROM outbox WHERE state = 'pending' AND exp IS NOT NULL AND exp <= ? "
+                "AND attempts = 0 AND last_sent_at IS NULL", (t,)
+            )]
+            stale = [r[0] for r in con.execute(
+                "SELECT id FROM outbox WHERE state = 'pending' AND exp IS NOT NULL AND exp <= ? "
+                "AND (attempts > 0 OR last_sent_at IS NOT NULL)", (t - self.give_up_after_exp_s,)
+            )]
+            for ids, reason in ((unsent, "expired"), (stale, "no_reply")):
+                for part in _chunks(ids):
+                    sql = ("UPDATE outbox SET state = 'failed', fail_reason = ?, "  # noqa: S608
+                           f"finished_at = ? WHERE id IN ({_marks(part)})")
+                    con.execute(sql, (reason, t, *part))
+        return [e for e in (self.get(i) for i in unsent + stale) if e is not None]
 
     def prune(self, now: datetime, keep_s: float) -> int:
         """Delete finished entries older than ``keep_s``; returns how many."""
-        E = self._Entry
-        with self._lock, self._db.atomic():
-            return int(
-                E.delete()
-                .where((E.state != "pending") & (E.finished_at < _ts(now) - keep_s))
-                .execute()
-            )
+        with self._write() as con:
+            n = int(con.execute(
+                "DELETE FROM outbox WHERE state != 'pending' AND finished_at < ?",
+                (_ts(now) - keep_s,),
+            ).rowcount)
+            self._count -= n
+        return n
 
     # -- reads -------------------------------------------------------------------------
     def due(self, now: datetime, limit: int = 100) -> list[OutboxEntry]:
         """Pending entries due at ``now``, priority order; expired unsent ones are failed."""
         self.expire(now)
-        E = self._Entry
-        rows = (
-            E.select()
-            .where((E.state == "pending") & (E.next_attempt_at <= _ts(now)))
-            .order_by(E.priority, E.seq)
-            .limit(limit)
-        )
-        return [self._to_entry(r) for r in rows]
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT {_COLS} FROM outbox WHERE state = 'pending' "  # noqa: S608
+                "AND next_attempt_at <= ? ORDER BY priority, seq LIMIT ?",
+                (_ts(now), limit),
+            ).fetchall()
+        return [_entry(r) for r in rows]
 
     def get(self, id: str) -> OutboxEntry | None:
         """The entry with envelope id ``id``, or None."""
-        row = self._Entry.get_or_none(self._Entry.id == id)
-        return None if row is None else self._to_entry(row)
+        with self._lock:
+            row = self._connection().execute(_GET, (id,)).fetchone()
+        return None if row is None else _entry(row)
 
     def pending_count(self) -> int:
         """How many entries still wait for their reply (the backlog shown in telemetry)."""
-        return int(self._Entry.select().where(self._Entry.state == "pending").count())
+        with self._lock:
+            return int(self._connection().execute(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'pending'"
+            ).fetchone()[0])
 
     def count(self) -> int:
         """All rows, finished included."""
-        return int(self._Entry.select().count())
+        with self._lock:
+            return int(self._connection().execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def next_due_at(self) -> datetime | None:
         """When the earliest pending entry becomes due, or None when nothing is pending."""
-        E = self._Entry
-        t = E.select(pw.fn.MIN(E.next_attempt_at)).where(E.state == "pending").scalar()
+        with self._lock:
+            t = self._connection().execute(
+                "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'pending'"
+            ).fetchone()[0]
         return _dt(t)
 
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))

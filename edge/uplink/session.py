@@ -8,6 +8,16 @@ everything else to asyncio with ``loop.call_soon_threadsafe`` — the one door.
 Reconnect: our own loop with exponential backoff and full jitter from an injected
 ``random.Random``, so a site's 200 kiosks do not reconnect in lock step after a broker restart.
 
+Redelivery belongs to the application alone. paho keeps its own out-queue of unacknowledged
+QoS 1 messages and re-sends it after a reconnect even with a clean session; the outbox also
+re-sends every pending entry then, so each would go out twice. With a clean session the
+queue is therefore dropped (``Client.drop_out_messages``) when the link goes down and again
+just before the next CONNECT, and :attr:`MqttSession.free_slots` tells the caller how many
+messages paho can put on the wire at once, so nothing waits in paho's FIFO behind the
+caller's priorities. ``max_queued`` bounds paho's queue for callers that want a hard limit.
+TCP_NODELAY is set on every socket: request/reply traffic is small packets, and Nagle plus
+the peer's delayed ACK cost ~40 ms per hop (bench/uplink.py (d)).
+
 Clean session, deliberately: ``clean_session=True`` (3.1.1) / ``clean_start=True`` with no
 session expiry (5). Requests are redelivered from the device's durable outbox and central
 re-publishes the stored reply for a repeated id, so a broker-side session adds nothing for
@@ -24,6 +34,7 @@ import json
 import logging
 import os
 import random
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -43,6 +54,7 @@ __all__ = [
     "InboundMessage",
     "MqttSession",
     "NotConnected",
+    "SendQueueFull",
     "Will",
     "backoff_delay",
     "next_boot_seq",
@@ -57,6 +69,13 @@ class NotConnected(UplinkError):
 
     def __init__(self, detail: str = "not connected") -> None:
         super().__init__(f"mqtt: {detail}", "与中心的连接已断开")
+
+
+class SendQueueFull(UplinkError):
+    """paho's bounded out-queue is full: the message was not taken; try again after a PUBACK."""
+
+    def __init__(self) -> None:
+        super().__init__("mqtt: send queue full", "发送队列已满，稍后重试")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +167,7 @@ class MqttSession:
         protocol: str = "3.1.1",
         clean_session: bool = True,
         max_inflight: int = 20,
+        max_queued: int = 0,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         rng: random.Random | None = None,
@@ -162,6 +182,7 @@ class MqttSession:
         self._host, self._port, self._keepalive = host, port, keepalive
         self._v5 = protocol == "5"
         self._clean = clean_session
+        self._max_inflight = max_inflight
         self._backoff = (backoff_min_s, backoff_max_s)
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self._birth = birth
@@ -200,7 +221,10 @@ class MqttSession:
         if will is not None:
             c.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         c.max_inflight_messages_set(max_inflight)
-        c.max_queued_messages_set(0)
+        # 0 = unbounded (paho's meaning): central's forwarder relies on paho queueing replies.
+        c.max_queued_messages_set(max_queued)
+        c.on_socket_open = _t_on_socket_open
+        c.on_pre_connect = self._t_on_pre_connect
         c.on_connect = self._t_on_connect
         c.on_disconnect = self._t_on_disconnect
         c.on_message = self._t_on_message
@@ -212,6 +236,16 @@ class MqttSession:
     def connected(self) -> bool:
         """True between CONNACK (accepted) and the next disconnect."""
         return self._connected
+
+    @property
+    def free_slots(self) -> int:
+        """How many more QoS 1 messages paho would send now (max_inflight minus unacked)."""
+        return max(0, self._max_inflight - len(self._acks))
+
+    @property
+    def unacked(self) -> int:
+        """QoS 1 messages handed to paho on this connection and not yet acknowledged."""
+        return len(self._acks)
 
     async def start(self) -> None:
         """Start the network thread; it connects (and reconnects) in the background."""
@@ -246,8 +280,13 @@ class MqttSession:
             fut.set_exception(NotConnected())
             return fut
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_QUEUE_SIZE):
-            # NO_CONN: the socket died under us; the outbox resends after reconnect.
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            # Not taken at all (bounded queue, or paho's mid space exhausted).
+            fut.set_exception(SendQueueFull())
+            return fut
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # NO_CONN: the socket died under us; the outbox resends after reconnect (paho's
+            # copy is dropped before the next CONNECT, see the module docstring).
             fut.set_exception(NotConnected(mqtt.error_string(info.rc)))
             return fut
         if qos == 0:
@@ -368,6 +407,19 @@ class MqttSession:
             if c.socket() is not None:
                 c.disconnect()
 
+    def _t_drop_out_messages(self, client: mqtt.Client) -> None:
+        # Clean session: the broker forgot this connection's packet ids, and whoever handed
+        # these messages over re-sends what still matters (the outbox, a re-published
+        # birth). A persistent session (central) keeps paho's resend, as MQTT requires.
+        if self._clean:
+            dropped = client.drop_out_messages()
+            if dropped:
+                log.debug("dropped %d unacknowledged messages from paho's queue", len(dropped))
+
+    def _t_on_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        # Publishes that met NO_CONN after the disconnect are still queued in paho.
+        self._t_drop_out_messages(client)
+
     def _t_on_connect(self, client: mqtt.Client, _u: Any, _flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
             log.warning("mqtt connect refused: %s", rc)
@@ -381,8 +433,9 @@ class MqttSession:
         self._post(self._set_connected)
 
     def _t_on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _flags: Any, _rc: Any, _p: Any
+        self, client: mqtt.Client, _u: Any, _flags: Any, _rc: Any, _p: Any
     ) -> None:
+        self._t_drop_out_messages(client)
         self._post(self._set_disconnected)
 
     def _t_on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -395,3 +448,10 @@ class MqttSession:
 
     def _t_on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self._post(self._ack, mid)
+
+
+def _t_on_socket_open(_c: mqtt.Client, _u: Any, sock: Any) -> None:
+    # Network thread, before CONNECT is written. TLS sockets pass setsockopt through;
+    # anything without TCP options (a unix socket) just keeps its defaults.
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -53,6 +53,16 @@ class Broker:
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     """Mosquitto on a free loopback port; stopped after the test."""
+    yield from _broker(tmp_path)
+
+
+@pytest.fixture
+def logged_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Like ``broker``, logging every packet (``log_type debug``) to count what it received."""
+    yield from _broker(tmp_path, ("error", "warning", "notice", "information", "debug"))
+
+
+def _broker(tmp_path: Path, log_types: tuple[str, ...] | None = None) -> Iterator[Broker]:
     wd = tmp_path / "broker"
     wd.mkdir()
     passwd, acl = wd / "passwd", wd / "acl"
@@ -62,6 +72,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     cfg = MosquittoConfig(
         listeners=[Listener(host="127.0.0.1", port=0)], persistence=False,
         password_file=passwd, acl_file=acl,
+        **({} if log_types is None else {"log_types": log_types}),
     )
     m = Mosquitto(wd, cfg)
     m.start()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from central.broker import free_port
+from edge.protocol.envelope import encode, new_envelope
+from edge.protocol.messages import make_request
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
 from edge.uplink.errors import (
@@ -97,3 +102,142 @@ async def test_full_outbox_refuses_requests_but_takes_events(offline) -> None:
         await offline.request("pay.create", PAY, timeout=0.01)
     assert all(offline.outbox.get(i).state == "pending" for i in ids)
     assert offline.outbox.count() == 12 and offline.outbox.pending_count() == 12
+
+
+class CrashAtPublish:
+    """Stands in for MqttSession: always connected, never acknowledges, and at every publish
+    copies the outbox file's committed state — exactly what a kill -9 at that instant leaves.
+    """
+
+    def __init__(self, db: Path, crash_dir: Path) -> None:
+        self.db, self.crash_dir = db, crash_dir
+        self.snapshots: list[Path] = []
+        self.free_slots = 20
+        self._on_connected: Any = None
+
+    def factory(self, _client_id: str, **kw: Any) -> CrashAtPublish:
+        self._on_connected = kw["on_connected"]
+        return self
+
+    connected = True
+
+    async def start(self) -> None:
+        self._on_connected()
+
+    async def stop(self, final: Any = None) -> None:
+        return None
+
+    def publish_nowait(self, topic: str, payload: bytes, qos: int = 1,
+                       retain: bool = False) -> asyncio.Future[None]:
+        snap = self.crash_dir / f"crash{len(self.snapshots)}.db"
+        src, dst = sqlite3.connect(self.db), sqlite3.connect(snap)
+        try:
+            src.backup(dst)  # committed data only, as after SIGKILL
+        finally:
+            src.close()
+            dst.close()
+        self.snapshots.append(snap)
+        self.free_slots -= 1
+        return asyncio.get_running_loop().create_future()  # no PUBACK, no reply
+
+
+async def test_a_payment_is_marked_sent_before_it_is_published(tmp_path: Path, clock) -> None:
+    # Killed right after the publish (central may have charged), restarted after exp: the
+    # outcome must be unknown (pay.status resolves it), never "expired, not taken".
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    (tmp_path / "crash").mkdir()
+    cfg = UplinkConfig(
+        host="127.0.0.1", port=free_port(), username="kiosk-402", password_file=pw,
+        outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json", retry_interval_s=30,
+    )
+    fake = CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+    up = Uplink(cfg, "kiosk-402", role="kiosk", version="1", clock=clock,
+                session_factory=fake.factory)
+    await up.start()
+    with pytest.raises(OutcomeUnknown):
+        await up.request("pay.create", PAY, timeout=0.3, id="crashpay01")
+    await up.stop()
+    assert len(fake.snapshots) == 1  # published once (retry_interval_s is long)
+
+    clock.now += timedelta(minutes=5)  # the restart comes long after exp
+    restarted = Uplink(cfg.model_copy(update={"outbox_path": fake.snapshots[0]}), "kiosk-402",
+                       role="kiosk", version="1", clock=clock)
+    try:
+        entry = restarted.outbox.get("crashpay01")
+        assert entry is not None and entry.attempts == 1  # the send was already on disk
+        assert restarted.outbox.expire(clock()) == []  # what the pump does first: keeps it
+        with pytest.raises(OutcomeUnknown):
+            await restarted.result_of("crashpay01")
+        clock.now += timedelta(days=2)  # central never answered, even to resends
+        restarted.outbox.expire(clock())
+        with pytest.raises(OutcomeUnknown):
+            await restarted.result_of("crashpay01")
+        assert restarted.outbox.get("crashpay01").fail_reason == "no_reply"
+    finally:
+        await restarted.stop()
+
+
+async def test_a_batch_is_marked_in_priority_order_within_the_free_slots(tmp_path: Path,
+                                                                         clock) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    (tmp_path / "crash").mkdir()
+    cfg = UplinkConfig(
+        host="127.0.0.1", port=free_port(), username="kiosk-403", password_file=pw,
+        outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json", retry_interval_s=30,
+    )
+    fake = CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+    fake.free_slots = 0  # every slot in flight: nothing may be handed over
+    up = Uplink(cfg, "kiosk-403", role="kiosk", version="1", clock=clock,
+                session_factory=fake.factory)
+    await up.start()
+    try:
+        lookups = [asyncio.create_task(up.request("reg.departments", {}, timeout=5))
+                   for _ in range(4)]
+        pay = asyncio.create_task(up.request("pay.create", PAY, timeout=5, id="paylater1"))
+        await asyncio.sleep(0.2)
+        assert fake.snapshots == [] and up.outbox.get("paylater1").attempts == 0
+        fake.free_slots = 2
+        up._kick()  # what a PUBACK does
+        await asyncio.sleep(0.2)
+        assert len(fake.snapshots) == 2  # only the free slots
+        sent = {e.id for e in up.outbox.due(clock() + timedelta(hours=1), 10) if e.attempts}
+        assert "paylater1" in sent and len(sent) == 2  # money first, though enqueued last
+        for t in [*lookups, pay]:
+            t.cancel()
+    finally:
+        await up.stop()
+
+
+def reply_to(request_id: str, result: object) -> bytes:
+    """A reply envelope as central would send it, with any ``result`` (even a wrong one)."""
+    return encode(new_envelope("resp", "kiosk-401", {"status": "ok", "result": result},
+                               now=datetime.now(UTC), corr=request_id))
+
+
+async def test_a_reply_that_does_not_match_its_result_model_is_a_typed_error(offline) -> None:
+    with pytest.raises(OutcomeUnknown) as info:
+        await offline.request("pay.create", PAY, timeout=0.05)
+    pay_id = info.value.request_id
+    # amount as text and no state: central answered, but nobody can tell what happened
+    assert offline.outbox.complete(pay_id, reply_to(pay_id, {"payment_id": "PAY1",
+                                                             "amount_fen": "12元"}))
+    with pytest.raises(OutcomeUnknown) as bad_pay:
+        await offline.result_of(pay_id)
+    assert "unreadable reply" in bad_pay.value.message and bad_pay.value.message_zh
+
+    read = make_request("reg.departments", "kiosk-401", {}, now=datetime.now(UTC))
+    offline.outbox.enqueue(read, kind="req")
+    offline.outbox.complete(read.id, reply_to(read.id, {"departments": "none"}))
+    with pytest.raises(Rejected) as bad_read:
+        await offline.result_of(read.id)
+    assert bad_read.value.code == "invalid_reply"
+
+    good = make_request("reg.departments", "kiosk-401", {}, now=datetime.now(UTC))
+    offline.outbox.enqueue(good, kind="req")
+    result = {"departments": [{"code": "NK01", "name": "心血管内科", "name_en": "Cardiology",
+                               "location": "门诊楼3层东区"}]}
+    offline.outbox.complete(good.id, reply_to(good.id, result))
+    got = await offline.result_of(good.id)
+    assert got == result and type(got) is dict  # the public return type is unchanged

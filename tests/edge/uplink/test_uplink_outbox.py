@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.protocol.envelope import decode, new_envelope
+from edge.protocol.envelope import decode, encode, new_envelope
 from edge.uplink.errors import OutboxFull
 from edge.uplink.outbox import Outbox, Priority
 
@@ -49,8 +50,123 @@ def outbox(tmp_path: Path, clock: FakeClock):
 
 
 def test_uses_wal_and_full_sync(outbox: Outbox) -> None:
-    assert outbox._db.pragma("journal_mode") == "wal"
-    assert outbox._db.pragma("synchronous") == 2  # FULL
+    con = outbox._connection()
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    outbox.close()
+    con = outbox._connection()  # reopened after close(): same settings again
+    assert con.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_enqueue_returns_the_stored_row_and_keeps_the_callers_bytes(outbox, clock):
+    e = env("pay.create", id_="bytes0001", exp=T0 + timedelta(seconds=60))
+    payload = encode(e)
+    got = outbox.enqueue(e, kind="req", payload=payload)
+    assert got == outbox.get("bytes0001")  # built from the inputs, equal to a re-read
+    assert got.payload == payload and got.priority == Priority.MONEY
+    assert got.exp == T0 + timedelta(seconds=60) and got.attempts == 0
+
+
+def test_a_send_recorded_before_a_crash_never_expires_as_not_taken(tmp_path, clock):
+    # The pump marks a batch sent (fsynced), then publishes; kill -9 lands between the two
+    # or just after, and no reply ever comes. After the restart, past exp, the entry must
+    # read "outcome unknown", never "expired" (= definitely not taken).
+    db = tmp_path / "crash.db"
+    ob = Outbox(db, clock, retry_interval_s=10, give_up_after_exp_s=3600)
+    ob.enqueue(env("pay.create", id_="crashpay1", exp=T0 + timedelta(seconds=30)), kind="req")
+    ob.enqueue(env("pay.create", id_="neversent", exp=T0 + timedelta(seconds=30)), kind="req")
+    assert ob.mark_sent_many(["crashpay1"], clock()) == {"crashpay1"}
+    ob.close()  # the process dies here; only what was committed survives
+    clock.advance(300)
+    again = Outbox(db, clock, retry_interval_s=10, give_up_after_exp_s=3600)
+    try:
+        expired = again.expire(clock())
+        assert [e.id for e in expired] == ["neversent"]  # the control: truly never sent
+        assert expired[0].fail_reason == "expired"
+        kept = again.get("crashpay1")
+        assert kept.state == "pending" and kept.attempts == 1
+        assert [e.id for e in again.due(clock(), 10)] == ["crashpay1"]  # resent: ask central
+        clock.advance(3600)
+        assert again.due(clock(), 10) == []
+        assert again.get("crashpay1").fail_reason == "no_reply"  # unknown, never "expired"
+    finally:
+        again.close()
+
+
+def test_mark_sent_many_marks_only_pending_and_unmark_restores_unsent(outbox, clock):
+    for i in range(3):
+        outbox.enqueue(env(id_=f"batch{i:04d}", exp=T0 + timedelta(seconds=5)), kind="req")
+    outbox.complete("batch0002", b"r")
+    ids = ["batch0000", "batch0001", "batch0002"]
+    assert outbox.mark_sent_many(ids, clock()) == {"batch0000", "batch0001"}
+    assert outbox.get("batch0001").last_sent_at == clock()
+    # batch0001 was never handed to MQTT (the link dropped first): unsent again
+    assert outbox.unmark_sent(["batch0001", "batch0002"], clock()) == 1
+    got = outbox.get("batch0001")
+    assert got.attempts == 0 and got.last_sent_at is None
+    clock.advance(6)
+    assert {e.id: e.fail_reason for e in outbox.expire(clock())} == {"batch0001": "expired"}
+    assert outbox.get("batch0000").state == "pending"
+
+
+def test_size_policy_holds_when_another_connection_wrote_the_file(tmp_path, clock):
+    # The row count is cached; a second writer (a probe, a restarted process) invalidates it.
+    a = Outbox(tmp_path / "shared.db", clock, max_entries=10)
+    b = Outbox(tmp_path / "shared.db", clock, max_entries=10)
+    try:
+        for i in range(5):
+            a.enqueue(env("reg.book", id_=f"froma{i:04d}"), kind="req")
+        for i in range(5):
+            b.enqueue(env("reg.book", id_=f"fromb{i:04d}"), kind="req")
+        with pytest.raises(OutboxFull):
+            a.enqueue(env("reg.book", id_="onetoomany"), kind="req")
+        assert a.count() == 10
+        b.complete("fromb0000", b"r")
+        a.enqueue(env("reg.book", id_="nowfits01"), kind="req")
+        assert a.count() == 10 and a.get("fromb0000") is None
+        seqs = [r[0] for r in a._connection().execute("SELECT seq FROM outbox ORDER BY seq")]
+        assert len(set(seqs)) == len(seqs)  # no seq reused across the two writers
+    finally:
+        a.close()
+        b.close()
+
+
+OLD_SCHEMA = [
+    'CREATE TABLE "outbox" ("id" VARCHAR(128) NOT NULL PRIMARY KEY, "seq" INTEGER NOT NULL, '
+    '"kind" VARCHAR(16) NOT NULL, "type" VARCHAR(64) NOT NULL, "priority" INTEGER NOT NULL, '
+    '"payload" BLOB NOT NULL, "state" VARCHAR(8) NOT NULL, "attempts" INTEGER NOT NULL, '
+    '"created_at" REAL NOT NULL, "next_attempt_at" REAL NOT NULL, "exp" REAL, '
+    '"last_sent_at" REAL, "reply" BLOB, "fail_reason" VARCHAR(200), "finished_at" REAL)',
+    'CREATE INDEX "entry_seq" ON "outbox" ("seq")',
+    'CREATE INDEX "entry_state" ON "outbox" ("state")',
+    'CREATE INDEX "entry_state_priority_seq" ON "outbox" ("state", "priority", "seq")',
+]
+
+
+def test_an_outbox_file_of_the_previous_version_opens_and_keeps_its_entries(tmp_path, clock):
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    for ddl in OLD_SCHEMA:
+        con.execute(ddl)
+    t = T0.timestamp()
+    con.execute(
+        "INSERT INTO outbox VALUES (?, 7, 'req', 'pay.create', 0, ?, 'pending', 2, ?, ?, NULL, "
+        "?, NULL, NULL, NULL)", ("oldentry1", encode(env("pay.create", id_="oldentry1")), t, t, t),
+    )
+    con.commit()
+    con.close()
+    ob = Outbox(db, clock)
+    try:
+        old = ob.get("oldentry1")
+        assert old.state == "pending" and old.attempts == 2 and old.last_sent_at == T0
+        new = ob.enqueue(env(id_="newentry1"), kind="req")
+        seqs = dict(ob._connection().execute("SELECT id, seq FROM outbox").fetchall())
+        assert seqs == {"oldentry1": 7, "newentry1": 8} and new.state == "pending"
+        indexes = {r[0] for r in ob._connection().execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+        assert indexes == {"entry_seq", "entry_state_priority_seq"}  # redundant one dropped
+    finally:
+        ob.close()
 
 
 def test_due_orders_money_and_results_before_requests_events_and_telemetry(outbox, clock):

@@ -6,7 +6,9 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -229,4 +231,86 @@ async def test_reusing_a_request_id_for_another_body_is_refused_locally(broker, 
                              timeout=0.2, id="sameid0001")
         assert info.value.code == "duplicate_mismatch"
     finally:
+        await up.stop()
+
+
+async def test_sockets_are_opened_with_tcp_nodelay(broker, tmp_path) -> None:
+    # Nagle + delayed ACK would add ~40 ms to every small request/reply on this hop.
+    cfg = broker.add_device("kiosk-108", tmp_path)
+    up = Uplink(cfg, "kiosk-108", role="kiosk", version="1")
+    await up.start()
+    try:
+        assert await up.wait_connected(10)
+        assert up._session is not None
+        sock = up._session._client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        await up.stop()
+
+
+PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
+       "method": "prepaid"}
+RECEIVED = re.compile(r"Received PUBLISH from (\S+) \(d(\d), q1, r0, m\d+, '([^']+)', "
+                      r"\.\.\. \((\d+) bytes\)\)")
+
+
+def received_requests(log: str, dev: str) -> list[tuple[int, int]]:
+    """(dup flag, size) of every PUBLISH on ``dev``'s up/req the broker logged, in order."""
+    return [(int(m[2]), int(m[4])) for m in RECEIVED.finditer(log)
+            if m[1] == dev and m[3] == f"ykt/v1/dev/{dev}/up/req"]
+
+
+async def test_after_a_reconnect_each_pending_request_goes_out_once_money_first(
+    logged_broker, tmp_path
+) -> None:
+    # The broker stalls (no PUBACK) while 10 lookups and then 2 payments are queued, then
+    # dies and comes back. paho used to hold everything the pump gave it and re-send it on
+    # the new connection in its own FIFO order, on top of the outbox's resend.
+    dev = "kiosk-107"
+    cfg = logged_broker.add_device(dev, tmp_path, max_inflight=5, retry_interval_s=120,
+                                   backoff_min_s=0.2, backoff_max_s=0.4)
+    m = logged_broker.mosquitto
+    up = Uplink(cfg, dev, role="kiosk", version="1")
+    await up.start()
+    tasks: list[asyncio.Task[object]] = []
+    try:
+        assert await up.wait_connected(10)
+        assert m.pid is not None
+        os.kill(m.pid, signal.SIGSTOP)  # the kernel still takes bytes; nothing answers
+        try:
+            ids = [f"lookup{i:04d}" for i in range(10)] + ["payment001", "payment002"]
+            tasks += [asyncio.create_task(up.request("reg.departments", {}, timeout=60, id=i))
+                      for i in ids[:10]]
+            await asyncio.sleep(0.3)
+            tasks += [asyncio.create_task(up.request("pay.create", PAY, timeout=60, id=i))
+                      for i in ids[10:]]
+            await asyncio.sleep(0.5)
+            assert up._session is not None and up._session.unacked == 5  # the cap, no more
+            entries = [up.outbox.get(i) for i in ids]
+            sent = [e.id for e in entries if e is not None and e.attempts > 0]
+            assert sent == ids[:5]  # the pump gave paho only its free slots
+        finally:
+            m.kill9()  # SIGKILL ends a stopped process too
+        before = len(received_requests(m.log_path.read_text(errors="replace"), dev))
+        assert before == 0  # the stalled broker never read them
+        m.start()
+        assert await up.wait_connected(10)
+        seen: list[tuple[int, int]] = []
+        for _ in range(100):
+            seen = received_requests(m.log_path.read_text(errors="replace"), dev)
+            if len(seen) >= 12:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # room for any duplicate to show up
+        seen = received_requests(m.log_path.read_text(errors="replace"), dev)
+        assert len(seen) == 12, seen  # each pending request once, not paho's copy as well
+        assert all(dup == 0 for dup, _ in seen)  # no paho re-send (DUP set) at all
+        sizes = [size for _, size in seen]
+        assert sorted(sizes[:2]) == sorted(sizes)[-2:]  # the two payments went first
+        assert up._session.unacked <= 5
+        assert all(up.outbox.get(i).state == "pending" for i in ids)  # no reply: still going
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await up.stop()
