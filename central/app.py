@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
 
 from central.broker import Listener, Mosquitto, MosquittoConfig
-from central.config import CentralConfig
+from central.config import CentralConfig, forwarder_client_id
 from central.dashboard.app import create_dashboard
 from central.forwarder import Forwarder, ForwarderSettings
 from central.hotlist import FleetPublisher, HotlistSync
@@ -71,6 +72,10 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
             mosquitto.reload()
 
     registry = Registry(store, broker_dir, on_change=reload_broker)
+    fw = cfg.forwarder
+    common = {"client_id": forwarder_client_id(fw, socket.gethostname()),
+              "concurrency": fw.concurrency, "lease_s": fw.lease_s,
+              "call_timeout_s": fw.call_timeout_s}
     if cfg.broker.mode == "embedded":
         creds = registry.central_credentials()
         registry.write_acl()
@@ -84,18 +89,16 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         await asyncio.to_thread(mosquitto.start)
         settings = ForwarderSettings(host=cfg.broker.host, port=cfg.broker.port,
                                      username=creds.username,
-                                     password=SecretStr(creds.password),
-                                     concurrency=cfg.forwarder.concurrency)
+                                     password=SecretStr(creds.password), **common)
     else:
         settings = ForwarderSettings(host=cfg.broker.host, port=cfg.broker.port,
                                      username=cfg.broker.username or "central",
-                                     password_file=cfg.broker.password_file,
-                                     concurrency=cfg.forwarder.concurrency)
+                                     password_file=cfg.broker.password_file, **common)
 
     adapter = create_adapter(cfg.platform)
     payments = Payments(store, adapter)
-    forwarder = Forwarder(settings, store, adapter, share_group=cfg.forwarder.share_group,
-                          observer=payments.observe)
+    forwarder = Forwarder(settings, store, adapter, share_group=fw.share_group,
+                          hooks=payments)
     fleet = FleetPublisher.from_forwarder_settings(settings)
     hotlist = HotlistSync(adapter, fleet, store)
     fleet.on_connected = hotlist.republish  # a restarted broker may have lost the notice

@@ -98,6 +98,10 @@ class MosquittoConfig(_Strict):
     max_queued_messages: int = Field(default=100_000, ge=1001)
     max_inflight_messages: int = Field(default=100, ge=1, le=65535)
     message_size_limit: int = Field(default=262_144, ge=1024, le=268_435_455)
+    # Mosquitto leaves Nagle on by default: a small PUBLISH then waits for the peer's
+    # delayed ACK, ~40 ms per hop on loopback (bench/uplink.py (d)). Request/reply traffic
+    # is all small packets, so latency matters more than the few saved segments.
+    tcp_nodelay: bool = True
     acl_file: Path | None = None
     password_file: Path | None = None
     allow_anonymous: bool = False
@@ -138,6 +142,8 @@ def render_config(cfg: MosquittoConfig) -> str:
         f"max_inflight_messages {cfg.max_inflight_messages}",
         f"message_size_limit {cfg.message_size_limit}",
     ]
+    if cfg.tcp_nodelay:
+        lines.append("set_tcp_nodelay true")
     if cfg.persistence and cfg.persistence_dir is not None:  # the validator pairs them
         lines += [
             "persistence true",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,7 @@ from central.platform.config import PlatformConfig
 from edge.common.config import StrictModel
 
 __all__ = ["BrokerSection", "CentralConfig", "CentralSection", "DashboardSection",
-           "ForwarderSection"]
+           "ForwarderSection", "forwarder_client_id"]
 
 
 class CentralSection(StrictModel):
@@ -53,6 +54,33 @@ class ForwarderSection(StrictModel):
 
     share_group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$")
     concurrency: int = Field(default=32, ge=1, le=1024)
+    # The MQTT client id must differ between instances (the broker drops the older of two
+    # connections with one id) and stay the same across restarts of one instance (its
+    # persistent session, and its own in-flight requests, which it takes over at once).
+    # Default: "central-<host name>-<instance>". At most 58 characters: the hot-list
+    # publisher connects as "<client_id>-fleet" within MQTT's 64.
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,58}$")
+    instance: int = Field(default=0, ge=0, le=999)
+    # A request another (dead) instance was working on is taken over after this long.
+    lease_s: float = Field(default=120.0, ge=1.0, le=3600.0)
+    call_timeout_s: float = Field(default=60.0, gt=0, le=600.0)
+
+    @model_validator(mode="after")
+    def _lease_outlasts_the_call(self) -> ForwarderSection:
+        if self.lease_s <= self.call_timeout_s:
+            raise ValueError("lease_s must be longer than call_timeout_s (a live call would be "
+                             "taken over)")
+        return self
+
+
+def forwarder_client_id(section: ForwarderSection, hostname: str) -> str:
+    """The forwarder's MQTT client id: the configured one, or from host name + instance."""
+    if section.client_id is not None:
+        return section.client_id
+    short = hostname.split(".", maxsplit=1)[0]
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", short).strip("-") or "host"
+    suffix = f"-{section.instance}"
+    return "central-" + host[: 58 - len("central-") - len(suffix)] + suffix
 
 
 class LogSection(StrictModel):

@@ -5,19 +5,28 @@ States::
     created → pending → approved | declined | unknown → reversed
               (pending/unknown may also resolve to approved/declined)
 
-``Payments.observe`` is the forwarder's outcome observer: every ``pay.create`` outcome is
-recorded (keyed by the request id, which is also the platform's idempotency key), and
-``pay.status``/``pay.reverse`` results update the record. ``resolve_once`` (run every few
-seconds by ``run``) handles what is still open:
+``Payments`` is the forwarder's :class:`~central.forwarder.RequestHooks`:
 
-* known ``payment_id`` → ``pay.status``; still open past the deadline → ``pay.reverse``
-  (fixed idempotency key per payment, so repeated reversal attempts reverse once);
-* no ``payment_id`` (the create call's answer was lost) → ``pay.create`` again with the
-  **same idempotency key and body**: the platform returns the original outcome and never
-  charges twice. A wallet payment's body holds the payment code, which is never stored, so
-  those wait for the device's resend (same id) and are listed for staff meanwhile.
+* ``before_call`` writes the ``created`` row (keyed by the request id, which is also the
+  platform's idempotency key) and commits it **before** the platform is called, so a central
+  crash during the call still leaves a row for the resolver and for staff;
+* ``outcome_in_tx`` records the outcome in the same transaction that stores the reply;
+  ``pay.status``/``pay.reverse`` results update the record too.
 
-Every transition is an audit record. ``unresolved()`` feeds the staff dashboard.
+``resolve_once`` (run every few seconds by ``run``) handles what is still open, and never
+creates a payment again (a repeat ``pay.create`` after the patient left could charge them):
+
+* known ``payment_id`` → ``pay.status``; still open ``deadline_s`` after creation →
+  ``pay.reverse`` (fixed idempotency key per payment, so repeated reversal attempts reverse
+  once; the kiosk, told "being confirmed", learns it by ``pay.status``);
+* no ``payment_id`` (central died during the call, or the answer was lost) → nothing to ask:
+  the platform API has no status-by-idempotency-key lookup. Until ``exp`` the device's own
+  resend (same id, same key) brings the original outcome; past the deadline the payment is
+  flagged for staff, who check the platform and resolve it from the dashboard.
+
+Staff actions (dashboard): ``staff_status`` (ask now), ``staff_reverse`` (reverse now),
+``staff_resolve`` (record a final state with a reason). Every transition is an audit
+record. ``unresolved()`` feeds the staff dashboard.
 """
 
 from __future__ import annotations
@@ -40,13 +49,24 @@ from central.platform.errors import (
 from central.store import Store
 from edge.protocol.envelope import Envelope
 
-__all__ = ["OPEN_STATES", "PaymentInfo", "Payments"]
+__all__ = ["OPEN_STATES", "PaymentError", "PaymentInfo", "Payments"]
 
 log = logging.getLogger(__name__)
 
 OPEN_STATES = ("created", "pending", "unknown")
 FINAL_STATES = ("approved", "declined", "reversed")
 _SECRET_FIELDS = frozenset({"auth_code"})
+NEEDS_STAFF = "needs staff: outcome unknown and no payment id to ask the platform about"
+
+
+class PaymentError(Exception):
+    """A staff action on a payment was refused; ``code`` says why (``not_found`` …)."""
+
+    def __init__(self, code: str, message: str, message_zh: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.message_zh = message_zh
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +84,10 @@ class PaymentInfo:
     deadline: datetime
     checks: int
     reason: str | None
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else 0
 
 
 def _key(kind: str, request_id: str) -> str:
@@ -88,49 +112,86 @@ class Payments:
         self._clock = clock
         self.deadline_s = deadline_s
         self.poll_interval_s = poll_interval_s
+        self._fresh: set[str] = set()  # rows inserted by before_call, call not answered yet
 
     # -- recording ---------------------------------------------------------------------
-    async def observe(
+    async def before_call(self, env: Envelope) -> None:
+        """Forwarder hook: commit the ``created`` row before ``pay.create`` goes out."""
+        if env.type == "pay.create":
+            await self.store.write(lambda: self._insert_created(env))
+
+    def outcome_in_tx(
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
     ) -> None:
-        """Forwarder hook: record ``pay.*`` outcomes."""
+        """Forwarder hook: record a ``pay.*`` outcome (inside the reply's transaction)."""
         if env.type == "pay.create":
             self._record_create(env, result, error)
         elif env.type in ("pay.status", "pay.reverse") and result is not None:
             self._update_by_payment_id(result, actor=f"device:{env.dev}")
 
+    async def observe(
+        self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
+    ) -> None:
+        """Record a ``pay.*`` outcome on its own (forwarders without hooks, tests)."""
+        with self.store.atomic():
+            self.outcome_in_tx(env, result, error)
+
+    def _insert_created(self, env: Envelope) -> bool:
+        """Insert the ``created`` row unless one exists; True when inserted."""
+        P = self.store.Payment
+        if P.get_or_none(P.request_id == env.id) is not None:
+            return False  # a resend: the row of the first attempt stays
+        now = self._clock()
+        body = env.body
+        deadline = now.timestamp() + self.deadline_s
+        stored_body = (
+            None if _SECRET_FIELDS & body.keys()
+            else json.dumps(body, sort_keys=True, ensure_ascii=False)
+        )
+        with self.store.atomic():
+            row = P.create(
+                request_id=env.id, payment_id=None, dev=env.dev,
+                patient_id=str(body.get("patient_id", ""))[:64],
+                amount_fen=_int(body.get("amount_fen")), method=str(body.get("method", ""))[:16],
+                state="created", created_at=now.timestamp(), updated_at=now.timestamp(),
+                deadline=deadline, request_body=stored_body,
+            )
+            self.store._append_audit(
+                now, "payments", "payment.created",
+                {"request_id": env.id, "dev": env.dev, "amount_fen": row.amount_fen},
+            )
+        self._fresh.add(env.id)
+        return True
+
     def _record_create(
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
     ) -> None:
         P = self.store.Payment
-        now = self._clock().timestamp()
-        body = env.body
+        fresh = env.id in self._fresh
+        self._fresh.discard(env.id)
         with self.store.atomic():
             row = P.get_or_none(P.request_id == env.id)
             if row is None:
                 if isinstance(error, PlatformUnavailable):
                     return  # nothing happened: nothing to track
-                stored_body = (
-                    None if _SECRET_FIELDS & body.keys()
-                    else json.dumps(body, sort_keys=True, ensure_ascii=False)
+                self._insert_created(env)
+                self._fresh.discard(env.id)
+            elif isinstance(error, PlatformUnavailable) and fresh and row.state == "created":
+                # This call created the row and the platform certainly did nothing: no
+                # payment exists. (A row from an earlier attempt stays: that attempt may
+                # have charged.)
+                P.delete().where(P.request_id == env.id).execute()
+                self.store._append_audit(
+                    self._clock(), "payments", "payment.not_sent",
+                    {"request_id": env.id, "dev": env.dev},
                 )
-                row = P.create(
-                    request_id=env.id, payment_id=None, dev=env.dev,
-                    patient_id=str(body.get("patient_id", ""))[:64],
-                    amount_fen=int(body.get("amount_fen", 0)), method=str(body.get("method", "")),
-                    state="created", created_at=now, updated_at=now,
-                    deadline=now + self.deadline_s, request_body=stored_body,
-                )
-                self.store.audit(
-                    self._clock(), "payments", "payment.created",
-                    {"request_id": env.id, "dev": env.dev, "amount_fen": row.amount_fen},
-                )
+                return
         if result is not None:
             self._apply(env.id, result, actor="forwarder")
         elif isinstance(error, PlatformRejected):
             self._transition(env.id, "declined", reason=f"{error.code}: {error.reason}",
                              actor="forwarder")
-        elif error is not None:
+        elif error is not None and not isinstance(error, PlatformUnavailable):
             self._transition(env.id, "unknown", reason=error.message[:200], actor="forwarder")
 
     def _apply(self, request_id: str, result: dict[str, Any], *, actor: str) -> None:
@@ -192,25 +253,97 @@ class Payments:
     async def _resolve(self, row: Any) -> None:
         now = self._clock().timestamp()
         if row.payment_id is None:
-            if row.request_body is None:
-                return  # wallet payment: the device's resend (same id) resolves it
-            result = await self.adapter.call(
-                "pay.create", json.loads(row.request_body), idempotency_key=row.request_id
-            )
-            self._apply(row.request_id, result, actor="resolver")
+            # Nothing to ask about, and never pay.create again: until exp the device's
+            # resend (same key) brings the outcome; after the deadline staff must look.
+            if now >= row.deadline and row.reason != NEEDS_STAFF:
+                with self.store.atomic():
+                    self.store.Payment.update(reason=NEEDS_STAFF).where(
+                        self.store.Payment.request_id == row.request_id).execute()
+                    self.store.audit(
+                        self._clock(), "resolver", "payment.needs_staff",
+                        {"request_id": row.request_id, "state": row.state},
+                    )
+                log.warning("payment %s: outcome unknown past its deadline, needs staff",
+                            row.request_id)
             return
+        await self._ask_status(row, actor="resolver")
+        current = self.store.Payment.get(self.store.Payment.request_id == row.request_id)
+        if current.state in OPEN_STATES and now >= row.deadline:
+            await self._reverse(row, actor="resolver")
+
+    async def _ask_status(self, row: Any, *, actor: str) -> None:
         result = await self.adapter.call(
             "pay.status", {"payment_id": row.payment_id},
             idempotency_key=_key(f"status{row.checks}", row.request_id),
         )
-        self._apply(row.request_id, result, actor="resolver")
-        current = self.store.Payment.get(self.store.Payment.request_id == row.request_id)
-        if current.state in OPEN_STATES and now >= row.deadline:
-            result = await self.adapter.call(
-                "pay.reverse", {"payment_id": row.payment_id},
-                idempotency_key=_key("reverse", row.request_id),
+        self._apply(row.request_id, result, actor=actor)
+
+    async def _reverse(self, row: Any, *, actor: str) -> None:
+        result = await self.adapter.call(
+            "pay.reverse", {"payment_id": row.payment_id},
+            idempotency_key=_key("reverse", row.request_id),
+        )
+        self._apply(row.request_id, result, actor=actor)
+
+    # -- staff actions (dashboard) -----------------------------------------------------
+    def _open_row(self, request_id: str, *, need_payment_id: bool) -> Any:
+        P = self.store.Payment
+        row = P.get_or_none(P.request_id == request_id)
+        if row is None:
+            raise PaymentError("not_found", f"no payment for request {request_id}",
+                               "没有该支付记录")
+        if row.state not in OPEN_STATES:
+            raise PaymentError("already_final", f"payment is already {row.state}",
+                               "该支付已有最终结果")
+        if need_payment_id and row.payment_id is None:
+            raise PaymentError(
+                "no_payment_id",
+                "the platform never told us this payment's id: check it on the platform "
+                "and mark it resolved",
+                "平台未返回支付单号，请在医院平台核实后手工标记结果",
             )
-            self._apply(row.request_id, result, actor="resolver")
+        return row
+
+    def _staff_audit(self, staff: str, action: str, request_id: str, **extra: Any) -> None:
+        self.store.audit(self._clock(), f"staff:{staff}", action,
+                         {"request_id": request_id, **extra})
+
+    async def staff_status(self, request_id: str, *, staff: str) -> PaymentInfo:
+        """Staff: ask the platform for the payment's state now."""
+        row = self._open_row(request_id, need_payment_id=True)
+        self._staff_audit(staff, "payment.staff_status", request_id)
+        await self._ask_status(row, actor=f"staff:{staff}")
+        return self._info(request_id)
+
+    async def staff_reverse(self, request_id: str, *, staff: str) -> PaymentInfo:
+        """Staff: reverse an open payment now (same key as the resolver's reversal)."""
+        row = self._open_row(request_id, need_payment_id=True)
+        self._staff_audit(staff, "payment.staff_reverse", request_id)
+        await self._reverse(row, actor=f"staff:{staff}")
+        return self._info(request_id)
+
+    def staff_resolve(
+        self, request_id: str, state: str, reason: str, *, staff: str
+    ) -> PaymentInfo:
+        """Staff: record the final state found on the platform, with the reason."""
+        if state not in FINAL_STATES:
+            raise PaymentError("bad_state", f"{state!r} is not a final state",
+                               "只能标记为最终结果（成功/失败/已撤销）")
+        reason = reason.strip()
+        if not reason:
+            raise PaymentError("reason_required", "a reason is required", "请填写处理原因")
+        self._open_row(request_id, need_payment_id=False)
+        self._staff_audit(staff, "payment.staff_resolve", request_id, state=state,
+                          reason=reason[:200])
+        self._transition(request_id, state, reason=f"staff: {reason}", actor=f"staff:{staff}")
+        return self._info(request_id)
+
+    def _info(self, request_id: str) -> PaymentInfo:
+        info = self.get(request_id)
+        if info is None:  # pragma: no cover - rows are never deleted once answered
+            raise PaymentError("not_found", f"no payment for request {request_id}",
+                               "没有该支付记录")
+        return info
 
     async def run(self) -> None:
         """Resolve open payments every ``poll_interval_s`` until cancelled."""

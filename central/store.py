@@ -2,19 +2,36 @@
 
 peewee on SQLite (WAL, ``synchronous=FULL``) for a single site; the same models map to
 PostgreSQL when several ``ykt central`` instances share the load. Models are built per store
-(so tests can open several stores in one process). All methods are synchronous and short;
-the forwarder calls them from its asyncio thread.
+(so tests can open several stores in one process).
+
+Two ways in. The plain methods are synchronous and short (registry, dashboard, payments).
+The forwarder's hot path uses :meth:`Store.write`: one writer thread owns the write
+connection, runs up to ``MAX_BATCH`` queued operations in one ``BEGIN IMMEDIATE … COMMIT``
+(group commit: one fsync for many requests) and resolves each caller's future with
+``call_soon_threadsafe`` only after that commit — so nothing is published before the
+commit holding it. Both paths hold the same in-process lock while writing. The audit chain
+head (seq, hash) is kept in memory, so an audit record is one INSERT; a conflicting seq
+(another process appended) reloads it. ``last_seen`` touches are buffered and flushed by
+the writer once a second, and the devices' enabled flags are cached (dropped on every
+registry write, and after ``DEVICE_CACHE_S`` for writes made by other processes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
+import logging
+import queue
+import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import peewee as pw
 
@@ -28,6 +45,30 @@ __all__ = [
 ]
 
 GENESIS_HASH = "0" * 64
+MAX_BATCH = 256  # operations per group commit
+TOUCH_FLUSH_S = 1.0  # last_seen is written at most this often
+DEVICE_CACHE_S = 5.0  # bounds how long another process's registry write goes unseen
+
+# The hot path's statements as fixed SQL (peewee's query building costs more CPU than
+# SQLite does here). Table names are peewee's defaults for the models below.
+_SQL_TOUCH = "UPDATE device SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?"
+_SQL_REQ_GET = (
+    "SELECT dev, type, body_hash, state, reply, received_at, owner FROM requestlog WHERE id = ?"
+)
+_SQL_REQ_NEW = (
+    "INSERT INTO requestlog (id, dev, type, body_hash, state, received_at, owner) "
+    "VALUES (?, ?, ?, ?, 'received', ?, ?)"
+)
+_SQL_REQ_TAKE = "UPDATE requestlog SET received_at = ?, owner = ? WHERE id = ?"
+_SQL_REQ_DONE = "UPDATE requestlog SET state = 'done', reply = ?, done_at = ? WHERE id = ?"
+_SQL_AUDIT = (
+    "INSERT INTO auditrecord (seq, ts, actor, action, detail, prev_hash, hash) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_STOP = object()
 
 
 class StoreError(Exception):
@@ -96,6 +137,27 @@ def _audit_hash(  # noqa: PLR0917 - the hashed fields, in order
     return hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
 
 
+def _audit_hash_text(  # noqa: PLR0917 - the hashed fields, in order
+    seq: int, ts: float, actor: str, action: str, detail_text: str, prev: str
+) -> str:
+    """:func:`_audit_hash` with the detail already in canonical JSON (one encoding, not two)."""
+    def s(v: str) -> str:
+        return json.dumps(v, ensure_ascii=False)
+
+    # Byte-identical to _canon of the same dict: keys in sorted order, no spaces.
+    body = (f'{{"action":{s(action)},"actor":{s(actor)},"detail":{detail_text},'
+            f'"seq":{seq},"ts":{json.dumps(round(ts, 6))}}}')
+    return hashlib.sha256(prev.encode() + b"\n" + body.encode()).hexdigest()
+
+
+def _flat(detail: dict[str, Any]) -> bool:
+    """True when ``detail`` is already what JSON would give back (str keys, plain values)."""
+    return all(
+        type(k) is str and (v is None or type(v) in (str, int, bool))
+        for k, v in detail.items()
+    )
+
+
 class Store:
     """Central's database; open with :func:`open_store`."""
 
@@ -134,6 +196,8 @@ class Store:
             reply = pw.BlobField(null=True)
             received_at = pw.FloatField()
             done_at = pw.FloatField(null=True)
+            # "<client_id>/<boot nonce>" of the forwarder working on it (see begin_request).
+            owner = pw.CharField(max_length=100, null=True)
 
         class AuditRecord(Base):
             seq = pw.IntegerField(primary_key=True)
@@ -176,11 +240,99 @@ class Store:
         self.Payment: Any = Payment
         self.db.connect(reuse_if_open=True)
         self.db.create_tables([Device, RequestLog, AuditRecord, DeviceEvent, Payment])
+        cols = {c.name for c in self.db.get_columns("requestlog")}
+        if "owner" not in cols:  # a store made before owners were recorded
+            self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN owner VARCHAR(100)")
+        self._head: tuple[int, str] | None = None  # audit chain head; None = read it first
+        self._enabled: dict[str, tuple[bool, float]] = {}
+        self._touch_lock = threading.Lock()
+        self._touches: dict[str, float] = {}
+        self._last_flush = time.monotonic()
+        self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close the connection."""
+        """Stop the writer (after its queue and buffered touches are written) and close."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._q.put(_STOP)
+            writer.join(30)
+        self.flush_touches()
         self.db.close()
 
+    # -- group commit --------------------------------------------------------------------
+    def write(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn`` in the writer's next transaction; the future resolves after its COMMIT.
+
+        ``fn`` runs on the writer thread inside ``BEGIN IMMEDIATE`` together with other
+        callers' operations, so it must only touch the database (and raise to fail). Call
+        from a running event loop.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._ensure_writer()
+        self._q.put((fn, fut, loop))
+        return fut
+
+    def _ensure_writer(self) -> None:
+        if self._writer is not None:
+            return
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._writer_main, name=f"store-writer:{self.path.name}", daemon=True
+                )
+                self._writer.start()
+
+    def _writer_main(self) -> None:
+        try:
+            while True:
+                try:
+                    first = self._q.get(timeout=TOUCH_FLUSH_S)
+                except queue.Empty:
+                    first = None
+                batch = [] if first is None else [first]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        batch.append(self._q.get_nowait())
+                    except queue.Empty:
+                        break
+                stop = any(item is _STOP for item in batch)
+                batch = [item for item in batch if item is not _STOP]
+                touches = self._take_touches(force=stop)
+                if batch or touches:
+                    self._run_batch(batch, touches)
+                if stop:
+                    return
+        finally:
+            self.db.close()  # this thread's connection
+
+    def _run_batch(self, batch: list[Any], touches: dict[str, float]) -> None:
+        results: list[Any] = []
+        try:
+            with self.atomic():
+                if touches:
+                    self._write_touches(touches)
+                for fn, _fut, _loop in batch:
+                    results.append(fn())
+        except Exception as exc:
+            if touches:  # not written: keep them for the next flush
+                with self._touch_lock:
+                    for dev, t in touches.items():
+                        self._touches[dev] = max(t, self._touches.get(dev, t))
+            if len(batch) > 1:
+                # One bad operation must not fail the others: each again on its own.
+                for item in batch:
+                    self._run_batch([item], {})
+                return
+            _settle([(loop, fut, None, exc) for _fn, fut, loop in batch])
+            if not batch:
+                log.warning("writing last_seen failed: %s", exc)
+            return
+        _settle([(loop, fut, result, None)
+                 for (_fn, fut, loop), result in zip(batch, results, strict=True)])
     def atomic(self) -> Any:
         """A write transaction (``BEGIN IMMEDIATE``) that also holds the in-process lock."""
         return _Atomic(self)
@@ -195,6 +347,7 @@ class Store:
                 D.create(id=dev, role=role, enabled=True, created_at=_ts(now))
             else:
                 D.update(role=role, enabled=True).where(D.id == dev).execute()
+        self._enabled.pop(dev, None)
         info = self.device(dev)
         if info is None:  # pragma: no cover - just inserted in the same process
             raise StoreError(f"device {dev} vanished", "设备记录丢失")
@@ -203,15 +356,34 @@ class Store:
     def set_enabled(self, dev: str, enabled: bool) -> bool:
         """Enable/disable a device; False when it is not registered."""
         with self.atomic():
-            return bool(self.Device.update(enabled=enabled).where(self.Device.id == dev).execute())
+            done = bool(
+                self.Device.update(enabled=enabled).where(self.Device.id == dev).execute()
+            )
+        self._enabled.pop(dev, None)
+        return done
+
+    def device_enabled(self, dev: str) -> bool:
+        """True when ``dev`` is registered and enabled (cached: the forwarder asks per message)."""
+        hit = self._enabled.get(dev)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < DEVICE_CACHE_S:
+            return hit[0]
+        row = self.Device.select(self.Device.enabled).where(self.Device.id == dev).first()
+        ok = row is not None and bool(row.enabled)
+        self._enabled[dev] = (ok, now)
+        return ok
 
     def device(self, dev: str) -> DeviceInfo | None:
         """The device ``dev`` or None."""
         r = self.Device.get_or_none(self.Device.id == dev)
         if r is None:
             return None
+        last_seen = r.last_seen
+        buffered = self._touches.get(dev)
+        if buffered is not None and (last_seen is None or buffered > last_seen):
+            last_seen = buffered  # heard from, not flushed yet
         return DeviceInfo(
-            r.id, r.role, bool(r.enabled), bool(r.online), _dt(r.last_seen), r.last_boot_seq,
+            r.id, r.role, bool(r.enabled), bool(r.online), _dt(last_seen), r.last_boot_seq,
             r.version,
         )
 
@@ -223,79 +395,126 @@ class Store:
         ]
 
     def touch(self, dev: str, now: datetime) -> None:
-        """Record that ``dev`` was heard from at ``now``."""
-        with self.atomic():
-            self.Device.update(last_seen=_ts(now)).where(self.Device.id == dev).execute()
+        """Record that ``dev`` was heard from at ``now`` (written within ``TOUCH_FLUSH_S``)."""
+        t = _ts(now)
+        with self._touch_lock:
+            if t > self._touches.get(dev, 0.0):
+                self._touches[dev] = t
+        self._ensure_writer()
+
+    def flush_touches(self) -> None:
+        """Write buffered ``last_seen`` values now."""
+        touches = self._take_touches(force=True)
+        if touches:
+            with self.atomic():
+                self._write_touches(touches)
+
+    def _take_touches(self, *, force: bool) -> dict[str, float]:
+        if not force and time.monotonic() - self._last_flush < TOUCH_FLUSH_S:
+            return {}
+        with self._touch_lock:
+            touches, self._touches = self._touches, {}
+        self._last_flush = time.monotonic()
+        return touches
+
+    def _write_touches(self, touches: dict[str, float]) -> None:
+        # MAX: a birth (apply_state) may have written a newer last_seen meanwhile.
+        self._raw().executemany(
+            _SQL_TOUCH, [(t, dev) for dev, t in touches.items()]
+        )
 
     def apply_state(
         self, dev: str, *, online: bool, boot_seq: int, version: str | None, now: datetime
     ) -> bool:
         """Apply a birth/Will; a Will older than the last birth is ignored (returns False)."""
-        D = self.Device
         with self.atomic():
-            r = D.get_or_none(D.id == dev)
-            if r is None:
-                return False
-            last = r.last_boot_seq
-            if online:
-                if last is not None and boot_seq < last:
-                    return False  # a stale retained birth of an earlier boot
-                D.update(
-                    online=True, last_boot_seq=boot_seq, last_seen=_ts(now),
-                    version=version if version is not None else r.version,
-                ).where(D.id == dev).execute()
-                return True
-            # The Will of boot N arrives after the birth of boot N+1 when the broker notices
-            # the dead TCP connection late: that device is online, keep it so.
+            return self._apply_state(dev, online=online, boot_seq=boot_seq, version=version,
+                                     now=now)
+
+    def _apply_state(
+        self, dev: str, *, online: bool, boot_seq: int, version: str | None, now: datetime
+    ) -> bool:
+        D = self.Device
+        r = D.get_or_none(D.id == dev)
+        if r is None:
+            return False
+        last = r.last_boot_seq
+        if online:
             if last is not None and boot_seq < last:
-                return False
-            D.update(online=False, last_boot_seq=boot_seq).where(D.id == dev).execute()
+                return False  # a stale retained birth of an earlier boot
+            D.update(
+                online=True, last_boot_seq=boot_seq, last_seen=_ts(now),
+                version=version if version is not None else r.version,
+            ).where(D.id == dev).execute()
             return True
+        # The Will of boot N arrives after the birth of boot N+1 when the broker notices
+        # the dead TCP connection late: that device is online, keep it so.
+        if last is not None and boot_seq < last:
+            return False
+        D.update(online=False, last_boot_seq=boot_seq).where(D.id == dev).execute()
+        return True
 
     # -- request dedup -----------------------------------------------------------------
     def begin_request(  # noqa: PLR0917
-        self, req_id: str, dev: str, type_: str, body_hash: str, now: datetime, lease_s: float
+        self, req_id: str, dev: str, type_: str, body_hash: str, now: datetime, lease_s: float,
+        owner: str | None = None,
     ) -> Begin:
         """Claim request ``req_id`` for processing, or say why not (done/busy/mismatch).
 
         A ``received`` row older than ``lease_s`` belongs to a forwarder that died mid-call;
         it is taken over (the platform's idempotency key makes the repeat call harmless).
+        ``owner`` is ``"<client_id>/<boot nonce>"``: a row left by an earlier boot of the
+        same client id is taken over at once — that process is gone (the broker allows one
+        connection per client id), so waiting out the lease would only delay the device.
         """
-        R = self.RequestLog
-        t = _ts(now)
         with self.atomic():
-            r = R.get_or_none(R.id == req_id)
-            if r is None:
-                R.create(
-                    id=req_id, dev=dev, type=type_, body_hash=body_hash, state="received",
-                    received_at=t,
-                )
-                return Begin("new")
-            if r.dev != dev or r.type != type_ or r.body_hash != body_hash:
-                return Begin("mismatch")
-            if r.state == "done":
-                return Begin("done", bytes(r.reply) if r.reply is not None else None)
-            if t - r.received_at < lease_s:
-                return Begin("busy")
-            R.update(received_at=t).where(R.id == req_id).execute()
+            return self._begin(req_id, dev, type_, body_hash, _ts(now), lease_s, owner)
+
+    def _begin(  # noqa: PLR0917
+        self, req_id: str, dev: str, type_: str, body_hash: str, t: float, lease_s: float,
+        owner: str | None, *, legacy: Callable[[], str] | None = None,
+    ) -> Begin:
+        # ``legacy()``: the body hash as an older version computed it (asked only on a
+        # mismatch), so a resend across an upgrade is not mistaken for another body.
+        r = self._raw().execute(_SQL_REQ_GET, (req_id,)).fetchone()
+        if r is None:
+            self._raw().execute(_SQL_REQ_NEW, (req_id, dev, type_, body_hash, t, owner))
             return Begin("new")
+        r_dev, r_type, r_hash, r_state, r_reply, r_received, r_owner = r
+        same_body = r_hash == body_hash or (legacy is not None and r_hash == legacy())
+        if r_dev != dev or r_type != type_ or not same_body:
+            return Begin("mismatch")
+        if r_state == "done":
+            return Begin("done", bytes(r_reply) if r_reply is not None else None)
+        if t - r_received < lease_s and not _earlier_boot(r_owner, owner):
+            return Begin("busy")
+        self._raw().execute(_SQL_REQ_TAKE, (t, owner, req_id))
+        return Begin("new")
 
     def finish_request(
         self, req_id: str, reply: bytes, now: datetime, *, actor: str, action: str,
         detail: dict[str, Any],
     ) -> None:
         """Store the reply and mark the request done, with its audit record, in one transaction."""
-        R = self.RequestLog
         with self.atomic():
-            R.update(state="done", reply=reply, done_at=_ts(now)).where(R.id == req_id).execute()
-            self._append_audit(now, actor, action, detail)
+            self._finish(req_id, reply, now, actor, action, detail)
+
+    def _finish(  # noqa: PLR0917
+        self, req_id: str, reply: bytes, now: datetime, actor: str, action: str,
+        detail: dict[str, Any],
+    ) -> None:
+        self._raw().execute(_SQL_REQ_DONE, (reply, _ts(now), req_id))
+        self._append_audit(now, actor, action, detail)
 
     def release_request(self, req_id: str) -> None:
         """Forget an unfinished request (nothing happened): a resend is processed afresh."""
         with self.atomic():
-            self.RequestLog.delete().where(
-                (self.RequestLog.id == req_id) & (self.RequestLog.state == "received")
-            ).execute()
+            self._release(req_id)
+
+    def _release(self, req_id: str) -> None:
+        self.RequestLog.delete().where(
+            (self.RequestLog.id == req_id) & (self.RequestLog.state == "received")
+        ).execute()
 
     def request_state(self, req_id: str) -> str | None:
         """``received``/``done`` or None (tests, dashboard)."""
@@ -311,18 +530,35 @@ class Store:
     def _append_audit(
         self, now: datetime, actor: str, action: str, detail: dict[str, Any]
     ) -> AuditEntry:
-        A = self.AuditRecord
-        last = A.select().order_by(A.seq.desc()).first()
-        seq = 1 if last is None else last.seq + 1
-        prev = GENESIS_HASH if last is None else last.hash
+        # Called inside a write transaction (the lock is held): one INSERT in the usual case.
         t = round(_ts(now), 6)
-        detail = json.loads(_canon(detail))  # JSON-normalise so the hash is reproducible
-        h = _audit_hash(seq, t, actor, action, detail, prev)
-        A.create(
-            seq=seq, ts=t, actor=actor, action=action, detail=_canon(detail).decode(),
-            prev_hash=prev, hash=h,
-        )
-        return AuditEntry(seq, _dt(t) or now, actor, action, detail, prev, h)
+        if not _flat(detail):
+            detail = json.loads(_canon(detail))  # JSON-normalise so the hash is reproducible
+        text = _canon(detail).decode()
+        for _ in range(5):
+            if self._head is None:
+                self._head = self._read_head()
+            seq, prev = self._head[0] + 1, self._head[1]
+            h = _audit_hash_text(seq, t, actor, action, text, prev)
+            try:
+                self._raw().execute(_SQL_AUDIT, (seq, t, actor, action, text, prev, h))
+            except sqlite3.IntegrityError:
+                self._head = None  # another process appended: re-read the head and relink
+                continue
+            self._head = (seq, h)
+            return AuditEntry(seq, _dt(t) or now, actor, action, detail, prev, h)
+        raise StoreError("audit chain head keeps moving", "审计链写入冲突")
+
+    def _raw(self) -> sqlite3.Connection:
+        # This thread's connection, inside peewee's open transaction; plain sqlite3 calls
+        # skip peewee's per-statement overhead on the hot path.
+        conn: sqlite3.Connection = self.db.connection()
+        return conn
+
+    def _read_head(self) -> tuple[int, str]:
+        A = self.AuditRecord
+        last = A.select(A.seq, A.hash).order_by(A.seq.desc()).first()
+        return (0, GENESIS_HASH) if last is None else (int(last.seq), str(last.hash))
 
     def audit_entries(self, since_seq: int = 0) -> list[AuditEntry]:
         """Audit records after ``since_seq``, in order."""
@@ -356,13 +592,18 @@ class Store:
         self, dev: str, kind: str, type_: str, body: dict[str, Any], now: datetime
     ) -> None:
         """Keep an event/telemetry sample; only the newest ``events_per_device`` are kept."""
-        E = self.DeviceEvent
         with self.atomic():
-            E.create(dev=dev, kind=kind, type=type_, ts=_ts(now), body=_canon(body).decode())
-            keep = E.select(E.id).where(E.dev == dev).order_by(E.id.desc()).limit(
-                self.events_per_device
-            )
-            E.delete().where((E.dev == dev) & E.id.not_in(keep)).execute()
+            self._add_event(dev, kind, type_, body, now)
+
+    def _add_event(
+        self, dev: str, kind: str, type_: str, body: dict[str, Any], now: datetime
+    ) -> None:
+        E = self.DeviceEvent
+        E.create(dev=dev, kind=kind, type=type_, ts=_ts(now), body=_canon(body).decode())
+        keep = E.select(E.id).where(E.dev == dev).order_by(E.id.desc()).limit(
+            self.events_per_device
+        )
+        E.delete().where((E.dev == dev) & E.id.not_in(keep)).execute()
 
     def recent_events(self, dev: str, limit: int = 50) -> list[dict[str, Any]]:
         """Newest first: ``{kind, type, ts, body}`` of ``dev``."""
@@ -372,6 +613,13 @@ class Store:
             {"kind": r.kind, "type": r.type, "ts": _dt(r.ts), "body": json.loads(r.body)}
             for r in rows
         ]
+
+
+def _earlier_boot(row_owner: str | None, owner: str | None) -> bool:
+    """True when ``row_owner`` is another boot of ``owner``'s client id."""
+    if not row_owner or not owner or row_owner == owner:
+        return False
+    return row_owner.rpartition("/")[0] == owner.rpartition("/")[0]
 
 
 class _Atomic:
@@ -391,8 +639,36 @@ class _Atomic:
     def __exit__(self, *exc: object) -> None:
         try:
             self._tx.__exit__(*exc)
+        except BaseException:
+            self._store._head = None  # the COMMIT failed: re-read the chain head
+            raise
         finally:
+            if exc[0] is not None:
+                self._store._head = None  # rolled back: the in-memory head may be ahead
             self._store._lock.release()
+
+
+_Outcome = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Any, BaseException | None]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Resolve a committed batch's futures: one ``call_soon_threadsafe`` per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for item in outcomes:
+        by_loop.setdefault(item[0], []).append(item)
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            loop.call_soon_threadsafe(_apply_outcomes, items)
+
+
+def _apply_outcomes(items: list[_Outcome]) -> None:
+    for _loop, fut, result, exc in items:
+        if fut.done():
+            continue  # the caller gave up (cancelled); the write stands anyway
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 def open_store(path: Path, **kwargs: Any) -> Store:

@@ -1,7 +1,8 @@
 """The staff dashboard (fleet health) and central's REST API.
 
 Reads are open to the staff network the dashboard is bound to; every change (registering,
-disabling a device) needs the admin bearer token.
+disabling a device, resolving a payment) needs the admin bearer token, and the payment
+actions are audit records (actor ``staff:<operator>``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.payments import PaymentError
+from central.platform.errors import PlatformError
 from central.registry import Registry, RegistryError
 from central.store import Store
 
@@ -29,6 +32,23 @@ class DeviceIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{2,62}$")
     role: Literal["kiosk", "cashier"]
+
+
+class StaffActionIn(BaseModel):
+    """Who on the staff side asks for a payment action (recorded in the audit)."""
+
+    model_config = ConfigDict(extra="forbid")
+    operator: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class ResolveIn(StaffActionIn):
+    """A final state found on the platform, and why."""
+
+    state: Literal["approved", "declined", "reversed"]
+    reason: str = Field(min_length=2, max_length=200)
+
+
+_PAYMENT_STATUS = {"not_found": 404, "already_final": 409, "no_payment_id": 409}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -56,6 +76,22 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     async def _registry_error(_: Request, exc: RegistryError) -> JSONResponse:
         return JSONResponse({"error": {"code": "registry", "message": exc.message,
                                        "message_zh": exc.message_zh}}, status_code=400)
+
+    @app.exception_handler(PaymentError)
+    async def _payment_error(_: Request, exc: PaymentError) -> JSONResponse:
+        return JSONResponse({"error": {"code": exc.code, "message": exc.message,
+                                       "message_zh": exc.message_zh}},
+                            status_code=_PAYMENT_STATUS.get(exc.code, 400))
+
+    @app.exception_handler(PlatformError)
+    async def _platform_error(_: Request, exc: PlatformError) -> JSONResponse:
+        return JSONResponse({"error": {"code": "platform", "message": exc.message,
+                                       "message_zh": exc.message_zh}}, status_code=502)
+
+    def need_payments() -> Any:
+        if payments is None:
+            raise HTTPException(status_code=503, detail="payments are not enabled")
+        return payments
 
     @api.get("/status")
     async def status() -> dict[str, Any]:
@@ -89,6 +125,26 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     async def unresolved() -> dict[str, Any]:
         items = payments.unresolved() if payments is not None else []
         return {"payments": [_jsonable(asdict(p)) for p in items]}
+
+    @api.post("/payments/{request_id}/status", dependencies=[Depends(require_admin)])
+    async def payment_status(request_id: str, who: StaffActionIn | None = None
+                             ) -> dict[str, Any]:
+        op = (who or StaffActionIn()).operator
+        info = await need_payments().staff_status(request_id, staff=op)
+        return {"payment": _jsonable(asdict(info))}
+
+    @api.post("/payments/{request_id}/reverse", dependencies=[Depends(require_admin)])
+    async def payment_reverse(request_id: str, who: StaffActionIn | None = None
+                              ) -> dict[str, Any]:
+        op = (who or StaffActionIn()).operator
+        info = await need_payments().staff_reverse(request_id, staff=op)
+        return {"payment": _jsonable(asdict(info))}
+
+    @api.post("/payments/{request_id}/resolve", dependencies=[Depends(require_admin)])
+    async def payment_resolve(request_id: str, req: ResolveIn) -> dict[str, Any]:
+        info = need_payments().staff_resolve(request_id, req.state, req.reason,
+                                             staff=req.operator)
+        return {"payment": _jsonable(asdict(info))}
 
     @api.get("/audit")
     async def audit(since: int = 0) -> dict[str, Any]:

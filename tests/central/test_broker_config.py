@@ -34,6 +34,7 @@ acl_file /etc/ykt/broker/acl
 max_queued_messages 100000
 max_inflight_messages 100
 message_size_limit 262144
+set_tcp_nodelay true
 persistence true
 persistence_location /var/lib/ykt/mosquitto/
 autosave_interval 30
@@ -91,6 +92,12 @@ def test_render_config_matches_golden_text() -> None:
         acl_file=Path("/etc/ykt/broker/acl"),
     )
     assert render_config(cfg) == GOLDEN_CONF
+
+
+def test_tcp_nodelay_is_on_by_default_and_can_be_turned_off() -> None:
+    base = {"listeners": [Listener()], "persistence": False, "password_file": Path("/p")}
+    assert "\nset_tcp_nodelay true\n" in render_config(MosquittoConfig(**base))
+    assert "set_tcp_nodelay" not in render_config(MosquittoConfig(**base, tcp_nodelay=False))
 
 
 def test_render_acl_matches_golden_text() -> None:

@@ -1,13 +1,15 @@
-"""Payment tracking and resolution: unknown → status/re-ask → final, reversal past deadline."""
+"""Payment tracking and resolution: row before the call, status / reversal past the deadline,
+never a second pay.create; staff actions."""
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from central.payments import Payments
+from central.payments import NEEDS_STAFF, Payments
 from central.platform.errors import (
     PlatformOutcomeUnknown,
     PlatformRejected,
@@ -53,24 +55,81 @@ async def platform_create(fake_platform, env):
         return None, exc
 
 
-async def test_lost_reply_is_resolved_by_asking_again_with_the_same_key(
+async def test_created_row_is_committed_before_the_platform_is_called(
     store, fake_platform, clock
 ) -> None:
     pay = Payments(store, fake_platform, clock=clock)
+    env = create("paybefore01")
+    seen: list[tuple[str, str] | None] = []
+
+    class Watching(type(fake_platform)):
+        async def call(self, op, body, *, idempotency_key, timeout=None):  # noqa: ASYNC109
+            # What another connection (a restarted central) would find right now.
+            con = sqlite3.connect(store.path)
+            try:
+                seen.append(con.execute("SELECT request_id, state FROM payment").fetchone())
+            finally:
+                con.close()
+            return await super().call(op, body, idempotency_key=idempotency_key)
+
+    watching = Watching()
+    await pay.before_call(env)
+    result = await watching.call("pay.create", dict(env.body), idempotency_key=env.id)
+    assert seen == [("paybefore01", "created")]
+    await pay.observe(env, result, None)
+    assert pay.get("paybefore01").state == "approved"
+    assert await pay.before_call(env) is None  # a resend keeps the first row
+    assert [e.action for e in store.audit_entries()].count("payment.created") == 1
+
+
+async def test_lost_reply_is_never_created_again_and_goes_to_staff_past_the_deadline(
+    store, fake_platform, clock
+) -> None:
+    pay = Payments(store, fake_platform, clock=clock, deadline_s=30)
     env = create("payunknown1")
+    await pay.before_call(env)
     fake_platform.script("pay.create", "lose_reply")
     result, error = await platform_create(fake_platform, env)
     await pay.observe(env, result, error)
     assert pay.get("payunknown1").state == "unknown"
     assert [p.request_id for p in pay.unresolved()] == ["payunknown1"]
-    assert await pay.resolve_once() == 0
+    calls = sum(fake_platform.calls.values())
+    assert await pay.resolve_once() == 1
+    assert sum(fake_platform.calls.values()) == calls  # no blind pay.create, no guess
+    assert pay.get("payunknown1").reason != NEEDS_STAFF
+    clock.now = T0 + timedelta(seconds=31)  # the patient has left
+    assert await pay.resolve_once() == 1
+    assert sum(fake_platform.calls.values()) == calls
     info = pay.get("payunknown1")
-    assert info.state == "approved" and info.payment_id is not None
-    assert fake_platform.effects["payunknown1"] == 1  # asked twice, charged once
-    assert pay.unresolved() == []
-    actions = [(e.action, e.detail.get("to")) for e in store.audit_entries()]
-    assert ("payment.created", None) in actions and ("payment.state", "approved") in actions
+    assert info.state == "unknown" and info.reason == NEEDS_STAFF
+    assert [p.request_id for p in pay.unresolved()] == ["payunknown1"]
+    await pay.resolve_once()
+    actions = [e.action for e in store.audit_entries()]
+    assert actions.count("payment.needs_staff") == 1
+    assert fake_platform.effects["payunknown1"] == 1
+    # the device's resend (same id, same key, within exp) brings the original outcome
+    result, error = await platform_create(fake_platform, env)
+    await pay.observe(env, result, error)
+    assert pay.get("payunknown1").state == "approved" and pay.unresolved() == []
+    assert fake_platform.effects["payunknown1"] == 1
     assert store.verify_chain() == (True, None)
+
+
+async def test_unavailable_drops_only_a_row_this_call_created(store, fake_platform, clock) -> None:
+    pay = Payments(store, fake_platform, clock=clock)
+    env = create("payoutage02")
+    await pay.before_call(env)
+    await pay.observe(env, None, PlatformUnavailable("down"))
+    assert pay.get("payoutage02") is None  # certainly nothing happened
+    assert "payment.not_sent" in [e.action for e in store.audit_entries()]
+    # A row left by an earlier attempt (central restarted during that call) stays: that
+    # attempt may have charged.
+    await pay.before_call(env)
+    restarted = Payments(store, fake_platform, clock=clock)
+    await restarted.before_call(env)
+    await restarted.observe(env, None, PlatformUnavailable("down"))
+    assert pay.get("payoutage02").state == "created"
+    assert [p.request_id for p in restarted.unresolved()] == ["payoutage02"]
 
 
 async def test_pending_past_deadline_is_reversed_once(store, fake_platform, clock) -> None:

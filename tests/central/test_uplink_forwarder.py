@@ -362,7 +362,7 @@ async def test_forwarder_reports_payment_outcomes_to_the_resolver(
 ) -> None:
     payments = Payments(broker_site.store, fake_platform)
     fwd = Forwarder(broker_site.forwarder_settings(), broker_site.store, fake_platform,
-                    observer=payments.observe)
+                    hooks=payments)
     await fwd.start()
     up = broker_site.device("kiosk-015", tmp_path)
     await up.start()
@@ -371,14 +371,62 @@ async def test_forwarder_reports_payment_outcomes_to_the_resolver(
         fake_platform.script("pay.create", "lose_reply")
         with pytest.raises(OutcomeUnknown):
             await up.request("pay.create", PAY, timeout=10, id="observed01")
+        # recorded in the transaction that released the request, before the reply went out
         assert payments.get("observed01").state == "unknown"
         assert [p.request_id for p in payments.unresolved()] == ["observed01"]
-        assert await payments.resolve_once() == 0
+        assert await payments.resolve_once() == 1
+        assert fake_platform.calls["observed01"] == 1  # the resolver never creates again
+        # the kiosk asks again under the same id: the stored platform outcome comes back
+        result = await up.request("pay.create", PAY, timeout=10, id="observed01")
+        assert result["state"] == "approved"
         assert payments.get("observed01").state == "approved"
+        assert payments.unresolved() == []
         assert fake_platform.effects["observed01"] == 1
     finally:
         await up.stop()
         await fwd.stop()
+
+
+async def test_two_forwarders_share_the_load_without_kicking_each_other(
+    broker_site, fake_platform
+) -> None:
+    from central.store import open_store
+
+    store_b = open_store(broker_site.store.path)  # a second instance on the common store
+    fwds = [
+        Forwarder(broker_site.forwarder_settings(client_id="central-a", concurrency=4),
+                  broker_site.store, fake_platform, share_group="ykt"),
+        Forwarder(broker_site.forwarder_settings(client_id="central-b", concurrency=4),
+                  store_b, fake_platform, share_group="ykt"),
+    ]
+    try:
+        for f in fwds:
+            await f.start()
+        for f in fwds:
+            assert await f.wait_connected(10)
+        await asyncio.sleep(0.3)  # both shared subscriptions in place
+        async with RawDevice(broker_site, "kiosk-030") as d:
+            ids = [f"share{i:05d}" for i in range(200)]
+            for i, id_ in enumerate(ids):
+                body = {"report_no": f"R{i:05d}"}
+                await d.send(req("kiosk-030", "report.printed", body, id_=id_))
+            replies = [await d.reply(10) for _ in ids]
+            assert await d.no_reply(1.0)
+        assert sorted(r["corr"] for r in replies) == ids  # each answered exactly once
+        assert all(r["body"]["status"] == "ok" for r in replies)
+        assert all(fake_platform.effects[i] == 1 for i in ids)
+        handled = [f.stats["replied"] for f in fwds]
+        assert sum(handled) == len(ids) and min(handled) > 0, handled  # both did work
+        assert [(f.stats["connects"], f.stats["disconnects"]) for f in fwds] == [(1, 0), (1, 0)]
+        assert "already connected" not in broker_site.broker.log_path.read_text()
+        for s in (broker_site.store, store_b):
+            assert s.verify_chain() == (True, None)
+        done = [e for e in broker_site.store.audit_entries() if e.action == "request.done"]
+        assert len(done) == len(ids)
+    finally:
+        for f in fwds:
+            await f.stop()
+        store_b.close()
 
 
 async def test_concurrent_duplicates_make_one_platform_call(

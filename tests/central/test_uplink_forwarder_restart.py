@@ -69,3 +69,58 @@ async def test_edge_killed_after_publish_recovers_the_stored_outcome(
     assert result["state"] == "approved" and result["amount_fen"] == 5000
     assert fake_platform.effects["edgecrash1"] == 1
     assert up.boot_seq == 2
+
+
+async def test_central_restarted_during_the_platform_call_lists_then_resolves_the_payment(
+    broker_site, fake_platform, tmp_path
+) -> None:
+    from central.forwarder import Forwarder
+    from central.payments import Payments
+    from central.store import open_store
+
+    body = {"patient_id": "P001", "purpose": "topup", "refs": [], "amount_fen": 5000,
+            "method": "wechat", "auth_code": "134567890123456789"}
+    pay1 = Payments(broker_site.store, fake_platform)
+    settings = broker_site.forwarder_settings(client_id="central-r")  # lease_s stays 120 s
+    fwd1 = Forwarder(settings, broker_site.store, fake_platform, hooks=pay1)
+    fake_platform._pending_next = True  # the payer has not confirmed on the phone yet
+    fake_platform.script("pay.create", "commit_then_hang")  # charged; central dies now
+    up = broker_site.device("kiosk-202", tmp_path)
+    await fwd1.start()
+    await up.start()
+    store2 = fwd2 = None
+    try:
+        assert await fwd1.wait_connected(10) and await up.wait_connected(10)
+        asked = asyncio.create_task(up.request("pay.create", body, timeout=60, id="restart001"))
+        for _ in range(200):
+            if fake_platform.effects["restart001"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert fake_platform.effects["restart001"] == 1
+        await fwd1.stop()  # central gone mid-call: nothing answered, nothing stored
+        assert broker_site.store.request_state("restart001") == "received"
+
+        store2 = open_store(broker_site.store.path)  # the restarted central
+        pay2 = Payments(store2, fake_platform)
+        [row] = pay2.unresolved()
+        assert (row.request_id, row.state, row.payment_id) == ("restart001", "created", None)
+        fwd2 = Forwarder(settings, store2, fake_platform, hooks=pay2)
+        await fwd2.start()
+        t0 = asyncio.get_running_loop().time()
+        result = await asyncio.wait_for(asked, 20)
+        # its own earlier boot's row is taken over at once, not after the 120 s lease
+        assert asyncio.get_running_loop().time() - t0 < 15
+        assert result["state"] == "pending"
+        assert pay2.get("restart001").payment_id == result["payment_id"]
+        fake_platform.payments[result["payment_id"]]["state"] = "approved"
+        assert await pay2.resolve_once() == 0
+        assert pay2.get("restart001").state == "approved"
+        assert fake_platform.effects["restart001"] == 1  # charged once
+        assert store2.verify_chain() == (True, None)
+    finally:
+        await up.stop()
+        await fwd1.stop()
+        if fwd2 is not None:
+            await fwd2.stop()
+        if store2 is not None:
+            store2.close()

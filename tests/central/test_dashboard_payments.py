@@ -1,0 +1,117 @@
+"""Staff resolve unresolved payments from the dashboard: token required, every action audited."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from central.dashboard.app import create_dashboard
+from central.payments import Payments
+from central.registry import Registry
+from central.store import open_store
+from edge.protocol.envelope import new_envelope
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
+       "method": "prepaid"}
+TOKEN = "staff-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+async def env(tmp_path: Path, fake_platform):
+    store = open_store(tmp_path / "c.db")
+    payments = Payments(store, fake_platform, clock=lambda: T0)
+    app = create_dashboard(store, Registry(store, tmp_path / "broker"), TOKEN,
+                           site_name="测试", payments=payments)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://dash") as client:
+        yield client, store, payments, fake_platform
+    store.close()
+
+
+async def open_payment(payments: Payments, platform, rid: str, *action: str) -> None:
+    e = new_envelope("pay.create", "kiosk-001", PAY, now=T0, id=rid,
+                     exp=T0 + timedelta(seconds=60))
+    await payments.before_call(e)
+    platform.script("pay.create", *action)
+    result = await platform.call("pay.create", dict(e.body), idempotency_key=rid)
+    await payments.observe(e, result, None)
+
+
+async def test_staff_actions_need_the_admin_token(env) -> None:
+    client, store, payments, platform = env
+    await open_payment(payments, platform, "paystaff01", "pending")
+    before = len(store.audit_entries())
+    for act, body in (("status", {}), ("reverse", {}),
+                      ("resolve", {"state": "declined", "reason": "checked"})):
+        r = await client.post(f"/api/payments/paystaff01/{act}", json=body)
+        assert r.status_code == 401
+        r = await client.post(f"/api/payments/paystaff01/{act}", json=body,
+                              headers={"Authorization": "Bearer wrong"})
+        assert r.status_code == 401
+    assert payments.get("paystaff01").state == "pending"
+    assert len(store.audit_entries()) == before
+    assert platform.calls["paystaff01"] == 1
+
+
+async def test_staff_query_status_now_resolves_and_is_audited(env) -> None:
+    client, store, payments, platform = env
+    await open_payment(payments, platform, "paystaff02", "pending")
+    pid = payments.get("paystaff02").payment_id
+    platform.payments[pid]["state"] = "approved"  # the payer confirmed on the phone
+    r = await client.post("/api/payments/paystaff02/status", json={"operator": "wang.li"},
+                          headers=AUTH)
+    assert r.status_code == 200 and r.json()["payment"]["state"] == "approved"
+    assert (await client.get("/api/payments/unresolved")).json()["payments"] == []
+    entries = [(e.actor, e.action) for e in store.audit_entries()]
+    assert ("staff:wang.li", "payment.staff_status") in entries
+    assert ("staff:wang.li", "payment.state") in entries
+    r = await client.post("/api/payments/paystaff02/status", headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "already_final"
+
+
+async def test_staff_reverse_now_reverses_once(env) -> None:
+    client, store, payments, platform = env
+    await open_payment(payments, platform, "paystaff03", "pending")
+    r = await client.post("/api/payments/paystaff03/reverse", headers=AUTH)
+    assert r.status_code == 200 and r.json()["payment"]["state"] == "reversed"
+    pid = payments.get("paystaff03").payment_id
+    assert platform.payments[pid]["state"] == "reversed"
+    assert sum(v for k, v in platform.effects.items() if k != "paystaff03") == 1
+    assert ("staff:admin", "payment.staff_reverse") in [
+        (e.actor, e.action) for e in store.audit_entries()]
+    r = await client.post("/api/payments/paystaff03/reverse", headers=AUTH)
+    assert r.status_code == 409  # final now: nothing more to reverse
+
+
+async def test_staff_mark_resolved_needs_a_reason_and_a_final_state(env) -> None:
+    client, store, payments, platform = env
+    e = new_envelope("pay.create", "kiosk-001", PAY, now=T0, id="paystaff04")
+    await payments.before_call(e)  # central died during the call: no payment id
+    r = await client.post("/api/payments/paystaff04/status", headers=AUTH)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "no_payment_id"
+    r = await client.post("/api/payments/paystaff04/resolve", headers=AUTH,
+                          json={"state": "approved"})
+    assert r.status_code == 422
+    r = await client.post("/api/payments/paystaff04/resolve", headers=AUTH,
+                          json={"state": "pending", "reason": "looked"})
+    assert r.status_code == 422
+    assert payments.get("paystaff04").state == "created"
+    r = await client.post("/api/payments/paystaff04/resolve", headers=AUTH,
+                          json={"state": "declined", "operator": "zhao",
+                                "reason": "no such charge on the platform"})
+    assert r.status_code == 200 and r.json()["payment"]["state"] == "declined"
+    info = payments.get("paystaff04")
+    assert info.reason == "staff: no such charge on the platform"
+    audit = [e for e in store.audit_entries() if e.action == "payment.staff_resolve"]
+    assert len(audit) == 1 and audit[0].actor == "staff:zhao"
+    assert audit[0].detail["reason"] == "no such charge on the platform"
+    assert platform.calls.get("paystaff04", 0) == 0
+    r = await client.post("/api/payments/nosuchpay/resolve", headers=AUTH,
+                          json={"state": "declined", "reason": "x" * 5})
+    assert r.status_code == 404
+    assert store.verify_chain() == (True, None)
