@@ -7,19 +7,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
-
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 PERF_DOC = REPO / "docs" / "performance.md"
@@ -32,60 +26,6 @@ def percentile(values: list[float], p: float) -> float:
     s = sorted(values)
     k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
     return s[k]
-
-
-def free_port() -> int:
-    """A free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def toml(data: dict[str, Any]) -> str:
-    """Minimal TOML for generated configs (tables of scalars, nested)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v), ensure_ascii=False)
-
-    out: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        if prefix:
-            out.append(f"[{prefix}]")
-        out.extend(f"{k} = {scalar(v)}" for k, v in d.items() if not isinstance(v, dict))
-        out.append("")
-        for k, v in d.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(out)
-
-
-def secret_file(path: Path, value: str) -> Path:
-    """Write ``value`` to a 0600 file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return path
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Wait until ``url`` answers below 500."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not up within {timeout}s")
 
 
 class Procs:

@@ -39,16 +39,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (
-    Procs,
-    free_port,
-    machine,
-    percentile,
-    secret_file,
-    toml,
-    wait_http,
-    write_section,
-)
+from bench.common import Procs, machine, percentile, write_section
+from central.demo import free_port, secret_file, wait_http
+from central.demo import toml_text as toml
 from edge.protocol.envelope import encode
 from edge.protocol.messages import make_request
 from edge.uplink.outbox import Outbox

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -26,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 
-__all__ = ["DEMO_PATIENTS", "Site", "add_demo_arguments", "main"]
+__all__ = ["DEMO_PATIENTS", "Site", "add_demo_arguments", "free_port", "main", "secret_file",
+           "toml_text", "wait_http"]
 
 # Patients the platform knows and the panel can insert as virtual cards. ID numbers carry a
 # valid GB 11643 check digit; card numbers follow the 18-character health card number form.
@@ -62,7 +63,8 @@ def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until ``url`` answers below 500; fail early when ``proc`` has exited."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -78,7 +80,8 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = 
     raise RuntimeError(f"{url} did not come up in {timeout:.0f}s ({last})")
 
 
-def _secret_file(path: Path, value: str) -> Path:
+def secret_file(path: Path, value: str) -> Path:
+    """Write ``value`` to a file only its owner can read (created 0600, never wider)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -86,30 +89,9 @@ def _secret_file(path: Path, value: str) -> Path:
     return path
 
 
-def _toml(data: dict[str, Any]) -> str:
-    """Tiny TOML writer for the generated configs (tables of scalars, nested once or twice)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v), ensure_ascii=False)
-
-    out: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict)}
-        if prefix:
-            out.append(f"[{prefix}]")
-        out.extend(f"{k} = {scalar(v)}" for k, v in scalars.items())
-        out.append("")
-        for k, v in d.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(out)
+def toml_text(data: dict[str, Any]) -> str:
+    """TOML for a generated config (tomli-w; the loaders read it back with tomllib)."""
+    return tomli_w.dumps(data)
 
 
 @dataclass
@@ -186,22 +168,22 @@ class Site:
 
         wd = self.workdir
         wd.mkdir(parents=True, exist_ok=True)
-        admin_file = _secret_file(wd / "secrets" / "central-admin.token", self.admin_token)
+        admin_file = secret_file(wd / "secrets" / "central-admin.token", self.admin_token)
 
         # 1. reference platform (admin endpoints on: the panel registers demo patients)
         plat_cfg = wd / "platform-sim.toml"
-        plat_cfg.write_text(_toml({"platform_sim": {
+        plat_cfg.write_text(toml_text({"platform_sim": {
             "db_path": str(wd / "platform.db"), "seed": self.seed, "admin_enabled": True,
             "demo_staff_pin": DEMO_STAFF_PIN}}))
         plat = self._spawn("platform", ["platform-sim", "--config", str(plat_cfg),
                                         "--host", "127.0.0.1", "--port", str(self.platform_port)])
-        _wait_http(f"{self.platform_url}/openapi.json", 30, plat)
+        wait_http(f"{self.platform_url}/openapi.json", 30, plat)
         for p in DEMO_PATIENTS:
             self.add_patient(p)
 
         # 2. central (+ its own Mosquitto)
         central_cfg = wd / "central.toml"
-        central_cfg.write_text(_toml({
+        central_cfg.write_text(toml_text({
             "central": {"data_dir": str(wd / "central"), "site_name": "示范市第一人民医院"},
             "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port},
             "platform": {"kind": "reference", "base_url": self.platform_url},
@@ -209,7 +191,7 @@ class Site:
                           "admin_token_file": str(admin_file)},
         }))
         central = self._spawn("central", ["central", "--config", str(central_cfg)])
-        _wait_http(f"{self.dashboard_url}api/status", 40, central)
+        wait_http(f"{self.dashboard_url}api/status", 40, central)
 
         # 3. two terminals, each with its own card reader, SAM and printer
         for n, (dev, role) in enumerate((("kiosk-001", "kiosk"), ("cashier-001", "cashier"))):
@@ -236,12 +218,12 @@ class Site:
                        "role": term.role}, headers={"Authorization": f"Bearer {self.admin_token}"},
                        timeout=10)
         r.raise_for_status()
-        pw_file = _secret_file(tdir / "secrets" / "mqtt.password", r.json()["password"])
+        pw_file = secret_file(tdir / "secrets" / "mqtt.password", r.json()["password"])
         api_token = secrets.token_urlsafe(24)
-        token_file = _secret_file(tdir / "secrets" / "edge-api.token", api_token)
-        pin_file = _secret_file(tdir / "secrets" / "sam.pin", SAM_PIN)
+        token_file = secret_file(tdir / "secrets" / "edge-api.token", api_token)
+        pin_file = secret_file(tdir / "secrets" / "sam.pin", SAM_PIN)
         edge_cfg = tdir / "edge.toml"
-        edge_cfg.write_text(_toml({
+        edge_cfg.write_text(toml_text({
             "device": {"id": term.device_id, "role": term.role,
                        "hospital_name": "示范市第一人民医院", "data_dir": str(tdir / "data")},
             "api": {"host": "127.0.0.1", "port": term.api_port, "token_file": str(token_file)},
@@ -257,7 +239,7 @@ class Site:
                        "retry_interval_s": 3.0},
         }))
         kiosk_cfg = tdir / "kiosk.toml"
-        kiosk_cfg.write_text(_toml({
+        kiosk_cfg.write_text(toml_text({
             "server": {"host": "127.0.0.1", "port": term.ui_port},
             "edge": {"url": f"http://127.0.0.1:{term.api_port}", "token_file": str(token_file)},
             "ui": {"role": term.role, "language": "zh"},
@@ -267,7 +249,7 @@ class Site:
         term.procs.append(edge)
         ui = self._spawn(f"{term.device_id}-kiosk", ["kiosk", "--config", str(kiosk_cfg)])
         term.procs.append(ui)
-        _wait_http(term.ui_url + "api/config", 30, ui)
+        wait_http(term.ui_url + "api/config", 30, ui)
 
     # -- helpers used by the panel and by tests ------------------------------------------
 

@@ -15,13 +15,11 @@ is still alive.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,59 +35,13 @@ from central.broker import (
     mosquitto_passwd_set,
     render_acl,
 )
+from central.demo import secret_file, wait_http
+from central.demo import toml_text as toml
 from edge.uplink.config import UplinkConfig
 
 REPO = Path(__file__).resolve().parents[2]
 MUTATING = ("reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund",
             "report.printed")
-
-
-def toml(data: dict[str, Any]) -> str:
-    """Tables of scalars, nested (enough for our configs)."""
-
-    def scalar(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        return json.dumps(str(v), ensure_ascii=False)
-
-    out: list[str] = []
-
-    def table(prefix: str, d: dict[str, Any]) -> None:
-        if prefix:
-            out.append(f"[{prefix}]")
-        out.extend(f"{k} = {scalar(v)}" for k, v in d.items() if not isinstance(v, dict))
-        out.append("")
-        for k, v in d.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", data)
-    return "\n".join(out)
-
-
-def secret_file(path: Path, value: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return path
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} not up within {timeout}s ({last})")
 
 
 class Procs:
