@@ -138,6 +138,9 @@ class RequestHooks(Protocol):
     ) -> None:
         """Runs inside the transaction that stores (or releases) the request's outcome."""
 
+    def reply_result(self, env: Envelope, result: dict[str, Any]) -> dict[str, Any]:
+        """Inside that transaction, before the ok reply is encoded: the result to send."""
+
 
 def body_hash(env: Envelope) -> str:
     """SHA-256 of the request's type and body as sorted, compact JSON (dedup comparison).
@@ -322,11 +325,24 @@ class Forwarder:
         self.store.touch(t.dev, now)
         if t.kind == "req":
             await self._handle_request(env, now)
+        elif t.kind == "telemetry":
+            # Telemetry is state: it overwrites the device's health row and stays out of the
+            # event ring, where a sample every 30 s would push the real events out.
+            dev = t.dev
+            if not await self.store.write(
+                lambda: self.store._update_health(dev, env.type, env.body, now)
+            ):
+                self.stats["rejected"] += 1
+                log.warning("invalid telemetry from %s ignored", dev)
         else:
             dev = t.dev
-            await self.store.write(
-                lambda: self.store._add_event(dev, t.kind, env.type, env.body, now)
-            )
+
+            def add() -> None:
+                self.store._add_event(dev, t.kind, env.type, env.body, now)
+                if t.kind == "event":  # printer.status, print.* update the health view now
+                    self.store._update_health(dev, env.type, env.body, now)
+
+            await self.store.write(add)
 
     def _sender_ok(self, dev: str) -> bool:
         return self.store.device_enabled(dev)
@@ -461,6 +477,15 @@ class Forwarder:
         except Exception:
             log.exception("outcome observer failed for %s", env.id)
 
+    def _reply_result(self, env: Envelope, result: dict[str, Any]) -> dict[str, Any]:
+        if self._hooks is None:
+            return result
+        try:
+            return self._hooks.reply_result(env, result)
+        except Exception:
+            log.exception("reply hook failed for %s", env.id)
+            return result
+
     def _outcome_in_tx(
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
     ) -> None:
@@ -476,17 +501,23 @@ class Forwarder:
         self, env: Envelope, reply: Envelope, now: datetime, outcome: str, *,
         result: dict[str, Any] | None = None, error: PlatformError | None = None,
     ) -> None:
-        data = encode(reply)
         detail = {"id": env.id, "dev": env.dev, "type": env.type, "outcome": outcome}
         called = outcome in ("ok", "rejected")
+        sent = [encode(reply)]
 
         def finish() -> None:
-            self.store._finish(env.id, data, now, "forwarder", "request.done", detail)
+            if outcome == "ok" and result is not None:
+                # Decided in the same transaction as the outcome, so a payment the resolver
+                # reversed can never be answered "approved" (central/payments.py).
+                final = self._reply_result(env, result)
+                if final is not result:
+                    sent[0] = encode(make_reply_ok(env, final, now=now, id=reply.id))
+            self.store._finish(env.id, sent[0], now, "forwarder", "request.done", detail)
             if called:
                 self._outcome_in_tx(env, result, error)
 
         await self.store.write(finish)
-        self._publish_bytes(env.dev, data)  # only now: the outcome is committed
+        self._publish_bytes(env.dev, sent[0])  # only now: the outcome is committed
 
     # -- state ---------------------------------------------------------------------------
     async def _handle_state(self, dev: str, msg: InboundMessage) -> None:

@@ -19,10 +19,15 @@ creates a payment again (a repeat ``pay.create`` after the patient left could ch
 * known ``payment_id`` → ``pay.status``; still open ``deadline_s`` after creation →
   ``pay.reverse`` (fixed idempotency key per payment, so repeated reversal attempts reverse
   once; the kiosk, told "being confirmed", learns it by ``pay.status``);
-* no ``payment_id`` (central died during the call, or the answer was lost) → nothing to ask:
-  the platform API has no status-by-idempotency-key lookup. Until ``exp`` the device's own
-  resend (same id, same key) brings the original outcome; past the deadline the payment is
-  flagged for staff, who check the platform and resolve it from the dashboard.
+* no ``payment_id`` (central died during the call, or the answer was lost) → asked by its
+  idempotency key, the merchant's order number to the platform (as WeChat Pay / Alipay
+  query and reverse by ``out_trade_no``): found → recorded like ``pay.status``; still open
+  past the deadline → reversed by key. "Not found" is only believed ``safety_window_s``
+  after the row was created (a create may still be on its way) and only from the reversal
+  by key, which also closes the key on the platform so a late or resent create is refused:
+  the row then ends ``declined`` as not charged. A platform without by-key lookups
+  (``PlatformUnsupported``) leaves the row to the device's resend and, past the deadline,
+  flags it for staff, who check the platform and resolve it from the dashboard.
 
 Staff actions (dashboard): ``staff_status`` (ask now), ``staff_reverse`` (reverse now),
 ``staff_resolve`` (record a final state with a reason). Every transition is an audit
@@ -42,14 +47,16 @@ from typing import Any
 
 from central.platform.base import PlatformAdapter
 from central.platform.errors import (
+    PaymentNotFound,
     PlatformError,
     PlatformRejected,
     PlatformUnavailable,
+    PlatformUnsupported,
 )
 from central.store import Store
 from edge.protocol.envelope import Envelope
 
-__all__ = ["OPEN_STATES", "PaymentError", "PaymentInfo", "Payments"]
+__all__ = ["NEEDS_STAFF", "NOT_TAKEN", "OPEN_STATES", "PaymentError", "PaymentInfo", "Payments"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +64,7 @@ OPEN_STATES = ("created", "pending", "unknown")
 FINAL_STATES = ("approved", "declined", "reversed")
 _SECRET_FIELDS = frozenset({"auth_code"})
 NEEDS_STAFF = "needs staff: outcome unknown and no payment id to ask the platform about"
+NOT_TAKEN = "not charged: the platform never took a payment under this key (key closed)"
 
 
 class PaymentError(Exception):
@@ -106,11 +114,17 @@ class Payments:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         deadline_s: float = 30.0,
         poll_interval_s: float = 3.0,
+        safety_window_s: float = 60.0,
     ) -> None:
+        if safety_window_s < 0 or deadline_s < 0:
+            raise ValueError("deadline_s and safety_window_s must not be negative")
         self.store = store
         self.adapter = adapter
         self._clock = clock
         self.deadline_s = deadline_s
+        # How long after the row a create may still reach the platform (in flight, or a
+        # platform that commits late); only after it is "not found" taken as final.
+        self.safety_window_s = safety_window_s
         self.poll_interval_s = poll_interval_s
         self._fresh: set[str] = set()  # rows inserted by before_call, call not answered yet
 
@@ -128,6 +142,26 @@ class Payments:
             self._record_create(env, result, error)
         elif env.type in ("pay.status", "pay.reverse") and result is not None:
             self._update_by_payment_id(result, actor=f"device:{env.dev}")
+
+    def reply_result(self, env: Envelope, result: dict[str, Any]) -> dict[str, Any]:
+        """What a ``pay.create`` reply may say now (inside the reply's transaction).
+
+        The platform answers a resend with the outcome it stored first. If the resolver has
+        since reversed that payment — or may be reversing it right now, past the deadline —
+        an "approved" reply would print a receipt for money that went back: say the current
+        state instead, so the device shows the truth and asks ``pay.status``.
+        """
+        if env.type != "pay.create" or result.get("state") not in ("approved", "pending"):
+            return result
+        P = self.store.Payment
+        row = P.get_or_none(P.request_id == env.id)
+        if row is None:
+            return result
+        if row.state == "reversed":
+            return {**result, "state": "reversed", "reason": "reversed_past_deadline"}
+        if row.state in OPEN_STATES and self._clock().timestamp() >= row.deadline:
+            return {**result, "state": "unknown", "reason": "being_reversed"}
+        return result
 
     async def observe(
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
@@ -253,23 +287,67 @@ class Payments:
     async def _resolve(self, row: Any) -> None:
         now = self._clock().timestamp()
         if row.payment_id is None:
-            # Nothing to ask about, and never pay.create again: until exp the device's
-            # resend (same key) brings the outcome; after the deadline staff must look.
-            if now >= row.deadline and row.reason != NEEDS_STAFF:
-                with self.store.atomic():
-                    self.store.Payment.update(reason=NEEDS_STAFF).where(
-                        self.store.Payment.request_id == row.request_id).execute()
-                    self.store.audit(
-                        self._clock(), "resolver", "payment.needs_staff",
-                        {"request_id": row.request_id, "state": row.state},
-                    )
-                log.warning("payment %s: outcome unknown past its deadline, needs staff",
-                            row.request_id)
+            try:
+                await self._resolve_by_key(row, now)
+            except PlatformUnsupported:
+                self._flag_needs_staff(row, now)
             return
         await self._ask_status(row, actor="resolver")
         current = self.store.Payment.get(self.store.Payment.request_id == row.request_id)
         if current.state in OPEN_STATES and now >= row.deadline:
             await self._reverse(row, actor="resolver")
+
+    async def _resolve_by_key(self, row: Any, now: float) -> None:
+        """No payment id: ask by idempotency key; never pay.create again."""
+        try:
+            result: dict[str, Any] | None = await self.adapter.pay_status_by_key(row.request_id)
+        except PaymentNotFound:
+            result = None  # not taken (yet): the create may still arrive, or be resent
+        if result is not None:
+            self._apply(row.request_id, result, actor="resolver")
+        P = self.store.Payment
+        current = P.get(P.request_id == row.request_id)
+        if current.state not in OPEN_STATES or now < row.deadline:
+            return
+        if result is None and now < row.created_at + self.safety_window_s:
+            return  # "not found" is not believed yet: keep asking
+        await self._reverse_by_key(current, actor="resolver")
+
+    def _flag_needs_staff(self, row: Any, now: float) -> None:
+        # The platform cannot be asked by key: until exp the device's resend (same key)
+        # brings the outcome; after the deadline staff must look.
+        if now < row.deadline or row.reason == NEEDS_STAFF:
+            return
+        with self.store.atomic():
+            self.store.Payment.update(reason=NEEDS_STAFF).where(
+                self.store.Payment.request_id == row.request_id).execute()
+            self.store.audit(
+                self._clock(), "resolver", "payment.needs_staff",
+                {"request_id": row.request_id, "state": row.state},
+            )
+        log.warning("payment %s: outcome unknown past its deadline, needs staff",
+                    row.request_id)
+
+    async def _reverse_by_key(self, row: Any, *, actor: str) -> None:
+        # Its own fixed key: the by-id reversal's key is bound to another request body.
+        try:
+            result = await self.adapter.pay_reverse_by_key(
+                row.request_id, idempotency_key=_key("reverse_by_key", row.request_id))
+        except PaymentNotFound:
+            # Definitive: nothing was taken, and the platform now refuses the key for good.
+            with self.store.atomic():
+                self.store.audit(self._clock(), actor, "payment.not_taken",
+                                 {"request_id": row.request_id, "state": row.state})
+                self._transition(row.request_id, "declined", reason=NOT_TAKEN, actor=actor)
+            return
+        self._apply(row.request_id, result, actor=actor)
+
+    async def _ask_status_by_key(self, row: Any, *, actor: str) -> None:
+        try:
+            result = await self.adapter.pay_status_by_key(row.request_id)
+        except PaymentNotFound:
+            return  # not taken so far; only a reversal by key may conclude "not charged"
+        self._apply(row.request_id, result, actor=actor)
 
     async def _ask_status(self, row: Any, *, actor: str) -> None:
         result = await self.adapter.call(
@@ -286,7 +364,7 @@ class Payments:
         self._apply(row.request_id, result, actor=actor)
 
     # -- staff actions (dashboard) -----------------------------------------------------
-    def _open_row(self, request_id: str, *, need_payment_id: bool) -> Any:
+    def _open_row(self, request_id: str) -> Any:
         P = self.store.Payment
         row = P.get_or_none(P.request_id == request_id)
         if row is None:
@@ -295,14 +373,16 @@ class Payments:
         if row.state not in OPEN_STATES:
             raise PaymentError("already_final", f"payment is already {row.state}",
                                "该支付已有最终结果")
-        if need_payment_id and row.payment_id is None:
-            raise PaymentError(
-                "no_payment_id",
-                "the platform never told us this payment's id: check it on the platform "
-                "and mark it resolved",
-                "平台未返回支付单号，请在医院平台核实后手工标记结果",
-            )
         return row
+
+    @staticmethod
+    def _no_payment_id() -> PaymentError:
+        return PaymentError(
+            "no_payment_id",
+            "the platform never told us this payment's id and cannot be asked by key: "
+            "check it on the platform and mark it resolved",
+            "平台未返回支付单号且不支持按订单号查询，请在医院平台核实后手工标记结果",
+        )
 
     def _staff_audit(self, staff: str, action: str, request_id: str, **extra: Any) -> None:
         self.store.audit(self._clock(), f"staff:{staff}", action,
@@ -310,16 +390,29 @@ class Payments:
 
     async def staff_status(self, request_id: str, *, staff: str) -> PaymentInfo:
         """Staff: ask the platform for the payment's state now."""
-        row = self._open_row(request_id, need_payment_id=True)
+        row = self._open_row(request_id)
         self._staff_audit(staff, "payment.staff_status", request_id)
-        await self._ask_status(row, actor=f"staff:{staff}")
+        if row.payment_id is not None:
+            await self._ask_status(row, actor=f"staff:{staff}")
+            return self._info(request_id)
+        try:
+            await self._ask_status_by_key(row, actor=f"staff:{staff}")
+        except PlatformUnsupported as exc:
+            raise self._no_payment_id() from exc
         return self._info(request_id)
 
     async def staff_reverse(self, request_id: str, *, staff: str) -> PaymentInfo:
         """Staff: reverse an open payment now (same key as the resolver's reversal)."""
-        row = self._open_row(request_id, need_payment_id=True)
+        row = self._open_row(request_id)
         self._staff_audit(staff, "payment.staff_reverse", request_id)
-        await self._reverse(row, actor=f"staff:{staff}")
+        if row.payment_id is not None:
+            await self._reverse(row, actor=f"staff:{staff}")
+            return self._info(request_id)
+        try:
+            # Closes the key on the platform: "not found" here is final at once.
+            await self._reverse_by_key(row, actor=f"staff:{staff}")
+        except PlatformUnsupported as exc:
+            raise self._no_payment_id() from exc
         return self._info(request_id)
 
     def staff_resolve(
@@ -332,7 +425,7 @@ class Payments:
         reason = reason.strip()
         if not reason:
             raise PaymentError("reason_required", "a reason is required", "请填写处理原因")
-        self._open_row(request_id, need_payment_id=False)
+        self._open_row(request_id)
         self._staff_audit(staff, "payment.staff_resolve", request_id, state=state,
                           reason=reason[:200])
         self._transition(request_id, state, reason=f"staff: {reason}", actor=f"staff:{staff}")

@@ -6,16 +6,22 @@ Each class tells the caller (the central forwarder) what it may do next:
 ``PlatformOutcomeUnknown`` — the call may have taken effect, resolve before retrying
 (payments via ``pay.status`` / ``pay.reverse``, others by repeating with the same key);
 ``PlatformProtocolError`` — the platform answered something we cannot read.
+``PaymentNotFound`` (a ``PlatformRejected``) — a by-key payment lookup or reversal found no
+payment under that idempotency key: the platform never took it;
+``PlatformUnsupported`` (a ``PlatformRejected``) — this adapter's platform lacks the
+operation (e.g. no lookup by the merchant's order number).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "PaymentNotFound",
     "PlatformError",
     "PlatformOutcomeUnknown",
     "PlatformProtocolError",
     "PlatformRejected",
     "PlatformUnavailable",
+    "PlatformUnsupported",
 ]
 
 
@@ -109,3 +115,25 @@ class PlatformProtocolError(PlatformError):
 
     def __init__(self, message: str, message_zh: str = "医院平台返回了无法识别的数据") -> None:
         super().__init__(message, message_zh)
+
+
+class PaymentNotFound(PlatformRejected):
+    """No payment exists under the idempotency key asked about: the platform never took it.
+
+    Only a by-key lookup or reversal raises this, and only on the platform's own typed
+    ``not_found`` answer (never on a bare 404 from something in between).
+    """
+
+    def __init__(self, key: str, reason: str = "no payment under this key") -> None:
+        super().__init__("not_found", reason, message_zh="平台没有该订单号的支付记录（未扣款）",
+                         http_status=404)
+        self.key = key
+
+
+class PlatformUnsupported(PlatformRejected):
+    """The platform behind this adapter does not offer the operation; nothing happened."""
+
+    def __init__(self, operation: str) -> None:
+        super().__init__("unsupported", f"the platform does not support {operation}",
+                         message_zh="医院平台不支持该操作")
+        self.operation = operation

@@ -11,9 +11,10 @@ from urllib.parse import quote
 
 import httpx
 
-from central.platform.base import OPERATIONS, PlatformAdapter
+from central.platform.base import BY_KEY_OPERATIONS, OPERATIONS, PlatformAdapter
 from central.platform.breaker import CircuitBreaker
 from central.platform.errors import (
+    PaymentNotFound,
     PlatformOutcomeUnknown,
     PlatformProtocolError,
     PlatformRejected,
@@ -68,6 +69,16 @@ _ROUTES: dict[str, _Route] = {
 }
 assert set(_ROUTES) == OPERATIONS
 
+#: Lookup and reversal by the merchant's order number (our pay.create idempotency key):
+#: not catalogue operations, only the payment resolver uses them.
+_BY_KEY_ROUTES: dict[str, _Route] = {
+    "pay.status_by_key": _Route("GET", "/payments/by-key/{key}", "key", send_body=False),
+    "pay.reverse_by_key": _Route(
+        "POST", "/payments/by-key/{key}/reverse", "key", send_body=False
+    ),
+}
+assert set(_BY_KEY_ROUTES) == BY_KEY_OPERATIONS
+
 #: Top-level keys every result must carry (docs/message-catalogue.md); a reply without
 #: them is a protocol error rather than something to hand to a device.
 RESULT_KEYS: dict[str, frozenset[str]] = {
@@ -89,6 +100,8 @@ RESULT_KEYS: dict[str, frozenset[str]] = {
     "report.printed": frozenset({"report_no", "printed"}),
     "hotlist.delta": frozenset({"version", "full", "added", "removed"}),
     "staff.login": frozenset({"staff_id", "name", "role"}),
+    "pay.status_by_key": frozenset({"payment_id", "state", "amount_fen", "method"}),
+    "pay.reverse_by_key": frozenset({"payment_id", "state", "amount_fen", "method"}),
 }
 
 
@@ -145,6 +158,52 @@ class ReferenceAdapter(PlatformAdapter):
         if not isinstance(body, dict):
             raise PlatformRejected("invalid_request", "body must be an object",
                                    message_zh="请求内容格式错误")
+        return await self._perform(op, route, body, idempotency_key, timeout)
+
+    async def pay_status_by_key(
+        self,
+        key: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 — part of the adapter contract
+    ) -> dict[str, Any]:
+        """``GET /payments/by-key/{key}``; ``PaymentNotFound`` if never taken."""
+        return await self._by_key("pay.status_by_key", key, key, timeout)
+
+    async def pay_reverse_by_key(
+        self,
+        key: str,
+        *,
+        idempotency_key: str,
+        timeout: float | None = None,  # noqa: ASYNC109 — part of the adapter contract
+    ) -> dict[str, Any]:
+        """``POST /payments/by-key/{key}/reverse``; ``PaymentNotFound`` if never taken."""
+        return await self._by_key("pay.reverse_by_key", key, idempotency_key, timeout)
+
+    async def _by_key(
+        self,
+        op: str,
+        key: str,
+        idempotency_key: str,
+        timeout: float | None,  # noqa: ASYNC109 — passed on to the request
+    ) -> dict[str, Any]:
+        try:
+            return await self._perform(op, _BY_KEY_ROUTES[op], {"key": key}, idempotency_key,
+                                       timeout)
+        except PlatformRejected as exc:
+            # Only the platform's own typed answer means "never taken"; a bare 404 from a
+            # proxy or an older platform has no code and is a protocol error instead.
+            if exc.http_status == 404 and exc.code == "not_found":
+                raise PaymentNotFound(key, exc.reason) from exc
+            raise
+
+    async def _perform(
+        self,
+        op: str,
+        route: _Route,
+        body: dict[str, Any],
+        idempotency_key: str,
+        timeout: float | None,  # noqa: ASYNC109 — passed on to the request
+    ) -> dict[str, Any]:
         request = self._build_request(op, route, body, idempotency_key, timeout)
         if not self.breaker.allow():
             raise PlatformUnavailable(

@@ -79,6 +79,10 @@ def decline_text(result: dict[str, Any]) -> dict[str, Any]:
                                 "not pay again.", "该单据有正在确认中的支付，请勿重复支付。"),
         "already_paid": ("This is already paid.", "该单据已支付。"),
         "invalid_auth_code": ("That is not a valid payment code.", "付款码无效。"),
+        "payment_closed": ("This payment was closed after it could not be confirmed.",
+                           "该笔支付因未能确认已关闭。"),
+        "reversed_past_deadline": ("The payment could not be confirmed in time and was "
+                                   "reversed.", "支付未能及时确认，已撤销。"),
     }
     en, zh = table.get(reason, ("The payment was declined.", "支付未成功。"))
     return text("declined", f"{en} You were not charged.", f"{zh}未扣款。", reason=reason,

@@ -85,6 +85,9 @@ async def test_created_row_is_committed_before_the_platform_is_called(
 async def test_lost_reply_is_never_created_again_and_goes_to_staff_past_the_deadline(
     store, fake_platform, clock
 ) -> None:
+    # The fake platform has no lookup by key (PlatformUnsupported): the staff fallback.
+    # Resolution by key against the reference platform: tests/central/platform/
+    # test_platform_pay_by_key.py.
     pay = Payments(store, fake_platform, clock=clock, deadline_s=30)
     env = create("payunknown1")
     await pay.before_call(env)

@@ -235,3 +235,13 @@ async def test_other_scans_are_ignored_while_waiting_for_a_code(make):
     f = await to_scan(make)
     assert not await f.on_scan({"scan_id": "x", "kind": "specimen", "value": "8123"})
     assert f.state == "scan_code"
+
+
+def test_decline_text_says_why_in_both_languages_and_that_nothing_was_charged():
+    from kiosk.flows.payment import decline_text
+
+    t = decline_text({"state": "reversed", "reason": "reversed_past_deadline"})
+    assert t["message_zh"] == "支付未能及时确认，已撤销。未扣款。"
+    assert t["message"].endswith("You were not charged.") and "reversed" in t["message"]
+    unknown = decline_text({"state": "declined", "reason": "something_new"})
+    assert unknown["message_zh"] == "支付未成功。未扣款。" and unknown["reason"] == "something_new"

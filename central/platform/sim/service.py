@@ -66,6 +66,8 @@ Clock = Callable[[], datetime]
 Outcome = BaseModel | SimError
 
 _TOPUP_MAX_FEN = 1_000_000
+#: ``body_hash`` of a pay.create key closed before any payment was taken under it.
+_CLOSED = "closed-by-reverse"
 
 
 def _canonical(value: Any) -> str:
@@ -128,7 +130,9 @@ class PlatformService:
                 body_hash = hashlib.sha256(_canonical([op, fingerprint]).encode()).hexdigest()
                 stored = s.IdempotencyRow.get_or_none(s.IdempotencyRow.key == key)
                 if stored is not None:
-                    if stored.body_hash != body_hash:
+                    # A payment key closed by reverse-by-key refuses every later create.
+                    closed = stored.body_hash == _CLOSED and stored.op == op
+                    if stored.body_hash != body_hash and not closed:
                         raise SimError(409, "duplicate_mismatch",
                                        "this Idempotency-Key was used with a different request",
                                        "同一幂等键对应了不同的请求内容")
@@ -628,6 +632,45 @@ class PlatformService:
         pay.save()
         self._effect("pay.reverse")
         return self._payment_out(pay)
+
+    # Wallets answer orderquery / reverse by the merchant's own order number (out_trade_no);
+    # ours is the pay.create Idempotency-Key, which the idempotency table already binds to
+    # the stored outcome. Not found here means the platform never took a payment under it.
+
+    def _payment_by_key(self, key: str) -> Any | SimError:
+        stored = self.s.IdempotencyRow.get_or_none(self.s.IdempotencyRow.key == key)
+        if stored is None or stored.op != "pay.create":
+            return not_found("payment with idempotency key", "该订单号的支付", key)
+        response = json.loads(stored.response)
+        if stored.status_code != 200:
+            # Refused (or closed) when it came: nothing was charged under this key.
+            return SimError(404, "not_found",
+                            f"no payment under key {key!r}: refused with {response['code']}",
+                            f"该订单号未产生支付（{response['code']}）")
+        return self._payment(response["payment_id"])
+
+    def pay_status_by_key(self, key: str) -> PaymentOut | SimError:
+        """``pay.status`` by the pay.create idempotency key (the merchant's order number)."""
+        pay = self._payment_by_key(key)
+        return pay if isinstance(pay, SimError) else self._payment_out(pay)
+
+    def pay_reverse_by_key(self, key: str) -> PaymentOut | SimError:
+        """``pay.reverse`` by idempotency key; an unseen key is closed against later creates."""
+        pay = self._payment_by_key(key)
+        if not isinstance(pay, SimError):
+            return self.pay_reverse(pay.payment_id)
+        s = self.s
+        if s.IdempotencyRow.get_or_none(s.IdempotencyRow.key == key) is None:
+            # Like a wallet reverse of an order still unknown to it: the order number is
+            # closed, so a create that arrives late is refused and "not charged" holds.
+            closed = SimError(422, "payment_closed",
+                              "this payment was reversed before it was taken",
+                              "该支付已撤销，请重新发起支付")
+            s.IdempotencyRow.create(key=key, op="pay.create", body_hash=_CLOSED,
+                                    status_code=closed.status, response=_canonical(closed.body()),
+                                    created_at=iso_utc(self.now()))
+        # Returned, not raised: the closing row above must commit with the answer.
+        return pay
 
     def pay_refund(self, payment_id: str, req: RefundRequest) -> RefundOut:
         """``pay.refund``: return money of an approved bills or top-up payment."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from central.platform.base import OPERATIONS
+from central.platform.base import BY_KEY_OPERATIONS, OPERATIONS
 from central.platform.sim.api.runner import ERRORS, OpRunner
 from central.platform.sim.errors import SimError
 from central.platform.sim.schemas import (
@@ -58,7 +58,7 @@ def build_router(runner: OpRunner) -> APIRouter:
     @router.post("/faults", response_model=FaultsOut)
     async def set_fault(spec: FaultSpec) -> FaultsOut:
         """Inject faults into one operation (replaces its previous faults)."""
-        if spec.op not in OPERATIONS:
+        if spec.op not in OPERATIONS | BY_KEY_OPERATIONS:
             raise SimError(400, "invalid_request", f"unknown op {spec.op!r}", "未知的业务类型")
         faults.set(spec)
         return FaultsOut(faults=faults.specs())

@@ -16,6 +16,8 @@ from central.platform.sim.schemas import (
 )
 
 PaymentId = Annotated[str, Path(max_length=40)]
+#: The pay.create Idempotency-Key, same limits as the header.
+PaymentKey = Annotated[str, Path(min_length=1, max_length=128)]
 
 
 def build_router(runner: OpRunner) -> APIRouter:
@@ -43,6 +45,25 @@ def build_router(runner: OpRunner) -> APIRouter:
         """Reverse a pending/unknown payment, or an approved one not yet settled."""
         return await runner.run("pay.reverse", lambda: svc.pay_reverse(payment_id), key=key,
                                 fingerprint={"payment_id": payment_id})
+
+    @router.get("/by-key/{key}", response_model=PaymentOut, operation_id="pay_status_by_key")
+    async def status_by_key(key: PaymentKey) -> object:
+        """The payment created under this Idempotency-Key (the merchant's order number).
+
+        404 ``not_found``: no payment was ever taken under the key.
+        """
+        return await runner.run("pay.status_by_key", lambda: svc.pay_status_by_key(key))
+
+    @router.post("/by-key/{key}/reverse", response_model=PaymentOut,
+                 operation_id="pay_reverse_by_key")
+    async def reverse_by_key(key: PaymentKey, idem: IdempotencyKey = None) -> object:
+        """Reverse the payment created under this key; an unseen key is closed for good.
+
+        404 ``not_found``: nothing was taken, and a later pay.create with the key is
+        refused with ``payment_closed``.
+        """
+        return await runner.run("pay.reverse_by_key", lambda: svc.pay_reverse_by_key(key),
+                                key=idem, fingerprint={"key": key})
 
     @router.post("/{payment_id}/refunds", response_model=RefundOut, operation_id="pay_refund")
     async def refund(payment_id: PaymentId, req: RefundRequest,
