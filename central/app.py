@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from central.broker import Listener, Mosquitto, MosquittoConfig
 from central.config import CentralConfig, forwarder_client_id
 from central.dashboard.app import create_dashboard
+from central.fleet_health import HealthThresholds
 from central.forwarder import Forwarder, ForwarderSettings
 from central.hotlist import FleetPublisher, HotlistSync
 from central.payments import Payments
@@ -112,7 +113,10 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         }
 
     app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
-                           extra_status=live_status, payments=payments)
+                           extra_status=live_status, payments=payments,
+                           thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
+                                                       cfg.dashboard.temp_high_c,
+                                                       cfg.dashboard.backlog_high))
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.dashboard.host, port=cfg.dashboard.port,
                                            log_config=None, access_log=False, lifespan="off"))
     await forwarder.start()

@@ -47,6 +47,10 @@ class DashboardSection(StrictModel):
     port: int = Field(default=8800, ge=1, le=65535)
     admin_token_file: Path | None = None
     admin_token_env: str = "YKT_CENTRAL_ADMIN_TOKEN"  # noqa: S105 - a variable name
+    # Fleet health alarms (central/fleet_health.py): below / above these a device is flagged.
+    disk_low_mb: int = Field(default=500, ge=0, le=10_000_000)
+    temp_high_c: float = Field(default=80.0, ge=-50, le=150)
+    backlog_high: int = Field(default=100, ge=1, le=10_000_000)
 
 
 class ForwarderSection(StrictModel):

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
+from central import fleet_health
+
 __all__ = [
     "AuditEntry",
     "Begin",
@@ -215,6 +217,13 @@ class Store:
             ts = pw.FloatField()
             body = pw.TextField()
 
+        class DeviceHealthRow(Base):
+            # One row per device, overwritten: the latest telemetry merged with the events
+            # that update it sooner (central.fleet_health). Table name: devicehealthrow.
+            dev = pw.CharField(primary_key=True, max_length=64)
+            updated_at = pw.FloatField()
+            body = pw.TextField()
+
         class Payment(Base):
             # Keyed by the pay.create request id: an unknown outcome has no payment_id yet.
             request_id = pw.CharField(primary_key=True, max_length=128)
@@ -238,8 +247,10 @@ class Store:
         self.AuditRecord: Any = AuditRecord
         self.DeviceEvent: Any = DeviceEvent
         self.Payment: Any = Payment
+        self.DeviceHealthRow: Any = DeviceHealthRow
         self.db.connect(reuse_if_open=True)
-        self.db.create_tables([Device, RequestLog, AuditRecord, DeviceEvent, Payment])
+        self.db.create_tables([Device, RequestLog, AuditRecord, DeviceEvent, Payment,
+                               DeviceHealthRow])
         cols = {c.name for c in self.db.get_columns("requestlog")}
         if "owner" not in cols:  # a store made before owners were recorded
             self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN owner VARCHAR(100)")
@@ -613,6 +624,45 @@ class Store:
             {"kind": r.kind, "type": r.type, "ts": _dt(r.ts), "body": json.loads(r.body)}
             for r in rows
         ]
+
+    def recent_events_all(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first across the fleet: ``{dev, kind, type, ts, body}``."""
+        E = self.DeviceEvent
+        rows = E.select().order_by(E.id.desc()).limit(limit)
+        return [
+            {"dev": r.dev, "kind": r.kind, "type": r.type, "ts": _dt(r.ts),
+             "body": json.loads(r.body)}
+            for r in rows
+        ]
+
+    # -- fleet health (latest telemetry per device) --------------------------------------
+    def update_health(self, dev: str, type_: str, body: dict[str, Any], now: datetime) -> bool:
+        """Merge a telemetry sample or event into ``dev``'s health row; True if it changed."""
+        with self.atomic():
+            return self._update_health(dev, type_, body, now)
+
+    def _update_health(self, dev: str, type_: str, body: dict[str, Any], now: datetime) -> bool:
+        H = self.DeviceHealthRow
+        row = H.get_or_none(H.dev == dev)
+        view = fleet_health.merge(
+            None if row is None else fleet_health.DeviceHealth.from_json(row.body),
+            type_, body, now)
+        if view is None:
+            return False
+        H.insert(dev=dev, updated_at=_ts(now), body=view.to_json()).on_conflict_replace(
+        ).execute()
+        return True
+
+    def device_health(self, dev: str) -> fleet_health.DeviceHealth | None:
+        """``dev``'s latest health view, or None before its first report."""
+        H = self.DeviceHealthRow
+        row = H.get_or_none(H.dev == dev)
+        return None if row is None else fleet_health.DeviceHealth.from_json(row.body)
+
+    def all_health(self) -> dict[str, fleet_health.DeviceHealth]:
+        """Every device's latest health view, by device id."""
+        H = self.DeviceHealthRow
+        return {r.dev: fleet_health.DeviceHealth.from_json(r.body) for r in H.select()}
 
 
 def _earlier_boot(row_owner: str | None, owner: str | None) -> bool:

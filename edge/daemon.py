@@ -54,7 +54,8 @@ def _version() -> str:
     return v()
 
 
-async def _pump_cards(cards: Any, runtime: EdgeRuntime) -> None:
+async def _pump_cards(cards: Any, runtime: EdgeRuntime,
+                      on_reader_change: Any = None) -> None:
     """Turn card-service events into runtime state changes."""
     from edge.devices.card import service as cs
 
@@ -73,6 +74,8 @@ async def _pump_cards(cards: Any, runtime: EdgeRuntime) -> None:
         elif isinstance(ev, cs.ReaderAddedEvent | cs.ReaderRemovedEvent):
             kind = "reader.added" if isinstance(ev, cs.ReaderAddedEvent) else "reader.removed"
             runtime.bus.publish(kind, {"reader": ev.reader})
+            if on_reader_change is not None:
+                on_reader_change()  # central sees the reader come or go now, not in 30 s
         runtime.reader_present = cards.reader_present  # the patient reader, not the SAM's
 
 
@@ -110,6 +113,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     from edge.devices.card.service import CardService
     from edge.devices.printer.driver import PrinterService
     from edge.fleet.hotlist_sync import HotlistSync
+    from edge.fleet.telemetry import LocalReadings, TelemetryPublisher
     from edge.uplink.client import Uplink
 
     stop = stop or asyncio.Event()
@@ -140,11 +144,17 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     await printer.resume()
     await cards.start()
     runtime.card_health = cards.health  # reader + SAM state for /v1/health
+    telemetry = TelemetryPublisher(
+        uplink, interval_s=cfg.telemetry_interval_s,
+        local=LocalReadings(cfg.device.data_dir, uplink.outbox.pending_count),
+        uptime_s=runtime.uptime_s, printer=lambda: runtime.printer_state,
+        reader_present=lambda: cards.reader_present,
+        sam_state=lambda: cards.sam_status().get("state"))
     app = create_api(runtime, token)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port,
                                            log_config=None, access_log=False, lifespan="off"))
     tasks = [
-        asyncio.create_task(_pump_cards(cards, runtime), name="cards"),
+        asyncio.create_task(_pump_cards(cards, runtime, telemetry.poke), name="cards"),
         asyncio.create_task(server.serve(), name="api"),
     ]
     if cfg.printer.enabled and cfg.printer.status_poll_s > 0:  # a pump that ends stops the daemon
@@ -157,6 +167,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
                                             "api": f"{cfg.api.host}:{cfg.api.port}"})
     if watchdog_enabled():
         tasks.append(asyncio.create_task(watchdog_loop(), name="watchdog"))
+    await telemetry.start()
     notify("READY=1")
     try:
         waiter = asyncio.create_task(stop.wait())
@@ -167,6 +178,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     finally:
         notify("STOPPING=1")
         server.should_exit = True
+        await telemetry.stop()
         await cards.stop()
         if scanners is not None:
             await scanners.stop()

@@ -226,6 +226,8 @@ class EdgeRuntime:
         # The card service's health (reader, SAM state, last fault); set by the daemon.
         self.card_health: Callable[[], dict[str, Any]] | None = None
         self.started = clock.now()
+        # The last idle printer status (event body), for telemetry; None until the first poll.
+        self.printer_state: dict[str, Any] | None = None
         if rules is None:
             from edge.devices.scanner.classify import ClassifierRules
 
@@ -584,6 +586,7 @@ class EdgeRuntime:
     async def printer_status_changed(self, status: Any) -> None:
         """Publish an idle printer status change to the kiosk and to central."""
         body = status.event_body()
+        self.printer_state = dict(body)
         self.bus.publish("printer.status", {**body, "paper_near_end": body["paper"] == "near_end",
                                             "paper_out": body["paper"] == "out"})
         with contextlib.suppress(Exception):
@@ -686,8 +689,12 @@ class EdgeRuntime:
             "platform_ok": self.platform_ok,
             "staff": {"name": self.staff["name"], "role": self.staff["role"]}
             if self.staff else None,
-            "uptime_s": int((self.clock.now() - self.started).total_seconds()),
+            "uptime_s": self.uptime_s(),
         }
+
+    def uptime_s(self) -> int:
+        """Seconds since the daemon started (by the injected clock)."""
+        return int((self.clock.now() - self.started).total_seconds())
 
 
 def _local(ts: str, tz: ZoneInfo) -> datetime:

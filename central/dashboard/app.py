@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.fleet_health import HealthThresholds, derive_alarms
 from central.payments import PaymentError
 from central.platform.errors import PlatformError
 from central.registry import Registry, RegistryError
@@ -62,8 +63,22 @@ def _jsonable(obj: Any) -> Any:
 
 
 def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
-                     site_name: str, extra_status: Any = None, payments: Any = None) -> FastAPI:
+                     site_name: str, extra_status: Any = None, payments: Any = None,
+                     thresholds: HealthThresholds | None = None) -> FastAPI:
     """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform)."""
+    limits = thresholds or HealthThresholds()
+
+    def fleet() -> list[dict[str, Any]]:
+        """Every device with its health view and active alarms."""
+        health = store.all_health()
+        out = []
+        for d in store.devices():
+            h = health.get(d.id)
+            alarms = derive_alarms(d.id, online=d.online, enabled=d.enabled, health=h,
+                                   thresholds=limits)
+            out.append({**_jsonable(asdict(d)), "health": h.to_dict() if h else None,
+                        "alarms": [asdict(a) for a in alarms]})
+        return out
 
     def require_admin(authorization: str = Header(default="")) -> None:
         if not hmac.compare_digest(authorization.encode(), f"Bearer {admin_token}".encode()):
@@ -104,11 +119,21 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
 
     @api.get("/devices")
     async def devices() -> dict[str, Any]:
-        return {"devices": [_jsonable(asdict(d)) for d in store.devices()]}
+        return {"devices": fleet()}
+
+    @api.get("/alarms")
+    async def alarms() -> dict[str, Any]:
+        items = [a for d in fleet() for a in d["alarms"]]
+        items.sort(key=lambda a: (a["severity"] != "error", a["dev"], a["code"]))
+        return {"alarms": items}
 
     @api.get("/devices/{dev}/events")
     async def device_events(dev: str, limit: int = 50) -> dict[str, Any]:
         return {"events": _jsonable(store.recent_events(dev, min(max(limit, 1), 200)))}
+
+    @api.get("/events")
+    async def events(limit: int = 20) -> dict[str, Any]:
+        return {"events": _jsonable(store.recent_events_all(min(max(limit, 1), 200)))}
 
     @api.post("/devices", dependencies=[Depends(require_admin)])
     async def register(dev: DeviceIn) -> dict[str, Any]:

@@ -733,6 +733,10 @@ class Telemetry(WireModel):
     outbox_depth: Count
     printer: PrinterStatus
     reader_present: bool
+    # Added after the first catalogue, optional so older devices stay valid: the SAM's state
+    # as the card service reports it (ok, missing, pin_blocked…) and the 1-minute load average.
+    sam_state: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")] | None = None
+    load_1m: Annotated[float, Field(ge=0, le=10_000)] | None = None
 
 
 class StateBirth(WireModel):

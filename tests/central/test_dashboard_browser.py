@@ -1,13 +1,16 @@
-"""The staff dashboard in headless Chromium shows the site's terminals online."""
+"""The staff dashboard in headless Chromium: terminals online with their telemetry, and alarms."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.stack
 
+OFFLINE_DEV = "kiosk-099"  # registered, never connects
 
-def test_dashboard_lists_both_terminals_online(browser, site, screens_dir):
+
+def test_dashboard_lists_both_terminals_online_with_telemetry(browser, site):
     ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
     page = ctx.new_page()
     try:
@@ -18,8 +21,51 @@ def test_dashboard_lists_both_terminals_online(browser, site, screens_dir):
             page.wait_for_function(
                 "d => document.querySelector(`tr[data-device='${d}'] .on`) !== null", arg=dev,
                 timeout=20_000)
+            # The daemon's first telemetry sample goes out at start: reader and SAM are known.
+            row.get_by_text("已连接 Present").wait_for(timeout=30_000)
         assert page.locator("#k-online").inner_text() == "2"
         assert "完整" in page.locator("#k-audit").inner_text()
-        page.screenshot(path=screens_dir / "dashboard.png")
+        health = httpx.get(f"{site.dashboard_url}api/devices", timeout=10).json()["devices"]
+        k1 = next(d for d in health if d["id"] == "kiosk-001")["health"]
+        # The SAM opens at the first card read: before that it is "not_opened", no alarm.
+        assert k1["telemetry_at"] is not None and k1["sam_state"] in ("ok", "not_opened")
+        assert k1["disk_free_mb"] > 0 and k1["reader_present"] is True
     finally:
         ctx.close()
+
+
+def test_dashboard_shows_paper_near_end_and_offline_alarms(browser, site, screens_dir):
+    auth = {"Authorization": f"Bearer {site.admin_token}"}
+    printer = site.terminal("kiosk-001").printer
+    r = httpx.post(f"{site.dashboard_url}api/devices", json={"id": OFFLINE_DEV, "role": "kiosk"},
+                   headers=auth, timeout=10)
+    r.raise_for_status()
+    printer.set_fault(near_end=True)  # the edge's idle status poll reports it to central
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = ctx.new_page()
+    try:
+        page.goto(site.dashboard_url)
+        near_end = page.locator("[data-alarm='paper_near_end'][data-device='kiosk-001']")
+        near_end.wait_for(timeout=40_000)
+        offline = page.locator(f"[data-alarm='offline'][data-device='{OFFLINE_DEV}']")
+        offline.wait_for(timeout=15_000)
+        assert near_end.is_visible() and offline.is_visible()
+        assert "打印纸将尽" in near_end.inner_text()
+        assert "Printer paper near end" in near_end.inner_text()
+        assert "设备离线" in offline.inner_text() and "Device offline" in offline.inner_text()
+        assert "error" in (offline.get_attribute("class") or "")
+        assert "warning" in (near_end.get_attribute("class") or "")
+        row = page.locator("tr[data-device='kiosk-001']")
+        assert "将尽 Near end" in row.inner_text()
+        # The printer.status event is in the recent events table too.
+        page.locator("tr[data-event='printer.status']").first.wait_for(timeout=10_000)
+        page.screenshot(path=screens_dir / "dashboard.png", full_page=True)
+        box = page.locator(".cards").bounding_box()  # header, alarms panel and the counts
+        assert box is not None
+        top = {"x": 0, "y": 0, "width": 1440, "height": box["y"] + box["height"] + 20}
+        page.screenshot(path=screens_dir / "dashboard-alarms.png", clip=top)
+    finally:
+        ctx.close()
+        printer.set_fault(near_end=False)
+        httpx.post(f"{site.dashboard_url}api/devices/{OFFLINE_DEV}/disable", headers=auth,
+                   timeout=10)

@@ -344,16 +344,21 @@ async def test_events_and_telemetry_are_stored_for_the_monitor(
         eid = await up.publish_event("printer.status", {"online": True, "paper": "near_end",
                                                         "cover_open": False, "cutter_error": False})
         assert up.publish_telemetry({"uptime_s": 5, "disk_free_mb": 100, "outbox_depth": 0,
-                                     "printer": {}, "reader_present": True})
+                                     "printer": {"online": True, "paper": "ok",
+                                                 "cover_open": False, "cutter_error": False},
+                                     "reader_present": True})
         for _ in range(100):
-            if len(broker_site.store.recent_events("kiosk-014")) == 2 and \
+            if len(broker_site.store.recent_events("kiosk-014")) == 1 and \
+                    getattr(broker_site.store.device_health("kiosk-014"), "uptime_s", 0) and \
                     up.outbox.get(eid).state == "done":
                 break
             await asyncio.sleep(0.05)
     finally:
         await up.stop()
     kinds = sorted(e["kind"] for e in broker_site.store.recent_events("kiosk-014"))
-    assert kinds == ["event", "telemetry"]
+    assert kinds == ["event"]  # telemetry is the health row (test_fleet_health.py), not an event
+    health = broker_site.store.device_health("kiosk-014")
+    assert health is not None and health.uptime_s == 5
     assert up.outbox.get(eid).state == "done"  # events end on PUBACK
 
 
