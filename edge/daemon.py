@@ -167,6 +167,9 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
                                             "api": f"{cfg.api.host}:{cfg.api.port}"})
     if watchdog_enabled():
         tasks.append(asyncio.create_task(watchdog_loop(), name="watchdog"))
+    # After every (re)connect central gets fresh health at once, not an interval later
+    # (a sample taken while offline was dropped, as QoS 0 telemetry should be).
+    uplink.add_connect_listener(telemetry.poke)
     await telemetry.start()
     notify("READY=1")
     try:

@@ -164,6 +164,7 @@ class Uplink:
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._handlers: dict[str, list[Handler]] = {k: [] for k in _HANDLER_KINDS}
         self._wake: asyncio.Event | None = None
+        self._connect_listeners: list[Callable[[], None]] = []
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = True
@@ -469,10 +470,19 @@ class Uplink:
             self._resolve(env.corr)
         # else: a duplicate reply (central re-sent it for our resend) or not ours — ignore.
 
+    def add_connect_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop, must not block) after every (re)connect."""
+        self._connect_listeners.append(listener)
+
     def _on_connected(self) -> None:
         # Everything pending goes out again on the new connection, same ids.
         self.outbox.retry_all_now(self._clock())
         self._kick()
+        for listener in self._connect_listeners:
+            try:
+                listener()
+            except Exception:  # a listener's fault must not stop the resend
+                log.exception("connect listener failed")
 
     # -- the pump ------------------------------------------------------------------------
     def _kick(self) -> None:

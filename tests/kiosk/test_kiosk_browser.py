@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -821,17 +823,34 @@ def slot(i, **kw):
 
 
 CONTRAST_JS = r"""e => {
-  const lum = (c) => { const [r, g, b] = c.match(/[0-9.]+/g).slice(0, 3).map((v) => {
+  // null when a colour is not (yet) an rgb() value, e.g. while the page re-renders.
+  const lum = (c) => { const m = (c || "").match(/[0-9.]+/g); if (!m || m.length < 3) return null;
+    const [r, g, b] = m.slice(0, 3).map((v) => {
       v = Number(v) / 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
   let bg = e, op = 1;
   for (let n = e; n; n = n.parentElement) op *= Number(getComputedStyle(n).opacity);
   const clear = (n) => /rgba\(.*, 0\)|transparent/.test(getComputedStyle(n).backgroundColor);
   while (bg && clear(bg)) bg = bg.parentElement;
-  const a = lum(getComputedStyle(e).color);
-  const b = lum(getComputedStyle(bg || document.body).backgroundColor);
-  return { ratio: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), opacity: op };
+  const fg = getComputedStyle(e).color;
+  const back = getComputedStyle(bg || document.body).backgroundColor;
+  const a = lum(fg), b = lum(back);
+  const ratio = a === null || b === null ? null
+    : (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+  return { ratio, opacity: op, fg, bg: back, connected: e.isConnected };
 }"""
+
+
+def contrasts(pg: Any, sel: str) -> list[dict[str, Any]]:
+    """Contrast of every element matching ``sel``, once the page has settled (≤ 5 s)."""
+    deadline = time.monotonic() + 5
+    while True:
+        found = pg.locator(sel).evaluate_all(f"es => es.map({CONTRAST_JS})")
+        if all(c["ratio"] is not None for c in found):
+            return list(found)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no readable colours for {sel}: {found}")
+        time.sleep(0.1)
 
 
 def test_closed_and_full_slots_stay_readable(browser, site, screens_dir):
@@ -856,7 +875,7 @@ def test_closed_and_full_slots_stay_readable(browser, site, screens_dir):
                 pg.get_by_test_id("elder").click()
             for sel in ("[data-slot][disabled] .why", "[data-slot][disabled] .t",
                         "[data-slot][disabled] .s"):
-                for c in pg.locator(sel).evaluate_all(f"es => es.map({CONTRAST_JS})"):
+                for c in contrasts(pg, sel):
                     assert c["opacity"] == 1 and c["ratio"] >= 4.5, (want, elder, sel, c)
             if elder:
                 pg.get_by_test_id("elder").click()

@@ -241,3 +241,31 @@ async def test_a_reply_that_does_not_match_its_result_model_is_a_typed_error(off
     offline.outbox.complete(good.id, reply_to(good.id, result))
     got = await offline.result_of(good.id)
     assert got == result and type(got) is dict  # the public return type is unchanged
+
+
+async def test_connect_listeners_run_after_every_connect_and_a_faulty_one_stops_nothing(
+        tmp_path: Path, clock) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    (tmp_path / "crash").mkdir()
+    cfg = UplinkConfig(
+        host="127.0.0.1", port=free_port(), username="kiosk-404", password_file=pw,
+        outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json", retry_interval_s=30,
+    )
+    fake = CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+    up = Uplink(cfg, "kiosk-404", role="kiosk", version="1", clock=clock,
+                session_factory=fake.factory)
+    calls: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("listener bug")
+
+    up.add_connect_listener(broken)
+    up.add_connect_listener(lambda: calls.append("poked"))
+    await up.start()
+    try:
+        assert calls == ["poked"]
+        fake._on_connected()  # a reconnect
+        assert calls == ["poked", "poked"]
+    finally:
+        await up.stop()
