@@ -2,9 +2,12 @@
 
 ``read`` prints the decoded card (masked unless ``--show-personal-data``); without a
 usable SAM it prints the freely readable issuer data and says why the rest is missing.
+``read --photo FILE`` also decodes the photo and writes a re-encoded copy (PNG or JPEG by
+the file's suffix) — only with ``--show-personal-data``: a face is personal data.
 ``sam`` verifies the SAM PIN once (never retried, never with the last try, never a PIN
 the SAM already rejected — the daemon's record in the state dir is shared) and prints the
-SAM's identity.
+SAM's identity and PIN state (verified, tries left, a recorded PIN fault) — the state
+also when the PIN is refused.
 Exit codes: 0 done, 1 card/SAM error (message in English and Chinese on stderr),
 2 configuration or usage error.
 """
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import tomllib
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +30,7 @@ from edge.common.privacy import mask_card_number
 from edge.devices.card import errors as E
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
+from edge.devices.card.photo import DecodedPhoto, decode_photo
 from edge.devices.card.pinstate import SamPinLedger
 from edge.devices.card.service import reader_matches
 from edge.devices.card.session import CardSession, PyscardTransport, SamSession
@@ -115,6 +121,25 @@ def _print(doc: dict[str, Any], as_json: bool) -> None:
     walk("", doc)
 
 
+_PHOTO_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
+
+
+def _photo_format(path: Path) -> str | None:
+    return _PHOTO_SUFFIXES.get(path.suffix.lower())
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` readable by the owner only, all or nothing (temp file + rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=".ykt-photo-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)  # mkstemp already created it 0600
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def cmd_read(args: argparse.Namespace) -> int:
     """``ykt card read``."""
     try:
@@ -123,6 +148,19 @@ def cmd_read(args: argparse.Namespace) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     masked = not args.show_personal_data
+    photo_path: Path | None = args.photo
+    if photo_path is not None:
+        if masked:
+            print("refused: --photo writes the holder's face (personal data); add "
+                  "--show-personal-data to confirm\n"
+                  "已拒绝：照片属于个人信息，导出照片须同时指定 --show-personal-data",
+                  file=sys.stderr)
+            return 2
+        if _photo_format(photo_path) is None:
+            print(f"--photo {photo_path}: use a .png, .jpg or .jpeg file name\n"
+                  "照片文件名须以 .png、.jpg 或 .jpeg 结尾", file=sys.stderr)
+            return 2
+    photo: DecodedPhoto | None = None
     hotlist = HotList(config.hotlist_path) if config.hotlist_path.exists() else None
     sam: SamSession | None = None
     try:
@@ -152,6 +190,12 @@ def cmd_read(args: argparse.Namespace) -> int:
                 doc["incomplete"] = sam_error.to_dict() if sam_error else "no SAM"
             else:
                 doc.update(session.read_all().to_dict(masked=masked))
+            if photo_path is not None:
+                if sam is None:
+                    # The photo needs the SAM's authentication: there is nothing to write.
+                    raise sam_error or E.SamUnavailable()
+                photo = decode_photo(session.read_photo())
+                doc["photo"] = {**photo.describe(), "file": str(photo_path)}
             doc["apdus"] = session.last_apdus
         finally:
             transport.close()
@@ -162,6 +206,13 @@ def cmd_read(args: argparse.Namespace) -> int:
             sam.close()
         if hotlist is not None:
             hotlist.close()
+    if photo is not None and photo_path is not None:
+        try:
+            _write_private(photo_path, photo.encode(_photo_format(photo_path) or "png"))
+        except OSError as exc:
+            print(f"error: cannot write {photo_path}: {exc}\n错误：无法写入照片文件",
+                  file=sys.stderr)
+            return 1
     _print(doc, args.json)
     if "incomplete" in doc:
         print("warning: SAM not available, only the issuer data was read\n"
@@ -170,7 +221,7 @@ def cmd_read(args: argparse.Namespace) -> int:
 
 
 def cmd_sam(args: argparse.Namespace) -> int:
-    """``ykt card sam``."""
+    """``ykt card sam``: identity and PIN state; the state is printed on a PIN refusal too."""
     try:
         config = load_card_config(args.config)
     except ConfigFileError as exc:
@@ -179,10 +230,21 @@ def cmd_sam(args: argparse.Namespace) -> int:
     if args.reader:
         config = config.model_copy(update={"sam_reader": args.reader})
     try:
-        sam = _open_sam(config, list_readers())
+        reader = _pick(list_readers(), config.sam_reader, "SAM")
+        pin = read_sam_pin(config.sam_pin_file)
+        transport = PyscardTransport(reader, apdu_timeout=config.timeouts.apdu_s)
     except E.CardError as exc:
         return _fail(exc)
+    sam = SamSession(transport, pin, ledger=SamPinLedger(config.sam_pin_state_path()))
     try:
+        try:
+            sam.open()
+        except E.SamPinError as exc:
+            # What the technician came for: tries left, the recorded fault. Then the error.
+            _print(sam.status(), args.json)
+            return _fail(exc)
+        except E.CardError as exc:
+            return _fail(exc)
         _print(sam.status(), args.json)
     finally:
         sam.close()
@@ -198,9 +260,13 @@ def add_card_commands(subparsers: Any) -> None:
     read.add_argument("--show-personal-data", action="store_true",
                       help="do not mask names, ID numbers, phones, clinical data")
     read.add_argument("--reader", help="reader name pattern (glob), overrides the config")
+    read.add_argument("--photo", type=Path, metavar="FILE",
+                      help="also write the decoded photo to FILE (.png/.jpg; needs "
+                           "--show-personal-data)")
     read.add_argument("--config", type=Path, help="TOML file with a [card] section")
     read.set_defaults(func=cmd_read)
-    sam = sub.add_parser("sam", help="verify the SAM PIN and show the SAM's identity")
+    sam = sub.add_parser("sam", help="verify the SAM PIN; show the SAM's identity and PIN "
+                                     "state (verified, tries left, recorded fault)")
     sam.add_argument("--json", action="store_true", help="print JSON")
     sam.add_argument("--reader", help="SAM reader name pattern (glob)")
     sam.add_argument("--config", type=Path, help="TOML file with a [card] section")

@@ -22,6 +22,7 @@ __all__ = [
     "CardTimeout",
     "NotAHealthCard",
     "PcscDaemonError",
+    "PhotoDataError",
     "ReaderUnavailable",
     "RecordErased",
     "SamError",
@@ -180,6 +181,19 @@ class CardDataError(CardError):
         where = ", ".join(p for p in (f"file {file}" if file else "",
                                       f"tag {self.tag}" if self.tag else "") if p)
         super().__init__(f"{detail} ({where})" if where else detail, message_zh, **kw)  # type: ignore[arg-type]
+
+
+class PhotoDataError(CardDataError):
+    """DDF1/EF07 does not hold a decodable image (the vendor SDKs' "photo data error")."""
+
+    code = "photo_data_error"
+    default_en = "Photo data error."
+    default_zh = "照片数据错误。"
+
+    def __init__(self, message: str | None = None, message_zh: str | None = None,
+                 **kw: object) -> None:
+        kw.setdefault("file", "DDF1/EF07")
+        super().__init__(message, message_zh, **kw)  # type: ignore[arg-type]
 
 
 class CardFileNotFound(CardError):

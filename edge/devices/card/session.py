@@ -29,7 +29,7 @@ from typing import Any, Literal, Protocol
 
 from edge.common.privacy import mask_card_number
 from edge.devices.card import errors as E
-from edge.devices.card.pinstate import SamPinLedger
+from edge.devices.card.pinstate import PinFailure, SamPinLedger
 from edge.devices.card.protocol import apdu as A
 from edge.devices.card.protocol import records as R
 from edge.devices.card.protocol import security as sec
@@ -500,6 +500,7 @@ class SamSession:
         self.serial: bytes = b""
         self.terminal_number: bytes = b""
         self.pin_tries_left: int | None = None
+        self.pin_fault: PinFailure | None = None  # the ledger's record of a rejected PIN
         self._loaded: tuple[int, bytes] | None = None
         self._lock = threading.Lock()
 
@@ -567,6 +568,7 @@ class SamSession:
             self.serial = self._x(A.read_binary(0, 14), "READ 0015", counter).data
             if self._ledger is not None:
                 known = self._ledger.failure_for(self.serial, self._pin)
+                self.pin_fault = known
                 if known is not None:
                     self.pin_tries_left = known.retries_left
                     raise self._fail(E.SamPinError(
@@ -595,6 +597,7 @@ class SamSession:
                     self._reject(resp)
             if self._ledger is not None:
                 self._ledger.clear(self.serial)
+            self.pin_fault = None
             self._x(A.select_fid(0x0016), "SELECT 0016", counter)
             self.terminal_number = self._x(A.read_binary(0, 6), "READ 0016", counter).data
             self._x(A.sam_select_df01(), "SELECT DF01", counter)
@@ -607,7 +610,8 @@ class SamSession:
         sw = f"{resp.sw1:02X}{resp.sw2:02X}"
         if self._ledger is not None:
             try:
-                self._ledger.record(self.serial, self._pin, retries_left=left, sw=sw)
+                self.pin_fault = self._ledger.record(self.serial, self._pin,
+                                                     retries_left=left, sw=sw)
             except OSError as exc:  # the in-memory failure still holds for this process
                 log.error("cannot persist the SAM PIN failure in %s: %s",
                           self._ledger.path, exc)
@@ -641,16 +645,25 @@ class SamSession:
         return self._x(A.sam_compute(mode, data), "COMPUTE", counter).data
 
     def status(self) -> dict[str, Any]:
-        """Screen/log-safe status (no PIN)."""
-        out: dict[str, Any] = {"reader": self.transport.reader, "opened": self._opened}
+        """Screen/log-safe status (no PIN, no PIN fingerprint).
+
+        ``pin_tries_left`` is what the SAM answered to VERIFY without data before the PIN
+        was presented (None: it did not say); a correct PIN resets the SAM's counter.
+        ``pin_fault`` is the persisted record of a rejected PIN, if any.
+        """
+        out: dict[str, Any] = {"reader": self.transport.reader, "opened": self._opened,
+                               "pin_verified": self._opened,
+                               "pin_tries_left": self.pin_tries_left,
+                               "pin_fault": None}
         if self._failure is not None:
             out["error"] = self._failure.to_dict()
         if self.terminal_number:
             out["terminal_number"] = self.terminal_number.hex().upper()
         if self.serial:
             out["serial"] = self.serial.hex().upper()
-        if self.pin_tries_left is not None:
-            out["pin_tries_left"] = self.pin_tries_left
+        if self.pin_fault is not None:
+            out["pin_fault"] = {"at": self.pin_fault.at, "sw": self.pin_fault.sw,
+                                "retries_left": self.pin_fault.retries_left}
         return out
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
 from edge.common.privacy import mask_card_number, mask_id_number, mask_name, mask_phone
-from edge.devices.card.errors import CardDataError, CardParameterError
+from edge.devices.card.errors import CardDataError, CardParameterError, PhotoDataError
 from edge.devices.card.protocol import codecs
 from edge.devices.card.protocol.files import (
     ALLERGY_REACTION_LEN,
@@ -309,7 +309,7 @@ _PHOTO_MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG", "png"), (b"BM", "bmp"),
 
 @dataclass(frozen=True, slots=True)
 class Photo:
-    """DDF1/EF07 photo."""
+    """DDF1/EF07 photo, raw bytes as read; ``edge.devices.card.photo`` decodes it (Pillow)."""
 
     image: bytes
 
@@ -328,10 +328,10 @@ PHOTO_MAX = 3072
 def parse_photo(length_prefix: bytes) -> int:
     """Image length from the photo's 2-byte prefix (CardDataError when out of range)."""
     if len(length_prefix) < 2:
-        raise CardDataError("Photo length missing", "照片数据错误", file="DDF1/EF07")
+        raise PhotoDataError("Photo length missing", "照片数据错误")
     n = int.from_bytes(length_prefix[:2], "big")
     if n > PHOTO_MAX - 2:
-        raise CardDataError("Photo length beyond the file", "照片数据错误", file="DDF1/EF07")
+        raise PhotoDataError("Photo length beyond the file", "照片数据错误")
     return n
 
 

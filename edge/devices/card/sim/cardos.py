@@ -32,10 +32,12 @@ __all__ = [
     "BANK_ATR",
     "BLANK_ATR",
     "HEALTH_ATR",
+    "HEALTH_CONTACTLESS_ATR",
     "BankCardSim",
     "BlankCardSim",
     "Faults",
     "HealthCardSim",
+    "contactless_atr",
     "with_tck",
 ]
 
@@ -52,8 +54,25 @@ def with_tck(atr_wo_tck: bytes) -> bytes:
 # historical bytes): "HC" marker, COS version, 8-byte chip serial.
 HEALTH_ATR = bytes.fromhex("3B6D0000") + b"HC" + bytes.fromhex("020101") + \
     bytes.fromhex("8601122334455667")
+
+
+def contactless_atr(historical: bytes) -> bytes:
+    """The ATR a PC/SC reader makes up for an ISO 14443-4 card (PC/SC part 3, 3.1.3.2.3.1).
+
+    3B 8n 80 01 <n historical bytes> TCK: T0 says TD1 follows and n historical bytes,
+    TD1 = 80 (TD2 follows, T=0), TD2 = 01 (T=1, nothing more). A type A card's
+    historical bytes come from its ATS; the reader has no contact ATR to report.
+    """
+    if len(historical) > 15:
+        raise CardParameterError("at most 15 historical bytes", "ATR 历史字节过长")
+    return with_tck(bytes((0x3B, 0x80 | len(historical), 0x80, 0x01)) + historical)
+
+
 # A PBOC/UnionPay debit card ATR (T=1), as seen on domestic bank IC cards.
 BANK_ATR = with_tck(bytes.fromhex("3B8E800180318066B1840C016E0183009000"))
+# The same health card held to a contactless reader: its historical bytes behind the
+# PC/SC contactless header (so an ATR-based card factor is the same on both interfaces).
+HEALTH_CONTACTLESS_ATR = contactless_atr(HEALTH_ATR[4:])
 # A blank (unpersonalised) JavaCard-like ATR.
 BLANK_ATR = bytes.fromhex("3B021450")
 

@@ -9,7 +9,19 @@ reader. The child writes a ready file once connected; ``insert`` waits for it (o
 child's exit, reporting its log) and then records ``{pid, port, kind}`` in
 ``<state-dir>/card-<port>.json``. ``remove`` sends SIGTERM to that pid — only after checking
 that the process is still our serve child — waits for it, and deletes the state file.
-Inserting into an occupied port removes the previous card first.
+Inserting into an occupied port removes the previous card first. ``remove`` notes when
+the card left (``card-<port>.left``) and the next ``insert`` keeps the slot empty for
+``MIN_ABSENT_S`` after that: pcscd misses a card swapped faster than its poll, and then
+reports the reader empty for good.
+
+Faults for technicians and test scripts (``Faults`` of the card simulator), health cards
+only: ``--fault slow=200ms`` (every answer late), ``--fault disconnect-at=5`` (the card
+leaves the field at APDU 5), ``--fault wrong-sw=3:6A82`` (APDU 3 answers that SW),
+``--fault stuck-sw=4:6110`` (from APDU 4 on, only that SW — a stuck 61xx), ``--fault
+corrupt-tlv=DDF1/EF06`` (first record's length byte broken), ``--fault no-sfi``, and
+``--expired``, ``--blocked-auth``. ``--contactless`` gives the card the ATR a PC/SC reader
+reports for an ISO 14443-4 card (``contactless_atr``); ``--photo FILE`` personalises
+DDF1/EF07 with FILE's bytes as they are (a broken image is a test case too).
 """
 
 from __future__ import annotations
@@ -27,12 +39,30 @@ from pathlib import Path
 from typing import Any
 
 from edge.common.privacy import mask_card_number, mask_name
-from edge.devices.card.errors import CardError
-from edge.devices.card.sim.cardos import BankCardSim, BlankCardSim, HealthCardSim
+from edge.devices.card.errors import CardError, CardParameterError
+from edge.devices.card.protocol.files import FILES, FileKind
+from edge.devices.card.protocol.security import atr_historical_bytes
+from edge.devices.card.sim.cardos import (
+    BANK_ATR,
+    BLANK_ATR,
+    HEALTH_ATR,
+    BankCardSim,
+    BlankCardSim,
+    Faults,
+    HealthCardSim,
+    contactless_atr,
+)
 from edge.devices.card.sim.sam import SamSim
-from edge.devices.card.sim.vpcd import VirtualCardSlot
+from edge.devices.card.sim.vpcd import MIN_ABSENT_S, VirtualCardSlot
 
-__all__ = ["DEFAULT_PORT", "add_sim_card_commands", "build_card", "main"]
+__all__ = [
+    "DEFAULT_PORT",
+    "add_sim_card_commands",
+    "build_card",
+    "card_spec",
+    "main",
+    "parse_fault",
+]
 
 DEFAULT_PORT = 35963  # vpcd's default port for its first slot
 _MODULE = "edge.devices.card.sim.cli"
@@ -43,20 +73,97 @@ def _default_state_dir() -> Path:
     return Path(base) / f"ykt-sim-card-{os.getuid()}"
 
 
+def _apdu_index(value: str, what: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise CardParameterError(f"{what}: APDU number must be an integer ≥ 1, not {value!r}",
+                                 "故障参数错误：APDU 序号须为正整数")
+    return int(value)
+
+
+def _index_sw(value: str, what: str) -> list[int]:
+    n, sep, sw = value.partition(":")
+    if not sep or len(sw) != 4:
+        raise CardParameterError(f"{what}: expected N:SW, e.g. 3:6A82, not {value!r}",
+                                 "故障参数错误：格式应为 序号:状态字")
+    try:
+        word = int(sw, 16)
+    except ValueError as exc:
+        raise CardParameterError(f"{what}: status word {sw!r} is not 4 hex digits",
+                                 "故障参数错误：状态字须为 4 位十六进制") from exc
+    return [_apdu_index(n, what), word]
+
+
+def parse_fault(text: str) -> dict[str, Any]:
+    """One ``--fault`` value → ``Faults`` fields (JSON-able); CardParameterError if bad."""
+    key, sep, value = text.strip().partition("=")
+    key = key.strip().lower()
+    value = value.strip()
+    if key == "slow":
+        unit = "ms" if value.endswith("ms") else "s" if value.endswith("s") else ""
+        try:
+            amount = float(value[:-len(unit)]) if unit else float("nan")
+        except ValueError:
+            amount = float("nan")
+        if not unit or not 0 <= amount <= (60_000 if unit == "ms" else 60):
+            raise CardParameterError(f"slow: expected a delay such as 200ms or 1.5s (≤ 60 s), "
+                                     f"not {value!r}", "故障参数错误：延迟格式如 200ms")
+        return {"delay_s": amount / 1000 if unit == "ms" else amount}
+    if key == "disconnect-at":
+        return {"disconnect_at": _apdu_index(value, key)}
+    if key == "wrong-sw":
+        return {"wrong_sw_at": _index_sw(value, key)}
+    if key == "stuck-sw":
+        return {"stuck_sw_from": _index_sw(value, key)}
+    if key == "corrupt-tlv":
+        spec = FILES.get(value.upper())
+        if spec is None or spec.kind is not FileKind.RECORDS:
+            files = ", ".join(p for p, f in FILES.items() if f.kind is FileKind.RECORDS)
+            raise CardParameterError(f"corrupt-tlv: {value!r} is not a TLV record file "
+                                     f"({files})", "故障参数错误：文件不是 TLV 记录文件")
+        return {"corrupt_tlv": spec.path}
+    if key == "no-sfi" and not sep:
+        return {"supports_sfi": False}
+    raise CardParameterError(
+        f"unknown fault {text!r} (slow=200ms, disconnect-at=N, wrong-sw=N:SW, "
+        "stuck-sw=N:SW, corrupt-tlv=DDF1/EF06, no-sfi)", "未知的故障类型")
+
+
+def _faults(spec: dict[str, Any]) -> Faults:
+    f = dict(spec.get("faults") or {})
+    for name in ("wrong_sw_at", "stuck_sw_from"):  # JSON lists back to tuples
+        if f.get(name) is not None:
+            f[name] = tuple(f[name])
+    return Faults(**f)
+
+
+def _atr(default: bytes, contactless: bool) -> bytes:
+    return contactless_atr(atr_historical_bytes(default)) if contactless else default
+
+
 def build_card(spec: dict[str, Any]) -> Any:
     """A simulator from a JSON-able spec (``kind`` health | sam | bank | blank)."""
     kind = spec.get("kind", "health")
+    contactless = bool(spec.get("contactless"))
+    if kind != "health" and (spec.get("faults") or spec.get("photo_file")):
+        raise CardParameterError(f"faults and photos are for health cards, not {kind}",
+                                 "仅健康卡支持故障和照片参数")
     if kind == "bank":
-        return BankCardSim()
+        return BankCardSim(_atr(BANK_ATR, contactless))
     if kind == "blank":
-        return BlankCardSim()
+        return BlankCardSim(_atr(BLANK_ATR, contactless))
     if kind == "sam":
+        if contactless:
+            raise CardParameterError("a SAM is a contact-only module", "PSAM 仅支持接触式")
         pin = Path(spec["pin_file"]).read_text(encoding="ascii").strip()
         return SamSim(pin, terminal_number=bytes.fromhex(spec.get("terminal_number",
                                                                   "110100000001")))
     holder = {k: spec[k] for k in ("name", "sex", "ethnicity", "birth_date", "id_number",
                                    "card_number", "city_code", "expiry") if spec.get(k)}
-    return HealthCardSim.from_holder(**holder)
+    extra: dict[str, Any] = {}
+    if spec.get("photo_file"):
+        extra["photo"] = Path(spec["photo_file"]).read_bytes()
+    return HealthCardSim.from_holder(**holder, faults=_faults(spec),
+                                     atr=_atr(HEALTH_ATR, contactless), **extra)
 
 
 def _state_file(state_dir: Path, port: int) -> Path:
@@ -87,6 +194,30 @@ def _stop_pid(pid: int, timeout: float = 5.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def _left_file(state_dir: Path, port: int) -> Path:
+    return state_dir / f"card-{port}.left"
+
+
+def _mark_left(state_dir: Path, port: int) -> None:
+    # CLOCK_MONOTONIC is one clock for every process of the machine, so the next insert
+    # (another process) can compare against it.
+    with contextlib.suppress(OSError):
+        _left_file(state_dir, port).write_text(repr(time.monotonic()))
+
+
+def _wait_absent(state_dir: Path, port: int, min_absent_s: float) -> None:
+    """Keep the slot empty ``min_absent_s`` after the last card left (see ``vpcd``): pcscd
+    never notices a card that left and came back between two of its polls, so a quick
+    remove + insert from two processes would leave the reader "empty" for good."""
+    try:
+        left_at = float(_left_file(state_dir, port).read_text())
+    except (OSError, ValueError):
+        return
+    wait = left_at + min_absent_s - time.monotonic()
+    if 0 < wait <= min_absent_s:
+        time.sleep(wait)
+
+
 def cmd_remove(args: argparse.Namespace) -> int:
     """``ykt sim card remove``."""
     state = _state_file(args.state_dir, args.port)
@@ -96,24 +227,44 @@ def cmd_remove(args: argparse.Namespace) -> int:
         print(f"no virtual card recorded for port {args.port}", file=sys.stderr)
         return 1
     _stop_pid(int(info["pid"]))
+    _mark_left(args.state_dir, args.port)
     state.unlink(missing_ok=True)
     print(f"removed virtual card from port {args.port}")
     return 0
 
 
-def cmd_insert(args: argparse.Namespace) -> int:
-    """``ykt sim card insert``."""
+def card_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The child's card spec from ``insert``'s options; CardParameterError when unusable."""
     spec: dict[str, Any] = {"kind": args.kind, "name": args.name, "sex": args.sex,
                             "ethnicity": args.ethnicity, "birth_date": args.birth_date,
                             "id_number": args.id_number, "card_number": args.card_number,
                             "city_code": args.city_code, "expiry": args.expiry}
     if args.kind == "sam":
         if not args.pin_file:
-            print("--pin-file is required for --kind sam", file=sys.stderr)
-            return 2
+            raise CardParameterError("--pin-file is required for --kind sam",
+                                     "PSAM 须指定 --pin-file")
         spec["pin_file"] = str(Path(args.pin_file).resolve())
         spec["terminal_number"] = args.terminal_number
+    faults: dict[str, Any] = {}
+    for text in args.fault:
+        faults.update(parse_fault(text))
+    if args.expired:
+        faults["expired"] = True
+    if args.blocked_auth:
+        faults["auth_blocked"] = True
+    if faults:
+        spec["faults"] = faults
+    if args.contactless:
+        spec["contactless"] = True
+    if args.photo:
+        spec["photo_file"] = str(Path(args.photo).resolve())
+    return spec
+
+
+def cmd_insert(args: argparse.Namespace) -> int:
+    """``ykt sim card insert``."""
     try:
+        spec = card_spec(args)
         build_card(spec)  # validate here so mistakes are reported to the caller
     except (CardError, ValueError, OSError, KeyError) as exc:
         print(f"invalid card: {exc}", file=sys.stderr)
@@ -124,7 +275,9 @@ def cmd_insert(args: argparse.Namespace) -> int:
     if state.exists():
         with contextlib.suppress(OSError, ValueError, KeyError):
             _stop_pid(int(json.loads(state.read_text())["pid"]))
+        _mark_left(state_dir, args.port)
         state.unlink(missing_ok=True)
+    _wait_absent(state_dir, args.port, MIN_ABSENT_S)
     spec_file = state_dir / f"card-{args.port}.spec.json"
     spec_file.write_text(json.dumps(spec, ensure_ascii=False))
     ready = state_dir / f"card-{args.port}.ready"
@@ -153,7 +306,12 @@ def cmd_insert(args: argparse.Namespace) -> int:
         who = f" of {mask_name(args.name or '张三')}"
         if args.card_number:
             who += f", card {mask_card_number(args.card_number)}"
-    print(f"inserted {args.kind} card{who} into port {args.port} (pid {proc.pid})")
+    how = " (contactless)" if args.contactless else ""
+    if args.fault or args.expired or args.blocked_auth:
+        how += " with faults: " + ", ".join(
+            [*args.fault, *(["expired"] if args.expired else []),
+             *(["blocked-auth"] if args.blocked_auth else [])])
+    print(f"inserted {args.kind} card{who}{how} into port {args.port} (pid {proc.pid})")
     return 0
 
 
@@ -177,6 +335,10 @@ def serve(spec_file: Path, port: int, host: str, ready_file: Path | None,
     while not stop.wait(0.2):
         if slot.is_inserted:
             lost_since = None
+            continue
+        if getattr(card, "removed", False):
+            # A scripted fault (--fault disconnect-at) pulled the card: it stays out, as a
+            # card pulled by hand would. Only a vpcd that went away brings it back.
             continue
         lost_since = lost_since or time.monotonic()
         with contextlib.suppress(CardError):
@@ -203,6 +365,16 @@ def add_sim_card_commands(subparsers: Any) -> None:
     ins.add_argument("--expiry")
     ins.add_argument("--pin-file", help="SAM PIN file (for --kind sam)")
     ins.add_argument("--terminal-number", default="110100000001", help="6 bytes hex (SAM)")
+    ins.add_argument("--fault", action="append", default=[], metavar="FAULT",
+                     help="scripted fault (repeatable): slow=200ms, disconnect-at=N, "
+                          "wrong-sw=N:SW, stuck-sw=N:61xx, corrupt-tlv=DDF1/EF06, no-sfi")
+    ins.add_argument("--expired", action="store_true", help="card past its expiry date")
+    ins.add_argument("--blocked-auth", action="store_true",
+                     help="the card answers EXTERNAL AUTHENTICATE with 6983 (blocked)")
+    ins.add_argument("--contactless", action="store_true",
+                     help="ATR of an ISO 14443-4 card as a PC/SC reader reports it")
+    ins.add_argument("--photo", type=Path, metavar="FILE",
+                     help="personalise the photo file with FILE's bytes (≤ 3070)")
     ins.add_argument("--port", type=int, default=DEFAULT_PORT)
     ins.add_argument("--host", default="127.0.0.1")
     ins.add_argument("--state-dir", type=Path, default=_default_state_dir())

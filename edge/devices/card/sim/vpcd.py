@@ -22,7 +22,10 @@ from typing import Protocol
 
 from edge.devices.card.errors import VpcdConnectError
 
-__all__ = ["SimCard", "VirtualCardSlot"]
+__all__ = ["MIN_ABSENT_S", "SimCard", "VirtualCardSlot"]
+
+#: Shortest time a slot stays empty between two cards (see the module docstring).
+MIN_ABSENT_S = 0.5
 
 _POWER_OFF, _POWER_ON, _RESET, _GET_ATR = 0, 1, 2, 4
 
@@ -45,7 +48,7 @@ class VirtualCardSlot:
     """One vpcd slot; ``insert(card)`` connects a card, ``remove()`` disconnects it."""
 
     def __init__(self, port: int, host: str = "127.0.0.1", *,
-                 connect_timeout: float = 5.0, min_absent_s: float = 0.5) -> None:
+                 connect_timeout: float = 5.0, min_absent_s: float = MIN_ABSENT_S) -> None:
         self.port = port
         self.min_absent_s = min_absent_s
         self._left_at = 0.0  # monotonic time the last card left the slot
