@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
+from datetime import UTC, datetime
+from enum import IntEnum, StrEnum
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edge.protocol.envelope import MAX_DEPTH, MAX_SAFE_INT, _format_float, canonical_json
+from edge.protocol.envelope import (
+    MAX_DEPTH,
+    MAX_SAFE_INT,
+    _format_float,
+    _plain,
+    _write,
+    canonical_json,
+    new_envelope,
+)
 from edge.protocol.errors import MalformedEnvelope
 
 
@@ -129,3 +142,77 @@ def test_depth_limit() -> None:
 
 def test_tuple_is_written_as_array() -> None:
     assert canonical_json({"a": (1, "x")}) == b'{"a":[1,"x"]}'
+
+
+# -- the C-encoder fast path must write exactly what the reference writer (_write) writes
+
+
+def _reference(value: object) -> bytes:
+    out: list[str] = []
+    _write(value, out, 0, ())
+    return "".join(out).encode("utf-8")
+
+
+_any_text = st.text(st.characters(codec="utf-8") | st.sampled_from("\x00\x1f\x7f\u2028\"\\"),
+                    max_size=12)
+_fast_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-MAX_SAFE_INT, MAX_SAFE_INT) | _any_text,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=3).map(tuple)
+        | st.dictionaries(_any_text | st.sampled_from(["\U0001f600", "\ufb33", "a"]), inner,
+                          max_size=5)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_fast_values)
+def test_fast_path_bytes_equal_reference_writer(value: object) -> None:
+    assert canonical_json(value) == _reference(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "fast"),
+    [
+        ({"\U0001f600": 1, "\ufb33": 2}, False),  # astral key: UTF-16 order ≠ code points
+        ({"n": IntEnum("N", "A").A}, False),  # int subclass
+        ({"s": StrEnum("S", {"A": "a"}).A}, False),  # str subclass
+        (OrderedDict([("b", 1), ("a", 2)]), False),  # a Mapping that is not exactly dict
+        ({"f": 5.0, "g": [1e-7]}, False),  # floats never take the fast path
+        ({"x": ("t", [None, True]), "\u00e9": "\u00e9"}, True),
+    ],
+)
+def test_fast_path_taken_only_where_it_is_exact(value: object, fast: bool) -> None:
+    assert _plain(value, 0) is fast
+    assert canonical_json(value) == _reference(value)
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"a": [MAX_SAFE_INT + 1]}, r"integer out of .* at a\.0"),
+        ({"a": {"b": "\udfff"}}, r"lone surrogate in string at a\.b"),
+        ({"a": {"\ud800x": 1}}, r"lone surrogate in key at a"),
+        ({"a": {2: 1}}, r"non-string key 2 at a"),
+    ],
+)
+def test_errors_found_by_fast_check_keep_their_location(bad: object, message: str) -> None:
+    assert not _plain(bad, 0)
+    with pytest.raises(MalformedEnvelope, match=message):
+        canonical_json(bad)
+    with pytest.raises(MalformedEnvelope, match=message):
+        new_envelope("reg.book", "kiosk-0001", bad,  # type: ignore[arg-type]
+                     now=datetime(2024, 5, 1, tzinfo=UTC))
+
+
+def test_fast_check_depth_limit_equals_reference() -> None:
+    ok: object = {"k": "v"}
+    for _ in range(MAX_DEPTH - 1):
+        ok = [ok]
+    assert _plain(ok, 0)
+    assert canonical_json(ok) == _reference(ok)
+    assert not _plain([ok], 0)
+    with pytest.raises(MalformedEnvelope, match="nested deeper"):
+        canonical_json([ok])
