@@ -202,12 +202,14 @@ class TelemetryPublisher:
 
     async def _run(self) -> None:
         while True:
+            # Cleared before sampling, not after: a poke that arrives while a sample is being
+            # taken (the reader appearing during start-up) must cause one more sample.
+            self._wake.clear()
             try:
                 await self.publish_once()
             except asyncio.CancelledError:
                 raise
             except Exception:  # a failed sample must not end telemetry for good
                 log.exception("telemetry sample failed")
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s)

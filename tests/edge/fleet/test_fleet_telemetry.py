@@ -153,6 +153,43 @@ async def test_loop_sends_at_start_and_at_once_when_poked(tmp_path: Path) -> Non
         await pub.stop()
 
 
+async def test_a_poke_while_a_sample_is_being_taken_is_not_lost(tmp_path: Path) -> None:
+    # The reader appears while the first sample is being read from disk: a second sample
+    # must follow at once, not one interval later.
+    link = FakeLink()
+    loop = asyncio.get_running_loop()
+    reading, release = asyncio.Event(), asyncio.Event()
+    calls = [0]
+
+    def depth() -> int:  # runs in the sampling thread
+        calls[0] += 1
+        if calls[0] == 1:
+            loop.call_soon_threadsafe(reading.set)
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(5)
+        return 0
+
+    state = {"reader": False}
+    local = LocalReadings(tmp_path, outbox_depth=depth, thermal_root=tmp_path / "none",
+                          disk_usage=lambda p: Usage(10_000 * MB, 9_000 * MB, 300 * MB),
+                          loadavg=lambda: 0.5)
+    pub = TelemetryPublisher(link, interval_s=3600, local=local, uptime_s=lambda: 1,
+                             printer=lambda: NEAR_END, reader_present=lambda: state["reader"],
+                             sam_state=lambda: "ok")
+    await pub.start()
+    try:
+        await asyncio.wait_for(reading.wait(), 5)
+        state["reader"] = True
+        pub.poke()  # arrives mid-sample
+        release.set()
+        for _ in range(300):
+            if len(link.sent) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert [b["reader_present"] for b in link.sent] == [False, True]
+    finally:
+        await pub.stop()
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
