@@ -141,17 +141,22 @@ class CrashAtPublish:
         return asyncio.get_running_loop().create_future()  # no PUBACK, no reply
 
 
-async def test_a_payment_is_marked_sent_before_it_is_published(tmp_path: Path, clock) -> None:
-    # Killed right after the publish (central may have charged), restarted after exp: the
-    # outcome must be unknown (pay.status resolves it), never "expired, not taken".
+def crash_rig(tmp_path: Path, dev: str) -> tuple[UplinkConfig, CrashAtPublish]:
+    """An uplink config on a port nobody serves, and a stand-in session for it."""
     pw = tmp_path / "pw"
     pw.write_text("secret")
     (tmp_path / "crash").mkdir()
     cfg = UplinkConfig(
-        host="127.0.0.1", port=free_port(), username="kiosk-402", password_file=pw,
+        host="127.0.0.1", port=free_port(), username=dev, password_file=pw,
         outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json", retry_interval_s=30,
     )
-    fake = CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+    return cfg, CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+
+
+async def test_a_payment_is_marked_sent_before_it_is_published(tmp_path: Path, clock) -> None:
+    # Killed right after the publish (central may have charged), restarted after exp: the
+    # outcome must be unknown (pay.status resolves it), never "expired, not taken".
+    cfg, fake = crash_rig(tmp_path, "kiosk-402")
     up = Uplink(cfg, "kiosk-402", role="kiosk", version="1", clock=clock,
                 session_factory=fake.factory)
     await up.start()
@@ -180,14 +185,7 @@ async def test_a_payment_is_marked_sent_before_it_is_published(tmp_path: Path, c
 
 async def test_a_batch_is_marked_in_priority_order_within_the_free_slots(tmp_path: Path,
                                                                          clock) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("secret")
-    (tmp_path / "crash").mkdir()
-    cfg = UplinkConfig(
-        host="127.0.0.1", port=free_port(), username="kiosk-403", password_file=pw,
-        outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json", retry_interval_s=30,
-    )
-    fake = CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+    cfg, fake = crash_rig(tmp_path, "kiosk-403")
     fake.free_slots = 0  # every slot in flight: nothing may be handed over
     up = Uplink(cfg, "kiosk-403", role="kiosk", version="1", clock=clock,
                 session_factory=fake.factory)
@@ -245,14 +243,7 @@ async def test_a_reply_that_does_not_match_its_result_model_is_a_typed_error(off
 
 async def test_connect_listeners_run_after_every_connect_and_a_faulty_one_stops_nothing(
         tmp_path: Path, clock) -> None:
-    pw = tmp_path / "pw"
-    pw.write_text("secret")
-    (tmp_path / "crash").mkdir()
-    cfg = UplinkConfig(
-        host="127.0.0.1", port=free_port(), username="kiosk-404", password_file=pw,
-        outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json", retry_interval_s=30,
-    )
-    fake = CrashAtPublish(cfg.outbox_path, tmp_path / "crash")
+    cfg, fake = crash_rig(tmp_path, "kiosk-404")
     up = Uplink(cfg, "kiosk-404", role="kiosk", version="1", clock=clock,
                 session_factory=fake.factory)
     calls: list[str] = []

@@ -6,10 +6,9 @@ import asyncio
 import errno
 import os
 import select
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,23 +63,6 @@ class PtyPrinter:
         self._stop.set()
         self._thread.join(5)
         os.close(self.fd)
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    printer_end, port = str(tmp_path / "printer"), str(tmp_path / "port")
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={printer_end}",
-                             f"pty,raw,echo=0,link={port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while not (os.path.exists(printer_end) and os.path.exists(port)):
-            assert time.monotonic() < deadline, "socat did not start"
-            time.sleep(0.02)
-        yield printer_end, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
 
 
 async def test_serial_transport_prints_over_a_real_pty(

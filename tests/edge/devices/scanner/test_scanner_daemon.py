@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,23 +27,6 @@ class FixedClock:
 def runtime_for(cfg: ScannerConfig) -> EdgeRuntime:
     return EdgeRuntime(device_id="kiosk-001", role="kiosk", hospital_name="测试医院",
                        uplink=None, printer=None, clock=FixedClock(), rules=cfg.rules())
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    scanner_end, port = str(tmp_path / "scanner"), str(tmp_path / "port")
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={scanner_end}",
-                             f"pty,raw,echo=0,link={port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while not (os.path.exists(scanner_end) and os.path.exists(port)):
-            assert time.monotonic() < deadline, "socat did not start"
-            time.sleep(0.02)
-        yield scanner_end, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
 
 
 async def _scan_events(q: asyncio.Queue[dict[str, Any]], n: int) -> list[dict[str, Any]]:

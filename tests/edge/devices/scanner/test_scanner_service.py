@@ -5,11 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -266,23 +263,6 @@ async def test_usb_id_devices_are_found_by_discovery() -> None:
         assert service.connected()["kiosk"] is False
     finally:
         await service.stop()
-
-
-@pytest.fixture
-def pty_pair(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    scanner_end, port = str(tmp_path / "scanner"), str(tmp_path / "port")
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={scanner_end}",
-                             f"pty,raw,echo=0,link={port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while not (os.path.exists(scanner_end) and os.path.exists(port)):
-            assert time.monotonic() < deadline, "socat did not start"
-            time.sleep(0.02)
-        yield scanner_end, port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
 
 
 async def test_end_to_end_over_a_real_pty(pty_pair: tuple[str, str]) -> None:
