@@ -334,6 +334,11 @@ class Forwarder:
             ):
                 self.stats["rejected"] += 1
                 log.warning("invalid telemetry from %s ignored", dev)
+        elif t.kind == "event" and env.type == "audit":
+            # The device's audit chain has its own table (checked link by link), and stays
+            # out of the event ring like telemetry.
+            dev = t.dev
+            await self.store.write(lambda: self.store._add_device_audit(dev, env.body, now))
         else:
             dev = t.dev
 

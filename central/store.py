@@ -210,6 +210,24 @@ class Store:
             prev_hash = pw.CharField(max_length=64)
             hash = pw.CharField(max_length=64)
 
+        class DeviceAudit(Base):
+            # The devices' own hash-chained audit records (``audit`` events), one row per
+            # (dev, seq); ``status`` is the check made on arrival: ok | gap | bad_hash |
+            # broken_link | conflict (a second, different record under the same seq).
+            dev = pw.CharField(max_length=64)
+            seq = pw.IntegerField()
+            ts = pw.CharField(max_length=32)
+            actor = pw.CharField(max_length=64)
+            action = pw.CharField(max_length=64)
+            detail = pw.TextField()
+            prev_hash = pw.CharField(max_length=64)
+            hash = pw.CharField(max_length=64)
+            status = pw.CharField(max_length=16)
+            received_at = pw.FloatField()
+
+            class Meta:
+                primary_key = pw.CompositeKey("dev", "seq")
+
         class DeviceEvent(Base):
             dev = pw.CharField(max_length=64, index=True)
             kind = pw.CharField(max_length=16)
@@ -246,11 +264,12 @@ class Store:
         self.RequestLog: Any = RequestLog
         self.AuditRecord: Any = AuditRecord
         self.DeviceEvent: Any = DeviceEvent
+        self.DeviceAudit: Any = DeviceAudit
         self.Payment: Any = Payment
         self.DeviceHealthRow: Any = DeviceHealthRow
         self.db.connect(reuse_if_open=True)
         self.db.create_tables([Device, RequestLog, AuditRecord, DeviceEvent, Payment,
-                               DeviceHealthRow])
+                               DeviceHealthRow, DeviceAudit])
         cols = {c.name for c in self.db.get_columns("requestlog")}
         if "owner" not in cols:  # a store made before owners were recorded
             self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN owner VARCHAR(100)")
@@ -597,6 +616,88 @@ class Store:
             prev = r.hash
             expected += 1
         return True, None
+
+    # -- device audit chains -------------------------------------------------------------
+    def add_device_audit(self, dev: str, body: dict[str, Any], now: datetime) -> str:
+        """Store one device audit record, checking its hash and link; returns its status."""
+        with self.atomic():
+            return self._add_device_audit(dev, body, now)
+
+    def _add_device_audit(self, dev: str, body: dict[str, Any], now: datetime) -> str:
+        """Inside a write transaction: idempotent by (dev, seq); a bad record is flagged."""
+        from edge.fleet.audit import GENESIS_HASH as DEV_GENESIS
+        from edge.fleet.audit import audit_hash
+        from edge.protocol.messages import AuditRecord
+
+        try:
+            r = AuditRecord.model_validate(body)
+        except ValueError:
+            log.warning("invalid audit record from %s ignored", dev)
+            return "invalid"
+        db = self._raw()
+        old = db.execute("SELECT hash FROM deviceaudit WHERE dev = ? AND seq = ?",
+                         (dev, r.seq)).fetchone()
+        if old is not None:
+            if old[0] == r.hash:
+                return "duplicate"  # a resend after a lost PUBACK
+            db.execute("UPDATE deviceaudit SET status = 'conflict' WHERE dev = ? AND seq = ?",
+                       (dev, r.seq))
+            self._flag_device_audit(dev, r.seq, "conflict", now)
+            return "conflict"
+        detail = json.loads(_canon(r.detail))
+        if r.ts is None or r.actor is None or audit_hash(
+                r.seq, r.ts, r.actor, r.action, detail, r.prev_hash) != r.hash:
+            status = "bad_hash"
+        elif r.seq == 1:
+            status = "ok" if r.prev_hash == DEV_GENESIS else "broken_link"
+        else:
+            prev = db.execute("SELECT hash FROM deviceaudit WHERE dev = ? AND seq = ?",
+                              (dev, r.seq - 1)).fetchone()
+            status = "gap" if prev is None else ("ok" if prev[0] == r.prev_hash
+                                                 else "broken_link")
+        db.execute("INSERT INTO deviceaudit (dev, seq, ts, actor, action, detail, prev_hash,"
+                   " hash, status, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (dev, r.seq, r.ts or "", r.actor or "", r.action, _canon(detail).decode(),
+                    r.prev_hash, r.hash, status, _ts(now)))
+        # A late record may close a gap: its successor's link can be checked now.
+        nxt = db.execute("SELECT prev_hash FROM deviceaudit WHERE dev = ? AND seq = ? AND"
+                         " status = 'gap'", (dev, r.seq + 1)).fetchone()
+        if nxt is not None:
+            db.execute("UPDATE deviceaudit SET status = ? WHERE dev = ? AND seq = ?",
+                       ("ok" if nxt[0] == r.hash else "broken_link", dev, r.seq + 1))
+            if nxt[0] != r.hash:
+                self._flag_device_audit(dev, r.seq + 1, "broken_link", now)
+        if status == "gap":
+            log.warning("device %s audit chain has a gap before seq %d", dev, r.seq)
+        elif status != "ok":
+            self._flag_device_audit(dev, r.seq, status, now)
+        return status
+
+    def _flag_device_audit(self, dev: str, seq: int, status: str, now: datetime) -> None:
+        log.warning("device %s audit record %d: %s", dev, seq, status)
+        self._append_audit(now, "forwarder", "device_audit.flagged",
+                           {"dev": dev, "seq": seq, "status": status})
+
+    def device_audit_state(self, dev: str) -> dict[str, Any]:
+        """``{audit_ok, last_seq, count, first_bad_seq}`` of ``dev``'s audit chain."""
+        count, last, bad = self._raw().execute(
+            "SELECT COUNT(*), MAX(seq), MIN(CASE WHEN status != 'ok' THEN seq END)"
+            " FROM deviceaudit WHERE dev = ?", (dev,)).fetchone()
+        count, last = int(count or 0), int(last or 0)
+        if bad is None and count != last:  # a hole that no later record pointed out yet
+            seqs = [r[0] for r in self._raw().execute(
+                "SELECT seq FROM deviceaudit WHERE dev = ? ORDER BY seq", (dev,))]
+            bad = next((i + 1 for i, q in enumerate(seqs) if q != i + 1), None)
+        return {"audit_ok": bad is None, "last_seq": last, "count": count,
+                "first_bad_seq": None if bad is None else int(bad)}
+
+    def device_audit_entries(self, dev: str, since_seq: int = 0) -> list[dict[str, Any]]:
+        """``dev``'s stored audit records after ``since_seq``, with their arrival status."""
+        D = self.DeviceAudit
+        rows = D.select().where((D.dev == dev) & (D.seq > since_seq)).order_by(D.seq)
+        return [{"seq": r.seq, "ts": r.ts, "actor": r.actor, "action": r.action,
+                 "detail": json.loads(r.detail), "prev_hash": r.prev_hash, "hash": r.hash,
+                 "status": r.status} for r in rows]
 
     # -- events / telemetry ------------------------------------------------------------
     def add_event(

@@ -61,7 +61,7 @@ async def _pump_cards(cards: Any, runtime: EdgeRuntime,
 
     async for ev in cards.events():
         if isinstance(ev, cs.CardInsertedEvent):
-            runtime.card_inserted(ev.reader)
+            runtime.card_inserted(ev.reader, ev.atr)
         elif isinstance(ev, cs.IdentityRead):
             runtime.identity_read(ev.reader, ev.identity)
         elif isinstance(ev, cs.CardReadFailed):
@@ -112,6 +112,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     from edge.devices.card.hotlist import HotList
     from edge.devices.card.service import CardService
     from edge.devices.printer.driver import PrinterService
+    from edge.fleet.audit import AuditLog
     from edge.fleet.hotlist_sync import HotlistSync
     from edge.fleet.telemetry import LocalReadings, TelemetryPublisher
     from edge.uplink.client import Uplink
@@ -137,9 +138,11 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
                           timezone=cfg.device.timezone, uplink=uplink,
                           printer=printer, clock=clock,
                           rules=scanner_cfg.rules() if scanner_cfg is not None else None,
-                          ledger=Ledger(cfg.device.data_dir / "ledger.db"))
+                          ledger=Ledger(cfg.device.data_dir / "ledger.db"),
+                          audit=AuditLog(cfg.device.data_dir / "audit.db", clock=clock))
 
     await uplink.start()
+    await runtime.resend_audit()  # records a crash left out of the durable outbox
     await hotlist_sync.start()
     await printer.resume()
     await cards.start()

@@ -212,6 +212,7 @@ class EdgeRuntime:
         rules: Any = None,
         ledger: Ledger | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        audit: Any = None,
     ) -> None:
         self.device_id = device_id
         self.role = role
@@ -244,10 +245,58 @@ class EdgeRuntime:
         # The last document printed, for the desk's "reprint last (copy)"; it holds personal
         # data, so it lives in memory only and goes at sign-out (kiosks: at session end).
         self._last_doc: tuple[str, Any, str] | None = None
+        # The device audit log (edge.fleet.audit.AuditLog); None: nothing is audited (tests).
+        self.audit = audit
+        self._shipping: set[asyncio.Task[None]] = set()
+
+    # -- audit and events to central -------------------------------------------------------
+
+    def _audit(self, action: str, detail: dict[str, Any]) -> None:
+        """Append one masked record to the audit log and queue it for central."""
+        if self.audit is None:
+            return
+        audit = self.audit
+        actor = str((self.staff or {}).get("staff_id") or self.role)
+        try:
+            row = audit.record(actor, action, detail)
+        except Exception as exc:  # the audit must not take the kiosk down; say so loudly
+            log.error("audit record %s refused: %s", action, type(exc).__name__)
+            return
+        self._ship("audit", row.wire_body(), lambda: audit.mark_shipped(row.seq))
+
+    def _ship(self, type_: str, body: dict[str, Any],
+              done: Callable[[], None] | None = None) -> None:
+        """Queue an event for central from sync code (the uplink's outbox is durable)."""
+        async def send() -> None:
+            try:
+                await self.uplink.publish_event(type_, body)
+            except Exception as exc:
+                log.warning("event %s not queued: %s", type_, type(exc).__name__)
+                return
+            if done is not None:
+                done()
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a sync test): unshipped audit records go at the next start
+        task = loop.create_task(send())
+        self._shipping.add(task)  # keep a reference until it ran
+        task.add_done_callback(self._shipping.discard)
+
+    async def resend_audit(self) -> int:
+        """Queue the audit records a crash left out of the outbox; returns how many."""
+        if self.audit is None:
+            return 0
+        rows = self.audit.unshipped()
+        for row in rows:
+            await self.uplink.publish_event("audit", row.wire_body())
+            self.audit.mark_shipped(row.seq)
+        return len(rows)
 
     # -- card events ---------------------------------------------------------------------
 
-    def card_inserted(self, reader: str) -> None:
+    def card_inserted(self, reader: str, atr: bytes | None = None) -> None:
         """A card went into the patient slot: open a session in the reading state."""
         self._wipe()
         self.session = CardSessionState(
@@ -255,6 +304,9 @@ class EdgeRuntime:
             started=self.clock.now(),
         )
         self.bus.publish("card.inserted", {"session_id": self.session.session_id})
+        self._audit("card.inserted", {"reader": reader, "session_id": self.session.session_id})
+        if atr:
+            self._ship("card.inserted", {"reader": reader, "atr": atr.hex().upper()})
 
     def identity_read(self, reader: str, identity: Any) -> None:
         """The card's identity was read and passed the hot-list check."""
@@ -265,6 +317,8 @@ class EdgeRuntime:
         self.session.state = "ready"
         known_names.add(identity.name)
         self.bus.publish("card.identity", self.session.masked())
+        self._audit("card.read", {"reader": reader, "session_id": self.session.session_id,
+                                  "card_masked": mask_card_number(str(identity.card_number))})
         log.info("card read", extra={"session": self.session.session_id})
 
     def card_failed(self, reader: str, code: str, message: str, message_zh: str) -> None:
@@ -275,6 +329,8 @@ class EdgeRuntime:
         self.session.state = "error"
         self.session.error = {"code": code, "message": message, "message_zh": message_zh}
         self.bus.publish("card.error", self.session.masked())
+        self._audit("card.read_failed", {"reader": reader, "code": code})
+        self._ship("card.read_failed", {"reader": reader, "code": code})
 
     def card_removed(self, reader: str) -> None:
         """The card left the slot: the session and its personal data end now."""
@@ -282,6 +338,8 @@ class EdgeRuntime:
             sid = self.session.session_id
             self._wipe()
             self.bus.publish("card.removed", {"session_id": sid})
+            self._audit("card.removed", {"reader": reader, "session_id": sid})
+            self._ship("card.removed", {"reader": reader})
 
     def end_session(self) -> None:
         """The kiosk ended the session (timeout, done): wipe personal data."""
@@ -357,6 +415,7 @@ class EdgeRuntime:
     async def request_result(self, request_id: str, wait_s: float) -> Any:
         """The outcome of an earlier request whose caller gave up (OutcomeUnknown)."""
         result = await self.uplink.result_of(request_id, wait_s=wait_s)
+        self._audit_payment(request_id, result)
         await self._note_payment(result, self._purposes.get(request_id))
         return result
 
@@ -455,9 +514,26 @@ class EdgeRuntime:
         else:
             raise SessionError("bad_method", f"Unknown payment method {method}.", "支付方式无效。")
         self._purposes[request_id] = purpose
-        result = await self._call("pay.create", body, timeout_s, request_id)
+        # Never the payment code: the method says which wallet, the request id which payment.
+        self._audit("payment.requested", {"request_id": request_id, "amount_fen": amount_fen,
+                                          "method": body["method"], "purpose": purpose})
+        try:
+            result = await self._call("pay.create", body, timeout_s, request_id)
+        except Exception as exc:
+            self._audit("payment.error", {"request_id": request_id,
+                                          "error": str(getattr(exc, "code", "")) or
+                                          type(exc).__name__})
+            raise
+        self._audit_payment(request_id, result)
         await self._note_payment(result, purpose)
         return result
+
+    def _audit_payment(self, request_id: str, result: Any) -> None:
+        r = result if isinstance(result, dict) else {}
+        self._audit("payment.outcome", {
+            "request_id": request_id, "payment_id": str(r.get("payment_id", "")),
+            "state": str(r.get("state", "unknown")), "method": str(r.get("method", "")),
+            "amount_fen": int(r.get("amount_fen", 0) or 0)})
 
     async def pay_status(self, payment_id: str) -> Any:
         """``pay.status``; a payment seen approved here is written to the ledger."""
@@ -493,6 +569,9 @@ class EdgeRuntime:
         self.ledger.record(f"refund-{result['refund_id']}", self.clock.now(), kind="refund",
                            method=original["method"], amount_fen=int(result["amount_fen"]),
                            payment_id=payment_id, operator=staff.get("staff_id", ""))
+        self._audit("refund", {"refund_id": result["refund_id"], "payment_id": payment_id,
+                               "amount_fen": int(result["amount_fen"]),
+                               "method": original["method"]})
         return {**result, "method": original["method"]}
 
     # -- staff -----------------------------------------------------------------------------
@@ -507,10 +586,13 @@ class EdgeRuntime:
                       "role": result["role"], "badge": badge,
                       "since": self.clock.now().isoformat()}
         self.bus.publish("staff.login", {"name": result["name"], "role": result["role"]})
+        self._audit("staff.login", {"staff_id": result["staff_id"]})
         return dict(self.staff)
 
     def staff_logout(self) -> None:
         """Lock the desk: the staff session ends (and so does any patient session)."""
+        if self.staff is not None:
+            self._audit("staff.logout", {"staff_id": self.staff["staff_id"]})
         self.staff = None
         self._last_doc = None
         self.end_session()
@@ -580,6 +662,7 @@ class EdgeRuntime:
         if outcome.state != "printed":
             body = {"job_id": outcome.job_id, "reason": outcome.reason or "unknown"}
         self.bus.publish(ev, body)
+        self._audit(ev, body)
         with contextlib.suppress(Exception):
             await self.uplink.publish_event(ev, body)
 

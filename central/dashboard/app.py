@@ -77,7 +77,8 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
             alarms = derive_alarms(d.id, online=d.online, enabled=d.enabled, health=h,
                                    thresholds=limits)
             out.append({**_jsonable(asdict(d)), "health": h.to_dict() if h else None,
-                        "alarms": [asdict(a) for a in alarms]})
+                        "alarms": [asdict(a) for a in alarms],
+                        "audit": store.device_audit_state(d.id)})
         return out
 
     def require_admin(authorization: str = Header(default="")) -> None:
@@ -130,6 +131,11 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     @api.get("/devices/{dev}/events")
     async def device_events(dev: str, limit: int = 50) -> dict[str, Any]:
         return {"events": _jsonable(store.recent_events(dev, min(max(limit, 1), 200)))}
+
+    @api.get("/devices/{dev}/audit")
+    async def device_audit(dev: str, since: int = 0) -> dict[str, Any]:
+        return {"dev": dev, **store.device_audit_state(dev),
+                "entries": store.device_audit_entries(dev, since)}
 
     @api.get("/events")
     async def events(limit: int = 20) -> dict[str, Any]:

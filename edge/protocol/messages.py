@@ -707,6 +707,10 @@ class AuditRecord(WireModel):
     hash: Hash256
     action: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.]{0,63}$")]
     detail: dict[str, JsonValue]
+    # Added after the first catalogue, optional so older devices stay valid: the hashed
+    # record's time (RFC 3339 UTC) and actor, without which central cannot recompute the hash.
+    ts: Short | None = None
+    actor: Ident | None = None
 
 
 #: type → body model of every event on ``up/event``.
