@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from edge.common.logging import known_names
 from edge.common.privacy import mask_card_number, mask_id_number, mask_name
+from edge.common.storage import open_durable
 
 log = logging.getLogger("edge.runtime")
 
@@ -140,11 +140,7 @@ class Ledger:
     """
 
     def __init__(self, path: str | Path = ":memory:") -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS ledger (entry_id TEXT PRIMARY KEY, ts TEXT NOT NULL,"
             " kind TEXT NOT NULL, method TEXT NOT NULL, amount_fen INTEGER NOT NULL,"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.common.privacy import mask_text
+from edge.common.storage import open_durable
 from edge.protocol.envelope import canonical_json
 
 __all__ = ["GENESIS_HASH", "AuditError", "AuditLog", "AuditRow", "audit_hash"]
@@ -91,11 +91,7 @@ class AuditLog:
     """Append-only audit records with a hash chain that continues across restarts."""
 
     def __init__(self, path: str | Path = ":memory:", *, clock: Any = None) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, ts TEXT NOT NULL,"
             " actor TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL,"

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edge.common.storage import open_durable
 from edge.protocol.envelope import Envelope, encode, parse_ts
 from edge.uplink.errors import OutboxFull
 
@@ -207,11 +208,7 @@ class Outbox:
         # Opened lazily again after close(), as the peewee-based version did (autoconnect).
         con = self._con
         if con is None:
-            con = sqlite3.connect(
-                str(self.path), timeout=10, isolation_level=None, check_same_thread=False
-            )
-            con.execute("PRAGMA journal_mode=wal")
-            con.execute("PRAGMA synchronous=full")
+            con = open_durable(self.path, timeout_s=10)
             con.execute("PRAGMA foreign_keys=1")
             self._con = con
             self._data_version = None

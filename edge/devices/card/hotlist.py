@@ -11,12 +11,12 @@ change written by another connection (``PRAGMA data_version``) is picked up with
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from edge.common.storage import open_durable
 from edge.devices.card.errors import CardParameterError
 
 __all__ = ["HotList"]
@@ -37,13 +37,9 @@ class HotList:
     def __init__(self, path: Path | str, *, recheck_s: float = 1.0,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path) if str(path) != ":memory:" else path
-        if isinstance(self.path, Path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db = open_durable(path)
         self._lock = threading.Lock()
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
         self._recheck_s = recheck_s
         self._monotonic = monotonic

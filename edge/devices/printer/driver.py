@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from edge.common.storage import open_durable
 from edge.devices.printer.config import PrinterConfig
 from edge.devices.printer.documents import Document
 from edge.devices.printer.errors import PrinterError, PrinterJobFailed, PrinterOffline
@@ -97,12 +97,9 @@ class _JobStore:
     """SQLite job table; one connection shared by worker threads behind a lock."""
 
     def __init__(self, path: Path, clock: Callable[[], datetime]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = open_durable(path)
         self._db.execute(
             """CREATE TABLE IF NOT EXISTS print_jobs (
                 job_id TEXT PRIMARY KEY, doc_kind TEXT NOT NULL, state TEXT NOT NULL,
