@@ -430,6 +430,24 @@ MAX_GET_RESPONSES = 16
 _GET_RESPONSE: dict[int, bytes] = {}
 
 
+def _send(transport: CardTransport, cmd: A.Command | bytes, *, action: str, c: _Counter,
+          side: Literal["card", "sam"], file: str | None, check: bool,
+          monotonic: Callable[[], float]) -> A.Response:
+    """Send one APDU to the card or the SAM (see "Sending a command" above)."""
+    if monotonic() > c.deadline:
+        raise E.CardTimeout("Operation took too long", reader=transport.reader)
+    apdu = cmd if isinstance(cmd, bytes) else cmd.to_bytes()
+    raw = transport.transmit(apdu)
+    if side == "card":
+        c.card += 1
+    else:
+        c.sam += 1
+    if raw[-2:] == b"\x90\x00":  # the common case, without the chaining machinery
+        return A.Response(raw[:-2], 0x90, 0x00)
+    return _exchange_rest(transport, apdu, raw, action=action, counter=c, side=side,
+                          file=file, check=check, monotonic=monotonic)
+
+
 def _exchange_rest(transport: CardTransport, apdu: bytes, raw: bytes, *, action: str,
                    counter: _Counter, side: Literal["card", "sam"], file: str | None,
                    check: bool, monotonic: Callable[[], float] = time.monotonic
@@ -517,17 +535,9 @@ class SamSession:
     def _x(self, cmd: A.Command | bytes, action: str, counter: _Counter | None = None,
            check: bool = True) -> A.Response:
         c = counter or _Counter()
-        try:  # see "Sending a command" above _exchange_rest
-            if self._monotonic() > c.deadline:
-                raise E.CardTimeout("Operation took too long", reader=self.transport.reader)
-            apdu = cmd if isinstance(cmd, bytes) else cmd.to_bytes()
-            raw = self.transport.transmit(apdu)
-            c.sam += 1
-            if raw[-2:] == b"\x90\x00":
-                return A.Response(raw[:-2], 0x90, 0x00)
-            return _exchange_rest(self.transport, apdu, raw, action=action,
-                                  counter=c, side="sam", file=None, check=check,
-                                  monotonic=self._monotonic)
+        try:
+            return _send(self.transport, cmd, action=action, c=c, side="sam", file=None,
+                         check=check, monotonic=self._monotonic)
         except (E.CardRemoved, E.ReaderUnavailable) as exc:
             self._opened = False
             raise E.SamUnavailable(f"SAM lost: {exc.message}",
@@ -747,18 +757,8 @@ class CardSession:
 
     def _x(self, cmd: A.Command | bytes, action: str, *, file: str | None = None,
            check: bool = True) -> A.Response:
-        # See "Sending a command" above _exchange_rest.
-        c = self._c
-        if self._monotonic() > c.deadline:
-            raise E.CardTimeout("Operation took too long", reader=self.transport.reader)
-        apdu = cmd if isinstance(cmd, bytes) else cmd.to_bytes()
-        raw = self.transport.transmit(apdu)
-        c.card += 1
-        if raw[-2:] == b"\x90\x00":
-            return A.Response(raw[:-2], 0x90, 0x00)
-        return _exchange_rest(self.transport, apdu, raw, action=action,
-                              counter=c, side="card", file=file, check=check,
-                              monotonic=self._monotonic)
+        return _send(self.transport, cmd, action=action, c=self._c, side="card", file=file,
+                     check=check, monotonic=self._monotonic)
 
     def _select_df(self, df: str) -> None:
         if self._st.df == df:
