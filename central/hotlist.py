@@ -248,10 +248,20 @@ class FleetPublisher:
         )
 
     @classmethod
-    def from_forwarder_settings(cls, settings: Any, **kw: Any) -> FleetPublisher:
-        """Same broker and credentials as the forwarder, client id ``{client_id}-fleet``."""
-        return cls(host=settings.host, port=settings.port, username=settings.username,
-                   password=settings.read_password(), tls=settings.tls,
+    def from_forwarder_settings(
+        cls, settings: Any, *, username: str | None = None, password: str | None = None,
+        **kw: Any,
+    ) -> FleetPublisher:
+        """Same broker as the forwarder, client id ``{client_id}-fleet``, its own account.
+
+        Pass ``username``/``password``: a broker that binds the client id to the username
+        (central's Mosquitto does) would otherwise see both sessions under the forwarder's
+        username, and each connect would disconnect the other.
+        """
+        if username is None:
+            username, password = settings.username, settings.read_password()
+        return cls(host=settings.host, port=settings.port, username=username,
+                   password=password, tls=settings.tls,
                    client_id=f"{settings.client_id}-fleet"[:64],
                    keepalive=settings.keepalive, **kw)
 

@@ -4,13 +4,22 @@ Each device gets its own random broker password, generated here and shown once; 
 keeps only the salted hash (``mosquitto_passwd``). There are no shared or default passwords.
 Certificates from central's CA (mutual TLS, ``use_identity_as_username``) replace passwords
 later; the ACL is the same either way because username = client id = device id.
+
+Central itself has one broker account per connection (the forwarder, its hot-list
+publisher, every further instance): the broker binds the client id to the username
+(``use_username_as_clientid``), so two connections sharing an account would disconnect each
+other. Each account's username is the connection's name plus a random suffix made once, and
+it is kept with its random password in a 0600 file in the broker workdir — stable across
+restarts, so the forwarder's persistent session survives, and not guessable by devices.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +36,8 @@ from edge.protocol.topics import RESERVED_DEVICE_IDS, is_valid_device_id
 
 __all__ = ["CENTRAL_USER", "Credentials", "Registry", "RegistryError"]
 
-CENTRAL_USER = "central"
+CENTRAL_USER = "central"  # default connection name; before per-connection accounts, the user
+_CONNECTION_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 Role = Literal["kiosk", "cashier"]
 ROLES = frozenset({"kiosk", "cashier"})
 
@@ -64,6 +74,7 @@ class Registry:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         token: Callable[[int], str] = secrets.token_urlsafe,
         on_change: Callable[[], None] | None = None,
+        central_users: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.workdir = Path(broker_workdir)
@@ -72,6 +83,9 @@ class Registry:
         self._token = token
         # Called after the password/ACL files change (e.g. Mosquitto.reload → SIGHUP).
         self._on_change = on_change
+        # Accounts made elsewhere (an external broker's, from central.toml) that the ACL
+        # written here must still give ykt/v1/#.
+        self._extra_central_users = tuple(u for u in central_users if u)
 
     @property
     def password_file(self) -> Path:
@@ -85,25 +99,60 @@ class Registry:
 
     @property
     def central_password_file(self) -> Path:
-        """Central's own broker password (0600), read by the forwarder."""
+        """The old single shared account's password file (removed on first use, see below)."""
         return self.workdir / "central.password"
 
+    @property
+    def central_accounts_dir(self) -> Path:
+        """One 0600 file per central connection: its broker username and password."""
+        return self.workdir / "central-accounts"
+
+    def central_usernames(self) -> list[str]:
+        """Broker usernames of all of central's connections (sorted)."""
+        made: list[str] = []
+        if self.central_accounts_dir.is_dir():
+            made = [json.loads(p.read_text())["username"]
+                    for p in self.central_accounts_dir.glob("*.json")]
+        return sorted({*made, *self._extra_central_users})
+
     def write_acl(self) -> Path:
-        """(Re)write the ACL file."""
-        self.acl_file.write_text(render_acl(CENTRAL_USER))
+        """(Re)write the ACL file (every central account gets ykt/v1/#, devices the pattern)."""
+        self.acl_file.write_text(render_acl(*self.central_usernames()))
         return self.acl_file
 
-    def central_credentials(self) -> Credentials:
-        """Central's broker credentials, created (random) on first use and kept in a 0600 file."""
+    def central_credentials(self, connection: str = CENTRAL_USER) -> Credentials:
+        """The broker account of one central connection, created once and kept (0600).
+
+        ``connection`` names the connection (the forwarder's client id, ``<id>-fleet``); the
+        username is that name plus a random suffix, and the password is random.
+        """
+        if not _CONNECTION_RE.fullmatch(connection):
+            raise RegistryError(f"invalid connection name {connection!r}",
+                                f"连接名称无效：{connection!r}")
+        path = self.central_accounts_dir / f"{connection}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            return Credentials(str(data["username"]), str(data["password"]))
+        prefix = connection if connection[0].isalnum() else "c" + connection
+        suffix = "".join(ch for ch in self._token(12) if ch.isalnum())[:12]
+        username = f"{prefix[:50]}-{suffix}"
+        password = self._token(32)
+        try:
+            mosquitto_passwd_set(self.password_file, username, password)
+        except BrokerError as exc:
+            raise RegistryError(exc.message, exc.message_zh) from exc
+        self.central_accounts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_secret(path, json.dumps({"username": username, "password": password}))
+        self._drop_shared_account()
+        self.write_acl()
+        self._changed()
+        return Credentials(username, password)
+
+    def _drop_shared_account(self) -> None:
+        # Sites set up before per-connection accounts had one "central" user for everything.
         if self.central_password_file.exists():
-            password = self.central_password_file.read_text().strip()
-        else:
-            password = self._token(32)
-            mosquitto_passwd_set(self.password_file, CENTRAL_USER, password)
-            _write_secret(self.central_password_file, password)
-        if not self.acl_file.exists():
-            self.write_acl()
-        return Credentials(CENTRAL_USER, password)
+            mosquitto_passwd_delete(self.password_file, CENTRAL_USER)
+            self.central_password_file.unlink()
 
     def register(self, device_id: str, role: str) -> Credentials:
         """Register (or re-key) ``device_id``; returns its new password, shown only this once."""
@@ -113,6 +162,9 @@ class Registry:
             )
         if role not in ROLES:
             raise RegistryError(f"invalid role {role!r}", f"设备角色无效：{role!r}")
+        if device_id in self.central_usernames():
+            raise RegistryError(f"{device_id!r} is one of central's broker accounts",
+                                f"设备编号与中心账号冲突：{device_id!r}")
         password = self._token(24)
         try:
             mosquitto_passwd_set(self.password_file, device_id, password)

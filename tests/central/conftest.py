@@ -126,6 +126,7 @@ class Site:
     registry: Registry
     broker: Mosquitto
     central_password: str
+    central_user: str = "central"
 
     def device(self, dev: str, tmp: Path, **kw: Any) -> Uplink:
         """Register ``dev`` and build (not start) its Uplink on this broker."""
@@ -140,11 +141,16 @@ class Site:
         )
         return Uplink(cfg, dev, role="kiosk", version="1.2.3")
 
+    def login(self, connection: str = "central") -> dict[str, str]:
+        """Username/password of central's broker account for ``connection`` (made once)."""
+        creds = self.registry.central_credentials(connection)
+        return {"username": creds.username, "password": creds.password}
+
     def forwarder_settings(self, **kw: Any) -> ForwarderSettings:
-        """Settings for a forwarder on this site's broker."""
+        """Settings for a forwarder on this site's broker (its own account per client id)."""
         return ForwarderSettings(
-            host="127.0.0.1", port=self.broker.port, username="central",
-            password=self.central_password, **kw,
+            host="127.0.0.1", port=self.broker.port,
+            **self.login(kw.get("client_id", "central")), **kw,
         )
 
 
@@ -162,7 +168,7 @@ def make_site(workdir: Path) -> Site:
     broker = Mosquitto(workdir / "broker", cfg)
     registry._on_change = broker.reload  # the registry tells the broker to re-read its files
     broker.start()
-    return Site(workdir, store, registry, broker, creds.password)
+    return Site(workdir, store, registry, broker, creds.password, creds.username)
 
 
 @pytest.fixture

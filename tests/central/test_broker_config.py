@@ -47,8 +47,10 @@ connection_messages true
 log_timestamp true
 
 listener 1883 127.0.0.1
+use_username_as_clientid true
 
 listener 8883 0.0.0.0
+use_username_as_clientid true
 cafile /etc/ykt/ca/ca.pem
 certfile /etc/ykt/ca/broker.pem
 keyfile /etc/ykt/ca/broker.key
@@ -102,6 +104,19 @@ def test_tcp_nodelay_is_on_by_default_and_can_be_turned_off() -> None:
 
 def test_render_acl_matches_golden_text() -> None:
     assert render_acl("central") == GOLDEN_ACL
+
+
+# What config/mosquitto/acl.example shows: the forwarder's and the fleet publisher's accounts
+# (connection name + a random suffix, central/registry.py).
+EXAMPLE_CENTRAL_USERS = ("central-host-0-Xq3v9TzL0pWa", "central-host-0-fleet-K7mN2bRc8sJd")
+
+
+def test_render_acl_gives_every_central_account_full_access_and_nobody_else() -> None:
+    acl = render_acl(*EXAMPLE_CENTRAL_USERS)
+    assert acl.count("topic readwrite ykt/v1/#") == 2
+    for user in EXAMPLE_CENTRAL_USERS:
+        assert f"user {user}\ntopic readwrite ykt/v1/#\n" in acl
+    assert "topic" not in acl.split("user ", 1)[0]  # before the central users: patterns only
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "+", "#", "cen tral", "x" * 80])
@@ -170,7 +185,8 @@ class Probe:
 def test_acl_confines_each_device_to_its_own_topics(broker_site) -> None:
     a = broker_site.registry.register("kiosk-a01", "kiosk")
     b = broker_site.registry.register("kiosk-b02", "kiosk")
-    central = Probe(broker_site.broker.port, "central", "central", broker_site.central_password)
+    central = Probe(broker_site.broker.port, "central", broker_site.central_user,
+                    broker_site.central_password)
     dev_a = Probe(broker_site.broker.port, "kiosk-a01", a.username, a.password)
     dev_b = Probe(broker_site.broker.port, "kiosk-b02", b.username, b.password)
     try:
@@ -278,7 +294,9 @@ async def test_supervise_restarts_a_dead_broker(broker_site) -> None:
 
 def test_shipped_examples_match_the_renderers() -> None:
     root = Path(__file__).resolve().parents[2] / "config" / "mosquitto"
-    assert (root / "acl.example").read_text() == render_acl("central")
+    assert (root / "acl.example").read_text() == render_acl(*EXAMPLE_CENTRAL_USERS)
     conf = (root / "mosquitto.conf.example").read_text()
     assert "max_queued_messages 100000" in conf and "allow_anonymous false" in conf
     assert "use_identity_as_username true" in conf
+    # every listener binds the client id to the username (certificate CN on 8883)
+    assert conf.count("use_username_as_clientid true") == conf.count("\nlistener ")

@@ -155,7 +155,8 @@ class Central:
         self.adapter = create_adapter(PlatformConfig(base_url=base_url, read_timeout_s=5))
         settings = site.forwarder_settings(concurrency=4)
         self.forwarder = Forwarder(settings, site.store, self.adapter)
-        self.fleet = FleetPublisher.from_forwarder_settings(settings, backoff_max_s=0.5)
+        self.fleet = FleetPublisher.from_forwarder_settings(
+            settings, backoff_max_s=0.5, **site.login(f"{settings.client_id}-fleet"))
         self.hotlist = HotlistSync(self.adapter, self.fleet, site.store, interval_s=0.3)
         self.fleet.on_connected = self.hotlist.republish
         self._task: asyncio.Task[None] | None = None

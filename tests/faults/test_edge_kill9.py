@@ -58,7 +58,8 @@ class Rig:
     async def start_forwarder(self) -> None:
         adapter = create_adapter(PlatformConfig(base_url=self.platform.base_url))
         settings = ForwarderSettings(host="127.0.0.1", port=self.broker.port,
-                                     username="central", password=self.central_password,
+                                     username=self.registry.central_credentials().username,
+                                     password=self.central_password,
                                      concurrency=8)
         self.forwarder = Forwarder(settings, self.store, adapter)
         await self.forwarder.start()
