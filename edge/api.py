@@ -15,6 +15,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.runtime import EdgeRuntime, SessionError
 from edge.uplink.errors import (
@@ -25,7 +26,7 @@ from edge.uplink.errors import (
     UplinkError,
 )
 
-__all__ = ["create_api"]
+__all__ = ["TokenGate", "create_api"]
 
 
 class RequestIn(BaseModel):
@@ -107,15 +108,67 @@ def _error(status: int, code: str, message: str, message_zh: str, **extra: Any) 
     )
 
 
+_UNAUTHORIZED = json.dumps(
+    {"error": {"code": "unauthorized", "message": "Bad or missing token.",
+               "message_zh": "令牌缺失或无效。"}},
+    ensure_ascii=False,
+).encode()
+
+
+class TokenGate:
+    """Pure ASGI middleware: refuse a request without the bearer token before anything else.
+
+    FastAPI reads and validates a JSON body *before* it runs dependencies, so a check done as a
+    dependency lets an unauthenticated caller make the daemon parse its body and learn the
+    request models from 422 errors. This gate looks only at the headers and answers 401 without
+    ever calling ``receive`` — the body is not read.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = f"Bearer {token}".encode()
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """True when exactly one Authorization header carries the expected bearer token."""
+        values = [v for k, v in headers if k.lower() == b"authorization"]
+        given = values[0] if len(values) == 1 else b""
+        # compare_digest on equal-type bytes: the time does not depend on where they differ.
+        return hmac.compare_digest(given, self._expected)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an authorized request on; answer any other with a typed 401."""
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            await self.app(scope, receive, send)
+            return
+        if self.authorized(list(scope.get("headers") or [])):
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(_UNAUTHORIZED)).encode()),
+            (b"www-authenticate", b"Bearer"),
+            (b"cache-control", b"no-store"),
+        ]})
+        await send({"type": "http.response.body", "body": _UNAUTHORIZED})
+
+
 def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     """Build the local API app around a running ``EdgeRuntime``."""
 
     def check_token(authorization: str = Header(default="")) -> None:
+        # Defence in depth only: TokenGate has already refused a request without the token.
         expected = f"Bearer {token}"
         if not hmac.compare_digest(authorization.encode(), expected.encode()):
             raise HTTPException(status_code=401, detail="bad or missing token")
 
-    app = FastAPI(title="Yikatong edge local API", version="1", docs_url=None, redoc_url=None)
+    # No schema or docs: the API is for the kiosk UI server only, not to be explored.
+    app = FastAPI(title="Yikatong edge local API", version="1", openapi_url=None,
+                  docs_url=None, redoc_url=None)
+    # Outermost: runs before FastAPI's exception middleware and before any body is read.
+    app.add_middleware(TokenGate, token=token)
     r = APIRouter(prefix="/v1", dependencies=[Depends(check_token)])
 
     @app.exception_handler(SessionError)

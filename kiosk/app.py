@@ -64,7 +64,7 @@ def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = No
         await edge.aclose()
 
     app = FastAPI(title="Yikatong kiosk UI", version="1", lifespan=lifespan,
-                  docs_url=None, redoc_url=None)
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.screen = screen  # read by tests and the benchmark (never by request handlers)
     api = APIRouter(prefix="/api")
 

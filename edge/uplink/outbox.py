@@ -18,6 +18,16 @@ Size policy (stated, tested): at most ``max_entries`` rows. When an enqueue woul
 2. then pending **events/telemetry** are dropped, oldest and lowest priority first;
 3. requests, results and money are never dropped: if only those remain, :class:`OutboxFull`.
 
+Personal data rests here only while it is needed. When an entry reaches a final state (done
+with a final reply, or failed other than ``caller_timeout``) its payload and reply are
+rewritten by :func:`minimise`: the ``auth`` token and the signature go, secrets (PIN, wallet
+``auth_code``, session token) are dropped, names and ID/card numbers masked, lab results
+emptied — ids, amounts, states and methods stay, so ``result_of`` and a same-id resend still
+work. Entries that ``reopen`` may resend with the same bytes (a reply ``outcome_unknown`` /
+``platform_unavailable``, a ``caller_timeout`` withdrawal) keep their bytes until final.
+``secure_delete`` zeroes the replaced content in the file, and a truncating checkpoint clears
+it from the WAL.
+
 Plain ``sqlite3`` with fixed SQL: an enqueue is one INSERT (plus a SELECT only for a repeated
 id) in one fsynced transaction; the row count and the next ``seq`` are kept in memory and
 reloaded whenever another connection wrote the file (``PRAGMA data_version``). The schema is
@@ -37,7 +47,16 @@ from pathlib import Path
 from typing import Any
 
 from edge.common.storage import open_durable
-from edge.protocol.envelope import Envelope, encode, parse_ts
+from edge.protocol.envelope import (
+    _PERSONAL_KEYS,
+    _SECRET_KEYS,
+    Envelope,
+    decode,
+    encode,
+    parse_ts,
+    redact,
+)
+from edge.protocol.errors import ProtocolError
 from edge.uplink.errors import OutboxFull
 
 __all__ = [
@@ -46,6 +65,9 @@ __all__ = [
     "Outbox",
     "OutboxEntry",
     "Priority",
+    "is_final_reply",
+    "minimise",
+    "minimise_body",
     "priority_for",
     "utc_now",
 ]
@@ -81,6 +103,75 @@ def priority_for(kind: str, type_: str) -> Priority:
     if kind == "telemetry":
         return Priority.TELEMETRY
     return Priority.EVENT
+
+
+# -- minimising finished entries ---------------------------------------------------------
+
+#: Secrets dropped from a finished entry: the envelope's own (plus the session token a
+#: ``staff.login`` reply carries), whatever the message type.
+_DROP_KEYS = _SECRET_KEYS | {"session_token", "token", "auth"}
+#: Personal fields that are optional in their result model: dropped rather than masked.
+_DROP_PERSONAL = frozenset({"phone", "birth_date"})
+#: Fields emptied per request type (lab results: health data, not needed after printing).
+_EMPTY_BY_TYPE: dict[str, frozenset[str]] = {"report.fetch": frozenset({"items"})}
+#: Types whose bodies (request or result) carry personal data: masked as well. Elsewhere a
+#: "name" is a department or a bill item, and only secrets are dropped.
+_PERSONAL_TYPES = frozenset({"patient.identify", "report.fetch", "staff.login"})
+#: Reply error codes after which ``reopen`` may resend the same bytes: not final.
+_UNSETTLED_CODES = frozenset({"outcome_unknown", "platform_unavailable"})
+
+
+def minimise_body(value: Any, type_: str, key: str | None = None) -> Any:
+    """A body (request or reply) with secrets dropped and personal fields masked/emptied."""
+    personal = type_ in _PERSONAL_TYPES
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k in _DROP_KEYS or (personal and k in _DROP_PERSONAL):
+                continue
+            if k in _EMPTY_BY_TYPE.get(type_, ()):
+                out[k] = [] if isinstance(v, list) else None
+                continue
+            out[k] = minimise_body(v, type_, k)
+        return out
+    if isinstance(value, list):
+        return [minimise_body(v, type_, key) for v in value]
+    if not personal:
+        return value
+    if isinstance(value, str) and key in _PERSONAL_KEYS:
+        return _PERSONAL_KEYS[key](value)
+    # Free text: the log masking (ID/phone/payment-code/name patterns inside strings).
+    return redact(value, key)
+
+
+def minimise(data: bytes, type_: str) -> bytes:
+    """Envelope bytes without ``auth``/``sig``, the body minimised (see :func:`minimise_body`).
+
+    ``type_`` is the request's type (a reply's own type is ``resp``). Bytes that are no
+    envelope are returned as they are: the uplink stores only envelopes it encoded or
+    decoded, so these come from tests and tools, and nothing in them can be told apart.
+    """
+    try:
+        env = decode(data)
+    except ProtocolError:
+        return data
+    update: dict[str, Any] = {"sig": None, "body": minimise_body(env.body, type_)}
+    if "auth" in type(env).model_fields:  # the staff session token
+        update["auth"] = None
+    small = env.model_copy(update=update)
+    return encode(small)
+
+
+def is_final_reply(reply: bytes | None) -> bool:
+    """False for a reply that ``reopen`` may answer by resending (``outcome_unknown`` …)."""
+    if reply is None:
+        return True
+    try:
+        body = decode(reply).body
+    except ProtocolError:
+        return True
+    err = body.get("error") if body.get("status") == "error" else None
+    return not (isinstance(err, dict) and err.get("code") in _UNSETTLED_CODES)
 
 
 def _ts(dt: datetime) -> float:
@@ -210,6 +301,9 @@ class Outbox:
         if con is None:
             con = open_durable(self.path, timeout_s=10)
             con.execute("PRAGMA foreign_keys=1")
+            # Replaced and deleted content is overwritten with zeros, not left in free space:
+            # a minimised entry's personal data must not stay readable in the file.
+            con.execute("PRAGMA secure_delete=ON")
             self._con = con
             self._data_version = None
         return con
@@ -350,24 +444,69 @@ class Outbox:
         return n
 
     def complete(self, id: str, reply: bytes | None) -> bool:
-        """End an entry on its application reply (events: on PUBACK, reply None)."""
+        """End an entry on its application reply (events: on PUBACK, reply None).
+
+        A final reply minimises the stored payload and reply (module docstring); one that
+        ``reopen`` may follow keeps both as they are.
+        """
+        wiped = False
         with self._write() as con:
-            n = con.execute(
-                "UPDATE outbox SET state = 'done', reply = ?, finished_at = ? "
-                "WHERE id = ? AND state = 'pending'",
-                (reply, _ts(self._clock()), id),
-            ).rowcount
-        return bool(n)
+            row = con.execute(
+                "SELECT type, payload FROM outbox WHERE id = ? AND state = 'pending'", (id,)
+            ).fetchone()
+            if row is None:
+                return False
+            payload, stored = bytes(row[1]), reply
+            if is_final_reply(reply):
+                payload = minimise(payload, row[0])
+                stored = None if reply is None else minimise(reply, row[0])
+                wiped = payload != bytes(row[1]) or stored != reply
+            con.execute(
+                "UPDATE outbox SET state = 'done', payload = ?, reply = ?, finished_at = ? "
+                "WHERE id = ?",
+                (payload, stored, _ts(self._clock()), id),
+            )
+        if wiped:
+            self._clear_wal()
+        return True
 
     def fail(self, id: str, reason: str) -> bool:
-        """End a pending entry as failed with ``reason`` (it will not be sent again)."""
+        """End a pending entry as failed with ``reason`` (it will not be sent again).
+
+        ``caller_timeout`` may be reopened (same bytes): only other reasons minimise.
+        """
         with self._write() as con:
             n = con.execute(
                 "UPDATE outbox SET state = 'failed', fail_reason = ?, finished_at = ? "
                 "WHERE id = ? AND state = 'pending'",
                 (reason[:200], _ts(self._clock()), id),
             ).rowcount
+            wiped = bool(n) and reason != "caller_timeout" and self._minimise_rows(con, [id])
+        if wiped:
+            self._clear_wal()
         return bool(n)
+
+    def _minimise_rows(self, con: sqlite3.Connection, ids: Sequence[str]) -> bool:
+        """Minimise the payload of finished rows ``ids``; True if any bytes changed."""
+        changed = False
+        for id_ in ids:
+            row = con.execute("SELECT type, payload FROM outbox WHERE id = ?", (id_,)).fetchone()
+            if row is None:
+                continue
+            small = minimise(bytes(row[1]), row[0])
+            if small != bytes(row[1]):
+                con.execute("UPDATE outbox SET payload = ? WHERE id = ?", (small, id_))
+                changed = True
+        return changed
+
+    def _clear_wal(self) -> None:
+        """Checkpoint and truncate the WAL, where the replaced bytes still sit in old frames.
+
+        Best effort: a reader holding an old snapshot keeps the checkpoint partial; the next
+        one (the next completion, or close) clears what is left.
+        """
+        with self._lock, contextlib.suppress(sqlite3.Error):
+            self._connection().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def reopen(self, id: str, now: datetime) -> OutboxEntry | None:
         """Make a done (or withdrawn) entry pending again (same id, same bytes) to ask again.
@@ -416,6 +555,9 @@ class Outbox:
                     sql = ("UPDATE outbox SET state = 'failed', fail_reason = ?, "  # noqa: S608
                            f"finished_at = ? WHERE id IN ({_marks(part)})")
                     con.execute(sql, (reason, t, *part))
+            wiped = self._minimise_rows(con, unsent + stale)
+        if wiped:
+            self._clear_wal()
         return [e for e in (self.get(i) for i in unsent + stale) if e is not None]
 
     def prune(self, now: datetime, keep_s: float) -> int:

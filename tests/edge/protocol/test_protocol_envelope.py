@@ -377,3 +377,57 @@ def test_check_topic_enforces_dev_and_reserved_types() -> None:
 def test_canonical_json_of_envelope_equals_encode() -> None:
     env = decode(fixture("envelope_reply_error.json"))
     assert canonical_json(env) == encode(env)
+
+
+# --------------------------------------------------------------------------- peek_id on broken JSON
+
+_BROKEN_REQ = b'{"v":1,"id":"abcdef0123456789","type":"reg.book","body":{"slot_id":"S1"'
+
+
+@pytest.mark.parametrize(
+    ("payload", "want"),
+    [
+        (_BROKEN_REQ, "abcdef0123456789"),  # cut off mid-body
+        (b'{"v":1,"id":"abcdef0123456789","type":"reg.book",broken', "abcdef0123456789"),
+        (b' \n{ "id" :\t"abc_DEF-0123" , "body": {x}}', "abc_DEF-0123"),
+        (b'{"body":{"note":"\xe5\xbc\xa0\\"}","id":"ignored-1"},"id":"abcdef0123"', "abcdef0123"),
+        (b'{"i\\u0064":"abcdef0123", "v": tru', "abcdef0123"),  # an escaped key is "id" too
+        (b'{"id":"abcdef0123","v":1,"id":"abcdef0123"}', None),  # duplicate keys: ambiguous
+        (b'{"id":"abcdef0123","i\\u0064":"zzzzzzzzzz",', None),
+        (b'{"id":"abcdef0123","v":1,"id":7,', None),  # a second id, even unusable: ambiguous
+        (b'{"v":1,"body":{"id":"abcdef0123"},"type":', None),  # only inside body
+        (b'{"v":1,"body":{"id":"abcdef0123"', None),
+        (b'{"v":1,"refs":[{"id":"abcdef0123"}],', None),  # only inside a nested value
+        (b'{"type":"id","note":"x\\"id\\":\\"abcdef0123\\"",', None),  # "id" as a value/in text
+        (b'{"id":"short","type":', None),  # not a valid id
+        (b'{"id":"abcdef0123\\u0041","type":', None),  # escaped id value: not a plain id
+        (b'{"id":abcdef0123,"type":', None),
+        (b'{"id":"' + b"a" * 65 + b'",', None),
+        (b'[{"id":"abcdef0123"', None),  # the top level is not an object
+        (b'garbage{"id":"abcdef0123"', None),
+        (b'{"v":1}{"id":"abcdef0123"', None),  # after the outer object ended
+        (b'{"v":1]"id":"abcdef0123"', None),  # unbalanced
+        (b'{"v":"unterminated, "id":"abcdef0123', None),
+        (b"", None),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_peek_id_reads_only_an_unambiguous_top_level_id_from_broken_json(
+    payload: bytes, want: str | None
+) -> None:
+    with pytest.raises(ProtocolError):
+        decode(payload)
+    assert peek_id(payload) == want
+
+
+def test_peek_id_prefers_the_parsed_json_and_scans_a_bounded_prefix() -> None:
+    # Parsed JSON is final: a body id is never taken, even though the text has one.
+    assert peek_id(raw({"v": 1, "body": {"id": "abcdef0123"}})) is None
+    assert peek_id(raw({"v": 1, "id": 5, "body": {"id": "abcdef0123"}})) is None
+    # The scan stops after 4 KiB: an id past it is not found, however large the payload.
+    pad = b'{"v":1,"pad":"' + b"x" * 5000 + b'","id":"abcdef0123",'
+    assert peek_id(pad) is None
+    big = b'{"v":1,"id":"abcdef0123","body":{"pad":"' + b"x" * (MAX_PAYLOAD_BYTES + 10)
+    assert peek_id(big) == "abcdef0123"
+    deep = b'{"id":"abcdef0123","body":' + b"[" * 100_000
+    assert peek_id(deep) == "abcdef0123"

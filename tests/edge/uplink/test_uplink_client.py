@@ -22,6 +22,7 @@ from edge.uplink.errors import (
     Rejected,
     RequestExpired,
 )
+from edge.uplink.session import InboundMessage
 
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
        "method": "prepaid"}
@@ -260,3 +261,96 @@ async def test_connect_listeners_run_after_every_connect_and_a_faulty_one_stops_
         assert calls == ["poked", "poked"]
     finally:
         await up.stop()
+
+
+# --------------------------------------------------------------------------- personal data at rest
+
+ID_NO, NAME, PHONE, CARD = "310104196503120022", "李秀英", "13912345678", "310100000000000002"
+PIN, WALLET_CODE = "918273", "134567890123456780"
+TOKEN = "tokTOKENtok0123456789abcdefXYZ"
+SECRETS = (ID_NO, NAME, PHONE, CARD, PIN, WALLET_CODE, TOKEN, "血红蛋白", "1965-03-12")
+
+
+async def _answered(up: Uplink, type_: str, body: dict, result: dict, *, id_: str,
+                    auth: str | None = None) -> dict:
+    """Send a request and deliver central's reply as the broker would; the caller's result."""
+    task = asyncio.create_task(up.request(type_, body, id=id_, timeout=5, auth=auth))
+    for _ in range(200):
+        if up.outbox.get(id_) is not None:
+            break
+        await asyncio.sleep(0.01)
+    up._on_message(InboundMessage(f"ykt/v1/dev/{up.device_id}/down/resp",
+                                  reply_to(id_, result), 1, False))
+    return await task
+
+
+def _at_rest(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+async def test_finished_requests_keep_no_personal_data_or_secrets_on_disk(offline) -> None:
+    patient = {"patient_id": "P1", "name": NAME, "sex": "F", "birth_date": "1965-03-12",
+               "id_number": ID_NO, "card_no": CARD, "phone": PHONE, "balance_fen": 500,
+               "insured": True}
+    got = await _answered(offline, "patient.identify", {"by": "id_number", "value": ID_NO},
+                          patient, id_="ident00001")
+    assert got["name"] == NAME and got["id_number"] == ID_NO  # the caller gets it all
+    staff = {"staff_id": "S1", "name": "王建国", "role": "cashier", "session_token": TOKEN}
+    got = await _answered(offline, "staff.login", {"badge": "B1", "pin": PIN}, staff,
+                          id_="login00001")
+    assert got["session_token"] == TOKEN
+    report = {"report_no": "R1", "title": "血常规", "patient_name": NAME, "sex": "F",
+              "age": "60岁", "dept_name": "检验科", "specimen": "血",
+              "sampled_at": "2026-01-01T08:00:00.000Z", "reported_at": "2026-01-01T09:00:00.000Z",
+              "items": [{"code": "HGB", "name": "血红蛋白", "value": "135", "unit": "g/L",
+                         "ref_range": "115-150", "flag": ""}],
+              "doctor": "赵医生", "verify_url": "https://lab.example/v/R1"}
+    got = await _answered(offline, "report.fetch", {"report_no": "R1"}, report,
+                          id_="report0001", auth=TOKEN)
+    assert got["items"][0]["name"] == "血红蛋白"
+    pay_body = {**PAY, "method": "wechat", "auth_code": WALLET_CODE}
+    paid = {"payment_id": "PAY9", "state": "approved", "amount_fen": 1200, "method": "wechat",
+            "txn_id": "T9", "balance_fen": 300}
+    assert await _answered(offline, "pay.create", pay_body, paid, id_="payment001",
+                           auth=TOKEN) == paid
+
+    raw = _at_rest(offline.config.outbox_path)
+    for secret in SECRETS:
+        assert secret.encode() not in raw, secret
+    assert "李*英".encode() in raw  # masked, still there for a reprint or a look-up
+
+    # Later readers get the minimised outcome; money results stay whole.
+    assert await offline.result_of("payment001") == paid
+    again = await offline.request("pay.create", pay_body, id="payment001", timeout=1,
+                                  auth=TOKEN)
+    assert again == paid
+    who = await offline.request("patient.identify", {"by": "id_number", "value": ID_NO},
+                                id="ident00001", timeout=1)
+    assert who["patient_id"] == "P1" and who["id_number"] == "310***********0022"
+    assert "phone" not in who and who["name"] != NAME
+    # A different body under a used id is still refused.
+    with pytest.raises(Rejected) as info:
+        await offline.request("pay.create", {**pay_body, "amount_fen": 1},
+                              id="payment001", timeout=1)
+    assert info.value.code == "duplicate_mismatch"
+    for secret in SECRETS:
+        assert secret.encode() not in _at_rest(offline.config.outbox_path), secret
+
+
+async def test_an_unsettled_reply_keeps_the_bytes_for_the_resend(offline) -> None:
+    pay_body = {**PAY, "method": "wechat", "auth_code": WALLET_CODE}
+    task = asyncio.create_task(offline.request("pay.create", pay_body, id="payment002",
+                                               timeout=5))
+    for _ in range(200):
+        if offline.outbox.get("payment002") is not None:
+            break
+        await asyncio.sleep(0.01)
+    unknown = encode(new_envelope(
+        "resp", "kiosk-401", {"status": "error", "error": {
+            "code": "outcome_unknown", "message": "m", "message_zh": "确认中",
+            "retryable": True}}, now=datetime.now(UTC), corr="payment002"))
+    offline._on_message(InboundMessage("ykt/v1/dev/kiosk-401/down/resp", unknown, 1, False))
+    with pytest.raises(OutcomeUnknown):
+        await task
+    entry = offline.outbox.get("payment002")
+    assert entry is not None and WALLET_CODE.encode() in entry.payload  # reopen resends these

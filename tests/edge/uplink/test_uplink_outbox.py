@@ -314,3 +314,23 @@ def test_enqueued_entries_survive_kill_9(tmp_path: Path) -> None:
             assert decode(entry.payload).id == i
     finally:
         ob.close()
+
+
+def test_a_failed_entry_is_minimised_unless_it_may_be_reopened(outbox, clock):
+    from edge.protocol.messages import make_request
+
+    def login(id_: str):
+        return make_request("staff.login", "kiosk-0001", {"badge": "B1", "pin": "918273"},
+                            now=clock(), id=id_)
+
+    withdrawn = outbox.enqueue(login("login00001"), kind="req")
+    assert outbox.fail(withdrawn.id, "caller_timeout")
+    assert b"918273" in outbox.get(withdrawn.id).payload  # reopen resends the same bytes
+    lost = outbox.enqueue(login("login00002"), kind="req")
+    assert outbox.fail(lost.id, "no_reply")
+    stored = decode(outbox.get(lost.id).payload)
+    assert stored.id == "login00002" and stored.type == "staff.login"
+    assert stored.body == {"badge": "B1"}
+    outbox.close()
+    raw = b"".join(p.read_bytes() for p in outbox.path.parent.glob(outbox.path.name + "*"))
+    assert raw.count(b"918273") == 1  # only the withdrawn entry's

@@ -7,9 +7,23 @@ the socket then appears in that directory and clients point ``PCSCLITE_CSOCK_NAM
 The client library caches the socket path per process on first use: a process that wants
 to talk to this daemon must set the variable before pyscard first contacts pcscd.
 
+Loopback only. vpcd (vsmartcard-vpcd 3.3, "vpcd 0.9") cannot be told where to listen: its
+reader.conf ``DEVICENAME`` is ``host:port``, and the host part only picks the mode — ``/dev/null``
+makes vpcd a server whose ``opensock()`` binds ``INADDR_ANY`` (every interface, no option), any
+other host makes vpcd a *client* that connects out to a card listening there (the "reversed"
+mode, which our virtual cards do not speak). So pcscd also gets a private network namespace
+(``unshare -n``) with only its own loopback up: there vpcd's wildcard listener reaches nothing
+outside. Cards still connect from the host to ``127.0.0.1:<port>``: per port a ``socat`` on the
+host listens on 127.0.0.1 only and relays each connection over a Unix socket in the run
+directory (filesystem sockets cross network namespaces) to a ``socat`` inside the namespace,
+which opens the TCP connection to vpcd — one card connection is still one vpcd connection, so
+insertion and removal mean what they did. A firewall rule was not an option (it would be
+host-wide state a test or the demo must not touch).
+
 Readiness is checked without connecting to the vpcd ports (a connection *is* a card
-insertion for vpcd): the socket file must exist and both ports must be in LISTEN state in
-``/proc/net/tcp``/``tcp6``.
+insertion for vpcd): the socket file must exist, both ports must be in LISTEN state on
+127.0.0.1 on the host, and vpcd's own listeners must be up inside the namespace (read from
+``/proc/<pid>/net/tcp``).
 """
 
 from __future__ import annotations
@@ -27,7 +41,8 @@ from pathlib import Path
 
 from edge.devices.card.errors import PcscDaemonError
 
-__all__ = ["VPCD_DRIVER", "PcscDaemon", "free_port_pair", "listening_ports"]
+__all__ = ["VPCD_DRIVER", "PcscDaemon", "free_port_pair", "group_members", "listening_ports",
+           "listening_sockets"]
 
 VPCD_DRIVER = Path("/usr/lib/pcsc/drivers/serial/libifdvpcd.so")
 _RUN_DIR = Path("/run/pcscd")
@@ -56,19 +71,49 @@ def free_port_pair(host: str = "127.0.0.1", attempts: int = 50) -> int:
     raise PcscDaemonError("No free pair of loopback ports found.", "找不到可用的端口。")
 
 
-def listening_ports() -> set[int]:
-    """Local TCP ports in LISTEN state on this host (read from /proc, no connection made)."""
-    ports: set[int] = set()
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+def listening_sockets(net_dir: str | Path = "/proc/net") -> set[tuple[str, int]]:
+    """(address, port) of TCP sockets in LISTEN state, read from ``net_dir`` (no connection).
+
+    ``/proc/net`` is this process's network namespace; ``/proc/<pid>/net`` is another's.
+    """
+    found: set[tuple[str, int]] = set()
+    for name, width in (("tcp", 4), ("tcp6", 16)):
         try:
-            lines = Path(name).read_text().splitlines()[1:]
+            lines = (Path(net_dir) / name).read_text().splitlines()[1:]
         except OSError:
             continue
         for line in lines:
             parts = line.split()
             if len(parts) > 3 and parts[3] == "0A":
-                ports.add(int(parts[1].rsplit(":", 1)[1], 16))
-    return ports
+                addr_hex, port_hex = parts[1].rsplit(":", 1)
+                # /proc prints each 32-bit word of the address in host (little-endian) order.
+                raw = b"".join(bytes.fromhex(addr_hex[i:i + 8])[::-1]
+                               for i in range(0, len(addr_hex), 8))
+                family = socket.AF_INET if width == 4 else socket.AF_INET6
+                found.add((socket.inet_ntop(family, raw), int(port_hex, 16)))
+    return found
+
+
+def group_members(pgid: int) -> set[int]:
+    """Pids of live (not zombie) processes in process group ``pgid``, read from /proc."""
+    pids: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X") and int(fields[2]) == pgid:
+            pids.add(int(entry.name))
+    return pids
+
+
+def listening_ports() -> set[int]:
+    """Local TCP ports in LISTEN state on this host (read from /proc, no connection made)."""
+    return {port for _, port in listening_sockets()}
 
 
 class PcscDaemon:
@@ -135,6 +180,11 @@ class PcscDaemon:
         if shutil.which(self.pcscd_binary) is None:
             raise PcscDaemonError("pcscd is not installed (apt install pcscd).",
                                   "未安装 pcscd。")
+        for tool, package in (("socat", "socat"), ("ip", "iproute2")):
+            if shutil.which(tool) is None:
+                raise PcscDaemonError(
+                    f"'{tool}' is not installed (apt install {package}); the virtual readers "
+                    "need it to stay on loopback.", f"缺少 {tool} 工具。")
         if not VPCD_DRIVER.exists():
             raise PcscDaemonError(
                 f"vpcd driver missing at {VPCD_DRIVER} (apt install vsmartcard-vpcd).",
@@ -144,7 +194,8 @@ class PcscDaemon:
         self._rundir.mkdir(parents=True, exist_ok=True)
         self._confdir.mkdir(parents=True, exist_ok=True)
         # Stale files from a killed daemon would make pcscd think another one runs.
-        for stale in ("pcscd.comm", "pcscd.pid", "pcscd.pub"):
+        for stale in ("pcscd.comm", "pcscd.pid", "pcscd.pub",
+                      *(self._relay_socket(p).name for p in (self.patient_port, self.sam_port))):
             with contextlib.suppress(FileNotFoundError):
                 (self._rundir / stale).unlink()
         (self._confdir / "vpcd").write_text(
@@ -153,6 +204,35 @@ class PcscDaemon:
             f"LIBPATH {VPCD_DRIVER}\n"
             f"CHANNELID {self.base_port}\n"
         )
+
+    def _relay_socket(self, port: int) -> Path:
+        """Unix socket that carries connections for ``port`` into the daemon's namespace."""
+        return self._rundir / f"vpcd-{port - self.base_port}.sock"
+
+    def _script(self) -> str:
+        """Shell script: host relays, then pcscd in private mount + network namespaces."""
+        q = shlex.quote
+        ports = (self.patient_port, self.sam_port)
+        for port in ports:
+            if len(str(self._relay_socket(port))) > 100:  # sun_path holds 108 bytes
+                raise PcscDaemonError(f"Work directory path too long: {self.workdir}",
+                                      "工作目录路径过长。")
+        # -t 0.1: once one side has closed, close the other quickly (removal is prompt).
+        inner = (
+            f"ip link set lo up && mount --bind {q(str(self._rundir))} {_RUN_DIR} || exit 1; "
+        ) + "".join(
+            f"socat -t 0.1 UNIX-LISTEN:{q(str(self._relay_socket(port)))},fork,unlink-early "
+            f"TCP:127.0.0.1:{port},nodelay & "
+            for port in ports
+        ) + (f"exec {self.pcscd_binary} -f -c {q(str(self._confdir))}"
+             + "".join(f" {q(a)}" for a in self.extra_args))
+        outer = "".join(
+            f"socat -t 0.1 TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,nodelay "
+            f"UNIX-CONNECT:{q(str(self._relay_socket(port)))} & "
+            for port in ports
+        )
+        # exec: the Popen pid becomes unshare, then pcscd itself (inside the namespaces).
+        return outer + f"exec unshare -m -n --propagation private sh -c {q(inner)}"
 
     def start(self) -> None:
         """Start the daemon and wait until its socket and both vpcd ports are ready."""
@@ -165,13 +245,13 @@ class PcscDaemon:
             raise PcscDaemonError(f"Port(s) {sorted(busy)} already in use.", "端口已被占用。")
         # /run/pcscd must exist as a mount point; creating it is harmless for a system pcscd.
         _RUN_DIR.mkdir(parents=True, exist_ok=True)
-        script = (f'mount --bind "{self._rundir}" {_RUN_DIR} && '
-                  f'exec {self.pcscd_binary} -f -c "{self._confdir}"'
-                  + "".join(f" {shlex.quote(a)}" for a in self.extra_args))
+        script = self._script()
         log = self._log_path.open("ab")
         try:
+            # One process group (start_new_session) for pcscd and the four relays: stop()
+            # and kill() signal the group, so nothing is left behind.
             self._proc = subprocess.Popen(
-                ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                ["sh", "-c", script],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
@@ -213,13 +293,28 @@ class PcscDaemon:
                 raise PcscDaemonError(
                     f"pcscd exited with code {proc.returncode}: {tail}",
                     "读卡服务意外退出。")
-            if self.socket_path.exists() and {self.patient_port, self.sam_port} <= \
-                    listening_ports():
+            if self.socket_path.exists() and self._ports_ready(proc.pid):
                 return
             time.sleep(0.05)
         raise PcscDaemonError(
             f"pcscd not ready after {self.ready_timeout:.0f} s: {self._log_tail()}",
             "读卡服务启动超时。")
+
+    def _ports_ready(self, pid: int) -> bool:
+        """Host relays on 127.0.0.1 and vpcd's listeners inside pcscd's own namespace."""
+        ports = (self.patient_port, self.sam_port)
+        if not {("127.0.0.1", p) for p in ports} <= listening_sockets():
+            return False
+        if not all(self._relay_socket(p).exists() for p in ports):
+            return False
+        try:  # until unshare() ran, /proc/<pid>/net is still the host's namespace
+            if os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net"):
+                return False
+        except OSError:
+            return False
+        # vpcd's wildcard listeners, inside the private namespace only (the point of it).
+        inside = {("0.0.0.0", p) for p in ports}  # noqa: S104 - read, not bound, here
+        return inside <= listening_sockets(f"/proc/{pid}/net")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL); leaves no process behind."""
@@ -236,6 +331,7 @@ class PcscDaemon:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=timeout)
+        self._wait_group_gone(proc.pid, timeout)
         self._wait_ports_closed(timeout)
 
     def kill(self) -> None:
@@ -247,12 +343,33 @@ class PcscDaemon:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
+        self._wait_group_gone(proc.pid, 5.0)
         self._wait_ports_closed(5.0)
 
     def restart(self) -> None:
         """Stop and start again on the same ports and socket path."""
         self.stop()
         self.start()
+
+    @staticmethod
+    def _wait_group_gone(pgid: int, timeout: float) -> None:
+        """Wait until the relays in pcscd's process group have exited too (SIGKILL late).
+
+        Exited relays linger as zombies until init reaps them (here up to ~1.5 s): those
+        run nothing and hold no socket, so they do not count.
+        """
+        deadline = time.monotonic() + timeout
+        killed = False
+        while True:
+            if not group_members(pgid):
+                return
+            if not killed and time.monotonic() > deadline - timeout / 2:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                killed = True
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
 
     def _wait_ports_closed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
