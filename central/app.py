@@ -18,7 +18,8 @@ from typing import Any
 import uvicorn
 from pydantic import SecretStr
 
-from central.broker import Listener, Mosquitto, MosquittoConfig
+from central.authz import Guard
+from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener
 from central.config import CentralConfig, forwarder_client_id
 from central.dashboard.app import create_dashboard
 from central.fleet_health import HealthThresholds
@@ -27,6 +28,8 @@ from central.hotlist import FleetPublisher, HotlistSync
 from central.payments import Payments
 from central.platform.config import create_adapter
 from central.registry import Registry
+from central.retention import Retention
+from central.staff import StaffSessions
 from central.store import open_store
 from edge.common.config import load_config, read_secret
 from edge.common.logging import setup_logging
@@ -72,21 +75,34 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         if mosquitto is not None and mosquitto.running():
             mosquitto.reload()
 
-    registry = Registry(store, broker_dir, on_change=reload_broker)
+    registry = Registry(store, broker_dir, on_change=reload_broker,
+                        central_users=(cfg.broker.username or "", cfg.broker.fleet_username or "")
+                        if cfg.broker.mode == "external" else ())
     fw = cfg.forwarder
     common = {"client_id": forwarder_client_id(fw, socket.gethostname()),
               "concurrency": fw.concurrency, "lease_s": fw.lease_s,
               "call_timeout_s": fw.call_timeout_s}
+    fleet_login: dict[str, Any] = {}
     if cfg.broker.mode == "embedded":
-        creds = registry.central_credentials()
+        # One broker account per connection: the broker binds client id to username.
+        creds = registry.central_credentials(str(common["client_id"]))
+        fleet_creds = registry.central_credentials(f"{common['client_id']}-fleet")
+        fleet_login = {"username": fleet_creds.username, "password": fleet_creds.password}
         registry.write_acl()
+        listeners = [Listener(host=cfg.broker.host, port=cfg.broker.port)]
+        if (t := cfg.broker.tls) is not None:
+            listeners.append(Listener(host=t.host, port=t.port, tls=TlsListener(
+                cafile=t.cafile, certfile=t.certfile, keyfile=t.keyfile,
+                require_certificate=t.require_certificate)))
         mosquitto = Mosquitto(broker_dir, MosquittoConfig(
-            listeners=[Listener(host=cfg.broker.host, port=cfg.broker.port)],
+            listeners=listeners,
             persistence_dir=broker_dir / "persistence",
             acl_file=registry.acl_file,
             password_file=registry.password_file,
             max_queued_messages=cfg.broker.max_queued_messages,
         ))
+        # Stops a broker an earlier (killed) run of this workdir left behind, and fails
+        # unless our own child holds the ports (central/broker.py).
         await asyncio.to_thread(mosquitto.start)
         settings = ForwarderSettings(host=cfg.broker.host, port=cfg.broker.port,
                                      username=creds.username,
@@ -95,25 +111,36 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         settings = ForwarderSettings(host=cfg.broker.host, port=cfg.broker.port,
                                      username=cfg.broker.username or "central",
                                      password_file=cfg.broker.password_file, **common)
+        if cfg.broker.fleet_username is not None and cfg.broker.fleet_password_file:
+            fleet_login = {"username": cfg.broker.fleet_username,
+                           "password": cfg.broker.fleet_password_file.read_text().strip()}
+        else:
+            log.warning("broker.fleet_username not set: the hot-list publisher shares the "
+                        "forwarder's account; a broker binding client id to username will "
+                        "make them disconnect each other")
 
     adapter = create_adapter(cfg.platform)
     payments = Payments(store, adapter)
+    # Central decides what each device and each staff member may do (central/authz.py).
+    guard = Guard(store, cfg.authz, staff=StaffSessions(store, cfg.staff))
+    retention = Retention(store, guard, cfg.privacy)
     forwarder = Forwarder(settings, store, adapter, share_group=fw.share_group,
-                          hooks=payments)
-    fleet = FleetPublisher.from_forwarder_settings(settings)
+                          hooks=payments, guard=guard)
+    fleet = FleetPublisher.from_forwarder_settings(settings, **fleet_login)
     hotlist = HotlistSync(adapter, fleet, store)
     fleet.on_connected = hotlist.republish  # a restarted broker may have lost the notice
 
     def live_status() -> dict[str, Any]:
         return {
             "broker": {"mode": cfg.broker.mode,
-                       "running": mosquitto.running() if mosquitto else None,
-                       "restarts": mosquitto.restarts if mosquitto else None},
+                       **(mosquitto.status() if mosquitto else
+                          {"running": None, "pid": None, "restarts": None,
+                           "last_error": None})},
             "forwarder": {"connected": forwarder.connected, **forwarder.stats},
         }
 
     app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
-                           extra_status=live_status, payments=payments,
+                           extra_status=live_status, payments=payments, guard=guard,
                            thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
                                                        cfg.dashboard.temp_high_c,
                                                        cfg.dashboard.backlog_high))
@@ -126,6 +153,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         asyncio.create_task(server.serve(), name="dashboard"),
         asyncio.create_task(payments.run(), name="payments"),
         asyncio.create_task(hotlist.run(), name="hotlist"),
+        asyncio.create_task(retention.run(), name="retention"),
     ]
     if mosquitto is not None:
         tasks.append(asyncio.create_task(mosquitto.supervise(), name="broker"))

@@ -8,11 +8,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from central.authz import AuthzSettings
 from central.platform.config import PlatformConfig
+from central.retention import PrivacySettings
+from central.staff import StaffSettings
 from edge.common.config import StrictModel
 
-__all__ = ["BrokerSection", "CentralConfig", "CentralSection", "DashboardSection",
-           "ForwarderSection", "forwarder_client_id"]
+__all__ = ["BrokerSection", "BrokerTlsSection", "CentralConfig", "CentralSection",
+           "DashboardSection", "ForwarderSection", "forwarder_client_id"]
 
 
 class CentralSection(StrictModel):
@@ -22,21 +25,49 @@ class CentralSection(StrictModel):
     site_name: str = Field(default="示范市第一人民医院", min_length=1, max_length=60)
 
 
+class BrokerTlsSection(StrictModel):
+    """The embedded broker's TLS listener for devices (server certificate from central's CA)."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - the devices' listener faces the site network
+    port: int = Field(default=8883, ge=1, le=65535)
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    # Per-device client certificates come with enrollment (a later issue); until then
+    # devices authenticate with username + password over this TLS listener.
+    require_certificate: Literal[False] = False
+
+
 class BrokerSection(StrictModel):
     """The MQTT broker: central's own supervised Mosquitto, or an external one."""
 
     mode: Literal["embedded", "external"] = "embedded"
+    # Plain listener (embedded) / broker address (external). Central itself connects here;
+    # keep it on loopback and give devices the TLS listener.
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     max_queued_messages: int = Field(default=100_000, ge=1001)
-    # external mode only: central's own credentials on that broker
+    tls: BrokerTlsSection | None = None
+    # external mode only: central's own credentials on that broker (the forwarder's), and
+    # the hot-list publisher's own account. The broker must bind client id to username, so
+    # the two connections need two accounts (config/mosquitto/README.md).
     username: str | None = None
     password_file: Path | None = None
+    fleet_username: str | None = None
+    fleet_password_file: Path | None = None
 
     @model_validator(mode="after")
     def _external_needs_credentials(self) -> BrokerSection:
         if self.mode == "external" and (self.username is None or self.password_file is None):
             raise ValueError("external broker needs username and password_file")
+        if (self.fleet_username is None) != (self.fleet_password_file is None):
+            raise ValueError("fleet_username and fleet_password_file go together")
+        if self.mode == "external" and self.tls is not None:
+            raise ValueError("broker.tls configures the embedded broker's listener; an "
+                             "external broker's TLS is set up on that broker")
+        if self.tls is not None and self.tls.port == self.port and \
+                self.tls.host in (self.host, "0.0.0.0"):  # noqa: S104
+            raise ValueError("broker.tls.port must differ from broker.port")
         return self
 
 
@@ -101,4 +132,7 @@ class CentralConfig(StrictModel):
     platform: PlatformConfig = PlatformConfig()
     dashboard: DashboardSection = DashboardSection()
     forwarder: ForwarderSection = ForwarderSection()
+    authz: AuthzSettings = AuthzSettings()
+    staff: StaffSettings = StaffSettings()
+    privacy: PrivacySettings = PrivacySettings()
     log: LogSection = LogSection()

@@ -14,10 +14,16 @@ message is checked in this order and never stops the forwarder, whatever it cont
    ``duplicate_mismatch``; in progress → ignored (the device resends later);
 5. ``exp`` passed → ``expired`` (stored: a resend gets the same answer);
 6. body validated against the catalogue model;
-7. ``adapter.call(type, body, idempotency_key=env.id)``;
-8. reply stored **in the same transaction** that marks the request done (with its audit
-   record, and the payment record's update when ``hooks`` are given), then published on
-   ``down/resp`` — only after that transaction committed.
+6a. authorized by central's policy (``guard``, central/authz.py): the device's role, a staff
+   session where one is needed, and only objects central handed that device; refused →
+   ``forbidden``/``session_expired``/``throttled`` (stored, audited). Patient references
+   become platform ids here;
+7. ``adapter.call(type, body, idempotency_key=env.id)`` (or central answers itself, e.g.
+   ``staff.logout``);
+8. reply minimised for the device (masked personal fields, grants recorded) and stored **in
+   the same transaction** that marks the request done (with its audit record, and the
+   payment record's update when ``hooks`` are given), then published on ``down/resp`` —
+   only after that transaction committed.
 
 Every write goes through the store's writer thread (:meth:`Store.write`, group commit):
 the workers await their operation's commit instead of each paying an fsync'd transaction
@@ -53,6 +59,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from central.authz import Denied, Guard
 from central.platform.base import MUTATING_OPERATIONS, PlatformAdapter
 from central.platform.errors import (
     PlatformError,
@@ -177,8 +184,10 @@ class Forwarder:
         share_group: str | None = None,
         observer: OutcomeObserver | None = None,
         hooks: RequestHooks | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.settings = settings
+        self._guard = guard
         self.store = store
         self.adapter = adapter
         self._clock = clock
@@ -196,7 +205,7 @@ class Forwarder:
         self._stopped: asyncio.Event | None = None
         self.stats: dict[str, int] = {
             "received": 0, "replied": 0, "resent": 0, "rejected": 0, "errors": 0,
-            "connects": 0, "disconnects": 0,
+            "connects": 0, "disconnects": 0, "forbidden": 0,
         }
 
     @property
@@ -393,6 +402,16 @@ class Forwarder:
                 _clean(exc.message_zh, "请求无效"), False, now=now,
             ), now, exc.reply_code)
             return
+        if self._guard is not None:
+            try:
+                env = (await self._guard.authorize(env)).env
+            except Denied as exc:
+                self.stats["forbidden"] += 1
+                await self._finish(env, make_reply_error(
+                    env, exc.code, _clean(exc.message, str(exc.code)),
+                    _clean(exc.message_zh, "无权办理"), exc.retryable, now=now,
+                ), now, str(exc.code))
+                return
         if self._hooks is not None:
             try:
                 await self._hooks.before_call(env)
@@ -411,11 +430,15 @@ class Forwarder:
         result: dict[str, Any] | None = None
         error: PlatformError | None = None
         try:
-            # asyncio.timeout rather than wait_for: no extra task per request.
-            async with asyncio.timeout(self.settings.call_timeout_s):
-                result = await self.adapter.call(
-                    env.type, dict(env.body), idempotency_key=env.id
-                )
+            guard = self._guard
+            if guard is not None and guard.handles(env.type):
+                result = await self.store.write(lambda: guard.call_local(env))
+            else:
+                # asyncio.timeout rather than wait_for: no extra task per request.
+                async with asyncio.timeout(self.settings.call_timeout_s):
+                    result = await self.adapter.call(
+                        env.type, dict(env.body), idempotency_key=env.id
+                    )
             reply = make_reply_ok(env, result, now=self._clock(), id=self._reply_id())
         except PlatformRejected as exc:
             error = exc
@@ -494,13 +517,14 @@ class Forwarder:
     def _outcome_in_tx(
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
     ) -> None:
-        if self._hooks is None:
-            return
-        try:
-            with self.store.atomic():  # a savepoint: a hook failure keeps the outcome
-                self._hooks.outcome_in_tx(env, result, error)
-        except Exception:
-            log.exception("outcome hook failed for %s", env.id)
+        for hook in (self._hooks, self._guard):
+            if hook is None:
+                continue
+            try:
+                with self.store.atomic():  # a savepoint: a hook failure keeps the outcome
+                    hook.outcome_in_tx(env, result, error)
+            except Exception:
+                log.exception("outcome hook failed for %s", env.id)
 
     async def _finish(
         self, env: Envelope, reply: Envelope, now: datetime, outcome: str, *,
@@ -515,6 +539,10 @@ class Forwarder:
                 # Decided in the same transaction as the outcome, so a payment the resolver
                 # reversed can never be answered "approved" (central/payments.py).
                 final = self._reply_result(env, result)
+                if self._guard is not None:
+                    # Only what this device shows or prints leaves central (docs/privacy.md);
+                    # a failure here must not leak the platform's full answer.
+                    final = self._guard.shape_in_tx(env, final)
                 if final is not result:
                     sent[0] = encode(make_reply_ok(env, final, now=now, id=reply.id))
             self.store._finish(env.id, sent[0], now, "forwarder", "request.done", detail)

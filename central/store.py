@@ -200,6 +200,8 @@ class Store:
             done_at = pw.FloatField(null=True)
             # "<client_id>/<boot nonce>" of the forwarder working on it (see begin_request).
             owner = pw.CharField(max_length=100, null=True)
+            # 1 once retention replaced a personal reply by its minimised form.
+            purged = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
         class AuditRecord(Base):
             seq = pw.IntegerField(primary_key=True)
@@ -270,11 +272,18 @@ class Store:
         self.db.connect(reuse_if_open=True)
         self.db.create_tables([Device, RequestLog, AuditRecord, DeviceEvent, Payment,
                                DeviceHealthRow, DeviceAudit])
+        # The dashboard's security events are audit records picked by action.
+        self.db.execute_sql("CREATE INDEX IF NOT EXISTS auditrecord_action ON auditrecord "
+                            "(action, seq)")
         cols = {c.name for c in self.db.get_columns("requestlog")}
         if "owner" not in cols:  # a store made before owners were recorded
             self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN owner VARCHAR(100)")
+        if "purged" not in cols:  # a store made before replies were minimised on retention
+            self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN purged INTEGER NOT NULL "
+                                "DEFAULT 0")
         self._head: tuple[int, str] | None = None  # audit chain head; None = read it first
         self._enabled: dict[str, tuple[bool, float]] = {}
+        self._roles: dict[str, tuple[str | None, float]] = {}
         self._touch_lock = threading.Lock()
         self._touches: dict[str, float] = {}
         self._last_flush = time.monotonic()
@@ -378,6 +387,7 @@ class Store:
             else:
                 D.update(role=role, enabled=True).where(D.id == dev).execute()
         self._enabled.pop(dev, None)
+        self._roles.pop(dev, None)
         info = self.device(dev)
         if info is None:  # pragma: no cover - just inserted in the same process
             raise StoreError(f"device {dev} vanished", "设备记录丢失")
@@ -402,6 +412,17 @@ class Store:
         ok = row is not None and bool(row.enabled)
         self._enabled[dev] = (ok, now)
         return ok
+
+    def device_role(self, dev: str) -> str | None:
+        """The registered role of ``dev`` (cached like :meth:`device_enabled`), or None."""
+        hit = self._roles.get(dev)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < DEVICE_CACHE_S:
+            return hit[0]
+        row = self._raw().execute("SELECT role FROM device WHERE id = ?", (dev,)).fetchone()
+        role = None if row is None else str(row[0])
+        self._roles[dev] = (role, now)
+        return role
 
     def device(self, dev: str) -> DeviceInfo | None:
         """The device ``dev`` or None."""
@@ -546,6 +567,32 @@ class Store:
             (self.RequestLog.id == req_id) & (self.RequestLog.state == "received")
         ).execute()
 
+    def purge_requests(self, now: datetime, *, personal_types: frozenset[str],
+                       personal_keep_s: float, keep_s: float,
+                       redact: Callable[[bytes], bytes]) -> tuple[int, int]:
+        """Retention (docs/privacy.md): minimise old personal replies, forget old requests.
+
+        A done request of a ``personal_types`` type older than ``personal_keep_s`` keeps its
+        row (so a late resend is still recognised) but its reply is replaced by
+        ``redact(reply)``; any request older than ``keep_s`` is deleted. Returns (redacted,
+        deleted).
+        """
+        t = _ts(now)
+        marks = ",".join("?" * len(personal_types))
+        with self.atomic():
+            db = self._raw()
+            rows = db.execute(
+                f"SELECT id, reply FROM requestlog WHERE state = 'done' AND "  # noqa: S608
+                f"type IN ({marks}) AND done_at < ? AND reply IS NOT NULL AND "
+                "purged = 0",
+                (*sorted(personal_types), t - personal_keep_s)).fetchall()
+            for req_id, reply in rows:
+                db.execute("UPDATE requestlog SET reply = ?, purged = 1 WHERE id = ?",
+                           (redact(bytes(reply)), req_id))
+            deleted = db.execute("DELETE FROM requestlog WHERE received_at < ?",
+                                 (t - keep_s,)).rowcount
+        return len(rows), int(deleted)
+
     def request_state(self, req_id: str) -> str | None:
         """``received``/``done`` or None (tests, dashboard)."""
         r = self.RequestLog.get_or_none(self.RequestLog.id == req_id)
@@ -600,6 +647,14 @@ class Store:
             )
             for r in A.select().where(A.seq > since_seq).order_by(A.seq)
         ]
+
+    def audit_by_actions(self, actions: frozenset[str], limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` audit records whose action is in ``actions``, newest first."""
+        A = self.AuditRecord
+        rows = (A.select().where(A.action.in_(sorted(actions))).order_by(A.seq.desc())
+                .limit(limit))
+        return [AuditEntry(r.seq, _dt(r.ts) or datetime.now(UTC), r.actor, r.action,
+                           json.loads(r.detail), r.prev_hash, r.hash) for r in rows]
 
     def verify_chain(self) -> tuple[bool, int | None]:
         """Check every audit hash and link; returns (ok, first bad seq or None)."""

@@ -387,15 +387,25 @@ class EdgeRuntime:
     async def _call(self, type_: str, body: dict[str, Any], timeout_s: float | None = None,
                     request_id: str | None = None) -> Any:
         """One uplink request; remembers whether the platform answered (out-of-service)."""
-        from edge.uplink.errors import PlatformUnavailable, UplinkClosed
+        from edge.uplink.errors import PlatformUnavailable, Rejected, UplinkClosed
 
         kw: dict[str, Any] = {"timeout": timeout_s}
         if request_id is not None:
             kw["id"] = request_id
+        staff = self.staff
+        if staff is not None and staff.get("session") and type_ != "staff.login":
+            # Central checks this session on every desk request (docs/security.md).
+            kw["auth"] = staff["session"]
         try:
             result = await self.uplink.request(type_, body, **kw)
         except (PlatformUnavailable, UplinkClosed):
             self._platform(False)
+            raise
+        except Rejected as exc:
+            self._platform(True)
+            if exc.code == "session_expired" and staff is not None and self.staff is staff:
+                # Central ended the session (idle, shift over, reset): lock the desk.
+                self._end_staff("expired")
             raise
         except Exception:
             self._platform(True)  # an answer (rejection) or an unknown outcome: link alive
@@ -578,21 +588,48 @@ class EdgeRuntime:
             raise SessionError("not_a_desk", "Staff sign-in is for desk terminals.",
                                "仅收费终端可登录。")
         result = await self._call("staff.login", {"badge": badge, "pin": pin}, 20)
+        if self.staff is not None:
+            self.staff_logout()  # one cashier at a time; central ended the old session too
         self.staff = {"staff_id": result["staff_id"], "name": result["name"],
                       "role": result["role"], "badge": badge,
-                      "since": self.clock.now().isoformat()}
+                      "since": self.clock.now().isoformat(),
+                      # Central's session token: memory only, sent as ``auth``.
+                      "session": result.get("session_token"),
+                      "expires_at": result.get("expires_at")}
         self.bus.publish("staff.login", {"name": result["name"], "role": result["role"]})
         self._audit("staff.login", {"staff_id": result["staff_id"]})
-        return dict(self.staff)
+        return {k: v for k, v in self.staff.items() if k != "session"}
 
     def staff_logout(self) -> None:
-        """Lock the desk: the staff session ends (and so does any patient session)."""
+        """Lock the desk: the staff session ends at central and here (patient session too)."""
+        token = (self.staff or {}).get("session")
+        self._end_staff("logout")
+        if token:
+            self._spawn(self._logout_at_central(token))
+
+    def _end_staff(self, reason: str) -> None:
         if self.staff is not None:
-            self._audit("staff.logout", {"staff_id": self.staff["staff_id"]})
+            self._audit("staff.logout", {"staff_id": self.staff["staff_id"], "reason": reason})
         self.staff = None
         self._last_doc = None
         self.end_session()
-        self.bus.publish("staff.logout", {})
+        self.bus.publish("staff.logout", {"reason": reason})
+
+    async def _logout_at_central(self, token: str) -> None:
+        try:
+            await self.uplink.request("staff.logout", {}, timeout=10, auth=token)
+        except Exception as exc:  # the session still ends at central by its idle limit
+            log.info("staff.logout not confirmed by central: %s", type(exc).__name__)
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        self._shipping.add(task)
+        task.add_done_callback(self._shipping.discard)
 
     async def print_registration_slip(self, booking: dict[str, Any], *, copy: bool) -> Any:
         """Print the slip of a confirmed booking for the patient in the slot."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from central.authz import SECURITY_ACTIONS
 from central.fleet_health import HealthThresholds, derive_alarms
 from central.payments import PaymentError
 from central.platform.errors import PlatformError
@@ -64,7 +66,7 @@ def _jsonable(obj: Any) -> Any:
 
 def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
                      site_name: str, extra_status: Any = None, payments: Any = None,
-                     thresholds: HealthThresholds | None = None) -> FastAPI:
+                     thresholds: HealthThresholds | None = None, guard: Any = None) -> FastAPI:
     """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform)."""
     limits = thresholds or HealthThresholds()
 
@@ -85,7 +87,8 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         if not hmac.compare_digest(authorization.encode(), f"Bearer {admin_token}".encode()):
             raise HTTPException(status_code=401, detail="admin token required")
 
-    app = FastAPI(title="Yikatong central", version="1", docs_url="/api/docs", redoc_url=None)
+    app = FastAPI(title="Yikatong central", version="1", openapi_url=None, docs_url=None,
+                  redoc_url=None)
     api = APIRouter(prefix="/api")
 
     @app.exception_handler(RegistryError)
@@ -176,6 +179,41 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         info = need_payments().staff_resolve(request_id, req.state, req.reason,
                                              staff=req.operator)
         return {"payment": _jsonable(asdict(info))}
+
+    @api.get("/security")
+    async def security(limit: int = 50) -> dict[str, Any]:
+        """Refused requests, sign-in failures and throttles, live staff sessions."""
+        entries = store.audit_by_actions(SECURITY_ACTIONS, min(max(limit, 1), 500))
+        staff = guard.staff if guard is not None else None
+        return {"events": [_jsonable(asdict(e)) for e in entries],
+                "throttles": _jsonable(staff.throttles()) if staff else [],
+                "sessions": _jsonable(staff.active()) if staff else []}
+
+    @api.post("/staff/{badge}/reset", dependencies=[Depends(require_admin)])
+    async def reset_badge(badge: str, who: StaffActionIn | None = None) -> dict[str, Any]:
+        """Administrator: clear a badge's failed sign-ins and end its sessions (audited)."""
+        if guard is None:
+            raise HTTPException(status_code=503, detail="authorization is not enabled")
+        if not 1 <= len(badge) <= 64 or not badge.isprintable():
+            raise HTTPException(status_code=400, detail="bad badge")
+        now = datetime.now(UTC)
+        changed = guard.staff.reset_badge(badge, now)
+        store.audit(now, f"staff:{(who or StaffActionIn()).operator}", "staff.badge_reset",
+                    {"badge": badge, "changed": changed})
+        return {"badge": badge, "reset": changed}
+
+    @api.post("/devices/{dev}/signin-reset", dependencies=[Depends(require_admin)])
+    async def reset_device_signin(dev: str, who: StaffActionIn | None = None
+                                  ) -> dict[str, Any]:
+        """Administrator: clear a desk's failed sign-ins (audited)."""
+        if guard is None:
+            raise HTTPException(status_code=503, detail="authorization is not enabled")
+        if store.device(dev) is None:
+            raise HTTPException(status_code=404, detail="unknown device")
+        changed = guard.staff.reset_device(dev)
+        store.audit(datetime.now(UTC), f"staff:{(who or StaffActionIn()).operator}",
+                    "staff.device_signin_reset", {"dev": dev, "changed": changed})
+        return {"dev": dev, "reset": changed}
 
     @api.get("/audit")
     async def audit(since: int = 0) -> dict[str, Any]:

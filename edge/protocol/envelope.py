@@ -14,7 +14,7 @@ restrictions, so any language with a JCS library produces the same bytes:
   magnitudes above 2**53 − 1 are refused, and the rest are written in the ECMAScript
   shortest round-trip form (``4.5``, ``0.002``, ``1e-7``, and ``5.0`` → ``5``).
 * ``true``/``false``/``null`` as usual; nesting at most :data:`MAX_DEPTH` levels.
-* In the envelope, optional fields that are None (``corr exp seq sig``) are omitted.
+* In the envelope, optional fields that are None (``corr exp seq sig auth``) are omitted.
   Inside ``body``, values are written exactly as given (an explicit null stays).
 """
 
@@ -76,6 +76,7 @@ ID_PATTERN: Final = r"^[A-Za-z0-9_-]{8,64}$"
 TYPE_PATTERN: Final = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){0,4}$"
 TS_PATTERN: Final = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z$"
 SIG_PATTERN: Final = r"^[A-Za-z0-9_-]{86}$"
+AUTH_PATTERN: Final = r"^[A-Za-z0-9_-]{16,128}$"
 
 _TS_RE: Final = re.compile(TS_PATTERN)
 _ID_RE: Final = re.compile(ID_PATTERN)
@@ -313,7 +314,7 @@ def redact(value: object, key: str | None = None) -> object:
 
 
 class Envelope(BaseModel):
-    """One MQTT message: ``{v, id, type, ts, dev, corr?, exp?, seq?, body, sig?}``.
+    """One MQTT message: ``{v, id, type, ts, dev, corr?, exp?, seq?, body, sig?, auth?}``.
 
     ``repr``/``str`` mask personal data and hide secrets in ``body`` so an envelope can be
     logged; the wire form (``encode``) carries the real values.
@@ -331,6 +332,9 @@ class Envelope(BaseModel):
     seq: int | None = Field(default=None, ge=0, le=MAX_SAFE_INT)
     body: dict[str, Any]
     sig: str | None = Field(default=None, pattern=SIG_PATTERN)
+    #: A staff session token central issued at ``staff.login`` (desk requests only): like
+    #: an Authorization header, apart from the business body; a secret (hidden in repr).
+    auth: str | None = Field(default=None, pattern=AUTH_PATTERN)
 
     @field_validator("v")
     @classmethod
@@ -354,6 +358,9 @@ class Envelope(BaseModel):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
+            if name == "auth" and value is not None:
+                yield name, "***"
+                continue
             yield name, (redact(value) if name == "body" else value)
 
 
@@ -366,7 +373,7 @@ def _envelope_dict(env: Envelope, *, with_sig: bool = True) -> dict[str, Any]:
         "dev": env.dev,
         "body": env.body,
     }
-    for key in ("corr", "exp", "seq"):
+    for key in ("corr", "exp", "seq", "auth"):
         value = getattr(env, key)
         if value is not None:
             d[key] = value
@@ -474,16 +481,72 @@ def decode(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> Envelope:
 def peek_id(data: bytes, *, max_bytes: int = MAX_PAYLOAD_BYTES) -> str | None:
     """Return the ``id`` of a payload that failed :func:`decode`, if one can be read.
 
-    Lets a receiver correlate an error reply to a request whose envelope is broken.
+    Lets a receiver correlate an error reply to a request whose envelope is broken. When the
+    payload parses, only its top-level ``id`` counts. When it does not (broken JSON, too large,
+    duplicate keys), a bounded scan of the first 4 KiB looks for exactly one ``"id"`` key at the
+    top level of the outer object — never one inside ``body`` or any other nested value — with a
+    valid id as a plain string. No id, or more than one ``id`` key: ``None``.
     """
+    raw = bytes(data)
     try:
-        obj = _load_json(bytes(data), max_bytes)
+        obj = _load_json(raw, max_bytes)
     except Exception:
-        return None
-    if isinstance(obj, dict):
-        value = obj.get("id")
-        if isinstance(value, str) and _ID_RE.fullmatch(value):
-            return value
+        obj = None
+    else:
+        if isinstance(obj, dict):
+            value = obj.get("id")
+            if isinstance(value, str) and _ID_RE.fullmatch(value):
+                return value
+        return None  # it parsed: what the JSON says is final, no guessing from the text
+
+    # The scan works on bytes: in UTF-8 no byte of a multi-byte character is ASCII, so the
+    # structural characters and quotes found here are the real ones.
+    head = raw[:4096]
+    value_re = re.compile(rb'[ \t\r\n]*:[ \t\r\n]*"([A-Za-z0-9_-]{8,64})"')
+    stack: list[int] = []  # open containers, b"{" or b"["
+    found: list[str | None] = []  # one entry per top-level "id" key; None = unusable value
+    expect_key = False
+    i, n = 0, len(head)
+    while i < n:
+        c = head[i]
+        if not stack and c != 0x7B and c not in b" \t\r\n":
+            break  # only an object's top level is looked at; nothing before or after it
+        if c == 0x22:  # a string: skip to its closing quote, honouring escapes
+            j = i + 1
+            while j < n and head[j] != 0x22:
+                j += 2 if head[j] == 0x5C else 1
+            if j >= n:
+                break  # cut off inside a string: nothing further is trustworthy
+            key = head[i + 1 : j]
+            if expect_key and stack == [0x7B]:
+                if b"\\" in key:  # "i\u0064" is "id" too: decode before comparing
+                    try:
+                        key = json.loads(b'"' + key + b'"').encode()
+                    except ValueError:
+                        key = b""
+                if key == b"id":
+                    m = value_re.match(head, j + 1)
+                    found.append(m.group(1).decode("ascii") if m else None)
+            expect_key = False
+            i = j + 1
+            continue
+        if c in b"{[":
+            stack.append(c)
+            expect_key = c == 0x7B
+        elif c in b"}]":
+            if not stack or (c == 0x7D) != (stack[-1] == 0x7B):
+                break  # unbalanced: the structure can no longer be followed
+            stack.pop()
+            expect_key = False
+            if not stack:
+                break  # the outer object ended; anything after it is not part of it
+        elif c == 0x2C:  # ","
+            expect_key = bool(stack) and stack[-1] == 0x7B
+        elif c not in b" \t\r\n":
+            expect_key = False
+        i += 1
+    if len(found) == 1 and found[0] is not None:
+        return found[0]
     return None
 
 
@@ -503,6 +566,7 @@ def new_envelope(
     corr: str | None = None,
     exp: datetime | str | None = None,
     seq: int | None = None,
+    auth: str | None = None,
 ) -> Envelope:
     """Build an envelope stamped with ``now``; a model body is dumped without None fields."""
     if isinstance(body, BaseModel):
@@ -523,6 +587,8 @@ def new_envelope(
         fields["exp"] = exp_s
     if seq is not None:
         fields["seq"] = seq
+    if auth is not None:
+        fields["auth"] = auth
     try:
         return Envelope.model_validate(fields)
     except ValidationError as e:

@@ -46,6 +46,7 @@ from edge.protocol.errors import (
 )
 
 __all__ = [
+    "CENTRAL_REQUESTS",
     "EVENTS",
     "HOTLIST_NOTICE_TYPE",
     "REPLY_TYPE",
@@ -104,6 +105,8 @@ __all__ = [
     "SlotList",
     "StaffInfo",
     "StaffLoginReq",
+    "StaffLogoutReq",
+    "StaffLogoutResult",
     "StateBirth",
     "StateWill",
     "Telemetry",
@@ -213,14 +216,19 @@ class PatientIdentifyReq(WireModel):
 
 
 class PatientInfo(WireModel):
-    """Result of ``patient.identify``."""
+    """Result of ``patient.identify``.
+
+    From the platform to central in full; from central to a device minimised (docs/privacy.md):
+    ``patient_id`` is then an opaque reference bound to that device, name, ID and card
+    numbers come masked (``*``), and ``phone``/``birth_date`` are left out.
+    """
 
     patient_id: Ident
     name: Name
     sex: Sex
-    birth_date: DateStr
-    id_number: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z]{6,32}$")]
-    card_no: CardNo
+    birth_date: DateStr | None = None
+    id_number: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z*]{6,32}$")]
+    card_no: Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z*]{4,32}$")]
     phone: Annotated[str, StringConstraints(pattern=r"^\+?[0-9-]{5,20}$")] | None = None
     balance_fen: Fen
     insured: bool
@@ -569,11 +577,29 @@ class StaffLoginReq(WireModel):
 
 
 class StaffInfo(WireModel):
-    """Result of ``staff.login``."""
+    """Result of ``staff.login``; central adds the session every staff request then carries.
+
+    ``session_token`` goes in the ``auth`` field of the desk's later envelopes; it is bound
+    to the device and the badge, and ends at ``staff.logout``, after ``expires_at`` or when
+    it stays unused for central's idle limit.
+    """
 
     staff_id: Ident
     name: Name
     role: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,31}$")]
+    session_token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")] | None = (
+        None)
+    expires_at: Timestamp | None = None
+
+
+class StaffLogoutReq(WireModel):
+    """``staff.logout``: end the staff session named by the envelope's ``auth`` (empty body)."""
+
+
+class StaffLogoutResult(WireModel):
+    """Result of ``staff.logout``."""
+
+    ended: bool
 
 
 #: type → (body model, result model) of every request a device may send.
@@ -596,7 +622,11 @@ REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "report.printed": (ReportPrintedReq, ReportPrintedResult),
     "hotlist.delta": (HotlistDeltaReq, HotlistDelta),
     "staff.login": (StaffLoginReq, StaffInfo),
+    "staff.logout": (StaffLogoutReq, StaffLogoutResult),
 }
+
+#: Requests central answers itself (its own state), never forwarded to the platform.
+CENTRAL_REQUESTS: Final = frozenset({"staff.logout"})
 
 # --------------------------------------------------------------------------- replies
 
@@ -612,6 +642,13 @@ class ErrorCode(StrEnum):
     REJECTED = "rejected"
     PLATFORM_UNAVAILABLE = "platform_unavailable"
     OUTCOME_UNKNOWN = "outcome_unknown"
+    #: Central's policy does not allow this device (by its role) or this staff session to
+    #: make the request (central/authz.py).
+    FORBIDDEN = "forbidden"
+    #: A staff request without a valid session: sign in again.
+    SESSION_EXPIRED = "session_expired"
+    #: Too many failed sign-ins for this badge or device: wait, or ask an administrator.
+    THROTTLED = "throttled"
 
 
 class ErrorInfo(WireModel):
@@ -802,12 +839,14 @@ def make_request(
     now: datetime,
     id: str | None = None,
     exp: datetime | str | None = None,
+    auth: str | None = None,
 ) -> Envelope:
     """Build a request envelope after checking the body against the request model."""
     entry = REQUESTS.get(type_)
     if entry is None:
         raise UnknownMessageType(type_, expected="request")
-    return new_envelope(type_, dev, _body_dict(type_, entry[0], body), now=now, id=id, exp=exp)
+    return new_envelope(type_, dev, _body_dict(type_, entry[0], body), now=now, id=id, exp=exp,
+                        auth=auth)
 
 
 def parse_event(env: Envelope) -> BaseModel:

@@ -65,7 +65,14 @@ from edge.uplink.errors import (
     UplinkClosed,
     UplinkError,
 )
-from edge.uplink.outbox import Clock, Outbox, OutboxEntry, priority_for, utc_now
+from edge.uplink.outbox import (
+    Clock,
+    Outbox,
+    OutboxEntry,
+    minimise_body,
+    priority_for,
+    utc_now,
+)
 from edge.uplink.session import InboundMessage, MqttSession, Will, next_boot_seq, state_payload
 
 #: paho's queue may hold this many messages beyond ``max_inflight``: the birth and the final
@@ -161,7 +168,7 @@ class Uplink:
         )
         self.boot_seq: int | None = None
         self._session: MqttSession | None = None
-        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._waiters: dict[str, asyncio.Future[bytes | None]] = {}
         self._handlers: dict[str, list[Handler]] = {k: [] for k in _HANDLER_KINDS}
         self._wake: asyncio.Event | None = None
         self._connect_listeners: list[Callable[[], None]] = []
@@ -263,8 +270,12 @@ class Uplink:
         timeout: float | None = None,  # noqa: ASYNC109 - the caller's deadline is the API
         exp: datetime | None = None,
         id: str | None = None,
+        auth: str | None = None,
     ) -> dict[str, Any]:
-        """Send a request durably and return its result dict, or raise a typed error."""
+        """Send a request durably and return its result dict, or raise a typed error.
+
+        ``auth``: the staff session token central issued at ``staff.login`` (desk requests).
+        """
         if self._closed:
             raise UplinkClosed()
         now = self._clock()
@@ -277,7 +288,8 @@ class Uplink:
                 seconds=min(self.config.request_exp_s, wait_s + EXP_SKEW_ALLOWANCE_S)
             )
         try:
-            env = make_request(type, self.device_id, body, now=now, id=id, exp=format_ts(exp))
+            env = make_request(type, self.device_id, body, now=now, id=id, exp=format_ts(exp),
+                               auth=auth)
         except ProtocolError as exc:
             raise Rejected(exc.code, exc.message, exc.message_zh) from exc
         payload = encode(env)  # once: the outbox stores exactly these bytes
@@ -286,7 +298,12 @@ class Uplink:
         )
         if entry.payload != payload:
             stored = decode(entry.payload)
-            if (stored.type, stored.body) != (env.type, env.body):
+            # A finished entry keeps only a minimised body (outbox.minimise): a legitimate
+            # resend matches that form. (A body differing only in masked/secret fields then
+            # gets the stored outcome too — under the same id, so never a second effect.)
+            if (stored.type, stored.body) not in (
+                (env.type, env.body), (env.type, minimise_body(env.body, env.type))
+            ):
                 # The same id was used for something else: never answer it with that outcome.
                 raise Rejected(
                     "duplicate_mismatch", f"request id {env.id} already used with another body",
@@ -300,8 +317,9 @@ class Uplink:
             return self._outcome(entry)
         fut = self._waiter(entry.id)
         self._kick()
+        fresh: bytes | None = None
         try:
-            await asyncio.wait_for(asyncio.shield(fut), wait_s)
+            fresh = await asyncio.wait_for(asyncio.shield(fut), wait_s)
         except TimeoutError:
             current = self.outbox.get(entry.id)
             if current is None or current.state == "pending":
@@ -309,7 +327,7 @@ class Uplink:
         final = self.outbox.get(entry.id)
         if final is None:
             raise UnknownRequest(entry.id)
-        return self._outcome(final)
+        return self._outcome(final, fresh)
 
     def _gave_up(self, req_id: str, type_: str) -> UplinkError:
         """The error for a caller timeout on a still-pending request (rules in the docstring)."""
@@ -324,8 +342,12 @@ class Uplink:
             f"no reply to {type_} in time (request {req_id})", "医院系统响应超时，请稍后再试"
         )
 
-    def _outcome(self, entry: OutboxEntry) -> dict[str, Any]:
-        """Result of a finished entry, or the typed error it ended with."""
+    def _outcome(self, entry: OutboxEntry, fresh: bytes | None = None) -> dict[str, Any]:
+        """Result of a finished entry, or the typed error it ended with.
+
+        ``fresh``: the reply as it arrived, for the callers waiting right then; the outbox
+        keeps only its minimised form, which later readers (``result_of``, a resend) get.
+        """
         if entry.state == "pending":
             raise OutcomeUnknown(entry.id)
         if entry.state == "failed":
@@ -337,10 +359,11 @@ class Uplink:
                     "请求已撤回，未被处理",
                 )
             raise OutcomeUnknown(entry.id)  # no_reply: sent, never answered
-        if entry.reply is None:
+        raw = fresh if fresh is not None and entry.state == "done" else entry.reply
+        if raw is None:
             return {}
         try:
-            reply = parse_reply(decode(entry.reply))
+            reply = parse_reply(decode(raw))
             if isinstance(reply, ReplyOk):
                 # The caller gets the plain dict, but only once it matches the result model
                 # of the request type: a malformed reply is a typed error, never a KeyError
@@ -366,24 +389,27 @@ class Uplink:
         entry = self.outbox.get(request_id)
         if entry is None:
             raise UnknownRequest(request_id)
+        fresh: bytes | None = None
         if entry.state == "pending" and wait_s > 0:
             fut = self._waiter(request_id)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), wait_s)
+                fresh = await asyncio.wait_for(asyncio.shield(fut), wait_s)
             entry = self.outbox.get(request_id) or entry
-        return self._outcome(entry)
+        return self._outcome(entry, fresh)
 
-    def _waiter(self, req_id: str) -> asyncio.Future[None]:
+    def _waiter(self, req_id: str) -> asyncio.Future[bytes | None]:
         fut = self._waiters.get(req_id)
         if fut is None or fut.done():
             fut = asyncio.get_running_loop().create_future()
             self._waiters[req_id] = fut
         return fut
 
-    def _resolve(self, req_id: str) -> None:
+    def _resolve(self, req_id: str, reply: bytes | None = None) -> None:
+        # The waiters get the reply itself: the outbox may already hold only its minimised
+        # form (personal fields masked), which is not what the caller asked for.
         fut = self._waiters.pop(req_id, None)
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            fut.set_result(reply)
 
     # -- events / telemetry --------------------------------------------------------------
     async def publish_event(self, type: str, body: dict[str, Any]) -> str:
@@ -467,7 +493,7 @@ class Uplink:
             log.warning("reply without corr/dev dropped (id %s)", env.id)
             return
         if self.outbox.complete(env.corr, msg.payload):
-            self._resolve(env.corr)
+            self._resolve(env.corr, msg.payload)
         # else: a duplicate reply (central re-sent it for our resend) or not ours — ignore.
 
     def add_connect_listener(self, listener: Callable[[], None]) -> None:

@@ -445,3 +445,21 @@ async def test_concurrent_duplicates_make_one_platform_call(
         assert (await d.reply())["body"]["status"] == "ok"
         assert await d.no_reply(0.3)  # the in-progress duplicate was ignored, not answered
     assert fake_platform.calls["concur0001"] == 1
+
+
+async def test_broken_json_with_a_readable_id_gets_a_correlated_typed_error(
+    broker_site, forwarder, fake_platform
+) -> None:
+    async with RawDevice(broker_site, "kiosk-009") as d:
+        await d.send(b'{"v":1,"id":"abcdef0123456789","type":"reg.book",'
+                     b'"body":{"slot_id":"S1","patient_id":"P1"')  # cut off: not JSON
+        r = await d.reply()
+        assert r["corr"] == "abcdef0123456789" and r["type"] == "resp"
+        assert r["body"]["status"] == "error"
+        assert r["body"]["error"]["code"] == "invalid_request"
+        # An id only inside body, or two ids: nothing to correlate, so no reply at all.
+        await d.send(b'{"v":1,"type":"reg.book","body":{"id":"bodyid0001"},broken')
+        await d.send(b'{"v":1,"id":"first00001","id":"second0001","type":"reg.book",')
+        assert await d.no_reply()
+    assert fake_platform.calls["abcdef0123456789"] == 0
+    assert forwarder.stats["errors"] == 0

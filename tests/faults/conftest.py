@@ -117,7 +117,11 @@ class Stack:
         central_pw = secrets.token_urlsafe(24)
         mosquitto_passwd_set(self.passwd, "central", central_pw)
         self.central_pw_file = secret_file(broker_dir / "central.password", central_pw)
-        self.acl.write_text(render_acl("central"))
+        # The broker binds client id to username: the hot-list publisher needs its own account.
+        fleet_pw = secrets.token_urlsafe(24)
+        mosquitto_passwd_set(self.passwd, "central-fleet", fleet_pw)
+        fleet_pw_file = secret_file(workdir / "central-fleet.password", fleet_pw)
+        self.acl.write_text(render_acl("central", "central-fleet"))
         self.broker = Mosquitto(workdir / "mosquitto", MosquittoConfig(
             listeners=[Listener(host="127.0.0.1", port=0)],
             persistence_dir=workdir / "mosquitto" / "data",
@@ -131,7 +135,9 @@ class Stack:
         self.central_cfg.write_text(toml({
             "central": {"data_dir": str(self.data_dir)},
             "broker": {"mode": "external", "host": "127.0.0.1", "port": self.broker.port,
-                       "username": "central", "password_file": str(self.central_pw_file)},
+                       "username": "central", "password_file": str(self.central_pw_file),
+                       "fleet_username": "central-fleet",
+                       "fleet_password_file": str(fleet_pw_file)},
             "platform": {"base_url": self.platform_url, "connect_timeout_s": 1.0,
                          "read_timeout_s": read_timeout_s,
                          "breaker": {"failure_threshold": 10, "reset_timeout_s": 2.0}},
@@ -185,8 +191,8 @@ class Stack:
         return left
 
     # -- helpers --------------------------------------------------------------------------
-    def register(self, dev: str, tmp: Path, **kw: Any) -> UplinkConfig:
-        r = httpx.post(f"{self.dashboard_url}/api/devices", json={"id": dev, "role": "kiosk"},
+    def register(self, dev: str, tmp: Path, *, role: str = "kiosk", **kw: Any) -> UplinkConfig:
+        r = httpx.post(f"{self.dashboard_url}/api/devices", json={"id": dev, "role": role},
                        headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10)
         r.raise_for_status()
         pw = secret_file(tmp / f"{dev}.password", r.json()["password"])

@@ -7,6 +7,11 @@ Mosquitto, a real ``ykt central`` process and the real reference platform proces
 ``drop_reply_after_commit`` at 10 % on every mutating operation. Meanwhile the broker is
 SIGKILLed and restarted 5 times and central twice (same data_dir).
 
+The devices are cashier desks playing by central's rules (central/authz.py): each signs a
+cashier in (every request carries that staff session) and identifies the patients it serves
+by card first, so its requests name patients by the opaque references central handed it and
+only reports it listed. The platform's own ids appear only in this test's bookkeeping.
+
 Then: every request has a definitive outcome; the platform counted exactly one effect per
 request (effects == successful requests, every id bound to one idempotency record, distinct
 booking and payment ids); every payment that was not final is resolved by central's payment
@@ -35,6 +40,7 @@ from edge.uplink.client import Uplink
 from edge.uplink.errors import OutcomeUnknown, PlatformUnavailable, Rejected
 
 TOTAL = 1000
+STAFF_BADGE, STAFF_PIN = "S9001", "246813"
 DEVICES = 6
 PER_DEVICE = 6  # jobs in flight per device
 RATE = 22.0  # requests started per second overall: spreads the run over the fault schedule
@@ -83,18 +89,36 @@ class Pacer:
             self.next = max(self.next, now) + self.interval
 
 
-async def send(uplink: Uplink, run: Run, pacer: Pacer, type_: str, body: dict[str, Any]
-               ) -> Outcome:
+@dataclass
+class Desk:
+    """One cashier desk: its uplink, staff session and the patient references it holds."""
+
+    uplink: Uplink
+    token: str = ""
+    refs: dict[str, str] = field(default_factory=dict)  # platform patient id -> reference
+
+    def wire(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The body as this desk sends it: patients named by its own references."""
+        if "patient_id" in body:
+            return {**body, "patient_id": self.refs[body["patient_id"]]}
+        return body
+
+
+async def send(desk: Desk, run: Run, pacer: Pacer | None, type_: str, body: dict[str, Any],
+               *, record: bool = True) -> Outcome:
     """One request until it has a definitive outcome; retries reuse the same id."""
-    await pacer.wait()
-    run.started += 1
+    if pacer is not None:
+        await pacer.wait()
+    if record:
+        run.started += 1
     rid = uuid.uuid4().hex
     exp = datetime.now(UTC) + timedelta(minutes=15)
     tries = 0
     while True:
         tries += 1
         try:
-            res = await uplink.request(type_, body, id=rid, exp=exp, timeout=20)
+            res = await desk.uplink.request(type_, desk.wire(body), id=rid, exp=exp,
+                                            timeout=20, auth=desk.token or None)
             out = Outcome(rid, type_, body, "ok", res, tries)
             break
         except Rejected as exc:
@@ -103,7 +127,8 @@ async def send(uplink: Uplink, run: Run, pacer: Pacer, type_: str, body: dict[st
         except (OutcomeUnknown, PlatformUnavailable):
             # Not final: ask again under the same id (the idempotency key) — never a new one.
             await asyncio.sleep(0.5)
-    run.outcomes.append(out)
+    if record:
+        run.outcomes.append(out)
     return out
 
 
@@ -118,8 +143,10 @@ def _alipay(n: int, last: int) -> str:
     return f"25{n:013d}{last}"
 
 
-def build_workload(stack: Any, rng: random.Random) -> list[list[tuple[str, Any]]]:
-    """Jobs (lists of steps) adding up to exactly TOTAL requests."""
+def build_workload(stack: Any, rng: random.Random
+                   ) -> tuple[list[list[tuple[str, Any]]], dict[str, str], dict[str, str]]:
+    """Jobs (lists of steps) adding up to exactly TOTAL requests; patient id -> card number;
+    report number -> patient id."""
     patients = []
     for i in range(12):
         first17 = f"11010119800101{i:03d}"
@@ -137,10 +164,20 @@ def build_workload(stack: Any, rng: random.Random) -> list[list[tuple[str, Any]]
                                      params={"dept_code": code, "date": d})["slots"]
             slots += [s for s in got if s["remaining"] > 0]
     reports = []
+    report_owner: dict[str, str] = {}
+    cards = {p["patient_id"]: p["card_no"]
+             for p in (a["patient"] for a in stack.platform_api("GET", "/admin/patients"))}
+    # A patient whose card is reported lost cannot be identified at a desk, so no desk
+    # could name their reports: leave those out.
+    lost = set(stack.platform_api("GET", "/api/v1/hotlist", params={"since_version": 0})["added"])
     for n in range(1, 51):
+        if cards[f"P{n:06d}"] in lost:
+            continue
         got = stack.platform_api("GET", "/api/v1/reports", params={"patient_id": f"P{n:06d}"})
-        reports += [r["report_no"] for r in got["reports"]
-                    if r["status"] == "ready" and not r["printed"]]
+        for r in got["reports"]:
+            if r["status"] == "ready" and not r["printed"]:
+                reports.append(r["report_no"])
+                report_owner[r["report_no"]] = f"P{n:06d}"
     # Distinct (patient, slot) pairs, within each session's remaining numbers.
     pairs = [(p["patient_id"], s["slot_id"]) for i, s in enumerate(slots)
              for p in (patients * 2)[i % 12:i % 12 + min(s["remaining"], 3)]]
@@ -190,10 +227,32 @@ def build_workload(stack: Any, rng: random.Random) -> list[list[tuple[str, Any]]
     jobs += [[step] for step in lookups]
     rng.shuffle(jobs)
     assert sum(len(j) for j in jobs) == TOTAL
-    return jobs
+    return jobs, cards, report_owner
 
 
-async def run_job(uplink: Uplink, run: Run, pacer: Pacer, job: list[tuple[str, Any]]) -> None:
+async def open_desk(desk: Desk, run: Run, jobs: list[list[tuple[str, Any]]],
+                    cards: dict[str, str], report_owner: dict[str, str]) -> None:
+    """Sign the cashier in, then look up (by card) every patient and report the jobs name."""
+    login = await send(desk, run, None, "staff.login", {"badge": STAFF_BADGE, "pin": STAFF_PIN},
+                       record=False)
+    assert login.status == "ok", login.result
+    desk.token = login.result["session_token"]
+    patients = {b["patient_id"] for j in jobs for _, b in j if b and "patient_id" in b}
+    reports = [b["report_no"] for j in jobs for t, b in j if t == "report.printed"]
+    patients |= {report_owner[r] for r in reports}
+    for pid in sorted(patients):
+        got = await send(desk, run, None, "patient.identify",
+                         {"by": "card", "value": cards[pid]}, record=False)
+        assert got.status == "ok", got.result
+        ref = got.result["patient_id"]
+        assert ref.startswith("pr_") and ref != pid  # the platform's id never reaches us
+        desk.refs[pid] = ref
+    for pid in sorted({report_owner[r] for r in reports}):
+        listed = await send(desk, run, None, "report.list", {"patient_id": pid}, record=False)
+        assert listed.status == "ok", listed.result
+
+
+async def run_job(desk: Desk, run: Run, pacer: Pacer, job: list[tuple[str, Any]]) -> None:
     prev: Outcome | None = None
     for step, given in job:
         type_, body = step, given
@@ -208,10 +267,10 @@ async def run_job(uplink: Uplink, run: Run, pacer: Pacer, job: list[tuple[str, A
             else:  # the booking was refused: the patient tops up in cash instead
                 body = {"patient_id": prev.body["patient_id"], "purpose": "topup",
                         "refs": [], "amount_fen": 500, "method": "cash"}
-        prev = await send(uplink, run, pacer, type_, body)
+        prev = await send(desk, run, pacer, type_, body)
 
 
-async def device_worker(uplink: Uplink, run: Run, pacer: Pacer,
+async def device_worker(desk: Desk, run: Run, pacer: Pacer,
                         jobs: list[list[tuple[str, Any]]]) -> None:
     queue: asyncio.Queue[list[tuple[str, Any]]] = asyncio.Queue()
     for j in jobs:
@@ -219,7 +278,7 @@ async def device_worker(uplink: Uplink, run: Run, pacer: Pacer,
 
     async def lane() -> None:
         while not queue.empty():
-            await run_job(uplink, run, pacer, queue.get_nowait())
+            await run_job(desk, run, pacer, queue.get_nowait())
 
     await asyncio.gather(*(lane() for _ in range(PER_DEVICE)))
 
@@ -253,25 +312,32 @@ def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
 async def test_chaos_exactly_once(stack: Any, tmp_path: Path) -> None:
     t_setup = time.monotonic()
     rng = random.Random(20240601)
-    jobs = await asyncio.to_thread(build_workload, stack, rng)
+    jobs, cards, report_owner = await asyncio.to_thread(build_workload, stack, rng)
+    await asyncio.to_thread(stack.platform_api, "POST", "/admin/staff", json={
+        "badge": STAFF_BADGE, "name": "收费员测试", "role": "cashier", "pin": STAFF_PIN})
     before = (await asyncio.to_thread(stack.stats))["effects"]
     await asyncio.to_thread(stack.set_faults, drop_reply_after_commit_rate=0.10, hang_ms=3000)
 
     uplinks = []
     for d in range(DEVICES):
-        cfg = await asyncio.to_thread(stack.register, f"chaos-{d:02d}", tmp_path)
-        up = Uplink(cfg, f"chaos-{d:02d}", role="kiosk", version="1.0.0",
+        cfg = await asyncio.to_thread(stack.register, f"chaos-{d:02d}", tmp_path,
+                                      role="cashier")
+        up = Uplink(cfg, f"chaos-{d:02d}", role="cashier", version="1.0.0",
                     rng=random.Random(d))
         uplinks.append(up)
+    desks = [Desk(up) for up in uplinks]
     run = Run()
     pacer = Pacer(RATE)
     t0 = time.monotonic()
     try:
         for up in uplinks:
             await up.start()
+        await asyncio.gather(*(open_desk(desk, run, jobs[i::DEVICES], cards, report_owner)
+                               for i, desk in enumerate(desks)))
+        t0 = time.monotonic()
         chaos_task = asyncio.create_task(chaos(stack, run, t0))
         await asyncio.gather(*(
-            device_worker(up, run, pacer, jobs[i::DEVICES]) for i, up in enumerate(uplinks)))
+            device_worker(desk, run, pacer, jobs[i::DEVICES]) for i, desk in enumerate(desks)))
         t_work = time.monotonic() - t0
         await asyncio.wait_for(chaos_task, 60)
 

@@ -223,6 +223,8 @@ STAFF = (
 )
 #: Failed PIN attempts after which a badge is locked.
 STAFF_MAX_FAILURES = 5
+#: How long a badge stays locked after STAFF_MAX_FAILURES wrong PINs in a row.
+STAFF_LOCK_S = 900
 
 
 # --- wallet (WeChat Pay / Alipay micropay) behaviour ----------------------------------------

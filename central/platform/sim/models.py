@@ -224,6 +224,9 @@ class StaffRow(_Base):
     role = pw.CharField()
     pin_hash = pw.CharField()
     failures = pw.IntegerField(default=0)
+    #: Unix time until which sign-in is refused after too many failures (a timed lock, as
+    #: hospital systems do: a permanent one would let anyone lock a cashier out).
+    locked_until = pw.FloatField(null=True)
 
 
 class IdempotencyRow(_Base):
@@ -319,9 +322,22 @@ def _booking_checkin(schema: Schema) -> None:
         run(*ops)
 
 
+def _staff_timed_lock(schema: Schema) -> None:
+    """Staff accounts lock for a while after repeated failures instead of for good."""
+    from playhouse.migrate import SqliteMigrator
+    from playhouse.migrate import migrate as run
+
+    s = schema.StaffRow
+    table = s._meta.table_name
+    if not schema.db.table_exists(table):
+        schema.db.create_tables([s])
+    elif "locked_until" not in {c.name for c in schema.db.get_columns(table)}:
+        run(SqliteMigrator(schema.db).add_column(table, "locked_until", s.locked_until))
+
+
 #: Ordered migrations; each runs once in its own transaction. Append, never edit.
 MIGRATIONS: tuple[tuple[int, Callable[[Schema], None]], ...] = (
-    (1, _initial), (2, _booking_checkin),
+    (1, _initial), (2, _booking_checkin), (3, _staff_timed_lock),
 )
 
 

@@ -791,18 +791,24 @@ class PlatformService:
     # --- staff ----------------------------------------------------------------------------
 
     def staff_login(self, req: StaffLoginRequest) -> Outcome:
-        """``staff.login``: badge + PIN; locks after repeated failures."""
+        """``staff.login``: badge + PIN; locks for a while after repeated failures."""
         s = self.s
         staff = s.StaffRow.get_or_none(s.StaffRow.badge == req.badge)
         bad = business("invalid_credentials", "badge or PIN is wrong", "工号或密码错误")
         if staff is None:
             return bad
-        if staff.failures >= data.STAFF_MAX_FAILURES:
-            return business("staff_locked", "too many failed attempts; ask a supervisor",
-                            "密码错误次数过多，账号已锁定")
+        t = self.now().timestamp()
+        if staff.locked_until is not None:
+            if t < staff.locked_until:
+                return business("staff_locked", "too many failed attempts; try again later "
+                                "or ask a supervisor", "密码错误次数过多，账号暂时锁定")
+            staff.failures, staff.locked_until = 0, None  # the lock ran out
+            staff.save()
         if not verify_pin(req.pin, staff.pin_hash):
             # Returned, not raised: the failure count must be committed.
             staff.failures += 1
+            if staff.failures >= data.STAFF_MAX_FAILURES:
+                staff.locked_until = t + data.STAFF_LOCK_S
             staff.save()
             return bad
         if staff.failures:
@@ -857,8 +863,8 @@ class PlatformService:
             staff = S.create(staff_id=f"ST{req.badge}", badge=req.badge, name=req.name,
                              role=req.role, pin_hash=pin_hash)
         else:
-            staff.name, staff.role, staff.pin_hash, staff.failures = (
-                req.name, req.role, pin_hash, 0)
+            staff.name, staff.role, staff.pin_hash, staff.failures, staff.locked_until = (
+                req.name, req.role, pin_hash, 0, None)
             staff.save()
         return StaffOut(staff_id=staff.staff_id, name=staff.name, role=staff.role)
 

@@ -487,7 +487,7 @@ def test_reports_by_specimen_barcode(client: TestClient,
 
 # --- staff ----------------------------------------------------------------------------------
 
-def test_staff_login_and_lockout(client: TestClient, demo_pin: str) -> None:
+def test_staff_login_and_lockout(client: TestClient, demo_pin: str, clock: Any) -> None:
     ok = client.post(f"{API}/staff/login", json={"badge": "S1001", "pin": demo_pin})
     assert ok.json() == {"staff_id": "ST1001", "name": "收费员一", "role": "cashier"}
     for _ in range(5):
@@ -495,6 +495,15 @@ def test_staff_login_and_lockout(client: TestClient, demo_pin: str) -> None:
         assert bad.json()["code"] == "invalid_credentials"
     locked = client.post(f"{API}/staff/login", json={"badge": "S1001", "pin": demo_pin})
     assert locked.json()["code"] == "staff_locked"
+    # The lock is timed, never for good: the right PIN works once it ran out.
+    clock.advance(899)
+    assert client.post(f"{API}/staff/login", json={"badge": "S1001", "pin": demo_pin}
+                       ).json()["code"] == "staff_locked"
+    clock.advance(2)
+    assert client.post(f"{API}/staff/login", json={"badge": "S1001", "pin": demo_pin}
+                       ).status_code == 200
+    for _ in range(5):
+        client.post(f"{API}/staff/login", json={"badge": "S1001", "pin": "000000"})
     unknown = client.post(f"{API}/staff/login", json={"badge": "S0000", "pin": demo_pin})
     assert unknown.json()["code"] == "invalid_credentials"
     client.post("/admin/staff", json={"badge": "S1001", "name": "收费员一", "role": "cashier",

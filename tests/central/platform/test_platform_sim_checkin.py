@@ -135,13 +135,13 @@ def test_migration_2_adds_the_booking_columns_to_a_version_1_database(tmp_path: 
     con.commit()
     con.close()
     schema = open_database(db)
-    assert migrate(schema, "2025-03-10T00:00:00.000Z") == 2
+    assert migrate(schema, "2025-03-10T00:00:00.000Z") == 3
     with schema.db.connection_context():
         row = schema.BookingRow.get(schema.BookingRow.booking_id == "BK1")
         assert (row.checked_in_at, row.slip_printed, row.insurance_fen) == (None, False, 0)
-        assert migrate(schema, "x") == 2  # applied once
+        assert migrate(schema, "x") == 3  # applied once
         versions = [r.version for r in schema.SchemaVersion.select()]
-    assert versions == [1, 2]
+    assert versions == [1, 2, 3]
 
 
 def test_insured_share_setting_is_bounded(tmp_path: Path) -> None:

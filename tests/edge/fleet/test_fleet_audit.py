@@ -212,7 +212,7 @@ async def test_runtime_audits_staff_login_and_logout_by_id_only(tmp_path: Path) 
     rows = audit.rows()
     assert [(r.actor, r.action, r.detail) for r in rows] == [
         ("S1001", "staff.login", {"staff_id": "S1001"}),
-        ("S1001", "staff.logout", {"staff_id": "S1001"})]
+        ("S1001", "staff.logout", {"staff_id": "S1001", "reason": "logout"})]
     assert "王芳" not in json.dumps([r.wire_body() for r in rows], ensure_ascii=False)
 
 

@@ -200,8 +200,10 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "staff.login": (
         {"badge": "S1001", "pin": "123456"},
-        {"staff_id": "S1001", "name": "刘洋", "role": "cashier"},
+        {"staff_id": "S1001", "name": "刘洋", "role": "cashier",
+         "session_token": "Zb3kLq9x_Vt2-Jd8Pw4mNc7RhY5sFe1a", "expires_at": "2024-05-01T20:30:00.000Z"},
     ),
+    "staff.logout": ({}, {"ended": True}),
 }
 
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
