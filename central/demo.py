@@ -5,7 +5,8 @@ and supervises its own Mosquitto), and two simulated terminals — a self-servic
 cashier desk — each with its own private pcscd + vpcd card reader (patient slot and SAM
 slot), a virtual ESC/POS network printer, ``ykt edge`` and ``ykt kiosk``. A small hardware
 panel lets a person insert and remove virtual health cards and see the printed paper.
-Every process is a real one started through the ``ykt`` command; Ctrl-C stops them all.
+Every process is a real one started through the ``ykt`` command; one that dies is restarted
+with a backoff and a limit (``Supervised``), and says so; Ctrl-C stops them all.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 import tomli_w
 
-__all__ = ["DEMO_PATIENTS", "Site", "add_demo_arguments", "free_port", "main", "secret_file",
-           "toml_text", "wait_http"]
+__all__ = ["DEMO_PATIENTS", "Site", "Supervised", "add_demo_arguments", "describe_exit",
+           "free_port", "main", "secret_file", "terminate_group", "toml_text", "wait_http"]
 
 # Patients the platform knows and the panel can insert as virtual cards. ID numbers carry a
 # valid GB 11643 check digit; card numbers follow the 18-character health card number form.
@@ -94,6 +97,148 @@ def toml_text(data: dict[str, Any]) -> str:
     return tomli_w.dumps(data)
 
 
+def describe_exit(code: int | None) -> str:
+    """``exited with code 1`` / ``was killed by SIGKILL`` for a Popen return code."""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with code {code}"
+
+
+def terminate_group(proc: Any, timeout: float = 10.0) -> None:
+    """SIGTERM ``proc``'s process group (it leads one), SIGKILL after ``timeout``; reap it.
+
+    Also when ``proc`` itself has already died: what it left in its group goes too.
+    """
+    from edge.devices.card.sim.pcscd import group_members
+
+    deadline = time.monotonic() + timeout
+    if proc.poll() is None or group_members(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+    while group_members(proc.pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+
+
+class Supervised:
+    """One child of the demo, restarted with a backoff when it exits unexpectedly.
+
+    ``start()`` runs the process factory; ``poll()`` (the demo calls it several times a
+    second) notices an exit, waits ``backoff_s`` doubling up to ``max_backoff_s`` and starts
+    the part again. After ``max_restarts`` restarts within ``window_s`` it gives up on this
+    part only. A part that stays up ``stable_s`` starts over with a clean count. ``halt()``
+    (or ``stop()``, which also ends the process) forbids any further restart, also one that
+    is waiting out its backoff. Every event is one ``[demo] …`` line on ``out``. Thread-safe:
+    ``halt()`` from another thread never races a restart.
+    """
+
+    def __init__(self, name: str, factory: Callable[[], Any], *,
+                 stopper: Callable[[Any], None] = terminate_group, out: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, backoff_s: float = 0.5,
+                 max_backoff_s: float = 10.0, max_restarts: int = 5, window_s: float = 60.0,
+                 stable_s: float = 30.0) -> None:
+        self.name = name
+        self._factory = factory
+        self._stopper = stopper
+        self._out = out  # None: sys.stdout at the time of printing
+        self._clock = clock
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.max_restarts, self.window_s, self.stable_s = max_restarts, window_s, stable_s
+        self.proc: Any = None
+        self.restarts = 0  # restarts over the whole run
+        self.gave_up = False
+        self.halted = False
+        self._recent: deque[float] = deque()  # restart times still counted against the limit
+        self._due: float | None = None  # a restart waits for this clock time
+        self._started_at = 0.0
+        self._lock = threading.RLock()
+
+    def _say(self, text: str) -> None:
+        print(f"[demo] {self.name} {text}", file=self._out or sys.stdout, flush=True)
+
+    def start(self) -> Any:
+        """Start the part (the first time; failures propagate to the caller)."""
+        with self._lock:
+            self.proc = self._factory()
+            self._started_at = self._clock()
+            return self.proc
+
+    @property
+    def restart_pending(self) -> bool:
+        """True while a restart waits out its backoff."""
+        return self._due is not None
+
+    def poll(self) -> None:
+        """Check the part once: note an exit, or do a restart whose backoff has passed."""
+        with self._lock:
+            if self.halted or self.gave_up:
+                return
+            now = self._clock()
+            if self._due is not None:
+                if now >= self._due:
+                    self._due = None
+                    self._restart(now)
+                return
+            if self.proc is None:
+                return
+            code = self.proc.poll()
+            if code is None:
+                if self._recent and now - self._started_at >= self.stable_s:
+                    self._recent.clear()  # it stayed up: count and backoff start over
+                return
+            with contextlib.suppress(Exception):
+                self._stopper(self.proc)  # whatever it left in its process group
+            self._schedule(describe_exit(code), now)
+
+    def _schedule(self, what: str, now: float) -> None:
+        while self._recent and now - self._recent[0] >= self.window_s:
+            self._recent.popleft()
+        if len(self._recent) >= self.max_restarts:
+            self.gave_up = True
+            self._say(f"{what}; giving up after {len(self._recent)} restarts in "
+                      f"{self.window_s:g} s (the rest of the site keeps running)")
+            return
+        delay = min(self.max_backoff_s, self.backoff_s * 2 ** len(self._recent))
+        self._recent.append(now)
+        self.restarts += 1
+        self._due = now + delay
+        self._say(f"{what}; restarting in {delay:g} s (restart {len(self._recent)})")
+
+    def _restart(self, now: float) -> None:
+        try:
+            self.proc = self._factory()
+        except Exception as exc:  # any failure is one more failed attempt
+            self.proc = None
+            self._schedule(f"could not be restarted ({exc})", now)
+            return
+        self._started_at = self._clock()
+        self._say(f"restarted (pid {self.proc.pid})")
+
+    def halt(self) -> None:
+        """No restart from now on (the process itself is left to the caller)."""
+        with self._lock:
+            self.halted = True
+            self._due = None
+
+    def stop(self) -> None:
+        """Halt and end the process; nothing of this part is left running."""
+        self.halt()
+        with self._lock:
+            proc = self.proc
+        if proc is not None:
+            self._stopper(proc)
+
+
 @dataclass
 class Terminal:
     """One simulated terminal: its hardware and its two processes."""
@@ -106,7 +251,13 @@ class Terminal:
     pcscd: Any = None
     patient_slot: Any = None
     sam_slot: Any = None
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    terminal_number: bytes = b""  # the SAM's, to put a new one in after a pcscd restart
+    parts: list[Supervised] = field(default_factory=list)  # pcscd, edge, kiosk
+
+    @property
+    def procs(self) -> list[Any]:
+        """The terminal's current processes (pcscd, edge, kiosk)."""
+        return [p.proc for p in self.parts if p.proc is not None]
 
     @property
     def ui_url(self) -> str:
@@ -118,12 +269,14 @@ class Site:
     """Owns every process and simulator of the site-in-a-box; ``stop()`` undoes ``start()``."""
 
     def __init__(self, workdir: Path, *, ykt: list[str] | None = None, seed: int = 1,
-                 log_to_files: bool = True, stable_ports: bool = False) -> None:
+                 log_to_files: bool = True, stable_ports: bool = False,
+                 out: TextIO | None = None) -> None:
         self.workdir = workdir.resolve()
         self.ykt = ykt or [sys.executable, "-m", "edge.cli"]
         self.seed = seed
         self.log_to_files = log_to_files
-        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.out = out  # where restart notices go (None: stdout)
+        self.parts: list[Supervised] = []  # the ykt children, each restarted when it dies
         self.terminals: list[Terminal] = []
         # People get the same URLs every run (when free); tests take whatever is free.
         self._stable = stable_ports
@@ -139,18 +292,50 @@ class Site:
 
     # -- processes -----------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
-               ) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None,
+               label: str | None = None) -> subprocess.Popen[bytes]:
         logdir = self.workdir / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
-        out: Any = open(logdir / f"{name}.log", "ab") if self.log_to_files else None  # noqa: SIM115
         full_env = {**os.environ, **(env or {})}
-        proc = subprocess.Popen([*self.ykt, *args], stdout=out, stderr=subprocess.STDOUT if out
-                                else None, env=full_env, start_new_session=True)
-        if out is not None:
-            out.close()
-        self.procs.append((name, proc))
+        def factory() -> subprocess.Popen[bytes]:
+            out: Any = open(logdir / f"{name}.log", "ab") if self.log_to_files else None  # noqa: SIM115
+            try:
+                return subprocess.Popen([*self.ykt, *args], stdout=out, stderr=subprocess.STDOUT
+                                        if out else None, env=full_env, start_new_session=True)
+            finally:
+                if out is not None:
+                    out.close()
+
+        part = Supervised(label or name, factory, out=self.out)
+        self.parts.append(part)
+        proc: subprocess.Popen[bytes] = part.start()
         return proc
+
+    @property
+    def procs(self) -> list[tuple[str, subprocess.Popen[bytes]]]:
+        """(log name, current process) of every ``ykt`` child, oldest first."""
+        return [(p.name, p.proc) for p in self.parts if p.proc is not None]
+
+    def _pcscd_part(self, term: Terminal) -> Supervised:
+        """Supervise ``term``'s pcscd; after a restart the SAM goes back into its slot."""
+        from edge.devices.card.sim.sam import SamSim
+
+        def factory() -> Any:
+            term.pcscd.stop()  # whatever a crashed one left (relays, ports); no-op at first
+            term.pcscd.start()
+            if term.sam_slot is not None:
+                term.sam_slot.insert(SamSim(SAM_PIN, terminal_number=term.terminal_number))
+            return term.pcscd._proc  # the daemon's process, to watch
+
+        part = Supervised(f"{term.device_id} pcscd", factory,
+                          stopper=lambda _proc: term.pcscd.stop(), out=self.out)
+        term.parts.append(part)
+        return part
+
+    def poll_parts(self) -> None:
+        """Let every supervised child notice an exit or do a due restart (the demo's loop)."""
+        for part in [*self.parts, *(p for t in self.terminals for p in t.parts)]:
+            part.poll()
 
     def start(self) -> None:
         """Bring the whole site up; on any failure everything started so far is stopped."""
@@ -200,10 +385,10 @@ class Site:
             term.printer = VirtualPrinter(host="127.0.0.1", port=0, out_dir=tdir / "paper")
             term.printer.start()
             term.pcscd = PcscDaemon(tdir / "pcscd", free_port_pair())
-            term.pcscd.start()
+            self._pcscd_part(term).start()
             term.sam_slot = VirtualCardSlot(term.pcscd.sam_port)
-            terminal_number = bytes.fromhex(f"1101000000{len(self.terminals) + 1:02d}")
-            term.sam_slot.insert(SamSim(SAM_PIN, terminal_number=terminal_number))
+            term.terminal_number = bytes.fromhex(f"1101000000{len(self.terminals) + 1:02d}")
+            term.sam_slot.insert(SamSim(SAM_PIN, terminal_number=term.terminal_number))
             term.patient_slot = VirtualCardSlot(term.pcscd.patient_port)
             self._start_terminal(term, tdir)
             self.terminals.append(term)
@@ -244,11 +429,12 @@ class Site:
             "edge": {"url": f"http://127.0.0.1:{term.api_port}", "token_file": str(token_file)},
             "ui": {"role": term.role, "language": "zh"},
         }))
-        edge = self._spawn(f"{term.device_id}-edge", ["edge", "--config", str(edge_cfg)],
-                           env=term.pcscd.env)
-        term.procs.append(edge)
-        ui = self._spawn(f"{term.device_id}-kiosk", ["kiosk", "--config", str(kiosk_cfg)])
-        term.procs.append(ui)
+        self._spawn(f"{term.device_id}-edge", ["edge", "--config", str(edge_cfg)],
+                    env=term.pcscd.env, label=f"{term.device_id} edge")
+        term.parts.append(self.parts[-1])
+        ui = self._spawn(f"{term.device_id}-kiosk", ["kiosk", "--config", str(kiosk_cfg)],
+                         label=f"{term.device_id} kiosk")
+        term.parts.append(self.parts[-1])
         wait_http(term.ui_url + "api/config", 30, ui)
 
     # -- helpers used by the panel and by tests ------------------------------------------
@@ -303,7 +489,9 @@ class Site:
         raise KeyError(device_id)
 
     def stop(self) -> None:
-        """Stop everything, newest first; nothing is left running."""
+        """Stop everything, newest first; nothing is left running (and nothing restarts)."""
+        for part in [*self.parts, *(p for t in self.terminals for p in t.parts)]:
+            part.halt()
         if self._panel is not None:
             with contextlib.suppress(Exception):
                 self._panel.stop()
@@ -328,7 +516,7 @@ class Site:
                 term.pcscd.stop()
             if term.printer is not None:
                 term.printer.stop()
-        self.procs.clear()
+        self.parts.clear()
 
 
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
@@ -365,14 +553,10 @@ def main(args: argparse.Namespace) -> int:
     MQTT broker (Mosquitto)         : 127.0.0.1:{site.broker_port}
   Press Ctrl-C to stop everything.
 """, flush=True)
-        while not stop.is_set():
-            stop.wait(1.0)
-            for name, proc in site.procs:
-                if proc.poll() is not None:
-                    print(f"ykt demo: {name} exited with code {proc.returncode}; stopping",
-                          file=sys.stderr)
-                    stop.set()
-                    break
+        # A part that dies is restarted (with a backoff, a few times at most) and says so;
+        # the rest of the site keeps running meanwhile.
+        while not stop.wait(0.2):
+            site.poll_parts()
     except KeyboardInterrupt:
         pass
     finally:
