@@ -83,6 +83,13 @@ class Screen:
         self._seen_scans: list[str] = []
         self.stamps: dict[str, float] = {}  # event → loop time (for the benchmark's trace)
         self._last_action = 0.0  # loop time of the last page action or card event
+        # Bumped by every card event and scan and sent with the view: the page's idle clock
+        # starts afresh on it, as it does on a touch (a patient who only inserts a card or
+        # shows a code is still there).
+        self.activity = 0
+        # A physical card is in the slot (the daemon tracks it): a session ended from the
+        # screen then waits on "take your card" until it is out. A QR session has none.
+        self._card_in = False
         # A flow whose card left while money or paper moved runs on to its outcome
         # (DESIGN.md "Money"); card events wait until then.
         self._detached: Flow | None = None
@@ -103,7 +110,7 @@ class Screen:
             "flow": self.flow.view() if self.flow else None,
             "staff": self.staff, "error": self.error, "notice": self.notice,
             "online": {"edge": self.edge_ok, "platform": self.platform_ok},
-            "today": self.today().isoformat(),
+            "today": self.today().isoformat(), "activity": self.activity,
         }
 
     def changed(self, *_: Any) -> None:
@@ -177,7 +184,7 @@ class Screen:
         if self.role == "cashier" and self.staff is not None:
             log.info("desk locked after inactivity")
             await self._a_lock()
-        elif self.role != "cashier" and self.screen not in ("attract", "locked"):
+        elif self.role != "cashier" and self.screen not in ("attract", "locked", "take_card"):
             log.info("session ended after inactivity")
             await self._a_end()
 
@@ -193,12 +200,18 @@ class Screen:
         plat = bool(h.get("uplink_connected")) and h.get("platform_ok") is not False
         changed = (not self.edge_ok) or plat != self.platform_ok
         self.edge_ok, self.platform_ok = True, plat
-        if h.get("session") is None and (self.patient or self.identity):
+        session = h.get("session")
+        self._card_in = session is not None and session.get("via") != "ehc_qr"
+        if session is None and (self.patient or self.identity or self.screen == "take_card"):
             if self._detached is None:
                 await self._card_left("attract")
             changed = True
-        elif (s := h.get("session")) and s.get("state") == "ready" and not self.identity:
-            await self.on_edge_event("card.identity", s)
+        elif (session and session.get("state") == "ready" and not (self.identity or self.patient)
+              and self.screen != "take_card"):
+            # A session this screen has not taken up yet (a reconnect, a restart). One it
+            # serves already — a QR session has a patient but no card identity — is left
+            # alone: taking it up again would throw the patient out of their flow.
+            await self.on_edge_event("card.identity", session)
             return
         if self.role == "cashier" and h.get("staff") is None and self.staff is not None:
             self.staff = None
@@ -211,6 +224,14 @@ class Screen:
         """React to one daemon event."""
         loop = asyncio.get_running_loop()
         self.stamps[kind] = self._last_action = loop.time()
+        if kind.startswith("card.") or kind == "scan":
+            self.activity += 1
+        if kind in ("card.inserted", "card.error") or (
+                kind == "card.identity" and data.get("via") != "ehc_qr"):
+            self._card_in = True
+        elif kind in {"card.removed", "card.identity"}:
+            # A QR session replaces whatever the daemon held: no card of it to wait on.
+            self._card_in = False
         if kind in ("card.inserted", "card.identity", "card.error") and self._holding():
             # Money or paper is moving for the card that left: this card is served once
             # that is settled (sync() then picks its session up again).
@@ -223,8 +244,8 @@ class Screen:
             if left is not None:
                 self._spawn(self._abandon(left))
         elif kind == "card.identity":
-            if not self._serving():
-                return
+            if not self._serving() or self.screen == "take_card":
+                return  # the session was ended here; only the card's removal is awaited
             self.identity = dict(data.get("identity") or {}) or None
             if data.get("patient"):
                 self.patient = dict(data["patient"])
@@ -243,7 +264,10 @@ class Screen:
             if self._detached is None:
                 await self._card_left(self._idle_screen())
         elif kind == "scan":
+            version = self.version
             await self.on_scan(data)
+            if self.version == version:
+                self.changed()  # a scan that changed nothing still counts as activity
         elif kind == "platform.status":
             self.platform_ok = bool(data.get("ok"))
             self.changed()
@@ -471,9 +495,15 @@ class Screen:
         if flow is not None and flow is self._detached:
             await self._release(flow)  # the daemon's session ended with the card already
             return
-        with contextlib.suppress(EdgeError):
-            await self.edge.end_session()
-        self._wipe(self._idle_screen())
+        if self.role == "kiosk" and self._card_in:
+            # The card is still in the slot: wipe what the screen shows, then ask for the
+            # card until it is out. The daemon's session is kept, because its card.removed
+            # is how this screen learns the card is out (it says nothing once ended).
+            self._wipe("take_card")
+        else:
+            with contextlib.suppress(EdgeError):
+                await self.edge.end_session()
+            self._wipe(self._idle_screen())
         self.changed()
         if flow is not None:
             self._spawn(self._abandon(flow))
@@ -491,7 +521,7 @@ class Screen:
             self._spawn(self._abandon(flow))
 
     async def _a_home(self) -> None:
-        if self.flow is not None and self.flow.busy:
+        if (self.flow is not None and self.flow.busy) or self.screen == "take_card":
             return
         if self.flow is not None and self.flow is self._detached:
             await self._release(self.flow)
@@ -506,7 +536,9 @@ class Screen:
     async def _a_dismiss(self) -> None:
         self.error = self.notice = None
         if self.screen == "error":
-            self.screen = "menu" if self.patient else self._idle_screen()
+            # a card that could not be read is still in the slot: it is asked back first
+            self.screen = "menu" if self.patient else (
+                "take_card" if self.role == "kiosk" and self._card_in else self._idle_screen())
         self.changed()
 
     async def _a_start(self, flow: str) -> None:

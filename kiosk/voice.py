@@ -21,6 +21,8 @@ PROMPTS: dict[str, tuple[str, str]] = {
     "insert_en": ("en", "Please insert your health card, or show your e-health QR code"),
     "take_card_zh": ("cmn", "请取走凭条和您的健康卡"),
     "take_card_en": ("en", "Please take your slip and your card"),
+    "take_out_zh": ("cmn", "请取走您的卡"),
+    "take_out_en": ("en", "Please take your card"),
     "confirming_zh": ("cmn", "正在确认支付结果，请勿重复支付"),
     "confirming_en": ("en", "Payment being confirmed. Do not pay again."),
     "scan_code_zh": ("cmn", "请将付款码对准扫码窗口"),

@@ -31,6 +31,9 @@
     card: `<svg viewBox="0 0 160 110" width="200" height="140" aria-hidden="true"><rect x="20" y="8" width="120" height="78" rx="10" fill="#e8f5ef" stroke="currentColor" stroke-width="5"/>
       <rect x="36" y="26" width="26" height="20" rx="3" fill="#d4a72c"/><line x1="36" y1="64" x2="120" y2="64" stroke="currentColor" stroke-width="5"/>
       <path d="M80 92 v14 M68 96 l12 12 l12 -12" stroke="currentColor" stroke-width="5" fill="none"/></svg>`,
+    cardOut: `<svg viewBox="0 0 160 110" width="200" height="140" aria-hidden="true"><rect x="20" y="24" width="120" height="78" rx="10" fill="#e8f5ef" stroke="currentColor" stroke-width="5"/>
+      <rect x="36" y="42" width="26" height="20" rx="3" fill="#d4a72c"/><line x1="36" y1="80" x2="120" y2="80" stroke="currentColor" stroke-width="5"/>
+      <path d="M80 20 v-14 M68 16 l12 -12 l12 12" stroke="currentColor" stroke-width="5" fill="none"/></svg>`,
     qr: `<svg viewBox="0 0 70 70" width="120" height="120" aria-hidden="true" fill="currentColor"><rect x="4" y="4" width="22" height="22"/><rect x="44" y="4" width="22" height="22"/><rect x="4" y="44" width="22" height="22"/>
       <rect x="10" y="10" width="10" height="10" fill="#fff"/><rect x="50" y="10" width="10" height="10" fill="#fff"/><rect x="10" y="50" width="10" height="10" fill="#fff"/>
       <rect x="32" y="6" width="6" height="6"/><rect x="32" y="20" width="6" height="10"/><rect x="44" y="34" width="8" height="6"/><rect x="32" y="36" width="6" height="6"/>
@@ -50,10 +53,15 @@
   const flow = (doIt, args = {}) => act("flow", { do: doIt, args });
 
   let resync = false, netTimer = 0;
+  const screenKey = (v) => v.screen + "/" + (v.flow ? v.flow.name + "/" + v.flow.state : "");
   function show(v) {
     clearTimeout(netTimer);
     if (V && v.v < V.v && !resync) return;    // an older view than the one on screen
     resync = false;
+    // A card going in or out, a scan, any new screen: the patient is there (the idle clock
+    // counts these as it counts touches, or the first patient after a quiet spell is timed
+    // out the moment their card goes in).
+    if (!V || v.activity !== V.activity || screenKey(v) !== screenKey(V)) lastActivity = Date.now();
     V = v; render();
   }
 
@@ -115,6 +123,9 @@
       ${V.online.platform ? "" : fixed("warn", "oos_sub", "oos_works")}
       <div class="actions">${btn(t("reports_nocard"), 'data-start="reports" data-testid="reports-nocard"', "secondary wide")}</div>`,
     reading: () => waiting("reading"),
+    // The session is over but the card is still in the slot: nothing else until it is out.
+    take_card: () => `<div class="attract take" data-testid="take-card" role="alert"><div class="big">${esc(t("take_out"))}</div>
+      <div class="sub">${esc(both("take_out").sub)}</div><div class="slotpic">${ICON.cardOut}</div></div>`,
     identifying: () => {
       const name = (V.identity || {}).name;
       return `<div class="attract wait">${name ? `<div class="big">${esc(t("hello"))}${esc(t("comma"))}<span data-testid="identity-name">${esc(name)}</span></div>
@@ -375,7 +386,7 @@
 
   function render() {
     if (!V) return;
-    const key = V.screen + "/" + (V.flow ? V.flow.name + "/" + V.flow.state : "");
+    const key = screenKey(V);
     // What was typed survives a re-render of the same screen (a pushed view, a language switch).
     const typed = {};
     if (key === stateKey) main.querySelectorAll("input[name]").forEach((i) => { if (i.value) typed[i.name] = i.value; });
@@ -447,7 +458,7 @@
   // ---- voice prompts (optional, server-side synthesis) ------------------------------------
   function voice() {
     if (!ui.voice || !V) return;
-    const f = V.flow, key = V.screen === "attract" && V.role === "kiosk" ? "insert" : f && f.state === "confirming" ? "confirming"
+    const f = V.flow, key = V.screen === "attract" && V.role === "kiosk" ? "insert" : V.screen === "take_card" ? "take_out" : f && f.state === "confirming" ? "confirming"
       : f && f.state === "scan_code" ? "scan_code" : f && f.state === "done" ? "take_card" : null;
     if (key) new Audio(`/api/voice/${key}_${lang}.wav`).play().catch(() => {});
   }
@@ -459,9 +470,11 @@
     if (Date.now() - stateSince > SLOW_MS) { const s = main.querySelector("[data-testid=slow]"); if (s) s.hidden = false; }
     if (!V) return;
     const cashier = V.role === "cashier";
-    const idleOk = cashier ? V.screen === "locked" : V.screen === "attract";
+    // Nothing to time out on the start screen or while the card is asked back; the clock
+    // starts from when the screen is left, not from the last patient's last touch.
+    const idleOk = cashier ? V.screen === "locked" : V.screen === "attract" || V.screen === "take_card";
     const ov = $("#overlay");
-    if (idleOk || (V.flow && V.flow.busy)) { cd.hidden = ov.hidden = true; if (V.flow && V.flow.busy) lastActivity = Date.now(); return; }
+    if (idleOk || (V.flow && V.flow.busy)) { cd.hidden = ov.hidden = true; lastActivity = Date.now(); return; }
     const limit = cashier ? ui.staff_lock_s : ui.idle_timeout_s;
     const left = Math.ceil(limit - (Date.now() - lastActivity) / 1000);
     if (left <= ui.countdown_s) {

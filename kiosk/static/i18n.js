@@ -3,6 +3,7 @@ window.I18N = {
   zh: {
     lang: "English", elder: "大字模式", elder_off: "标准模式",
     insert: "请插入您的居民健康卡", insert_sub: "或出示电子健康卡二维码", reading: "正在读卡，请勿拔卡…",
+    take_out: "请取走您的卡",
     identifying: "正在查询就诊信息…", hello: "您好", balance: "就诊卡余额", id_no: "证件号",
     reports_nocard: "打印检验报告（扫描标本条码）",
     menu_register: "挂号", menu_register_s: "当日挂号 / 预约",
@@ -74,6 +75,7 @@ window.I18N = {
   en: {
     lang: "中文", elder: "Large text", elder_off: "Standard",
     insert: "Please insert your health card", insert_sub: "or show your e-health card QR code",
+    take_out: "Please take your card",
     reading: "Reading your card, do not remove it…",
     identifying: "Looking up your record…", hello: "Hello", balance: "Card balance", id_no: "ID",
     reports_nocard: "Print lab reports (scan specimen barcode)",

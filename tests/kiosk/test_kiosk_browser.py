@@ -363,9 +363,12 @@ def test_idle_countdown_warns_then_ends_the_session(browser, site, screens_dir):
         pg.get_by_test_id("stay").click()
         pg.get_by_test_id("timeout").wait_for(state="hidden", timeout=2000)
         assert pg.get_by_test_id("patient-name").is_visible()
-        # untouched, it comes back and then ends the session
-        pg.get_by_test_id("prompt").wait_for(timeout=20_000)
+        # untouched, it comes back and then ends the session: the card is asked for first
+        pg.get_by_test_id("take-card").wait_for(timeout=20_000)
         assert "张*" not in pg.inner_text("body")
+        stays(pg, "take-card", 1)
+        site.remove_card("kiosk-001")
+        pg.get_by_test_id("prompt").wait_for(timeout=10_000)
     finally:
         ctx.close()
         site.remove_card("kiosk-001")
@@ -955,3 +958,115 @@ def test_rare_states_render(browser, site, screens_dir):
         tour(pg, screens_dir, "kiosk-edge-down")
     finally:
         ctx.close()
+
+
+# -- from the user trial ---------------------------------------------------------------------
+
+def scan_qr(site, ehc_id):
+    """Show an e-health card QR to the (simulated) hardware scanner."""
+    httpx.post(site.panel_url + "api/kiosk-001/scan", json={"text": f"{ehc_id}:1"},
+               timeout=10).raise_for_status()
+
+
+def stays(pg, testid, seconds):
+    """``testid`` stays on screen for ``seconds`` (polled, so a flash away is caught too)."""
+    for _ in range(int(seconds * 10)):
+        assert pg.get_by_test_id(testid).count() == 1, f"{testid} left the screen"
+        pg.wait_for_timeout(100)
+
+
+@pytest.mark.parametrize(("menu", "ready", "has"), [
+    ("bills", "next", "bill_row b WHERE b.status = 'unpaid' AND b.total_fen <= 300000"),
+    ("reports", "print-reports", "report_row b WHERE b.reported_at IS NOT NULL AND NOT b.printed"),
+])
+def test_ehealth_qr_patient_stays_in_bills_and_reports(kiosk, site, screens_dir, menu, ready,
+                                                      has):
+    """Identified by e-health QR (no card in the slot): the list stays until they leave it."""
+    pg = kiosk
+    (ehc_id,) = platform_rows(site, f"""SELECT p.ehc_id FROM patient_row p WHERE {NOT_BLOCKED}
+        AND EXISTS (SELECT 1 FROM {has} AND b.patient_id = p.patient_id)
+        ORDER BY p.patient_id LIMIT 1""")[0]
+    scan_qr(site, ehc_id)
+    pg.get_by_test_id(f"menu-{menu}").click(timeout=20_000)
+    pg.get_by_test_id(ready).wait_for(timeout=20_000)
+    stays(pg, ready, 4)
+    shot(pg, screens_dir, f"kiosk-ehc-{menu}-zh")
+    # leaving a QR session: no card to take back, straight to the start screen
+    pg.locator("[data-top=home]").click()
+    pg.get_by_test_id("finish").click(timeout=10_000)
+    pg.get_by_test_id("prompt").wait_for(timeout=10_000)
+    assert pg.get_by_test_id("take-card").count() == 0
+
+
+@pytest.mark.parametrize("how", ["card", "qr"])
+def test_first_patient_after_a_quiet_minute_is_not_timed_out(browser, site, how):
+    """Nobody touched the kiosk for 65 s (the page's clock jumps ahead): a card going in,
+    or a QR shown, starts the idle count afresh; no countdown, the menu stays."""
+    fresh(site, "kiosk-001")
+    ctx = browser.new_context(viewport=PORTRAIT, locale="zh-CN")
+    pg = ctx.new_page()
+    try:
+        pg.clock.install()
+        pg.goto(site.terminal("kiosk-001").ui_url)
+        pg.get_by_test_id("prompt").wait_for()
+        pg.clock.fast_forward("01:05")
+        pg.wait_for_timeout(700)  # a tick of the page's idle clock on the start screen
+        if how == "card":
+            site.insert_card("kiosk-001", DEMO_PATIENTS[0])
+        else:
+            (ehc_id,) = platform_rows(site, f"""SELECT p.ehc_id FROM patient_row p
+                WHERE {NOT_BLOCKED} ORDER BY p.patient_id LIMIT 1 OFFSET 3""")[0]
+            scan_qr(site, ehc_id)
+        pg.get_by_test_id("menu-register").wait_for(timeout=20_000)
+        for _ in range(30):
+            assert pg.locator("#overlay").is_hidden(), "the idle countdown came up"
+            assert pg.get_by_test_id("menu-register").count() == 1, "the session ended"
+            pg.wait_for_timeout(100)
+    finally:
+        ctx.close()
+        if site.terminal("kiosk-001").patient_slot.is_inserted:
+            site.remove_card("kiosk-001")
+
+
+def test_finish_asks_for_the_card_until_it_is_out(browser, site, screens_dir):
+    """After "完成，退出" with the card still in the slot the kiosk says (and speaks) "take
+    your card" and waits; once the card is out, the start screen."""
+    fresh(site, "kiosk-001")
+    ctx = browser.new_context(viewport=PORTRAIT, locale="zh-CN")
+    ui = site.terminal("kiosk-001").ui_url
+    spoken = []
+
+    def voice_on(route):
+        cfg = httpx.get(ui + "api/config", timeout=10).json()
+        cfg["ui"].update(voice=True)
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(cfg))
+
+    def record(route):
+        spoken.append(route.request.url.rsplit("/", 1)[-1])
+        route.fulfill(status=404)
+
+    ctx.route("**/api/config", voice_on)
+    ctx.route("**/api/voice/*", record)
+    pg = ctx.new_page()
+    try:
+        pg.goto(ui)
+        pg.get_by_test_id("prompt").wait_for()
+        site.insert_card("kiosk-001", DEMO_PATIENTS[0])
+        pg.get_by_test_id("finish").click(timeout=20_000)
+        pg.get_by_test_id("take-card").wait_for(timeout=10_000)
+        assert "请取走您的卡" in main_text(pg) and "Please take your card" in main_text(pg)
+        assert "张*" not in pg.inner_text("body")
+        for _ in range(50):  # the page asks for the spoken prompt as the screen shows
+            if "take_out_zh.wav" in spoken:
+                break
+            pg.wait_for_timeout(100)
+        assert "take_out_zh.wav" in spoken
+        tour(pg, screens_dir, "kiosk-take-card")
+        stays(pg, "take-card", 2)
+        assert pg.locator("#overlay").is_hidden()
+        site.remove_card("kiosk-001")
+        pg.get_by_test_id("prompt").wait_for(timeout=10_000)
+    finally:
+        ctx.close()
+        if site.terminal("kiosk-001").patient_slot.is_inserted:
+            site.remove_card("kiosk-001")

@@ -82,6 +82,70 @@ async def settle():
         await asyncio.sleep(0)
 
 
+QR_SESSION = {"state": "ready", "via": "ehc_qr", "session_id": "q1",
+              "patient": {"patient_id": "P1", "name": "李*英", "balance_fen": 100}}
+
+
+async def test_finish_with_the_card_in_asks_for_it_until_it_is_out():
+    s, e = screen()
+    await s.on_edge_event("card.inserted", {})
+    await s.on_edge_event("card.identity", IDENT)
+    await settle()
+    assert s.screen == "menu"
+    await s.dispatch("end", {})
+    v = s.view()
+    assert v["screen"] == "take_card" and v["patient"] is None and "李*英" not in str(v)
+    assert "end" not in e.calls  # the daemon keeps watching the card: its removal is the cue
+    await s.on_edge_event("card.identity", IDENT)  # a late event of that session
+    await s.dispatch("home", {})
+    assert s.screen == "take_card" and s.identity is None
+    await s.on_edge_event("card.removed", {})
+    assert s.screen == "attract"
+
+
+async def test_finish_without_a_card_goes_straight_to_start():
+    s, e = screen()
+    await s.on_edge_event("card.identity", QR_SESSION)
+    assert s.screen == "menu"
+    await s.dispatch("end", {})
+    assert s.screen == "attract" and e.calls == ["end"]
+
+
+async def test_health_poll_leaves_a_qr_patient_in_their_flow():
+    s, e = screen()
+    e.health = lambda: _health(QR_SESSION)  # type: ignore[method-assign]
+    await s.on_edge_event("card.identity", QR_SESSION)
+    await s.dispatch("start", {"flow": "reports"})
+    state = (s.screen, s.flow and s.flow.name)
+    await s.sync()
+    assert (s.screen, s.flow and s.flow.name) == state == ("flow", "reports")
+
+
+async def test_take_card_screen_ends_when_the_poll_finds_the_card_gone():
+    s, _ = screen()
+    await s.on_edge_event("card.identity", IDENT)
+    await settle()
+    await s.dispatch("end", {})
+    assert s.screen == "take_card"
+    await s.sync()  # the daemon has no session any more (removal missed while reconnecting)
+    assert s.screen == "attract"
+
+
+async def test_card_events_and_scans_count_as_activity():
+    s, _ = screen()
+    seen = s.view()["activity"]
+    await s.on_edge_event("scan", {"scan_id": "x", "kind": "unknown", "length": 3})
+    assert s.view()["activity"] == seen + 1 and s.view()["v"] > 0  # pushed to the page
+    await s.on_edge_event("card.inserted", {})
+    assert s.view()["activity"] == seen + 2
+    await s.on_edge_event("platform.status", {"ok": True})
+    assert s.view()["activity"] == seen + 2
+
+
+async def _health(session):
+    return {"uplink_connected": True, "platform_ok": True, "session": session, "staff": None}
+
+
 def test_parse_sse_frames():
     events, rest = parse_sse('event: a\ndata: {"kind":"a","data":{}}\n\n: keep\n\nevent: b\nda')
     assert events == [("a", {"kind": "a", "data": {}})] and rest == "event: b\nda"
@@ -132,6 +196,8 @@ async def test_card_error_says_what_to_do():
                                                    "message": "x", "message_zh": "y"}})
     assert s.screen == "error" and "重试" in s.error["todo_zh"]
     await s.dispatch("dismiss", {})
+    assert s.screen == "take_card"  # the card is still in the slot
+    await s.on_edge_event("card.removed", {})
     assert s.screen == "attract"
 
 
@@ -207,7 +273,12 @@ async def test_server_side_idle_backstop_ends_session_and_locks_desk():
     assert s.screen == "flow"
     s._last_action -= 2
     await s.idle_check()
-    assert s.screen == "attract" and s.patient is None
+    assert s.screen == "take_card" and s.patient is None  # the card is still in
+    s._last_action -= 71
+    await s.idle_check()
+    assert s.screen == "take_card"  # nothing to time out while the card is asked back
+    await s.on_edge_event("card.removed", {})
+    assert s.screen == "attract"
     c, _ = screen("cashier")
     await c.dispatch("login", {"badge": "S1001", "pin": "2468"})
     c._last_action -= 311
@@ -421,7 +492,7 @@ async def test_timeout_at_the_methods_frees_the_slot():
     await at_pay_method(s)
     s._last_action -= 71
     await s.idle_check()
-    assert s.flow is None and s.screen == "attract"
+    assert s.flow is None and s.screen == "take_card"
     await until(lambda: "reg.cancel" in e.calls)
 
 
