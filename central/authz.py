@@ -42,7 +42,7 @@ from central.staff import StaffSessions, ThrottleState
 from central.store import Store
 from edge.common.config import StrictModel
 from edge.common.privacy import mask_card_number, mask_id_number, mask_name
-from edge.protocol.envelope import Envelope
+from edge.protocol.envelope import Envelope, format_ts
 from edge.protocol.messages import CENTRAL_REQUESTS, ErrorCode
 
 __all__ = [
@@ -155,11 +155,12 @@ POLICY: dict[str, dict[str, Rule]] = {
         "report.fetch": _OPEN,
         "report.printed": _OPEN,
         "hotlist.delta": _OPEN,
-        # not: pay.refund, staff.login, staff.logout
+        # not: pay.refund, staff.login, staff.logout, staff.session
     },
     "cashier": {
         "staff.login": _OPEN,  # throttled per badge and per device (central.staff)
         "staff.logout": _STAFF,
+        "staff.session": _STAFF,  # asked before a desk prints its closing report
         "hotlist.delta": _OPEN,
         # Resolving the desk's own payments goes on after the cashier signed out.
         "pay.status": _OPEN,
@@ -383,7 +384,16 @@ class Guard:
 
     def call_local(self, env: Envelope) -> dict[str, Any]:
         """Answer a central-local request; runs inside a store write (see Forwarder)."""
-        ended = self.staff.end(self.store._raw(), env.dev, env.auth, self._clock(), "logout")
+        db, now = self.store._raw(), self._clock()
+        if env.type == "staff.session":
+            # authorize() already checked (and refreshed) the session; report it.
+            session = self.staff.use(db, env.dev, env.auth, now)
+            if session is None:  # ended between the check and now
+                raise Denied(ErrorCode.SESSION_EXPIRED, "session ended", "sign in again",
+                             "收费员登录已失效，请重新登录")
+            return {"staff_id": session.staff_id, "name": session.name,
+                    "expires_at": format_ts(datetime.fromtimestamp(session.expires_at, UTC))}
+        ended = self.staff.end(db, env.dev, env.auth, now, "logout")
         return {"ended": ended}
 
     # -- replies (inside the transaction that stores them) ---------------------------------

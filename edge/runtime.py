@@ -715,6 +715,8 @@ class EdgeRuntime:
         operator = (self.staff or {}).get("name", "")
         if kind == "closing_report":
             staff = self._require_staff()
+            # The day's takings go on paper only for a session central still holds.
+            await self._call("staff.session", {}, 10)
             start = now.replace(hour=0, minute=0, second=0, microsecond=0)
             lines = tuple(docs.ClosingLine(**x) for x in self.ledger.totals(
                 start, now + timedelta(seconds=1)))

@@ -107,6 +107,8 @@ __all__ = [
     "StaffLoginReq",
     "StaffLogoutReq",
     "StaffLogoutResult",
+    "StaffSessionInfo",
+    "StaffSessionReq",
     "StateBirth",
     "StateWill",
     "Telemetry",
@@ -602,6 +604,18 @@ class StaffLogoutResult(WireModel):
     ended: bool
 
 
+class StaffSessionReq(WireModel):
+    """``staff.session``: is the session in the envelope's ``auth`` still live? (empty body)"""
+
+
+class StaffSessionInfo(WireModel):
+    """Result of ``staff.session``: who is signed in at this desk, until when."""
+
+    staff_id: Ident
+    name: Name
+    expires_at: Timestamp
+
+
 #: type → (body model, result model) of every request a device may send.
 REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "patient.identify": (PatientIdentifyReq, PatientInfo),
@@ -623,10 +637,11 @@ REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "hotlist.delta": (HotlistDeltaReq, HotlistDelta),
     "staff.login": (StaffLoginReq, StaffInfo),
     "staff.logout": (StaffLogoutReq, StaffLogoutResult),
+    "staff.session": (StaffSessionReq, StaffSessionInfo),
 }
 
 #: Requests central answers itself (its own state), never forwarded to the platform.
-CENTRAL_REQUESTS: Final = frozenset({"staff.logout"})
+CENTRAL_REQUESTS: Final = frozenset({"staff.logout", "staff.session"})
 
 # --------------------------------------------------------------------------- replies
 

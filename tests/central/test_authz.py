@@ -265,10 +265,14 @@ async def test_desk_staff_actions_need_a_session_central_issued(central: Central
     assert code(idle) == "session_expired"
     # Sign-out ends it at once.
     token2 = await central.sign_in("cashier-001")
+    who = await central.ask("cashier-001", "staff.session", {}, auth=token2)
+    assert who["result"]["name"] == "收费员三" and who["result"]["staff_id"] == "ST1003"
     bye = await central.ask("cashier-001", "staff.logout", {}, auth=token2)
     assert bye["result"] == {"ended": True}
     after = await central.ask("cashier-001", "reg.departments", {}, auth=token2)
     assert code(after) == "session_expired"
+    assert code(await central.ask("cashier-001", "staff.session", {}, auth=token2)) == \
+        "session_expired"
     assert any(e["action"] == "staff.session_rejected" for e in central.security())
 
 

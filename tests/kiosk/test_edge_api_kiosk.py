@@ -271,6 +271,8 @@ async def test_cashier_staff_cash_refund_ledger_and_closing(rig):
     r = await rig.http.post("/v1/refund", json={"payment_id": "PAY2", "amount_fen": 40,
                                                 "reason": "多充"})
     assert r.json()["result"]["method"] == "cash"
+    rig.up.script["staff.session"] = {"staff_id": "ST1001", "name": "收费员一",
+                                      "expires_at": "2030-01-01T00:00:00.000Z"}
     r = await rig.http.post("/v1/print", json={"kind": "closing_report"})
     doc = rig.pr.docs[-1][0]
     assert doc.cashier == "收费员一"

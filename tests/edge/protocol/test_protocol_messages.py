@@ -204,6 +204,8 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
          "session_token": "Zb3kLq9x_Vt2-Jd8Pw4mNc7RhY5sFe1a", "expires_at": "2024-05-01T20:30:00.000Z"},
     ),
     "staff.logout": ({}, {"ended": True}),
+    "staff.session": ({}, {"staff_id": "S1001", "name": "刘洋",
+                           "expires_at": "2024-05-01T20:30:00.000Z"}),
 }
 
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
