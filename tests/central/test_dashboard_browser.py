@@ -69,3 +69,59 @@ def test_dashboard_shows_paper_near_end_and_offline_alarms(browser, site, screen
         printer.set_fault(near_end=False)
         httpx.post(f"{site.dashboard_url}api/devices/{OFFLINE_DEV}/disable", headers=auth,
                    timeout=10)
+
+
+def test_dashboard_lists_refused_requests_as_security_events(browser, site, screens_dir, tmp_path):
+    """A kiosk that asks for what its role may not: refused by central and shown in words."""
+    import asyncio
+    import concurrent.futures
+    import random
+
+    from edge.uplink.client import Uplink
+    from edge.uplink.config import UplinkConfig
+    from edge.uplink.errors import Rejected
+
+    auth = {"Authorization": f"Bearer {site.admin_token}"}
+    r = httpx.post(f"{site.dashboard_url}api/devices", json={"id": "kiosk-097", "role": "kiosk"},
+                   headers=auth, timeout=10)
+    r.raise_for_status()
+    pw = tmp_path / "kiosk-097.password"
+    pw.write_text(r.json()["password"])
+
+    async def misbehave() -> list[str]:
+        cfg = UplinkConfig(host="127.0.0.1", port=site.broker_port, username="kiosk-097",
+                           password_file=pw, outbox_path=tmp_path / "outbox.db",
+                           state_path=tmp_path / "state.json")
+        up = Uplink(cfg, "kiosk-097", role="kiosk", version="1.0.0", rng=random.Random(1))
+        await up.start()
+        codes = []
+        try:
+            assert await up.wait_connected(20)
+            for type_, body in (("staff.login", {"badge": "S1001", "pin": "000000"}),
+                                ("pay.refund", {"payment_id": "PAY1", "amount_fen": 100,
+                                                "reason": "test"})):
+                try:
+                    await up.request(type_, body, timeout=15)
+                except Rejected as exc:
+                    codes.append(exc.code)
+        finally:
+            await up.stop()
+        return codes
+
+    # Playwright's sync API holds this thread's event loop: the device runs on another.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, misbehave()).result(60) == ["forbidden", "forbidden"]
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+    page = ctx.new_page()
+    try:
+        page.goto(site.dashboard_url)
+        row = page.locator("tr[data-security='request.forbidden']").first
+        row.wait_for(timeout=15_000)
+        text = page.locator("[data-testid='security']").inner_text()
+        assert "kiosk-097" in text and "越权请求 Request refused" in text
+        assert "退款 refund" in text and "收费员登录 staff sign-in" in text
+        assert "{" not in text  # words, not JSON
+        page.locator("[data-testid='security']").scroll_into_view_if_needed()
+        page.screenshot(path=screens_dir / "dashboard-security.png", full_page=True)
+    finally:
+        ctx.close()

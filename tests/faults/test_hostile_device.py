@@ -26,6 +26,7 @@ import pytest
 
 from central.broker import mosquitto_passwd_set, render_acl
 from central.platform.sim.ids import id_check_digit
+from edge.protocol.messages import REQUESTS
 from edge.uplink.client import Uplink
 from edge.uplink.errors import Rejected
 
@@ -167,7 +168,16 @@ async def test_a_stolen_kiosk_is_refused_and_seen_while_real_flows_work(
             "reports of another patient": ("report.list", {"patient_id": "P000001"}),
             "fetch a report never listed": ("report.fetch", {"report_no": "LR00000001"}),
             "cancel a booking never seen": ("reg.cancel", {"booking_id": "BK00000001"}),
+            "check in a booking never seen": ("reg.checkin", {"booking_id": "BK00000001"}),
+            "mark a booking's slip printed": ("reg.printed", {"booking_id": "BK00000001"}),
+            "bookings of another patient": ("reg.bookings", {"patient_id": pb["patient_id"]}),
+            "mark a report printed": ("report.printed", {"report_no": "LR00000001"}),
+            "ask for a staff session": ("staff.session", {}),
         }
+        # Every request type is tried: those a kiosk may send are tried beyond its limits,
+        # or are harmless lookups of public data (departments, slots, the lost-card list).
+        harmless = {"reg.departments", "reg.slots", "hotlist.delta"}
+        assert {t for t, _ in attacks.values()} | harmless == set(REQUESTS)
         for what, (type_, body) in attacks.items():
             assert await ask(kiosk, type_, body) == "forbidden", what
         # Staff actions at a desk without the session central issued, or with another's.
