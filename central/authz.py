@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Audit actions shown as security events on the dashboard.
 SECURITY_ACTIONS = frozenset({
     "request.forbidden", "message.unauthorized", "staff.signin_failed",
-    "staff.signin_throttled", "staff.session_rejected",
+    "staff.signin_throttled", "staff.session_rejected", "request.rate_limited",
 })
 
 PATIENT_REF_PREFIX = "pr_"
@@ -77,19 +77,28 @@ class AuthzSettings(StrictModel):
     #: How long a device may use the patient references, bookings, bills, reports and
     #: payments central handed it (one visit at a kiosk or desk).
     grant_ttl_s: int = Field(default=1800, ge=60, le=86_400)
+    #: Patient look-ups per device and minute: a kiosk serves a patient a minute or two, so a
+    #: stolen one trying card numbers is slowed down and shows up as a security event.
+    kiosk_identify_per_minute: int = Field(default=30, ge=1, le=10_000)
+    desk_identify_per_minute: int = Field(default=120, ge=1, le=10_000)
 
 
 class Denied(Exception):
     """A request refused by policy; ``code`` is the reply's error code."""
 
     def __init__(self, code: ErrorCode, reason: str, message: str, message_zh: str,
-                 *, retryable: bool = False) -> None:
+                 *, retryable: bool = False, action: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.reason = reason
         self.message = message
         self.message_zh = message_zh
         self.retryable = retryable
+        #: The audit action; by default derived from ``code``.
+        self.action = action or {
+            ErrorCode.THROTTLED: "staff.signin_throttled",
+            ErrorCode.SESSION_EXPIRED: "staff.session_rejected",
+        }.get(code, "request.forbidden")
 
 
 Check = Callable[[dict[str, Any], AuthzSettings], str | None]
@@ -206,6 +215,8 @@ _SQL = (
     "CREATE TABLE IF NOT EXISTS request_authz (id TEXT PRIMARY KEY, dev TEXT NOT NULL, "
     "type TEXT NOT NULL, body_hash TEXT NOT NULL, auth_hash TEXT, at REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS request_authz_at ON request_authz (at)",
+    "CREATE TABLE IF NOT EXISTS rate_limit (key TEXT PRIMARY KEY, minute INTEGER NOT NULL, "
+    "count INTEGER NOT NULL)",
 )
 
 
@@ -260,10 +271,7 @@ class Guard:
         except Denied as exc:
             detail = {"dev": env.dev, "type": env.type, "id": env.id,
                       "code": str(exc.code), "reason": exc.reason[:200]}
-            action = ("staff.signin_throttled" if exc.code == ErrorCode.THROTTLED
-                      else "staff.session_rejected" if exc.code == ErrorCode.SESSION_EXPIRED
-                      else "request.forbidden")
-            await self.store.write(lambda: self.store._append_audit(now, "authz", action,
+            await self.store.write(lambda: self.store._append_audit(now, "authz", exc.action,
                                                                     detail))
             log.warning("refused %s from %s: %s", env.type, env.dev, exc.reason)
             raise
@@ -287,6 +295,8 @@ class Guard:
             return Verdict(self._translate(db, env, now, strict=False), role, None)
         if rule.check is not None and (why := rule.check(env.body, self.settings)):
             raise Denied(ErrorCode.FORBIDDEN, why, why, "超出此终端的办理权限")
+        if env.type == "patient.identify":
+            self._rate_limit(db, env.dev, role, now)
         staff_id: str | None = None
         if env.type == "staff.login":
             wait, which = self.staff.throttle_wait_s(db, env.dev, str(env.body.get("badge", "")),
@@ -312,6 +322,26 @@ class Guard:
                    (env.id, env.dev, env.type, bh, _hash(env.auth) if env.auth else None,
                     now.timestamp()))
         return Verdict(out, role, staff_id)
+
+    def _rate_limit(self, db: sqlite3.Connection, dev: str, role: str, now: datetime) -> None:
+        """At most ``*_identify_per_minute`` look-ups per device and clock minute.
+
+        A refused look-up raises inside the write, so its count is rolled back: the counter
+        stays at the limit until the minute turns.
+        """
+        limit = (self.settings.kiosk_identify_per_minute if role == "kiosk"
+                 else self.settings.desk_identify_per_minute)
+        minute = int(now.timestamp() // 60)
+        key = f"identify:{dev}"
+        row = db.execute("SELECT minute, count FROM rate_limit WHERE key = ?", (key,)).fetchone()
+        count = row[1] + 1 if row is not None and row[0] == minute else 1
+        db.execute("INSERT OR REPLACE INTO rate_limit (key, minute, count) VALUES (?, ?, ?)",
+                   (key, minute, count))
+        if count > limit:
+            raise Denied(ErrorCode.THROTTLED, f"more than {limit} patient look-ups a minute",
+                         "too many patient look-ups from this terminal; try again in a minute",
+                         "本终端查询过于频繁，请稍后再试", retryable=True,
+                         action="request.rate_limited")
 
     def _translate(self, db: sqlite3.Connection, env: Envelope, now: datetime, *,
                    strict: bool) -> Envelope:

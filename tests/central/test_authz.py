@@ -374,3 +374,15 @@ async def test_report_names_are_masked_and_replies_purged_after_retention(
                if r.type in ("patient.identify", "report.fetch")]
     assert all(b["status"] == "error" and b["error"]["code"] == "expired" for b in replies)
     assert retention.purge_once()["redacted"] == 0  # once
+
+
+async def test_patient_lookups_are_rate_limited_per_device(central: Central) -> None:
+    for _ in range(30):
+        await central.identify("kiosk-001")
+    r = await central.ask("kiosk-001", "patient.identify", {"by": "card", "value": "HC01"})
+    assert code(r) == "throttled" and r["error"]["retryable"] is True
+    assert central.store.audit_by_actions(frozenset({"request.rate_limited"}), 10)
+    # Other kiosks are not affected, and the next minute this one may look up again.
+    await central.identify("kiosk-002")
+    central.clock.advance(60)
+    await central.identify("kiosk-001")
