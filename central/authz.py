@@ -271,7 +271,8 @@ class Guard:
         except Denied as exc:
             detail = {"dev": env.dev, "type": env.type, "id": env.id,
                       "code": str(exc.code), "reason": exc.reason[:200]}
-            await self.store.write(lambda: self.store._append_audit(now, "authz", exc.action,
+            action = exc.action
+            await self.store.write(lambda: self.store._append_audit(now, "authz", action,
                                                                     detail))
             log.warning("refused %s from %s: %s", env.type, env.dev, exc.reason)
             raise
