@@ -89,6 +89,8 @@ class TlsListener(_Strict):
     require_certificate: bool = False
     use_identity_as_username: bool = False
     tls_version: Literal["tlsv1.2", "tlsv1.3"] = "tlsv1.2"
+    #: Revocation lists (central/ca.py writes one per issuing CA); re-read on SIGHUP.
+    crlfile: Path | None = None
 
     @model_validator(mode="after")
     def _identity_needs_cert(self) -> TlsListener:
@@ -195,6 +197,8 @@ def render_config(cfg: MosquittoConfig) -> str:
                 "use_identity_as_username "
                 + ("true" if lst.tls.use_identity_as_username else "false"),
             ]
+            if lst.tls.crlfile is not None:
+                lines.append(f"crlfile {lst.tls.crlfile}")
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["BrokerTlsFiles", "CertificateAuthority", "write_broker_tls"]
+__all__ = ["BrokerTlsFiles", "CertificateAuthority", "general_name", "write_broker_tls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +37,8 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _san(host: str) -> x509.GeneralName:
+def general_name(host: str) -> x509.GeneralName:
+    """A subjectAltName entry for ``host``: an IP address or a DNS name."""
     try:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
@@ -91,7 +92,7 @@ class CertificateAuthority:
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]),
+            .add_extension(x509.SubjectAlternativeName([general_name(h) for h in hosts]),
                            critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
