@@ -81,7 +81,13 @@ from edge.protocol.envelope import (
     peek_id,
 )
 from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import ErrorCode, make_reply_error, make_reply_ok, parse_request
+from edge.protocol.messages import (
+    ErrorCode,
+    make_reply_error,
+    make_reply_ok,
+    parse_request,
+    parse_state,
+)
 from edge.uplink.config import TlsConfig
 from edge.uplink.session import InboundMessage, MqttSession
 
@@ -556,16 +562,8 @@ class Forwarder:
     async def _handle_state(self, dev: str, msg: InboundMessage) -> None:
         if not msg.payload:
             return  # a cleared retained message
-        try:
-            data = json.loads(msg.payload.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            log.warning("bad state payload from %s", dev)
-            return
-        if (
-            not isinstance(data, dict)
-            or not isinstance(data.get("online"), bool)
-            or type(data.get("boot_seq")) is not int
-        ):
+        data = _state_body(dev, msg.payload)
+        if data is None:
             log.warning("bad state payload from %s", dev)
             return
         version = data.get("version") if isinstance(data.get("version"), str) else None
@@ -620,6 +618,33 @@ def _error_reply(
         },
     }
     return new_envelope("resp", dev, body, now=now, corr=env.id)
+
+
+def _state_body(dev: str, payload: bytes) -> dict[str, Any] | None:
+    """The body of a ``state`` message about ``dev``, or None if it is not one.
+
+    The contract (docs/protocol.md §7) is a ``state`` envelope. Devices of earlier versions
+    published the bare body; it is still read (retained births outlive upgrades).
+    """
+    try:
+        env = decode(payload)
+    except ProtocolError:
+        env = None
+    if env is not None:
+        if env.dev != dev:
+            return None
+        try:
+            return parse_state(env).model_dump()
+        except ProtocolError:
+            return None
+    try:
+        data = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if (not isinstance(data, dict) or not isinstance(data.get("online"), bool)
+            or type(data.get("boot_seq")) is not int):
+        return None
+    return data
 
 
 def _consume(fut: asyncio.Future[None]) -> None:

@@ -214,11 +214,13 @@ class Uplink:
             backoff_min_s=cfg.backoff_min_s,
             backoff_max_s=cfg.backoff_max_s,
             rng=self._rng,
-            will=Will(state_topic, state_payload(online=False, boot_seq=self.boot_seq)),
+            will=Will(state_topic, state_payload(dev=self.device_id, online=False,
+                                                 boot_seq=self.boot_seq, now=self._clock())),
             birth=Will(
                 state_topic,
                 state_payload(
-                    online=True, boot_seq=self.boot_seq, version=self.version, role=self.role
+                    dev=self.device_id, online=True, boot_seq=self.boot_seq,
+                    now=self._clock(), version=self.version, role=self.role,
                 ),
             ),
             subscriptions=[(f, 1) for f in topics.device_filters(self.device_id)],
@@ -251,7 +253,8 @@ class Uplink:
         if self._session is not None and self.boot_seq is not None:
             final = Will(
                 topics.state(self.device_id),
-                state_payload(online=False, boot_seq=self.boot_seq),
+                state_payload(dev=self.device_id, online=False, boot_seq=self.boot_seq,
+                              now=self._clock()),
             )
             await self._session.stop(final=final)
         for fut in self._waiters.values():

@@ -39,6 +39,7 @@ import ssl
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.protocol.envelope import encode, new_envelope
+from edge.protocol.messages import STATE_TYPE
 from edge.uplink.config import TlsConfig
 from edge.uplink.errors import UplinkClosed, UplinkError
 
@@ -104,14 +107,15 @@ class Will:
     retain: bool = True
 
 
-def state_payload(*, online: bool, boot_seq: int, **extra: Any) -> bytes:
-    """Canonical JSON of a birth (``online`` true) or Will (false) on the state topic."""
-    return json.dumps(
-        {"online": online, "boot_seq": boot_seq, **extra},
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    ).encode()
+def state_payload(*, dev: str, online: bool, boot_seq: int, now: datetime,
+                  **extra: Any) -> bytes:
+    """A ``state`` envelope (docs/protocol.md §7): birth (``online`` true) or Will (false).
+
+    The Will is registered at CONNECT, so its ``ts`` is the connect time: receivers order
+    births and wills by ``boot_seq``.
+    """
+    return encode(new_envelope(STATE_TYPE, dev, {"online": online, "boot_seq": boot_seq,
+                                                 **extra}, now=now))
 
 
 def next_boot_seq(path: Path) -> int:

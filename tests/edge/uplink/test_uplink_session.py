@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from edge.protocol.envelope import decode
+from edge.protocol.messages import parse_state
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
 from edge.uplink.errors import PlatformUnavailable, Rejected, UplinkClosed
@@ -93,9 +95,11 @@ async def watcher(broker, topic: str) -> tuple[MqttSession, asyncio.Queue[Inboun
 async def next_state(q: asyncio.Queue[InboundMessage], online: bool) -> dict:
     while True:
         msg = await asyncio.wait_for(q.get(), 10)
-        data = json.loads(msg.payload)
-        if data["online"] is online:
-            return data
+        env = decode(msg.payload)  # a ``state`` envelope, as docs/protocol.md §7 says
+        assert env.type == "state" and env.dev == msg.topic.split("/")[3]
+        parse_state(env)
+        if env.body["online"] is online:
+            return dict(env.body)
 
 
 async def test_birth_is_retained_and_stop_publishes_offline(broker, tmp_path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener, render_acl
+from edge.protocol.envelope import decode
 from edge.uplink.client import Uplink
 from edge.uplink.config import TlsConfig, UplinkConfig
 from edge.uplink.session import InboundMessage, MqttSession
@@ -109,7 +109,7 @@ async def test_mutual_tls_with_identity_as_username(tmp_path: Path) -> None:
             assert await up.wait_connected(10)
             msg = await asyncio.wait_for(q.get(), 10)
             assert msg.topic == "ykt/v1/dev/kiosk-301/state"
-            assert json.loads(msg.payload)["online"] is True
+            assert decode(msg.payload).body["online"] is True
         finally:
             await up.stop()
             await central.stop()
