@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import tomllib
@@ -317,7 +318,9 @@ def _wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
 def test_ykt_demo_restarts_a_killed_edge(tmp_path: Path) -> None:
     # Nothing skips (README): without root or pcscd this is a failure, as for every stack test.
     assert os.geteuid() == 0 and shutil.which("pcscd"), "the demo needs root and pcscd"
-    workdir = tmp_path / "demo"
+    # Short on purpose: pcscd's and vpcd's Unix sockets live below it (108-byte limit), and
+    # pytest's own tmp_path can be longer than that allows.
+    workdir = Path(tempfile.mkdtemp(prefix="ykt-demo-", dir="/tmp"))
     repo = Path(__file__).resolve().parents[2]
     demo = subprocess.Popen([sys.executable, "-m", "edge.cli", "demo", "--workdir", str(workdir)],
                             cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -375,3 +378,4 @@ def test_ykt_demo_restarts_a_killed_edge(tmp_path: Path) -> None:
     assert code == 0, "\n".join(output)
     assert "Stopped; nothing left running." in output
     _wait_for(lambda: not _pids_with(str(workdir)), 10, "every demo process to be gone")
+    shutil.rmtree(workdir, ignore_errors=True)
