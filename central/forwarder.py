@@ -394,7 +394,11 @@ class Forwarder:
                 ),
             )
             return
-        if is_expired(env, now):
+        if is_expired(env, now) and not begin.retaken and not self.store.was_attempted(env.id):
+            # Past exp and never sent to the platform: not acted on. One that was sent (the
+            # outcome was unknown, or a worker died during the call) is asked again below
+            # with the same idempotency key — "expired" would tell the device "not charged"
+            # for a payment the platform may have taken.
             await self._finish(env, make_reply_error(
                 env, ErrorCode.EXPIRED, f"request expired at {env.exp}", "请求已过期，未处理",
                 False, now=now,
@@ -478,6 +482,8 @@ class Forwarder:
 
         def release() -> None:
             self.store._release(env.id)
+            if mutating:
+                self.store._mark_attempted(env.id, env.dev, now.timestamp())
             self.store._append_audit(now, "forwarder", "request.unsure", detail)
             self._outcome_in_tx(env, None, err)
 

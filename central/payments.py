@@ -92,6 +92,9 @@ class PaymentInfo:
     deadline: datetime
     checks: int
     reason: str | None
+    #: False for a payment central settled (resolver, staff) but never answered the device
+    #: about: an approved one means a charged patient who may have left with nothing.
+    device_told: bool = True
 
 
 def _int(value: Any) -> int:
@@ -142,6 +145,9 @@ class Payments:
             self._record_create(env, result, error)
         elif env.type in ("pay.status", "pay.reverse") and result is not None:
             self._update_by_payment_id(result, actor=f"device:{env.dev}")
+            if result.get("state") in FINAL_STATES:
+                P = self.store.Payment
+                P.update(told=1).where(P.payment_id == result.get("payment_id")).execute()
 
     def reply_result(self, env: Envelope, result: dict[str, Any]) -> dict[str, Any]:
         """What a ``pay.create`` reply may say now (inside the reply's transaction).
@@ -222,9 +228,13 @@ class Payments:
                 return
         if result is not None:
             self._apply(env.id, result, actor="forwarder")
+            # What the reply says (reply_result, same transaction): final → the device knows.
+            if self.reply_result(env, result).get("state") in FINAL_STATES:
+                P.update(told=1).where(P.request_id == env.id).execute()
         elif isinstance(error, PlatformRejected):
             self._transition(env.id, "declined", reason=f"{error.code}: {error.reason}",
                              actor="forwarder")
+            P.update(told=1).where(P.request_id == env.id).execute()
         elif error is not None and not isinstance(error, PlatformUnavailable):
             self._transition(env.id, "unknown", reason=error.message[:200], actor="forwarder")
 
@@ -425,6 +435,16 @@ class Payments:
         reason = reason.strip()
         if not reason:
             raise PaymentError("reason_required", "a reason is required", "请填写处理原因")
+        P = self.store.Payment
+        row = P.get_or_none(P.request_id == request_id)
+        if row is not None and row.state == "approved" and not row.told and state == "approved":
+            # Charged, and the terminal never learnt it: staff served the patient (slip
+            # reprinted at the desk, or contacted); that settles it.
+            self._staff_audit(staff, "payment.staff_served", request_id, reason=reason[:200])
+            with self.store.atomic():
+                P.update(told=1, reason=f"staff: {reason}"[:200]).where(
+                    P.request_id == request_id).execute()
+            return self._info(request_id)
         self._open_row(request_id)
         self._staff_audit(staff, "payment.staff_resolve", request_id, state=state,
                           reason=reason[:200])
@@ -448,16 +468,19 @@ class Payments:
             await asyncio.sleep(self.poll_interval_s)
 
     def unresolved(self) -> list[PaymentInfo]:
-        """Payments not yet final (for the staff dashboard), oldest first."""
+        """Payments that need attention (staff dashboard), oldest first: not final yet, or
+        approved while the device that took them was never told (the patient may have left
+        charged and empty-handed; it resends, or staff serve them)."""
         P = self.store.Payment
         return [
             PaymentInfo(
                 r.request_id, r.payment_id, r.dev, r.amount_fen, r.method, r.state,
                 datetime.fromtimestamp(r.created_at, UTC),
                 datetime.fromtimestamp(r.updated_at, UTC),
-                datetime.fromtimestamp(r.deadline, UTC), r.checks, r.reason,
+                datetime.fromtimestamp(r.deadline, UTC), r.checks, r.reason, bool(r.told),
             )
-            for r in P.select().where(P.state.in_(OPEN_STATES)).order_by(P.created_at)
+            for r in P.select().where(P.state.in_(OPEN_STATES) | (
+                (P.state == "approved") & (P.told == 0))).order_by(P.created_at)
         ]
 
     def get(self, request_id: str) -> PaymentInfo | None:
@@ -469,5 +492,5 @@ class Payments:
         return PaymentInfo(
             r.request_id, r.payment_id, r.dev, r.amount_fen, r.method, r.state,
             datetime.fromtimestamp(r.created_at, UTC), datetime.fromtimestamp(r.updated_at, UTC),
-            datetime.fromtimestamp(r.deadline, UTC), r.checks, r.reason,
+            datetime.fromtimestamp(r.deadline, UTC), r.checks, r.reason, bool(r.told),
         )

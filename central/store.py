@@ -115,6 +115,8 @@ class Begin:
 
     status: str  # "new" | "done" | "busy" | "mismatch"
     reply: bytes | None = None
+    #: "new" for a row another (dead) worker had claimed: the platform may have been asked.
+    retaken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +263,9 @@ class Store:
             # The request body for re-asking with the same key; None when it held a wallet
             # payment code, which is never stored (those are resolved by the device's resend).
             request_body = pw.TextField(null=True)
+            # 1 once central sent the device a final answer (approved/declined/reversed) for
+            # this payment; an approved payment the device never heard of is not resolved.
+            told = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
         self.Device: Any = Device
         self.RequestLog: Any = RequestLog
@@ -278,6 +283,12 @@ class Store:
         cols = {c.name for c in self.db.get_columns("requestlog")}
         if "owner" not in cols:  # a store made before owners were recorded
             self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN owner VARCHAR(100)")
+        if "told" not in {c.name for c in self.db.get_columns("payment")}:
+            self.db.execute_sql("ALTER TABLE payment ADD COLUMN told INTEGER NOT NULL DEFAULT 0")
+        # Requests central sent to the platform without learning the outcome: a resend of
+        # one is asked again (same idempotency key), never answered "expired".
+        self.db.execute_sql("CREATE TABLE IF NOT EXISTS attempted (id TEXT PRIMARY KEY, "
+                            "dev TEXT NOT NULL, at REAL NOT NULL)")
         if "purged" not in cols:  # a store made before replies were minimised on retention
             self.db.execute_sql("ALTER TABLE requestlog ADD COLUMN purged INTEGER NOT NULL "
                                 "DEFAULT 0")
@@ -540,7 +551,7 @@ class Store:
         if t - r_received < lease_s and not _earlier_boot(r_owner, owner):
             return Begin("busy")
         self._raw().execute(_SQL_REQ_TAKE, (t, owner, req_id))
-        return Begin("new")
+        return Begin("new", retaken=True)
 
     def finish_request(
         self, req_id: str, reply: bytes, now: datetime, *, actor: str, action: str,
@@ -561,6 +572,16 @@ class Store:
         """Forget an unfinished request (nothing happened): a resend is processed afresh."""
         with self.atomic():
             self._release(req_id)
+
+    def _mark_attempted(self, req_id: str, dev: str, t: float) -> None:
+        """Inside a write: the platform was asked for ``req_id`` and may have acted."""
+        self._raw().execute("INSERT OR IGNORE INTO attempted (id, dev, at) VALUES (?, ?, ?)",
+                            (req_id, dev, t))
+
+    def was_attempted(self, req_id: str) -> bool:
+        """True when the platform was asked for ``req_id`` before without a final answer."""
+        return self._raw().execute("SELECT 1 FROM attempted WHERE id = ?",
+                                   (req_id,)).fetchone() is not None
 
     def _release(self, req_id: str) -> None:
         self.RequestLog.delete().where(
@@ -591,6 +612,7 @@ class Store:
                            (redact(bytes(reply)), req_id))
             deleted = db.execute("DELETE FROM requestlog WHERE received_at < ?",
                                  (t - keep_s,)).rowcount
+            db.execute("DELETE FROM attempted WHERE at < ?", (t - keep_s,))
         return len(rows), int(deleted)
 
     def request_state(self, req_id: str) -> str | None:

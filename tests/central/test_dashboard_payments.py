@@ -66,6 +66,11 @@ async def test_staff_query_status_now_resolves_and_is_audited(env) -> None:
     r = await client.post("/api/payments/paystaff02/status", json={"operator": "wang.li"},
                           headers=AUTH)
     assert r.status_code == 200 and r.json()["payment"]["state"] == "approved"
+    # Charged, but the kiosk was last told "pending": still listed until it learns it.
+    (still,) = (await client.get("/api/payments/unresolved")).json()["payments"]
+    assert still["state"] == "approved" and still["device_told"] is False
+    ask = new_envelope("pay.status", "kiosk-001", {"payment_id": pid}, now=T0)
+    await payments.observe(ask, dict(platform.payments[pid]), None)
     assert (await client.get("/api/payments/unresolved")).json()["payments"] == []
     entries = [(e.actor, e.action) for e in store.audit_entries()]
     assert ("staff:wang.li", "payment.staff_status") in entries

@@ -192,3 +192,71 @@ async def test_final_states_are_not_overwritten_and_unavailable_is_not_tracked(
     assert pay.get("payoutage01") is None
     await pay.observe(create("paydecline1"), None, PlatformRejected("insufficient_balance", "x"))
     assert pay.get("paydecline1").state == "declined"
+
+
+async def test_a_patient_who_walked_away_is_listed_until_the_device_learns_the_outcome(
+    store, fake_platform, clock
+) -> None:
+    """The platform took a prepaid payment and the reply was lost; the patient left.
+
+    Central must not call the payment "resolved" while the kiosk never heard of it, and the
+    kiosk's later resend (past the request's ``exp``) must get the outcome, not "expired"
+    (which the kiosk would read as "not charged").
+    """
+    from central.forwarder import Forwarder, ForwarderSettings
+    from edge.protocol.envelope import decode, encode
+    from edge.protocol.messages import make_request
+    from edge.uplink.session import InboundMessage
+
+    store.add_device("kiosk-001", "kiosk", T0)
+    payments = Payments(store, fake_platform, clock=clock, deadline_s=30)
+    fwd = Forwarder(ForwarderSettings(), store, fake_platform, clock=clock, hooks=payments)
+    env = make_request("pay.create", "kiosk-001", PAY, now=T0, id="walkaway01",
+                       exp=T0 + timedelta(seconds=40))
+    msg = InboundMessage("ykt/v1/dev/kiosk-001/up/req", encode(env), 1, False)
+
+    def reply() -> dict:
+        raw = store.RequestLog.get_or_none(store.RequestLog.id == "walkaway01")
+        return {} if raw is None or raw.reply is None else decode(bytes(raw.reply)).body
+
+    async def status_by_key(key: str) -> dict | None:  # the wallet-style order query
+        return fake_platform.outcomes.get(key)
+
+    fake_platform.pay_status_by_key = status_by_key  # type: ignore[method-assign]
+    fake_platform.script("pay.create", "lose_reply")  # committed, then no answer
+    await fwd.handle(msg)
+    assert fake_platform.effects["walkaway01"] == 1
+    (open_,) = payments.unresolved()
+    assert open_.state == "unknown" and not open_.device_told
+    # The resolver asks the platform by the order number: approved. Central knows; the
+    # kiosk does not — it stays listed, for staff, as charged and not told.
+    clock.now = T0 + timedelta(seconds=10)
+    await payments.resolve_once()
+    (charged,) = payments.unresolved()
+    assert charged.state == "approved" and charged.device_told is False
+    # The kiosk's follow-up, long after exp: the same bytes get the outcome, once.
+    clock.now = T0 + timedelta(minutes=10)
+    await fwd.handle(msg)
+    body = reply()
+    assert body["status"] == "ok" and body["result"]["state"] == "approved", body
+    assert fake_platform.effects["walkaway01"] == 1  # asked again under the same key
+    assert payments.unresolved() == []
+
+
+async def test_a_request_never_sent_to_the_platform_still_expires(store, fake_platform,
+                                                                  clock) -> None:
+    from central.forwarder import Forwarder, ForwarderSettings
+    from edge.protocol.envelope import decode, encode
+    from edge.protocol.messages import make_request
+    from edge.uplink.session import InboundMessage
+
+    store.add_device("kiosk-001", "kiosk", T0)
+    fwd = Forwarder(ForwarderSettings(), store, fake_platform, clock=clock,
+                    hooks=Payments(store, fake_platform, clock=clock))
+    env = make_request("pay.create", "kiosk-001", PAY, now=T0, id="late000001",
+                       exp=T0 + timedelta(seconds=40))
+    clock.now = T0 + timedelta(minutes=1)
+    await fwd.handle(InboundMessage("ykt/v1/dev/kiosk-001/up/req", encode(env), 1, False))
+    row = store.RequestLog.get(store.RequestLog.id == "late000001")
+    assert decode(bytes(row.reply)).body["error"]["code"] == "expired"
+    assert fake_platform.calls["late000001"] == 0
