@@ -376,8 +376,16 @@ class Forwarder:
         ))
         if begin.status == "done":
             self.stats["resent"] += 1
-            if begin.reply is not None:
-                self._publish_bytes(env.dev, begin.reply)
+            reply = begin.reply
+            hooks = self._hooks
+            if reply is not None and hooks is not None and hasattr(hooks, "refresh_reply"):
+                # A payment answered "pending"/"unknown" may have ended since: a resend of
+                # its request gets the outcome as central knows it now (payments.py).
+                old = reply
+                reply = await self.store.write(
+                    lambda: hooks.refresh_reply(env, old, now, self._reply_id())) or old
+            if reply is not None:
+                self._publish_bytes(env.dev, reply)
             return
         if begin.status == "busy":
             return  # another worker is on it; the device will resend if that one dies

@@ -54,7 +54,9 @@ from central.platform.errors import (
     PlatformUnsupported,
 )
 from central.store import Store
-from edge.protocol.envelope import Envelope
+from edge.protocol.envelope import Envelope, decode, encode
+from edge.protocol.errors import ProtocolError
+from edge.protocol.messages import make_reply_ok
 
 __all__ = ["NEEDS_STAFF", "NOT_TAKEN", "OPEN_STATES", "PaymentError", "PaymentInfo", "Payments"]
 
@@ -168,6 +170,36 @@ class Payments:
         if row.state in OPEN_STATES and self._clock().timestamp() >= row.deadline:
             return {**result, "state": "unknown", "reason": "being_reversed"}
         return result
+
+    def refresh_reply(self, env: Envelope, reply: bytes, now: datetime,
+                      reply_id: str) -> bytes | None:
+        """Inside a write: the stored ``pay.create`` reply, brought up to date, or None.
+
+        The platform answered "pending" (the payer is still confirming) or central replied
+        "outcome unknown"; since then the resolver (or a ``pay.status``) may have settled
+        the payment. A device that sends the same request again — its own follow-up, after
+        the patient left — then gets the final state, and the payment counts as told.
+        """
+        if env.type != "pay.create":
+            return None
+        try:
+            body = decode(reply).body
+        except ProtocolError:
+            return None
+        result = body.get("result") if body.get("status") == "ok" else None
+        if not isinstance(result, dict) or result.get("state") not in ("pending", "unknown"):
+            return None
+        P = self.store.Payment
+        row = P.get_or_none(P.request_id == env.id)
+        if row is None or row.state not in FINAL_STATES:
+            return None
+        fresh = {**result, "state": row.state}
+        if row.payment_id:
+            fresh["payment_id"] = row.payment_id
+        data = encode(make_reply_ok(env, fresh, now=now, id=reply_id))
+        self.store._raw().execute("UPDATE requestlog SET reply = ? WHERE id = ?", (data, env.id))
+        P.update(told=1).where(P.request_id == env.id).execute()
+        return data
 
     async def observe(
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None

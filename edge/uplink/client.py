@@ -69,6 +69,7 @@ from edge.uplink.outbox import (
     Clock,
     Outbox,
     OutboxEntry,
+    is_final_reply,
     minimise_body,
     priority_for,
     utc_now,
@@ -109,6 +110,8 @@ def _unsettled(entry: OutboxEntry) -> bool:
     """True when a finished entry's reply says the outcome is not final yet."""
     if entry.reply is None:
         return False
+    if not is_final_reply(entry.reply, entry.type):
+        return True  # also a payment still pending/unknown: resending asks for its end
     try:
         ok, data = _reply_parts(decode(entry.reply))
     except ProtocolError:
@@ -175,6 +178,13 @@ class Uplink:
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = True
+        # Ids asked again by the follow-up (see _follow_up) and not settled yet.
+        self._following: set[str] = set()
+        #: Told when a followed-up request gets its final answer after its caller gave up:
+        #: ``(type, id, result or None, error or None)`` (e.g. the runtime books a payment
+        #: that turned out approved into its ledger and prints nothing yet).
+        self.on_settled: Callable[[str, str, dict[str, Any] | None, UplinkError | None],
+                                  Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
@@ -230,6 +240,9 @@ class Uplink:
         self._closed = False
         await self._session.start()
         self._pump_task = asyncio.create_task(self._pump(), name=f"outbox-{self.device_id}")
+        follow = asyncio.create_task(self._follow_up(), name=f"follow-up-{self.device_id}")
+        self._tasks.add(follow)
+        follow.add_done_callback(self._task_done)
 
     async def wait_connected(self, timeout_s: float | None = None) -> bool:
         """Wait until the session is connected; False on timeout."""
@@ -497,7 +510,57 @@ class Uplink:
             return
         if self.outbox.complete(env.corr, msg.payload):
             self._resolve(env.corr, msg.payload)
+            if env.corr in self._following:
+                self._settled(env.corr, msg.payload)
         # else: a duplicate reply (central re-sent it for our resend) or not ours — ignore.
+
+    # -- follow-up of unknown outcomes -----------------------------------------------------
+    async def _follow_up(self) -> None:
+        """Ask again, in the background, every mutating request whose answer was not final.
+
+        Central answers ``outcome_unknown`` when the platform may have acted without telling
+        it; the caller (a kiosk screen) waits a while and then the patient walks away. The
+        outbox still holds the request: reopening it resends the same bytes under the same
+        id, which central forwards again under the same idempotency key (never a second
+        effect) until the answer is final. Entries older than the outbox's give-up window
+        are left to staff (central lists them).
+        """
+        while True:
+            await asyncio.sleep(self.config.follow_up_interval_s)
+            try:
+                now = self._clock()
+                since = now - timedelta(seconds=self.outbox.give_up_after_exp_s)
+                ids = self.outbox.unsettled(MUTATING_TYPES, since)
+                for req_id in ids:
+                    if self.outbox.reopen(req_id, now) is not None:
+                        self._following.add(req_id)
+                if ids:
+                    log.info("asking again for %d unsettled request(s)", len(ids))
+                    self._kick()
+            except Exception:  # one bad round must not end the follow-up
+                log.exception("follow-up round failed")
+
+    def _settled(self, req_id: str, reply: bytes) -> None:
+        entry = self.outbox.get(req_id)
+        if entry is None or _unsettled(entry):
+            return  # still not final: the next round asks again
+        self._following.discard(req_id)
+        result: dict[str, Any] | None = None
+        error: UplinkError | None = None
+        try:
+            result = self._outcome(entry, reply)
+        except UplinkError as exc:
+            error = exc
+        log.info("%s %s settled after follow-up", entry.type, req_id)
+        if self.on_settled is not None:
+            try:
+                res = self.on_settled(entry.type, req_id, result, error)
+                if inspect.isawaitable(res):
+                    task = asyncio.ensure_future(res)
+                    self._tasks.add(task)
+                    task.add_done_callback(self._task_done)
+            except Exception:
+                log.exception("on_settled failed for %s", req_id)
 
     def add_connect_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener`` (on the event loop, must not block) after every (re)connect."""

@@ -57,6 +57,9 @@ class UplinkConfig(BaseModel):
     request_exp_s: float = Field(default=600.0, gt=0)
     # Completed entries are kept this long (result_of after the caller gave up).
     keep_done_s: float = Field(default=7 * 24 * 3600, ge=0)
+    #: A mutating request answered "outcome unknown"/"unavailable" is asked again this often
+    #: in the background until central gives a final answer (the patient may have left).
+    follow_up_interval_s: float = Field(default=20.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _checks(self) -> UplinkConfig:

@@ -162,15 +162,27 @@ def minimise(data: bytes, type_: str) -> bytes:
     return encode(small)
 
 
-def is_final_reply(reply: bytes | None) -> bool:
-    """False for a reply that ``reopen`` may answer by resending (``outcome_unknown`` …)."""
+#: A payment still open: its ``pay.create`` is sent again (same id) to learn the outcome.
+_OPEN_PAYMENT_STATES = frozenset({"pending", "unknown"})
+
+
+def is_final_reply(reply: bytes | None, type_: str = "") -> bool:
+    """False for a reply that ``reopen`` may answer by resending (``outcome_unknown`` …).
+
+    A ``pay.create`` answered with a payment still ``pending``/``unknown`` is not final
+    either: resending it (same bytes, auth code included) is how the device learns the end.
+    """
     if reply is None:
         return True
     try:
         body = decode(reply).body
     except ProtocolError:
         return True
-    err = body.get("error") if body.get("status") == "error" else None
+    if body.get("status") == "ok":
+        result = body.get("result")
+        return not (type_ == "pay.create" and isinstance(result, dict)
+                    and result.get("state") in _OPEN_PAYMENT_STATES)
+    err = body.get("error")
     return not (isinstance(err, dict) and err.get("code") in _UNSETTLED_CODES)
 
 
@@ -457,7 +469,7 @@ class Outbox:
             if row is None:
                 return False
             payload, stored = bytes(row[1]), reply
-            if is_final_reply(reply):
+            if is_final_reply(reply, row[0]):
                 payload = minimise(payload, row[0])
                 stored = None if reply is None else minimise(reply, row[0])
                 wiped = payload != bytes(row[1]) or stored != reply
@@ -523,6 +535,24 @@ class Outbox:
                 (_ts(now), id),
             ).rowcount
         return self.get(id) if n else None
+
+    def unsettled(self, types: Iterable[str], since: datetime) -> list[str]:
+        """Ids of done entries of ``types`` whose reply was not final, finished after ``since``.
+
+        Those replies are stored as they came (never minimised), so the code is found in
+        their canonical bytes.
+        """
+        kinds = sorted(set(types))
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT id FROM outbox WHERE state = 'done' AND type IN ({_marks(kinds)}) "  # noqa: S608
+                "AND finished_at >= ? AND reply IS NOT NULL AND "
+                "(instr(reply, ?) > 0 OR instr(reply, ?) > 0 OR (type = 'pay.create' AND "
+                "(instr(reply, ?) > 0 OR instr(reply, ?) > 0))) ORDER BY seq",
+                (*kinds, _ts(since), b'"code":"outcome_unknown"',
+                 b'"code":"platform_unavailable"', b'"state":"pending"',
+                 b'"state":"unknown"')).fetchall()
+        return [str(r[0]) for r in rows]
 
     def retry_all_now(self, now: datetime) -> int:
         """Make every pending entry due at ``now`` (after a reconnect); returns how many."""

@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -463,3 +464,44 @@ async def test_broken_json_with_a_readable_id_gets_a_correlated_typed_error(
         assert await d.no_reply()
     assert fake_platform.calls["abcdef0123456789"] == 0
     assert forwarder.stats["errors"] == 0
+
+
+async def test_an_unknown_payment_is_followed_up_after_the_patient_walked_away(
+        broker_site, fake_platform, tmp_path) -> None:
+    """The platform took the payment, the answer was lost, the kiosk screen gave up.
+
+    The device keeps asking in the background (same id, same idempotency key) until central
+    knows; the runtime hears the outcome; the platform charged once; central's list of
+    payments needing attention empties only then.
+    """
+    payments = Payments(broker_site.store, fake_platform)
+    fwd = Forwarder(broker_site.forwarder_settings(concurrency=4), broker_site.store,
+                    fake_platform, hooks=payments)
+    await fwd.start()
+    up = broker_site.device("kiosk-201", tmp_path, follow_up_interval_s=0.3)
+    settled: list[tuple[str, str, Any, Any]] = []
+    up.on_settled = lambda *a: settled.append(a)
+    await up.start()
+    try:
+        assert await fwd.wait_connected(10) and await up.wait_connected(10)
+        fake_platform.script("pay.create", "lose_reply")
+        body = {"patient_id": "P001", "purpose": "registration", "refs": ["BK1"],
+                "amount_fen": 700, "method": "prepaid"}
+        with pytest.raises(OutcomeUnknown):
+            await up.request("pay.create", body, id="walkaway-dev1", timeout=10)
+        (waiting,) = payments.unresolved()
+        assert waiting.state == "unknown"
+        # Nobody asks any more: the patient left. The device's follow-up does.
+        for _ in range(100):
+            if settled:
+                break
+            await asyncio.sleep(0.1)
+        (type_, req_id, result, error) = settled[0]
+        assert (type_, req_id, error) == ("pay.create", "walkaway-dev1", None)
+        assert result["state"] == "approved"
+        assert fake_platform.effects["walkaway-dev1"] == 1
+        assert payments.unresolved() == []
+        assert await up.result_of("walkaway-dev1") == result  # the caller's view agrees
+    finally:
+        await up.stop()
+        await fwd.stop()
