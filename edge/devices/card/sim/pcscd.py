@@ -218,8 +218,14 @@ class PcscDaemon:
                 raise PcscDaemonError(f"Work directory path too long: {self.workdir}",
                                       "工作目录路径过长。")
         # -t 0.1: once one side has closed, close the other quickly (removal is prompt).
+        # quickack on the namespace's loopback route: vpcd writes each message as a 2-byte
+        # length and then the payload without TCP_NODELAY, so Nagle holds the payload until
+        # the relay ACKs the length — 40 ms of delayed ACK per APDU (≈ 0.7 s per card read).
+        # The route lives in pcscd's private namespace only.
         inner = (
             f"ip link set lo up && mount --bind {q(str(self._rundir))} {_RUN_DIR} || exit 1; "
+            "ip route change local 127.0.0.1 dev lo table local proto kernel scope host "
+            "src 127.0.0.1 quickack 1 || exit 1; "
         ) + "".join(
             f"socat -t 0.1 UNIX-LISTEN:{q(str(self._relay_socket(port)))},fork,unlink-early "
             f"TCP:127.0.0.1:{port},nodelay & "
