@@ -34,7 +34,7 @@ from edge.devices.card.protocol import apdu as A
 from edge.devices.card.protocol import records as R
 from edge.devices.card.protocol import security as sec
 from edge.devices.card.protocol.files import ADF_FIDS, FILES, ElementSpec, FileKind, FileSpec
-from edge.devices.card.protocol.status import error_for, retries_left
+from edge.devices.card.protocol.status import SFI_NOT_SUPPORTED, error_for, retries_left
 
 __all__ = [
     "MAX_GET_RESPONSES",
@@ -400,9 +400,6 @@ def _ext_auth_head(key_ref: int) -> bytes:
 def _sam_dc_head(key_ref: int) -> bytes:
     """``80 DE 01 <key> 18``: 80DE P1=01 without factor ‖ challenge and Le."""
     return A.sam_diversify_cryptogram(key_ref, bytes(16), bytes(8)).to_bytes()[:5]
-
-
-_SFI_UNSUPPORTED = {0x6A81, 0x6A82, 0x6A86, 0x6B00, 0x6D00, 0x6E00, 0x6A80}
 
 
 @dataclass
@@ -800,7 +797,7 @@ class CardSession:
                 self._st.ef = spec.path  # an SFI read makes the EF current (ISO 7816-4)
                 return resp.data
             if self.profile.read_mode == "auto" and self._st.sfi is None and \
-                    resp.sw in _SFI_UNSUPPORTED:
+                    resp.sw in SFI_NOT_SUPPORTED:
                 self._st.sfi = False
             else:
                 raise error_for(resp.sw1, resp.sw2, action=f"READ RECORD {spec.path}",

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from edge.devices.card import errors as E
 
-__all__ = ["SW_TABLE", "StatusInfo", "describe", "error_for", "is_success"]
+__all__ = ["SFI_NOT_SUPPORTED", "SW_TABLE", "StatusInfo", "describe", "error_for",
+           "is_success"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,24 @@ SW_TABLE: dict[int, StatusInfo] = {
         StatusInfo(0x9403, "key not found", "密钥未找到", E.CardAuthFailed),
     )
 }
+
+
+#: Answers to an SFI-form READ RECORD (``00 B2 <rec> <SFI<<3|4>``) that mean "this COS does
+#: not take the SFI form (or numbers its SFIs differently)": the session then selects the EF
+#: by FID and reads the current EF instead. Meanings per ISO 7816-4 (5.6.1, table 6):
+SFI_NOT_SUPPORTED: frozenset[int] = frozenset({
+    0x6981,  # command incompatible with file structure: the SFI names a non-record EF here
+    0x6986,  # command not allowed (no current EF): the COS ignored the SFI in P2
+    0x6A80,  # incorrect data field: some COSes use it for a P2 they do not parse
+    0x6A81,  # function not supported: no SFI addressing at all
+    0x6A82,  # file not found: no EF with that SFI (SELECT by FID settles whether it exists)
+    0x6A86,  # incorrect P1-P2: the SFI bits of P2 rejected
+    0x6B00,  # wrong parameters P1-P2: as 6A86, on older COSes
+})
+# Not in the table, so raised as they are: 6D00 (INS not supported) and 6E00 (CLA not
+# supported) — the plain READ RECORD has the same CLA and INS, so a SELECT cannot help and
+# the card is not a health card; 6982/6983 (security status, auth blocked) and 6A83 (record
+# not found) say the SFI was understood and the read itself failed.
 
 
 def is_success(sw1: int, sw2: int) -> bool:

@@ -97,6 +97,9 @@ class Faults:
     expired: bool = False
     auth_blocked: bool = False
     supports_sfi: bool = True
+    # What a COS without SFI support answers an SFI-form READ RECORD: 6A81 on most, but
+    # some say 6986 (no current EF: they ignore the SFI), 6A86, 6A82, 6981… (``no-sfi=SW``).
+    sfi_refusal_sw: int = 0x6A81
 
 
 _DEFAULT_CERT = hashlib.sha512(b"issuer-cert").digest() * 3
@@ -325,7 +328,7 @@ class HealthCardSim:
         sfi = p2 >> 3
         if sfi:
             if not self.faults.supports_sfi:
-                return _sw(0x6A81)
+                return _sw(self.faults.sfi_refusal_sw)
             for spec in FILES.values():
                 if spec.df == self._df and spec.sfi == sfi:
                     self._ef = spec

@@ -18,7 +18,8 @@ Faults for technicians and test scripts (``Faults`` of the card simulator), heal
 only: ``--fault slow=200ms`` (every answer late), ``--fault disconnect-at=5`` (the card
 leaves the field at APDU 5), ``--fault wrong-sw=3:6A82`` (APDU 3 answers that SW),
 ``--fault stuck-sw=4:6110`` (from APDU 4 on, only that SW — a stuck 61xx), ``--fault
-corrupt-tlv=DDF1/EF06`` (first record's length byte broken), ``--fault no-sfi``, and
+corrupt-tlv=DDF1/EF06`` (first record's length byte broken), ``--fault no-sfi`` (SFI
+reads refused with 6A81; ``no-sfi=6986`` refuses them with that SW instead), and
 ``--expired``, ``--blocked-auth``. ``--contactless`` gives the card the ATR a PC/SC reader
 reports for an ISO 14443-4 card (``contactless_atr``); ``--photo FILE`` personalises
 DDF1/EF07 with FILE's bytes as they are (a broken image is a test case too).
@@ -123,9 +124,18 @@ def parse_fault(text: str) -> dict[str, Any]:
         return {"corrupt_tlv": spec.path}
     if key == "no-sfi" and not sep:
         return {"supports_sfi": False}
+    if key == "no-sfi":
+        try:
+            word = int(value, 16) if len(value) == 4 else -1
+        except ValueError:
+            word = -1
+        if word < 0:
+            raise CardParameterError(f"no-sfi: status word {value!r} is not 4 hex digits "
+                                     "(e.g. no-sfi=6986)", "故障参数错误：状态字须为 4 位十六进制")
+        return {"supports_sfi": False, "sfi_refusal_sw": word}
     raise CardParameterError(
         f"unknown fault {text!r} (slow=200ms, disconnect-at=N, wrong-sw=N:SW, "
-        "stuck-sw=N:SW, corrupt-tlv=DDF1/EF06, no-sfi)", "未知的故障类型")
+        "stuck-sw=N:SW, corrupt-tlv=DDF1/EF06, no-sfi[=SW])", "未知的故障类型")
 
 
 def _faults(spec: dict[str, Any]) -> Faults:
@@ -367,7 +377,8 @@ def add_sim_card_commands(subparsers: Any) -> None:
     ins.add_argument("--terminal-number", default="110100000001", help="6 bytes hex (SAM)")
     ins.add_argument("--fault", action="append", default=[], metavar="FAULT",
                      help="scripted fault (repeatable): slow=200ms, disconnect-at=N, "
-                          "wrong-sw=N:SW, stuck-sw=N:61xx, corrupt-tlv=DDF1/EF06, no-sfi")
+                          "wrong-sw=N:SW, stuck-sw=N:61xx, corrupt-tlv=DDF1/EF06, "
+                          "no-sfi[=SW]")
     ins.add_argument("--expired", action="store_true", help="card past its expiry date")
     ins.add_argument("--blocked-auth", action="store_true",
                      help="the card answers EXTERNAL AUTHENTICATE with 6983 (blocked)")

@@ -414,3 +414,31 @@ def test_local_today_follows_the_clock_across_midnight() -> None:
     assert today() == day + dt.timedelta(days=1)
     now[0] = midnight - 3 * 86400.0  # clock set back three days
     assert today() == day - dt.timedelta(days=2)
+
+
+# ISO 7816-4 status words a COS may give for an SFI-form READ RECORD it does not take
+# (P2 carries the SFI): the session must fall back to SELECT-then-READ once.
+@pytest.mark.parametrize("sw", [0x6981, 0x6986, 0x6A81, 0x6A82, 0x6A86, 0x6B00])
+def test_sfi_refused_with_any_unsupported_sw_falls_back_to_select(sw: int) -> None:
+    card = holder_card(faults=Faults(supports_sfi=False, sfi_refusal_sw=sw))
+    session, _ = make(card)
+    session.sam.open()  # type: ignore[union-attr]
+    assert session.read_identity().name == "张三"
+    assert session.last_apdus["card"] == 16  # one refused SFI read + three EF selects
+
+
+# Status words that are real errors, not "SFI form not understood": CLA/INS unknown
+# (the plain READ RECORD has the same CLA and INS, so SELECT cannot help), security
+# status, a missing record.
+@pytest.mark.parametrize(("sw", "error"), [
+    (0x6D00, E.CardCommandError), (0x6E00, E.CardCommandError),
+    (0x6982, E.CardAuthFailed), (0x6A83, E.CardFileNotFound)])
+def test_sfi_refused_with_a_real_error_is_not_retried(sw: int, error: type[E.CardError]
+                                                      ) -> None:
+    card = holder_card(faults=Faults(supports_sfi=False, sfi_refusal_sw=sw))
+    session, _ = make(card)
+    session.sam.open()  # type: ignore[union-attr]
+    with pytest.raises(error) as e:
+        session.read_identity()
+    assert e.value.sw == f"{sw:04X}"
+    assert session.last_apdus["card"] == 2  # SELECT DDF1 + the refused SFI read

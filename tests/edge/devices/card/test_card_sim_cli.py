@@ -51,6 +51,7 @@ def session(card: object) -> CardSession:
     ("stuck-sw=4:6110", {"stuck_sw_from": [4, 0x6110]}),
     ("corrupt-tlv=ddf1/ef06", {"corrupt_tlv": "DDF1/EF06"}),
     ("no-sfi", {"supports_sfi": False}),
+    ("no-sfi=6986", {"supports_sfi": False, "sfi_refusal_sw": 0x6986}),
 ])
 def test_fault_values_parse(text: str, fields: dict[str, object]) -> None:
     assert parse_fault(text) == fields
@@ -59,7 +60,7 @@ def test_fault_values_parse(text: str, fields: dict[str, object]) -> None:
 @pytest.mark.parametrize("text", [
     "slow=200", "slow=fast", "slow=-5ms", "slow=61s", "disconnect-at=0", "disconnect-at=x",
     "wrong-sw=3", "wrong-sw=3:6A8", "stuck-sw=x:6110", "stuck-sw=2:ZZZZ",
-    "corrupt-tlv=DDF1/EF07", "corrupt-tlv=EF06", "no-sfi=1", "explode", "",
+    "corrupt-tlv=DDF1/EF07", "corrupt-tlv=EF06", "no-sfi=1", "no-sfi=69", "explode", "",
 ])
 def test_bad_fault_values_are_typed_errors(text: str) -> None:
     with pytest.raises(E.CardParameterError):

@@ -170,3 +170,15 @@ def test_shared_context_survives_a_pcscd_restart(
         assert ctx.acquire()[1] != old
     finally:
         ctx.close()
+
+
+def test_cos_answering_sfi_reads_with_6986_is_read_via_select(
+        pcscd: PcscDaemon, patient_slot: VirtualCardSlot, sam_slot: VirtualCardSlot,
+        wait_card: Callable[..., None]) -> None:
+    # A COS that ignores the SFI in P2 and says "no current EF" (6986): read_mode "auto"
+    # must select the EFs instead of failing every read (the patient re-inserting forever).
+    patient_slot.insert(_card(faults=Faults(supports_sfi=False, sfi_refusal_sw=0x6986)))
+    wait_card(pcscd.patient_reader, True)
+    ident, session = _read(pcscd)
+    assert ident.name == "张三" and ident.card_number == CARD_NO  # type: ignore[attr-defined]
+    assert session.last_apdus["card"] == 16  # one refused SFI read + three EF selects
