@@ -140,6 +140,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         }
 
     app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
+                           timezone=cfg.central.timezone,
                            extra_status=live_status, payments=payments, guard=guard,
                            thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
                                                        cfg.dashboard.temp_high_c,

@@ -12,7 +12,7 @@ from central.authz import AuthzSettings
 from central.platform.config import PlatformConfig
 from central.retention import PrivacySettings
 from central.staff import StaffSettings
-from edge.common.config import StrictModel
+from edge.common.config import StrictModel, TimeZoneName
 
 __all__ = ["BrokerSection", "BrokerTlsSection", "CentralConfig", "CentralSection",
            "DashboardSection", "ForwarderSection", "forwarder_client_id"]
@@ -23,6 +23,9 @@ class CentralSection(StrictModel):
 
     data_dir: Path
     site_name: str = Field(default="示范市第一人民医院", min_length=1, max_length=60)
+    # The site's zone: every time a person reads (dashboard, ``ykt fw``) is shown in it,
+    # as kiosks, receipts and the closing report already do; storage stays UTC.
+    timezone: TimeZoneName = "Asia/Shanghai"
 
 
 class BrokerTlsSection(StrictModel):

@@ -30,8 +30,9 @@ from typing import Any, TextIO
 import httpx
 import tomli_w
 
-__all__ = ["DEMO_PATIENTS", "Site", "Supervised", "add_demo_arguments", "describe_exit",
-           "free_port", "main", "secret_file", "terminate_group", "toml_text", "wait_http"]
+__all__ = ["CARD_VARIANTS", "DEMO_BADGE", "DEMO_LOST_PATIENT", "DEMO_PATIENTS", "Site",
+           "Supervised", "add_demo_arguments", "describe_exit", "free_port", "guide", "main",
+           "secret_file", "terminate_group", "toml_text", "wait_http"]
 
 # Patients the platform knows and the panel can insert as virtual cards. ID numbers carry a
 # valid GB 11643 check digit; card numbers follow the 18-character health card number form.
@@ -50,6 +51,21 @@ DEMO_PATIENTS: tuple[dict[str, str], ...] = (
 # Demo-only secrets: written to 0600 files for the processes, never into a TOML.
 SAM_PIN = "123456"
 DEMO_STAFF_PIN = "2468"  # the seeded cashier badges (S1001 …) log in with this PIN
+DEMO_BADGE = "S1001"  # 收费员一, the cashier a new user signs in as (printed at start)
+
+# A card the platform has on its lost-card list (the panel's "挂失卡 lost card").
+DEMO_LOST_PATIENT: dict[str, str] = {
+    "name": "王建国", "sex": "1", "ethnicity": "01", "birth_date": "19720815",
+    "id_number": "110105197208150011", "card_number": "110100000000000009",
+    "phone": "13600001111"}
+
+#: Card faults the panel can insert besides a good card, with the simulator's fault
+#: (as ``ykt sim card insert --expired / --fault corrupt-tlv=…``).
+CARD_VARIANTS: dict[str, str] = {
+    "expired": "过期卡 Expired card",
+    "lost": "挂失卡 Lost card (blocked)",
+    "faulty": "故障卡 Faulty card",
+}
 
 
 def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
@@ -364,7 +380,11 @@ class Site:
                                         "--host", "127.0.0.1", "--port", str(self.platform_port)])
         wait_http(f"{self.platform_url}/openapi.json", 30, plat)
         for p in DEMO_PATIENTS:
-            self.add_patient(p)
+            self.add_patient(p, demo_records=True)
+        self.add_patient(DEMO_LOST_PATIENT)
+        httpx.post(f"{self.platform_url}/admin/hotlist", json={
+            "card_no": DEMO_LOST_PATIENT["card_number"], "action": "add", "reason": "lost"},
+            timeout=10).raise_for_status()
 
         # 2. central (+ its own Mosquitto)
         central_cfg = wd / "central.toml"
@@ -454,28 +474,40 @@ class Site:
         """URL of the simulated-hardware panel."""
         return f"http://127.0.0.1:{self.panel_port}/"
 
-    def add_patient(self, p: dict[str, str]) -> None:
-        """Make sure the platform knows a patient matching a virtual card."""
+    def add_patient(self, p: dict[str, str], *, demo_records: bool = False) -> None:
+        """Make sure the platform knows a patient matching a virtual card (with bills,
+        reports and a booking to pick up when ``demo_records``)."""
         sex = {"1": "M", "2": "F"}.get(p["sex"], "U")
         bd = p["birth_date"]
         body = {"card_no": p["card_number"], "id_number": p["id_number"], "name": p["name"],
                 "sex": sex, "birth_date": f"{bd[:4]}-{bd[4:6]}-{bd[6:]}",
-                "phone": p.get("phone", "13800000000"), "balance_fen": 50000, "insured": True}
+                "phone": p.get("phone", "13800000000"), "balance_fen": 50000, "insured": True,
+                "demo_records": demo_records}
         r = httpx.post(f"{self.platform_url}/admin/patients", json=body, timeout=10)
         if r.status_code not in (200, 201, 409):
             r.raise_for_status()
 
-    def insert_card(self, terminal: str, patient: dict[str, str]) -> None:
-        """Insert a virtual health card for ``patient`` into ``terminal``'s patient slot."""
-        from edge.devices.card.sim.cardos import HealthCardSim
+    def insert_card(self, terminal: str, patient: dict[str, str],
+                    variant: str | None = None) -> None:
+        """Insert a virtual health card for ``patient`` into ``terminal``'s patient slot;
+        ``variant`` (``CARD_VARIANTS``) makes it expired, the lost-listed card, or faulty."""
+        from edge.devices.card.sim.cardos import Faults, HealthCardSim
 
+        if variant is not None and variant not in CARD_VARIANTS:
+            raise ValueError(f"unknown card variant {variant!r}")
+        if variant == "lost":
+            patient = DEMO_LOST_PATIENT
+        # expired: the card's DDF1/EF08 expiry is in the past; faulty: its holder record's
+        # TLV is broken, so every read fails (the patient is asked to retry or go to a desk).
+        faults = Faults(expired=variant == "expired",
+                        corrupt_tlv="DDF1/EF06" if variant == "faulty" else None)
         term = self.terminal(terminal)
         if term.patient_slot.is_inserted:
             term.patient_slot.remove()
         term.patient_slot.insert(HealthCardSim.from_holder(
             name=patient["name"], sex=patient["sex"], ethnicity=patient.get("ethnicity", "01"),
             birth_date=patient["birth_date"], id_number=patient["id_number"],
-            card_number=patient["card_number"]))
+            card_number=patient["card_number"], faults=faults))
 
     def remove_card(self, terminal: str) -> None:
         """Take the card out of ``terminal``'s patient slot."""
@@ -519,6 +551,33 @@ class Site:
         self.parts.clear()
 
 
+def guide(site: Site) -> str:
+    """What a new user needs once the site is up: URLs, sign-in, secrets' places, flows."""
+    kiosk, cashier = site.terminals
+    admin_file = site.workdir / "secrets" / "central-admin.token"
+    return f"""
+  Yikatong site-in-a-box is running.
+    Kiosk UI (patient self-service) : {kiosk.ui_url}
+    Cashier UI (desk terminal)      : {cashier.ui_url}
+    Staff dashboard (central)       : {site.dashboard_url}
+    Central API                     : {site.dashboard_url}api/status
+    Hardware panel (insert cards)   : {site.panel_url}
+    Reference platform API docs     : {site.platform_url}/docs
+    MQTT broker (Mosquitto)         : 127.0.0.1:{site.broker_port}
+    Cashier sign-in                 : badge {DEMO_BADGE}, PIN {DEMO_STAFF_PIN}
+    Admin token (ykt fw --token-file): {admin_file}
+  Try each flow (cards in the panel; each demo patient has bills, reports and a booking):
+    挂号 Register    : panel → insert a card into kiosk-001 → 挂号 → department, doctor, pay
+    取号 Pick up     : insert the card → 预约取号 → today's booking → the slip prints
+    缴费 Pay bills   : insert the card → 缴费 → pick bills → pay (panel: scan a pay code)
+    报告 Lab reports : insert the card → 报告打印 → a ready report prints (one is still pending)
+    收费 Cashier     : cashier-001 → sign in as above → insert a card → settle bills / top up
+    异常卡 Bad cards : panel → 过期卡 expired / 挂失卡 lost / 故障卡 faulty → what to do
+    设备 Fleet       : ykt fw device list --central {site.dashboard_url.rstrip("/")}
+  Press Ctrl-C to stop everything.
+"""
+
+
 def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``ykt demo``."""
     p.add_argument("--workdir", type=Path, default=Path("var/demo"),
@@ -542,17 +601,7 @@ def main(args: argparse.Namespace) -> int:
     print("Starting the Yikatong site-in-a-box … (logs in", args.workdir / "logs", ")", flush=True)
     try:
         site.start()
-        kiosk, cashier = site.terminals
-        print(f"""
-  Yikatong site-in-a-box is running.
-    Kiosk UI (patient self-service) : {kiosk.ui_url}
-    Cashier UI (desk terminal)      : {cashier.ui_url}
-    Staff dashboard (central)       : {site.dashboard_url}
-    Hardware panel (insert cards)   : {site.panel_url}
-    Reference platform API docs     : {site.platform_url}/docs
-    MQTT broker (Mosquitto)         : 127.0.0.1:{site.broker_port}
-  Press Ctrl-C to stop everything.
-""", flush=True)
+        print(guide(site), flush=True)
         # A part that dies is restarted (with a backoff, a few times at most) and says so;
         # the rest of the site keeps running meanwhile.
         while not stop.wait(0.2):

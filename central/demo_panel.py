@@ -35,7 +35,7 @@ class PaperIn(BaseModel):
 
 def create_panel(site: Any) -> FastAPI:
     """Build the panel app for a running ``central.demo.Site``."""
-    from central.demo import DEMO_PATIENTS
+    from central.demo import CARD_VARIANTS, DEMO_PATIENTS
 
     app = FastAPI(title="Yikatong simulated hardware", docs_url=None, redoc_url=None)
 
@@ -51,6 +51,15 @@ def create_panel(site: Any) -> FastAPI:
             raise HTTPException(404, "no such demo card")
         site.insert_card(term(dev).device_id, DEMO_PATIENTS[idx])
         return {"inserted": idx}
+
+    @app.post("/api/{dev}/bad-card/{variant}")
+    def insert_bad(dev: str, variant: str, idx: int = 0) -> dict[str, Any]:
+        # Expired and faulty cards are the selected patient's card with that fault; the
+        # lost card is the one the platform has on its lost-card list.
+        if variant not in CARD_VARIANTS or not 0 <= idx < len(DEMO_PATIENTS):
+            raise HTTPException(404, "no such demo card")
+        site.insert_card(term(dev).device_id, DEMO_PATIENTS[idx], variant)
+        return {"inserted": idx, "variant": variant}
 
     @app.delete("/api/{dev}/card")
     def remove(dev: str) -> dict[str, Any]:
@@ -91,6 +100,10 @@ def create_panel(site: Any) -> FastAPI:
             f"{html.escape(mask_id_number(p['id_number']))}</option>"
             for i, p in enumerate(DEMO_PATIENTS)
         )
+        def bad(dev: str) -> str:
+            return "".join(f"<button class='bad' data-variant='{v}' onclick=\"bad('{dev}','{v}')\""
+                           f">{html.escape(label)}</button>" for v, label in CARD_VARIANTS.items())
+
         rows = []
         for t in site.terminals:
             out_dir = Path(t.printer.out_dir)
@@ -103,6 +116,7 @@ def create_panel(site: Any) -> FastAPI:
               <select id="c-{t.device_id}">{cards}</select>
               <button onclick="ins('{t.device_id}')">插卡 Insert card</button>
               <button onclick="rem('{t.device_id}')">拔卡 Remove card</button>
+              <br>{bad(t.device_id)}
               <br><input id="s-{t.device_id}" size="32" placeholder="扫码内容 text to scan">
               <button onclick="scan('{t.device_id}')">扫码 Scan</button>
               <button onclick="paper('{t.device_id}', true)">缺纸 Paper out</button>
@@ -113,12 +127,17 @@ def create_panel(site: Any) -> FastAPI:
 body{{font-family:"Noto Sans CJK SC",sans-serif;margin:24px;background:#f4f6f8}}
 section{{background:#fff;border-radius:12px;padding:16px 20px;margin-bottom:16px}}
 button,select{{font-size:16px;padding:6px 12px;margin-right:8px}}
+button.bad{{margin-top:8px;border:1px solid #b42318;color:#b42318;background:#fff}}
 .paper img{{max-height:420px;border:1px solid #ddd;margin:8px 8px 0 0;background:#fff}}</style>
 </head><body><h1>模拟硬件面板 Simulated hardware panel</h1>{''.join(rows)}
 <script>
 async function ins(d){{
   const card=document.getElementById('c-'+d).value;
   await fetch(`/api/${{d}}/card/${{card}}`,{{method:'POST'}});
+  setTimeout(()=>location.reload(),800)}}
+async function bad(d,v){{
+  const card=document.getElementById('c-'+d).value;
+  await fetch(`/api/${{d}}/bad-card/${{v}}?idx=${{card}}`,{{method:'POST'}});
   setTimeout(()=>location.reload(),800)}}
 async function scan(d){{
   const el=document.getElementById('s-'+d);

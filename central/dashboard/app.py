@@ -65,7 +65,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
-                     site_name: str, extra_status: Any = None, payments: Any = None,
+                     site_name: str, timezone: str = "Asia/Shanghai",
+                     extra_status: Any = None, payments: Any = None,
                      thresholds: HealthThresholds | None = None, guard: Any = None) -> FastAPI:
     """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform)."""
     limits = thresholds or HealthThresholds()
@@ -115,7 +116,8 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     @api.get("/status")
     async def status() -> dict[str, Any]:
         ok, broken_at = store.verify_chain()
-        out: dict[str, Any] = {"site_name": site_name,
+        # The browser renders every time in the site's zone, not its own.
+        out: dict[str, Any] = {"site_name": site_name, "timezone": timezone,
                                "audit_chain": {"ok": ok, "broken_at": broken_at}}
         if extra_status is not None:
             out.update(extra_status())

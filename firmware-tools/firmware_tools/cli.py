@@ -6,14 +6,16 @@ import argparse
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
 from edge.common.config import read_secret
 
-__all__ = ["add_fw_commands"]
+__all__ = ["add_fw_commands", "site_time"]
 
 
 class FwError(Exception):
@@ -83,17 +85,33 @@ def _device_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def site_time(iso: str | None, zone: ZoneInfo) -> str:
+    """An ISO time from central as ``YYYY-MM-DD HH:MM:SS`` in the site's zone (``-`` if none)."""
+    if not iso:
+        return "-"
+    t = datetime.fromisoformat(iso)
+    if t.tzinfo is None:  # central stores UTC
+        t = t.replace(tzinfo=UTC)
+    return t.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _device_list(args: argparse.Namespace) -> int:
     with httpx.Client(base_url=args.central, timeout=10.0) as c:
         devices = _call(c, "GET", "/api/devices")["devices"]
-    if args.json:
-        print(json.dumps(devices, indent=2, ensure_ascii=False))
-        return 0
-    print(f"{'DEVICE':<24}{'ROLE':<10}{'STATE':<10}{'VERSION':<12}LAST SEEN")
+        if args.json:  # machine-readable: central's ISO times as they are
+            print(json.dumps(devices, indent=2, ensure_ascii=False))
+            return 0
+        # A person reads the site's time, whatever zone this laptop is set to.
+        zone_name = _call(c, "GET", "/api/status").get("timezone") or "Asia/Shanghai"
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FwError(f"central reports an unknown time zone {zone_name!r}") from None
+    print(f"{'DEVICE':<24}{'ROLE':<10}{'STATE':<10}{'VERSION':<12}LAST SEEN ({zone_name})")
     for d in devices:
         state = ("online" if d["online"] else "offline") if d["enabled"] else "disabled"
         print(f"{d['id']:<24}{d['role']:<10}{state:<10}{(d['version'] or '-'):<12}"
-              f"{d['last_seen'] or '-'}")
+              f"{site_time(d['last_seen'], zone)}")
     return 0
 
 
@@ -142,7 +160,8 @@ def add_fw_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     a.set_defaults(func=_wrap(_device_add))
 
     ls = dsub.add_parser("list", help="list registered devices and their state")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true",
+                    help="machine-readable output (ISO 8601 times as central stores them)")
     common(ls, admin=False)
     ls.set_defaults(func=_wrap(_device_list))
 

@@ -36,3 +36,12 @@ def test_two_instances_on_one_host_get_different_ids() -> None:
 def test_bad_forwarder_settings_are_refused(bad: dict) -> None:
     with pytest.raises(ValidationError):
         ForwarderSection(**bad)
+
+
+def test_site_time_zone_defaults_to_beijing_and_is_checked(tmp_path) -> None:
+    from central.config import CentralSection
+
+    assert CentralSection(data_dir=tmp_path).timezone == "Asia/Shanghai"
+    assert CentralSection(data_dir=tmp_path, timezone="Asia/Urumqi").timezone == "Asia/Urumqi"
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        CentralSection(data_dir=tmp_path, timezone="Beijing/Time")

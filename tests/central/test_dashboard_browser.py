@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -125,3 +127,52 @@ def test_dashboard_lists_refused_requests_as_security_events(browser, site, scre
         page.screenshot(path=screens_dir / "dashboard-security.png", full_page=True)
     finally:
         ctx.close()
+
+
+def test_dashboard_shows_site_times_and_event_details_in_words(browser, site, screens_dir):
+    """A browser in UTC still reads Beijing time; every event's detail is words, not JSON."""
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from central.demo import DEMO_PATIENTS
+
+    status = httpx.get(f"{site.dashboard_url}api/status", timeout=10).json()
+    assert status["timezone"] == "Asia/Shanghai"
+    # A card in and out of the kiosk (card.inserted, card.removed, audit records), a card
+    # the kiosk cannot read (card.read_failed), and the printer's status changes.
+    site.insert_card("kiosk-001", DEMO_PATIENTS[0])
+    time.sleep(2)
+    site.remove_card("kiosk-001")
+    site.insert_card("kiosk-001", DEMO_PATIENTS[0], variant="faulty")
+    time.sleep(2)
+    site.remove_card("kiosk-001")
+    printer = site.terminal("kiosk-001").printer
+    printer.set_fault(near_end=True)
+    ctx = browser.new_context(viewport={"width": 1440, "height": 1100}, locale="zh-CN",
+                              timezone_id="UTC")
+    page = ctx.new_page()
+    try:
+        page.goto(site.dashboard_url)
+        for ev in ("card.inserted", "card.removed", "card.read_failed", "printer.status"):
+            page.locator(f"tr[data-event='{ev}']").first.wait_for(timeout=40_000)
+        events = httpx.get(f"{site.dashboard_url}api/events?limit=20",
+                           timeout=10).json()["events"]
+        assert page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") == "UTC"
+        first = page.locator("[data-testid='events'] tbody tr").first
+        ts = dt.datetime.fromisoformat(events[0]["ts"])
+        shown = first.locator("td").first.inner_text()
+        # Same event, same second: the dashboard polls, so allow the newest to move on.
+        beijing = {dt.datetime.fromisoformat(e["ts"]).astimezone(ZoneInfo("Asia/Shanghai"))
+                   .strftime("%Y-%m-%d %H:%M:%S") for e in events}
+        assert shown in beijing, (shown, beijing, ts)
+        utc = ts.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        assert shown != utc
+        text = page.locator("[data-testid='events']").inner_text()
+        assert "{" not in text and '"' not in text, text
+        assert "拔卡 Card removed" in text and "读卡失败 Read failed" in text
+        assert "插卡 Card inserted" in text
+        page.locator("[data-testid='events']").scroll_into_view_if_needed()
+        page.screenshot(path=screens_dir / "dashboard-events.png", full_page=True)
+    finally:
+        ctx.close()
+        printer.set_fault(near_end=False)

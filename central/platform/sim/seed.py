@@ -224,6 +224,26 @@ def _seed_report(s: Schema, rng: random.Random, *, seed: int, patient_id: str, s
                                flag=flag)
 
 
+def seed_demo_records(s: Schema, *, seed: int, patient_id: str, sex: str, now: datetime,
+                      zone: ZoneInfo) -> None:
+    """Give a site-in-a-box patient something to try: two unpaid bills, two ready lab
+    reports and one still pending (the booking to pick up is made by the service)."""
+    rng = _rng(seed, f"demo:{patient_id}")
+    today = now.astimezone(zone).date()
+    for k in (1, 2):
+        _seed_bill(s, rng, patient_id, f"B{today:%Y%m%d}{patient_id}{k}", today)
+    for k, panel in enumerate(data.LAB_PANELS[:3], start=1):
+        report_no = f"R{today:%Y%m%d}{patient_id}{k}"
+        barcode = f"89{int(patient_id[1:]):08d}{k}0"
+        _seed_report(s, rng, seed=seed, patient_id=patient_id, sex=sex, panel=panel,
+                     report_no=report_no, barcode=barcode, now=now, zone=zone)
+        ready = k < 3
+        reported = now - timedelta(hours=1) if ready else None
+        s.ReportRow.update(reported_at=iso_utc(reported) if reported else None, printed=False,
+                           sampled_at=iso_utc(now - timedelta(hours=3))).where(
+            s.ReportRow.report_no == report_no).execute()
+
+
 def _seed_hotlist(s: Schema, seed: int, now: datetime) -> None:
     rng = _rng(seed, "hotlist")
     patients = list(s.PatientRow.select().order_by(s.PatientRow.patient_id.desc())
