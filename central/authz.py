@@ -185,6 +185,7 @@ POLICY: dict[str, dict[str, Rule]] = {
         "bill.list": _STAFF,
         "pay.create": Rule(staff=True, check=_pay_at_desk),
         "pay.refund": Rule(staff=True, check=_refund_at_desk),
+        "pay.list": _STAFF,  # the identified patient's payments, to refund or reprint
         "report.list": _STAFF,
         "report.fetch": _STAFF,
         "report.printed": _STAFF,
@@ -197,6 +198,7 @@ _OBJECTS: dict[str, tuple[tuple[str, str], ...]] = {
     "reg.bookings": (("patient_id", "patient"),),
     "bill.list": (("patient_id", "patient"),),
     "report.list": (("patient_id", "patient"),),
+    "pay.list": (("patient_id", "patient"),),
     "pay.create": (("patient_id", "patient"), ("refs", "ref")),
     "reg.cancel": (("booking_id", "booking"),),
     "reg.checkin": (("booking_id", "booking"),),
@@ -400,10 +402,12 @@ class Guard:
             raise Denied(ErrorCode.FORBIDDEN, f"payment {pid[:40]} unknown to central",
                          "this payment is not known here; refund it at the platform",
                          "查无此笔支付，无法在此退款")
-        mine = db.execute("SELECT 1 FROM access_grant WHERE dev = ? AND kind = 'patient' AND "
-                          "value = ? AND expires_at > ?",
-                          (env.dev, row[0], now.timestamp())).fetchone()
-        if mine is None:
+        # The patient at the desk is the one it identified last (a new card replaces the
+        # previous patient, even while that patient's references are still valid).
+        current = db.execute("SELECT value FROM access_grant WHERE dev = ? AND kind = 'patient' "
+                             "AND expires_at > ? ORDER BY expires_at DESC, rowid DESC LIMIT 1",
+                             (env.dev, now.timestamp())).fetchone()
+        if current is None or current[0] != row[0]:
             raise Denied(ErrorCode.FORBIDDEN, "refund of another patient's payment",
                          "this payment belongs to another patient than the one at the desk",
                          "该笔支付不属于当前读卡的患者")
@@ -457,6 +461,8 @@ class Guard:
             return {**result, "patient_name": mask_name(str(result.get("patient_name", "")))}
         elif t == "pay.create" and result.get("payment_id"):
             grant("payment", [str(result["payment_id"])])
+        elif t == "pay.list":
+            grant("payment", [str(p.get("payment_id", "")) for p in result.get("payments", [])])
         elif t == "staff.login":
             return self.staff.open(db, env.dev, str(env.body.get("badge", "")), result, now)
         return result

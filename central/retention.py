@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 #: Request types whose replies carry personal or health data (or a session token).
 PERSONAL_REPLY_TYPES = frozenset({
     "patient.identify", "report.fetch", "report.list", "bill.list", "reg.bookings",
-    "staff.login",
+    "staff.login", "pay.list",
 })
 
 

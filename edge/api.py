@@ -46,7 +46,7 @@ class PrintIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["registration_slip", "payment_receipt", "topup_receipt", "refund_receipt",
-                  "lab_report", "closing_report"]
+                  "cancellation_slip", "lab_report", "closing_report"]
     data: dict[str, Any] = Field(default_factory=dict)
     copy_: bool = Field(default=False, alias="copy")
 
@@ -98,7 +98,7 @@ class StaffLoginIn(BaseModel):
 # Requests that carry personal data or secrets go through dedicated endpoints, where the
 # daemon fills in (or keeps back) what the kiosk must not hold.
 _PERSONAL_TYPES = frozenset({"patient.identify", "report.fetch", "staff.login", "pay.create",
-                             "pay.refund"})
+                             "pay.refund", "pay.list"})
 
 
 def _error(status: int, code: str, message: str, message_zh: str, **extra: Any) -> JSONResponse:
@@ -251,6 +251,26 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     @r.post("/refund")
     async def refund(req: RefundIn) -> dict[str, Any]:
         return {"result": await runtime.refund(req.payment_id, req.amount_fen, req.reason)}
+
+    @r.get("/payments")
+    async def payments() -> dict[str, Any]:
+        """The identified patient's payments (desk: refund or reprint one of them)."""
+        return {"payments": await runtime.pay_list()}
+
+    @r.post("/payments/{payment_id}/reprint")
+    async def reprint_payment(payment_id: str) -> dict[str, Any]:
+        """A copy of an earlier receipt of the identified patient, by payment number."""
+        return _outcome(await runtime.reprint_payment(payment_id[:64]))
+
+    @r.get("/staff/shift")
+    async def shift() -> dict[str, Any]:
+        """What the handover report will list (this cashier, since the last handover)."""
+        return {"shift": runtime.shift_summary()}
+
+    @r.post("/staff/handover")
+    async def handover() -> dict[str, Any]:
+        """交班: print the shift report; once printed the desk is signed out."""
+        return _outcome(await runtime.shift_handover())
 
     @r.post("/staff/login")
     async def staff_login(req: StaffLoginIn) -> dict[str, Any]:

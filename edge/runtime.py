@@ -145,6 +145,12 @@ class Ledger:
             "CREATE TABLE IF NOT EXISTS ledger (entry_id TEXT PRIMARY KEY, ts TEXT NOT NULL,"
             " kind TEXT NOT NULL, method TEXT NOT NULL, amount_fen INTEGER NOT NULL,"
             " payment_id TEXT NOT NULL, operator TEXT NOT NULL DEFAULT '')")
+        # Cash handed over at the desk (实收/找零), for a copy of the receipt printed later.
+        self._db.execute("CREATE TABLE IF NOT EXISTS cash (payment_id TEXT PRIMARY KEY,"
+                         " tendered_fen INTEGER NOT NULL, change_fen INTEGER NOT NULL)")
+        # Shift handovers on this desk: the next shift report starts at the last one.
+        self._db.execute("CREATE TABLE IF NOT EXISTS handover (ts TEXT NOT NULL,"
+                         " operator TEXT NOT NULL)")
 
     def record(self, entry_id: str, ts: datetime, *, kind: str, method: str, amount_fen: int,
                payment_id: str, operator: str = "") -> bool:
@@ -161,13 +167,36 @@ class Ledger:
                                "'refund' LIMIT 1", (payment_id,)).fetchone()
         return None if row is None else str(row[0])
 
-    def totals(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """Per-method counts and sums of each kind between start and end."""
+    def record_cash(self, payment_id: str, tendered_fen: int, change_fen: int) -> None:
+        """Remember the cash tendered and the change given for a payment (first one wins)."""
+        self._db.execute("INSERT OR IGNORE INTO cash VALUES (?, ?, ?)",
+                         (payment_id, tendered_fen, change_fen))
+
+    def cash_of(self, payment_id: str) -> tuple[int, int] | None:
+        """(tendered, change) of a cash payment taken here, or None."""
+        row = self._db.execute("SELECT tendered_fen, change_fen FROM cash WHERE payment_id = ?",
+                               (payment_id,)).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def record_handover(self, ts: datetime, operator: str) -> None:
+        """A shift was handed over on this desk at ``ts``."""
+        self._db.execute("INSERT INTO handover VALUES (?, ?)",
+                         (ts.astimezone(ZoneInfo("UTC")).isoformat(), operator))
+
+    def last_handover(self) -> datetime | None:
+        """When the last shift was handed over on this desk (None: never)."""
+        row = self._db.execute("SELECT MAX(ts) FROM handover").fetchone()
+        return None if row is None or row[0] is None else datetime.fromisoformat(row[0])
+
+    def totals(self, start: datetime, end: datetime,
+               operator: str | None = None) -> list[dict[str, Any]]:
+        """Per-method counts and sums of each kind between start and end (one operator's)."""
         utc = ZoneInfo("UTC")
         rows = self._db.execute(
             "SELECT method, kind, COUNT(*), SUM(amount_fen) FROM ledger WHERE ts >= ? AND ts < ?"
-            " GROUP BY method, kind ORDER BY method",
-            (start.astimezone(utc).isoformat(), end.astimezone(utc).isoformat())).fetchall()
+            " AND (? IS NULL OR operator = ?) GROUP BY method, kind ORDER BY method",
+            (start.astimezone(utc).isoformat(), end.astimezone(utc).isoformat(), operator,
+             operator)).fetchall()
         out: dict[str, dict[str, Any]] = {}
         for method, kind, count, total in rows:
             line = out.setdefault(method, {"method": method, "payment_count": 0,
@@ -244,6 +273,11 @@ class EdgeRuntime:
         # The device audit log (edge.fleet.audit.AuditLog); None: nothing is audited (tests).
         self.audit = audit
         self._shipping: set[asyncio.Task[None]] = set()
+        if hasattr(uplink, "on_settled"):
+            # A payment whose outcome was unknown when its screen gave up is asked again by
+            # the uplink in the background; its final answer lands here (ledger, audit, and
+            # an event the desk and central can act on), also after the patient left.
+            uplink.on_settled = self._settled_later
 
     # -- audit and events to central -------------------------------------------------------
 
@@ -534,6 +568,19 @@ class EdgeRuntime:
         await self._note_payment(result, purpose)
         return result
 
+    async def _settled_later(self, type_: str, request_id: str, result: Any,
+                             error: Any) -> None:
+        if type_ != "pay.create":
+            return
+        state = str((result or {}).get("state", "")) if result is not None else "failed"
+        if result is not None:
+            self._audit_payment(request_id, result)
+            await self._note_payment(result, self._purposes.get(request_id))
+        body = {"request_id": request_id, "state": state,
+                "payment_id": str((result or {}).get("payment_id", ""))}
+        self.bus.publish("payment.settled", body)
+        log.info("payment %s settled after the screen gave up: %s", request_id, state)
+
     def _audit_payment(self, request_id: str, result: Any) -> None:
         r = result if isinstance(result, dict) else {}
         self._audit("payment.outcome", {
@@ -569,7 +616,14 @@ class EdgeRuntime:
         """Cashier refund to the original method; returns the refund plus that method."""
         staff = self._require_staff()
         self._require_patient()
-        original = await self._call("pay.status", {"payment_id": payment_id})
+        # Central allows a refund for any patient this desk identified in the last half hour;
+        # the desk itself refunds only a payment of the patient whose card is in the reader.
+        original = next((p for p in await self.pay_list() if p["payment_id"] == payment_id),
+                        None)
+        if original is None:
+            raise SessionError("not_this_patient",
+                               "This payment belongs to another patient than the one whose "
+                               "card was read.", "该笔支付不属于当前读卡的患者。")
         result = await self._call("pay.refund", {"payment_id": payment_id,
                                                  "amount_fen": amount_fen, "reason": reason}, 30)
         self.ledger.record(f"refund-{result['refund_id']}", self.clock.now(), kind="refund",
@@ -579,6 +633,120 @@ class EdgeRuntime:
                                "amount_fen": int(result["amount_fen"]),
                                "method": original["method"]})
         return {**result, "method": original["method"]}
+
+    async def pay_list(self) -> list[dict[str, Any]]:
+        """The identified patient's payments, newest first (the desk refunds or reprints one)."""
+        self._require_staff()
+        s, patient = self._require_patient()
+        result = await self._call("pay.list", {"patient_id": patient["patient_id"]}, 20)
+        if self.session is not s:  # card pulled while we waited: not this patient's any more
+            raise SessionError("card_removed", "The card was removed.", "卡已被取出。")
+        return list(result["payments"])
+
+    async def reprint_payment(self, payment_id: str) -> Any:
+        """A copy of an earlier receipt of the identified patient, by payment number.
+
+        The last document is still in memory and is printed again as it was; any earlier
+        one (printed bytes are dropped) is rebuilt from the platform's ``pay.list`` answer
+        and the ledger (cash tendered and change), marked as a copy.
+        """
+        import dataclasses
+
+        from edge.devices.printer import documents as docs
+
+        staff = self._require_staff()
+        s, _ = self._require_patient()
+        entry = next((p for p in await self.pay_list() if p["payment_id"] == payment_id), None)
+        if entry is None:
+            raise SessionError("not_this_patient",
+                               "This payment number is not one of this patient's payments.",
+                               "该支付编号不属于当前读卡的患者。")
+        if entry["state"] != "approved":
+            raise SessionError("not_paid", "This payment did not go through: no receipt.",
+                               "该笔支付未成功，没有凭条可补打。")
+        topup = entry["purpose"] == "topup"
+        base = f"{'topup' if topup else 'receipt'}-{payment_id}"
+        last = self._last_doc
+        if last is not None and last[2].split("-copy-")[0] == base:
+            doc = dataclasses.replace(last[1], copy=True)
+        else:
+            now = self.clock.now().astimezone(self.tz)
+            cash = self.ledger.cash_of(payment_id) if entry["method"] == "cash" else None
+            tendered, change = cash if cash is not None else (None, None)
+            amount = int(entry["amount_fen"])
+            txn = entry.get("txn_id") or payment_id
+            if topup:
+                doc = docs.TopUpReceipt(
+                    hospital_name=self.hospital_name, patient_name=s.holder_name,
+                    card_no=s.card_no, amount_fen=amount, method=entry["method"], txn_id=txn,
+                    balance_after_fen=None, printed_at=now, operator=staff["name"], copy=True,
+                    tendered_fen=tendered, change_fen=change, payment_id=payment_id)
+            else:
+                what = "挂号费" if entry["purpose"] == "registration" else "门诊费用"
+                doc = docs.PaymentReceipt(
+                    hospital_name=self.hospital_name, patient_name=s.holder_name,
+                    card_no=s.card_no, items=(docs.ReceiptItem(what, 1, amount, amount),),
+                    total_fen=amount, method=entry["method"], txn_id=txn, printed_at=now,
+                    payment_id=payment_id, operator=staff["name"], copy=True,
+                    tendered_fen=tendered, change_fen=change)
+        job_id = f"{base}-copy-{secrets.token_hex(3)}"
+        outcome = await self.printer.print(doc, job_id=job_id, copy=True)
+        self._audit("receipt.reprinted", {"payment_id": payment_id, "job_id": job_id})
+        await self._report_print(outcome, doc.kind, True)
+        return outcome
+
+    # -- shift handover --------------------------------------------------------------------
+
+    def _shift(self, staff: dict[str, Any]) -> Any:
+        """This cashier's takings since the desk's last handover (else since midnight)."""
+        from edge.devices.printer import documents as docs
+
+        now = self.clock.now().astimezone(self.tz)
+        last = self.ledger.last_handover()
+        start = (last.astimezone(self.tz) if last is not None
+                 else now.replace(hour=0, minute=0, second=0, microsecond=0))
+        lines = tuple(docs.ClosingLine(**x) for x in self.ledger.totals(
+            start, now + timedelta(seconds=1), operator=staff["staff_id"]))
+        return docs.ShiftReport(
+            hospital_name=self.hospital_name, terminal_id=self.device_id,
+            cashier=f"{staff['name']} ({staff['badge']})", period_start=min(start, now),
+            period_end=now, lines=lines, printed_at=now)
+
+    def shift_summary(self) -> dict[str, Any]:
+        """What the handover report will say, for the desk's screen before it prints."""
+        report = self._shift(self._require_staff())
+        return {"cashier": report.cashier, "period_start": report.period_start.isoformat(),
+                "period_end": report.period_end.isoformat(),
+                "lines": [{**dataclasses_asdict(x), "net_fen": x.net_fen}
+                          for x in report.lines]}
+
+    async def shift_handover(self) -> Any:
+        """交班: print this cashier's shift report, record it, then sign the desk out.
+
+        Central is asked first whether the session is still live (as for the closing
+        report). A report that did not print hands nothing over: the cashier stays signed
+        in and can print it again once the printer is fixed.
+        """
+        staff = self._require_staff()
+        await self._call("staff.session", {}, 10)
+        report = self._shift(staff)
+        job_id = f"shift-{report.printed_at:%Y%m%d%H%M%S}"
+        outcome = await self.printer.print(report, job_id=job_id, copy=False)
+        await self._report_print(outcome, report.kind, False)
+        if outcome.state != "printed":
+            return outcome
+        self.ledger.record_handover(report.period_end, staff["staff_id"])
+        self._audit("shift.handover", {
+            "staff_id": staff["staff_id"], "job_id": job_id,
+            "period_start": report.period_start.isoformat(),
+            "period_end": report.period_end.isoformat(),
+            "count": sum(x.payment_count + x.topup_count + x.refund_count for x in report.lines),
+            "net_fen": sum(x.net_fen for x in report.lines)})
+        self._end_staff("handover")
+        token = staff.get("session")
+        if token:
+            self._spawn(self._logout_at_central(token))
+        return outcome
 
     # -- staff -----------------------------------------------------------------------------
 
@@ -664,14 +832,15 @@ class EdgeRuntime:
         return outcome
 
     async def reprint_failed(self, job_id: str) -> Any:
-        """Print a job that failed once more, marked as a copy (paid but no slip)."""
+        """Print a job that failed once more (paid but no slip); a copy only if an original
+        may be on paper (see PrinterService.reprint)."""
         # The one reprint a job is allowed must not be spent on a printer that cannot print
         # now (paper out, cover open): say so, and let the patient try again once fixed.
         check = await self.printer_check()
         if not check["ready"]:
             raise SessionError("printer_not_ready", check["message"], check["message_zh"])
         outcome = await self.printer.reprint(job_id)
-        await self._report_print(outcome, outcome.doc_kind, True)
+        await self._report_print(outcome, outcome.doc_kind, bool(outcome.copy))
         return outcome
 
     async def reprint_last(self) -> Any:
@@ -761,6 +930,7 @@ class EdgeRuntime:
                 txn_id=d.get("txn_id") or d["payment_id"], printed_at=now,
                 balance_after_fen=d.get("balance_after_fen"), payment_id=d["payment_id"],
                 dept_name=d.get("dept_name", ""), operator=operator, copy=copy,
+                **self._cash(d),
             ), f"receipt-{d['payment_id']}"
         if kind == "topup_receipt":
             return docs.TopUpReceipt(
@@ -768,8 +938,21 @@ class EdgeRuntime:
                 amount_fen=int(d["amount_fen"]), method=d["method"],
                 txn_id=d.get("txn_id") or d["payment_id"],
                 balance_after_fen=int(d["balance_after_fen"]), printed_at=now,
-                operator=operator, copy=copy,
+                operator=operator, copy=copy, **self._cash(d),
+                # the desk reprints by payment number: it goes on the desk's receipts
+                payment_id=d["payment_id"] if self.role == "cashier" else "",
             ), f"topup-{d['payment_id']}"
+        if kind == "cancellation_slip":
+            refund = int(d.get("refund_fen") or 0)
+            return docs.CancellationSlip(
+                hospital_name=self.hospital_name, patient_name=name, card_no=card,
+                booking_id=d["booking_id"], dept_name=d["dept_name"],
+                doctor_name=d["doctor_name"], date=d["date"], start=d["start"], end=d["end"],
+                queue_no=int(d["queue_no"]), refund_fen=refund,
+                method=d.get("refund_method") if refund else None,
+                refund_id=d.get("refund_id") or "", balance_after_fen=d.get("balance_fen"),
+                printed_at=now, copy=copy,
+            ), f"cancel-{d['booking_id']}"
         if kind == "refund_receipt":
             return docs.RefundReceipt(
                 hospital_name=self.hospital_name, patient_name=name, card_no=card,
@@ -779,6 +962,14 @@ class EdgeRuntime:
                 operator=operator, copy=copy,
             ), f"refund-{d['refund_id']}"
         raise ValueError(f"unknown document kind {kind}")
+
+    def _cash(self, d: dict[str, Any]) -> dict[str, int]:
+        """实收/找零 of a cash payment at a desk (kept in the ledger for later copies)."""
+        if d.get("method") != "cash" or d.get("tendered_fen") is None or self.role != "cashier":
+            return {}
+        tendered, change = int(d["tendered_fen"]), int(d.get("change_fen") or 0)
+        self.ledger.record_cash(d["payment_id"], tendered, change)
+        return {"tendered_fen": tendered, "change_fen": change}
 
     async def printer_check(self) -> dict[str, Any]:
         """Can a job sent now print completely? Asked before taking money."""
@@ -813,6 +1004,13 @@ class EdgeRuntime:
     def uptime_s(self) -> int:
         """Seconds since the daemon started (by the injected clock)."""
         return int((self.clock.now() - self.started).total_seconds())
+
+
+def dataclasses_asdict(obj: Any) -> dict[str, Any]:
+    """A dataclass as a dict (imported lazily: the runtime starts without the printer)."""
+    import dataclasses
+
+    return dataclasses.asdict(obj)
 
 
 def _local(ts: str, tz: ZoneInfo) -> datetime:

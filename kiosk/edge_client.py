@@ -144,6 +144,23 @@ class EdgeClient:
         return await self._field("result", "POST", "/v1/refund", json={
             "payment_id": payment_id, "amount_fen": amount_fen, "reason": reason})
 
+    async def payments(self) -> list[dict[str, Any]]:
+        """The identified patient's payments, newest first (desk only)."""
+        data = await self._call("GET", "/v1/payments")
+        return list(data["payments"])
+
+    async def reprint_payment(self, payment_id: str) -> dict[str, Any]:
+        """A copy of an earlier receipt of the identified patient (desk only)."""
+        return await self._obj("POST", f"/v1/payments/{payment_id}/reprint")
+
+    async def shift(self) -> dict[str, Any]:
+        """What the shift handover report will list."""
+        return await self._field("shift", "GET", "/v1/staff/shift")
+
+    async def handover(self) -> dict[str, Any]:
+        """Print the shift handover report; once printed the desk is signed out."""
+        return await self._obj("POST", "/v1/staff/handover")
+
     async def staff_login(self, badge: str, pin: str) -> dict[str, Any]:
         """Sign a cashier in (the PIN goes straight through to central)."""
         return await self._field("staff", "POST", "/v1/staff/login",

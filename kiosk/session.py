@@ -371,7 +371,7 @@ class Screen:
                 self.screen = "out_of_service"
             else:
                 self.screen = "error"
-                self.error = {**exc.as_dict(), **advice(exc)}
+                self.error = {**exc.as_dict(), **advice(exc, self.role)}
             self.changed()
             return
         if self.identity is None and session.get("via") != "ehc_qr":
@@ -412,7 +412,7 @@ class Screen:
             await self.edge.identify_qr()
         except EdgeError as exc:
             self.screen = "error"
-            self.error = {**exc.as_dict(), **advice(exc)}
+            self.error = {**exc.as_dict(), **advice(exc, self.role)}
             self.changed()
             return
         # the daemon publishes card.identity with the patient: handled in on_edge_event
@@ -423,7 +423,7 @@ class Screen:
         try:
             await flow.on_scan(scan)
         except EdgeError as exc:
-            flow.error = {**exc.as_dict(), **advice(exc)}
+            flow.error = {**exc.as_dict(), **advice(exc, self.role)}
             self.changed()
 
     # -- actions from the page ---------------------------------------------------------------
@@ -446,9 +446,9 @@ class Screen:
             log.info("ignored action: %s", exc)
         except EdgeError as exc:
             if self.flow is not None:
-                self.flow.error = {**exc.as_dict(), **advice(exc)}
+                self.flow.error = {**exc.as_dict(), **advice(exc, self.role)}
             else:
-                self.error = {**exc.as_dict(), **advice(exc)}
+                self.error = {**exc.as_dict(), **advice(exc, self.role)}
             self.changed()
         except Exception:
             log.exception("flow action failed")
@@ -467,12 +467,12 @@ class Screen:
                 scan = await self.edge.scan(str(args.get("text", "")))
             except EdgeError as exc:
                 target = self.flow if self.flow is not None else self
-                target.error = {**exc.as_dict(), **advice(exc)}
+                target.error = {**exc.as_dict(), **advice(exc, self.role)}
                 self.changed()
                 return self.view()
             await self.on_scan(scan)
         elif action in ("end", "lock", "home", "start", "login", "closing", "reprint_last",
-                        "dismiss"):
+                        "dismiss", "shift", "handover"):
             await getattr(self, f"_a_{action}")(**args)
         elif action == "flow":
             # A flow whose card has left only shows its outcome: nothing can be done for a
@@ -556,6 +556,8 @@ class Screen:
         kw: dict[str, Any] = {}
         if name in ("register", "cancel"):
             kw["now_hhmm"] = lambda: self._now().strftime("%H:%M")
+        if name in ("refund", "receipts"):
+            kw["tz"] = ZoneInfo(self.cfg.ui.timezone)  # payment times in hospital time
         self.flow = cls(self.edge, ctx, on_change=self.changed, timing=self.timing, **kw)
         self.screen = "flow"
         self.error = None
@@ -571,7 +573,7 @@ class Screen:
         try:
             self.staff = await self.edge.staff_login(badge.strip(), pin.strip())
         except EdgeError as exc:
-            self.error = {**exc.as_dict(), **advice(exc)}
+            self.error = {**exc.as_dict(), **advice(exc, self.role)}
             if exc.code == "invalid_request" or exc.status == 422:
                 self.error.update(todo="Check the badge and PIN and try again.",
                                   todo_zh="请核对工号和密码后重试。")
@@ -589,10 +591,53 @@ class Screen:
         try:
             out = await self.edge.print_doc("closing_report", {})
         except EdgeError as exc:
-            self.error = {**exc.as_dict(), **advice(exc)}
+            self.error = {**exc.as_dict(), **advice(exc, self.role)}
         else:
             self.notice = {"printed": out, "what": "closing_report"}
         self.changed()
+
+    async def _a_shift(self, show: bool = True) -> None:
+        """交班: show what the handover report will list (or go back from it)."""
+        if self.staff is None or (self.flow is not None and self.flow.busy):
+            return
+        if not show:
+            self.notice = None
+            self.screen = "menu" if self.patient else "attract"
+            self.changed()
+            return
+        try:
+            shift = await self.edge.shift()
+        except EdgeError as exc:
+            self.error = {**exc.as_dict(), **advice(exc, self.role)}
+            self.changed()
+            return
+        self.error = None
+        self.notice = {"shift": shift}
+        self.screen = "shift"
+        self.changed()
+
+    async def _a_handover(self) -> None:
+        """Print the shift report; once printed the daemon signs the desk out."""
+        if self.staff is None or self.screen != "shift":
+            return
+        try:
+            out = await self.edge.handover()
+        except EdgeError as exc:
+            self.error = {**exc.as_dict(), **advice(exc, self.role)}
+            self.changed()
+            return
+        if out.get("state") != "printed":
+            self.error = {**out, "todo": "Fix the printer, then hand over again.",
+                          "todo_zh": "请排除打印机故障后再交班。"}
+            self.changed()
+            return
+        flow = self.flow
+        self.staff = None
+        self._wipe("locked")
+        self.notice = {"printed": out, "what": "shift_report"}
+        self.changed()
+        if flow is not None:
+            self._spawn(self._abandon(flow))
 
     async def _a_reprint_last(self) -> None:
         if self.staff is None:
@@ -600,7 +645,7 @@ class Screen:
         try:
             out = await self.edge.reprint()
         except EdgeError as exc:
-            self.error = {**exc.as_dict(), **advice(exc)}
+            self.error = {**exc.as_dict(), **advice(exc, self.role)}
         else:
             self.notice = {"printed": out, "what": "reprint"}
         self.changed()

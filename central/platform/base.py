@@ -25,6 +25,7 @@ OPERATIONS: frozenset[str] = frozenset(
         "pay.status",
         "pay.reverse",
         "pay.refund",
+        "pay.list",
         "report.list",
         "report.fetch",
         "report.printed",

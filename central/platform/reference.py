@@ -57,6 +57,7 @@ _ROUTES: dict[str, _Route] = {
         "POST", "/payments/{payment_id}/reverse", "payment_id", send_body=False
     ),
     "pay.refund": _Route("POST", "/payments/{payment_id}/refunds", "payment_id"),
+    "pay.list": _Route("GET", "/payments", query=("patient_id",), send_body=False),
     "report.list": _Route(
         "GET", "/reports", query=("patient_id", "specimen_barcode"), send_body=False
     ),
@@ -95,6 +96,7 @@ RESULT_KEYS: dict[str, frozenset[str]] = {
     "pay.status": frozenset({"payment_id", "state", "amount_fen", "method"}),
     "pay.reverse": frozenset({"payment_id", "state", "amount_fen", "method"}),
     "pay.refund": frozenset({"refund_id", "payment_id", "amount_fen", "state"}),
+    "pay.list": frozenset({"payments"}),
     "report.list": frozenset({"reports"}),
     "report.fetch": frozenset({"report_no", "items"}),
     "report.printed": frozenset({"report_no", "printed"}),

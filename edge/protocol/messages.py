@@ -75,10 +75,13 @@ __all__ = [
     "PatientIdentifyReq",
     "PatientInfo",
     "PayCreateReq",
+    "PayListReq",
     "PayRefundReq",
     "PayReverseReq",
     "PayStatusReq",
+    "PaymentList",
     "PaymentResult",
+    "PaymentSummary",
     "PrintDone",
     "PrintFailed",
     "PrinterStatus",
@@ -343,6 +346,11 @@ class CancelResult(WireModel):
     booking_id: Ident
     status: Literal["cancelled"]
     refund_fen: Fen
+    # The refund, the way it went back, and the prepaid balance after it (when the fee went
+    # back to the card): the kiosk shows the new balance and prints a cancellation slip.
+    refund_id: Ident | None = None
+    refund_method: PayMethod | None = None
+    balance_fen: Fen | None = None
 
 
 class RegCheckinReq(WireModel):
@@ -469,6 +477,32 @@ class RefundResult(WireModel):
     payment_id: Ident
     amount_fen: Fen
     state: Literal["refunded"]
+
+
+class PayListReq(WireModel):
+    """``pay.list``: a patient's payments, newest first (a desk picks one to refund or reprint)."""
+
+    patient_id: Ident
+
+
+class PaymentSummary(WireModel):
+    """One payment in a ``pay.list`` result; ``refundable_fen`` is what may still go back."""
+
+    payment_id: Ident
+    created_at: Timestamp
+    purpose: Literal["registration", "bills", "topup"]
+    method: PayMethod
+    amount_fen: Fen
+    refunded_fen: Fen
+    refundable_fen: Fen
+    state: Literal["approved", "declined", "pending", "unknown", "reversed"]
+    txn_id: Ident | None = None
+
+
+class PaymentList(WireModel):
+    """Result of ``pay.list``."""
+
+    payments: Annotated[list[PaymentSummary], Field(max_length=200)]
 
 
 class ReportListReq(WireModel):
@@ -631,6 +665,7 @@ REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "pay.status": (PayStatusReq, PaymentResult),
     "pay.reverse": (PayReverseReq, PaymentResult),
     "pay.refund": (PayRefundReq, RefundResult),
+    "pay.list": (PayListReq, PaymentList),
     "report.list": (ReportListReq, ReportList),
     "report.fetch": (ReportFetchReq, Report),
     "report.printed": (ReportPrintedReq, ReportPrintedResult),

@@ -6,6 +6,7 @@ from kiosk.flows.base import Context, Flow, IllegalTransition, Timing
 from kiosk.flows.bills import BillsFlow
 from kiosk.flows.cancel import CancelFlow
 from kiosk.flows.pickup import PickupFlow
+from kiosk.flows.receipts import ReceiptsFlow
 from kiosk.flows.refund import RefundFlow
 from kiosk.flows.register import RegisterFlow
 from kiosk.flows.reports import ReportsFlow
@@ -22,4 +23,5 @@ FLOWS: dict[str, tuple[type[Flow], frozenset[str]]] = {
     "reports": (ReportsFlow, frozenset({"kiosk", "cashier"})),
     "cancel": (CancelFlow, frozenset({"kiosk", "cashier"})),
     "refund": (RefundFlow, frozenset({"cashier"})),
+    "receipts": (ReceiptsFlow, frozenset({"cashier"})),
 }

@@ -42,6 +42,8 @@ class Edge(Protocol):
     async def pay_status(self, payment_id: str) -> dict[str, Any]: ...
     async def pay_reverse(self, payment_id: str) -> dict[str, Any]: ...
     async def refund(self, payment_id: str, amount_fen: int, reason: str) -> dict[str, Any]: ...
+    async def payments(self) -> list[dict[str, Any]]: ...
+    async def reprint_payment(self, payment_id: str) -> dict[str, Any]: ...
     async def print_doc(self, kind: str, data: dict[str, Any], *,
                         copy: bool = False) -> dict[str, Any]: ...
     async def reprint(self, job_id: str | None = None) -> dict[str, Any]: ...
@@ -126,7 +128,7 @@ class Flow:
 
     def fail(self, exc: EdgeError, target: str = "error") -> None:
         """Show an edge/platform error in ``target`` (what happened and what to do)."""
-        self.to(target, error={**exc.as_dict(), **advice(exc)})
+        self.to(target, error={**exc.as_dict(), **advice(exc, self.ctx.role)})
 
     @property
     def busy(self) -> bool:
@@ -188,8 +190,48 @@ _REASON_ADVICE: dict[str, tuple[str, str]] = {
 }
 
 
-def advice(exc: EdgeError) -> dict[str, str]:
-    """``todo``/``todo_zh``: what to do next after ``exc``."""
+#: What the cashier at a desk can do: staff are not sent to "a staffed counter" or told to
+#: "ask staff for help" — they are told what happened and what to do at the desk.
+_DESK_ADVICE: dict[str, tuple[str, str]] = {
+    "platform_unavailable": ("The hospital system is not answering: try again shortly; "
+                             "meanwhile follow the desk's outage procedure.",
+                             "医院系统无响应：请稍后重试，其间按窗口应急流程办理。"),
+    "edge_unavailable": ("The terminal service is not running: restart the desk terminal "
+                         "or call IT.", "终端服务未运行：请重启收费终端或联系信息科。"),
+    "edge_timeout": ("The terminal did not answer in time: check the result before trying "
+                     "again.", "终端响应超时：请先核实办理结果再重试。"),
+    "no_card": ("Read the patient's health card.", "请读取患者的健康卡。"),
+    "card_removed": ("Read the patient's health card again.", "请重新读取患者的健康卡。"),
+    "session_expired": ("Sign in again, then redo this.", "请重新登录后再办理。"),
+    "staff_only": ("Sign in again, then redo this.", "请重新登录后再办理。"),
+    "not_this_patient": ("Read the card of the patient this payment belongs to.",
+                         "请读取该笔支付所属患者的健康卡。"),
+}
+_DESK_REASON_ADVICE: dict[str, tuple[str, str]] = {
+    "forbidden": ("This is not the patient whose card was read: read that patient's card "
+                  "first.", "不属于当前读卡的患者：请先读取所属患者的健康卡再办理。"),
+    "insufficient_balance": ("The card balance is too low: take another method, or top up "
+                             "first.", "卡内余额不足：请改用其他支付方式，或先充值。"),
+    "card_blocked": ("This card is reported lost: check the patient's ID document and "
+                     "follow the lost-card procedure.",
+                     "该卡已挂失：请核对患者有效身份证件，按挂失流程办理。"),
+    "refund_exceeds": ("More than the refundable amount: check the amount.",
+                       "超过可退金额：请核对退款金额。"),
+    "not_refundable": ("This payment cannot be refunded here.", "该笔支付不可在此退费。"),
+    "use_cancel": ("A registration fee goes back by cancelling the registration (退号).",
+                   "挂号费请通过退号办理退款。"),
+}
+_DESK_DEFAULT = ("Check the details and try again; if it fails again, call the duty "
+                 "supervisor or IT.", "请核对后重试；如仍失败，请联系值班主管或信息科。")
+
+
+def advice(exc: EdgeError, role: str = "kiosk") -> dict[str, str]:
+    """``todo``/``todo_zh``: what to do next after ``exc`` — for a patient, or at a desk."""
+    if role == "cashier":
+        en, zh = _DESK_REASON_ADVICE.get(exc.reason) or _DESK_ADVICE.get(exc.code) or (
+            _REASON_ADVICE[exc.reason] if exc.reason in ("slot_full", "closed")
+            else _DESK_DEFAULT)
+        return {"todo": en, "todo_zh": zh}
     en, zh = _REASON_ADVICE.get(exc.reason, _ADVICE.get(
         exc.code, ("Please try again, or ask staff for help.", "请重试，或向工作人员求助。")))
     return {"todo": en, "todo_zh": zh}

@@ -96,4 +96,27 @@ class CancelFlow(Flow):
                 return
             self.fail(exc)
             return
-        self.to("done", refund_fen=res["refund_fen"])
+        refund = int(res["refund_fen"])
+        balance = res.get("balance_fen")
+        if balance is None and refund and res.get("refund_method") in (None, "prepaid"):
+            balance = await self._balance_now()
+        if balance is not None:
+            # The platform refunded the fee: the figure on screen is the platform's new one.
+            self.ctx.patient["balance_fen"] = int(balance)
+        slip = {**self.data["booking"], **res, "balance_fen": balance}
+        try:
+            out = await self.edge.print_doc("cancellation_slip", slip)
+        except EdgeError as exc:
+            out = {"state": "failed", "reason": exc.code, "message": exc.message,
+                   "message_zh": exc.message_zh}
+        self.to("done", refund_fen=refund, balance_fen=balance,
+                refund_method=res.get("refund_method"), print=out)
+
+    async def _balance_now(self) -> int | None:
+        """The prepaid balance as the platform has it now (a platform that did not say)."""
+        try:
+            session = await self.edge.identify()
+        except EdgeError:
+            return None
+        value = (session.get("patient") or {}).get("balance_fen")
+        return int(value) if value is not None else None

@@ -105,6 +105,11 @@ class PayingFlow(Flow):
     async def print_doc(self, kind: str, data: dict[str, Any], *, copy: bool = False) -> None:
         """Print after a confirmed outcome; never undoes it when the paper fails."""
         self.to("printing")
+        if kind in ("payment_receipt", "topup_receipt") and self.data.get("method") == "cash" \
+                and self.data.get("tendered_fen") is not None:
+            # Cash at a desk: 实收 and 找零 go on the receipt.
+            data = {**data, "tendered_fen": self.data["tendered_fen"],
+                    "change_fen": self.data["change_fen"]}
         try:
             out = await self.edge.print_doc(kind, data, copy=copy)
         except EdgeError as exc:
@@ -134,7 +139,7 @@ class PayingFlow(Flow):
                 "print_failed",
                 f"Done, but the paper did not print ({out.get('message') or out.get('reason')}).",
                 f"已办理成功，但凭条打印失败（{out.get('message_zh') or out.get('reason')}）。",
-                todo="Tap 'Reprint' for a copy — you will not be charged again — or ask at a "
+                todo="Tap 'Reprint' to print it — you will not be charged again — or ask at a "
                      "staffed counter.",
                 todo_zh="请点击“补打凭条”（不会重复收费），或到人工窗口补打。"))
 

@@ -127,6 +127,9 @@ async def settle(flow: Flow, *, purpose: str, refs: list[str], amount_fen: int, 
     learnt in time → ``unresolved`` (never shown as paid, never paid again).
     """
     request_id = uuid.uuid4().hex
+    # The merchant order number the desk and central look the payment up by: on screen
+    # whenever the outcome is not known, since a payment id may never have come back.
+    flow.data["order_no"] = order_number(request_id)
     t = flow.timing
     try:
         result = await flow.edge.pay(request_id=request_id, purpose=purpose, refs=refs,
@@ -224,6 +227,12 @@ def _unresolved(payment_id: str | None) -> dict[str, Any]:
                 todo="Please take your card and go to a staffed counter with this screen's "
                      "payment number.",
                 todo_zh="请取卡并到人工窗口出示本页支付编号。")
+
+
+def order_number(request_id: str) -> str:
+    """A request id as people read it out: upper case, in groups of four (pure)."""
+    raw = request_id.upper()
+    return " ".join(raw[i:i + 4] for i in range(0, len(raw), 4))
 
 
 def new_request_id() -> str:

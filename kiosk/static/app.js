@@ -115,7 +115,17 @@
       <form data-login><label>${esc(t("badge"))}<input name="badge" data-testid="badge" autocomplete="off" value="${esc((V.notice && V.notice.badge) || "")}"></label>
       <label>${esc(t("pin"))}<input name="pin" data-testid="pin" type="password" inputmode="numeric" autocomplete="off"></label>
       <button class="primary" type="submit" data-testid="login">${esc(t("login"))}</button></form>
-      <div class="muted">${esc(t("locked_sub"))}</div></div>`,
+      <div class="muted">${esc(t("locked_sub"))}</div></div>${V.notice && V.notice.what === "shift_report" ? fixed("", "handover_done") : ""}`,
+    // 交班: what the handover report will list; printing it signs the cashier out.
+    shift: () => {
+      const sh = (V.notice && V.notice.shift) || { lines: [] }, hm = (iso) => String(iso || "").slice(0, 16).replace("T", " ");
+      const lines = sh.lines.map((x) => `<tr><td>${esc(t("m_" + x.method))}</td><td>${x.payment_count}</td><td>${yuan(x.payment_fen)}</td><td>${x.topup_count}</td><td>${yuan(x.topup_fen)}</td><td>${x.refund_count}</td><td>${yuan(-x.refund_fen)}</td><td><b>${yuan(x.net_fen)}</b></td></tr>`).join("");
+      const net = sh.lines.reduce((a, x) => a + x.net_fen, 0);
+      return `<h1>${esc(t("shift_title"))}</h1>${message("err", V.error)}<div class="card">${row(t("cashier"), sh.cashier)}${row(t("shift_from"), hm(sh.period_start))}${row(t("shift_to"), hm(sh.period_end))}</div>
+        <div class="card"><table class="shift" data-testid="shift-lines"><tr><th>${esc(t("paid_by"))}</th><th colspan="2">${esc(t("menu_bills"))}</th><th colspan="2">${esc(t("menu_topup"))}</th><th colspan="2">${esc(t("menu_refund"))}</th><th>${esc(t("net"))}</th></tr>
+        ${lines || `<tr><td colspan="8">${esc(t("shift_none"))}</td></tr>`}</table>${row(t("net_total"), yuan(net), "shift-net")}</div>${fixed("", "handover_note")}
+        <div class="actions">${btn(t("back"), 'data-top="shift" data-show="0"')}${btn(t("handover_print"), 'data-top="handover" data-testid="handover-confirm"', "primary")}</div>`;
+    },
     attract: () => V.role === "cashier" ? `<div class="attract"><div class="big" data-testid="prompt">${esc(t("wait_card"))}</div>
         <div class="sub">${esc(V.staff ? V.staff.name : "")}</div><div class="slotpic">${ICON.card}</div></div>${staffTools()}` :
       `<div class="attract"><div class="big" data-testid="prompt">${esc(t("insert"))}</div>
@@ -135,7 +145,7 @@
       const tiles = [tile("register", 'data-start="register" data-testid="menu-register"'), tile("pickup", 'data-start="pickup" data-testid="menu-pickup"'),
         tile("bills", 'data-start="bills" data-testid="menu-bills"'), tile("topup", 'data-start="topup" data-testid="menu-topup"'),
         tile("reports", 'data-start="reports" data-testid="menu-reports"'), tile("cancel", 'data-start="cancel" data-testid="menu-cancel"')];
-      if (V.role === "cashier") tiles.push(tile("refund", 'data-start="refund" data-testid="menu-refund"'));
+      if (V.role === "cashier") tiles.push(tile("refund", 'data-start="refund" data-testid="menu-refund"'), tile("receipts", 'data-start="receipts" data-testid="menu-receipts"'));
       const pg = paged("menu", tiles);
       return `${patientCard()}${notice()}<div class="grid menu">${pg.items.join("")}</div>${pg.nav}
         <div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"')}</div>${V.role === "cashier" ? staffTools() : ""}`;
@@ -157,7 +167,7 @@
     const k = n.what === "closing_report" ? "closing_done" : "reprint_done";
     return ok ? fixed("", k) : message("warn", n.printed);
   }
-  const staffTools = () => `<div class="actions staff">${btn(t("closing"), 'data-top="closing" data-testid="closing"')}
+  const staffTools = () => `<div class="actions staff">${btn(t("closing"), 'data-top="closing" data-testid="closing"')}${btn(t("handover"), 'data-top="shift" data-testid="handover"')}
     ${btn(t("reprint_last"), 'data-top="reprint_last" data-testid="reprint-last"')}${btn(t("lock"), 'data-top="lock" data-testid="lock"')}</div>${V.screen === "attract" ? notice() : ""}`;
 
   // ---- flows ------------------------------------------------------------------------
@@ -198,7 +208,7 @@
     if (s === "declined") return `${message("err", f.error)}<div class="actions">${btn(t("choose_method"), 'data-do="back" data-testid="other-method"', "primary")}
       ${f.name === "register" ? btn(t("abandon"), 'data-do="abandon"') : btn(t("home"), 'data-top="home"')}</div>`;
     if (s === "unresolved") return `${message("err", f.error)}<div class="card due">${row(t("amount_due"), yuan(d.amount_fen))}
-      ${d.payment_id ? row(t("payment_id"), d.payment_id, "payment-id") : ""}</div>
+      ${d.payment_id ? row(t("payment_id"), d.payment_id, "payment-id") : ""}${d.order_no ? row(t("order_no"), d.order_no, "order-no") : ""}</div>
       <div class="actions">${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
     if (s === "printing") return waiting("printing");
     if (s === "print_failed") {
@@ -357,25 +367,53 @@
       if (s === "confirm") { const b = d.booking; return `<h1>${esc(t("cancel_confirm"))}</h1><div class="card">${row(t("dept"), tr(b.dept_name))}${row(t("doctor"), `${b.doctor_name} ${tr(b.title) || ""}`)}
         ${row(t("time"), `${b.date} ${b.start}–${b.end}`)}${row(t("refunded"), yuan(d.refund_fen))}</div>${fixed("", d.refund_fen ? "refund_to_origin" : "no_refund")}
         <div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("cancel_confirm"), 'data-do="confirm" data-testid="confirm"', "primary")}</div>`; }
-      if (s === "done") return `<div class="card msg" data-testid="done"><h2>${esc(t("cancel_done"))}</h2>${row(t("refunded"), yuan(d.refund_fen))}</div>
-        ${d.refund_fen ? fixed("", "refund_to_origin") : ""}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("finish"), 'data-top="end"', "primary")}</div>`;
+      if (s === "done") return `<div class="card msg" data-testid="done"><h2>${esc(t("cancel_done"))}</h2>${row(t("refunded"), yuan(d.refund_fen))}${d.refund_method ? row(t("refunded_to"), t("m_" + d.refund_method)) : ""}${d.balance_fen != null ? row(t("new_balance"), yuan(d.balance_fen), "new-balance") : ""}</div>
+        ${d.refund_fen ? fixed("", "refund_to_origin") : ""}${(d.print || {}).state === "printed" ? fixed("", "cancel_slip_printed") : fixed("warn", "cancel_slip_failed")}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("finish"), 'data-top="end"', "primary")}</div>`;
       if (s === "unresolved" || s === "error") return `${message("err", f.error)}<div class="actions">${s === "error" ? btn(t("home"), 'data-top="home"') + btn(t("retry"), 'data-do="retry"') : ""}${btn(t("finish"), 'data-top="end"', "primary")}</div>`;
       return "";
     },
     refund(f) {
       const d = f.data, s = f.state;
-      if (s === "form") return `<h1>${esc(t("refund_title"))}</h1>${message("warn", f.error)}<form class="card form" data-refund>
-        <label>${esc(t("payment_no"))}<input name="payment_id" data-testid="refund-payment" autocomplete="off" value="${esc(d.payment_id || "")}"></label>
-        <label>${esc(t("refund_amount"))}<input name="amount" data-testid="refund-amount" inputmode="decimal" autocomplete="off"></label>
-        <label>${esc(t("reason"))}<input name="reason" data-testid="refund-reason" autocomplete="off" value="${esc(d.reason || "")}"></label>
-        <button class="primary" type="submit" data-testid="refund-next">${esc(t("next"))}</button></form><div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      if (s === "loading") return waiting("loading");
+      if (s === "list") {
+        // The patient at the desk: only their own payments, each with what may still go back.
+        const pg = paged("refund-list", (d.payments || []).map((p) => `<button class="tile pay" data-payment="${esc(p.payment_id)}" data-testid="payment-${esc(p.payment_id)}">
+          <div class="t">${esc(p.when)} · ${esc(t("purpose_" + p.purpose))} · ${esc(t("m_" + p.method))}</div>
+          <div class="s">${esc(t("paid_amount"))} <b>${yuan(p.amount_fen)}</b> · ${esc(t("refunded_already"))} ${yuan(p.refunded_fen)} · ${esc(t("refundable"))} <b>${yuan(p.refundable_fen)}</b> · ${esc(p.payment_id)}</div></button>`), 4);
+        return `<h1>${esc(t("refund_pick"))}</h1>${message("warn", f.error)}<div class="grid one" data-testid="refund-list">${pg.items.join("") || `<div class="card">${esc(t("none_refundable"))}</div>`}</div>${pg.nav}
+          <div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
+      }
+      if (s === "form") {
+        const p = d.payment || {};
+        // Side by side on a landscape desk: the payment on the left, the form on the right.
+        return `<h1>${esc(t("refund_title"))}</h1><div class="cols2"><div class="card">${row(t("time"), p.when)}${row(t("purpose"), `${t("purpose_" + p.purpose)} · ${t("m_" + p.method)}`)}
+          ${row(t("paid_amount"), yuan(p.amount_fen))}${row(t("refunded_already"), yuan(p.refunded_fen))}${row(t("refundable"), yuan(p.refundable_fen), "refundable")}${row(t("payment_id"), p.payment_id)}</div>
+          <div>${message("warn", f.error)}<form class="card form" data-refund>
+          <label>${esc(t("refund_amount"))}<input name="amount" data-testid="refund-amount" inputmode="decimal" autocomplete="off" value="${esc(d.amount_text || "")}"></label>
+          <label>${esc(t("reason"))}<input name="reason" data-testid="refund-reason" autocomplete="off" value="${esc(d.reason || "")}"></label>
+          <button class="primary" type="submit" data-testid="refund-next">${esc(t("next"))}</button></form></div></div><div class="actions">${btn(t("back"), 'data-do="reload"')}${btn(t("home"), 'data-top="home"')}</div>`;
+      }
       if (s === "id_check") return `<h1>${esc(t("id_check_title"))}</h1><div class="card">${row(t("patient"), d.name)}${row(t("id_no"), d.id_number)}
         ${row(t("payment_id"), d.payment_id)}${row(t("refunded"), yuan(d.amount_fen))}${row(t("reason"), d.reason)}</div>
         <div class="actions">${btn(t("back"), 'data-do="back"')}${btn(t("id_checked"), 'data-do="id_checked" data-testid="id-checked"', "primary")}</div>`;
       if (s === "refunding") return waiting("refunding");
-      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("back"), 'data-do="back"', "primary")}</div>`;
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("back"), 'data-do="reload"', "primary")}</div>`;
       if (s === "done") return doneScreen(f);
       return payScreens(f) || "";
+    },
+    receipts(f) {
+      const d = f.data, s = f.state;
+      if (s === "loading") return waiting("loading");
+      if (s === "printing") return waiting("printing");
+      if (s === "done") return `<div class="card msg" data-testid="done"><h2>${esc(t("reprint_done"))}</h2>${row(t("payment_id"), d.payment_id)}</div>
+        <div class="actions">${btn(t("more"), 'data-do="reload"')}${btn(t("home"), 'data-top="home"')}${btn(t("finish"), 'data-top="end" data-testid="finish"', "primary")}</div>`;
+      if (s === "error") return `${message("err", f.error)}<div class="actions">${btn(t("home"), 'data-top="home"')}${btn(t("retry"), 'data-do="reload"', "primary")}</div>`;
+      const pg = paged("receipts", (d.payments || []).map((p) => `<div class="tile pay static"><div class="t">${esc(p.when)} · ${esc(t("purpose_" + p.purpose))} · ${esc(t("m_" + p.method))} · <b>${yuan(p.amount_fen)}</b>
+        <span style="float:right">${btn(t("reprint_copy"), `data-reprint="${esc(p.payment_id)}" data-testid="reprint-${esc(p.payment_id)}"`, "primary small")}</span></div>
+        <div class="s">${esc(t("payment_id"))} ${esc(p.payment_id)}</div></div>`), 4);
+      return `<h1>${esc(t("receipts_title"))}</h1>${message("warn", f.error)}<form class="scanbox" data-reprint-no><input name="payment_id" data-testid="reprint-number" autocomplete="off" placeholder="${esc(t("payment_no"))}">
+        <button class="primary small" type="submit" data-testid="reprint-by-number">${esc(t("reprint_copy"))}</button></form>
+        <div class="grid one">${pg.items.join("") || `<div class="card">${esc(t("none_paid"))}</div>`}</div>${pg.nav}<div class="actions">${btn(t("home"), 'data-top="home"')}</div>`;
     },
   };
 
@@ -412,7 +450,9 @@
   function bind(typed = {}) {
     const on = (sel, fn) => main.querySelectorAll(sel).forEach((el) => { el.onclick = (e) => { e.preventDefault(); fn(el); }; });
     on("[data-start]", (b) => act("start", { flow: b.dataset.start }));
-    on("[data-top]", (b) => act(b.dataset.top));
+    on("[data-top]", (b) => act(b.dataset.top, b.dataset.show === "0" ? { show: false } : {}));
+    on("[data-payment]", (b) => flow("pick", { payment_id: b.dataset.payment }));
+    on("[data-reprint]", (b) => flow("reprint", { payment_id: b.dataset.reprint }));
     on("[data-do]", (b) => flow(b.dataset.do, b.dataset.anyway ? { anyway: true } : {}));
     on("[data-dept]", (b) => flow("dept", { code: b.dataset.dept }));
     on("[data-day]", (b) => flow("day", { day: b.dataset.day }));
@@ -437,10 +477,15 @@
     form("[data-login]", (d) => act("login", { badge: String(d.get("badge") || ""), pin: String(d.get("pin") || "") }));
     form("[data-cash]", (d) => flow("tendered", { tendered_fen: fen(d.get("tendered")) }));
     form("[data-custom]", (d) => flow("amount", { amount_fen: fen(d.get("amount")) }));
-    form("[data-refund]", (d) => flow("submit", { payment_id: String(d.get("payment_id") || ""), amount_fen: fen(d.get("amount")), reason: String(d.get("reason") || "") }));
+    form("[data-refund]", (d) => flow("submit", { amount: String(d.get("amount") || ""), reason: String(d.get("reason") || "") }));
+    form("[data-reprint-no]", (d) => flow("reprint", { payment_id: String(d.get("payment_id") || "").trim() }));
     const cash = main.querySelector("[data-cash] input");
-    if (cash) { cash.oninput = () => { const due = V.flow.data.amount_fen, c = fen(cash.value) - due; main.querySelector("[data-change]").textContent = c >= 0 ? yuan(c) : "—"; }; }
+    // Enough cash typed: the change shows, and a "not enough" warning from before goes.
+    if (cash) { cash.oninput = () => { const due = V.flow.data.amount_fen, c = fen(cash.value) - due; main.querySelector("[data-change]").textContent = c >= 0 ? yuan(c) : "—";
+      const warn = main.querySelector("[data-testid=message]"); if (warn && V.flow.error && V.flow.error.code === "not_enough_cash") warn.hidden = c >= 0; }; }
     main.querySelectorAll("input[name]").forEach((i) => { if (typed[i.name] && !i.value) i.value = typed[i.name]; });
+    // The refund form comes pre-filled (the refundable amount): what the cashier typed wins.
+    main.querySelectorAll("[data-refund] input[name]").forEach((i) => { if (typed[i.name]) i.value = typed[i.name]; });
     if (cash && cash.value) cash.oninput();
   }
 

@@ -87,6 +87,12 @@ class Platform(PlatformAdapter):
         if op in ("pay.status", "pay.reverse"):
             p = self.payments[body["payment_id"]]
             return {k: v for k, v in p.items() if not k.startswith("_")}
+        if op == "pay.list":
+            return {"payments": [
+                {"payment_id": k, "created_at": "2026-03-01T01:00:00.000Z", "purpose": "topup",
+                 "method": v["method"], "amount_fen": v["amount_fen"], "refunded_fen": 0,
+                 "refundable_fen": v["amount_fen"], "state": "approved"}
+                for k, v in self.payments.items() if v["_patient"] == pid]}
         if op == "pay.refund":
             return {"refund_id": "RF1", "payment_id": body["payment_id"],
                     "amount_fen": body["amount_fen"], "state": "refunded"}
@@ -311,11 +317,42 @@ async def test_refund_only_of_the_patient_at_the_desk(central: Central) -> None:
                               {"payment_id": pay, "amount_fen": 3000, "reason": "退费"},
                               auth=token2)
     assert code(wrong) == "forbidden"
+    # At the first desk, patient B's card goes in after A's: A is no longer at the desk,
+    # although A's reference has not run out yet.
+    await central.identify("cashier-001", "HC02", auth=token)
+    swapped = await central.ask("cashier-001", "pay.refund",
+                                {"payment_id": pay, "amount_fen": 3000, "reason": "退费"},
+                                auth=token)
+    assert code(swapped) == "forbidden"
+    await central.identify("cashier-001", "HC01", auth=token)  # A's card again
     right = await central.ask("cashier-001", "pay.refund",
                               {"payment_id": pay, "amount_fen": 3000, "reason": "退费"},
                               auth=token)
     assert code(right) == "ok"
     assert central.platform.calls["pay.refund"] == 1
+
+
+async def test_a_desk_lists_payments_only_of_the_patient_it_identified(
+        central: Central) -> None:
+    token = await central.sign_in()
+    a = await central.identify("cashier-001", "HC01", auth=token)
+    paid = await central.ask("cashier-001", "pay.create", {
+        "patient_id": a, "purpose": "topup", "refs": [], "amount_fen": 3000, "method": "cash"},
+        auth=token)
+    pay = paid["result"]["payment_id"]
+    listed = await central.ask("cashier-001", "pay.list", {"patient_id": a}, auth=token)
+    assert [p["payment_id"] for p in listed["result"]["payments"]] == [pay]
+    # Not without a staff session, not from a kiosk, not for another desk's patient.
+    assert code(await central.ask("cashier-001", "pay.list", {"patient_id": a})) == \
+        "session_expired"
+    k = await central.identify("kiosk-001", "HC01")
+    assert code(await central.ask("kiosk-001", "pay.list", {"patient_id": k})) == "forbidden"
+    token2 = await central.sign_in("cashier-002")
+    assert code(await central.ask("cashier-002", "pay.list", {"patient_id": a},
+                                  auth=token2)) == "forbidden"
+    # A listed payment is granted: the desk may read its status before reprinting it.
+    status = await central.ask("cashier-001", "pay.status", {"payment_id": pay}, auth=token)
+    assert code(status) == "ok"
 
 
 async def test_wrong_pins_slow_down_but_never_lock_the_badge(central: Central) -> None:

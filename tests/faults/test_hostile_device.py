@@ -173,6 +173,7 @@ async def test_a_stolen_kiosk_is_refused_and_seen_while_real_flows_work(
             "bookings of another patient": ("reg.bookings", {"patient_id": pb["patient_id"]}),
             "mark a report printed": ("report.printed", {"report_no": "LR00000001"}),
             "ask for a staff session": ("staff.session", {}),
+            "list a patient's payments": ("pay.list", {"patient_id": ref}),
         }
         # Every request type is tried: those a kiosk may send are tried beyond its limits,
         # or are harmless lookups of public data (departments, slots, the lost-card list).

@@ -72,6 +72,12 @@ class FakeEdge:
         return self._answer("refund", {"payment_id": payment_id, "amount_fen": amount_fen,
                                        "reason": reason})
 
+    async def payments(self) -> list[dict[str, Any]]:
+        return self._answer("payments", None)
+
+    async def reprint_payment(self, payment_id: str) -> dict[str, Any]:
+        return self._answer("reprint_payment", payment_id)
+
     async def print_doc(self, kind: str, data: dict[str, Any], *, copy: bool = False) -> Any:
         return self._answer("print", {"kind": kind, "data": data, "copy": copy})
 
@@ -80,6 +86,9 @@ class FakeEdge:
 
     async def printer_status(self) -> dict[str, Any]:
         return self._answer("printer", None)
+
+    async def identify(self) -> dict[str, Any]:
+        return self._answer("identify", None)
 
 
 class FakeTime:

@@ -268,6 +268,10 @@ async def test_cashier_staff_cash_refund_ledger_and_closing(rig):
     await rig.http.get("/v1/pay/PAY2")  # seen approved again: still one ledger row
     rig.up.script["pay.refund"] = {"refund_id": "RF1", "payment_id": "PAY2", "amount_fen": 40,
                                    "state": "refunded"}
+    rig.up.script["pay.list"] = {"payments": [{
+        "payment_id": "PAY2", "created_at": "2030-01-01T00:00:00.000Z", "purpose": "topup",
+        "method": "cash", "amount_fen": 100, "refunded_fen": 0, "refundable_fen": 100,
+        "state": "approved"}]}
     r = await rig.http.post("/v1/refund", json={"payment_id": "PAY2", "amount_fen": 40,
                                                 "reason": "多充"})
     assert r.json()["result"]["method"] == "cash"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from kiosk.edge_client import EdgeError
 from kiosk.flows.bills import BillsFlow, default_selection, receipt_data, selection_total
 from kiosk.flows.cancel import CancelFlow, cancellable
-from kiosk.flows.refund import RefundFlow, check_form
+from kiosk.flows.refund import RefundFlow, check_form, parse_yuan
 from kiosk.flows.reports import ReportsFlow, printable
 
 
@@ -196,8 +196,29 @@ async def test_cancel_paid_booking_refunds(make, edge):
     await f.start()
     await f.handle("pick", {"booking_id": "BK1"})
     assert f.data["refund_fen"] == 5000
+    # a platform that does not say the new balance: it is read again
+    edge.script["identify"] = {"patient": {"balance_fen": 10000}}
     await f.handle("confirm", {})
     assert f.state == "done" and f.data["refund_fen"] == 5000
+    assert f.ctx.patient["balance_fen"] == 10000
+    (slip,) = edge.called("print")
+    assert slip["kind"] == "cancellation_slip" and slip["data"]["booking_id"] == "BK1"
+
+
+async def test_cancel_shows_the_platforms_new_balance_and_prints_a_slip(make, edge):
+    edge.script["reg.bookings"] = {"bookings": [BK]}
+    edge.script["reg.cancel"] = {"booking_id": "BK1", "status": "cancelled", "refund_fen": 5000,
+                                 "refund_method": "prepaid", "refund_id": "RF1",
+                                 "balance_fen": 12345}
+    f = make(CancelFlow, now_hhmm=lambda: "09:00")
+    await f.start()
+    await f.handle("pick", {"booking_id": "BK1"})
+    await f.handle("confirm", {})
+    assert f.state == "done" and f.data["balance_fen"] == 12345
+    assert f.ctx.patient["balance_fen"] == 12345
+    assert edge.called("identify") == []
+    (slip,) = edge.called("print")
+    assert slip["data"]["refund_id"] == "RF1" and f.data["print"]["state"] == "printed"
 
 
 async def test_cancel_failures(make, edge):
@@ -224,31 +245,91 @@ async def test_cancel_none(make, edge):
     assert f.state == "none"
 
 
+PAID = {"payment_id": "PAY1", "created_at": "2026-11-22T01:30:00.000Z", "purpose": "bills",
+        "method": "wechat", "amount_fen": 1000, "refunded_fen": 300, "refundable_fen": 700,
+        "state": "approved"}
+
+
 def test_refund_form_checks():
-    assert check_form("", 100, "x")["code"] == "bad_payment_id"
-    assert check_form("PAY1", 0, "x")["code"] == "bad_amount"
-    assert check_form("PAY1", 100, " ")["code"] == "no_reason"
-    assert check_form("PAY1", 100, "开错药") is None
+    assert parse_yuan("12.5") == 1250 and parse_yuan("¥3") == 300 and parse_yuan("abc") is None
+    assert check_form(PAID, "abc", "x")[1]["code"] == "bad_amount"
+    assert check_form(PAID, "0", "x")[1]["code"] == "zero_amount"
+    assert check_form(PAID, "7.01", "x")[1]["code"] == "too_much"
+    assert check_form(PAID, "1", " ")[1]["code"] == "no_reason"
+    assert check_form(PAID, "7", "开错药") == (700, None)
 
 
-async def test_refund_with_id_check_prints_receipt(make, edge):
+async def refund_form(make, edge):
+    edge.script["payments"] = [[dict(PAID), {**PAID, "payment_id": "PAY2", "refundable_fen": 0}]]
+    f = make(RefundFlow, role="cashier", staff={"name": "收费员一"})
+    await f.start()
+    assert f.state == "list" and [p["payment_id"] for p in f.data["payments"]] == ["PAY1"]
+    assert f.data["payments"][0]["when"] == "2026-11-22 09:30"  # Beijing time
+    await f.handle("pick", {"payment_id": "PAY1"})
+    assert f.state == "form" and f.data["amount_text"] == "7.00"
+    return f
+
+
+async def test_refund_of_a_listed_payment_with_id_check_prints_receipt(make, edge):
     edge.script["refund"] = {"refund_id": "RF1", "payment_id": "PAY1", "amount_fen": 100,
                              "state": "refunded", "method": "wechat"}
-    f = make(RefundFlow, role="cashier", staff={"name": "收费员一"})
-    await f.handle("submit", {"payment_id": "PAY1", "amount_fen": 100, "reason": "退药"})
+    f = await refund_form(make, edge)
+    await f.handle("submit", {"amount": "8", "reason": "退药"})
+    assert f.state == "form" and f.error["code"] == "too_much"  # before the ID check
+    await f.handle("submit", {"amount": "1", "reason": "退药"})
     assert f.state == "id_check" and f.data["id_number"] == "310***********0022"
     assert edge.called("refund") == []  # nothing before the ID check
     await f.handle("id_checked", {})
     assert f.state == "done"
+    assert edge.called("refund") == [{"payment_id": "PAY1", "amount_fen": 100,
+                                      "reason": "退药"}]
     doc = edge.called("print")[0]
     assert doc["kind"] == "refund_receipt" and doc["data"]["method"] == "wechat"
 
 
-async def test_refund_refused(make, edge):
+async def test_refund_refused_says_what_to_do_at_the_desk(make, edge):
     edge.script["refund"] = err("rejected", 422, reason="refund_exceeds")
-    f = make(RefundFlow, role="cashier", staff={"name": "x"})
-    await f.handle("submit", {"payment_id": "PAY1", "amount_fen": 100, "reason": "r"})
+    f = await refund_form(make, edge)
+    await f.handle("submit", {"amount": "1", "reason": "r"})
     await f.handle("id_checked", {})
-    assert f.state == "error"
+    assert f.state == "error" and "可退金额" in f.error["todo_zh"]
     await f.handle("back", {})
     assert f.state == "form"
+
+
+async def test_refund_of_another_patients_payment_is_said_plainly(make, edge):
+    edge.script["refund"] = err("rejected", 422, reason="forbidden")
+    f = await refund_form(make, edge)
+    await f.handle("submit", {"amount": "1", "reason": "r"})
+    await f.handle("id_checked", {})
+    assert f.state == "error" and f.error["code"] == "not_this_patient"
+    assert "不属于当前读卡的患者" in f.error["message_zh"]
+    assert "another patient" in f.error["message"]
+    assert "读取" in f.error["todo_zh"] and "求助" not in f.error["todo_zh"]
+
+
+def test_the_desk_gets_staff_advice_not_patient_advice():
+    from kiosk.flows.base import advice
+
+    for exc in (err("platform_unavailable"), err("edge_timeout", 504), err("weird", 500),
+                err("rejected", 422, reason="insufficient_balance"), err("no_card", 409)):
+        desk, kiosk = advice(exc, "cashier"), advice(exc)
+        for said in (desk["todo"], desk["todo_zh"]):
+            assert "staff" not in said and "工作人员" not in said and "人工窗口" not in said
+        assert desk != kiosk
+    assert advice(err("weird", 500))["todo_zh"] == "请重试，或向工作人员求助。"  # a patient
+
+
+async def test_reprint_an_earlier_receipt_of_this_patient(make, edge):
+    from kiosk.flows.receipts import ReceiptsFlow
+
+    edge.script["payments"] = [[dict(PAID), {**PAID, "payment_id": "PAY9", "state": "declined"}]]
+    edge.script["reprint_payment"] = {"state": "printed", "job_id": "j", "copy": True}
+    f = make(ReceiptsFlow, role="cashier", staff={"name": "x"})
+    await f.start()
+    assert [p["payment_id"] for p in f.data["payments"]] == ["PAY1"]
+    await f.handle("reprint", {"payment_id": "PAY9"})  # typed, not a paid one of this patient
+    assert f.state == "list" and f.error["code"] == "not_this_patient"
+    assert edge.called("reprint_payment") == []
+    await f.handle("reprint", {"payment_id": "PAY1"})
+    assert f.state == "done" and edge.called("reprint_payment") == ["PAY1"]

@@ -142,6 +142,10 @@ async def test_create_unknown_forever_is_unresolved(make, edge):
     f = await to_scan(make)
     await f.on_scan(SCAN)
     assert f.state == "unresolved" and len(edge.called("pay")) == 1
+    # "show this page's payment number": there is one, the order number central knows it by
+    request_id = edge.called("pay")[0]["request_id"]
+    assert f.data["order_no"].replace(" ", "").lower() == request_id
+    assert all(len(g) == 4 for g in f.data["order_no"].split())
 
 
 @pytest.mark.parametrize("reason,zh", [("wallet_insufficient_funds", "钱包余额不足"),

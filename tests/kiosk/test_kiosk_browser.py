@@ -577,8 +577,7 @@ def test_cashier_settles_a_bill_with_a_payment_code(cashier, site, screens_dir):
     # 退费: the same payment, part of it, back to Alipay, after the ID check
     site.insert_card("cashier-001", as_card(row))
     pg.get_by_test_id("menu-refund").click(timeout=20_000)
-    pg.get_by_test_id("refund-payment").wait_for(timeout=10_000)
-    pg.get_by_test_id("refund-payment").fill(payment_id)
+    pg.get_by_test_id(f"payment-{payment_id}").click(timeout=20_000)  # the patient's own
     pg.get_by_test_id("refund-amount").fill("1.50")
     pg.get_by_test_id("refund-reason").fill("检查项目取消")
     tour(pg, screens_dir, "cashier-refund-form")

@@ -147,6 +147,9 @@ class CancelOut(_Response):
     booking_id: str
     status: Literal["cancelled"]
     refund_fen: int
+    refund_id: str | None = None
+    refund_method: str | None = None
+    balance_fen: int | None = None  # the prepaid balance after a refund to it
 
 
 # --- bills ----------------------------------------------------------------------------------
@@ -200,6 +203,26 @@ class PaymentOut(_Response):
     txn_id: str | None = None
     balance_fen: int | None = None
     reason: str | None = None
+
+
+class PaymentSummaryOut(_Response):
+    """A payment in a patient's list, with what was refunded and what still may be."""
+
+    payment_id: str
+    created_at: str
+    purpose: Literal["registration", "bills", "topup"]
+    method: PayMethod
+    amount_fen: int
+    refunded_fen: int
+    refundable_fen: int
+    state: PaymentState
+    txn_id: str | None = None
+
+
+class PaymentsOut(_Response):
+    """The ``pay.list`` result: newest first."""
+
+    payments: list[PaymentSummaryOut]
 
 
 class RefundRequest(_Request):
@@ -322,6 +345,9 @@ class PatientCreateRequest(_Request):
     balance_fen: int = Field(0, ge=0, le=100_000_000)
     insured: bool = True
     ehc_id: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    # Site-in-a-box: also give the patient unpaid bills, ready and pending lab reports and a
+    # paid booking of today to pick up, so every kiosk flow can be tried with the card.
+    demo_records: bool = False
 
     @field_validator("card_no")
     @classmethod

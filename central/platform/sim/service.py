@@ -42,6 +42,8 @@ from central.platform.sim.schemas import (
     PatientOut,
     PaymentCreateRequest,
     PaymentOut,
+    PaymentsOut,
+    PaymentSummaryOut,
     PrintedOut,
     RefundOut,
     RefundRequest,
@@ -57,7 +59,7 @@ from central.platform.sim.schemas import (
     StaffOut,
 )
 from central.platform.sim.security import hash_pin, mask_auth_code, verify_pin
-from central.platform.sim.seed import ensure_schedule, iso_utc, seed_database
+from central.platform.sim.seed import ensure_schedule, iso_utc, seed_database, seed_demo_records
 
 __all__ = ["Clock", "Outcome", "PlatformService"]
 
@@ -352,12 +354,14 @@ class PlatformService:
             raise business("too_late_to_cancel", "the session has started",
                            "就诊时段已开始，无法退号")
         refund = 0
+        refund_id = method = balance = None
         if b.status == "paid" and b.payment_id:
             pay = s.PaymentRow.get(s.PaymentRow.payment_id == b.payment_id)
-            refund = b.fee_fen
+            refund, method = b.fee_fen, pay.method
             if pay.method == "prepaid":
-                self._adjust_balance(b.patient_id, refund)
-            s.RefundRow.create(refund_id=f"RF{self.today():%Y%m%d}{self._next('refund'):05d}",
+                balance = self._adjust_balance(b.patient_id, refund)
+            refund_id = f"RF{self.today():%Y%m%d}{self._next('refund'):05d}"
+            s.RefundRow.create(refund_id=refund_id,
                                payment_id=pay.payment_id, amount_fen=refund,
                                reason="registration cancelled", created_at=iso_utc(self.now()))
             pay.refunded_fen += refund
@@ -370,7 +374,8 @@ class PlatformService:
         b.status = "cancelled"
         b.save()
         self._effect("reg.cancel")
-        return CancelOut(booking_id=b.booking_id, status="cancelled", refund_fen=refund)
+        return CancelOut(booking_id=b.booking_id, status="cancelled", refund_fen=refund,
+                         refund_id=refund_id, refund_method=method, balance_fen=balance)
 
     def _live_booking(self, booking_id: str) -> Any:
         b = self.s.BookingRow.get_or_none(self.s.BookingRow.booking_id == booking_id)
@@ -672,6 +677,24 @@ class PlatformService:
         # Returned, not raised: the closing row above must commit with the answer.
         return pay
 
+    def pay_list(self, patient_id: str) -> PaymentsOut:
+        """``pay.list``: a patient's payments, newest first, with refunded/refundable."""
+        s = self.s
+        self._patient(patient_id)
+        rows = (s.PaymentRow.select().where(s.PaymentRow.patient_id == patient_id)
+                .order_by(s.PaymentRow.created_at.desc(), s.PaymentRow.payment_id.desc())
+                .limit(200))
+        out = []
+        for row in rows:
+            pay = self._payment(row.payment_id)  # a wallet payment may resolve on reading
+            refundable = (pay.amount_fen - pay.refunded_fen
+                          if pay.state == "approved" and pay.purpose != "registration" else 0)
+            out.append(PaymentSummaryOut(
+                payment_id=pay.payment_id, created_at=pay.created_at, purpose=pay.purpose,
+                method=pay.method, amount_fen=pay.amount_fen, refunded_fen=pay.refunded_fen,
+                refundable_fen=refundable, state=pay.state, txn_id=pay.txn_id))
+        return PaymentsOut(payments=out)
+
     def pay_refund(self, payment_id: str, req: RefundRequest) -> RefundOut:
         """``pay.refund``: return money of an approved bills or top-up payment."""
         pay = self._payment(payment_id)
@@ -841,8 +864,38 @@ class PlatformService:
                      ehc_id=ehc_id.lower(), name=req.name, sex=req.sex,
                      birth_date=req.birth_date.isoformat(), phone=req.phone,
                      balance_fen=req.balance_fen, insured=req.insured)
+        if req.demo_records:
+            seed_demo_records(self.s, seed=self.settings.seed, patient_id=p.patient_id,
+                              sex=p.sex, now=self.now(), zone=self.zone)
+            self._demo_booking(p)
         return AdminPatientOut(patient=self._patient_out(p), ehc_id=p.ehc_id,
                                ehc_qr_static=f"{p.ehc_id}:1")
+
+    def _demo_booking(self, patient: Any) -> None:
+        """A prepaid booking of today's last session with room (预约取号 at the kiosk).
+
+        Taken in the last department of the list, so a patient trying registration from
+        the panel (who starts at the first department) does not meet it as "already booked".
+        """
+        s = self.s
+        ensure_schedule(s, self.settings.seed, self.today())
+        slot = (s.SlotRow.select().where((s.SlotRow.date == self.today().isoformat())
+                                         & (s.SlotRow.booked < s.SlotRow.capacity))
+                .order_by(s.SlotRow.dept_code.desc(), s.SlotRow.start.desc()).first())
+        if slot is None:
+            return
+        s.SlotRow.update(booked=s.SlotRow.booked + 1,
+                         next_queue_no=s.SlotRow.next_queue_no + 1).where(
+            s.SlotRow.slot_id == slot.slot_id).execute()
+        booking_id = f"BK{self.today():%Y%m%d}{self._next('booking'):05d}"
+        payment_id = self._new_payment_row(patient.patient_id, "registration", [booking_id],
+                                           slot.fee_fen, "prepaid", state="approved").payment_id
+        s.BookingRow.create(
+            booking_id=booking_id,
+            visit_no=f"{self.today():%Y%m%d}{self._next('visit'):06d}",
+            patient_id=patient.patient_id, slot_id=slot.slot_id, queue_no=slot.next_queue_no,
+            pay_method="prepaid", insured=False, fee_fen=slot.fee_fen, insurance_fen=0,
+            status="paid", payment_id=payment_id, created_at=iso_utc(self.now()))
 
     def admin_hotlist(self, req: HotlistUpdateRequest) -> HotlistUpdateOut:
         """Add or remove a card; a no-op change does not bump the version."""

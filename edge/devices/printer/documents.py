@@ -15,6 +15,7 @@ from typing import ClassVar, Literal, TypeAlias
 from edge.devices.printer.errors import InvalidDocument
 
 __all__ = [
+    "CancellationSlip",
     "ClosingLine",
     "ClosingReport",
     "Document",
@@ -25,6 +26,7 @@ __all__ = [
     "ReceiptItem",
     "RefundReceipt",
     "RegistrationSlip",
+    "ShiftReport",
     "TestPage",
     "TopUpReceipt",
 ]
@@ -49,6 +51,16 @@ def _check(doc: object) -> None:
             raise InvalidDocument(kind, f.name, "must be text")
         elif f.type == "datetime" and not isinstance(value, datetime):
             raise InvalidDocument(kind, f.name, "must be a datetime")
+
+
+def _cash(kind: str, due: int, tendered: int | None, change: int | None) -> None:
+    """Tendered and change come together, and add up: tendered - change = amount due."""
+    if tendered is None and change is None:
+        return
+    if tendered is None or change is None:
+        raise InvalidDocument(kind, "tendered_fen", "tendered and change go together")
+    if change < 0 or tendered - change != due:
+        raise InvalidDocument(kind, "change_fen", "tendered minus change is not the amount")
 
 
 def _non_negative(kind: str, name: str, value: int) -> None:
@@ -145,6 +157,9 @@ class PaymentReceipt:
     dept_name: str = ""
     operator: str = ""
     copy: bool = False
+    #: Cash at a desk: what was handed over (实收) and given back (找零); None elsewhere.
+    tendered_fen: int | None = None
+    change_fen: int | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -158,6 +173,7 @@ class PaymentReceipt:
             raise InvalidDocument(self.kind, "total_fen", "is not the sum of the item amounts")
         _method(self.kind, self.method)
         _non_empty(self.kind, "txn_id", self.txn_id)
+        _cash(self.kind, self.total_fen, self.tendered_fen, self.change_fen)
 
 
 @dataclass(frozen=True)
@@ -172,18 +188,23 @@ class TopUpReceipt:
     amount_fen: int
     method: PayMethod
     txn_id: str
-    balance_after_fen: int
+    balance_after_fen: int | None  # None on a copy rebuilt later (the balance has moved on)
     printed_at: datetime
     operator: str = ""
     copy: bool = False
+    tendered_fen: int | None = None  # cash at a desk: 实收
+    change_fen: int | None = None  # cash at a desk: 找零
+    payment_id: str = ""
 
     def __post_init__(self) -> None:
         _check(self)
         if self.amount_fen <= 0:
             raise InvalidDocument(self.kind, "amount_fen", "must be positive")
-        _non_negative(self.kind, "balance_after_fen", self.balance_after_fen)
+        if self.balance_after_fen is not None:
+            _non_negative(self.kind, "balance_after_fen", self.balance_after_fen)
         _method(self.kind, self.method)
         _non_empty(self.kind, "txn_id", self.txn_id)
+        _cash(self.kind, self.amount_fen, self.tendered_fen, self.change_fen)
 
 
 @dataclass(frozen=True)
@@ -212,6 +233,40 @@ class RefundReceipt:
         _method(self.kind, self.method)
         _non_empty(self.kind, "refund_id", self.refund_id)
         _non_empty(self.kind, "payment_id", self.payment_id)
+
+
+@dataclass(frozen=True)
+class CancellationSlip:
+    """退号凭条: a registration given back, and where its fee went (if it was paid)."""
+
+    kind: ClassVar[str] = "cancellation_slip"
+
+    hospital_name: str
+    patient_name: str
+    card_no: str
+    booking_id: str
+    dept_name: str
+    doctor_name: str
+    date: str
+    start: str
+    end: str
+    queue_no: int
+    refund_fen: int
+    printed_at: datetime
+    method: PayMethod | None = None  # None: nothing was paid, nothing refunded
+    refund_id: str = ""
+    balance_after_fen: int | None = None
+    copy: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self)
+        if self.refund_fen < 0:
+            raise InvalidDocument(self.kind, "refund_fen", "must not be negative")
+        if self.refund_fen > 0:
+            if self.method is None:
+                raise InvalidDocument(self.kind, "method", "a refund needs its method")
+            _method(self.kind, self.method)
+        _non_empty(self.kind, "booking_id", self.booking_id)
 
 
 @dataclass(frozen=True)
@@ -322,6 +377,13 @@ class ClosingReport:
 
 
 @dataclass(frozen=True)
+class ShiftReport(ClosingReport):
+    """交班报表: one cashier's takings since sign-in or the desk's last handover."""
+
+    kind: ClassVar[str] = "shift_report"
+
+
+@dataclass(frozen=True)
 class TestPage:
     """打印测试页 sent by a technician's remote command or at installation."""
 
@@ -345,7 +407,9 @@ Document: TypeAlias = (
     | PaymentReceipt
     | TopUpReceipt
     | RefundReceipt
+    | CancellationSlip
     | LabReport
     | ClosingReport
+    | ShiftReport
     | TestPage
 )

@@ -91,6 +91,10 @@ class JobRecord:
     reprinted: bool
     created_at: str
     updated_at: str
+    # Bytes of it reached the printer at least once: something (maybe all of it) may be on
+    # paper, so any later print of it is a copy. A job refused before a byte was sent (paper
+    # out, cover open) has nothing on paper: its first print is the original.
+    sent: bool = False
 
 
 class _JobStore:
@@ -106,6 +110,9 @@ class _JobStore:
                 reason TEXT, copy INTEGER NOT NULL, reprinted INTEGER NOT NULL DEFAULT 0,
                 data BLOB, copy_data BLOB, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"""
         )
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(print_jobs)")}
+        if "sent" not in cols:  # a store from before the column: nothing known as sent
+            self._db.execute("ALTER TABLE print_jobs ADD COLUMN sent INTEGER NOT NULL DEFAULT 0")
 
     def _now(self) -> str:
         return self._clock().isoformat()
@@ -122,7 +129,8 @@ class _JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT job_id, doc_kind, state, reason, copy, reprinted, created_at, updated_at"
+                "SELECT job_id, doc_kind, state, reason, copy, reprinted, created_at, updated_at,"
+                " sent"
                 " FROM print_jobs WHERE job_id = ?",
                 (job_id,),
             ).fetchone()
@@ -134,6 +142,7 @@ class _JobStore:
             job_id=str(row[0]), doc_kind=str(row[1]), state=row[2],  # type: ignore[arg-type]
             reason=row[3] if row[3] is None else str(row[3]), copy=bool(row[4]),
             reprinted=bool(row[5]), created_at=str(row[6]), updated_at=str(row[7]),
+            sent=bool(row[8]),
         )
 
     def payload(self, job_id: str, copy: bool) -> bytes | None:
@@ -159,20 +168,34 @@ class _JobStore:
                     (job_id,),
                 )
 
+    def mark_sent(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE print_jobs SET sent = 1 WHERE job_id = ?", (job_id,))
+
     def claim_reprint(self, job_id: str) -> bool:
+        # A copy only if something of it may be on paper already (``sent``).
         with self._lock:
             cur = self._db.execute(
-                "UPDATE print_jobs SET reprinted = 1, state = 'pending', copy = 1,"
+                "UPDATE print_jobs SET reprinted = 1, state = 'pending', copy = MAX(copy, sent),"
                 " updated_at = ? WHERE job_id = ? AND state = 'failed' AND reprinted = 0"
                 " AND copy_data IS NOT NULL",
                 (self._now(), job_id),
             )
             return cur.rowcount == 1
 
+    def release_reprint(self, job_id: str) -> None:
+        # The reprint failed before a byte reached the printer: nothing is on paper, so it
+        # was not spent (the patient may try again once the paper is in).
+        with self._lock:
+            self._db.execute(
+                "UPDATE print_jobs SET reprinted = 0 WHERE job_id = ? AND state = 'failed'"
+                " AND sent = 0", (job_id,))
+
     def unfinished(self) -> list[JobRecord]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT job_id, doc_kind, state, reason, copy, reprinted, created_at, updated_at"
+                "SELECT job_id, doc_kind, state, reason, copy, reprinted, created_at, updated_at,"
+                " sent"
                 " FROM print_jobs WHERE state IN ('pending', 'printing') ORDER BY created_at"
             ).fetchall()
         return [self._record(r) for r in rows]
@@ -258,14 +281,22 @@ class PrinterService:
         return await self._run(job_id, as_copy=False)
 
     async def reprint(self, job_id: str) -> PrintOutcome:
-        """Print a failed job once more, marked as a copy; PrinterJobFailed if not allowed."""
+        """Print a failed job once more; PrinterJobFailed if not allowed.
+
+        It is marked as a copy only when an earlier attempt sent bytes to the printer (an
+        original may be on paper); a job that never reached the paper prints as the original.
+        """
         record = self._store.get(job_id)
         if record is None:
             raise PrinterJobFailed(job_id, "unknown_job")
         if not self._store.claim_reprint(job_id):
             why = "already_reprinted" if record.reprinted else f"not_reprintable_{record.state}"
             raise PrinterJobFailed(job_id, why)
-        return await self._run(job_id, as_copy=True)
+        outcome = await self._run(job_id, as_copy=record.copy or record.sent)
+        if outcome.state == "failed":
+            self._store.release_reprint(job_id)
+            outcome = self._outcome(self._store.get(job_id) or record)
+        return outcome
 
     def pending_jobs(self) -> list[JobRecord]:
         """Jobs stored but not finished (pending, or interrupted while printing)."""
@@ -328,6 +359,7 @@ class PrinterService:
         except PrinterError as exc:
             return self._finish(job_id, "failed", exc.reason)
         try:
+            self._store.mark_sent(job_id)
             if not transport.bidirectional:
                 transport.write(data)
                 transport.close()  # a CUPS job is submitted on close

@@ -145,6 +145,11 @@ async def test_every_operation_round_trips(asgi: tuple[ReferenceAdapter, httpx.A
     rev = await adapter.call("pay.reverse", {"payment_id": other["payment_id"]},
                              idempotency_key=k())
     assert rev["state"] == "reversed"
+    paid_list = await adapter.call("pay.list", {"patient_id": p["patient_id"]},
+                                   idempotency_key=k())
+    mine = {x["payment_id"]: x for x in paid_list["payments"]}
+    assert mine[top["payment_id"]]["refundable_fen"] == 300
+    assert mine[paid["payment_id"]]["refundable_fen"] == 0  # a fee goes back by reg.cancel
     assert "bills" in await adapter.call("bill.list", {"patient_id": p["patient_id"]},
                                          idempotency_key=k())
     reports = []

@@ -218,7 +218,8 @@ def test_prepaid_booking_pays_and_cancel_refunds(client: TestClient) -> None:
     assert ident.json()["balance_fen"] == 100
     c = client.post(f"{API}/bookings/{r.json()['booking_id']}/cancel", headers=key())
     assert c.json() == {"booking_id": r.json()["booking_id"], "status": "cancelled",
-                        "refund_fen": slot["fee_fen"]}
+                        "refund_fen": slot["fee_fen"], "refund_id": c.json()["refund_id"],
+                        "refund_method": "prepaid", "balance_fen": slot["fee_fen"] + 100}
     ident = client.post(f"{API}/patients/identify", json={"by": "card",
                                                           "value": "320100999900000001"})
     assert ident.json()["balance_fen"] == slot["fee_fen"] + 100
@@ -420,6 +421,27 @@ def test_refund_of_a_topup_and_its_limits(client: TestClient) -> None:
     assert stats(client)["pay.refund"] == 1
 
 
+def test_a_patients_payments_are_listed_with_what_may_still_be_refunded(
+        client: TestClient) -> None:
+    pid = new_patient(client)["patient"]["patient_id"]
+    other = client.get("/admin/patients").json()[0]["patient"]["patient_id"]
+    first = pay(client, patient_id=pid, purpose="topup", refs=[], amount_fen=10000,
+                method="cash").json()
+    second = pay(client, patient_id=pid, purpose="topup", refs=[], amount_fen=2000,
+                 method="wechat", auth_code="104567890123456781").json()
+    pay(client, patient_id=other, purpose="topup", refs=[], amount_fen=500, method="cash")
+    client.post(f"{API}/payments/{first['payment_id']}/refunds",
+                json={"amount_fen": 2500, "reason": "x"}, headers=key())
+    listed = client.get(f"{API}/payments", params={"patient_id": pid}).json()["payments"]
+    assert [p["payment_id"] for p in listed] == [second["payment_id"], first["payment_id"]]
+    assert listed[1] | {"created_at": "-"} == {
+        "payment_id": first["payment_id"], "created_at": "-", "purpose": "topup",
+        "method": "cash", "amount_fen": 10000, "refunded_fen": 2500, "refundable_fen": 7500,
+        "state": "approved", "txn_id": listed[1]["txn_id"]}
+    assert listed[1]["created_at"].endswith("Z")
+    assert client.get(f"{API}/payments", params={"patient_id": "NOPE"}).status_code == 404
+
+
 def test_payment_validation_errors(client: TestClient) -> None:
     pid = new_patient(client)["patient"]["patient_id"]
     cases = [
@@ -526,6 +548,7 @@ def test_openapi_lists_every_operation_with_tags(client: TestClient) -> None:
     op_ids = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
     assert {"patient_identify", "reg_slots", "reg_book", "reg_cancel", "reg_bookings",
             "reg_departments", "bill_list", "pay_create", "pay_status", "pay_reverse",
-            "pay_refund", "report_list", "report_fetch", "report_printed", "hotlist_delta",
+            "pay_refund", "pay_list", "report_list", "report_fetch", "report_printed",
+            "hotlist_delta",
             "staff_login"} <= op_ids
     assert {t["name"] for t in spec["tags"]} >= {"patients", "payments", "admin"}

@@ -152,6 +152,12 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"payment_id": "PAY1", "amount_fen": 5000, "reason": "患者取消"},
         {"refund_id": "R1", "payment_id": "PAY1", "amount_fen": 5000, "state": "refunded"},
     ),
+    "pay.list": (
+        {"patient_id": "pr_x7Yq"},
+        {"payments": [{"payment_id": "PAY1", "created_at": "2026-11-22T01:30:00.000Z",
+                       "purpose": "topup", "method": "cash", "amount_fen": 10000,
+                       "refunded_fen": 2000, "refundable_fen": 8000, "state": "approved"}]},
+    ),
     "report.list": (
         {"specimen_barcode": "2405010001"},
         {
@@ -329,6 +335,8 @@ BAD_REQUESTS = [
     ("pay.refund", ("reason",), "a" * 257),
     ("pay.refund", ("reason",), "line\nbreak"),
     ("pay.refund", ("reason",), "\x1b@ESC/POS"),
+    ("pay.list", ("patient_id",), ""),
+    ("pay.list", ("extra",), 1),
     ("report.list", ("patient_id",), "P0001"),  # both given
     ("report.list", ("specimen_barcode",), ...),  # neither given
     ("hotlist.delta", ("since_version",), -1),

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 
 from central.platform.sim.api.runner import ERRORS, IdempotencyKey, OpRunner
 from central.platform.sim.schemas import (
     PaymentCreateRequest,
     PaymentOut,
+    PaymentsOut,
     RefundOut,
     RefundRequest,
 )
@@ -34,6 +35,11 @@ def build_router(runner: OpRunner) -> APIRouter:
             fingerprint["auth_code"] = hashlib.sha256(req.auth_code.encode()).hexdigest()
         return await runner.run("pay.create", lambda: svc.pay_create(req), key=key,
                                 fingerprint=fingerprint)
+
+    @router.get("", response_model=PaymentsOut, operation_id="pay_list")
+    async def payments(patient_id: Annotated[str, Query(min_length=1, max_length=32)]) -> object:
+        """List a patient's payments, newest first, with refunded and refundable amounts."""
+        return await runner.run("pay.list", lambda: svc.pay_list(patient_id))
 
     @router.get("/{payment_id}", response_model=PaymentOut, operation_id="pay_status")
     async def status(payment_id: PaymentId) -> object:

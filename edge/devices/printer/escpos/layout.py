@@ -13,12 +13,14 @@ from typing import Literal
 
 from edge.common.privacy import mask_card_number, mask_id_number, mask_name
 from edge.devices.printer.documents import (
+    CancellationSlip,
     ClosingReport,
     Document,
     LabReport,
     PaymentReceipt,
     RefundReceipt,
     RegistrationSlip,
+    ShiftReport,
     TestPage,
     TopUpReceipt,
 )
@@ -229,6 +231,7 @@ def _payment(doc: PaymentReceipt, page: _Page) -> None:
     page.rule()
     page.amount(f"合计（{len(doc.items)}项）", format_fen(doc.total_fen), big=True)
     page.kv("支付方式", METHOD_ZH[doc.method])
+    _cash_lines(doc.tendered_fen, doc.change_fen, page)
     page.kv("交易流水", doc.txn_id)
     if doc.payment_id:
         page.kv("支付单号", doc.payment_id)
@@ -243,6 +246,13 @@ def _payment(doc: PaymentReceipt, page: _Page) -> None:
     )
 
 
+def _cash_lines(tendered_fen: int | None, change_fen: int | None, page: _Page) -> None:
+    """Cash at a desk: 实收 and 找零, so the patient can check the change on paper."""
+    if tendered_fen is not None and change_fen is not None:
+        page.kv("实    收", format_fen(tendered_fen))
+        page.kv("找    零", format_fen(change_fen))
+
+
 def _topup(doc: TopUpReceipt, page: _Page) -> None:
     page.header(doc.hospital_name, "预交金充值凭条", doc.copy)
     page.kv("患者姓名", mask_name(doc.patient_name))
@@ -250,8 +260,12 @@ def _topup(doc: TopUpReceipt, page: _Page) -> None:
     page.rule()
     page.amount("充值金额", format_fen(doc.amount_fen), big=True)
     page.kv("支付方式", METHOD_ZH[doc.method])
+    _cash_lines(doc.tendered_fen, doc.change_fen, page)
     page.kv("交易流水", doc.txn_id)
-    page.kv("账户余额", format_fen(doc.balance_after_fen), bold=True)
+    if doc.payment_id:
+        page.kv("支付单号", doc.payment_id)
+    if doc.balance_after_fen is not None:
+        page.kv("账户余额", format_fen(doc.balance_after_fen), bold=True)
     if doc.operator:
         page.kv("操 作 员", doc.operator)
     page.footer(
@@ -259,6 +273,31 @@ def _topup(doc: TopUpReceipt, page: _Page) -> None:
         ["预交金可用于门诊挂号及缴费，未用余额可凭身份证件到人工窗口办理退费。"],
         doc.copy,
     )
+
+
+def _cancellation(doc: CancellationSlip, page: _Page) -> None:
+    page.header(doc.hospital_name, "退号凭条", doc.copy)
+    page.kv("患者姓名", mask_name(doc.patient_name))
+    page.kv("就诊卡号", mask_card_number(doc.card_no))
+    page.rule()
+    page.kv("挂号单号", doc.booking_id)
+    page.kv("就诊科室", doc.dept_name, bold=True)
+    page.kv("就诊医生", doc.doctor_name)
+    page.kv("就诊时段", f"{doc.date} {doc.start}-{doc.end}")
+    page.kv("就诊序号", f"{doc.queue_no}号（已作废）")
+    page.kv("办理状态", "已退号", bold=True)
+    page.rule()
+    page.amount("退款金额", format_fen(doc.refund_fen), big=True)
+    if doc.method is not None:
+        page.kv("退回方式", METHOD_ZH[doc.method])
+    if doc.refund_id:
+        page.kv("退费单号", doc.refund_id)
+    if doc.balance_after_fen is not None:
+        page.kv("账户余额", format_fen(doc.balance_after_fen))
+    notes = ["本号源已释放，如需就诊请重新挂号。"]
+    if doc.method in ("wechat", "alipay"):
+        notes.append("退回微信/支付宝的款项预计1-7个工作日原路到账。")
+    page.footer(doc.printed_at, notes, doc.copy)
 
 
 def _refund(doc: RefundReceipt, page: _Page) -> None:
@@ -320,7 +359,8 @@ def _lab(doc: LabReport, page: _Page) -> None:
 
 
 def _closing(doc: ClosingReport, page: _Page) -> None:
-    page.header(doc.hospital_name, "收费员日结报表", doc.copy)
+    title = "收费员交班报表" if isinstance(doc, ShiftReport) else "收费员日结报表"
+    page.header(doc.hospital_name, title, doc.copy)
     page.kv("终端编号", doc.terminal_id)
     page.kv("收 费 员", doc.cashier)
     page.kv("开始时间", _ts(doc.period_start))
@@ -391,8 +431,10 @@ _LAYOUTS: dict[type, Callable[[object, _Page], None]] = {
     PaymentReceipt: _payment,  # type: ignore[dict-item]
     TopUpReceipt: _topup,  # type: ignore[dict-item]
     RefundReceipt: _refund,  # type: ignore[dict-item]
+    CancellationSlip: _cancellation,  # type: ignore[dict-item]
     LabReport: _lab,  # type: ignore[dict-item]
     ClosingReport: _closing,  # type: ignore[dict-item]
+    ShiftReport: _closing,  # type: ignore[dict-item]
     TestPage: _test_page,  # type: ignore[dict-item]
 }
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 
 import pytest
 
 from edge.devices.printer.documents import (
+    CancellationSlip,
     ClosingLine,
     ClosingReport,
     Document,
@@ -17,6 +19,7 @@ from edge.devices.printer.documents import (
     ReceiptItem,
     RefundReceipt,
     RegistrationSlip,
+    ShiftReport,
     TestPage,
     TopUpReceipt,
 )
@@ -63,12 +66,35 @@ def topup() -> TopUpReceipt:
     )
 
 
+def cash_payment() -> PaymentReceipt:
+    """A bill paid in cash at a desk: tendered (实收) and change (找零) on paper."""
+    return dataclasses.replace(payment(), method="cash", balance_after_fen=None,
+                               operator="收费员 王芳", tendered_fen=10000, change_fen=1450)
+
+
+def cash_topup() -> TopUpReceipt:
+    """A top-up in cash at a desk."""
+    return dataclasses.replace(topup(), method="cash", operator="收费员 王芳",
+                               txn_id="P20240520000046", payment_id="P20240520000046",
+                               tendered_fen=50000, change_fen=0)
+
+
 def refund() -> RefundReceipt:
     """A refund receipt."""
     return RefundReceipt(
         hospital_name=HOSPITAL, patient_name=NAME, card_no=CARD, refund_id="R20240520000007",
         payment_id="P20240520000045", amount_fen=3000, method="alipay",
         reason="检查项目取消", printed_at=AT, operator="收费员 王芳",
+    )
+
+
+def cancellation() -> CancellationSlip:
+    """A cancellation (退号) slip: the fee went back to the prepaid balance."""
+    return CancellationSlip(
+        hospital_name=HOSPITAL, patient_name=NAME, card_no=CARD, booking_id="B20240520000031",
+        dept_name="心血管内科", doctor_name="李建国", date="2024-05-21", start="09:00",
+        end="09:30", queue_no=12, refund_fen=5000, method="prepaid",
+        refund_id="RF2024052000003", balance_after_fen=96450, printed_at=AT,
     )
 
 
@@ -107,6 +133,19 @@ def closing() -> ClosingReport:
     )
 
 
+def shift() -> ShiftReport:
+    """A cashier's shift handover (交班) report: one cashier, since sign-in."""
+    return ShiftReport(
+        hospital_name=HOSPITAL, terminal_id="CASH-01", cashier="王芳 (S0231)",
+        period_start=datetime(2024, 5, 20, 7, 30), period_end=datetime(2024, 5, 20, 12, 0),
+        lines=(
+            ClosingLine("cash", 9, 61200, 2, 100000, 1, 3000),
+            ClosingLine("wechat", 14, 170450, 4, 120000, 0, 0),
+        ),
+        printed_at=datetime(2024, 5, 20, 12, 0, 40),
+    )
+
+
 def test_page() -> TestPage:
     """A test page."""
     return TestPage(device_id="KIOSK-BJ01-003", version="0.1.0", printed_at=AT)
@@ -117,8 +156,12 @@ ALL = {
     "payment": payment,
     "topup": topup,
     "refund": refund,
+    "cancellation": cancellation,
     "lab_report": lab,
     "closing_report": closing,
+    "cash_payment": cash_payment,
+    "cash_topup": cash_topup,
+    "shift_report": shift,
     "test_page": test_page,
 }
 

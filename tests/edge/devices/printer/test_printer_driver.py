@@ -138,7 +138,28 @@ async def test_printer_driver_jobs_survive_a_restart(samples: Samples, tmp_path:
     assert b"COPY" in mem.written and svc.pending_jobs() == []
     assert svc.job("lab-1").state == "failed"  # type: ignore[union-attr]
     again = await svc.reprint("lab-1")
-    assert again.state == "printed" and again.copy
+    # it never reached the printer (switched off): its first print is the original
+    assert again.state == "printed" and not again.copy
+    await svc.close()
+
+
+async def test_reprint_is_a_copy_only_after_bytes_reached_the_printer(
+    samples: Samples, tmp_path: Path
+) -> None:
+    mem = MemoryTransport()
+    mem.fail_open = True
+    svc = memory_service(tmp_path, mem)
+    assert (await svc.print(samples["lab_report"](), job_id="off")).state == "failed"
+    # a reprint that fails again before a byte is sent is not spent
+    assert (await svc.reprint("off")).state == "failed"
+    assert not svc.job("off").reprinted  # type: ignore[union-attr]
+    mem.fail_open = False
+    assert not (await svc.reprint("off")).copy
+    # a job that was sent (the crash-resumed kind) is a copy on any later print
+    svc._store.add("sent-1", "test_page", b"\x1b@X\n", b"\x1b@COPY\n", False)
+    svc._store.mark_sent("sent-1")
+    svc._store.set_state("sent-1", "failed", "paper_out")
+    assert (await svc.reprint("sent-1")).copy
     await svc.close()
 
 

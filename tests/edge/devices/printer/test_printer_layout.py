@@ -21,7 +21,8 @@ from edge.devices.printer.escpos.text import display_width
 from edge.devices.printer.sim.decoder import decode
 
 FIXTURES = Path(__file__).parent / "fixtures"
-KINDS = ["closing_report", "lab_report", "payment", "refund", "slip", "test_page", "topup"]
+KINDS = ["cancellation", "cash_payment", "cash_topup", "closing_report", "lab_report",
+         "payment", "refund", "shift_report", "slip", "test_page", "topup"]
 NAME = "张三丰"
 ID_NUMBER = "110105199001011234"
 Samples = dict[str, Callable[[], Document]]
