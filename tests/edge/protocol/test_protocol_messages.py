@@ -207,7 +207,8 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "staff.login": (
         {"badge": "S1001", "pin": "123456"},
         {"staff_id": "S1001", "name": "刘洋", "role": "cashier",
-         "session_token": "Zb3kLq9x_Vt2-Jd8Pw4mNc7RhY5sFe1a", "expires_at": "2024-05-01T20:30:00.000Z"},
+         "session_token": "Zb3kLq9x_Vt2-Jd8Pw4mNc7RhY5sFe1a",
+         "expires_at": "2024-05-01T20:30:00.000Z"},
     ),
     "staff.logout": ({}, {"ended": True}),
     "staff.session": ({}, {"staff_id": "S1001", "name": "刘洋",
