@@ -54,6 +54,21 @@ _CARD_DESK = {"todo": "Please take your card and go to a staffed counter.",
               "todo_zh": "请取出卡片，到人工窗口办理。"}
 _CARD_ERROR_TODO = {code: _CARD_DESK for code in
                     ("card_blocked", "card_auth_blocked", "card_expired")}
+# At a cashier desk the same faults, as staff act on them.
+_DESK_CARD_RETRY = {"todo": "Take the card out and read it again; if it fails again, look the "
+                            "patient up by ID document.",
+                    "todo_zh": "请取出卡片重新读卡；如仍失败，请凭有效身份证件查询患者。"}
+_DESK_CARD_TODO = {
+    "card_blocked": {"todo": "This card is reported lost: check the patient's ID document and "
+                             "follow the lost-card procedure.",
+                     "todo_zh": "该卡已挂失：请核对患者有效身份证件，按挂失流程办理。"},
+    "card_auth_blocked": {"todo": "The card is locked: check the patient's ID document; the "
+                                  "card needs re-issuing.",
+                          "todo_zh": "卡片已锁定：请核对患者身份证件，需补办新卡。"},
+    "card_expired": {"todo": "The card has expired: check the patient's ID document; the card "
+                             "needs renewing.",
+                     "todo_zh": "卡片已过有效期：请核对患者身份证件，需换发新卡。"},
+}
 
 
 class Screen:
@@ -258,7 +273,11 @@ class Screen:
         elif kind == "card.error":
             self._wipe("error" if self._serving() else self.screen)
             err = data.get("error") or {}
-            self.error = {**err, **_CARD_ERROR_TODO.get(str(err.get("code")), _CARD_RETRY)}
+            if self.role == "cashier":
+                todo = _DESK_CARD_TODO.get(str(err.get("code")), _DESK_CARD_RETRY)
+            else:
+                todo = _CARD_ERROR_TODO.get(str(err.get("code")), _CARD_RETRY)
+            self.error = {**err, **todo}
             self.changed()
         elif kind in ("card.removed", "session.ended"):
             if self._detached is None:

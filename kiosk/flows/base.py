@@ -116,6 +116,8 @@ class Flow:
         if not self.can(target):
             raise IllegalTransition(self.name, self.state, target)
         self.state = target
+        if error is not None and self.ctx.role == "cashier":
+            error = desk_wording(error)
         self.error = error
         self.data.update(data)
         self.history.append(target)
@@ -221,6 +223,41 @@ _DESK_REASON_ADVICE: dict[str, tuple[str, str]] = {
     "use_cancel": ("A registration fee goes back by cancelling the registration (退号).",
                    "挂号费请通过退号办理退款。"),
 }
+#: The flows' own outcomes (by ``error.code``) as a cashier is told them: what to do at the
+#: desk, not the patient's "go to a staffed counter".
+_DESK_TODO: dict[str, tuple[str, str]] = {
+    "declined": ("Nothing was charged: take another method, or ask the patient to check "
+                 "their wallet.", "未扣款：请改用其他支付方式，或请患者核对付款账户。"),
+    "unresolved": ("Do not take the money again. Note the order number; the terminal keeps "
+                   "asking for the outcome and the dashboard lists it until it is known — "
+                   "then reprint by payment number.",
+                   "请勿重复收费。请记下支付订单号；终端会继续查询结果，监控台在确认前持续列出，"
+                   "确认后可按支付单号补打。"),
+    "print_failed": ("Fix the printer, then tap 'Reprint' (no second charge).",
+                     "请处理打印机后点击“补打凭条”（不会重复收费）。"),
+    "slip_later": ("Read the patient's card again and reprint by payment number (no second "
+                   "charge).", "请重新读取患者健康卡，按支付单号补打（不会重复收费）。"),
+    "paper_out": ("Load paper before taking the payment, or take it and reprint after.",
+                  "请先装纸再收费，或收费后装纸补打。"),
+    "cover_open": ("Close the printer cover before taking the payment.",
+                   "请先合上打印机上盖再收费。"),
+    "offline": ("Check the printer's power and cable; the receipt can be reprinted later.",
+                "请检查打印机电源和连线；凭条可稍后补打。"),
+    "printer_error": ("Check the printer; the receipt can be reprinted later.",
+                      "请检查打印机；凭条可稍后补打。"),
+    "printer_unknown": ("Check the printer; the receipt can be reprinted later.",
+                        "请检查打印机；凭条可稍后补打。"),
+}
+
+
+def desk_wording(error: dict[str, Any]) -> dict[str, Any]:
+    """``error`` with its advice for a cashier where the flows wrote it for a patient."""
+    todo = _DESK_TODO.get(str(error.get("code", "")))
+    if todo is None:
+        return error
+    return {**error, "todo": todo[0], "todo_zh": todo[1]}
+
+
 _DESK_DEFAULT = ("Check the details and try again; if it fails again, call the duty "
                  "supervisor or IT.", "请核对后重试；如仍失败，请联系值班主管或信息科。")
 

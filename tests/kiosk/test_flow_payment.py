@@ -249,3 +249,20 @@ def test_decline_text_says_why_in_both_languages_and_that_nothing_was_charged():
     assert t["message"].endswith("You were not charged.") and "reversed" in t["message"]
     unknown = decline_text({"state": "declined", "reason": "something_new"})
     assert unknown["message_zh"] == "支付未成功。未扣款。" and unknown["reason"] == "something_new"
+
+
+async def test_a_desk_is_told_what_to_do_at_the_desk_not_sent_to_a_counter(make, edge):
+    """The same decline, at a kiosk and at a desk: the patient is sent to a staffed
+    counter; the cashier *is* the counter, and is told what to do there."""
+    for role, expect, never in (("kiosk", "人工窗口", "请改用其他支付方式"),
+                                ("cashier", "请改用其他支付方式", "人工窗口")):
+        edge.script["pay"] = pay_result("declined", method="wechat",
+                                        reason="wallet_insufficient_funds")
+        f = make(TopupFlow, role=role)
+        await f.start()
+        await f.handle("amount", {"amount_fen": 20000})
+        await f.handle("method", {"method": "code"})
+        await f.on_scan(SCAN)
+        assert f.state == "declined", (role, f.state)
+        assert expect in f.error["todo_zh"] and never not in f.error["todo_zh"], role
+        assert "staffed counter" not in f.error["todo"] or role == "kiosk"
