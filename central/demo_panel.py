@@ -35,7 +35,7 @@ class PaperIn(BaseModel):
 
 def create_panel(site: Any) -> FastAPI:
     """Build the panel app for a running ``central.demo.Site``."""
-    from central.demo import CARD_VARIANTS, DEMO_PATIENTS
+    from central.demo_data import CARD_VARIANTS, DEMO_PATIENTS
 
     app = FastAPI(title="Yikatong simulated hardware", docs_url=None, redoc_url=None)
 

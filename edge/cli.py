@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from edge.common.config import ConfigError
+from edge.version import installed_version
 
 __all__ = ["build_parser", "main"]
 
@@ -141,7 +142,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Yikatong (一卡通): health-card kiosks and cashier terminals, their "
         "device daemon, UI, central MQTT service and technician tools.",
     )
-    parser.add_argument("--version", action="version", version=f"ykt {_version()}")
+    parser.add_argument("--version", action="version", version=f"ykt {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, add in zip(_NAMES, _COMMANDS, strict=True):
         if only is None or only == name:
@@ -149,15 +150,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=_SHORT_HELP[name])
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("yikatong")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 _SHORT_HELP = {

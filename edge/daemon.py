@@ -18,6 +18,7 @@ from edge.common.logging import setup_logging
 from edge.common.systemd import notify, watchdog_enabled, watchdog_loop
 from edge.config import EdgeConfig
 from edge.runtime import EdgeRuntime
+from edge.version import installed_version
 
 log = logging.getLogger("edge.daemon")
 
@@ -47,11 +48,6 @@ def main(args: argparse.Namespace) -> int:
     asyncio.run(run(cfg, token))
     return 0
 
-
-def _version() -> str:
-    from edge.cli import _version as v
-
-    return v()
 
 
 async def _pump_cards(cards: Any, runtime: EdgeRuntime,
@@ -125,7 +121,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
 
     cfg.device.data_dir.mkdir(parents=True, exist_ok=True)
     clock = SystemClock()
-    uplink = Uplink(cfg.uplink, cfg.device.id, role=cfg.device.role, version=_version())
+    uplink = Uplink(cfg.uplink, cfg.device.id, role=cfg.device.role, version=installed_version())
     printer = PrinterService(cfg.printer, store_path=cfg.device.data_dir / "print-jobs.db")
     hotlist = HotList(cfg.card.hotlist_path)
     cards = CardService(cfg.card, hotlist)
