@@ -41,6 +41,7 @@ from pydantic import Field
 from central.staff import StaffSessions, ThrottleState
 from central.store import Store
 from edge.common.config import StrictModel
+from edge.common.errors import LocalizedError
 from edge.common.privacy import mask_card_number, mask_id_number, mask_name
 from edge.protocol.envelope import Envelope, format_ts
 from edge.protocol.messages import CENTRAL_REQUESTS, ErrorCode
@@ -83,16 +84,13 @@ class AuthzSettings(StrictModel):
     desk_identify_per_minute: int = Field(default=120, ge=1, le=10_000)
 
 
-class Denied(Exception):
+class Denied(LocalizedError):
     """A request refused by policy; ``code`` is the reply's error code."""
 
     def __init__(self, code: ErrorCode, reason: str, message: str, message_zh: str,
                  *, retryable: bool = False, action: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, message_zh, reason=reason)
         self.code = code
-        self.reason = reason
-        self.message = message
-        self.message_zh = message_zh
         self.retryable = retryable
         #: The audit action; by default derived from ``code``.
         self.action = action or {

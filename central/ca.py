@@ -35,20 +35,19 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from central.tlsgen import general_name
+from central.tlsgen import server_certificate
+from edge.common.errors import LocalizedError
 from edge.protocol.topics import is_valid_device_id
 
 __all__ = ["CaError", "FleetCA", "Issued"]
 
 
-class CaError(Exception):
-    """A certificate request was refused, or the CA's files are unusable."""
+class CaError(LocalizedError):
+    """A certificate request was refused, or the CA's files are unusable (``code`` says why)."""
 
     def __init__(self, code: str, message: str, message_zh: str) -> None:
-        super().__init__(message)
+        super().__init__(message, message_zh, reason=code)
         self.code = code
-        self.message = message
-        self.message_zh = message_zh
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,22 +248,8 @@ class FleetCA:
         if not hosts:
             raise CaError("bad_hosts", "a server certificate needs a host", "缺少服务器地址")
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(hosts[0])).issuer_name(self.issuing.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([general_name(h) for h in hosts]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self._issuing_key.public_key()), critical=False)
-            .sign(self._issuing_key, hashes.SHA256())
-        )
+        cert = server_certificate(self.issuing.subject, self._issuing_key, key.public_key(),
+                                  hosts, now=now, days=days, subject=_name(hosts[0]))
         return self._remember(cert, f"server:{hosts[0]}"), _key_pem(key)
 
     def _remember(self, cert: x509.Certificate, subject: str) -> Issued:

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["BrokerTlsFiles", "CertificateAuthority", "general_name", "write_broker_tls"]
+__all__ = ["BrokerTlsFiles", "CertificateAuthority", "general_name", "server_certificate",
+           "write_broker_tls"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,28 @@ def general_name(host: str) -> x509.GeneralName:
         return x509.IPAddress(ipaddress.ip_address(host))
     except ValueError:
         return x509.DNSName(host)
+
+
+def server_certificate(issuer: x509.Name, issuer_key: ec.EllipticCurvePrivateKey,
+                       public_key: ec.EllipticCurvePublicKey, hosts: Sequence[str], *,
+                       now: datetime, days: int, subject: x509.Name) -> x509.Certificate:
+    """A TLS server certificate for ``hosts`` (subjectAltName), signed by ``issuer_key``."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName([general_name(h) for h in hosts]),
+                       critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer_key.public_key()), critical=False)
+        .sign(issuer_key, hashes.SHA256())
+    )
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -84,22 +107,8 @@ class CertificateAuthority:
         if not hosts:
             raise ValueError("a server certificate needs at least one host name or address")
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name(common_name or hosts[0])).issuer_name(self.name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([general_name(h) for h in hosts]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self.key.public_key()), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
+        cert = server_certificate(self.name, self.key, key.public_key(), hosts, now=now,
+                                  days=days, subject=_name(common_name or hosts[0]))
         return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
