@@ -378,7 +378,8 @@ class Forwarder:
             self.stats["resent"] += 1
             reply = begin.reply
             hooks = self._hooks
-            if reply is not None and hooks is not None and hasattr(hooks, "refresh_reply"):
+            if (reply is not None and env.type == "pay.create" and hooks is not None
+                    and hasattr(hooks, "refresh_reply")):
                 # A payment answered "pending"/"unknown" may have ended since: a resend of
                 # its request gets the outcome as central knows it now (payments.py).
                 old = reply

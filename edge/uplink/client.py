@@ -178,8 +178,11 @@ class Uplink:
         self._pump_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = True
-        # Ids asked again by the follow-up (see _follow_up) and not settled yet.
+        # Ids asked again by the follow-up (see _follow_up) and not settled yet, with when
+        # to ask next and the current wait (doubling: an outcome that takes long is not
+        # asked for every round).
         self._following: set[str] = set()
+        self._follow_next: dict[str, tuple[float, float]] = {}
         #: Told when a followed-up request gets its final answer after its caller gave up:
         #: ``(type, id, result or None, error or None)`` (e.g. the runtime books a payment
         #: that turned out approved into its ledger and prints nothing yet).
@@ -525,17 +528,25 @@ class Uplink:
         effect) until the answer is final. Entries older than the outbox's give-up window
         are left to staff (central lists them).
         """
+        interval = self.config.follow_up_interval_s
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self.config.follow_up_interval_s)
+            await asyncio.sleep(interval)
             try:
-                now = self._clock()
+                now, t = self._clock(), loop.time()
                 since = now - timedelta(seconds=self.outbox.give_up_after_exp_s)
-                ids = self.outbox.unsettled(MUTATING_TYPES, since)
-                for req_id in ids:
+                asked = 0
+                for req_id in self.outbox.unsettled(MUTATING_TYPES, since):
+                    at, wait = self._follow_next.get(req_id, (t, interval / 2))
+                    if at > t:
+                        continue
                     if self.outbox.reopen(req_id, now) is not None:
                         self._following.add(req_id)
-                if ids:
-                    log.info("asking again for %d unsettled request(s)", len(ids))
+                        self._follow_next[req_id] = (t + min(wait * 2, 300.0),
+                                                     min(wait * 2, 300.0))
+                        asked += 1
+                if asked:
+                    log.info("asking again for %d unsettled request(s)", asked)
                     self._kick()
             except Exception:  # one bad round must not end the follow-up
                 log.exception("follow-up round failed")
@@ -545,6 +556,7 @@ class Uplink:
         if entry is None or _unsettled(entry):
             return  # still not final: the next round asks again
         self._following.discard(req_id)
+        self._follow_next.pop(req_id, None)
         result: dict[str, Any] | None = None
         error: UplinkError | None = None
         try:
@@ -618,6 +630,8 @@ class Uplink:
         if session is None or not session.connected:
             return "idle"
         batch = min(limit, session.free_slots)
+        if batch <= 0 and session.give_up_unacked(max(30.0, 3 * self.config.keepalive)):
+            batch = min(limit, session.free_slots)
         if batch <= 0:
             return "blocked"
         due = self.outbox.due(now, batch)

@@ -37,6 +37,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -200,6 +201,7 @@ class MqttSession:
         self._connected = False  # asyncio-side view
         self._connected_event: asyncio.Event | None = None
         self._acks: dict[int, asyncio.Future[None]] = {}
+        self._ack_since: dict[int, float] = {}  # mid -> monotonic time it was handed over
         self._attempt = 0  # network-thread only
 
         if self._v5:
@@ -299,7 +301,27 @@ class MqttSession:
             # Registered before the PUBACK can be handled: _ack arrives via call_soon_threadsafe
             # and so runs only after this synchronous method has returned.
             self._acks[info.mid] = fut
+            self._ack_since[info.mid] = time.monotonic()
         return fut
+
+    def give_up_unacked(self, max_age_s: float) -> int:
+        """Fail the waits for PUBACKs older than ``max_age_s``; returns how many.
+
+        On a live connection a PUBACK takes milliseconds. One that never comes (paho dropped
+        the message in a reconnect race, say) would hold its in-flight slot for as long as
+        the connection lives, and enough of them stop the outbox pump for good. The outbox
+        resends what matters, so a slot is never worth more than that.
+        """
+        cutoff = time.monotonic() - max_age_s
+        stale = [mid for mid, t in self._ack_since.items() if t < cutoff]
+        for mid in stale:
+            self._ack_since.pop(mid, None)
+            fut = self._acks.pop(mid, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NotConnected(f"no PUBACK within {max_age_s:.0f} s"))
+        if stale:
+            log.warning("gave up waiting for %d PUBACK(s); the outbox resends", len(stale))
+        return len(stale)
 
     async def publish(
         self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
@@ -345,6 +367,7 @@ class MqttSession:
             self._connected_event.clear()
         # Whatever waited for a PUBACK on the old connection will not get it from us.
         acks, self._acks = self._acks, {}
+        self._ack_since.clear()
         for fut in acks.values():
             if not fut.done():
                 fut.set_exception(NotConnected("connection lost before PUBACK"))
@@ -354,6 +377,7 @@ class MqttSession:
     def _ack(self, mid: int) -> None:
         # Unknown mids are QoS 0 publishes (paho reports those too) or the birth: ignored.
         fut = self._acks.pop(mid, None)
+        self._ack_since.pop(mid, None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 

@@ -20,7 +20,7 @@ from edge.protocol.envelope import decode
 from edge.protocol.messages import parse_state
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
-from edge.uplink.errors import PlatformUnavailable, Rejected, UplinkClosed
+from edge.uplink.errors import PlatformUnavailable, Rejected, UplinkClosed, UplinkError
 from edge.uplink.session import (
     InboundMessage,
     MqttSession,
@@ -318,3 +318,20 @@ async def test_after_a_reconnect_each_pending_request_goes_out_once_money_first(
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await up.stop()
+
+
+async def test_a_puback_that_never_comes_does_not_hold_a_slot_forever() -> None:
+    """A lost PUBACK (paho dropped the message in a reconnect race) would keep its in-flight
+    slot for the connection's life; enough of them would stop the outbox pump for good."""
+    import time as _time
+
+    s = MqttSession("kiosk-901", host="127.0.0.1", port=1, max_inflight=2)
+    loop = asyncio.get_running_loop()
+    old, fresh = loop.create_future(), loop.create_future()
+    s._acks.update({1: old, 2: fresh})
+    s._ack_since.update({1: _time.monotonic() - 60, 2: _time.monotonic()})
+    assert s.free_slots == 0
+    assert s.give_up_unacked(30) == 1
+    assert s.free_slots == 1 and old.done() and not fresh.done()
+    with pytest.raises(UplinkError):
+        old.result()
