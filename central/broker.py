@@ -4,12 +4,12 @@ By default (single site) ``ykt central`` runs a real Mosquitto with a generated 
 renderers are pure (tested against golden text); :class:`Mosquitto` is the only part that
 does I/O (files, a child process, signals).
 
-Why these limits (DESIGN.md, "Delivery rules"): Mosquitto's default ``max_queued_messages
+Why these limits (docs/architecture.md, "Delivery rules"): Mosquitto's default ``max_queued_messages
 1000`` silently drops QoS 1 messages queued for a slow subscriber (a 5,000-message burst
 arrived as 1,493), so central's broker raises it far above any burst a site produces. The
 outbox still ends only on the application reply, so a drop costs a retry, never a request.
 
-Why ``use_username_as_clientid`` (DESIGN.md, "Security and privacy"): MQTT lets a client pick
+Why ``use_username_as_clientid`` (docs/security.md): MQTT lets a client pick
 any client id, and a second connection with an id disconnects the first. Without the binding
 any device with its own valid password could connect as ``cashier-001`` or as central's
 forwarder and knock the real one off, over and over. With it the broker replaces the client

@@ -1,10 +1,10 @@
 """The lost-card hot list on central: poll the platform, announce the version to the fleet.
 
-Flow (DESIGN.md "Lost cards"; docs/protocol.md §7): :class:`HotlistSync` asks the platform's
-``hotlist.delta`` every ``interval_s`` (since the version it last saw), keeps the current
-version in central's database, and publishes the retained ``hotlist.notice {version}`` on
-``ykt/v1/fleet/hotlist`` (QoS 1) when the version changes. Devices that hold an older list
-ask ``hotlist.delta`` themselves through the forwarder and keep a local copy.
+Flow (docs/healthcard.md "Lost cards"; docs/protocol.md §7): :class:`HotlistSync` asks the
+platform's ``hotlist.delta`` every ``interval_s`` (since the version it last saw), keeps the
+current version in central's database, and publishes the retained ``hotlist.notice
+{version}`` on ``ykt/v1/fleet/hotlist`` (QoS 1) when the version changes. Devices that hold
+an older list ask ``hotlist.delta`` themselves through the forwarder and keep a local copy.
 
 Why the notice is re-published on every (re)connect of the publisher: Mosquitto keeps
 retained messages only as durably as its autosave, so a broker that was killed may come back

@@ -1,4 +1,6 @@
-"""Payments whose outcome is not final, and their resolution (DESIGN.md "Delivery rules").
+"""Payments whose outcome is not final, and their resolution.
+
+See docs/architecture.md, "Delivery rules".
 
 States::
 

@@ -106,7 +106,7 @@ class Screen:
         # screen then waits on "take your card" until it is out. A QR session has none.
         self._card_in = False
         # A flow whose card left while money or paper moved runs on to its outcome
-        # (DESIGN.md "Money"); card events wait until then.
+        # (docs/architecture.md "Delivery rules"); card events wait until then.
         self._detached: Flow | None = None
         self._card_back = False  # a card went in while a detached flow was finishing
         self._moved = asyncio.Event()  # set on every change: wakes the detached watcher

@@ -1,6 +1,6 @@
 """The device's uplink: requests through the durable outbox, replies matched by ``corr``.
 
-Delivery (DESIGN.md "Delivery rules"):
+Delivery (docs/architecture.md "Delivery rules"):
 
 * :meth:`Uplink.request` writes the envelope to the outbox (fsynced) **before** publishing;
   the entry ends only on the application reply (``down/resp`` with ``corr`` = id), never on

@@ -52,7 +52,7 @@ class Edge(Protocol):
 
 @dataclass(frozen=True)
 class Timing:
-    """Payment confirmation timing (HEALTHCARD.md: query every few seconds, ~30 s, reverse)."""
+    """Payment confirmation timing (docs/healthcard.md: query every few seconds, ~30 s, reverse)."""
 
     poll_interval_s: float = 2.0
     confirm_window_s: float = 30.0

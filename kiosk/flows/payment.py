@@ -1,11 +1,11 @@
 """Taking money, shared by registration, pick-up, bills and top-up.
 
-Rules (DESIGN.md "Money"): the printer is checked before money is taken; a payment whose
-outcome is unknown is never retried and never shown as paid — it is polled with
-``pay.status`` for ``confirm_window_s`` while the screen says "payment being confirmed — do
-not pay again", then reversed; if even that cannot be settled, the screen says so and staff
-resolve it from the dashboard. Every attempt has one idempotency key, made here, so a retry
-by the uplink can never charge twice.
+Rules (docs/architecture.md, "Delivery rules"): the printer is checked before money is
+taken; a payment whose outcome is unknown is never retried and never shown as paid — it is
+polled with ``pay.status`` for ``confirm_window_s`` while the screen says "payment being
+confirmed — do not pay again", then reversed; if even that cannot be settled, the screen
+says so and staff resolve it from the dashboard. Every attempt has one idempotency key, made
+here, so a retry by the uplink can never charge twice.
 """
 
 from __future__ import annotations

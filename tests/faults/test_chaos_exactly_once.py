@@ -1,4 +1,6 @@
-"""The acceptance test of exactly-once delivery under faults (DESIGN.md "Delivery rules").
+"""The acceptance test of exactly-once delivery under faults.
+
+See docs/architecture.md, "Delivery rules".
 
 1,000 mixed requests — bookings (prepaid/cash/later), payments (prepaid, cash and WeChat/
 Alipay codes including ones that go pending/unknown/declined), report.printed and lookups —

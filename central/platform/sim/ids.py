@@ -21,7 +21,7 @@ _WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _CHECK = "10X98765432"
 _ID17 = re.compile(r"^\d{17}$")
 
-#: WeChat Pay payment code: 18 digits starting 10–15 (HEALTHCARD.md).
+#: WeChat Pay payment code: 18 digits starting 10–15 (docs/healthcard.md).
 WECHAT_CODE = re.compile(r"^1[0-5]\d{16}$")
 #: Alipay payment code: 16–24 digits starting 25–30.
 ALIPAY_CODE = re.compile(r"^(?:2[5-9]|30)\d{14,22}$")

@@ -1043,7 +1043,7 @@ class CardSession:
     def _sm_write(self, spec: FileSpec, cmd_for: Callable[[bytes], A.Command],
                   plain: bytes) -> None:
         """EXTERNAL AUTHENTICATE with the file's update key, then encrypt + MAC through the
-        SAM under that key and send (HEALTHCARD.md: the update key is needed before writing).
+        SAM under that key and send (docs/healthcard.md: the update key is needed before writing).
         """
         factor = self._factor()
         sam = self._need_sam()

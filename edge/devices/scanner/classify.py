@@ -37,7 +37,7 @@ DEFAULT_MAX_LENGTH = 512
 
 _EHC_STATIC = re.compile(r"([0-9A-Fa-f]{64}):1")
 _EHC_DYNAMIC = re.compile(r"([0-9A-Fa-f]{64}):0:([0-9A-Fa-f]{32})")
-# HEALTHCARD.md: WeChat Pay 18 digits starting 10-15; Alipay 16-24 digits starting 25-30.
+# docs/healthcard.md: WeChat Pay 18 digits starting 10-15; Alipay 16-24 digits starting 25-30.
 # [0-9], not \d: \d also matches fullwidth and other Unicode digits no wallet issues.
 _WECHAT = re.compile(r"1[0-5][0-9]{16}")
 _ALIPAY = re.compile(r"(?:2[5-9]|30)[0-9]{14,22}")

@@ -1,6 +1,6 @@
 """Command APDU builders and response parsing for the health card and its SAM.
 
-Layouts from HEALTHCARD.md "Commands seen in public implementations" and "The terminal's
+Layouts from docs/healthcard.md "Commands seen in public implementations" and "The terminal's
 SAM". SFI forms (P2 = SFI<<3 | mode) are ISO 7816-4 and used only when the card profile
 allows them.
 """
@@ -35,7 +35,7 @@ __all__ = [
     "verify_pin_status",
 ]
 
-#: Le per tag for READ RECORD of DDF1/EF05 (HEALTHCARD.md: "Le for tags 01,02,03,04,05,06,
+#: Le per tag for READ RECORD of DDF1/EF05 (docs/healthcard.md: "Le for tags 01,02,03,04,05,06,
 #: 08,09,0A,39 = 03,06,20,0D,B6,06,14,05,0C,05") — element length + 2.
 DDF1_EF05_LE: dict[int, int] = {
     0x01: 0x03, 0x02: 0x06, 0x03: 0x20, 0x04: 0x0D, 0x05: 0xB6,
@@ -238,7 +238,7 @@ SAM_DIVERSIFY_LOAD, SAM_DIVERSIFY_CRYPTOGRAM = 0x00, 0x01
 def sam_diversify_cryptogram(key_ref: int, factor: bytes, challenge: bytes) -> Command:
     """SAM ``80 DE 01 <key> 18 <factor ‖ challenge> 00``: diversify and compute in one go.
 
-    HEALTHCARD.md describes 80DE data as "card number ‖ city factor ‖ random": this form
+    docs/healthcard.md describes 80DE data as "card number ‖ city factor ‖ random": this form
     sends the random with the factors and gets the 16-byte cryptogram back (61 10 + 00C0
     on a T=0 SAM), saving the separate 80FA. The key stays loaded for later 80FA calls.
     """

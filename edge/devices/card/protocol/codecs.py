@@ -1,6 +1,6 @@
 """Element codings of the health card (CN, AN, B) and the record TLV, both directions.
 
-HEALTHCARD.md "Codings": CN = BCD digits left-aligned, F-padded (strip from the first F);
+docs/healthcard.md "Codings": CN = BCD digits left-aligned, F-padded (strip from the first F);
 AN = text padded with 00, Chinese in GB 2312/GBK, decoded as GB18030 (a superset);
 B = raw bytes. Each record is ``tag(1) len(1) value``.
 """

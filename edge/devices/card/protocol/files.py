@@ -1,6 +1,6 @@
 """The whole file map of the Resident Health Card, as data.
 
-Every row cites HEALTHCARD.md ("Physical card" table and "Data elements"). Record files
+Every row cites docs/healthcard.md ("The card (physical card)" and "Data elements"). Record files
 hold one ``tag len value`` element per record, in the order listed (record n = n-th
 element), so the record size is the element length + 2. Key references: read key 04
 (DDF1) / 84 (DFs); update keys 05 (DDF1), 85 (DF01), 86 (DF02), 87 (DF03).
@@ -23,7 +23,7 @@ __all__ = [
 
 
 class Coding(StrEnum):
-    """Element coding (HEALTHCARD.md "Codings")."""
+    """Element coding (docs/healthcard.md "Codings")."""
 
     CN = "CN"
     AN = "AN"
@@ -104,11 +104,11 @@ def _e(tag: int, name: str, zh: str, coding: Coding, length: int) -> ElementSpec
 
 CN, AN, B = Coding.CN, Coding.AN, Coding.B
 
-#: DF file identifiers (selected by FID, no AID select — HEALTHCARD.md "Physical card").
+#: DF file identifiers (selected by FID, no AID select — docs/healthcard.md, "The card").
 ADF_FIDS: dict[str, int] = {"DDF1": 0xDDF1, "DF01": 0xDF01, "DF02": 0xDF02, "DF03": 0xDF03}
 
 _FILES: tuple[FileSpec, ...] = (
-    # DDF1/EF05 issuer data, free read (HEALTHCARD.md "DDF1/EF05: 1→01 … 10→39").
+    # DDF1/EF05 issuer data, free read (docs/healthcard.md "DDF1/EF05: 1→01 … 10→39").
     FileSpec("DDF1", 0xEF05, FileKind.RECORDS, "issuer data", "发卡机构基本数据", None, 0x05, (
         _e(0x01, "card_type", "卡类别", AN, 1),
         _e(0x02, "spec_version", "规范版本", AN, 4),
@@ -210,11 +210,11 @@ _FILES: tuple[FileSpec, ...] = (
 #: All files by path, e.g. ``FILES["DDF1/EF06"]``.
 FILES: dict[str, FileSpec] = {f.path: f for f in _FILES}
 
-# Allergy/immunisation record layouts (HEALTHCARD.md "DF02/EF07", "DF02/EF08").
+# Allergy/immunisation record layouts (docs/healthcard.md "DF02/EF07", "DF02/EF08").
 ALLERGY_SUBSTANCE_LEN, ALLERGY_REACTION_LEN = 20, 100
 IMMUNISATION_NAME_LEN, IMMUNISATION_DATE_LEN = 20, 4
 
-# Medical record layout (HEALTHCARD.md "DF03"): data, then a 64-byte and a 190-byte block
+# Medical record layout (docs/healthcard.md "DF03"): data, then a 64-byte and a 190-byte block
 # (likely signature and SAM certificate — *unsure*, so kept as opaque bytes).
 INPATIENT_LAYOUT = (1639, 64, 190)
 OUTPATIENT_LAYOUT = (3013, 64, 190)

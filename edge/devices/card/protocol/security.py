@@ -1,6 +1,6 @@
 """Authentication and secure-messaging scheme shared by the terminal, the SAM and the card.
 
-HEALTHCARD.md marks the 17-byte EXTERNAL AUTHENTICATE layout and the diversification
+docs/healthcard.md marks the 17-byte EXTERNAL AUTHENTICATE layout and the diversification
 factors *unsure*, so they are parameters of ``AuthScheme`` (frozen data). One coherent
 scheme is implemented end to end:
 

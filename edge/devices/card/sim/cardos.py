@@ -445,7 +445,7 @@ class HealthCardSim:
             return _sw(0x6981)
         if (spec.df, spec.update_key) not in self._granted:
             # The MAC alone is not enough: the update key must have been presented with
-            # EXTERNAL AUTHENTICATE first (HEALTHCARD.md, "Needed … before writing").
+            # EXTERNAL AUTHENTICATE first (docs/healthcard.md, "Needed … before writing").
             return _sw(0x6982)
         if c.cla == 0x04:
             try:

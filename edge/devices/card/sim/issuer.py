@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["KEY_REFS", "IssuerKeys"]
 
-#: Key references (HEALTHCARD.md): read 04 (DDF1) / 84 (DFs); update 05, 85, 86, 87.
+#: Key references (docs/healthcard.md): read 04 (DDF1) / 84 (DFs); update 05, 85, 86, 87.
 KEY_REFS = (0x04, 0x05, 0x84, 0x85, 0x86, 0x87)
 
 

@@ -49,8 +49,9 @@ METHOD_ZH = {
 }
 _SEX_ZH = {"M": "男", "F": "女", "U": "未知"}
 _LABEL_W = 10  # "就诊日期：" — every label is padded to this many columns
-# A reprint must be told from the original at a glance (DESIGN.md: "a reprint is marked as
-# a copy"), hence big and at the top, and again in the footer where it says what it is.
+# A reprint must be told from the original at a glance (docs/architecture.md: "a second
+# print of the same document is a marked copy"), hence big and at the top, and again in the
+# footer where it says what it is.
 _COPY_MARK = "副本 / COPY"
 _COPY_NOTE = ("本凭条为副本，仅供参考", "This is a copy")  # one line each: fits 58 mm paper
 
