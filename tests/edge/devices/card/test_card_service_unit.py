@@ -60,7 +60,7 @@ async def start_service(tmp_path: Path, cards: dict[str, Any], pin: str = "12345
     pin_file.write_text(pin)
     config = CardConfig(patient_reader="*00 00", sam_reader="*00 01", sam_pin_file=pin_file,
                         hotlist_path=tmp_path / "hot.sqlite", state_dir=tmp_path / "state",
-                        timeouts={"apdu_s": 0.2, "operation_s": 2.0})  # type: ignore[arg-type]
+                        timeouts={"apdu_s": 0.6, "operation_s": 3.0})  # type: ignore[arg-type]
     svc = CardService(config, HotList(config.hotlist_path), clock=lambda: dt.date(2026, 1, 1),
                       transport_factory=lambda r: InProcessTransport(cards[r], r, 0.2),
                       watcher_factory=ScriptedWatcher)
@@ -128,7 +128,9 @@ async def test_result_of_a_removed_card_is_dropped(rig: dict[str, Any]) -> None:
 
 
 async def test_slow_card_times_out(rig: dict[str, Any]) -> None:
-    card = HealthCardSim.from_holder(faults=Faults(delay_s=0.3))
+    # Well past apdu_s, which itself leaves room for a loaded CI machine (an in-memory APDU
+    # once took longer than a 0.2 s limit there).
+    card = HealthCardSim.from_holder(faults=Faults(delay_s=1.0))
     rig["cards"][PATIENT] = card
     rig["w"].emit(W.CardInserted(PATIENT, card.atr))
     events = await collect(rig["svc"], 2)
