@@ -730,7 +730,9 @@ class EdgeRuntime:
         staff = self._require_staff()
         await self._call("staff.session", {}, 10)
         report = self._shift(staff)
-        job_id = f"shift-{report.printed_at:%Y%m%d%H%M%S}"
+        # Unique per handover: two within one second must not look like one job to the
+        # printer's job store (which prints a known job id only once).
+        job_id = f"shift-{report.printed_at:%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
         outcome = await self.printer.print(report, job_id=job_id, copy=False)
         await self._report_print(outcome, report.kind, False)
         if outcome.state != "printed":

@@ -220,6 +220,9 @@ def test_reprint_an_earlier_receipt_and_hand_over_the_shift(desk, site, screens_
     login(pg, "S1001")
     before = len(printer.jobs)
     pg.get_by_test_id("handover").click(timeout=10_000)
-    pg.get_by_test_id("handover-confirm").click()
+    # As above: confirm only once the summary of this (empty) shift is on screen.
+    pg.get_by_test_id("shift-net").wait_for(timeout=10_000)
+    assert pg.get_by_test_id("shift-net").inner_text() == "¥0.00"
+    pg.get_by_test_id("handover-confirm").click(timeout=10_000)
     assert "200.00" not in jobs_text(site, before + 1)
     pg.get_by_test_id("login").wait_for(timeout=20_000)
