@@ -37,9 +37,9 @@ class Procs:
         self.all: list[subprocess.Popen[bytes]] = []
 
     def ykt(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        """Start ``python -m edge.cli *args`` with its output in ``{logdir}/{name}.log``."""
+        """Start ``python -m yikatong.cli *args`` with its output in ``{logdir}/{name}.log``."""
         with open(self.logdir / f"{name}.log", "ab") as out:
-            p = subprocess.Popen([sys.executable, "-m", "edge.cli", *args], stdout=out,
+            p = subprocess.Popen([sys.executable, "-m", "yikatong.cli", *args], stdout=out,
                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                                  start_new_session=True)
         self.all.append(p)

@@ -41,11 +41,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import Procs, machine, percentile, write_section
-from central.demo import free_port, secret_file, wait_http
-from central.demo import toml_text as toml
-from edge.protocol.envelope import encode
-from edge.protocol.messages import make_request
 from edge.uplink.outbox import Outbox
+from yikatong.protocol.envelope import encode
+from yikatong.protocol.messages import make_request
+from yikatong.site.demo import free_port, secret_file, wait_http
+from yikatong.site.demo import toml_text as toml
 
 DEPARTMENTS = {"departments": [{"code": "NK01", "name": "心血管内科", "name_en": "Cardiology",
                                 "location": "门诊楼3层东区"}]}
@@ -543,7 +543,7 @@ def findings(a: dict[str, Any], b: list[dict[str, Any]], c: dict[str, Any],
             "event-loop thread's request handling in paho's `publish` (a socket send per "
             "reply, a wake-up byte, and paho's message lock, which the network thread holds "
             "while it hands each PUBACK to asyncio); canonical JSON and validation in "
-            "`edge/protocol` are now a small share.")
+            "`yikatong/protocol` are now a small share.")
     return "\n".join(lines) + "\n"
 
 

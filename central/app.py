@@ -31,9 +31,9 @@ from central.registry import Registry
 from central.retention import Retention
 from central.staff import StaffSessions
 from central.store import open_store
-from edge.common.config import load_config, read_secret
-from edge.common.logging import setup_logging
-from edge.common.systemd import notify, watchdog_enabled, watchdog_loop
+from yikatong.common.config import load_config, read_secret
+from yikatong.common.logging import setup_logging
+from yikatong.common.systemd import notify, watchdog_enabled, watchdog_loop
 
 log = logging.getLogger("central.app")
 

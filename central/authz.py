@@ -40,11 +40,11 @@ from pydantic import Field
 
 from central.staff import StaffSessions, ThrottleState
 from central.store import Store
-from edge.common.config import StrictModel
-from edge.common.errors import LocalizedError
-from edge.common.privacy import mask_card_number, mask_id_number, mask_name
-from edge.protocol.envelope import Envelope, format_ts
-from edge.protocol.messages import CENTRAL_REQUESTS, ErrorCode
+from yikatong.common.config import StrictModel
+from yikatong.common.errors import LocalizedError
+from yikatong.common.privacy import mask_card_number, mask_id_number, mask_name
+from yikatong.protocol.envelope import Envelope, format_ts
+from yikatong.protocol.messages import CENTRAL_REQUESTS, ErrorCode
 
 __all__ = [
     "POLICY",

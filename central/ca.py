@@ -36,8 +36,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from central.tlsgen import server_certificate
-from edge.common.errors import LocalizedError
-from edge.protocol.topics import is_valid_device_id
+from yikatong.common.errors import LocalizedError
+from yikatong.protocol.topics import is_valid_device_id
 
 __all__ = ["CaError", "FleetCA", "Issued"]
 

@@ -12,7 +12,7 @@ from central.authz import AuthzSettings
 from central.platform.config import PlatformConfig
 from central.retention import PrivacySettings
 from central.staff import StaffSettings
-from edge.common.config import StrictModel, TimeZoneName
+from yikatong.common.config import StrictModel, TimeZoneName
 
 __all__ = ["BrokerSection", "BrokerTlsSection", "CentralConfig", "CentralSection",
            "DashboardSection", "ForwarderSection", "forwarder_client_id"]

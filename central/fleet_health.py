@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from edge.protocol.messages import PrinterStatus, Telemetry
+from yikatong.protocol.messages import PrinterStatus, Telemetry
 
 __all__ = ["Alarm", "DeviceHealth", "HealthThresholds", "derive_alarms", "merge"]
 

@@ -1,6 +1,6 @@
 """The forwarder: device requests from MQTT → dedup table → platform adapter → stored reply.
 
-One paho client (:class:`edge.uplink.session.MqttSession`: its thread hands messages to
+One paho client (:class:`yikatong.mqtt.session.MqttSession`: its thread hands messages to
 asyncio through ``call_soon_threadsafe``), a queue, and ``concurrency`` workers. Every
 message is checked in this order and never stops the forwarder, whatever it contains:
 
@@ -68,8 +68,10 @@ from central.platform.errors import (
     PlatformUnavailable,
 )
 from central.store import Store
-from edge.protocol import topics
-from edge.protocol.envelope import (
+from yikatong.mqtt.config import TlsConfig
+from yikatong.mqtt.session import InboundMessage, MqttSession
+from yikatong.protocol import topics
+from yikatong.protocol.envelope import (
     MAX_PAYLOAD_BYTES,
     Envelope,
     canonical_json,
@@ -80,16 +82,14 @@ from edge.protocol.envelope import (
     new_envelope,
     peek_id,
 )
-from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import (
+from yikatong.protocol.errors import ProtocolError
+from yikatong.protocol.messages import (
     ErrorCode,
     make_reply_error,
     make_reply_ok,
     parse_request,
     parse_state,
 )
-from edge.uplink.config import TlsConfig
-from edge.uplink.session import InboundMessage, MqttSession
 
 __all__ = ["Forwarder", "ForwarderSettings", "OutcomeObserver", "RequestHooks", "body_hash"]
 

@@ -34,12 +34,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central.platform.base import PlatformAdapter
 from central.platform.errors import PlatformError
 from central.store import Store
-from edge.protocol import topics
-from edge.protocol.envelope import encode, new_envelope
-from edge.protocol.messages import HOTLIST_NOTICE_TYPE, HotlistDelta, HotlistNotice
-from edge.protocol.signing import sign
-from edge.uplink.errors import UplinkError
-from edge.uplink.session import MqttSession
+from yikatong.mqtt.errors import UplinkError
+from yikatong.mqtt.session import MqttSession
+from yikatong.protocol import topics
+from yikatong.protocol.envelope import encode, new_envelope
+from yikatong.protocol.messages import HOTLIST_NOTICE_TYPE, HotlistDelta, HotlistNotice
+from yikatong.protocol.signing import sign
 
 __all__ = ["FLEET_DEV", "FleetPublisher", "HotlistSync", "NoticePublisher", "notice_payload"]
 

@@ -56,9 +56,9 @@ from central.platform.errors import (
     PlatformUnsupported,
 )
 from central.store import Store
-from edge.protocol.envelope import Envelope, decode, encode
-from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import make_reply_ok
+from yikatong.protocol.envelope import Envelope, decode, encode
+from yikatong.protocol.errors import ProtocolError
+from yikatong.protocol.messages import make_reply_ok
 
 __all__ = ["NEEDS_STAFF", "NOT_TAKEN", "OPEN_STATES", "PaymentError", "PaymentInfo", "Payments"]
 

@@ -32,7 +32,7 @@ from central.broker import (
     render_acl,
 )
 from central.store import DeviceInfo, Store
-from edge.protocol.topics import RESERVED_DEVICE_IDS, is_valid_device_id
+from yikatong.protocol.topics import RESERVED_DEVICE_IDS, is_valid_device_id
 
 __all__ = ["CENTRAL_USER", "Credentials", "Registry", "RegistryError"]
 

@@ -21,10 +21,10 @@ from pydantic import Field
 
 from central.authz import Guard
 from central.store import Store
-from edge.common.config import StrictModel
-from edge.protocol.envelope import decode, encode
-from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import ErrorCode, make_reply_error
+from yikatong.common.config import StrictModel
+from yikatong.protocol.envelope import decode, encode
+from yikatong.protocol.errors import ProtocolError
+from yikatong.protocol.messages import ErrorCode, make_reply_error
 
 __all__ = ["PERSONAL_REPLY_TYPES", "PrivacySettings", "Retention", "redact_reply"]
 

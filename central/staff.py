@@ -30,8 +30,8 @@ from typing import Any
 from pydantic import Field
 
 from central.store import Store
-from edge.common.config import StrictModel
-from edge.protocol.envelope import format_ts
+from yikatong.common.config import StrictModel
+from yikatong.protocol.envelope import format_ts
 
 __all__ = ["ALARM_FAILURES", "FREE_FAILURES", "Session", "StaffSessions", "StaffSettings",
            "ThrottleState"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import queue
@@ -36,6 +35,8 @@ from typing import Any, TypeVar
 import peewee as pw
 
 from central import fleet_health
+from yikatong.protocol.audit import GENESIS_HASH, audit_hash, audit_hash_text
+from yikatong.protocol.envelope import canonical_json, format_ts
 
 __all__ = [
     "AuditEntry",
@@ -46,7 +47,6 @@ __all__ = [
     "open_store",
 ]
 
-GENESIS_HASH = "0" * 64
 MAX_BATCH = 256  # operations per group commit
 TOUCH_FLUSH_S = 1.0  # last_seen is written at most this often
 DEVICE_CACHE_S = 5.0  # bounds how long another process's registry write goes unseen
@@ -130,28 +130,6 @@ class AuditEntry:
     detail: dict[str, Any]
     prev_hash: str
     hash: str
-
-
-def _audit_hash(  # noqa: PLR0917 - the hashed fields, in order
-    seq: int, ts: float, actor: str, action: str, detail: dict[str, Any], prev: str
-) -> str:
-    body = _canon(
-        {"seq": seq, "ts": round(ts, 6), "actor": actor, "action": action, "detail": detail}
-    )
-    return hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
-
-
-def _audit_hash_text(  # noqa: PLR0917 - the hashed fields, in order
-    seq: int, ts: float, actor: str, action: str, detail_text: str, prev: str
-) -> str:
-    """:func:`_audit_hash` with the detail already in canonical JSON (one encoding, not two)."""
-    def s(v: str) -> str:
-        return json.dumps(v, ensure_ascii=False)
-
-    # Byte-identical to _canon of the same dict: keys in sorted order, no spaces.
-    body = (f'{{"action":{s(action)},"actor":{s(actor)},"detail":{detail_text},'
-            f'"seq":{seq},"ts":{json.dumps(round(ts, 6))}}}')
-    return hashlib.sha256(prev.encode() + b"\n" + body.encode()).hexdigest()
 
 
 def _flat(detail: dict[str, Any]) -> bool:
@@ -630,15 +608,17 @@ class Store:
         self, now: datetime, actor: str, action: str, detail: dict[str, Any]
     ) -> AuditEntry:
         # Called inside a write transaction (the lock is held): one INSERT in the usual case.
-        t = round(_ts(now), 6)
+        # Milliseconds, like every wire timestamp: the hash covers format_ts of this value.
+        t = round(_ts(now), 3)
         if not _flat(detail):
-            detail = json.loads(_canon(detail))  # JSON-normalise so the hash is reproducible
-        text = _canon(detail).decode()
+            detail = json.loads(_canon(detail))  # JSON-normalise (str keys): reproducible hash
+        text = canonical_json(detail).decode()
+        ts_text = format_ts(_dt(t) or now)
         for _ in range(5):
             if self._head is None:
                 self._head = self._read_head()
             seq, prev = self._head[0] + 1, self._head[1]
-            h = _audit_hash_text(seq, t, actor, action, text, prev)
+            h = audit_hash_text(seq, ts_text, actor, action, text, prev)
             try:
                 self._raw().execute(_SQL_AUDIT, (seq, t, actor, action, text, prev, h))
             except sqlite3.IntegrityError:
@@ -687,7 +667,8 @@ class Store:
             if (
                 r.seq != expected
                 or r.prev_hash != prev
-                or _audit_hash(r.seq, r.ts, r.actor, r.action, detail, prev) != r.hash
+                or audit_hash(r.seq, format_ts(_dt(r.ts) or datetime.now(UTC)), r.actor, r.action,
+                              detail, prev) != r.hash
             ):
                 return False, r.seq
             prev = r.hash
@@ -702,9 +683,7 @@ class Store:
 
     def _add_device_audit(self, dev: str, body: dict[str, Any], now: datetime) -> str:
         """Inside a write transaction: idempotent by (dev, seq); a bad record is flagged."""
-        from edge.fleet.audit import GENESIS_HASH as DEV_GENESIS
-        from edge.fleet.audit import audit_hash
-        from edge.protocol.messages import AuditRecord
+        from yikatong.protocol.messages import AuditRecord
 
         try:
             r = AuditRecord.model_validate(body)
@@ -726,7 +705,7 @@ class Store:
                 r.seq, r.ts, r.actor, r.action, detail, r.prev_hash) != r.hash:
             status = "bad_hash"
         elif r.seq == 1:
-            status = "ok" if r.prev_hash == DEV_GENESIS else "broken_link"
+            status = "ok" if r.prev_hash == GENESIS_HASH else "broken_link"
         else:
             prev = db.execute("SELECT hash FROM deviceaudit WHERE dev = ? AND seq = ?",
                               (dev, r.seq - 1)).fetchone()

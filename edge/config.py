@@ -8,11 +8,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from edge.common.config import StrictModel, TimeZoneName
 from edge.devices.card.config import CardConfig
 from edge.devices.printer.config import PrinterConfig
 from edge.devices.scanner.config import ScannerConfig
 from edge.uplink.config import UplinkConfig
+from yikatong.common.config import StrictModel, TimeZoneName
 
 __all__ = ["ApiConfig", "DeviceConfig", "EdgeConfig", "LogConfig"]
 

@@ -13,12 +13,12 @@ from typing import Any
 import uvicorn
 
 from edge.api import create_api
-from edge.common.config import load_config, read_secret
-from edge.common.logging import setup_logging
-from edge.common.systemd import notify, watchdog_enabled, watchdog_loop
 from edge.config import EdgeConfig
 from edge.runtime import EdgeRuntime
-from edge.version import installed_version
+from yikatong.common.config import load_config, read_secret
+from yikatong.common.logging import setup_logging
+from yikatong.common.systemd import notify, watchdog_enabled, watchdog_loop
+from yikatong.version import installed_version
 
 log = logging.getLogger("edge.daemon")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from edge.common.logging import known_names
-from edge.common.privacy import mask_card_number, mask_id_number, mask_name
-from edge.common.storage import open_durable
+from yikatong.common.logging import known_names
+from yikatong.common.privacy import mask_card_number, mask_id_number, mask_name
+from yikatong.common.storage import open_durable
 
 log = logging.getLogger("edge.runtime")
 

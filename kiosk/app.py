@@ -25,13 +25,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.common.config import load_config, read_secret
-from edge.common.logging import setup_logging
 from kiosk.config import KioskConfig
 from kiosk.edge_client import EdgeClient, EdgeError
 from kiosk.flows import Timing
 from kiosk.session import Screen
 from kiosk.voice import speak
+from yikatong.common.config import load_config, read_secret
+from yikatong.common.logging import setup_logging
 
 log = logging.getLogger("kiosk.app")
 

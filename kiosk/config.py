@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
 
-from edge.common.config import StrictModel
+from yikatong.common.config import StrictModel
 
 __all__ = ["EdgeLink", "KioskConfig", "ServerConfig", "UiConfig"]
 

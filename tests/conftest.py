@@ -13,17 +13,28 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from smartcard import scard as s  # importing does not contact pcscd; the first call does
 
+from central.broker import (
+    Listener,
+    Mosquitto,
+    MosquittoConfig,
+    mosquitto_passwd_set,
+    render_acl,
+)
 from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
+from edge.uplink.config import UplinkConfig
 
 SAM_PIN = "123456"
 
@@ -39,7 +50,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture(scope="session")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One whole site for the session: two terminals, central, Mosquitto, platform."""
-    from central.demo import Site
+    from yikatong.site.demo import Site
 
     s = Site(tmp_path_factory.mktemp("site"))
     s.start()
@@ -155,3 +166,71 @@ def sam_pin_file(tmp_path: Path) -> Path:
     p.write_text(SAM_PIN + "\n")
     p.chmod(0o600)
     return p
+
+
+# --- Mosquitto -------------------------------------------------------------------------
+
+
+@dataclass
+class Broker:
+    """A running broker and a way to add device credentials to it."""
+
+    mosquitto: Mosquitto
+    passwd: Path
+    central_password: str
+
+    @property
+    def port(self) -> int:
+        return self.mosquitto.port
+
+    def add_device(self, dev: str, tmp: Path, **kw: object) -> UplinkConfig:
+        """Create credentials for ``dev`` and return an UplinkConfig using them."""
+        password = secrets.token_urlsafe(18)
+        mosquitto_passwd_set(self.passwd, dev, password)
+        self.mosquitto.reload()
+        pw = tmp / f"{dev}.password"
+        pw.write_text(password + "\n")
+        opts: dict[str, object] = {
+            "retry_interval_s": 0.5, "backoff_min_s": 0.05, "backoff_max_s": 0.5, **kw,
+        }
+        return UplinkConfig(
+            host="127.0.0.1", port=self.port, username=dev, password_file=pw,
+            outbox_path=tmp / f"{dev}.outbox.db", state_path=tmp / f"{dev}.state.json",
+            **opts,  # type: ignore[arg-type]
+        )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto on a free loopback port; stopped after the test."""
+    yield from _broker(tmp_path)
+
+
+@pytest.fixture
+def logged_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Like ``broker``, logging every packet (``log_type debug``) to count what it received."""
+    yield from _broker(tmp_path, ("error", "warning", "notice", "information", "debug"))
+
+
+def _broker(tmp_path: Path, log_types: tuple[str, ...] | None = None) -> Iterator[Broker]:
+    wd = tmp_path / "broker"
+    wd.mkdir()
+    passwd, acl = wd / "passwd", wd / "acl"
+    central_password = secrets.token_urlsafe(18)
+    mosquitto_passwd_set(passwd, "central", central_password)
+    acl.write_text(render_acl("central"))
+    cfg = MosquittoConfig(
+        listeners=[Listener(host="127.0.0.1", port=0)], persistence=False,
+        password_file=passwd, acl_file=acl,
+        **({} if log_types is None else {"log_types": log_types}),
+    )
+    m = Mosquitto(wd, cfg)
+    m.start()
+    try:
+        yield Broker(m, passwd, central_password)
+    finally:
+        m.stop()
+        left = m.leftovers()
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"mosquitto processes left running: {left}"

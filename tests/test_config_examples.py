@@ -6,9 +6,9 @@ import pytest
 
 from central.config import CentralConfig
 from central.platform.sim.config import load_sim_settings
-from edge.common.config import load_config
 from edge.config import EdgeConfig
 from kiosk.config import KioskConfig
+from yikatong.common.config import load_config
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 

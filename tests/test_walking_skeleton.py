@@ -3,7 +3,7 @@
 → reference platform → reply → registration slip on the virtual ESC/POS printer.
 
 Every process is real and started through the ``ykt`` command by the site-in-a-box
-(``central.demo.Site``), so this test also proves ``ykt demo`` works.
+(``yikatong.site.demo.Site``), so this test also proves ``ykt demo`` works.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from central.demo import DEMO_PATIENTS, Site
+from yikatong.site.demo import DEMO_PATIENTS, Site
 
 pytestmark = pytest.mark.stack
 

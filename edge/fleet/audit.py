@@ -1,16 +1,14 @@
 """The device's append-only, hash-chained audit log (SQLite), shipped to central as ``audit``.
 
-Each record's hash is computed the way central chains its own audit (central/store.py):
-``sha256(prev_hash + "\\n" + canonical_json({action, actor, detail, seq, ts}))``, with the
-wire contract's canonical JSON, so central can recompute every device hash from the shipped
-body alone. Details never hold personal data in clear: keys that name personal fields are
-refused, and every string is passed through :func:`edge.common.privacy.mask_text` on the way
+Each record's hash follows the one audit-hash rule (:mod:`yikatong.protocol.audit`), the same
+central chains its own audit with, so central can recompute every device hash from the
+shipped body alone. Details never hold personal data in clear: keys that name personal fields are
+refused, and every string is passed through :func:`yikatong.common.privacy.mask_text` on the way
 in (ID numbers, phone numbers and payment codes are masked even if a caller slips).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -18,13 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.common.privacy import mask_text
-from edge.common.storage import open_durable
-from edge.protocol.envelope import canonical_json
+from yikatong.common.privacy import mask_text
+from yikatong.common.storage import open_durable
+from yikatong.protocol.audit import GENESIS_HASH, audit_hash
+from yikatong.protocol.envelope import canonical_json, format_ts
 
-__all__ = ["GENESIS_HASH", "AuditError", "AuditLog", "AuditRow", "audit_hash"]
-
-GENESIS_HASH = "0" * 64
+__all__ = ["AuditError", "AuditLog", "AuditRow"]
 
 # Keys whose value would be personal data or a secret in clear: a caller must send a masked
 # value under another key (``card_masked``), never these.
@@ -56,18 +53,9 @@ class AuditRow:
     hash: str
 
     def wire_body(self) -> dict[str, Any]:
-        """The ``audit`` event body (edge.protocol.messages.AuditRecord)."""
+        """The ``audit`` event body (yikatong.protocol.messages.AuditRecord)."""
         return {"seq": self.seq, "ts": self.ts, "actor": self.actor, "action": self.action,
                 "detail": self.detail, "prev_hash": self.prev_hash, "hash": self.hash}
-
-
-def audit_hash(  # noqa: PLR0917 - the hashed fields, in order
-    seq: int, ts: str, actor: str, action: str, detail: dict[str, Any], prev_hash: str
-) -> str:
-    """The chained hash of one record (the same formula central uses for its own chain)."""
-    body = canonical_json({"seq": seq, "ts": ts, "actor": actor, "action": action,
-                           "detail": detail})
-    return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
 
 
 def _clean(value: Any, key: str = "") -> Any:
@@ -104,7 +92,7 @@ class AuditLog:
 
     def _now(self) -> str:
         now = self._clock.now() if self._clock is not None else datetime.now(UTC)
-        return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return format_ts(now.astimezone(UTC))  # the wire timestamp, as the audit rule says
 
     def record(self, actor: str, action: str, detail: dict[str, Any]) -> AuditRow:
         """Append one record (masked detail) and return it."""

@@ -18,7 +18,7 @@ Signatures: when ``public_keys`` are given, a notice must carry a valid Ed25519 
 one of them, else it is ignored. Without keys the notice is accepted unsigned — it is only a
 hint; the list itself arrives as the reply to our own request on ``down/resp``.
 
-Threads: paho hands the notice to asyncio before we see it (edge.uplink.session), so the
+Threads: paho hands the notice to asyncio before we see it (yikatong.mqtt.session), so the
 handler runs on the event loop; the blocking SQLite write runs in a worker thread.
 """
 
@@ -34,12 +34,12 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
-from edge.protocol.envelope import decode
-from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import HOTLIST_NOTICE_TYPE, HotlistDelta, HotlistNotice
-from edge.protocol.signing import verify_any
 from edge.uplink.errors import UplinkError
-from edge.uplink.session import InboundMessage, backoff_delay
+from yikatong.mqtt.session import InboundMessage, backoff_delay
+from yikatong.protocol.envelope import decode
+from yikatong.protocol.errors import ProtocolError
+from yikatong.protocol.messages import HOTLIST_NOTICE_TYPE, HotlistDelta, HotlistNotice
+from yikatong.protocol.signing import verify_any
 
 __all__ = ["HotlistStore", "HotlistSync", "RequestLink"]
 

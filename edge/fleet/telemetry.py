@@ -8,7 +8,7 @@ supersedes it and a backlog of stale samples would only delay the requests behin
 Two halves, so the content is testable without I/O:
 
 * :func:`build_telemetry` (pure) turns a :class:`Sample` of raw readings into the wire body,
-  validated by :class:`edge.protocol.messages.Telemetry`;
+  validated by :class:`yikatong.protocol.messages.Telemetry`;
 * :class:`TelemetryPublisher` collects the readings from injected sources and publishes.
 
 Readings that come from the daemon's live state (printer, reader, SAM, uptime) are taken on
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from edge.protocol.messages import Telemetry, dump_body
+from yikatong.protocol.messages import Telemetry, dump_body
 
 __all__ = [
     "DEFAULT_THERMAL_ROOT",

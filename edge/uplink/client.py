@@ -51,10 +51,6 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from edge.protocol import topics
-from edge.protocol.envelope import Envelope, decode, encode, format_ts, new_envelope
-from edge.protocol.errors import ProtocolError
-from edge.protocol.messages import ReplyOk, make_request, parse_reply, parse_result
 from edge.uplink.config import UplinkConfig
 from edge.uplink.errors import (
     OutcomeUnknown,
@@ -74,7 +70,11 @@ from edge.uplink.outbox import (
     priority_for,
     utc_now,
 )
-from edge.uplink.session import InboundMessage, MqttSession, Will, next_boot_seq, state_payload
+from yikatong.mqtt.session import InboundMessage, MqttSession, Will, next_boot_seq, state_payload
+from yikatong.protocol import topics
+from yikatong.protocol.envelope import Envelope, decode, encode, format_ts, new_envelope
+from yikatong.protocol.errors import ProtocolError
+from yikatong.protocol.messages import ReplyOk, make_request, parse_reply, parse_result
 
 #: paho's queue may hold this many messages beyond ``max_inflight``: the birth and the final
 #: offline state are published outside the pump's slot accounting.

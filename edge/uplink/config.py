@@ -7,23 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from yikatong.mqtt.config import TlsConfig
+
 __all__ = ["TlsConfig", "UplinkConfig", "default_timeouts"]
-
-
-class TlsConfig(BaseModel):
-    """TLS to the broker; ``certfile``/``keyfile`` together make it mutual TLS."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    cafile: Path
-    certfile: Path | None = None
-    keyfile: Path | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsConfig:
-        if (self.certfile is None) != (self.keyfile is None):
-            raise ValueError("tls.certfile and tls.keyfile go together")
-        return self
 
 
 def default_timeouts() -> dict[str, float]:

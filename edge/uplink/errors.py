@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.common.errors import LocalizedError
+from yikatong.mqtt.errors import UplinkClosed, UplinkError
 
 __all__ = [
     "OutboxFull",
@@ -14,12 +14,6 @@ __all__ = [
     "UplinkClosed",
     "UplinkError",
 ]
-
-
-class UplinkError(LocalizedError):
-    """Base of every uplink error: ``message`` (English, for logs) and ``message_zh`` (UI)."""
-
-    code = "uplink_error"
 
 
 class PlatformUnavailable(UplinkError):
@@ -77,15 +71,6 @@ class OutboxFull(UplinkError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"outbox full ({limit} entries)", "设备待发送队列已满，请联系工作人员")
         self.limit = limit
-
-
-class UplinkClosed(UplinkError):
-    """The uplink is stopped (or not started)."""
-
-    code = "uplink_closed"
-
-    def __init__(self) -> None:
-        super().__init__("uplink closed", "通信模块已关闭")
 
 
 class UnknownRequest(UplinkError):

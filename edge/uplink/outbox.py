@@ -46,8 +46,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edge.common.storage import open_durable
-from edge.protocol.envelope import (
+from edge.uplink.errors import OutboxFull
+from yikatong.common.storage import open_durable
+from yikatong.protocol.envelope import (
     _PERSONAL_KEYS,
     _SECRET_KEYS,
     Envelope,
@@ -56,8 +57,7 @@ from edge.protocol.envelope import (
     parse_ts,
     redact,
 )
-from edge.protocol.errors import ProtocolError
-from edge.uplink.errors import OutboxFull
+from yikatong.protocol.errors import ProtocolError
 
 __all__ = [
     "DROPPABLE_KINDS",

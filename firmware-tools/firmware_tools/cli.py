@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
-from edge.common.config import read_secret
+from yikatong.common.config import read_secret
 
 __all__ = ["add_fw_commands", "site_time"]
 

@@ -22,9 +22,9 @@ from central.platform.errors import PlatformRejected
 from central.retention import PrivacySettings, Retention
 from central.staff import StaffSessions, StaffSettings
 from central.store import Store, open_store
-from edge.protocol.envelope import decode, encode
-from edge.protocol.messages import REQUESTS, make_request
-from edge.uplink.session import InboundMessage
+from yikatong.mqtt.session import InboundMessage
+from yikatong.protocol.envelope import decode, encode
+from yikatong.protocol.messages import REQUESTS, make_request
 
 ID_NUMBER = "110101198001010015"
 PIN = "246813"

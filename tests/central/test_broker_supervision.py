@@ -26,7 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from central.broker import BrokerError, Listener, Mosquitto, MosquittoConfig, free_port
 from central.broker import _brokers_using as brokers_using
-from central.demo import secret_file, toml_text, wait_http
+from yikatong.site.demo import secret_file, toml_text, wait_http
 
 pytestmark = pytest.mark.stack
 
@@ -90,7 +90,7 @@ class CentralRig:
         n = len(self.procs)
         with (self.tmp / f"central-{n}.log").open("ab") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "edge.cli", "central", "--config", str(self.cfg)],
+                [sys.executable, "-m", "yikatong.cli", "central", "--config", str(self.cfg)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                 start_new_session=True)
         self.procs.append(proc)

@@ -19,7 +19,7 @@ from central.registry import Registry
 from central.store import open_store
 from central.tlsgen import write_broker_tls
 from edge.uplink.config import TlsConfig
-from edge.uplink.session import MqttSession
+from yikatong.mqtt.session import MqttSession
 
 pytestmark = pytest.mark.stack
 
@@ -82,7 +82,7 @@ async def test_device_refuses_a_broker_signed_by_another_ca(
     site: TlsSite, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     other = write_broker_tls(tmp_path / "other", ("127.0.0.1",), ca_name="Rogue CA")
-    with caplog.at_level(logging.INFO, logger="edge.uplink.session"):
+    with caplog.at_level(logging.INFO, logger="yikatong.mqtt.session"):
         assert await _try(site, tmp_path, other.cafile, "kiosk-r01", wait_s=1.5) is False
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
     assert "as kiosk-r01" not in site.broker.log_path.read_text()  # never got to CONNECT
@@ -93,7 +93,7 @@ async def test_device_refuses_a_certificate_for_another_name(
 ) -> None:
     wrong = TlsSite(tmp_path, ("central.hospital.lan",))  # right CA, wrong name
     try:
-        with caplog.at_level(logging.INFO, logger="edge.uplink.session"):
+        with caplog.at_level(logging.INFO, logger="yikatong.mqtt.session"):
             assert await _try(wrong, tmp_path, wrong.tls.cafile, "kiosk-n01",
                               wait_s=1.5) is False
         assert "CERTIFICATE_VERIFY_FAILED" in caplog.text

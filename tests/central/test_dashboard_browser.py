@@ -134,7 +134,7 @@ def test_dashboard_shows_site_times_and_event_details_in_words(browser, site, sc
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from central.demo import DEMO_PATIENTS
+    from yikatong.site.demo import DEMO_PATIENTS
 
     status = httpx.get(f"{site.dashboard_url}api/status", timeout=10).json()
     assert status["timezone"] == "Asia/Shanghai"

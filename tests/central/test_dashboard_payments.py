@@ -12,7 +12,7 @@ from central.dashboard.app import create_dashboard
 from central.payments import Payments
 from central.registry import Registry
 from central.store import open_store
-from edge.protocol.envelope import new_envelope
+from yikatong.protocol.envelope import new_envelope
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,

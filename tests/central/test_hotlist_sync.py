@@ -23,9 +23,9 @@ from central.platform.sim.server import RunningServer, start_in_thread
 from central.store import open_store
 from edge.devices.card.hotlist import HotList
 from edge.fleet.hotlist_sync import HotlistSync as DeviceHotlistSync
-from edge.protocol.envelope import decode
-from edge.protocol.signing import generate_private_key, verify
-from edge.uplink.session import InboundMessage, MqttSession
+from yikatong.mqtt.session import InboundMessage, MqttSession
+from yikatong.protocol.envelope import decode
+from yikatong.protocol.signing import generate_private_key, verify
 
 NOW = datetime(2025, 3, 10, 1, 0, tzinfo=UTC)
 

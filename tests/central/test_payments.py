@@ -16,7 +16,7 @@ from central.platform.errors import (
     PlatformUnavailable,
 )
 from central.store import open_store
-from edge.protocol.envelope import new_envelope
+from yikatong.protocol.envelope import new_envelope
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
@@ -204,9 +204,9 @@ async def test_a_patient_who_walked_away_is_listed_until_the_device_learns_the_o
     (which the kiosk would read as "not charged").
     """
     from central.forwarder import Forwarder, ForwarderSettings
-    from edge.protocol.envelope import decode, encode
-    from edge.protocol.messages import make_request
-    from edge.uplink.session import InboundMessage
+    from yikatong.mqtt.session import InboundMessage
+    from yikatong.protocol.envelope import decode, encode
+    from yikatong.protocol.messages import make_request
 
     store.add_device("kiosk-001", "kiosk", T0)
     payments = Payments(store, fake_platform, clock=clock, deadline_s=30)
@@ -246,9 +246,9 @@ async def test_a_patient_who_walked_away_is_listed_until_the_device_learns_the_o
 async def test_a_request_never_sent_to_the_platform_still_expires(store, fake_platform,
                                                                   clock) -> None:
     from central.forwarder import Forwarder, ForwarderSettings
-    from edge.protocol.envelope import decode, encode
-    from edge.protocol.messages import make_request
-    from edge.uplink.session import InboundMessage
+    from yikatong.mqtt.session import InboundMessage
+    from yikatong.protocol.envelope import decode, encode
+    from yikatong.protocol.messages import make_request
 
     store.add_device("kiosk-001", "kiosk", T0)
     fwd = Forwarder(ForwarderSettings(), store, fake_platform, clock=clock,

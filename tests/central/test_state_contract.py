@@ -10,9 +10,9 @@ from pathlib import Path
 
 from central.forwarder import Forwarder, ForwarderSettings
 from central.store import open_store
-from edge.protocol.envelope import decode
-from edge.protocol.messages import StateBirth, StateWill, parse_state
-from edge.uplink.session import InboundMessage, state_payload
+from yikatong.mqtt.session import InboundMessage, state_payload
+from yikatong.protocol.envelope import decode
+from yikatong.protocol.messages import StateBirth, StateWill, parse_state
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 NOW = datetime(2024, 5, 1, 8, 30, tzinfo=UTC)

@@ -163,7 +163,7 @@ def test_restarted_instance_takes_over_its_own_rows_at_once(store) -> None:
 
 def test_a_resend_across_the_body_hash_change_is_not_a_mismatch(store) -> None:
     from central.forwarder import body_hash, legacy_body_hash
-    from edge.protocol.envelope import new_envelope
+    from yikatong.protocol.envelope import new_envelope
 
     env = new_envelope("report.printed", "kiosk-001", {"report_no": "R1", "n": 1.5}, now=T0,
                        id="upgrade0001")

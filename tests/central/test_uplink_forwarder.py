@@ -12,14 +12,14 @@ import pytest
 
 from central.forwarder import Forwarder
 from central.payments import Payments
-from edge.protocol.envelope import encode, new_envelope
 from edge.uplink.errors import (
     OutcomeUnknown,
     PlatformUnavailable,
     Rejected,
     RequestExpired,
 )
-from edge.uplink.session import InboundMessage, MqttSession
+from yikatong.mqtt.session import InboundMessage, MqttSession
+from yikatong.protocol.envelope import encode, new_envelope
 
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
        "method": "prepaid"}

@@ -35,9 +35,9 @@ from central.broker import (
     mosquitto_passwd_set,
     render_acl,
 )
-from central.demo import secret_file, wait_http
-from central.demo import toml_text as toml
 from edge.uplink.config import UplinkConfig
+from yikatong.site.demo import secret_file, wait_http
+from yikatong.site.demo import toml_text as toml
 
 REPO = Path(__file__).resolve().parents[2]
 MUTATING = ("reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund",
@@ -63,7 +63,7 @@ class Procs:
 
     def ykt(self, name: str, *args: str, env: dict[str, str] | None = None
             ) -> subprocess.Popen[bytes]:
-        return self.spawn(name, [sys.executable, "-m", "edge.cli", *args], env)
+        return self.spawn(name, [sys.executable, "-m", "yikatong.cli", *args], env)
 
     @staticmethod
     def kill9(proc: subprocess.Popen[bytes]) -> None:

@@ -26,9 +26,9 @@ import pytest
 
 from central.broker import mosquitto_passwd_set, render_acl
 from central.platform.sim.ids import id_check_digit
-from edge.protocol.messages import REQUESTS
 from edge.uplink.client import Uplink
 from edge.uplink.errors import Rejected
+from yikatong.protocol.messages import REQUESTS
 
 pytestmark = [pytest.mark.stack]
 

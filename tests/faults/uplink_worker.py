@@ -18,10 +18,10 @@ import json
 import sys
 from typing import Any
 
-from edge.common.config import load_config
 from edge.config import EdgeConfig
 from edge.uplink.client import Uplink
 from edge.uplink.errors import OutcomeUnknown, PlatformUnavailable
+from yikatong.common.config import load_config
 
 
 def request_id(i: int) -> str:

@@ -17,9 +17,9 @@ import pytest
 import uvicorn
 
 from central.dashboard.app import create_dashboard
-from central.demo import free_port
 from central.registry import Registry
 from central.store import open_store
+from yikatong.site.demo import free_port
 
 SEEN = datetime(2026, 3, 9, 23, 5, 7, 123456, tzinfo=UTC)  # 07:05:07 next day in Beijing
 
@@ -57,7 +57,7 @@ def central_url(tmp_path: Path) -> Iterator[str]:
 def _ykt(*args: str) -> subprocess.CompletedProcess[str]:
     # The technician's laptop is in UTC: the times must still be the site's.
     env = {**os.environ, "TZ": "UTC"}
-    return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "yikatong.cli", *args], capture_output=True,
                           text=True, timeout=60, check=False, env=env)
 
 

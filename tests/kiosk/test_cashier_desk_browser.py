@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from central.demo import DEMO_PATIENTS, DEMO_STAFF_PIN
+from yikatong.site.demo import DEMO_PATIENTS, DEMO_STAFF_PIN
 
 pytestmark = pytest.mark.stack
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from central.demo import DEMO_PATIENTS, DEMO_STAFF_PIN
+from yikatong.site.demo import DEMO_PATIENTS, DEMO_STAFF_PIN
 
 pytestmark = pytest.mark.stack
 

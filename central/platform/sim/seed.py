@@ -11,7 +11,7 @@ from central.platform.sim import data
 from central.platform.sim.ids import id_check_digit
 from central.platform.sim.models import Schema
 from central.platform.sim.security import hash_pin
-from edge.protocol.envelope import format_ts
+from yikatong.protocol.envelope import format_ts
 
 __all__ = ["ensure_schedule", "iso_utc", "seed_database"]
 

@@ -16,7 +16,7 @@ import uvicorn
 from central.platform.sim.app import create_app
 from central.platform.sim.config import PlatformSimSettings, SettingsError, load_sim_settings
 from central.platform.sim.service import Clock
-from edge.common.logging import setup_logging
+from yikatong.common.logging import setup_logging
 
 __all__ = [
     "RunningServer",
@@ -41,7 +41,7 @@ def _config(settings: PlatformSimSettings, host: str, port: int, clock: Clock | 
         # Requests held by a "timeout"/"drop" fault must not keep a shutdown waiting.
         timeout_graceful_shutdown=1,
         lifespan="off",
-        log_config=None,  # our JSON, masking handlers (edge.common.logging) stay in charge
+        log_config=None,  # our JSON, masking handlers (yikatong.common.logging) stay in charge
         access_log=False,
     )
 

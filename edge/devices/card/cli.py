@@ -26,7 +26,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge.common.privacy import mask_card_number
 from edge.devices.card import errors as E
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
@@ -34,6 +33,7 @@ from edge.devices.card.photo import DecodedPhoto, decode_photo
 from edge.devices.card.pinstate import SamPinLedger
 from edge.devices.card.service import reader_matches
 from edge.devices.card.session import CardSession, PyscardTransport, SamSession
+from yikatong.common.privacy import mask_card_number
 
 __all__ = ["add_card_commands", "list_readers", "load_card_config"]
 

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from edge.common.storage import open_durable
 from edge.devices.card.errors import CardParameterError
+from yikatong.common.storage import open_durable
 
 __all__ = ["HotList"]
 

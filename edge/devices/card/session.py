@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from edge.common.privacy import mask_card_number
 from edge.devices.card import errors as E
 from edge.devices.card.pinstate import PinFailure, SamPinLedger
 from edge.devices.card.protocol import apdu as A
@@ -35,6 +34,7 @@ from edge.devices.card.protocol import records as R
 from edge.devices.card.protocol import security as sec
 from edge.devices.card.protocol.files import ADF_FIDS, FILES, ElementSpec, FileKind, FileSpec
 from edge.devices.card.protocol.status import SFI_NOT_SUPPORTED, error_for, retries_left
+from yikatong.common.privacy import mask_card_number
 
 __all__ = [
     "MAX_GET_RESPONSES",

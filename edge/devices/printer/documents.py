@@ -2,7 +2,7 @@
 
 Money is integer fen. Personal data (names, ID numbers) is carried RAW here; the layout in
 ``edge.devices.printer.escpos.layout`` prints only the masked forms from
-``edge.common.privacy``. Datetimes are printed as given: callers pass local (hospital) time.
+``yikatong.common.privacy``. Datetimes are printed as given: callers pass local (hospital) time.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from edge.common.storage import open_durable
 from edge.devices.printer.config import PrinterConfig
 from edge.devices.printer.documents import Document
 from edge.devices.printer.errors import PrinterError, PrinterJobFailed, PrinterOffline
@@ -37,6 +36,7 @@ from edge.devices.printer.escpos.layout import render
 from edge.devices.printer.escpos.profiles import get_profile
 from edge.devices.printer.escpos.status import PrinterStatus, is_status_byte, parse_status
 from edge.devices.printer.transport import PrinterTransport, open_transport
+from yikatong.common.storage import open_durable
 
 __all__ = ["JobRecord", "PrintOutcome", "PrinterService"]
 

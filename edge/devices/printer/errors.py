@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edge.common.errors import LocalizedError
+from yikatong.common.errors import LocalizedError
 
 __all__ = [
     "InvalidDocument",

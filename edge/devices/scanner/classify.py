@@ -15,8 +15,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Literal
 
-from edge.common.privacy import mask_payment_code, mask_text
 from edge.devices.scanner.errors import InvalidScanText
+from yikatong.common.privacy import mask_payment_code, mask_text
 
 __all__ = [
     "DEFAULT_MAX_LENGTH",

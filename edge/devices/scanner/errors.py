@@ -5,7 +5,7 @@ No error message ever carries scanned text in clear: a scan may be a wallet paym
 
 from __future__ import annotations
 
-from edge.common.errors import LocalizedError
+from yikatong.common.errors import LocalizedError
 
 __all__ = [
     "FrameDecodeError",

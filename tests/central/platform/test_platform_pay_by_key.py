@@ -30,7 +30,7 @@ from central.platform.sim.config import PlatformSimSettings
 from central.platform.sim.ids import id_check_digit
 from central.platform.sim.server import RunningServer, start_in_thread
 from central.store import Store, open_store
-from edge.protocol.envelope import new_envelope
+from yikatong.protocol.envelope import new_envelope
 
 API = "/api/v1"
 _keys = itertools.count(1)

@@ -78,14 +78,14 @@ async def _open_slot(adapter: Any, period: str = "pm") -> dict[str, Any]:
 
 
 class ContractChecked:
-    """Checks every body and result against the wire contract (edge.protocol.messages)."""
+    """Checks every body and result against the wire contract (yikatong.protocol.messages)."""
 
     def __init__(self, inner: ReferenceAdapter) -> None:
         self.inner = inner
         self.seen: set[str] = set()
 
     async def call(self, op: str, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
-        from edge.protocol.messages import REQUESTS
+        from yikatong.protocol.messages import REQUESTS
 
         body_model, result_model = REQUESTS[op]
         body_model.model_validate(body)
@@ -169,7 +169,7 @@ async def test_every_operation_round_trips(asgi: tuple[ReferenceAdapter, httpx.A
                                idempotency_key=k())
     assert staff["role"] == "cashier"
     await adapter.call("reg.departments", {}, idempotency_key=k())
-    from edge.protocol.messages import CENTRAL_REQUESTS, REQUESTS
+    from yikatong.protocol.messages import CENTRAL_REQUESTS, REQUESTS
 
     platform_ops = set(REQUESTS) - CENTRAL_REQUESTS  # those central answers itself
     assert adapter.seen == platform_ops, platform_ops - adapter.seen

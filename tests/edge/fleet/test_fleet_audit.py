@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from edge.fleet.audit import GENESIS_HASH, AuditError, AuditLog, audit_hash
-from edge.protocol.messages import AuditRecord, CardInserted, CardReadFailed, CardRemoved
+from edge.fleet.audit import AuditError, AuditLog
 from edge.runtime import EdgeRuntime, Ledger
+from yikatong.protocol.audit import GENESIS_HASH, audit_hash
+from yikatong.protocol.messages import AuditRecord, CardInserted, CardReadFailed, CardRemoved
 
 ID_NUMBER = "310104196503120022"
 CARD_NO = "310100000000000002"

@@ -13,10 +13,10 @@ import pytest
 from central.hotlist import notice_payload
 from edge.devices.card.hotlist import HotList
 from edge.fleet.hotlist_sync import HotlistSync
-from edge.protocol.envelope import encode, new_envelope
-from edge.protocol.signing import generate_private_key
 from edge.uplink.errors import PlatformUnavailable
-from edge.uplink.session import InboundMessage
+from yikatong.mqtt.session import InboundMessage
+from yikatong.protocol.envelope import encode, new_envelope
+from yikatong.protocol.signing import generate_private_key
 
 NOW = datetime(2025, 3, 10, 1, 0, tzinfo=UTC)
 TOPIC = "ykt/v1/fleet/hotlist"

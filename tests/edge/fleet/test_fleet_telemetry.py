@@ -19,10 +19,10 @@ from edge.fleet.telemetry import (
     build_telemetry,
     read_cpu_temp_c,
 )
-from edge.protocol.envelope import new_envelope
-from edge.protocol.messages import parse_telemetry
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
+from yikatong.protocol.envelope import new_envelope
+from yikatong.protocol.messages import parse_telemetry
 
 NOW = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 DEV = "kiosk-0001"

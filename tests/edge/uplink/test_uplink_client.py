@@ -11,8 +11,6 @@ from typing import Any
 import pytest
 
 from central.broker import free_port
-from edge.protocol.envelope import encode, new_envelope
-from edge.protocol.messages import make_request
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
 from edge.uplink.errors import (
@@ -22,7 +20,9 @@ from edge.uplink.errors import (
     Rejected,
     RequestExpired,
 )
-from edge.uplink.session import InboundMessage
+from yikatong.mqtt.session import InboundMessage
+from yikatong.protocol.envelope import encode, new_envelope
+from yikatong.protocol.messages import make_request
 
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
        "method": "prepaid"}

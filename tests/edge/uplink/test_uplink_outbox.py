@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.protocol.envelope import decode, encode, new_envelope
 from edge.uplink.errors import OutboxFull
 from edge.uplink.outbox import Outbox, Priority
+from yikatong.protocol.envelope import decode, encode, new_envelope
 
 T0 = datetime(2026, 3, 1, 8, 0, 0, tzinfo=UTC)
 
@@ -270,7 +270,7 @@ CHILD = textwrap.dedent(
     import os, sys
     from datetime import UTC, datetime
     from pathlib import Path
-    from edge.protocol.envelope import new_envelope
+    from yikatong.protocol.envelope import new_envelope
     from edge.uplink.outbox import Outbox
     ob = Outbox(Path(sys.argv[1]), lambda: datetime.now(UTC))
     for i in range(20):
@@ -317,7 +317,7 @@ def test_enqueued_entries_survive_kill_9(tmp_path: Path) -> None:
 
 
 def test_a_failed_entry_is_minimised_unless_it_may_be_reopened(outbox, clock):
-    from edge.protocol.messages import make_request
+    from yikatong.protocol.messages import make_request
 
     def login(id_: str):
         return make_request("staff.login", "kiosk-0001", {"badge": "B1", "pin": "918273"},

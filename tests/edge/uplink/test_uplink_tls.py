@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener, render_acl
-from edge.protocol.envelope import decode
 from edge.uplink.client import Uplink
 from edge.uplink.config import TlsConfig, UplinkConfig
-from edge.uplink.session import InboundMessage, MqttSession
+from yikatong.mqtt.session import InboundMessage, MqttSession
+from yikatong.protocol.envelope import decode
 
 NOW = datetime.now(UTC)
 

@@ -11,7 +11,6 @@ import datetime as dt
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from edge.common.privacy import mask_card_number, mask_id_number, mask_name, mask_phone
 from edge.devices.card.errors import CardDataError, CardParameterError, PhotoDataError
 from edge.devices.card.protocol import codecs
 from edge.devices.card.protocol.files import (
@@ -26,6 +25,7 @@ from edge.devices.card.protocol.files import (
     ElementSpec,
     FileSpec,
 )
+from yikatong.common.privacy import mask_card_number, mask_id_number, mask_name, mask_phone
 
 __all__ = [
     "Address",

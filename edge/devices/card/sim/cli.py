@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.common.privacy import mask_card_number, mask_name
 from edge.devices.card.errors import CardError, CardParameterError
 from edge.devices.card.protocol.files import FILES, FileKind
 from edge.devices.card.protocol.security import atr_historical_bytes
@@ -55,6 +54,7 @@ from edge.devices.card.sim.cardos import (
 )
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import MIN_ABSENT_S, VirtualCardSlot
+from yikatong.common.privacy import mask_card_number, mask_name
 
 __all__ = [
     "DEFAULT_PORT",

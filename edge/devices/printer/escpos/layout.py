@@ -1,7 +1,7 @@
 """Document layouts: ``render(doc, profile) -> bytes`` for every printable document (pure).
 
 Names, ID numbers and card numbers are printed only in their masked forms from
-``edge.common.privacy``. Output is deterministic: the same document and profile always give
+``yikatong.common.privacy``. Output is deterministic: the same document and profile always give
 the same bytes (the golden-file tests rely on it).
 """
 
@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Literal
 
-from edge.common.privacy import mask_card_number, mask_id_number, mask_name
 from edge.devices.printer.documents import (
     CancellationSlip,
     ClosingReport,
@@ -37,6 +36,7 @@ from edge.devices.printer.escpos.text import (
     two_col_lines,
     wrap,
 )
+from yikatong.common.privacy import mask_card_number, mask_id_number, mask_name
 
 __all__ = ["METHOD_ZH", "render"]
 

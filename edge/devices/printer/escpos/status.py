@@ -59,7 +59,7 @@ class PrinterStatus:
         )
 
     def event_body(self) -> dict[str, bool | str]:
-        """The ``printer.status`` event body (edge/protocol/messages.py ``PrinterStatus``)."""
+        """The ``printer.status`` event body (yikatong/protocol/messages.py ``PrinterStatus``)."""
         return {"online": self.online, "paper": self.paper, "cover_open": self.cover_open,
                 "cutter_error": self.cutter_error}
 

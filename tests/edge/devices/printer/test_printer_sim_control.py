@@ -118,7 +118,7 @@ def _read_until(proc: subprocess.Popen[str], prefix: str, seen: list[str] | None
 
 def test_ykt_sim_printer_takes_commands_while_running(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edge.cli", "sim", "printer", "--port", "0",
+        [sys.executable, "-m", "yikatong.cli", "sim", "printer", "--port", "0",
          "--control-port", "0", "--stdin", "--out", str(tmp_path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )

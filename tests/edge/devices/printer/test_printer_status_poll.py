@@ -12,8 +12,8 @@ from edge.daemon import _pump_printer_status
 from edge.devices.printer.config import PrinterConfig
 from edge.devices.printer.driver import PrinterService
 from edge.devices.printer.sim import VirtualPrinter
-from edge.protocol.messages import EVENTS
 from edge.runtime import EdgeRuntime
+from yikatong.protocol.messages import EVENTS
 
 
 class FixedClock:

@@ -89,8 +89,8 @@ async def test_disabled_or_absent_scanner_section_starts_nothing() -> None:
 def test_edge_config_takes_a_typed_scanner_section(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from edge.common.config import load_config
     from edge.config import EdgeConfig
+    from yikatong.common.config import load_config
 
     example = (Path(__file__).resolve().parents[4] / "config" / "edge-cashier.toml").read_text()
     cfg_file = tmp_path / "edge.toml"
