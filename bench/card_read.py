@@ -39,20 +39,20 @@ from smartcard import scard as s  # importing does not contact pcscd; calls do
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, write_section
+from edge.devices.card.card_session import CardSession
 from edge.devices.card.hotlist import HotList
 from edge.devices.card.protocol.security import AuthScheme
-from edge.devices.card.session import (
-    CardSession,
-    CardTransport,
-    InProcessTransport,
-    PcscContext,
-    PyscardTransport,
-    SamSession,
-)
+from edge.devices.card.sam_session import SamSession
 from edge.devices.card.sim.cardos import HealthCardSim
 from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
+from edge.devices.card.transport import (
+    CardTransport,
+    InProcessTransport,
+    PcscContext,
+    PyscardTransport,
+)
 
 PIN = "123456"
 HOTLIST_SIZE = 10_000

@@ -27,19 +27,29 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.devices.card import errors as E
+from edge.devices.card.card_session import CardSession
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
 from edge.devices.card.photo import DecodedPhoto, decode_photo
 from edge.devices.card.pinstate import SamPinLedger
+from edge.devices.card.sam_session import SamSession
 from edge.devices.card.service import reader_matches
-from edge.devices.card.session import CardSession, PyscardTransport, SamSession
+from edge.devices.card.transport import PyscardTransport
+from yikatong.common.errors import LocalizedError
 from yikatong.common.privacy import mask_card_number
 
 __all__ = ["add_card_commands", "list_readers", "load_card_config"]
 
 
-class ConfigFileError(Exception):
+class ConfigFileError(LocalizedError):
     """A config file that cannot be used; the message names the file and the key."""
+
+    code = "config_error"
+
+    def __init__(
+        self, message: str, message_zh: str = "读卡配置文件有误，请检查文件和配置项"
+    ) -> None:
+        super().__init__(message, message_zh)
 
 
 def load_card_config(path: Path | None) -> CardConfig:

@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edge.devices.card.card_session import CardProfile, Timeouts
 from edge.devices.card.errors import SamPinError, SamUnavailable
 from edge.devices.card.protocol.security import AuthScheme
-from edge.devices.card.session import CardProfile, Timeouts
 
 __all__ = ["AuthSchemeConfig", "CardConfig", "CardTimeouts", "read_sam_pin"]
 

@@ -7,6 +7,8 @@ re-insert, to see the counter, to call staff). Structured fields (``reader``, ``
 
 from __future__ import annotations
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = [
     "CardAuthBlocked",
     "CardAuthFailed",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-class CardError(Exception):
+class CardError(LocalizedError):
     """Base of every card-stack error; ``message`` is English, ``message_zh`` is screen text."""
 
     code = "card_error"
@@ -50,12 +52,10 @@ class CardError(Exception):
         sw1: int | None = None,
         sw2: int | None = None,
     ) -> None:
-        self.message = message or self.default_en
-        self.message_zh = message_zh or self.default_zh
+        super().__init__(message or self.default_en, message_zh or self.default_zh)
         self.reader = reader
         self.sw1 = sw1
         self.sw2 = sw2
-        super().__init__(self.message)
 
     @property
     def sw(self) -> str | None:

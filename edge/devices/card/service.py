@@ -29,18 +29,13 @@ from typing import Any
 
 from edge.devices.card import errors as E
 from edge.devices.card import watcher as W
+from edge.devices.card.card_session import CardSession, LocalToday
 from edge.devices.card.config import CardConfig, read_sam_pin
 from edge.devices.card.hotlist import HotList
 from edge.devices.card.pinstate import SamPinLedger
 from edge.devices.card.protocol.records import CardContents, Identity
-from edge.devices.card.session import (
-    CardSession,
-    CardTransport,
-    LocalToday,
-    PcscContext,
-    PyscardTransport,
-    SamSession,
-)
+from edge.devices.card.sam_session import SamSession
+from edge.devices.card.transport import CardTransport, PcscContext, PyscardTransport
 
 __all__ = [
     "CardInsertedEvent",

@@ -10,11 +10,13 @@ import pytest
 from PIL import Image, ImageDraw
 
 from edge.devices.card import errors as E
+from edge.devices.card.card_session import CardSession
 from edge.devices.card.photo import MAX_PIXELS, decode_photo
 from edge.devices.card.protocol import records as R
-from edge.devices.card.session import CardSession, InProcessTransport, SamSession
+from edge.devices.card.sam_session import SamSession
 from edge.devices.card.sim.cardos import HealthCardSim
 from edge.devices.card.sim.sam import SamSim
+from edge.devices.card.transport import InProcessTransport
 
 PIN = "246810"
 

@@ -7,11 +7,13 @@ from dataclasses import fields
 import pytest
 
 from edge.devices.card import errors as E
+from edge.devices.card.card_session import CardSession
 from edge.devices.card.protocol import records as R
 from edge.devices.card.protocol.files import FILES, Coding, FileKind
-from edge.devices.card.session import CardSession, InProcessTransport, SamSession
+from edge.devices.card.sam_session import SamSession
 from edge.devices.card.sim.cardos import HealthCardSim
 from edge.devices.card.sim.sam import SamSim
+from edge.devices.card.transport import InProcessTransport
 
 PIN = "246810"
 

@@ -25,9 +25,9 @@ from edge.devices.card.service import (
     ServiceEvent,
     reader_matches,
 )
-from edge.devices.card.session import InProcessTransport
 from edge.devices.card.sim.cardos import Faults, HealthCardSim
 from edge.devices.card.sim.sam import SamSim
+from edge.devices.card.transport import InProcessTransport
 
 PATIENT, SAM = "ACS ACR39U 00 00", "ACS ACR39U 00 01"
 

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from edge.devices.card import errors as E
+from edge.devices.card.card_session import CardSession
 from edge.devices.card.protocol.security import atr_historical_bytes
-from edge.devices.card.session import CardSession, InProcessTransport, SamSession
+from edge.devices.card.sam_session import SamSession
 from edge.devices.card.sim.cardos import (
     BANK_ATR,
     HEALTH_ATR,
@@ -21,6 +22,7 @@ from edge.devices.card.sim.cardos import (
 )
 from edge.devices.card.sim.cli import add_sim_card_commands, build_card, card_spec, parse_fault
 from edge.devices.card.sim.sam import SamSim
+from edge.devices.card.transport import InProcessTransport
 
 PIN = "246810"
 

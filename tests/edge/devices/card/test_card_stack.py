@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 
 from edge.devices.card import errors as E
+from edge.devices.card.card_session import CardSession
 from edge.devices.card.hotlist import HotList
-from edge.devices.card.session import CardSession, PcscContext, PyscardTransport, SamSession
+from edge.devices.card.sam_session import SamSession
 from edge.devices.card.sim.cardos import BankCardSim, Faults, HealthCardSim
 from edge.devices.card.sim.pcscd import PcscDaemon
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
+from edge.devices.card.transport import PcscContext, PyscardTransport
 
 pytestmark = pytest.mark.stack
 

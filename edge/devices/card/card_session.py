@@ -1,8 +1,7 @@
-"""Card and SAM sessions over one small transport interface.
+"""The card session: reads and writes one inserted health card over a ``CardTransport``.
 
-``CardTransport`` is all a session needs (``transmit``, ``atr``, ``reader``, ``close``).
-``PyscardTransport`` talks PC/SC through pyscard's low-level ``scard`` module and turns its
-result codes into our errors at the boundary; ``InProcessTransport`` wraps a simulator.
+Card authentication goes through the terminal's ``SamSession``; the APDUs, file map and
+record codecs are the pure code in ``protocol/`` (docs/healthcard.md).
 
 ``read_identity`` sends, on a card that accepts short-EF-identifier reads (SFI):
 SELECT DDF1, READ ×3 of DDF1/EF05 (card type, card number, city), GET CHALLENGE,
@@ -17,40 +16,31 @@ read, before EF06.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
-import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from edge.devices.card import errors as E
-from edge.devices.card.pinstate import PinFailure, SamPinLedger
+from edge.devices.card.exchange import ApduCounter, exchange_rest, send_apdu
 from edge.devices.card.protocol import apdu as A
 from edge.devices.card.protocol import records as R
 from edge.devices.card.protocol import security as sec
 from edge.devices.card.protocol.files import ADF_FIDS, FILES, ElementSpec, FileKind, FileSpec
 from edge.devices.card.protocol.status import SFI_NOT_SUPPORTED, error_for, retries_left
+from edge.devices.card.sam_session import SamSession
+from edge.devices.card.transport import CardTransport
 from yikatong.common.privacy import mask_card_number
 
 __all__ = [
-    "MAX_GET_RESPONSES",
     "CardProfile",
     "CardSession",
-    "CardTransport",
-    "InProcessTransport",
+    "HotListLike",
     "LocalToday",
-    "PcscContext",
-    "PyscardTransport",
-    "SamSession",
     "Timeouts",
 ]
-
-
-log = logging.getLogger(__name__)
 
 
 class HotListLike(Protocol):
@@ -59,277 +49,6 @@ class HotListLike(Protocol):
     def is_blocked(self, card_no: str) -> bool:
         """True when the card number is on the lost/stolen list."""
         ...
-
-
-class CardTransport(Protocol):
-    """A connected card: send an APDU, get the response (data + SW)."""
-
-    @property
-    def atr(self) -> bytes:
-        """The card's ATR."""
-        ...
-
-    @property
-    def reader(self) -> str | None:
-        """Reader name, for errors."""
-        ...
-
-    def transmit(self, apdu: bytes) -> bytes:
-        """Send one command APDU; CardRemoved when the card is gone."""
-        ...
-
-    def close(self) -> None:
-        """Release the card."""
-        ...
-
-
-class _SimCard(Protocol):
-    atr: bytes
-
-    def process_apdu(self, apdu: bytes) -> bytes: ...
-
-
-class InProcessTransport:
-    """A simulator called directly (tier-1 tests, benches)."""
-
-    def __init__(self, card: _SimCard, reader: str = "in-process",
-                 apdu_timeout: float | None = None,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._card = card
-        self._reader = reader
-        self._closed = False
-        self.apdu_timeout = apdu_timeout
-        self._monotonic = monotonic
-        self.apdu_count = 0
-
-    @property
-    def atr(self) -> bytes:
-        """The simulator's ATR."""
-        return self._card.atr
-
-    @property
-    def reader(self) -> str | None:
-        """Pseudo reader name."""
-        return self._reader
-
-    def transmit(self, apdu: bytes) -> bytes:
-        """Call the simulator; an empty answer means the card was pulled."""
-        if self._closed:
-            raise E.CardRemoved(reader=self._reader)
-        self.apdu_count += 1
-        start = self._monotonic()
-        resp = self._card.process_apdu(apdu)
-        if not resp:
-            self._closed = True
-            raise E.CardRemoved(reader=self._reader)
-        if self.apdu_timeout is not None and self._monotonic() - start > self.apdu_timeout:
-            raise E.CardTimeout(reader=self._reader)
-        return resp
-
-    def close(self) -> None:
-        """Mark closed."""
-        self._closed = True
-
-
-@functools.cache  # ``from smartcard import scard`` runs importlib's Python-level fromlist
-def _scard() -> Any:  # handling on every call, and a transport is built per card
-    from smartcard import scard
-
-    return scard
-
-
-class PcscContext:
-    """A PC/SC context shared by the transports of one owner (the card service, a bench).
-
-    Establishing and releasing a context are two pcscd round trips (≈150 µs together,
-    measured over pcscd+vpcd) — about 7 % of a whole ``read_identity``; one context per
-    owner avoids paying them per card. Transports using it must not run concurrently (the
-    service serialises card and SAM work); the watcher keeps its own context because
-    SCardGetStatusChange holds a context for the whole wait. A context pcscd no longer
-    knows (daemon restarted) is re-established by the next connect.
-    """
-
-    def __init__(self) -> None:
-        self._s = _scard()
-        self._ctx: Any = None
-        self._lock = threading.Lock()
-
-    def acquire(self) -> tuple[int, Any]:
-        """(result code, context handle), establishing the context on first use."""
-        with self._lock:
-            if self._ctx is None:
-                hr, ctx = self._s.SCardEstablishContext(self._s.SCARD_SCOPE_USER)
-                if hr != self._s.SCARD_S_SUCCESS:
-                    return hr, None
-                self._ctx = ctx
-            return self._s.SCARD_S_SUCCESS, self._ctx
-
-    def invalidate(self, ctx: Any) -> None:
-        """Drop ``ctx`` (if still current) so the next ``acquire`` establishes a new one."""
-        with self._lock:
-            if self._ctx is not None and self._ctx == ctx:
-                with contextlib.suppress(Exception):
-                    self._s.SCardReleaseContext(ctx)
-                self._ctx = None
-
-    def close(self) -> None:
-        """Release the context (transports still using it fail with a PC/SC error)."""
-        with self._lock:
-            ctx, self._ctx = self._ctx, None
-        if ctx is not None:
-            with contextlib.suppress(Exception):
-                self._s.SCardReleaseContext(ctx)
-
-
-#: pyscard takes each APDU as a list of ints. The short APDUs of the read path (SELECT,
-#: READ RECORD, GET CHALLENGE, GET RESPONSE: at most 7 bytes) recur on every card, so their
-#: lists are built once (≈50 ns saved per APDU, measured); longer ones carry cryptograms or
-#: data and never repeat. Bounded, in case a caller sends many distinct short APDUs.
-_APDU_LISTS: dict[bytes, list[int]] = {}
-_now = time.monotonic  # bound once: read twice per APDU
-_APDU_LISTS_MAX = 512
-_SHORT_APDU = 7
-
-
-class PyscardTransport:
-    """A PC/SC card connection (pyscard ``scard``), errors converted at this boundary.
-
-    With ``context`` the connection uses that shared context; without, it owns one and
-    releases it on ``close``. The ATR is asked from pcscd (SCardStatus) only when someone
-    needs it — ``read_identity`` with the default scheme does not.
-    """
-
-    def __init__(self, reader: str, *, apdu_timeout: float = 5.0, exclusive: bool = True,
-                 context: PcscContext | None = None) -> None:
-        s = _scard()
-        self._s = s
-        self._reader = reader
-        self.apdu_timeout = apdu_timeout
-        self._broken = False
-        self._closed = False
-        self._atr: bytes | None = None
-        self._own_context = context is None
-        self._context = context or PcscContext()
-        self._success = s.SCARD_S_SUCCESS
-        self._transmit = s.SCardTransmit
-        try:
-            self._hcard, self._proto = self._connect(exclusive)
-        except BaseException:
-            if self._own_context:
-                self._context.close()
-            raise
-
-    def _connect(self, exclusive: bool) -> tuple[Any, int]:
-        s = self._s
-        protocols = s.SCARD_PROTOCOL_T0 | s.SCARD_PROTOCOL_T1
-        for attempt in (1, 2):
-            hr, ctx = self._context.acquire()
-            if hr != s.SCARD_S_SUCCESS:
-                raise self._error(hr, "establish context")
-            mode = s.SCARD_SHARE_EXCLUSIVE if exclusive else s.SCARD_SHARE_SHARED
-            hr, hcard, proto = s.SCardConnect(ctx, self._reader, mode, protocols)
-            if hr == s.SCARD_E_SHARING_VIOLATION and exclusive:
-                # Another process holds the card (e.g. a diagnostic tool): shared is fine.
-                hr, hcard, proto = s.SCardConnect(ctx, self._reader, s.SCARD_SHARE_SHARED,
-                                                  protocols)
-            if hr == s.SCARD_S_SUCCESS:
-                return hcard, int(proto)
-            stale = (s.SCARD_E_INVALID_HANDLE, s.SCARD_E_NO_SERVICE, s.SCARD_E_SERVICE_STOPPED)
-            if hr in stale and attempt == 1:
-                self._context.invalidate(ctx)  # pcscd restarted: one fresh context, once
-                continue
-            break
-        if hr in (s.SCARD_E_NO_SMARTCARD, s.SCARD_W_REMOVED_CARD):
-            # Nothing was being read: say "insert", not "removed before reading finished".
-            raise E.CardRemoved("No card in the reader", "请插入居民健康卡。",
-                                reader=self._reader)
-        raise self._error(hr, "connect")
-
-    @property
-    def atr(self) -> bytes:
-        """ATR reported by pcscd (asked once, on first use)."""
-        if self._atr is None:
-            s = self._s
-            try:
-                hr, _name, _state, _p, atr = s.SCardStatus(self._hcard)
-            except Exception as exc:  # pyscard raises on a handle freed under it
-                raise E.CardRemoved(f"Status failed: {exc}", reader=self._reader) from exc
-            if hr != s.SCARD_S_SUCCESS:
-                raise self._error(hr, "status")
-            self._atr = bytes(atr)
-        return self._atr
-
-    @property
-    def reader(self) -> str | None:
-        """PC/SC reader name."""
-        return self._reader
-
-    @property
-    def pcsc_handle(self) -> tuple[Any, int]:
-        """(card handle, protocol) — for benchmarks replaying raw SCardTransmit on it."""
-        return self._hcard, self._proto
-
-    def _error(self, hr: int, action: str) -> E.CardError:
-        s = self._s
-        removed = {s.SCARD_W_REMOVED_CARD, s.SCARD_E_NO_SMARTCARD, s.SCARD_W_RESET_CARD,
-                   s.SCARD_E_NOT_TRANSACTED, s.SCARD_W_UNPOWERED_CARD,
-                   s.SCARD_E_COMM_DATA_LOST, s.SCARD_E_INVALID_HANDLE}
-        reader_gone = {s.SCARD_E_UNKNOWN_READER, s.SCARD_E_READER_UNAVAILABLE,
-                       s.SCARD_E_NO_SERVICE, s.SCARD_E_SERVICE_STOPPED,
-                       s.SCARD_E_NO_READERS_AVAILABLE}
-        text = f"{action}: {s.SCardGetErrorMessage(hr)} (0x{hr & 0xFFFFFFFF:08X})"
-        if hr in removed:
-            return E.CardRemoved(f"Card removed or reset ({text})", reader=self._reader)
-        if hr in reader_gone:
-            return E.ReaderUnavailable(f"Reader not available ({text})", reader=self._reader)
-        if hr == s.SCARD_W_UNRESPONSIVE_CARD:
-            return E.CardError(f"The card does not respond ({text})",
-                               "卡片无响应，请检查插卡方向。", reader=self._reader)
-        return E.CardError(f"PC/SC error ({text})", reader=self._reader)
-
-    def transmit(self, apdu: bytes) -> bytes:
-        """Send one APDU; an answer slower than ``apdu_timeout`` is discarded as a timeout.
-
-        SCardTransmit is called directly: pcscd and the reader driver bound a dead card
-        (card waiting time), and the service bounds the whole operation from asyncio, so a
-        helper thread per APDU (≈75 µs each) would buy nothing.
-        """
-        if self._broken:
-            raise E.CardRemoved("The connection to the card is broken", reader=self._reader)
-        as_list = _APDU_LISTS.get(apdu)
-        if as_list is None:
-            as_list = list(apdu)
-            if len(apdu) <= _SHORT_APDU and len(_APDU_LISTS) < _APDU_LISTS_MAX:
-                _APDU_LISTS[apdu] = as_list
-        start = _now()
-        try:
-            hr, resp = self._transmit(self._hcard, self._proto, as_list)
-        except Exception as exc:  # pyscard raises on a handle freed under it
-            self._broken = True
-            raise E.CardRemoved(f"Transmit failed: {exc}", reader=self._reader) from exc
-        if _now() - start > self.apdu_timeout:
-            self._broken = True
-            raise E.CardTimeout(reader=self._reader)
-        if hr != self._success:
-            raise self._error(hr, "transmit")
-        if len(resp) < 2:
-            # vpcd/pcscd hand back an empty answer when the card vanished mid-command;
-            # a present card always answers at least a status word.
-            self._broken = True
-            raise E.CardRemoved("The card gave no answer (removed mid-command)",
-                                reader=self._reader)
-        return bytes(resp)
-
-    def close(self) -> None:
-        """Disconnect (resetting the card so no security state outlives us)."""
-        if self._closed:
-            return
-        self._closed = True
-        s = self._s
-        with contextlib.suppress(Exception):
-            s.SCardDisconnect(self._hcard, s.SCARD_RESET_CARD)
-        if self._own_context:
-            self._context.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,288 +115,6 @@ def _ext_auth_head(key_ref: int) -> bytes:
     return A.external_authenticate(key_ref, bytes(17)).to_bytes()[:5]
 
 
-@functools.cache
-def _sam_dc_head(key_ref: int) -> bytes:
-    """``80 DE 01 <key> 18``: 80DE P1=01 without factor ‖ challenge and Le."""
-    return A.sam_diversify_cryptogram(key_ref, bytes(16), bytes(8)).to_bytes()[:5]
-
-
-@dataclass
-class _Counter:
-    card: int = 0
-    sam: int = 0
-    started: float = 0.0
-    deadline: float = float("inf")
-
-
-# Sending a command: check the operation deadline, transmit, count, and return a plain
-# 9000 answer at once; everything else (61xx / 6Cxx chaining, the typed error for a failing
-# SW) goes through ``_exchange_rest``. That first part is written out in CardSession._x,
-# CardSession._x_data and SamSession._x rather than shared: it runs for every APDU,
-# and one keyword-heavy call layer less per APDU is measurable over pcscd (≈0.3 µs warm,
-# where each warm µs costs 4-9 µs between PC/SC waits: docs/performance.md "Card read").
-
-
-#: GET RESPONSEs followed after one command. Our longest answer is a 128-byte READ BINARY
-#: chunk or a 16-byte SAM result (one 61xx each); a card still saying 61xx after this many
-#: is broken, and following it for ever would hold the card lock for ever.
-MAX_GET_RESPONSES = 16
-
-#: GET RESPONSE APDUs by Le (one per T=0 SAM answer on the read path), built once.
-_GET_RESPONSE: dict[int, bytes] = {}
-
-
-def _send(transport: CardTransport, cmd: A.Command | bytes, *, action: str, c: _Counter,
-          side: Literal["card", "sam"], file: str | None, check: bool,
-          monotonic: Callable[[], float]) -> A.Response:
-    """Send one APDU to the card or the SAM (see "Sending a command" above)."""
-    if monotonic() > c.deadline:
-        raise E.CardTimeout("Operation took too long", reader=transport.reader)
-    apdu = cmd if isinstance(cmd, bytes) else cmd.to_bytes()
-    raw = transport.transmit(apdu)
-    if side == "card":
-        c.card += 1
-    else:
-        c.sam += 1
-    if raw[-2:] == b"\x90\x00":  # the common case, without the chaining machinery
-        return A.Response(raw[:-2], 0x90, 0x00)
-    return _exchange_rest(transport, apdu, raw, action=action, counter=c, side=side,
-                          file=file, check=check, monotonic=monotonic)
-
-
-def _exchange_rest(transport: CardTransport, apdu: bytes, raw: bytes, *, action: str,
-                   counter: _Counter, side: Literal["card", "sam"], file: str | None,
-                   check: bool, monotonic: Callable[[], float] = time.monotonic
-                   ) -> A.Response:
-    """The answer ``raw`` to ``apdu`` was not a plain 9000: follow 6Cxx / 61xx, check the SW.
-
-    Works on the raw answers and builds one Response at the end (a T=0 SAM answers 61xx
-    to every 80DE of the read path).
-    """
-    def send(cmd: bytes) -> bytes:
-        if monotonic() > counter.deadline:
-            raise E.CardTimeout(f"Operation took too long ({action}: response chaining)",
-                                reader=transport.reader)
-        answer = transport.transmit(cmd)
-        if side == "card":
-            counter.card += 1
-        else:
-            counter.sam += 1
-        if len(answer) < 2:
-            A.Response.parse(answer)  # raises the typed "shorter than a status word" error
-        return answer
-
-    if len(raw) < 2:
-        A.Response.parse(raw)  # raises, as above
-    data, sw1, sw2 = bytes(raw[:-2]), raw[-2], raw[-1]
-    if sw1 == 0x6C:  # wrong Le: resend once with the exact length (not followed again)
-        cmd = A.Command.parse(apdu)
-        if cmd.le is not None:
-            cmd = A.Command(cmd.cla, cmd.ins, cmd.p1, cmd.p2, cmd.data, sw2 or 256)
-            raw = send(cmd.to_bytes())
-            data, sw1, sw2 = bytes(raw[:-2]), raw[-2], raw[-1]
-    fetched = 0
-    while sw1 == 0x61:
-        if fetched == MAX_GET_RESPONSES:
-            raise E.CardCommandError(
-                f"{action}: still {sw1:02X}{sw2:02X} after {fetched} GET RESPONSE",
-                "卡片响应异常，请重新插卡。", reader=transport.reader, sw1=sw1, sw2=sw2)
-        get = _GET_RESPONSE.get(sw2)
-        if get is None:
-            get = _GET_RESPONSE[sw2] = A.get_response(sw2).to_bytes()
-        raw = send(get)
-        fetched += 1
-        data += raw[:-2]
-        sw1, sw2 = raw[-2], raw[-1]
-    resp = A.Response(data, sw1, sw2)
-    if check and not resp.ok:
-        raise error_for(sw1, sw2, action=action, file=file, reader=transport.reader)
-    return resp
-
-
-class SamSession:
-    """The terminal's SAM: PIN verified once, DF01 selected, then diversify/compute.
-
-    The PIN is presented at most once per PIN (see ``open``): never when the SAM has one
-    try or fewer left, never again after a rejection — in memory for this session and, with
-    a ``ledger``, across processes.
-    """
-
-    def __init__(self, transport: CardTransport, pin: str, *,
-                 monotonic: Callable[[], float] = time.monotonic,
-                 ledger: SamPinLedger | None = None) -> None:
-        self.transport = transport
-        self._pin = pin
-        self._monotonic = monotonic
-        self._ledger = ledger
-        self._opened = False
-        self._failure: E.SamError | None = None
-        self.serial: bytes = b""
-        self.terminal_number: bytes = b""
-        self.pin_tries_left: int | None = None
-        self.pin_fault: PinFailure | None = None  # the ledger's record of a rejected PIN
-        self._loaded: tuple[int, bytes] | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def opened(self) -> bool:
-        """True after a successful PIN verification."""
-        return self._opened
-
-    @property
-    def failure(self) -> E.SamError | None:
-        """The sticky PIN failure, if any (the PIN is never re-sent automatically)."""
-        return self._failure
-
-    def _x(self, cmd: A.Command | bytes, action: str, counter: _Counter | None = None,
-           check: bool = True) -> A.Response:
-        c = counter or _Counter()
-        try:
-            return _send(self.transport, cmd, action=action, c=c, side="sam", file=None,
-                         check=check, monotonic=self._monotonic)
-        except (E.CardRemoved, E.ReaderUnavailable) as exc:
-            self._opened = False
-            raise E.SamUnavailable(f"SAM lost: {exc.message}",
-                                   reader=self.transport.reader) from exc
-        except (E.SamError, E.CardTimeout):
-            raise
-        except E.CardError as exc:
-            raise E.SamError(f"SAM {action} failed: {exc.message}", reader=exc.reader,
-                             sw1=exc.sw1, sw2=exc.sw2) from exc
-
-    def _fail(self, err: E.SamError) -> E.SamError:
-        self._failure = err
-        return err
-
-    def open(self, counter: _Counter | None = None) -> None:
-        """Read 0015, ask the tries left, verify the PIN (at most once), select DF01.
-
-        The serial is read before VERIFY (0015 is free on PSAMs) because the persisted
-        failure record is keyed on it. VERIFY without data asks the tries left without
-        spending one: 6983 is blocked, and with one try left (or none) the PIN is not
-        presented — a wrong PIN would block the SAM and only the issuer can unblock it.
-        A SAM that does not answer the query with 63Cx/9000 gets the PIN once, as before.
-        """
-        if self._opened:  # once per card: skip the lock (it only goes True fully opened)
-            return
-        with self._lock:
-            if self._opened:
-                return
-            if self._failure is not None:
-                raise self._failure
-            reader = self.transport.reader
-            try:
-                verify = A.verify_pin(self._pin)
-            except E.CardParameterError as exc:
-                raise self._fail(E.SamPinError("SAM PIN file content is not 4-12 digits",
-                                               reader=reader)) from exc
-            self._x(A.select_fid(0x0015), "SELECT 0015", counter)
-            self.serial = self._x(A.read_binary(0, 14), "READ 0015", counter).data
-            if self._ledger is not None:
-                known = self._ledger.failure_for(self.serial, self._pin)
-                self.pin_fault = known
-                if known is not None:
-                    self.pin_tries_left = known.retries_left
-                    raise self._fail(E.SamPinError(
-                        f"SAM PIN was rejected at {known.at} (SW {known.sw}; "
-                        f"{known.retries_left} tries left then); the same PIN is not "
-                        "presented again: fix the PIN file",
-                        "PSAM 卡密码错误（已记录），请更正密码文件后重试。",
-                        retries_left=known.retries_left, reader=reader))
-            query = self._x(A.verify_pin_status(), "VERIFY (tries left)", counter,
-                            check=False)
-            left = retries_left(query.sw1, query.sw2)
-            self.pin_tries_left = left
-            if left == 0:
-                raise self._fail(E.SamPinBlocked(
-                    f"SAM PIN is blocked (SW {query.sw:04X}); not presented",
-                    retries_left=0, reader=reader, sw1=query.sw1, sw2=query.sw2))
-            if left is not None and left <= 1:
-                raise self._fail(E.SamPinTriesLow(
-                    f"SAM has {left} PIN try left; the PIN is not presented (a wrong one "
-                    "would block the SAM): check the PIN file, then verify it with the "
-                    "issuer's tool", retries_left=left, reader=reader,
-                    sw1=query.sw1, sw2=query.sw2))
-            if query.sw != 0x9000:  # 9000: already verified in this card session
-                resp = self._x(verify, "VERIFY", counter, check=False)
-                if not resp.ok:
-                    self._reject(resp)
-            if self._ledger is not None:
-                self._ledger.clear(self.serial)
-            self.pin_fault = None
-            self._x(A.select_fid(0x0016), "SELECT 0016", counter)
-            self.terminal_number = self._x(A.read_binary(0, 6), "READ 0016", counter).data
-            self._x(A.sam_select_df01(), "SELECT DF01", counter)
-            self._loaded = None
-            self._opened = True
-
-    def _reject(self, resp: A.Response) -> None:
-        left = retries_left(resp.sw1, resp.sw2)
-        self.pin_tries_left = left
-        sw = f"{resp.sw1:02X}{resp.sw2:02X}"
-        if self._ledger is not None:
-            try:
-                self.pin_fault = self._ledger.record(self.serial, self._pin,
-                                                     retries_left=left, sw=sw)
-            except OSError as exc:  # the in-memory failure still holds for this process
-                log.error("cannot persist the SAM PIN failure in %s: %s",
-                          self._ledger.path, exc)
-        cls = E.SamPinBlocked if left == 0 else E.SamPinError
-        raise self._fail(cls(
-            f"SAM PIN rejected (SW {sw}); "
-            f"{'blocked' if left == 0 else f'{left} tries left'}; not retried",
-            retries_left=left, reader=self.transport.reader, sw1=resp.sw1, sw2=resp.sw2))
-
-    def diversify(self, key_ref: int, factor: bytes, counter: _Counter) -> None:
-        """Load the card key for ``key_ref`` (skipped when already loaded)."""
-        if self._loaded == (key_ref, factor):
-            return
-        self._x(A.sam_diversify(key_ref, factor), "DIVERSIFY", counter)
-        self._loaded = (key_ref, factor)
-
-    def diversify_cryptogram(self, key_ref: int, factor: bytes, challenge: bytes,
-                             counter: _Counter) -> bytes:
-        """One 80DE P1=01 (+ 00C0): load the card key and get the challenge's cryptogram."""
-        self._loaded = None  # a failure half-way leaves the SAM's key register unknown
-        if len(factor) == 16 and len(challenge) == 8:  # what the builder checks
-            cmd: A.Command | bytes = _sam_dc_head(key_ref) + factor + challenge + b"\x00"
-        else:
-            cmd = A.sam_diversify_cryptogram(key_ref, factor, challenge)  # the typed error
-        crypt = self._x(cmd, "DIVERSIFY+CRYPTOGRAM", counter).data
-        self._loaded = (key_ref, factor)
-        return crypt
-
-    def compute(self, mode: int, data: bytes, counter: _Counter) -> bytes:
-        """80FA (+ 00C0) with the loaded key."""
-        return self._x(A.sam_compute(mode, data), "COMPUTE", counter).data
-
-    def status(self) -> dict[str, Any]:
-        """Screen/log-safe status (no PIN, no PIN fingerprint).
-
-        ``pin_tries_left`` is what the SAM answered to VERIFY without data before the PIN
-        was presented (None: it did not say); a correct PIN resets the SAM's counter.
-        ``pin_fault`` is the persisted record of a rejected PIN, if any.
-        """
-        out: dict[str, Any] = {"reader": self.transport.reader, "opened": self._opened,
-                               "pin_verified": self._opened,
-                               "pin_tries_left": self.pin_tries_left,
-                               "pin_fault": None}
-        if self._failure is not None:
-            out["error"] = self._failure.to_dict()
-        if self.terminal_number:
-            out["terminal_number"] = self.terminal_number.hex().upper()
-        if self.serial:
-            out["serial"] = self.serial.hex().upper()
-        if self.pin_fault is not None:
-            out["pin_fault"] = {"at": self.pin_fault.at, "sw": self.pin_fault.sw,
-                                "retries_left": self.pin_fault.retries_left}
-        return out
-
-    def close(self) -> None:
-        """Release the SAM."""
-        self._opened = False
-        self.transport.close()
-
 
 class LocalToday:
     """``dt.date.today()``, recomputed only when the wall clock leaves the cached local day.
@@ -713,6 +150,16 @@ _DEFAULT_TIMEOUTS = Timeouts()
 _DEFAULT_PROFILE = CardProfile()
 
 
+def _medical_path(kind: str, index: int) -> str:
+    """DF03/EE0n for an inpatient record, DF03/ED0n for an outpatient one."""
+    return f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"
+
+
+def _flags_path(kind: str) -> str:
+    """The DF03 file holding the valid flags of ``kind`` records."""
+    return "DF03/EF05" if kind == "inpatient" else "DF03/EF06"
+
+
 @dataclass
 class _CardState:
     df: str | None = None
@@ -741,21 +188,21 @@ class CardSession:
         self._today = today
         self._monotonic = monotonic
         self._st = _CardState()
-        self._c = _Counter()
+        self._c = ApduCounter()
         self.last_apdus: dict[str, int] = {"card": 0, "sam": 0}
 
     # --- plumbing ---------------------------------------------------------------------
     def _begin(self) -> None:
         now = self._monotonic()
-        self._c = _Counter(started=now, deadline=now + self.timeouts.operation_s)
+        self._c = ApduCounter(started=now, deadline=now + self.timeouts.operation_s)
 
     def _end(self) -> None:
         self.last_apdus = {"card": self._c.card, "sam": self._c.sam}
 
     def _x(self, cmd: A.Command | bytes, action: str, *, file: str | None = None,
            check: bool = True) -> A.Response:
-        return _send(self.transport, cmd, action=action, c=self._c, side="card", file=file,
-                     check=check, monotonic=self._monotonic)
+        return send_apdu(self.transport, cmd, action=action, c=self._c, side="card",
+                         file=file, check=check, monotonic=self._monotonic)
 
     def _select_df(self, df: str) -> None:
         if self._st.df == df:
@@ -819,9 +266,9 @@ class CardSession:
         c.card += 1
         if raw[-2:] == b"\x90\x00":
             return raw[:-2]
-        return _exchange_rest(self.transport, apdu, raw, action=action,
-                              counter=c, side="card", file=file, check=True,
-                              monotonic=self._monotonic).data
+        return exchange_rest(self.transport, apdu, raw, action=action,
+                             counter=c, side="card", file=file, check=True,
+                             monotonic=self._monotonic).data
 
     def _read_elements(self, path: str, names: tuple[str, ...] | None = None
                        ) -> dict[str, R.Value]:
@@ -1009,7 +456,7 @@ class CardSession:
                               inpatient, outpatient)
 
     def _read_medical(self, kind: str, index: int, valid: bool) -> Any:
-        spec = FILES[f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"]
+        spec = FILES[_medical_path(kind, index)]
         return R.parse_medical_record(kind, index, valid, self._read_binary(spec, spec.size))
 
     def read_medical_record(self, kind: Literal["inpatient", "outpatient"], index: int
@@ -1019,7 +466,7 @@ class CardSession:
             self._card_ids()
             self._authenticate("DF03", 0x84)
             spec = self._medical_spec(kind, index)
-            flags = self._read_flags("DF03/EF05" if kind == "inpatient" else "DF03/EF06")
+            flags = self._read_flags(_flags_path(kind))
             if not flags[index - 1]:
                 raise E.RecordErased(f"{kind} record {index} is erased", file=spec.path)
             return self._read_medical(kind, index, True)
@@ -1099,10 +546,10 @@ class CardSession:
         if kind not in ("inpatient", "outpatient") or not 1 <= index <= count:
             raise E.CardParameterError(f"{kind} record index must be 1..{count}",
                                        "病历序号错误")
-        return FILES[f"DF03/{'EE' if kind == 'inpatient' else 'ED'}{index:02d}"]
+        return FILES[_medical_path(kind, index)]
 
     def _set_flag(self, kind: str, index: int, valid: bool) -> None:
-        spec = FILES["DF03/EF05" if kind == "inpatient" else "DF03/EF06"]
+        spec = FILES[_flags_path(kind)]
         self._select_ef(spec)
         cmd = A.set_record_valid_flag(index) if valid else A.erase_record_flag(index)
         self._x(cmd, f"FLAG {spec.path}", file=spec.path)
