@@ -136,6 +136,11 @@ class CardService:
         self._sam_failure: E.SamError | None = None
         self._failed_pin: bytes | None = None  # sha256 of the PIN behind _sam_failure
         self._fault: E.CardError | None = None  # last terminal-side fault, for health()
+        # Patient readers whose card could not be read because no SAM was there yet (the
+        # SAM reader comes up after the patient reader at boot or after a pcscd restart):
+        # read again as soon as a SAM card appears, instead of leaving the patient stuck.
+        self._waiting_for_sam: dict[str, int] = {}
+        self._sam_arrivals = 0  # SAM cards seen so far: did one come while a read ran?
 
     def _pyscard_transport(self, reader: str) -> CardTransport:
         if self._pcsc is None:
@@ -208,10 +213,14 @@ class CardService:
                 self._generation[ev.reader] = self._generation.get(ev.reader, 0) + 1
                 if self._is_patient(ev.reader):
                     self._publish(CardInsertedEvent(ev.reader, ev.atr))
-                    task = asyncio.create_task(
-                        self._read_identity(ev.reader, self._generation[ev.reader]))
-                    self._reads.add(task)
-                    task.add_done_callback(self._reads.discard)
+                    self._start_read(ev.reader)
+                elif self._is_sam(ev.reader):
+                    self._sam_arrivals += 1
+                    waiting, self._waiting_for_sam = self._waiting_for_sam, {}
+                    for reader, generation in waiting.items():
+                        if self._generation.get(reader) == generation and reader in self._cards:
+                            log.info("SAM present: reading the waiting card in %s again", reader)
+                            self._start_read(reader)
             elif isinstance(ev, W.CardRemoved):
                 self._cards.pop(ev.reader, None)
                 self._generation[ev.reader] = self._generation.get(ev.reader, 0) + 1
@@ -219,6 +228,11 @@ class CardService:
                     self._publish(CardRemovedEvent(ev.reader))
                 elif self._is_sam(ev.reader):
                     await asyncio.to_thread(self._close_sam)
+
+    def _start_read(self, reader: str) -> None:
+        task = asyncio.create_task(self._read_identity(reader, self._generation[reader]))
+        self._reads.add(task)
+        task.add_done_callback(self._reads.discard)
 
     def _limit(self) -> float:
         # Hard bound over the worker thread: the session checks its own deadline between
@@ -233,6 +247,7 @@ class CardService:
                                 reader=reader) from None
 
     async def _read_identity(self, reader: str, generation: int) -> None:
+        sam_arrivals = self._sam_arrivals
         try:
             identity = await self._bounded(self._blocking_identity, reader)
             result: ServiceEvent = IdentityRead(reader, identity)
@@ -242,6 +257,12 @@ class CardService:
             # screen gets the generic text; the reason goes to health() and the log.
             self._fault = exc
             log.error("card service unavailable (%s): %s", exc.code, exc.message)
+            if isinstance(exc, E.SamUnavailable):
+                same_card = self._generation.get(reader) == generation
+                if self._sam_arrivals != sam_arrivals and same_card:
+                    self._start_read(reader)  # the SAM came while this read ran: read again
+                    return
+                self._waiting_for_sam[reader] = generation
             result = CardReadFailed(reader, E.CardServiceUnavailable(reader=reader, cause=exc))
         except E.CardError as exc:
             result = CardReadFailed(reader, exc)

@@ -176,6 +176,38 @@ async def test_missing_sam_is_generic_for_patients_specific_in_health(
     assert svc.health()["fault"] is None and svc.health()["sam"]["state"] == "ok"
 
 
+async def test_a_card_that_came_before_the_sam_is_read_when_the_sam_arrives(
+        rig: dict[str, Any]) -> None:
+    """Boot or pcscd restart: the patient reader can report its card before the SAM reader
+    reports the SAM. The patient must not have to pull the card out and push it in again."""
+    svc = rig["svc"]
+    rig["w"].emit(W.CardRemoved(SAM))
+    card = HealthCardSim.from_holder()
+    rig["cards"][PATIENT] = card
+    rig["w"].emit(W.CardInserted(PATIENT, card.atr))
+    events = await collect(svc, 2)
+    assert isinstance(events[1], CardReadFailed)
+    rig["w"].emit(W.CardInserted(SAM, rig["cards"][SAM].atr))
+    (again,) = await collect(svc, 1)
+    assert isinstance(again, IdentityRead) and again.reader == PATIENT
+    assert svc.health()["fault"] is None
+
+
+async def test_a_card_removed_while_waiting_for_the_sam_is_not_read(
+        rig: dict[str, Any]) -> None:
+    svc = rig["svc"]
+    rig["w"].emit(W.CardRemoved(SAM))
+    card = HealthCardSim.from_holder()
+    rig["cards"][PATIENT] = card
+    rig["w"].emit(W.CardInserted(PATIENT, card.atr))
+    await collect(svc, 2)
+    rig["w"].emit(W.CardRemoved(PATIENT))
+    rig["w"].emit(W.CardInserted(SAM, rig["cards"][SAM].atr))
+    assert await collect(svc, 1) == [CardRemovedEvent(PATIENT)]
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(collect(svc, 1), 0.5)  # no read of a card that is gone
+
+
 async def test_reader_hot_plug_is_published_for_the_patient_reader(
         rig: dict[str, Any]) -> None:
     svc, w = rig["svc"], rig["w"]
