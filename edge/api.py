@@ -1,7 +1,9 @@
 """The daemon's local API for the kiosk UI server: loopback only, bearer-token protected.
 
 The kiosk never sees a full name or ID number: the session endpoints return masked values,
-and printing takes the personal fields from the card session held by the daemon.
+and printing takes the personal fields from the card session held by the daemon. The kiosk
+prints by reference (a booking id, payment id…): the document is built from the platform's
+replies the daemon holds, never from figures the kiosk sends (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.runtime import EdgeRuntime, SessionError
@@ -25,6 +27,7 @@ from edge.uplink.errors import (
     RequestExpired,
     UplinkError,
 )
+from yikatong.protocol.messages import dump_body
 
 __all__ = ["TokenGate", "create_api"]
 
@@ -42,13 +45,24 @@ class RequestIn(BaseModel):
 
 
 class PrintIn(BaseModel):
-    """A document to print for the current session."""
+    """A document to print for the current session, named by kind and reference.
+
+    ``ref``: the booking id (registration and cancellation slips), payment id (payment and
+    top-up receipts), refund id (refund receipt) or report number (lab report); none for the
+    closing report.
+    """
 
     model_config = ConfigDict(extra="forbid")
     kind: Literal["registration_slip", "payment_receipt", "topup_receipt", "refund_receipt",
                   "cancellation_slip", "lab_report", "closing_report"]
-    data: dict[str, Any] = Field(default_factory=dict)
+    ref: str | None = Field(default=None, pattern=r"^[\x21-\x7e]{1,64}$")
     copy_: bool = Field(default=False, alias="copy")
+
+    @model_validator(mode="after")
+    def _ref_when_needed(self) -> PrintIn:
+        if (self.ref is None) != (self.kind == "closing_report"):
+            raise ValueError("ref names the document (none for closing_report)")
+        return self
 
 
 class ReprintIn(BaseModel):
@@ -69,6 +83,8 @@ class PayIn(BaseModel):
     method: Literal["prepaid", "cash", "code"]
     scan_id: str | None = Field(default=None, max_length=32)
     timeout_s: float | None = Field(default=None, gt=0, le=120)
+    #: Cash handed over at a desk (实收); the daemon works out the change for the receipt.
+    tendered_fen: int | None = Field(default=None, ge=1, le=1_000_000_000)
 
 
 class RefundIn(BaseModel):
@@ -173,7 +189,7 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
 
     @app.exception_handler(SessionError)
     async def _session_error(_: Request, exc: SessionError) -> JSONResponse:
-        return _error(409, exc.code, exc.message, exc.message_zh)
+        return _error(exc.status, exc.code, exc.message, exc.message_zh)
 
     @app.exception_handler(UplinkError)
     async def _uplink_error(_: Request, exc: UplinkError) -> JSONResponse:
@@ -213,12 +229,14 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
         if req.type in _PERSONAL_TYPES:
             return _error(400, "use_dedicated_endpoint", f"{req.type} has its own endpoint.",
                           "请使用专用接口。")
-        return {"result": await runtime.request(req.type, req.body, req.timeout_s, req.id)}
+        return {"result": dump_body(
+            await runtime.request(req.type, req.body, req.timeout_s, req.id))}
 
     @r.get("/request/{request_id}")
     async def request_result(request_id: str, wait_s: float = 0.0) -> Any:
         """Outcome of a request whose caller got outcome_unknown (still never re-sent)."""
-        return {"result": await runtime.request_result(request_id, min(max(wait_s, 0), 10))}
+        return {"result": dump_body(
+            await runtime.request_result(request_id, min(max(wait_s, 0), 10)))}
 
     @r.post("/patient/identify-qr")
     async def identify_qr() -> dict[str, Any]:
@@ -236,26 +254,28 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
 
     @r.post("/pay")
     async def pay(req: PayIn) -> dict[str, Any]:
-        return {"result": await runtime.pay(
+        return {"result": dump_body(await runtime.pay(
             purpose=req.purpose, refs=req.refs, amount_fen=req.amount_fen, method=req.method,
-            scan_id=req.scan_id, request_id=req.id, timeout_s=req.timeout_s)}
+            scan_id=req.scan_id, request_id=req.id, timeout_s=req.timeout_s,
+            tendered_fen=req.tendered_fen))}
 
     @r.get("/pay/{payment_id}")
     async def pay_status(payment_id: str) -> dict[str, Any]:
-        return {"result": await runtime.pay_status(payment_id)}
+        return {"result": dump_body(await runtime.pay_status(payment_id))}
 
     @r.post("/pay/{payment_id}/reverse")
     async def pay_reverse(payment_id: str) -> dict[str, Any]:
-        return {"result": await runtime.pay_reverse(payment_id)}
+        return {"result": dump_body(await runtime.pay_reverse(payment_id))}
 
     @r.post("/refund")
     async def refund(req: RefundIn) -> dict[str, Any]:
-        return {"result": await runtime.refund(req.payment_id, req.amount_fen, req.reason)}
+        done = await runtime.refund(req.payment_id, req.amount_fen, req.reason)
+        return {"result": {**dump_body(done.result), "method": done.method}}
 
     @r.get("/payments")
     async def payments() -> dict[str, Any]:
         """The identified patient's payments (desk: refund or reprint one of them)."""
-        return {"payments": await runtime.pay_list()}
+        return {"payments": [dump_body(p) for p in await runtime.pay_list()]}
 
     @r.post("/payments/{payment_id}/reprint")
     async def reprint_payment(payment_id: str) -> dict[str, Any]:
@@ -283,7 +303,7 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
 
     @r.post("/print")
     async def print_doc(req: PrintIn) -> dict[str, Any]:
-        outcome = await runtime.print_document(req.kind, req.data, copy=req.copy_)
+        outcome = await runtime.print_document(req.kind, req.ref, copy=req.copy_)
         return _outcome(outcome)
 
     @r.post("/reprint", response_model=None)

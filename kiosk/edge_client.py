@@ -7,25 +7,27 @@ from typing import Any
 
 import httpx
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = ["EdgeClient", "EdgeError"]
 
 
-class EdgeError(Exception):
-    """The edge daemon refused or failed an action; messages are fit for the screen."""
+class EdgeError(LocalizedError):
+    """The edge daemon refused or failed an action; messages are fit for the screen.
+
+    ``reason`` is the platform's reason code of a rejection (``insufficient_balance`` …)
+    or '' — never defaulted to ``code``, because flows look advice up by it.
+    """
+
+    code = "edge_error"
 
     def __init__(self, status: int, code: str, message: str, message_zh: str,
                  **extra: Any) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(message, message_zh)
         self.status = status
         self.code = code
-        self.message = message
-        self.message_zh = message_zh
         self.extra = extra  # e.g. request_id of an outcome_unknown, reason of a rejection
-
-    @property
-    def reason(self) -> str:
-        """The platform's reason code of a rejection (``insufficient_balance`` …) or ''."""
-        return str(self.extra.get("reason") or "")
+        self.reason = str(extra.get("reason") or "")
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the browser."""
@@ -120,13 +122,18 @@ class EdgeClient:
         return await self._field("scan", "POST", "/v1/scan", json={"text": text})
 
     async def pay(self, *, request_id: str, purpose: str, refs: list[str], amount_fen: int,
-                  method: str, scan_id: str | None = None,
-                  timeout_s: float | None = None) -> dict[str, Any]:
-        """``pay.create`` for the session's patient (the daemon fills in the payment code)."""
+                  method: str, scan_id: str | None = None, timeout_s: float | None = None,
+                  tendered_fen: int | None = None) -> dict[str, Any]:
+        """``pay.create`` for the session's patient (the daemon fills in the payment code).
+
+        ``tendered_fen``: cash handed over at a desk; the daemon keeps it for the receipt.
+        """
         body: dict[str, Any] = {"id": request_id, "purpose": purpose, "refs": refs,
                                 "amount_fen": amount_fen, "method": method}
         if scan_id is not None:
             body["scan_id"] = scan_id
+        if tendered_fen is not None:
+            body["tendered_fen"] = tendered_fen
         if timeout_s is not None:
             body["timeout_s"] = timeout_s
         return await self._field("result", "POST", "/v1/pay", json=body)
@@ -170,15 +177,22 @@ class EdgeClient:
         """Lock the desk."""
         await self._call("POST", "/v1/staff/logout")
 
-    async def print_doc(self, kind: str, data: dict[str, Any], *,
+    async def print_doc(self, kind: str, ref: str | None = None, *,
                         copy: bool = False) -> dict[str, Any]:
-        """Print a document for the current session; the daemon adds the personal fields."""
-        return await self._obj("POST", "/v1/print",
-                               json={"kind": kind, "data": data, "copy": copy})
+        """Print a document named by kind and reference (booking id, payment id, refund id,
+        report number; none for the closing report).
 
-    async def print_slip(self, booking: dict[str, Any], *, copy: bool = False) -> dict[str, Any]:
-        """Print a registration slip for the current session."""
-        return await self.print_doc("registration_slip", booking, copy=copy)
+        The daemon builds it from the platform's replies it holds and the card session's
+        personal fields: the kiosk sends no figures (docs/architecture.md).
+        """
+        body: dict[str, Any] = {"kind": kind, "copy": copy}
+        if ref is not None:
+            body["ref"] = ref
+        return await self._obj("POST", "/v1/print", json=body)
+
+    async def print_slip(self, booking_id: str, *, copy: bool = False) -> dict[str, Any]:
+        """Print the registration slip of a booking for the current session."""
+        return await self.print_doc("registration_slip", booking_id, copy=copy)
 
     async def reprint(self, job_id: str | None = None) -> dict[str, Any]:
         """Reprint a failed job, or (no id) the last document, marked as a copy."""

@@ -608,7 +608,7 @@ class Screen:
         if self.staff is None:
             return
         try:
-            out = await self.edge.print_doc("closing_report", {})
+            out = await self.edge.print_doc("closing_report")
         except EdgeError as exc:
             self.error = {**exc.as_dict(), **advice(exc, self.role)}
         else:

@@ -32,9 +32,10 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge.uplink.errors import UplinkError
+from yikatong.common.tasks import BackgroundTask
 from yikatong.mqtt.session import InboundMessage, backoff_delay
 from yikatong.protocol.envelope import decode
 from yikatong.protocol.errors import ProtocolError
@@ -74,8 +75,8 @@ class RequestLink(Protocol):
         """Wait for the connection; False on timeout."""
 
     async def request(self, type: str, body: dict[str, Any], *,
-                      timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
-        """Send a request and return its result."""
+                      timeout: float | None = None) -> BaseModel:  # noqa: ASYNC109
+        """Send a request and return its validated result model."""
 
 
 class HotlistSync:
@@ -106,7 +107,7 @@ class HotlistSync:
         #: Highest version central announced (0 until a notice arrives).
         self.announced = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundTask(self._run, name="hotlist-sync")
         self._synced = asyncio.Event()
         self.stats: dict[str, int] = {"notices": 0, "ignored": 0, "fetches": 0, "applied": 0,
                                       "failures": 0}
@@ -135,16 +136,11 @@ class HotlistSync:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start the background sync (first fetch at once)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="hotlist-sync")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop the background sync; the local list stays as it is."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     async def wait_version(self, version: int, timeout_s: float) -> bool:
         """Wait until the local list is at ``version`` or newer; False on timeout."""
@@ -164,9 +160,10 @@ class HotlistSync:
         """Ask for the changes since the local version and apply them; True if applied."""
         since = self.hotlist.version
         self.stats["fetches"] += 1
-        result = await self.uplink.request("hotlist.delta", {"since_version": since},
-                                           timeout=self.request_timeout_s)
-        delta = HotlistDelta.model_validate(result)
+        delta = await self.uplink.request("hotlist.delta", {"since_version": since},
+                                          timeout=self.request_timeout_s)
+        if not isinstance(delta, HotlistDelta):  # the uplink validated it as this model
+            raise TypeError(f"hotlist.delta answered with {type(delta).__name__}")
         applied = await asyncio.to_thread(
             self.hotlist.apply_delta, delta.version, delta.added, delta.removed, delta.full)
         if applied:

@@ -51,6 +51,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import BaseModel
+
 from edge.uplink.config import UplinkConfig
 from edge.uplink.errors import (
     OutcomeUnknown,
@@ -186,7 +188,7 @@ class Uplink:
         #: Told when a followed-up request gets its final answer after its caller gave up:
         #: ``(type, id, result or None, error or None)`` (e.g. the runtime books a payment
         #: that turned out approved into its ledger and prints nothing yet).
-        self.on_settled: Callable[[str, str, dict[str, Any] | None, UplinkError | None],
+        self.on_settled: Callable[[str, str, BaseModel | None, UplinkError | None],
                                   Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -290,9 +292,12 @@ class Uplink:
         exp: datetime | None = None,
         id: str | None = None,
         auth: str | None = None,
-    ) -> dict[str, Any]:
-        """Send a request durably and return its result dict, or raise a typed error.
+    ) -> BaseModel:
+        """Send a request durably and return its validated result model, or a typed error.
 
+        The result is an instance of the request type's result model
+        (``yikatong.protocol.messages.REQUESTS``, docs/protocol.md): ``PatientInfo`` for
+        ``patient.identify``, ``Booking`` for ``reg.book``, ``PaymentResult`` for ``pay.*``.
         ``auth``: the staff session token central issued at ``staff.login`` (desk requests).
         """
         if self._closed:
@@ -361,7 +366,7 @@ class Uplink:
             f"no reply to {type_} in time (request {req_id})", "医院系统响应超时，请稍后再试"
         )
 
-    def _outcome(self, entry: OutboxEntry, fresh: bytes | None = None) -> dict[str, Any]:
+    def _outcome(self, entry: OutboxEntry, fresh: bytes | None = None) -> BaseModel:
         """Result of a finished entry, or the typed error it ended with.
 
         ``fresh``: the reply as it arrived, for the callers waiting right then; the outbox
@@ -379,16 +384,16 @@ class Uplink:
                 )
             raise OutcomeUnknown(entry.id)  # no_reply: sent, never answered
         raw = fresh if fresh is not None and entry.state == "done" else entry.reply
-        if raw is None:
-            return {}
         try:
+            if raw is None:
+                # Done without a reply body (never for a request; kept for safety): the
+                # result model of an empty result, or a typed error when it needs fields.
+                return parse_result(entry.type, ReplyOk(result={}))
             reply = parse_reply(decode(raw))
             if isinstance(reply, ReplyOk):
-                # The caller gets the plain dict, but only once it matches the result model
-                # of the request type: a malformed reply is a typed error, never a KeyError
-                # deep in a flow.
-                parse_result(entry.type, reply)
-                return dict(reply.result)
+                # The caller gets the result model of the request type: a malformed reply is
+                # a typed error here, never a KeyError deep in a flow.
+                return parse_result(entry.type, reply)
         except ProtocolError as exc:
             raise self._invalid_reply(entry, exc) from exc
         raise error_from_reply(entry.id, reply.error.model_dump(mode="json"))
@@ -403,7 +408,7 @@ class Uplink:
             return OutcomeUnknown(entry.id, message=f"unreadable reply ({exc.code})")
         return Rejected("invalid_reply", exc.message, exc.message_zh)
 
-    async def result_of(self, request_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
+    async def result_of(self, request_id: str, *, wait_s: float = 0.0) -> BaseModel:
         """Outcome of an earlier request (also after the caller gave up); waits up to wait_s."""
         entry = self.outbox.get(request_id)
         if entry is None:
@@ -557,7 +562,7 @@ class Uplink:
             return  # still not final: the next round asks again
         self._following.discard(req_id)
         self._follow_next.pop(req_id, None)
-        result: dict[str, Any] | None = None
+        result: BaseModel | None = None
         error: UplinkError | None = None
         try:
             result = self._outcome(entry, reply)

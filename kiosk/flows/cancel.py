@@ -103,9 +103,10 @@ class CancelFlow(Flow):
         if balance is not None:
             # The platform refunded the fee: the figure on screen is the platform's new one.
             self.ctx.patient["balance_fen"] = int(balance)
-        slip = {**self.data["booking"], **res, "balance_fen": balance}
         try:
-            out = await self.edge.print_doc("cancellation_slip", slip)
+            # The daemon builds the slip from the booking and the cancellation it received
+            # (and the balance it read again just now, when the platform did not say).
+            out = await self.edge.print_doc("cancellation_slip", str(res["booking_id"]))
         except EdgeError as exc:
             out = {"state": "failed", "reason": exc.code, "message": exc.message,
                    "message_zh": exc.message_zh}

@@ -87,9 +87,10 @@ class PayingFlow(Flow):
 
     async def _pay(self, method: str, scan_id: str | None) -> None:
         self.to("paying", method=method)
+        tendered = self.data.get("tendered_fen") if method == "cash" else None
         result = await settle(self, purpose=self.PURPOSE, refs=list(self.data["refs"]),
                               amount_fen=int(self.data["amount_fen"]), method=method,
-                              scan_id=scan_id)
+                              scan_id=scan_id, tendered_fen=tendered)
         if result is not None:
             self.data["payment"] = result
             if result.get("balance_fen") is not None and self.PURPOSE != "topup":
@@ -102,16 +103,15 @@ class PayingFlow(Flow):
 
     # -- printing ------------------------------------------------------------------------
 
-    async def print_doc(self, kind: str, data: dict[str, Any], *, copy: bool = False) -> None:
-        """Print after a confirmed outcome; never undoes it when the paper fails."""
+    async def print_doc(self, kind: str, ref: str, *, copy: bool = False) -> None:
+        """Print after a confirmed outcome; never undoes it when the paper fails.
+
+        Only the kind and the reference go to the daemon, which builds the document from
+        the platform's replies it holds (cash tendered and change included).
+        """
         self.to("printing")
-        if kind in ("payment_receipt", "topup_receipt") and self.data.get("method") == "cash" \
-                and self.data.get("tendered_fen") is not None:
-            # Cash at a desk: 实收 and 找零 go on the receipt.
-            data = {**data, "tendered_fen": self.data["tendered_fen"],
-                    "change_fen": self.data["change_fen"]}
         try:
-            out = await self.edge.print_doc(kind, data, copy=copy)
+            out = await self.edge.print_doc(kind, ref, copy=copy)
         except EdgeError as exc:
             out = {"state": "failed", "reason": exc.code, "job_id": None,
                    "message": exc.message, "message_zh": exc.message_zh}

@@ -120,8 +120,11 @@ async def printer_gate(flow: Flow) -> dict[str, Any] | None:
 
 
 async def settle(flow: Flow, *, purpose: str, refs: list[str], amount_fen: int, method: str,
-                 scan_id: str | None = None) -> dict[str, Any] | None:
+                 scan_id: str | None = None,
+                 tendered_fen: int | None = None) -> dict[str, Any] | None:
     """Pay and resolve; the approved result, or None with the flow moved to a final state.
+
+    ``tendered_fen``: the cash counted at a desk, which the daemon prints as 实收/找零.
 
     The flow is in ``paying`` on entry. Declined → ``declined``; an outcome that cannot be
     learnt in time → ``unresolved`` (never shown as paid, never paid again).
@@ -131,10 +134,11 @@ async def settle(flow: Flow, *, purpose: str, refs: list[str], amount_fen: int, 
     # whenever the outcome is not known, since a payment id may never have come back.
     flow.data["order_no"] = order_number(request_id)
     t = flow.timing
+    cash: dict[str, Any] = {} if tendered_fen is None else {"tendered_fen": tendered_fen}
     try:
         result = await flow.edge.pay(request_id=request_id, purpose=purpose, refs=refs,
                                      amount_fen=amount_fen, method=method, scan_id=scan_id,
-                                     timeout_s=t.pay_timeout_s)
+                                     timeout_s=t.pay_timeout_s, **cash)
     except EdgeError as exc:
         if exc.code == "outcome_unknown":
             flow.to("confirming", error=CONFIRMING_TEXT, payment_id=None)

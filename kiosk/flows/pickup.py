@@ -116,7 +116,7 @@ class PickupFlow(PayingFlow):
             else:
                 booking = dict(booking, **{k: v for k, v in res.items() if v is not None})
                 self.data["booking"] = booking
-        await self.print_doc("registration_slip", booking, copy=copy)
+        await self.print_doc("registration_slip", str(booking["booking_id"]), copy=copy)
 
     async def printed_ok(self, out: dict[str, Any]) -> None:
         """The slip came out: the platform records it, so a later slip is a copy."""

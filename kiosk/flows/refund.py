@@ -144,6 +144,4 @@ class RefundFlow(PayingFlow):
             self.fail(exc)
             return
         self.data["refund"] = res
-        await self.print_doc("refund_receipt", {
-            "refund_id": res["refund_id"], "payment_id": res["payment_id"],
-            "amount_fen": res["amount_fen"], "method": res["method"], "reason": d["reason"]})
+        await self.print_doc("refund_receipt", str(res["refund_id"]))

@@ -210,7 +210,7 @@ class RegisterFlow(PayingFlow):
         """A booking exists: pay its fee unless nothing is due."""
         self.data["booking"] = booking
         if booking["status"] == "paid" or booking["fee_fen"] == 0:
-            await self.print_doc("registration_slip", booking)
+            await self.print_doc("registration_slip", str(booking["booking_id"]))
             return
         self.offer_payment(int(booking["fee_fen"]), [booking["booking_id"]], warning)
 
@@ -228,7 +228,7 @@ class RegisterFlow(PayingFlow):
         """Fee confirmed: print the slip."""
         booking = dict(self.data["booking"], status="paid")
         self.data["booking"] = booking
-        await self.print_doc("registration_slip", booking)
+        await self.print_doc("registration_slip", str(booking["booking_id"]))
 
     async def printed_ok(self, out: dict[str, Any]) -> None:
         """The slip came out: the platform records it (a later pick-up prints a copy)."""

@@ -123,8 +123,7 @@ class ReportsFlow(Flow):
             was_printed = next((r["printed"] for r in self.data["reports"]
                                 if r["report_no"] == no), False)
             try:
-                out = await self.edge.print_doc("lab_report", {"report_no": no},
-                                                copy=bool(was_printed))
+                out = await self.edge.print_doc("lab_report", no, copy=bool(was_printed))
             except EdgeError as exc:
                 out = {"state": "failed", "reason": exc.code, "message": exc.message,
                        "message_zh": exc.message_zh}

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from support import wait_until_async
+
 from edge.uplink.client import Uplink
 from edge.uplink.outbox import Outbox
 
@@ -45,12 +47,9 @@ async def test_edge_killed_after_publish_recovers_the_stored_outcome(
     try:
         seen = Outbox(cfg.outbox_path)
         try:
-            for _ in range(200):
-                e = seen.get("edgecrash1")
-                if e is not None and e.attempts >= 1:
-                    break
-                await asyncio.sleep(0.02)
-            assert e is not None and e.attempts >= 1
+            await wait_until_async(
+                lambda: (e := seen.get("edgecrash1")) is not None and e.attempts >= 1, 4,
+                what="the child's first send of edgecrash1")
         finally:
             seen.close()
         os.kill(proc.pid, signal.SIGKILL)
@@ -66,7 +65,7 @@ async def test_edge_killed_after_publish_recovers_the_stored_outcome(
         result = await up.result_of("edgecrash1", wait_s=15)
     finally:
         await up.stop()
-    assert result["state"] == "approved" and result["amount_fen"] == 5000
+    assert result.state == "approved" and result.amount_fen == 5000
     assert fake_platform.effects["edgecrash1"] == 1
     assert up.boot_seq == 2
 
@@ -92,11 +91,8 @@ async def test_central_restarted_during_the_platform_call_lists_then_resolves_th
     try:
         assert await fwd1.wait_connected(10) and await up.wait_connected(10)
         asked = asyncio.create_task(up.request("pay.create", body, timeout=60, id="restart001"))
-        for _ in range(200):
-            if fake_platform.effects["restart001"] == 1:
-                break
-            await asyncio.sleep(0.02)
-        assert fake_platform.effects["restart001"] == 1
+        await wait_until_async(lambda: fake_platform.effects["restart001"] == 1, 4,
+                               what="the payment committed at the platform")
         await fwd1.stop()  # central gone mid-call: nothing answered, nothing stored
         assert broker_site.store.request_state("restart001") == "received"
 
@@ -110,9 +106,9 @@ async def test_central_restarted_during_the_platform_call_lists_then_resolves_th
         result = await asyncio.wait_for(asked, 20)
         # its own earlier boot's row is taken over at once, not after the 120 s lease
         assert asyncio.get_running_loop().time() - t0 < 15
-        assert result["state"] == "pending"
-        assert pay2.get("restart001").payment_id == result["payment_id"]
-        fake_platform.payments[result["payment_id"]]["state"] = "approved"
+        assert result.state == "pending"
+        assert pay2.get("restart001").payment_id == result.payment_id
+        fake_platform.payments[result.payment_id]["state"] = "approved"
         assert await pay2.resolve_once() == 0
         assert pay2.get("restart001").state == "approved"
         assert fake_platform.effects["restart001"] == 1  # charged once

@@ -36,10 +36,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from support import wait_until_async
 
 from central.platform.sim.ids import id_check_digit
 from edge.uplink.client import Uplink
 from edge.uplink.errors import OutcomeUnknown, PlatformUnavailable, Rejected
+from yikatong.protocol.messages import dump_body
 
 TOTAL = 1000
 STAFF_BADGE, STAFF_PIN = "S9001", "246813"
@@ -125,7 +127,7 @@ async def send(desk: Desk, run: Run, pacer: Pacer | None, type_: str, body: dict
         try:
             res = await desk.uplink.request(type_, desk.wire(body), id=rid, exp=exp,
                                             timeout=20, auth=desk.token or None)
-            out = Outcome(rid, type_, body, "ok", res, tries)
+            out = Outcome(rid, type_, body, "ok", dump_body(res), tries)
             break
         except Rejected as exc:
             out = Outcome(rid, type_, body, "rejected", exc.code, tries)
@@ -299,15 +301,15 @@ async def device_worker(desk: Desk, run: Run, pacer: Pacer,
 
 async def chaos(stack: Any, run: Run, t0: float) -> None:
     for frac, what in CHAOS:
-        while run.done < frac * TOTAL:  # noqa: ASYNC110 - polling the devices' progress
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda n=frac * TOTAL: run.done >= n, 240, interval=0.05,
+                               what=f"{frac:.0%} of the requests done before the {what} fault")
         if what == "broker":
             await asyncio.to_thread(stack.broker.kill9)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the outage itself: devices and central see it down
             await asyncio.to_thread(stack.broker.start)
         else:
             await asyncio.to_thread(stack.kill_central)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the outage itself: requests arrive while it is down
             await asyncio.to_thread(stack.start_central)
         run.chaos_log.append((round(time.monotonic() - t0, 1), what))
 
@@ -366,7 +368,8 @@ async def test_chaos_exactly_once(stack: Any, tmp_path: Path) -> None:
             desk = next(d for d in by_dev.values() if d.uplink.outbox.get(o.id) is not None)
             while True:
                 try:
-                    o.result, o.status = await desk.uplink.result_of(o.id), "ok"
+                    o.result = dump_body(await desk.uplink.result_of(o.id))
+                    o.status = "ok"
                     break
                 except Rejected as exc:
                     o.result, o.status = exc.code, "rejected"
@@ -375,10 +378,9 @@ async def test_chaos_exactly_once(stack: Any, tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, f"{o.id} never settled on the device"
                     await asyncio.sleep(0.5)
         # Every payment not final yet is resolved by central's resolver (status / reversal).
-        deadline = time.monotonic() + 90
-        while (open_ := await asyncio.to_thread(stack.unresolved_payments)):
-            assert time.monotonic() < deadline, f"unresolved payments remain: {open_[:3]}"
-            await asyncio.sleep(1)
+        await wait_until_async(
+            lambda: asyncio.to_thread(lambda: not stack.unresolved_payments()), 90, interval=1,
+            what="central's resolver to settle every payment")
         t_resolved = time.monotonic() - t0
         stats = await asyncio.to_thread(stack.stats)
     finally:

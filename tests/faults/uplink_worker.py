@@ -57,14 +57,14 @@ async def drain(uplink: Uplink, n: int, patient_id: str) -> None:
                 if uplink.outbox.get(rid) is None:
                     raise RuntimeError(f"{rid} missing from the outbox after restart")
                 res = await uplink.result_of(rid, wait_s=60)
-                results[rid] = res["state"]
+                results[rid] = res.state
                 return
             except (OutcomeUnknown, PlatformUnavailable):
                 # Not final yet: ask again under the same id.
                 try:
                     res = await uplink.request("pay.create", body(patient_id, i), id=rid,
                                                timeout=60)
-                    results[rid] = res["state"]
+                    results[rid] = res.state
                     return
                 except (OutcomeUnknown, PlatformUnavailable):
                     await asyncio.sleep(0.5)

@@ -78,8 +78,8 @@ class FakeEdge:
     async def reprint_payment(self, payment_id: str) -> dict[str, Any]:
         return self._answer("reprint_payment", payment_id)
 
-    async def print_doc(self, kind: str, data: dict[str, Any], *, copy: bool = False) -> Any:
-        return self._answer("print", {"kind": kind, "data": data, "copy": copy})
+    async def print_doc(self, kind: str, ref: str | None = None, *, copy: bool = False) -> Any:
+        return self._answer("print", {"kind": kind, "ref": ref, "copy": copy})
 
     async def reprint(self, job_id: str | None = None) -> dict[str, Any]:
         return self._answer("reprint", job_id)

@@ -18,12 +18,15 @@ from edge.devices.printer.driver import PrintOutcome
 from edge.devices.printer.errors import PrinterOffline
 from edge.runtime import EdgeRuntime, Ledger
 from edge.uplink.errors import OutcomeUnknown, Rejected
+from yikatong.protocol.messages import REQUESTS, PaymentResult
 
 TOKEN = "t" * 24
 CODE = "134567890123456780"
 
 
 class Uplink:
+    """Scripted answers, validated into their result models as the real uplink does."""
+
     connected = True
 
     def __init__(self) -> None:
@@ -38,10 +41,10 @@ class Uplink:
             a = a.pop(0) if len(a) > 1 else a[0]
         if isinstance(a, BaseException):
             raise a
-        return a
+        return REQUESTS[type_][1].model_validate(a)
 
     async def result_of(self, request_id: str, *, wait_s: float = 0.0):
-        return self.script["result_of"]
+        return PaymentResult.model_validate(self.script["result_of"])
 
     async def publish_event(self, type_: str, body: dict[str, Any]) -> str:
         self.events.append((type_, body))
@@ -184,29 +187,86 @@ async def test_personal_requests_need_their_own_endpoint(rig):
         assert r.status_code == 400, t
 
 
-async def test_print_takes_personal_fields_from_the_session(rig):
+BOOKING = {"booking_id": "BK1", "visit_no": "V1", "queue_no": 7, "dept_code": "NK",
+           "dept_name": "内科", "doctor_name": "李明", "title": "主任医师", "date": "2026-11-22",
+           "start": "09:00", "end": "09:30", "location": "3F", "fee_fen": 500,
+           "status": "booked"}
+
+
+async def test_print_by_reference_builds_from_the_platforms_booking(rig):
     await identified(rig)
-    booking = {"booking_id": "BK1", "visit_no": "V1", "queue_no": 7, "dept_name": "内科",
-               "doctor_name": "李明", "title": "主任医师", "date": "2026-11-22",
-               "start": "09:00", "end": "09:30", "location": "3F", "fee_fen": 500,
-               "patient_name": "冒名顶替"}
-    r = await rig.http.post("/v1/print", json={"kind": "registration_slip", "data": booking})
+    rig.up.script["reg.book"] = BOOKING
+    r = await rig.http.post("/v1/request", json={"type": "reg.book", "body": {
+        "patient_id": "P1", "slot_id": "S1", "pay_method": "later", "insured": True}})
+    assert r.json()["result"]["queue_no"] == 7
+    r = await rig.http.post("/v1/print", json={"kind": "registration_slip", "ref": "BK1"})
     assert r.json()["state"] == "printed"
     doc, job_id, copy = rig.pr.docs[-1]
     assert doc.patient_name == "李秀英" and doc.id_number == "310104196503120022"
+    assert (doc.queue_no, doc.fee_fen, doc.insured) == (7, 500, True)  # the platform's
     assert job_id == "slip-BK1" and not copy
     # printed once already: a second print is a marked copy with its own job
-    await rig.http.post("/v1/print", json={"kind": "registration_slip", "data": booking})
+    await rig.http.post("/v1/print", json={"kind": "registration_slip", "ref": "BK1"})
     doc2, job2, copy2 = rig.pr.docs[-1]
     assert copy2 and doc2.copy and job2.startswith("slip-BK1-copy-")
 
 
-async def test_print_needs_a_session_and_whole_data(rig):
-    r = await rig.http.post("/v1/print", json={"kind": "topup_receipt", "data": {}})
+async def test_the_kiosk_cannot_send_document_figures(rig):
+    await identified(rig)
+    r = await rig.http.post("/v1/print", json={"kind": "registration_slip", "ref": "BK1",
+                                               "data": {"fee_fen": 1, "queue_no": 1}})
+    assert r.status_code == 422 and rig.pr.docs == []
+
+
+async def test_print_needs_a_session_and_a_known_reference(rig):
+    r = await rig.http.post("/v1/print", json={"kind": "topup_receipt", "ref": "PAY1"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "no_card"
     await identified(rig)
-    r = await rig.http.post("/v1/print", json={"kind": "topup_receipt", "data": {"x": 1}})
-    assert r.json()["error"]["code"] == "bad_document"
+    r = await rig.http.post("/v1/print", json={"kind": "topup_receipt", "ref": "PAY1"})
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "unknown_reference" and err["message"] and err["message_zh"]
+    r = await rig.http.post("/v1/print", json={"kind": "registration_slip"})
+    assert r.status_code == 422  # a slip names its booking
+    assert rig.pr.docs == []
+
+
+async def test_a_declined_payment_prints_no_receipt(rig):
+    await identified(rig)
+    rig.up.script["pay.create"] = dict(APPROVED, state="declined", method="prepaid")
+    await rig.http.post("/v1/pay", json={"id": "req00000020", "purpose": "topup",
+                                         "amount_fen": 5000, "method": "prepaid"})
+    r = await rig.http.post("/v1/print", json={"kind": "topup_receipt", "ref": "PAY1"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_paid"
+    assert rig.pr.docs == []
+
+
+async def test_receipts_print_from_the_payment_and_the_bills_it_paid(rig):
+    await identified(rig)
+    rig.up.script["bill.list"] = {"bills": [
+        {"bill_id": "B1", "date": "2026-11-22", "dept_name": "内科", "payable_here": True,
+         "total_fen": 3000, "items": [{"name": "血常规", "qty": 1, "unit_price_fen": 3000,
+                                       "amount_fen": 3000}]},
+        {"bill_id": "B2", "date": "2026-11-22", "dept_name": "放射科", "payable_here": True,
+         "total_fen": 2000, "items": [{"name": "胸片", "qty": 1, "unit_price_fen": 2000,
+                                       "amount_fen": 2000}]}]}
+    await rig.http.post("/v1/request", json={"type": "bill.list", "body": {"patient_id": "P1"}})
+    rig.up.script["pay.create"] = dict(APPROVED, balance_fen=45000)
+    scan = (await rig.http.post("/v1/scan", json={"text": CODE})).json()["scan"]
+    await rig.http.post("/v1/pay", json={"id": "req00000021", "purpose": "bills",
+                                         "refs": ["B2", "B1"], "amount_fen": 5000,
+                                         "method": "code", "scan_id": scan["scan_id"]})
+    r = await rig.http.post("/v1/print", json={"kind": "payment_receipt", "ref": "PAY1"})
+    assert r.json()["state"] == "printed"
+    doc, job_id, _ = rig.pr.docs[-1]
+    assert job_id == "receipt-PAY1" and doc.total_fen == 5000 and doc.txn_id == "T1"
+    assert [i.name for i in doc.items] == ["血常规", "胸片"]  # in the platform's order
+    assert doc.dept_name == "内科、放射科" and doc.balance_after_fen == 45000
+    # the card session ends: what it was told goes with it
+    rig.rt.card_removed("r")
+    await identified(rig)
+    r = await rig.http.post("/v1/print", json={"kind": "payment_receipt", "ref": "PAY1"})
+    assert r.status_code == 404
 
 
 async def test_lab_report_by_barcode_needs_no_card_and_is_marked_printed(rig):
@@ -218,7 +278,7 @@ async def test_lab_report_by_barcode_needs_no_card_and_is_marked_printed(rig):
                    "ref_range": "3.5-9.5", "flag": ""}], "doctor": "赵", "verify_url":
         "https://example.org/R1"}
     rig.up.script["report.printed"] = {"report_no": "R1", "printed": True}
-    r = await rig.http.post("/v1/print", json={"kind": "lab_report", "data": {"report_no": "R1"}})
+    r = await rig.http.post("/v1/print", json={"kind": "lab_report", "ref": "R1"})
     assert r.json()["state"] == "printed"
     assert rig.pr.docs[-1][0].patient_name == "王小明"
     assert rig.up.sent[-1][:2] == ("report.printed", {"report_no": "R1"})
@@ -262,7 +322,12 @@ async def test_cashier_staff_cash_refund_ledger_and_closing(rig):
     rig.up.script["pay.create"] = {"payment_id": "PAY2", "state": "approved", "amount_fen": 100,
                                    "method": "cash", "balance_fen": 50100}
     await rig.http.post("/v1/pay", json={"id": "req00000012", "purpose": "topup",
-                                         "amount_fen": 100, "method": "cash"})
+                                         "amount_fen": 100, "method": "cash",
+                                         "tendered_fen": 200})
+    r = await rig.http.post("/v1/print", json={"kind": "topup_receipt", "ref": "PAY2"})
+    doc = rig.pr.docs[-1][0]
+    assert (doc.tendered_fen, doc.change_fen, doc.payment_id) == (200, 100, "PAY2")
+    assert doc.balance_after_fen == 50100 and doc.operator == "收费员一"
     rig.up.script["pay.status"] = {"payment_id": "PAY2", "state": "approved", "amount_fen": 100,
                                    "method": "cash"}
     await rig.http.get("/v1/pay/PAY2")  # seen approved again: still one ledger row

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kiosk.edge_client import EdgeError
-from kiosk.flows.bills import BillsFlow, default_selection, receipt_data, selection_total
+from kiosk.flows.bills import BillsFlow, default_selection, selection_total
 from kiosk.flows.cancel import CancelFlow, cancellable
 from kiosk.flows.refund import RefundFlow, check_form, parse_yuan
 from kiosk.flows.reports import ReportsFlow, printable
@@ -28,8 +28,6 @@ def test_selection_helpers():
     bills = BILLS["bills"]
     assert default_selection(bills) == ["B1", "B2"]
     assert selection_total(bills, ["B1", "B2"]) == 5000
-    r = receipt_data(bills, ["B2"], APPROVED)
-    assert r["total_fen"] == 3000 and r["items"][0]["name"] == "血常规"
 
 
 async def test_bills_all_selected_pay_and_receipt(make, edge):
@@ -43,7 +41,8 @@ async def test_bills_all_selected_pay_and_receipt(make, edge):
     await f.handle("method", {"method": "prepaid"})
     assert f.state == "done"
     assert edge.called("pay")[0]["refs"] == ["B1", "B2"]
-    assert edge.called("print")[0]["kind"] == "payment_receipt"
+    # By reference: the daemon builds the receipt from the payment and the bills it paid.
+    assert edge.called("print") == [{"kind": "payment_receipt", "ref": "PAY9", "copy": False}]
 
 
 async def test_bills_partial_selection(make, edge):
@@ -129,8 +128,7 @@ async def test_reports_by_card_print_and_mark(make, edge):
     assert f.error["code"] == "not_ready"
     await f.handle("print", {})
     assert f.state == "done" and f.data["reports"][0]["printed"] is True
-    assert edge.called("print") == [{"kind": "lab_report", "data": {"report_no": "R1"},
-                                     "copy": False}]
+    assert edge.called("print") == [{"kind": "lab_report", "ref": "R1", "copy": False}]
 
 
 async def test_reports_by_barcode_without_card(make, edge):
@@ -202,7 +200,7 @@ async def test_cancel_paid_booking_refunds(make, edge):
     assert f.state == "done" and f.data["refund_fen"] == 5000
     assert f.ctx.patient["balance_fen"] == 10000
     (slip,) = edge.called("print")
-    assert slip["kind"] == "cancellation_slip" and slip["data"]["booking_id"] == "BK1"
+    assert slip == {"kind": "cancellation_slip", "ref": "BK1", "copy": False}
 
 
 async def test_cancel_shows_the_platforms_new_balance_and_prints_a_slip(make, edge):
@@ -218,7 +216,7 @@ async def test_cancel_shows_the_platforms_new_balance_and_prints_a_slip(make, ed
     assert f.ctx.patient["balance_fen"] == 12345
     assert edge.called("identify") == []
     (slip,) = edge.called("print")
-    assert slip["data"]["refund_id"] == "RF1" and f.data["print"]["state"] == "printed"
+    assert slip["ref"] == "BK1" and f.data["print"]["state"] == "printed"
 
 
 async def test_cancel_failures(make, edge):
@@ -284,7 +282,7 @@ async def test_refund_of_a_listed_payment_with_id_check_prints_receipt(make, edg
     assert edge.called("refund") == [{"payment_id": "PAY1", "amount_fen": 100,
                                       "reason": "退药"}]
     doc = edge.called("print")[0]
-    assert doc["kind"] == "refund_receipt" and doc["data"]["method"] == "wechat"
+    assert doc == {"kind": "refund_receipt", "ref": "RF1", "copy": False}
 
 
 async def test_refund_refused_says_what_to_do_at_the_desk(make, edge):

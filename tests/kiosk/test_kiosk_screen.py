@@ -56,7 +56,7 @@ class Edge:
             return {"reports": []}
         raise AssertionError(type_)
 
-    async def print_doc(self, kind, data, copy=False):
+    async def print_doc(self, kind, ref=None, copy=False):
         self.calls.append(f"print {kind}")
         return {"state": "printed", "job_id": "j"}
 
@@ -346,7 +346,7 @@ class MoneyEdge(Edge):
     async def printer_status(self):
         return {"ready": True, "problem": None, "paper": "ok"}
 
-    async def print_doc(self, kind, data, copy=False):
+    async def print_doc(self, kind, ref=None, copy=False):
         self.calls.append(f"print {kind}")
         await self.print_gate.wait()
         if not self.card_in:

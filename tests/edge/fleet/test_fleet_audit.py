@@ -17,7 +17,14 @@ import pytest
 from edge.fleet.audit import AuditError, AuditLog
 from edge.runtime import EdgeRuntime, Ledger
 from yikatong.protocol.audit import GENESIS_HASH, audit_hash
-from yikatong.protocol.messages import AuditRecord, CardInserted, CardReadFailed, CardRemoved
+from yikatong.protocol.messages import (
+    REQUESTS,
+    AuditRecord,
+    CardInserted,
+    CardReadFailed,
+    CardRemoved,
+    PatientInfo,
+)
 
 ID_NUMBER = "310104196503120022"
 CARD_NO = "310100000000000002"
@@ -111,7 +118,7 @@ class Uplink:
         a = self.script[type_]
         if isinstance(a, BaseException):
             raise a
-        return a
+        return REQUESTS[type_][1].model_validate(a)  # as the real uplink: the result model
 
     async def publish_event(self, type_: str, body: dict[str, Any]) -> str:
         self.events.append((type_, body))
@@ -171,7 +178,7 @@ async def test_runtime_audits_a_code_payment_without_the_code(tmp_path: Path) ->
     rt, up = _runtime(audit)
     rt.card_inserted("r")
     rt.identity_read("r", IDENTITY)
-    rt.session.patient = dict(PATIENT)
+    rt.session.patient = PatientInfo(**PATIENT)
     scan = rt.scan_received(PaymentCode(wallet="wechat", code=PAY_CODE))
     up.script["pay.create"] = {"payment_id": "PAY1", "state": "approved", "amount_fen": 5000,
                                "method": "wechat"}
@@ -195,7 +202,7 @@ async def test_runtime_audits_a_failed_payment(tmp_path: Path) -> None:
     rt, up = _runtime(audit)
     rt.card_inserted("r")
     rt.identity_read("r", IDENTITY)
-    rt.session.patient = dict(PATIENT)
+    rt.session.patient = PatientInfo(**PATIENT)
     up.script["pay.create"] = Rejected("insufficient_balance", "Not enough.", "余额不足")
     with pytest.raises(Rejected):
         await rt.pay(purpose="bills", refs=["B1"], amount_fen=5000, method="prepaid",

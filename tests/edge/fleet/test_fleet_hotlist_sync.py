@@ -16,6 +16,7 @@ from edge.fleet.hotlist_sync import HotlistSync
 from edge.uplink.errors import PlatformUnavailable
 from yikatong.mqtt.session import InboundMessage
 from yikatong.protocol.envelope import encode, new_envelope
+from yikatong.protocol.messages import HotlistDelta
 from yikatong.protocol.signing import generate_private_key
 
 NOW = datetime(2025, 3, 10, 1, 0, tzinfo=UTC)
@@ -86,14 +87,15 @@ class FakeUplink:
         return True
 
     async def request(self, type: str, body: dict[str, Any], *,
-                      timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
+                      timeout: float | None = None) -> HotlistDelta:  # noqa: ASYNC109
         assert type == "hotlist.delta"
         self.requests.append(body)
         await asyncio.sleep(0)
         if self.fail_next:
             self.fail_next -= 1
             raise PlatformUnavailable()
-        return self.platform.delta(body["since_version"])
+        # As the real uplink answers: the reply validated into its result model.
+        return HotlistDelta.model_validate(self.platform.delta(body["since_version"]))
 
     def deliver(self, payload: bytes) -> None:
         for h in self.handlers.get("hotlist", []):

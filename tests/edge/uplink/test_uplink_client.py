@@ -22,7 +22,7 @@ from edge.uplink.errors import (
 )
 from yikatong.mqtt.session import InboundMessage
 from yikatong.protocol.envelope import encode, new_envelope
-from yikatong.protocol.messages import make_request
+from yikatong.protocol.messages import DepartmentList, PatientInfo, PaymentResult, make_request
 
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
        "method": "prepaid"}
@@ -242,7 +242,10 @@ async def test_a_reply_that_does_not_match_its_result_model_is_a_typed_error(off
                                "location": "门诊楼3层东区"}]}
     offline.outbox.complete(good.id, reply_to(good.id, result))
     got = await offline.result_of(good.id)
-    assert got == result and type(got) is dict  # the public return type is unchanged
+    # The caller gets the validated result model, not a dict to parse again.
+    assert isinstance(got, DepartmentList)
+    assert got.model_dump(mode="json", exclude_none=True) == result
+    assert got.departments[0].name == "心血管内科"
 
 
 async def test_connect_listeners_run_after_every_connect_and_a_faulty_one_stops_nothing(
@@ -275,7 +278,7 @@ SECRETS = (ID_NO, NAME, PHONE, CARD, PIN, WALLET_CODE, TOKEN, "血红蛋白", "1
 
 
 async def _answered(up: Uplink, type_: str, body: dict, result: dict, *, id_: str,
-                    auth: str | None = None) -> dict:
+                    auth: str | None = None) -> Any:
     """Send a request and deliver central's reply as the broker would; the caller's result."""
     task = asyncio.create_task(up.request(type_, body, id=id_, timeout=5, auth=auth))
     for _ in range(200):
@@ -297,11 +300,12 @@ async def test_finished_requests_keep_no_personal_data_or_secrets_on_disk(offlin
                "insured": True}
     got = await _answered(offline, "patient.identify", {"by": "id_number", "value": ID_NO},
                           patient, id_="ident00001")
-    assert got["name"] == NAME and got["id_number"] == ID_NO  # the caller gets it all
+    assert isinstance(got, PatientInfo)
+    assert got.name == NAME and got.id_number == ID_NO  # the caller gets it all
     staff = {"staff_id": "S1", "name": "王建国", "role": "cashier", "session_token": TOKEN}
     got = await _answered(offline, "staff.login", {"badge": "B1", "pin": PIN}, staff,
                           id_="login00001")
-    assert got["session_token"] == TOKEN
+    assert got.session_token == TOKEN
     report = {"report_no": "R1", "title": "血常规", "patient_name": NAME, "sex": "F",
               "age": "60岁", "dept_name": "检验科", "specimen": "血",
               "sampled_at": "2026-01-01T08:00:00.000Z", "reported_at": "2026-01-01T09:00:00.000Z",
@@ -310,12 +314,12 @@ async def test_finished_requests_keep_no_personal_data_or_secrets_on_disk(offlin
               "doctor": "赵医生", "verify_url": "https://lab.example/v/R1"}
     got = await _answered(offline, "report.fetch", {"report_no": "R1"}, report,
                           id_="report0001", auth=TOKEN)
-    assert got["items"][0]["name"] == "血红蛋白"
+    assert got.items[0].name == "血红蛋白"
     pay_body = {**PAY, "method": "wechat", "auth_code": WALLET_CODE}
     paid = {"payment_id": "PAY9", "state": "approved", "amount_fen": 1200, "method": "wechat",
             "txn_id": "T9", "balance_fen": 300}
     assert await _answered(offline, "pay.create", pay_body, paid, id_="payment001",
-                           auth=TOKEN) == paid
+                           auth=TOKEN) == PaymentResult(**paid)
 
     raw = _at_rest(offline.config.outbox_path)
     for secret in SECRETS:
@@ -323,14 +327,15 @@ async def test_finished_requests_keep_no_personal_data_or_secrets_on_disk(offlin
     assert "李*英".encode() in raw  # masked, still there for a reprint or a look-up
 
     # Later readers get the minimised outcome; money results stay whole.
-    assert await offline.result_of("payment001") == paid
+    assert await offline.result_of("payment001") == PaymentResult(**paid)
     again = await offline.request("pay.create", pay_body, id="payment001", timeout=1,
                                   auth=TOKEN)
-    assert again == paid
+    assert again == PaymentResult(**paid)
     who = await offline.request("patient.identify", {"by": "id_number", "value": ID_NO},
                                 id="ident00001", timeout=1)
-    assert who["patient_id"] == "P1" and who["id_number"] == "310***********0022"
-    assert "phone" not in who and who["name"] != NAME
+    assert isinstance(who, PatientInfo)
+    assert who.patient_id == "P1" and who.id_number == "310***********0022"
+    assert who.phone is None and who.name != NAME
     # A different body under a used id is still refused.
     with pytest.raises(Rejected) as info:
         await offline.request("pay.create", {**pay_body, "amount_fen": 1},
