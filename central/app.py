@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import socket
 from typing import Any
 
-import uvicorn
 from pydantic import SecretStr
 
 from central.authz import Guard
@@ -33,7 +30,7 @@ from central.staff import StaffSessions
 from central.store import open_store
 from yikatong.common.config import load_config, read_secret
 from yikatong.common.logging import setup_logging
-from yikatong.common.systemd import notify, watchdog_enabled, watchdog_loop
+from yikatong.common.service import Daemon
 
 log = logging.getLogger("central.app")
 
@@ -59,11 +56,7 @@ def main(args: argparse.Namespace) -> int:
 
 async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | None = None) -> None:
     """Run every part of central until ``stop`` is set (or a signal arrives)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    daemon = Daemon("central", stop)  # signals end it even while the broker is starting
 
     data = cfg.central.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -145,38 +138,25 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
                            thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
                                                        cfg.dashboard.temp_high_c,
                                                        cfg.dashboard.backlog_high))
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.dashboard.host, port=cfg.dashboard.port,
-                                           log_config=None, access_log=False, lifespan="off"))
     await forwarder.start()
     await fleet.start()
-    tasks = [
-        asyncio.create_task(forwarder.run(), name="forwarder"),
-        asyncio.create_task(server.serve(), name="dashboard"),
-        asyncio.create_task(payments.run(), name="payments"),
-        asyncio.create_task(hotlist.run(), name="hotlist"),
-        asyncio.create_task(retention.run(), name="retention"),
-    ]
+    daemon.spawn(forwarder.run(), name="forwarder")
+    daemon.serve_http(app, cfg.dashboard.host, cfg.dashboard.port, name="dashboard")
+    daemon.spawn(payments.run(), name="payments")
+    daemon.spawn(hotlist.run(), name="hotlist")
+    daemon.spawn(retention.run(), name="retention")
     if mosquitto is not None:
-        tasks.append(asyncio.create_task(mosquitto.supervise(), name="broker"))
+        daemon.spawn(mosquitto.supervise(), name="broker")
     log.info("central started", extra={"broker": f"{cfg.broker.host}:{cfg.broker.port}",
                                        "dashboard": f"{cfg.dashboard.host}:{cfg.dashboard.port}"})
-    if watchdog_enabled():
-        tasks.append(asyncio.create_task(watchdog_loop(), name="watchdog"))
-    notify("READY=1")
-    try:
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not waiter and not t.cancelled() and t.exception() is not None:
-                log.error("component failed: %s", t.get_name(), exc_info=t.exception())
-    finally:
-        notify("STOPPING=1")
-        server.should_exit = True
+
+    async def stop_connections() -> None:  # leave the broker before the loops are cancelled
         await forwarder.stop()
         await fleet.stop()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        await daemon.run(before_cancel=stop_connections)
+    finally:
         await adapter.aclose()
         if mosquitto is not None:
             await asyncio.to_thread(mosquitto.stop)

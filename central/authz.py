@@ -260,7 +260,7 @@ class Guard:
         self.staff = staff or StaffSessions(store, clock=clock, token=token)
         with store.atomic():
             for sql in _SQL:
-                store._raw().execute(sql)
+                store.connection().execute(sql)
 
     # -- the decision (runs inside one store write) ---------------------------------------
     async def authorize(self, env: Envelope) -> Verdict:
@@ -272,13 +272,13 @@ class Guard:
             detail = {"dev": env.dev, "type": env.type, "id": env.id,
                       "code": str(exc.code), "reason": exc.reason[:200]}
             action = exc.action
-            await self.store.write(lambda: self.store._append_audit(now, "authz", action,
-                                                                    detail))
+            await self.store.write(lambda: self.store.append_audit_in_tx(now, "authz", action,
+                                                                         detail))
             log.warning("refused %s from %s: %s", env.type, env.dev, exc.reason)
             raise
 
     def _authorize_tx(self, env: Envelope, now: datetime) -> Verdict:
-        db = self.store._raw()
+        db = self.store.connection()
         role = self.store.device_role(env.dev)
         if role is None:
             raise Denied(ErrorCode.FORBIDDEN, "device has no role", "device not registered",
@@ -377,8 +377,7 @@ class Guard:
             if row is not None and (row[1] > t or not strict):
                 return str(row[0])
         if kind == "payment":
-            row = db.execute("SELECT dev, patient_id FROM payment WHERE payment_id = ?",
-                             (ref,)).fetchone()
+            row = self.store.payment_owner(ref)
             if row is None:
                 return None
             if row[0] == dev:
@@ -395,8 +394,8 @@ class Guard:
 
     def _check_refund(self, db: sqlite3.Connection, env: Envelope, now: datetime) -> None:
         pid = str(env.body.get("payment_id", ""))
-        row = db.execute("SELECT patient_id FROM payment WHERE payment_id = ?", (pid,)).fetchone()
-        if row is None:
+        owner = self.store.payment_owner(pid)
+        if owner is None:
             raise Denied(ErrorCode.FORBIDDEN, f"payment {pid[:40]} unknown to central",
                          "this payment is not known here; refund it at the platform",
                          "查无此笔支付，无法在此退款")
@@ -405,7 +404,7 @@ class Guard:
         current = db.execute("SELECT value FROM access_grant WHERE dev = ? AND kind = 'patient' "
                              "AND expires_at > ? ORDER BY expires_at DESC, rowid DESC LIMIT 1",
                              (env.dev, now.timestamp())).fetchone()
-        if current is None or current[0] != row[0]:
+        if current is None or current[0] != owner[1]:
             raise Denied(ErrorCode.FORBIDDEN, "refund of another patient's payment",
                          "this payment belongs to another patient than the one at the desk",
                          "该笔支付不属于当前读卡的患者")
@@ -417,7 +416,7 @@ class Guard:
 
     def call_local(self, env: Envelope) -> dict[str, Any]:
         """Answer a central-local request; runs inside a store write (see Forwarder)."""
-        db, now = self.store._raw(), self._clock()
+        db, now = self.store.connection(), self._clock()
         if env.type == "staff.session":
             # authorize() already checked (and refreshed) the session; report it.
             session = self.staff.use(db, env.dev, env.auth, now)
@@ -432,7 +431,7 @@ class Guard:
     # -- replies (inside the transaction that stores them) ---------------------------------
     def shape_in_tx(self, env: Envelope, result: dict[str, Any]) -> dict[str, Any]:
         """The result as this device may see it; records the grants it hands out."""
-        db = self.store._raw()
+        db = self.store.connection()
         now = self._clock()
         exp = now.timestamp() + self.settings.grant_ttl_s
         dev = env.dev
@@ -469,7 +468,7 @@ class Guard:
                       error: Exception | None) -> None:
         """Inside the reply's transaction: count failed sign-ins (throttle + alarm)."""
         if env.type == "staff.login" and result is None and error is not None:
-            state = self.staff.failed(self.store._raw(), env.dev,
+            state = self.staff.failed(self.store.connection(), env.dev,
                                       str(env.body.get("badge", "")), self._clock())
             self._audit_signin_failure(env, state)
 
@@ -478,16 +477,16 @@ class Guard:
         detail = {"dev": env.dev, "badge": str(env.body.get("badge", ""))[:32],
                   "badge_failures": state.badge_failures, "device_failures": state.dev_failures,
                   "next_try_s": state.wait_s}
-        self.store._append_audit(now, "authz", "staff.signin_failed", detail)
+        self.store.append_audit_in_tx(now, "authz", "staff.signin_failed", detail)
         if state.alarm:
-            self.store._append_audit(now, "authz", "staff.signin_throttled", detail)
+            self.store.append_audit_in_tx(now, "authz", "staff.signin_throttled", detail)
 
     # -- retention ------------------------------------------------------------------------
     def purge(self, now: datetime, keep_s: float) -> int:
         """Drop expired grants and old authorization records; returns rows deleted."""
         t = now.timestamp()
         with self.store.atomic():
-            db = self.store._raw()
+            db = self.store.connection()
             n = db.execute("DELETE FROM access_grant WHERE expires_at < ?", (t,)).rowcount
             n += db.execute("DELETE FROM request_authz WHERE at < ?", (t - keep_s,)).rowcount
             n += self.staff.purge(db, now, keep_s)

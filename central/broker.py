@@ -47,6 +47,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = [
     "BrokerError",
     "Listener",
@@ -67,13 +69,10 @@ log = logging.getLogger(__name__)
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class BrokerError(Exception):
+class BrokerError(LocalizedError):
     """The broker could not be configured, started or stopped."""
 
-    def __init__(self, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
+    code = "broker_error"
 
 
 class _Strict(BaseModel):

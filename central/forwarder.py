@@ -330,9 +330,8 @@ class Forwarder:
             self.stats["rejected"] += 1
             log.warning("unauthorized message on %s (envelope dev %s)", msg.topic, env.dev)
             detail = {"topic": msg.topic[:200], "dev": env.dev, "id": env.id, "type": env.type}
-            await self.store.write(
-                lambda: self.store._append_audit(now, "forwarder", "message.unauthorized", detail)
-            )
+            await self.store.write(lambda: self.store.append_audit_in_tx(
+                now, "forwarder", "message.unauthorized", detail))
             if t.kind == "req" and self._sender_ok(t.dev):
                 # The topic's device is real (the ACL guarantees who published): tell it.
                 self._publish(t.dev, _error_reply(env, t.dev, "unauthorized", exc, now))
@@ -345,7 +344,7 @@ class Forwarder:
             # event ring, where a sample every 30 s would push the real events out.
             dev = t.dev
             if not await self.store.write(
-                lambda: self.store._update_health(dev, env.type, env.body, now)
+                lambda: self.store.update_health_in_tx(dev, env.type, env.body, now)
             ):
                 self.stats["rejected"] += 1
                 log.warning("invalid telemetry from %s ignored", dev)
@@ -353,14 +352,14 @@ class Forwarder:
             # The device's audit chain has its own table (checked link by link), and stays
             # out of the event ring like telemetry.
             dev = t.dev
-            await self.store.write(lambda: self.store._add_device_audit(dev, env.body, now))
+            await self.store.write(lambda: self.store.add_device_audit_in_tx(dev, env.body, now))
         else:
             dev = t.dev
 
             def add() -> None:
-                self.store._add_event(dev, t.kind, env.type, env.body, now)
+                self.store.add_event_in_tx(dev, t.kind, env.type, env.body, now)
                 if t.kind == "event":  # printer.status, print.* update the health view now
-                    self.store._update_health(dev, env.type, env.body, now)
+                    self.store.update_health_in_tx(dev, env.type, env.body, now)
 
             await self.store.write(add)
 
@@ -370,10 +369,9 @@ class Forwarder:
     # -- requests ------------------------------------------------------------------------
     async def _handle_request(self, env: Envelope, now: datetime) -> None:
         bh, lease, owner = body_hash(env), self.settings.lease_s, self.owner
-        t = now.timestamp()
-        begin = await self.store.write(lambda: self.store._begin(
-            env.id, env.dev, env.type, bh, t, lease, owner, legacy=lambda: legacy_body_hash(env)
-        ))
+        begin = await self.store.write(lambda: self.store.begin_request_in_tx(
+            env.id, env.dev, env.type, bh, now, lease, owner,
+            legacy=lambda: legacy_body_hash(env)))
         if begin.status == "done":
             self.stats["resent"] += 1
             reply = begin.reply
@@ -392,7 +390,7 @@ class Forwarder:
             return  # another worker is on it; the device will resend if that one dies
         if begin.status == "mismatch":
             detail = {"id": env.id, "dev": env.dev, "type": env.type}
-            await self.store.write(lambda: self.store._append_audit(
+            await self.store.write(lambda: self.store.append_audit_in_tx(
                 now, "forwarder", "request.duplicate_mismatch", detail))
             self._publish(
                 env.dev,
@@ -437,7 +435,7 @@ class Forwarder:
             except Exception as exc:
                 # Nothing was sent: free the row and say so; the device asks again.
                 log.exception("before-call hook failed for %s %s", env.type, env.id)
-                await self.store.write(lambda: self.store._release(env.id))
+                await self.store.write(lambda: self.store.release_request_in_tx(env.id))
                 self._publish(env.dev, self._unsure(
                     env, PlatformUnavailable(f"central could not record the request: "
                                              f"{type(exc).__name__}"), mutating=False))
@@ -490,10 +488,10 @@ class Forwarder:
         err = error
 
         def release() -> None:
-            self.store._release(env.id)
+            self.store.release_request_in_tx(env.id)
             if mutating:
-                self.store._mark_attempted(env.id, env.dev, now.timestamp())
-            self.store._append_audit(now, "forwarder", "request.unsure", detail)
+                self.store.mark_attempted_in_tx(env.id, env.dev, now)
+            self.store.append_audit_in_tx(now, "forwarder", "request.unsure", detail)
             self._outcome_in_tx(env, None, err)
 
         await self.store.write(release)
@@ -566,7 +564,8 @@ class Forwarder:
                     final = self._guard.shape_in_tx(env, final)
                 if final is not result:
                     sent[0] = encode(make_reply_ok(env, final, now=now, id=reply.id))
-            self.store._finish(env.id, sent[0], now, "forwarder", "request.done", detail)
+            self.store.finish_request_in_tx(env.id, sent[0], now, actor="forwarder",
+                                            action="request.done", detail=detail)
             if called:
                 self._outcome_in_tx(env, result, error)
 
@@ -583,7 +582,7 @@ class Forwarder:
             return
         version = data.get("version") if isinstance(data.get("version"), str) else None
         now = self._clock()
-        applied = await self.store.write(lambda: self.store._apply_state(
+        applied = await self.store.write(lambda: self.store.apply_state_in_tx(
             dev, online=data["online"], boot_seq=data["boot_seq"], version=version, now=now))
         if not applied:
             log.info("stale or unknown state from %s ignored (boot_seq %s)", dev, data["boot_seq"])

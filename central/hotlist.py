@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central.platform.base import PlatformAdapter
 from central.platform.errors import PlatformError
 from central.store import Store
+from central.store.models import bind
 from yikatong.mqtt.errors import UplinkError
 from yikatong.mqtt.session import MqttSession
 from yikatong.protocol import topics
@@ -69,19 +70,20 @@ def notice_payload(
     return encode(env)
 
 
-def _state_model(db: pw.Database) -> Any:
-    # A small table of its own in central's database (the store does not know about it).
-    class HotlistState(pw.Model):
-        key = pw.CharField(primary_key=True, max_length=32)
-        version = pw.IntegerField()
-        published_version = pw.IntegerField(null=True)
-        updated_at = pw.FloatField()
+class HotlistState(pw.Model):
+    """The hot-list version: a small table of its own in central's database (unbound).
 
-        class Meta:
-            database = db
-            table_name = "hotlist_state"
+    Bound to a store's database with :func:`central.store.models.bind`, like the store's own
+    models (several stores may be open in one process).
+    """
 
-    return HotlistState
+    key = pw.CharField(primary_key=True, max_length=32)
+    version = pw.IntegerField()
+    published_version = pw.IntegerField(null=True)
+    updated_at = pw.FloatField()
+
+    class Meta:
+        table_name = "hotlist_state"
 
 
 class HotlistSync:
@@ -118,7 +120,7 @@ class HotlistSync:
         self.version = 0
         self.published_version: int | None = None
         if store is not None:
-            self._State = _state_model(store.db)
+            self._State = bind(HotlistState, store.db)
             store.db.create_tables([self._State], safe=True)
             row = self._State.get_or_none(self._State.key == "hotlist")
             if row is not None:

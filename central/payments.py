@@ -56,6 +56,7 @@ from central.platform.errors import (
     PlatformUnsupported,
 )
 from central.store import Store
+from yikatong.common.errors import LocalizedError
 from yikatong.protocol.envelope import Envelope, decode, encode
 from yikatong.protocol.errors import ProtocolError
 from yikatong.protocol.messages import make_reply_ok
@@ -71,14 +72,14 @@ NEEDS_STAFF = "needs staff: outcome unknown and no payment id to ask the platfor
 NOT_TAKEN = "not charged: the platform never took a payment under this key (key closed)"
 
 
-class PaymentError(Exception):
+class PaymentError(LocalizedError):
     """A staff action on a payment was refused; ``code`` says why (``not_found`` …)."""
 
+    code = "payment_error"
+
     def __init__(self, code: str, message: str, message_zh: str) -> None:
-        super().__init__(message)
+        super().__init__(message, message_zh, reason=code)
         self.code = code
-        self.message = message
-        self.message_zh = message_zh
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class Payments:
         if row.payment_id:
             fresh["payment_id"] = row.payment_id
         data = encode(make_reply_ok(env, fresh, now=now, id=reply_id))
-        self.store._raw().execute("UPDATE requestlog SET reply = ? WHERE id = ?", (data, env.id))
+        self.store.replace_reply_in_tx(env.id, data)
         P.update(told=1).where(P.request_id == env.id).execute()
         return data
 
@@ -230,7 +231,7 @@ class Payments:
                 state="created", created_at=now.timestamp(), updated_at=now.timestamp(),
                 deadline=deadline, request_body=stored_body,
             )
-            self.store._append_audit(
+            self.store.append_audit_in_tx(
                 now, "payments", "payment.created",
                 {"request_id": env.id, "dev": env.dev, "amount_fen": row.amount_fen},
             )
@@ -255,7 +256,7 @@ class Payments:
                 # payment exists. (A row from an earlier attempt stays: that attempt may
                 # have charged.)
                 P.delete().where(P.request_id == env.id).execute()
-                self.store._append_audit(
+                self.store.append_audit_in_tx(
                     self._clock(), "payments", "payment.not_sent",
                     {"request_id": env.id, "dev": env.dev},
                 )

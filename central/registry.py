@@ -32,6 +32,7 @@ from central.broker import (
     render_acl,
 )
 from central.store import DeviceInfo, Store
+from yikatong.common.errors import LocalizedError
 from yikatong.protocol.topics import RESERVED_DEVICE_IDS, is_valid_device_id
 
 __all__ = ["CENTRAL_USER", "Credentials", "Registry", "RegistryError"]
@@ -42,13 +43,10 @@ Role = Literal["kiosk", "cashier"]
 ROLES = frozenset({"kiosk", "cashier"})
 
 
-class RegistryError(Exception):
+class RegistryError(LocalizedError):
     """A registry operation was refused (bad id, unknown device, reserved name)."""
 
-    def __init__(self, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
+    code = "registry_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,7 +101,7 @@ class StaffSessions:
         self._token = token
         with store.atomic():
             for sql in _SQL:
-                store._raw().execute(sql)
+                store.connection().execute(sql)
 
     # -- sessions -------------------------------------------------------------------------
     def open(self, db: sqlite3.Connection, dev: str, badge: str, info: dict[str, Any],
@@ -156,7 +156,7 @@ class StaffSessions:
     def active(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Live sessions (dashboard): device, badge, staff, since, last used."""
         t = (now or self._clock()).timestamp()
-        rows = self.store._raw().execute(
+        rows = self.store.connection().execute(
             "SELECT dev, badge, staff_id, name, issued_at, last_used FROM staff_session "
             "WHERE ended_at IS NULL AND expires_at > ? AND last_used > ? ORDER BY dev",
             (t, t - self.settings.idle_s)).fetchall()
@@ -207,7 +207,7 @@ class StaffSessions:
     def reset_badge(self, badge: str, now: datetime) -> bool:
         """Administrator: clear a badge's failures and end its sessions; True if anything."""
         with self.store.atomic():
-            db = self.store._raw()
+            db = self.store.connection()
             n = db.execute("DELETE FROM signin_throttle WHERE key = ?",
                            (f"badge:{badge}",)).rowcount
             n += db.execute("UPDATE staff_session SET ended_at = ?, end_reason = 'reset' "
@@ -218,14 +218,14 @@ class StaffSessions:
     def reset_device(self, dev: str) -> bool:
         """Administrator: clear a device's sign-in failures."""
         with self.store.atomic():
-            n = self.store._raw().execute("DELETE FROM signin_throttle WHERE key = ?",
-                                          (f"dev:{dev}",)).rowcount
+            n = self.store.connection().execute("DELETE FROM signin_throttle WHERE key = ?",
+                                                (f"dev:{dev}",)).rowcount
         return bool(n)
 
     def throttles(self, now: datetime | None = None) -> list[dict[str, Any]]:
         """Badges and devices with failures (dashboard)."""
         t = (now or self._clock()).timestamp()
-        rows = self.store._raw().execute(
+        rows = self.store.connection().execute(
             "SELECT key, failures, last_failure, next_allowed FROM signin_throttle "
             "ORDER BY key").fetchall()
         return [{"kind": k.split(":", 1)[0], "id": k.split(":", 1)[1], "failures": n,

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 from datetime import UTC, datetime
 from typing import Any
-
-import uvicorn
 
 from edge.api import create_api
 from edge.config import EdgeConfig
 from edge.runtime import EdgeRuntime
 from yikatong.common.config import load_config, read_secret
 from yikatong.common.logging import setup_logging
-from yikatong.common.systemd import notify, watchdog_enabled, watchdog_loop
+from yikatong.common.service import Daemon
 from yikatong.version import installed_version
 
 log = logging.getLogger("edge.daemon")
@@ -113,11 +109,7 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
     from edge.fleet.telemetry import LocalReadings, TelemetryPublisher
     from edge.uplink.client import Uplink
 
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    daemon = Daemon("edge", stop)  # signals end the daemon even while it is still starting
 
     cfg.device.data_dir.mkdir(parents=True, exist_ok=True)
     clock = SystemClock()
@@ -149,44 +141,29 @@ async def run(cfg: EdgeConfig, token: str, *, stop: asyncio.Event | None = None)
         uptime_s=runtime.uptime_s, printer=lambda: runtime.printer_state,
         reader_present=lambda: cards.reader_present,
         sam_state=lambda: cards.sam_status().get("state"))
-    app = create_api(runtime, token)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.api.host, port=cfg.api.port,
-                                           log_config=None, access_log=False, lifespan="off"))
-    tasks = [
-        asyncio.create_task(_pump_cards(cards, runtime, telemetry.poke), name="cards"),
-        asyncio.create_task(server.serve(), name="api"),
-    ]
+    daemon.spawn(_pump_cards(cards, runtime, telemetry.poke), name="cards")
+    daemon.serve_http(create_api(runtime, token), cfg.api.host, cfg.api.port, name="api")
     if cfg.printer.enabled and cfg.printer.status_poll_s > 0:  # a pump that ends stops the daemon
-        tasks.append(asyncio.create_task(_pump_printer_status(printer, runtime),
-                                         name="printer-status"))
+        daemon.spawn(_pump_printer_status(printer, runtime), name="printer-status")
     scanners = await _start_scanners(scanner_cfg)
     if scanners is not None:
-        tasks.append(asyncio.create_task(_pump_scans(scanners, runtime), name="scans"))
+        daemon.spawn(_pump_scans(scanners, runtime), name="scans")
     log.info("edge daemon started", extra={"device": cfg.device.id, "role": cfg.device.role,
                                             "api": f"{cfg.api.host}:{cfg.api.port}"})
-    if watchdog_enabled():
-        tasks.append(asyncio.create_task(watchdog_loop(), name="watchdog"))
     # After every (re)connect central gets fresh health at once, not an interval later
     # (a sample taken while offline was dropped, as QoS 0 telemetry should be).
     uplink.add_connect_listener(telemetry.poke)
     await telemetry.start()
-    notify("READY=1")
-    try:
-        waiter = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not waiter and t.exception() is not None:
-                log.error("component failed", exc_info=t.exception())
-    finally:
-        notify("STOPPING=1")
-        server.should_exit = True
+
+    async def stop_producers() -> None:  # the sources, before the pumps reading them end
         await telemetry.stop()
         await cards.stop()
         if scanners is not None:
             await scanners.stop()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        await daemon.run(before_cancel=stop_producers)
+    finally:
         await hotlist_sync.stop()
         await uplink.stop()
         log.info("edge daemon stopped")

@@ -6,35 +6,31 @@
   this one daemon. Tests that kill it get it restarted by ``pcscd`` on the same ports.
 - The site-in-a-box (real pcscd+vpcd, Mosquitto, central, platform, edge and kiosk
   processes) and headless Chromium.
-- Mosquitto and the reference platform rigs live in tests/central/conftest.py,
-  tests/edge/uplink/conftest.py and tests/central/platform/conftest.py.
+- The one Mosquitto rig (``make_broker``, ``broker``, ``logged_broker``), central's site on
+  it (``make_site``: store + registry whose files the broker reads), and the one process
+  rig (``procs``), built on tests/support.py, which also holds the one wait helper
+  (``wait_until`` / ``wait_until_async``). The reference platform is in
+  tests/central/platform/.
+- ``pytest_collection_modifyitems`` marks every test using a real-stack fixture ``stack``.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import signal
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smartcard import scard as s  # importing does not contact pcscd; the first call does
+from support import Broker, Procs, Site, new_broker, wait_until
 
-from central.broker import (
-    Listener,
-    Mosquitto,
-    MosquittoConfig,
-    mosquitto_passwd_set,
-    render_acl,
-)
+from central.registry import Registry
+from central.store import Store, open_store
 from edge.devices.card.sim.pcscd import PcscDaemon, free_port_pair
 from edge.devices.card.sim.sam import SamSim
 from edge.devices.card.sim.vpcd import VirtualCardSlot
-from edge.uplink.config import UplinkConfig
 
 SAM_PIN = "123456"
 
@@ -128,11 +124,8 @@ def _reader_has_card(reader: str) -> bool | None:
 def wait_card() -> Callable[[str, bool], None]:
     """Wait until pcscd reports the reader with (or without) a card."""
     def wait(reader: str, present: bool, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while _reader_has_card(reader) is not present:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{reader}: card present != {present} after {timeout}s")
-            time.sleep(0.02)
+        wait_until(lambda: _reader_has_card(reader) is present, timeout,
+                   what=f"{reader}: card present == {present}")
     return wait
 
 
@@ -168,69 +161,109 @@ def sam_pin_file(tmp_path: Path) -> Path:
     return p
 
 
-# --- Mosquitto -------------------------------------------------------------------------
-
-
-@dataclass
-class Broker:
-    """A running broker and a way to add device credentials to it."""
-
-    mosquitto: Mosquitto
-    passwd: Path
-    central_password: str
-
-    @property
-    def port(self) -> int:
-        return self.mosquitto.port
-
-    def add_device(self, dev: str, tmp: Path, **kw: object) -> UplinkConfig:
-        """Create credentials for ``dev`` and return an UplinkConfig using them."""
-        password = secrets.token_urlsafe(18)
-        mosquitto_passwd_set(self.passwd, dev, password)
-        self.mosquitto.reload()
-        pw = tmp / f"{dev}.password"
-        pw.write_text(password + "\n")
-        opts: dict[str, object] = {
-            "retry_interval_s": 0.5, "backoff_min_s": 0.05, "backoff_max_s": 0.5, **kw,
-        }
-        return UplinkConfig(
-            host="127.0.0.1", port=self.port, username=dev, password_file=pw,
-            outbox_path=tmp / f"{dev}.outbox.db", state_path=tmp / f"{dev}.state.json",
-            **opts,  # type: ignore[arg-type]
-        )
+# --- Mosquitto ---------------------------------------------------------------------------
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    """Mosquitto on a free loopback port; stopped after the test."""
-    yield from _broker(tmp_path)
+def make_broker(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Factory of Mosquitto rigs: ``make_broker(workdir=None, *, start=True, **kw)``.
+
+    ``kw`` goes to :func:`support.new_broker`. Every broker made is stopped after the test,
+    and the test fails if any of its processes is still alive.
+    """
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.fail("mosquitto is required for these tests (apt install mosquitto)")
+    made: list[Broker] = []
+
+    def make(workdir: Path | None = None, *, start: bool = True, **kw: Any) -> Broker:
+        wd = workdir or tmp_path / ("broker" if not made else f"broker{len(made)}")
+        b = new_broker(wd, **kw)
+        made.append(b)
+        if start:
+            b.mosquitto.start()
+        return b
+
+    yield make
+    left = [pid for b in made for pid in b.stop()]
+    assert not left, f"mosquitto processes left running: {left}"
 
 
 @pytest.fixture
-def logged_broker(tmp_path: Path) -> Iterator[Broker]:
+def broker(make_broker: Callable[..., Broker]) -> Broker:
+    """Mosquitto on a free loopback port with a ``central`` account; stopped after the test."""
+    return make_broker()
+
+
+@pytest.fixture
+def logged_broker(make_broker: Callable[..., Broker]) -> Broker:
     """Like ``broker``, logging every packet (``log_type debug``) to count what it received."""
-    yield from _broker(tmp_path, ("error", "warning", "notice", "information", "debug"))
+    return make_broker(log_types=("error", "warning", "notice", "information", "debug"))
 
 
-def _broker(tmp_path: Path, log_types: tuple[str, ...] | None = None) -> Iterator[Broker]:
-    wd = tmp_path / "broker"
-    wd.mkdir()
-    passwd, acl = wd / "passwd", wd / "acl"
-    central_password = secrets.token_urlsafe(18)
-    mosquitto_passwd_set(passwd, "central", central_password)
-    acl.write_text(render_acl("central"))
-    cfg = MosquittoConfig(
-        listeners=[Listener(host="127.0.0.1", port=0)], persistence=False,
-        password_file=passwd, acl_file=acl,
-        **({} if log_types is None else {"log_types": log_types}),
-    )
-    m = Mosquitto(wd, cfg)
-    m.start()
-    try:
-        yield Broker(m, passwd, central_password)
-    finally:
-        m.stop()
-        left = m.leftovers()
-        for pid in left:
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"mosquitto processes left running: {left}"
+# --- central's site on the broker ------------------------------------------------------------
+
+
+@pytest.fixture
+def make_site(tmp_path: Path, make_broker: Callable[..., Broker]) -> Iterator[Callable[..., Site]]:
+    """Factory: ``make_site(workdir=None, *, accounts=(), **broker_cfg)`` starts a site.
+
+    Store + registry in ``workdir`` (default ``tmp_path``) with central's default account and
+    ``accounts`` (more central connections), and a started broker from ``make_broker`` on the
+    registry's files (persistent in ``broker/data`` unless ``persistence=False``). Stores are
+    closed, brokers stopped and checked for leftovers after the test.
+    """
+    stores: list[Store] = []
+
+    def make(workdir: Path | None = None, *, accounts: tuple[str, ...] = (), **cfg: Any
+             ) -> Site:
+        wd = workdir or tmp_path
+        store = open_store(wd / "central.db")
+        stores.append(store)
+        registry = Registry(store, wd / "broker")
+        creds = registry.central_credentials()
+        for connection in accounts:
+            registry.central_credentials(connection)
+        if cfg.get("persistence", True):
+            cfg.setdefault("persistence_dir", wd / "broker" / "data")
+        rig = make_broker(wd / "broker", central=None, passwd=registry.password_file,
+                          acl=registry.acl_file, **cfg)
+        registry._on_change = rig.mosquitto.reload  # the registry has the broker re-read
+        return Site(wd, store, registry, rig, creds.password, creds.username)
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """Real processes for the test (logs in ``tmp_path/logs``); none may outlive it."""
+    p = Procs(tmp_path / "logs")
+    yield p
+    left = p.stop_all()
+    assert not left, f"processes left running: {left}"
+
+
+# --- markers from fixtures -------------------------------------------------------------------
+
+#: Fixtures that start a real pcscd, Mosquitto or Chromium. A test using any of them —
+#: directly or through another fixture (``item.fixturenames`` is the whole closure) — is a
+#: ``stack`` test; the roots (pcscd_daemon, make_broker, site, browser) would be enough, the
+#: rest are listed so a reader finds them here.
+STACK_FIXTURES = frozenset({
+    "pcscd_daemon", "pcscd", "patient_slot", "sam_slot",
+    "site", "browser",
+    "make_broker", "broker", "logged_broker",
+    "make_site", "broker_site", "forwarder", "stack",
+})
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real-stack fixture as ``stack``."""
+    for item in items:
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)

@@ -8,27 +8,21 @@ Every process is real and started through the ``ykt`` command by the site-in-a-b
 
 from __future__ import annotations
 
-import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from support import wait_until
 
 from yikatong.site.demo import DEMO_PATIENTS, Site
 
 pytestmark = pytest.mark.stack
 
 
-def wait_for(fn, timeout=20.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"condition not met in {timeout}s (last={last!r})")
+def wait_for(fn, timeout=20.0):
+    """The shared wait (tests/support.py) at this test's pace."""
+    return wait_until(fn, timeout, interval=0.1)
 
 
 def find_open_slot(ui, depts):

@@ -14,6 +14,8 @@ operation (e.g. no lookup by the merchant's order number).
 
 from __future__ import annotations
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = [
     "PaymentNotFound",
     "PlatformError",
@@ -25,18 +27,15 @@ __all__ = [
 ]
 
 
-class PlatformError(Exception):
+class PlatformError(LocalizedError):
     """Base of every platform adapter error; carries English and Chinese messages."""
 
+    #: our stable machine code; a ``PlatformRejected`` carries the platform's reason code
+    code = "platform_error"
     #: the error code of the message catalogue's reply envelope
     error_code: str = "platform_error"
     #: whether the forwarder may retry the same request (with the same key)
     retryable: bool = False
-
-    def __init__(self, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
 
     def to_error_body(self) -> dict[str, object]:
         """Return the catalogue's reply-envelope error object for this error."""
@@ -70,14 +69,14 @@ class PlatformRejected(PlatformError):
         # The catalogue puts the reason code in `message`, so it leads the text.
         super().__init__(f"{code}: {reason}", message_zh or f"平台拒绝：{reason}")
         self.code = code
-        self.reason = reason
+        self.reason = reason  # the platform's text as given, even when empty
         self.http_status = http_status
 
 
 class PlatformUnavailable(PlatformError):
     """The platform could not be reached or refused before acting; safe to retry."""
 
-    error_code = "platform_unavailable"
+    code = error_code = "platform_unavailable"
     retryable = True
 
     def __init__(
@@ -94,7 +93,7 @@ class PlatformUnavailable(PlatformError):
 class PlatformOutcomeUnknown(PlatformError):
     """The request was sent but no answer came back; it may have taken effect."""
 
-    error_code = "outcome_unknown"
+    code = error_code = "outcome_unknown"
     # Retrying with the *same* idempotency key is safe against our reference platform,
     # but a blind retry of a payment is not, so the forwarder must decide per operation.
     retryable = False
@@ -110,6 +109,7 @@ class PlatformOutcomeUnknown(PlatformError):
 class PlatformProtocolError(PlatformError):
     """The platform's response could not be understood (bad JSON, missing fields)."""
 
+    code = "platform_protocol_error"
     error_code = "platform_unavailable"
     retryable = False
 

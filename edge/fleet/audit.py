@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from yikatong.common.errors import LocalizedError
 from yikatong.common.privacy import mask_text
 from yikatong.common.storage import open_durable
 from yikatong.protocol.audit import GENESIS_HASH, audit_hash
@@ -31,13 +32,10 @@ _FORBIDDEN_KEYS = frozenset({
 })
 
 
-class AuditError(Exception):
+class AuditError(LocalizedError):
     """An audit record was refused (personal data in clear) or the log is unusable."""
 
-    def __init__(self, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
+    code = "audit_error"
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from yikatong.common.tasks import BackgroundTask
 from yikatong.protocol.messages import Telemetry, dump_body
 
 __all__ = [
@@ -158,7 +159,7 @@ class TelemetryPublisher:
         self._reader_present = reader_present
         self._sam_state = sam_state
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundTask(self._run, name="telemetry")
         self.stats: dict[str, int] = {"sent": 0, "dropped": 0, "invalid": 0}
 
     async def sample(self) -> Sample:
@@ -189,16 +190,11 @@ class TelemetryPublisher:
 
     async def start(self) -> None:
         """Start the periodic loop."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="telemetry")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Stop the loop."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._loop.stop()
 
     async def _run(self) -> None:
         while True:

@@ -14,12 +14,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 from yikatong.common.config import read_secret
+from yikatong.common.errors import LocalizedError
 
 __all__ = ["add_fw_commands", "site_time"]
 
 
-class FwError(Exception):
-    """A technician command failed; the message says what to do."""
+class FwError(LocalizedError):
+    """A technician command failed; the (English) message says what to do."""
+
+    code = "fw_error"
+
+    def __init__(self, message: str, message_zh: str = "技术员命令失败，请按提示处理") -> None:
+        super().__init__(message, message_zh)
 
 
 def _write_secret(path: Path, data: bytes) -> None:

@@ -1,33 +1,25 @@
-"""Fixtures for central tests: a real Mosquitto on a free loopback port, the store and
-registry behind it, and a stateful in-memory fake platform that can be scripted to fail."""
+"""Fixtures for central tests: ``broker_site`` (the shared ``make_site`` rig of
+tests/conftest.py: store and registry in front of Mosquitto), and a stateful in-memory fake
+platform that can be scripted to fail."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import shutil
-import signal
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from support import Site
 
-from central.broker import Listener, Mosquitto, MosquittoConfig
-from central.forwarder import Forwarder, ForwarderSettings
+from central.forwarder import Forwarder
 from central.platform.base import PlatformAdapter
 from central.platform.errors import (
     PlatformOutcomeUnknown,
     PlatformRejected,
     PlatformUnavailable,
 )
-from central.registry import Registry
-from central.store import Store, open_store
-from edge.uplink.client import Uplink
-from edge.uplink.config import UplinkConfig
 
 
 class FakePlatform(PlatformAdapter):
@@ -117,75 +109,10 @@ class FakePlatform(PlatformAdapter):
         self.closed = True
 
 
-@dataclass
-class Site:
-    """A running broker with its store and registry."""
-
-    workdir: Path
-    store: Store
-    registry: Registry
-    broker: Mosquitto
-    central_password: str
-    central_user: str = "central"
-
-    def device(self, dev: str, tmp: Path, **kw: Any) -> Uplink:
-        """Register ``dev`` and build (not start) its Uplink on this broker."""
-        creds = self.registry.register(dev, "kiosk")
-        pw = tmp / f"{dev}.password"
-        pw.write_text(creds.password)
-        cfg = UplinkConfig(
-            host="127.0.0.1", port=self.broker.port, username=dev, password_file=pw,
-            outbox_path=tmp / f"{dev}.outbox.db", state_path=tmp / f"{dev}.state.json",
-            retry_interval_s=kw.pop("retry_interval_s", 0.5), backoff_min_s=0.05,
-            backoff_max_s=0.5, **kw,
-        )
-        return Uplink(cfg, dev, role="kiosk", version="1.2.3")
-
-    def login(self, connection: str = "central") -> dict[str, str]:
-        """Username/password of central's broker account for ``connection`` (made once)."""
-        creds = self.registry.central_credentials(connection)
-        return {"username": creds.username, "password": creds.password}
-
-    def forwarder_settings(self, **kw: Any) -> ForwarderSettings:
-        """Settings for a forwarder on this site's broker (its own account per client id)."""
-        return ForwarderSettings(
-            host="127.0.0.1", port=self.broker.port,
-            **self.login(kw.get("client_id", "central")), **kw,
-        )
-
-
-def make_site(workdir: Path) -> Site:
-    """Store + registry + a started Mosquitto using the registry's password/ACL files."""
-    store = open_store(workdir / "central.db")
-    registry = Registry(store, workdir / "broker")
-    creds = registry.central_credentials()
-    cfg = MosquittoConfig(
-        listeners=[Listener(host="127.0.0.1", port=0)],
-        persistence_dir=workdir / "broker" / "data",
-        acl_file=registry.acl_file,
-        password_file=registry.password_file,
-    )
-    broker = Mosquitto(workdir / "broker", cfg)
-    registry._on_change = broker.reload  # the registry tells the broker to re-read its files
-    broker.start()
-    return Site(workdir, store, registry, broker, creds.password, creds.username)
-
-
 @pytest.fixture
-def broker_site(tmp_path: Path) -> Iterator[Site]:
-    """A running site; the broker is stopped afterwards, whatever happened."""
-    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-        pytest.fail("mosquitto is required for these tests (apt install mosquitto)")
-    s = make_site(tmp_path)
-    try:
-        yield s
-    finally:
-        s.broker.stop()
-        s.store.close()
-        left = s.broker.leftovers()
-        for pid in left:  # never leave a broker behind, but say so loudly
-            os.kill(pid, signal.SIGKILL)
-        assert not left, f"mosquitto processes left running: {left}"
+def broker_site(make_site: Callable[..., Site]) -> Site:
+    """A running site on ``tmp_path``; the broker is stopped afterwards, whatever happened."""
+    return make_site()
 
 
 @pytest.fixture

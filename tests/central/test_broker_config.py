@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
+from support import wait_until, wait_until_async
 
 from central.broker import (
     BrokerError,
@@ -229,12 +230,15 @@ def test_wrong_password_and_disabled_device_are_refused(broker_site) -> None:
     finally:
         bad.close()
     broker_site.registry.disable("kiosk-c03")  # removes the credentials and SIGHUPs the broker
-    time.sleep(0.3)
-    again = Probe(broker_site.broker.port, "kiosk-c03", creds.username, creds.password)
-    try:
-        assert again.connected() is False
-    finally:
-        again.close()
+
+    def refused() -> bool:  # Mosquitto handles the SIGHUP asynchronously
+        again = Probe(broker_site.broker.port, "kiosk-c03", creds.username, creds.password)
+        try:
+            return again.connected() is False
+        finally:
+            again.close()
+
+    wait_until(refused, what="the disabled device refused")
     assert broker_site.store.device("kiosk-c03").enabled is False
     assert [e.action for e in broker_site.store.audit_entries()][-1] == "device.disable"
 
@@ -277,14 +281,12 @@ async def test_supervise_restarts_a_dead_broker(broker_site) -> None:
     try:
         first = broker_site.broker.pid
         broker_site.broker.kill9()
-        for _ in range(100):
-            await asyncio.sleep(0.1)
-            if broker_site.broker.running():
-                break
-        assert broker_site.broker.running() and broker_site.broker.pid != first
+        await wait_until_async(
+            lambda: broker_site.broker.running() and broker_site.broker.pid != first, 10,
+            interval=0.1, what="the supervisor restarting the broker")
         assert broker_site.broker.restarts >= 1
         broker_site.broker.stop()  # a deliberate stop is not "died": no restart
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # behaviour under test: four check intervals, no restart
         assert not broker_site.broker.running()
     finally:
         task.cancel()

@@ -15,14 +15,14 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from support import wait_until
 
 from central.broker import BrokerError, Listener, Mosquitto, MosquittoConfig, free_port
 from central.broker import _brokers_using as brokers_using
@@ -31,15 +31,6 @@ from yikatong.site.demo import secret_file, toml_text, wait_http
 pytestmark = pytest.mark.stack
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait(cond: Callable[[], bool], timeout: float = 10) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def _alive(pid: int) -> bool:
@@ -162,7 +153,7 @@ def test_the_broker_dies_with_central_on_kill9(rig: CentralRig) -> None:
     assert st["running"] is True and st["pid"] == broker and st["last_error"] is None
     os.kill(central.pid, signal.SIGKILL)  # central only, not its process group
     central.wait(10)
-    assert _wait(lambda: not _alive(broker)), "mosquitto outlived its supervisor"
+    wait_until(lambda: not _alive(broker), 10, what="mosquitto gone with its supervisor")
     assert rig.brokers() == []
 
 
@@ -170,7 +161,7 @@ def test_a_leftover_broker_is_replaced_and_reloads_reach_the_new_one(rig: Centra
     first = rig.start()  # writes the data dir's broker config, accounts and ACL
     os.kill(first.pid, signal.SIGTERM)
     first.wait(15)
-    assert _wait(lambda: rig.brokers() == [])
+    wait_until(lambda: rig.brokers() == [], 10, what="no broker left")
     # A broker from an "earlier run" of this data dir, not central's child: the test's.
     with (rig.tmp / "leftover.log").open("ab") as out:
         leftover = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(rig.conf_path)],
@@ -178,7 +169,7 @@ def test_a_leftover_broker_is_replaced_and_reloads_reach_the_new_one(rig: Centra
                                     start_new_session=True)
     rig.others.append(leftover.pid)
     try:
-        assert _wait(lambda: _port_open(rig.broker_port)), "leftover broker did not listen"
+        wait_until(lambda: _port_open(rig.broker_port), 10, what="the leftover broker listening")
         central = rig.start()
         leftover.wait(10)  # stopped by central (SIGTERM) before it started its own
         [broker] = rig.brokers()
@@ -191,9 +182,9 @@ def test_a_leftover_broker_is_replaced_and_reloads_reach_the_new_one(rig: Centra
         # register, disable: the old password no longer gets in (central's SIGHUP reached
         # the broker it runs, not one it lost track of)
         creds = rig.admin("/devices", json={"id": "kiosk-077", "role": "kiosk"})
-        assert _wait(lambda: _connects(rig.broker_port, "kiosk-077", creds["password"]))
+        wait_until(lambda: _connects(rig.broker_port, "kiosk-077", creds["password"]), 10)
         rig.admin("/devices/kiosk-077/disable")
-        assert _wait(lambda: not _connects(rig.broker_port, "kiosk-077", creds["password"]))
+        wait_until(lambda: not _connects(rig.broker_port, "kiosk-077", creds["password"]), 10)
         assert _connects(rig.broker_port, "kiosk-077", creds["password"]) is False
     finally:
         if leftover.poll() is None:

@@ -8,55 +8,53 @@ CONNECT and logs the TLS verification error.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener
+from central.broker import Listener, Mosquitto, TlsListener
 from central.config import BrokerSection
 from central.registry import Registry
-from central.store import open_store
-from central.tlsgen import write_broker_tls
+from central.tlsgen import BrokerTlsFiles, write_broker_tls
 from edge.uplink.config import TlsConfig
 from yikatong.mqtt.session import MqttSession
 
-pytestmark = pytest.mark.stack
+# Stack tests by their fixtures (make_site → make_broker); the config checks below are not.
 
 
+@dataclass
 class TlsSite:
-    def __init__(self, tmp: Path, hosts: tuple[str, ...]) -> None:
-        self.tls = write_broker_tls(tmp / "tls", hosts)
-        self.store = open_store(tmp / "central.db")
-        self.registry = Registry(self.store, tmp / "broker")
-        self.registry.central_credentials("central-test")
-        self.broker = Mosquitto(tmp / "broker", MosquittoConfig(
-            listeners=[Listener(host="127.0.0.1", port=0),
-                       Listener(host="127.0.0.1", port=0, tls=TlsListener(
-                           cafile=self.tls.cafile, certfile=self.tls.certfile,
-                           keyfile=self.tls.keyfile))],
-            persistence=False, acl_file=self.registry.acl_file,
-            password_file=self.registry.password_file))
-        self.registry._on_change = self.broker.reload
-        self.broker.start()
+    """A central site whose broker has a second, TLS listener with certificates for ``hosts``."""
+
+    registry: Registry
+    broker: Mosquitto
+    tls: BrokerTlsFiles
 
     @property
     def tls_port(self) -> int:
         return self.broker.cfg.listeners[1].port
 
-    def close(self) -> list[int]:
-        self.broker.stop()
-        self.store.close()
-        return self.broker.leftovers()
+
+@pytest.fixture
+def make_tls_site(make_site: Callable[..., Any], tmp_path: Path
+                  ) -> Callable[[tuple[str, ...]], TlsSite]:
+    """``make_tls_site(hosts)``: a started site (stopped after the test) with a TLS listener."""
+    def make(hosts: tuple[str, ...]) -> TlsSite:
+        tls = write_broker_tls(tmp_path / "tls", hosts)
+        site = make_site(accounts=("central-test",), persistence=False, listeners=[
+            Listener(host="127.0.0.1", port=0),
+            Listener(host="127.0.0.1", port=0, tls=TlsListener(
+                cafile=tls.cafile, certfile=tls.certfile, keyfile=tls.keyfile))])
+        return TlsSite(site.registry, site.broker, tls)
+    return make
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[TlsSite]:
-    s = TlsSite(tmp_path, ("localhost", "127.0.0.1"))
-    try:
-        yield s
-    finally:
-        assert not s.close()
+def tls_site(make_tls_site: Callable[[tuple[str, ...]], TlsSite]) -> TlsSite:
+    return make_tls_site(("localhost", "127.0.0.1"))
 
 
 async def _try(site: TlsSite, tmp: Path, cafile: Path, dev: str, host: str = "127.0.0.1",
@@ -72,35 +70,34 @@ async def _try(site: TlsSite, tmp: Path, cafile: Path, dev: str, host: str = "12
         await session.stop()
 
 
-async def test_device_connects_over_tls_with_the_site_ca(site: TlsSite, tmp_path: Path) -> None:
+async def test_device_connects_over_tls_with_the_site_ca(tls_site: TlsSite, tmp_path: Path
+                                                        ) -> None:
     for host in ("127.0.0.1", "localhost"):  # IP and DNS subjectAltName both match
-        assert await _try(site, tmp_path, site.tls.cafile, f"kiosk-t{len(host):02d}", host)
-    assert "as kiosk-t09 " in site.broker.log_path.read_text()
+        assert await _try(tls_site, tmp_path, tls_site.tls.cafile, f"kiosk-t{len(host):02d}",
+                          host)
+    assert "as kiosk-t09 " in tls_site.broker.log_path.read_text()
 
 
 async def test_device_refuses_a_broker_signed_by_another_ca(
-    site: TlsSite, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tls_site: TlsSite, tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     other = write_broker_tls(tmp_path / "other", ("127.0.0.1",), ca_name="Rogue CA")
     with caplog.at_level(logging.INFO, logger="yikatong.mqtt.session"):
-        assert await _try(site, tmp_path, other.cafile, "kiosk-r01", wait_s=1.5) is False
+        assert await _try(tls_site, tmp_path, other.cafile, "kiosk-r01", wait_s=1.5) is False
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
-    assert "as kiosk-r01" not in site.broker.log_path.read_text()  # never got to CONNECT
+    assert "as kiosk-r01" not in tls_site.broker.log_path.read_text()  # never got to CONNECT
 
 
 async def test_device_refuses_a_certificate_for_another_name(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    make_tls_site: Callable[[tuple[str, ...]], TlsSite], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    wrong = TlsSite(tmp_path, ("central.hospital.lan",))  # right CA, wrong name
-    try:
-        with caplog.at_level(logging.INFO, logger="yikatong.mqtt.session"):
-            assert await _try(wrong, tmp_path, wrong.tls.cafile, "kiosk-n01",
-                              wait_s=1.5) is False
-        assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
-        assert "mismatch" in caplog.text.lower()
-        assert "as kiosk-n01" not in wrong.broker.log_path.read_text()
-    finally:
-        assert not wrong.close()
+    wrong = make_tls_site(("central.hospital.lan",))  # right CA, wrong name
+    with caplog.at_level(logging.INFO, logger="yikatong.mqtt.session"):
+        assert await _try(wrong, tmp_path, wrong.tls.cafile, "kiosk-n01", wait_s=1.5) is False
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    assert "mismatch" in caplog.text.lower()
+    assert "as kiosk-n01" not in wrong.broker.log_path.read_text()
 
 
 def test_tls_section_is_typed_and_keeps_ports_apart() -> None:

@@ -8,6 +8,7 @@ import os
 import ssl
 import stat
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support import Broker, wait_until
 
-from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener, render_acl
+from central.broker import Listener, TlsListener, render_acl
 from central.ca import CaError, FleetCA
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
@@ -120,7 +122,7 @@ def _connect(port: int, ca_file: Path, cert: Path | None, key: Path | None,
 
 @pytest.mark.stack
 def test_mosquitto_takes_the_identity_from_the_certificate_and_honours_the_crl(
-        tmp_path: Path) -> None:
+        tmp_path: Path, make_broker: Callable[..., Broker]) -> None:
     ca = FleetCA.open(tmp_path / "ca")
     server, server_key = ca.issue_server(["127.0.0.1", "localhost"])
     (tmp_path / "broker.pem").write_bytes(server.pem)
@@ -139,27 +141,21 @@ def test_mosquitto_takes_the_identity_from_the_certificate_and_honours_the_crl(
     stranger = device("kiosk-003", stranger_ca)
     acl = tmp_path / "acl"
     acl.write_text(render_acl("central-x"))
-    broker = Mosquitto(tmp_path / "broker", MosquittoConfig(
-        listeners=[Listener(host="127.0.0.1", port=0, tls=TlsListener(
+    broker = make_broker(central=None, acl=acl, listeners=[
+        Listener(host="127.0.0.1", port=0, tls=TlsListener(
             cafile=ca.chain_file, certfile=tmp_path / "broker.pem",
             keyfile=tmp_path / "broker.key", require_certificate=True,
-            use_identity_as_username=True, crlfile=ca.crl_file))],
-        persistence=False, acl_file=acl))
-    broker.start()
-    try:
-        port = broker.port
-        assert _connect(port, ca.chain_file, good[0], good[1], "kiosk-001")[0]
-        # Before revocation the second device gets in too ...
-        assert _connect(port, ca.chain_file, revoked[0], revoked[1], "kiosk-002")[0]
-        ca.revoke(revoked[2])
-        broker.reload()  # SIGHUP: Mosquitto re-reads the CRL
-        deadline = datetime.now(UTC) + timedelta(seconds=10)
-        while _connect(port, ca.chain_file, revoked[0], revoked[1], "kiosk-002")[0]:
-            assert datetime.now(UTC) < deadline, "the revoked certificate is still accepted"
-        # ... and after it, not; the other device is unaffected.
-        assert _connect(port, ca.chain_file, good[0], good[1], "kiosk-001")[0]
-        # A certificate from another CA, or none at all, never gets in.
-        assert not _connect(port, ca.chain_file, stranger[0], stranger[1], "kiosk-003")[0]
-        assert not _connect(port, ca.chain_file, None, None, "kiosk-004")[0]
-    finally:
-        broker.stop()
+            use_identity_as_username=True, crlfile=ca.crl_file))]).mosquitto
+    port = broker.port
+    assert _connect(port, ca.chain_file, good[0], good[1], "kiosk-001")[0]
+    # Before revocation the second device gets in too ...
+    assert _connect(port, ca.chain_file, revoked[0], revoked[1], "kiosk-002")[0]
+    ca.revoke(revoked[2])
+    broker.reload()  # SIGHUP: Mosquitto re-reads the CRL
+    wait_until(lambda: not _connect(port, ca.chain_file, revoked[0], revoked[1], "kiosk-002")[0],
+               10, what="the revoked certificate to be refused")
+    # ... and after it, not; the other device is unaffected.
+    assert _connect(port, ca.chain_file, good[0], good[1], "kiosk-001")[0]
+    # A certificate from another CA, or none at all, never gets in.
+    assert not _connect(port, ca.chain_file, stranger[0], stranger[1], "kiosk-003")[0]
+    assert not _connect(port, ca.chain_file, None, None, "kiosk-004")[0]

@@ -3,13 +3,13 @@ flagged, the dashboard's per-device state, and the real path through Mosquitto."
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from support import wait_until_async
 
 from central.dashboard.app import create_dashboard
 from central.registry import Registry
@@ -134,11 +134,9 @@ async def test_device_audit_and_card_events_reach_central_through_mosquitto(
         rt.card_failed("r", "not_health_card", "Not a health card.", "非健康卡")
         rt.card_removed("r")
         store = broker_site.store
-        for _ in range(200):
-            if store.device_audit_state("kiosk-021")["last_seq"] == 3 and \
-                    len(store.recent_events("kiosk-021")) == 3:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: store.device_audit_state("kiosk-021")["last_seq"] == 3
+            and len(store.recent_events("kiosk-021")) == 3, 10, what="3 audit records at central")
     finally:
         await up.stop()
     state = store.device_audit_state("kiosk-021")

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import wait_until_async
 
 from central.forwarder import Forwarder
 from central.hotlist import FleetPublisher, HotlistSync, notice_payload
@@ -116,10 +117,7 @@ async def test_run_survives_platform_and_broker_failures() -> None:
     sync = HotlistSync(plat, pub, interval_s=0.02, clock=lambda: NOW)
     task = asyncio.create_task(sync.run())
     try:
-        for _ in range(200):
-            if pub.sent:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: pub.sent, 2, interval=0.01, what="a notice sent")
         assert pub.versions() == [2]
         assert sync.stats["poll_errors"] == 2 and sync.stats["publish_errors"] >= 1
     finally:
@@ -207,9 +205,8 @@ class Device:
     async def blocks(self, card: str, within_s: float) -> float:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        while not self.hotlist.is_blocked(card):
-            assert loop.time() - t0 < within_s, f"{card} not blocked within {within_s}s"
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: self.hotlist.is_blocked(card), within_s,
+                               interval=0.05, what=f"{card} blocked")
         return loop.time() - t0
 
 
@@ -272,7 +269,8 @@ async def test_device_offline_during_the_change_catches_up_on_reconnect(
         # The link is down (device powered off) while the list changes, and the broker
         # crashes too: the retained notice may be gone — central re-announces on reconnect.
         v = await asyncio.to_thread(admin_hotlist, platform, "CARD2024002")
-        await asyncio.sleep(0.8)  # central sees and announces it meanwhile
+        await wait_until_async(lambda: central.hotlist.published_version == v, 5,
+                               what="central announcing the change")
         broker_site.broker.kill9()
         broker_site.broker.start()
         dev.hotlist.close()
@@ -291,10 +289,8 @@ async def test_notice_on_the_wire_is_retained_qos1(
     broker_site: Any, platform: RunningServer, central: Central
 ) -> None:
     v = await asyncio.to_thread(admin_hotlist, platform, "CARD7777777")
-    for _ in range(100):
-        if central.hotlist.published_version == v:
-            break
-        await asyncio.sleep(0.05)
+    await wait_until_async(lambda: central.hotlist.published_version == v, 5,
+                           what="central announcing the change")
     got: asyncio.Queue[InboundMessage] = asyncio.Queue()
     creds = broker_site.registry.register("kiosk-0104", "kiosk")
     s = MqttSession("kiosk-0104", host="127.0.0.1", port=broker_site.broker.port,

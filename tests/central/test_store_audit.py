@@ -106,10 +106,10 @@ async def test_group_commit_resolves_after_commit_and_isolates_a_failing_operati
     import sqlite3
 
     def ok(n: int):
-        return lambda: store._append_audit(T0, "t", "ok", {"n": n}).seq
+        return lambda: store.append_audit_in_tx(T0, "t", "ok", {"n": n}).seq
 
     def bad() -> None:
-        store._append_audit(T0, "t", "doomed", {})
+        store.append_audit_in_tx(T0, "t", "doomed", {})
         raise RuntimeError("operation fails after writing")
 
     futs = [store.write(ok(i)) for i in range(50)]
@@ -176,8 +176,8 @@ def test_a_resend_across_the_body_hash_change_is_not_a_mismatch(store) -> None:
 
     def begin(e):
         with store.atomic():
-            return store._begin(e.id, e.dev, e.type, body_hash(e), T0.timestamp(), 120, None,
-                                legacy=lambda: legacy_body_hash(e))
+            return store.begin_request_in_tx(e.id, e.dev, e.type, body_hash(e), T0, 120, None,
+                                             legacy=lambda: legacy_body_hash(e))
 
     assert begin(env) == Begin("done", b"stored reply")
     assert begin(other).status == "mismatch"

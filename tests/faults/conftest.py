@@ -8,33 +8,24 @@ own, and killing central never leaves an orphaned embedded broker holding the po
 registered through central's REST API land in that password file; the test sends the broker
 SIGHUP afterwards, as central itself does in embedded mode.
 
-Every process started here is stopped at teardown, and the teardown fails the test if any
-is still alive.
+Processes come from the shared ``procs`` rig and the broker from ``make_broker``
+(tests/conftest.py, tests/support.py): every one is stopped at teardown, and the teardown
+fails the test if any is still alive.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import signal
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import Broker, Procs
 
-from central.broker import (
-    Listener,
-    Mosquitto,
-    MosquittoConfig,
-    free_port,
-    mosquitto_passwd_set,
-    render_acl,
-)
+from central.broker import Mosquitto, free_port, mosquitto_passwd_set, render_acl
 from edge.uplink.config import UplinkConfig
 from yikatong.site.demo import secret_file, wait_http
 from yikatong.site.demo import toml_text as toml
@@ -44,65 +35,11 @@ MUTATING = ("reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund",
             "report.printed")
 
 
-class Procs:
-    """Starts ``ykt`` subcommands as real processes and guarantees none outlives the test."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        logdir.mkdir(parents=True, exist_ok=True)
-        self.all: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, name: str, args: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
-        with open(self.logdir / f"{name}.log", "ab") as out:
-            proc = subprocess.Popen(
-                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, cwd=REPO, start_new_session=True)
-        self.all.append(proc)
-        return proc
-
-    def ykt(self, name: str, *args: str, env: dict[str, str] | None = None
-            ) -> subprocess.Popen[bytes]:
-        return self.spawn(name, [sys.executable, "-m", "yikatong.cli", *args], env)
-
-    @staticmethod
-    def kill9(proc: subprocess.Popen[bytes]) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    @staticmethod
-    def terminate(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            Procs.kill9(proc)
-
-    def stop_all(self) -> list[int]:
-        for p in reversed(self.all):
-            self.terminate(p)
-        alive = []
-        for p in self.all:
-            try:
-                os.killpg(p.pid, 0)  # any process left in its group (children too)?
-            except ProcessLookupError:
-                continue
-            except PermissionError:
-                pass
-            alive.append(p.pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
-        return alive
-
-
 class Stack:
     """Reference platform + external Mosquitto + ``ykt central``, each restartable."""
 
-    def __init__(self, workdir: Path, procs: Procs, *, wallet_pending_s: float = 3.0,
-                 read_timeout_s: float = 2.0) -> None:
+    def __init__(self, workdir: Path, procs: Procs, make_broker: Callable[..., Broker], *,
+                 wallet_pending_s: float = 3.0, read_timeout_s: float = 2.0) -> None:
         self.workdir = workdir
         self.procs = procs
         self.platform_port = free_port()
@@ -122,10 +59,8 @@ class Stack:
         mosquitto_passwd_set(self.passwd, "central-fleet", fleet_pw)
         fleet_pw_file = secret_file(workdir / "central-fleet.password", fleet_pw)
         self.acl.write_text(render_acl("central", "central-fleet"))
-        self.broker = Mosquitto(workdir / "mosquitto", MosquittoConfig(
-            listeners=[Listener(host="127.0.0.1", port=0)],
-            persistence_dir=workdir / "mosquitto" / "data",
-            password_file=self.passwd, acl_file=self.acl))
+        self.rig = make_broker(workdir / "mosquitto", start=False, passwd=self.passwd,
+                               acl=self.acl, persistence_dir=workdir / "mosquitto" / "data")
         token_file = secret_file(workdir / "admin.token", self.admin_token)
         self.platform_cfg = workdir / "platform-sim.toml"
         self.platform_cfg.write_text(toml({"platform_sim": {
@@ -149,6 +84,10 @@ class Stack:
         self.platform: subprocess.Popen[bytes] | None = None
         self.central: subprocess.Popen[bytes] | None = None
         self.central_starts = 0
+
+    @property
+    def broker(self) -> Mosquitto:
+        return self.rig.mosquitto
 
     @property
     def platform_url(self) -> str:
@@ -185,10 +124,8 @@ class Stack:
         self.start_central()
 
     def stop(self) -> list[int]:
-        left = self.procs.stop_all()
-        self.broker.stop()
-        left += self.broker.leftovers()
-        return left
+        left = self.procs.stop_all()  # central first, then its broker
+        return left + self.rig.stop()
 
     # -- helpers --------------------------------------------------------------------------
     def register(self, dev: str, tmp: Path, *, role: str = "kiosk", **kw: Any) -> UplinkConfig:
@@ -223,10 +160,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path, procs: Procs, make_broker: Callable[..., Broker]) -> Iterator[Stack]:
     """A started stack; everything is stopped afterwards and nothing may be left running."""
-    procs = Procs(tmp_path / "logs")
-    s = Stack(tmp_path, procs)
+    s = Stack(tmp_path, procs, make_broker)
     try:
         s.start()
         yield s

@@ -10,28 +10,29 @@ a real Mosquitto, in front of the reference platform served over HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import signal
+import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import Procs, wait_until_async
 
-from central.broker import Listener, Mosquitto, MosquittoConfig
+from central.broker import Mosquitto
 from central.forwarder import Forwarder, ForwarderSettings
 from central.platform.config import PlatformConfig, create_adapter
 from central.platform.sim.config import PlatformSimSettings
 from central.platform.sim.ids import id_check_digit
 from central.platform.sim.server import RunningServer, start_in_thread
 from central.registry import Registry
-from central.store import Store, open_store
+from central.store import Store
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -53,6 +54,7 @@ class Rig:
     central_password: str
     edge_toml: Path
     patient_id: str
+    procs: Procs
     forwarder: Forwarder | None = None
 
     async def start_forwarder(self) -> None:
@@ -72,12 +74,9 @@ class Rig:
             self.forwarder = None
 
     def worker(self, mode: str) -> subprocess.Popen[str]:
-        with open(self.tmp / f"worker-{mode}.log", "a") as err:
-            return subprocess.Popen(
-                [sys.executable, str(HERE / "uplink_worker.py"), str(self.edge_toml), mode,
-                 str(N), self.patient_id],
-                stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO,
-                env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True)
+        return self.procs.python(f"worker-{mode}", str(HERE / "uplink_worker.py"),
+                                 str(self.edge_toml), mode, str(N), self.patient_id,
+                                 env={"PYTHONPATH": str(REPO)}, pipe=True)
 
     def admin(self, method: str, path: str, **kw: Any) -> Any:
         r = httpx.request(method, f"{self.platform.base_url}{path}", timeout=10, **kw)
@@ -95,16 +94,11 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    store = open_store(tmp_path / "central.db")
-    registry = Registry(store, tmp_path / "broker")
-    central = registry.central_credentials()
-    creds = registry.register(DEV, "kiosk")
-    broker = Mosquitto(tmp_path / "broker", MosquittoConfig(
-        listeners=[Listener(host="127.0.0.1", port=0)],
-        persistence_dir=tmp_path / "broker" / "data",
-        acl_file=registry.acl_file, password_file=registry.password_file))
-    broker.start()
+async def rig(tmp_path: Path, make_site: Callable[..., Any], procs: Procs
+              ) -> AsyncIterator[Rig]:
+    site = make_site()  # store, registry and a persistent broker, stopped by the fixture
+    creds = site.registry.register(DEV, "kiosk")
+    broker = site.broker
     platform = start_in_thread(PlatformSimSettings(db_path=tmp_path / "platform.db",
                                                    admin_enabled=True))
     pw = tmp_path / "mqtt.password"
@@ -143,32 +137,13 @@ backoff_max_s = 0.5
                                       "name": "断电", "sex": "F", "birth_date": "1990-01-01",
                                       "balance_fen": 0})
     r.raise_for_status()
-    rig = Rig(tmp_path, store, registry, broker, platform, central.password, edge_toml,
-              r.json()["patient"]["patient_id"])
-    workers: list[subprocess.Popen[str]] = []
-    orig = rig.worker
-
-    def tracked(mode: str) -> subprocess.Popen[str]:
-        p = orig(mode)
-        workers.append(p)
-        return p
-
-    rig.worker = tracked  # type: ignore[method-assign]
+    rig = Rig(tmp_path, site.store, site.registry, broker, platform, site.central_password,
+              edge_toml, r.json()["patient"]["patient_id"], procs)
     try:
         yield rig
-    finally:
+    finally:  # workers: the procs fixture; broker and store: make_site
         await rig.stop_forwarder()
-        for p in workers:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
-            if p.stdout is not None:
-                p.stdout.close()
         platform.stop()
-        broker.stop()
-        store.close()
-        left = broker.leftovers() + [p.pid for p in workers if p.poll() is None]
-        assert not left, f"processes left running: {left}"
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -192,9 +167,16 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
         sel.close()
 
 
+def _sent_at_least(outbox: Path, times: int) -> bool:
+    """Whether the worker recorded ``times`` sends of every request in its outbox."""
+    with contextlib.closing(sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)) as db:
+        (low,) = db.execute(
+            "SELECT MIN(attempts) FROM outbox WHERE type = 'pay.create'").fetchone()
+    return low is not None and low >= times
+
+
 def _kill9(proc: subprocess.Popen[str]) -> None:
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    Procs.kill9(proc)
     assert proc.returncode == -signal.SIGKILL
 
 
@@ -237,7 +219,9 @@ async def test_kill9_with_central_down_then_all_delivered_once(rig: Rig) -> None
     await rig.stop_forwarder()
     proc = rig.worker("enqueue")
     assert await asyncio.to_thread(_read_line, proc, 60) == f"ENQUEUED {N}"
-    await asyncio.sleep(1.5)  # published (and resent once) into the broker's queue
+    # published, and resent once, into the broker's queue for central's session
+    await wait_until_async(lambda: _sent_at_least(rig.tmp / "edge" / "outbox.db", 2), 30,
+                           what="every request sent twice")
     _kill9(proc)
     assert await asyncio.to_thread(rig.effects) == 0
     await rig.start_forwarder()
@@ -256,10 +240,8 @@ async def test_kill9_mid_flight_then_all_delivered_once(rig: Rig) -> None:
     await rig.start_forwarder()
     proc = rig.worker("enqueue")
     assert await asyncio.to_thread(_read_line, proc, 60) == f"ENQUEUED {N}"
-    t0 = time.monotonic()
-    while await asyncio.to_thread(rig.effects) < 20:
-        assert time.monotonic() - t0 < 30
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: asyncio.to_thread(lambda: rig.effects() >= 20), 30,
+                           interval=0.01, what="20 payments done at the platform")
     _kill9(proc)
     before = await asyncio.to_thread(rig.effects)
     assert 0 < before < N

@@ -16,6 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = ["ConfigError", "StrictModel", "TimeZoneName", "load_config", "read_secret",
            "resolve_paths"]
 
@@ -40,14 +42,19 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-class ConfigError(Exception):
-    """A configuration file or secret is missing or invalid."""
+class ConfigError(LocalizedError):
+    """A configuration file or secret is missing or invalid; names the file and the key."""
+
+    code = "config_error"
 
     def __init__(self, file: str, key: str, problem: str) -> None:
+        super().__init__(
+            f"{file}: {key}: {problem}" if key else f"{file}: {problem}",
+            f"配置有误，请检查 {file} 中的 {key}" if key else f"配置有误，请检查 {file}",
+        )
         self.file = file
         self.key = key
         self.problem = problem
-        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
 
 
 def _key_of(loc: tuple[int | str, ...]) -> str:

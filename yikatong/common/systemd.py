@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Mapping
 
 __all__ = ["notify", "watchdog_enabled", "watchdog_loop"]
 
 
-def notify(message: str, environ: dict[str, str] | None = None) -> bool:
+def notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
     """Send ``message`` (e.g. ``READY=1``) to systemd; False when not run by systemd."""
     env = os.environ if environ is None else environ
     addr = env.get("NOTIFY_SOCKET")
@@ -26,13 +27,13 @@ def notify(message: str, environ: dict[str, str] | None = None) -> bool:
     return True
 
 
-def watchdog_enabled(environ: dict[str, str] | None = None) -> bool:
+def watchdog_enabled(environ: Mapping[str, str] | None = None) -> bool:
     """True when systemd expects watchdog pings from this process."""
     env = os.environ if environ is None else environ
     return int(env.get("WATCHDOG_USEC", "0") or 0) > 0
 
 
-async def watchdog_loop(environ: dict[str, str] | None = None) -> None:
+async def watchdog_loop(environ: Mapping[str, str] | None = None) -> None:
     """Ping the systemd watchdog at half its interval while the event loop is healthy."""
     env = os.environ if environ is None else environ
     usec = int(env.get("WATCHDOG_USEC", "0") or 0)

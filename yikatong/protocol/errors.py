@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = [
     "BadKey",
     "BadSignature",
@@ -28,19 +30,17 @@ __all__ = [
 ]
 
 
-class ProtocolError(Exception):
+class ProtocolError(LocalizedError):
     """Base of every wire-contract error; catch this at the uplink/forwarder boundary."""
 
-    code: ClassVar[str] = "protocol_error"
+    code = "protocol_error"
     # The catalogue error code to reply with when a received request caused this error.
     reply_code: ClassVar[str] = "invalid_request"
     # Whether sending the same message again can succeed (never, for a malformed one).
     retryable: ClassVar[bool] = False
 
-    def __init__(self, message: str, message_zh: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.message_zh = message_zh
+    def __init__(self, message: str, message_zh: str, *, reason: str | None = None) -> None:
+        super().__init__(message, message_zh, reason=reason)
 
     def details(self) -> dict[str, Any]:
         """Return the structured fields of this error (for logs and error events)."""
@@ -85,7 +85,6 @@ class MalformedEnvelope(ProtocolError):
     code = "malformed_envelope"
 
     def __init__(self, reason: str, *, errors: Iterable[Mapping[str, Any]] = ()) -> None:
-        self.reason = reason
         self.errors = clean_validation_errors(errors)
         where = f" at {_loc_text(self.errors)}" if self.errors else ""
         if self.errors and self.errors[0]["msg"]:
@@ -93,6 +92,7 @@ class MalformedEnvelope(ProtocolError):
         super().__init__(
             f"Malformed message: {reason}{where}.",
             f"报文格式错误：{reason}{where}。",
+            reason=reason,
         )
 
     def details(self) -> dict[str, Any]:
@@ -150,9 +150,8 @@ class BadSignature(ProtocolError):
     }
 
     def __init__(self, reason: str) -> None:
-        self.reason = reason
         en, zh = self._TEXT.get(reason, (reason, reason))
-        super().__init__(f"Bad signature: {en}.", f"签名无效：{zh}。")
+        super().__init__(f"Bad signature: {en}.", f"签名无效：{zh}。", reason=reason)
 
     def details(self) -> dict[str, Any]:
         """Return why the signature was refused."""
@@ -165,8 +164,8 @@ class BadKey(ProtocolError):
     code = "bad_key"
 
     def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(f"Bad Ed25519 key: {reason}.", f"Ed25519 密钥无效：{reason}。")
+        super().__init__(f"Bad Ed25519 key: {reason}.", f"Ed25519 密钥无效：{reason}。",
+                         reason=reason)
 
     def details(self) -> dict[str, Any]:
         """Return why the key was refused."""
@@ -219,8 +218,8 @@ class BadTopic(ProtocolError):
 
     def __init__(self, topic: str, reason: str) -> None:
         self.topic = topic
-        self.reason = reason
-        super().__init__(f"Bad topic {topic!r}: {reason}.", f"主题无效 {topic!r}：{reason}。")
+        super().__init__(f"Bad topic {topic!r}: {reason}.", f"主题无效 {topic!r}：{reason}。",
+                         reason=reason)
 
     def details(self) -> dict[str, Any]:
         """Return the topic and why it was refused."""

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from yikatong.common.errors import LocalizedError
+
 __all__ = ["SimError", "business", "not_found"]
 
 
-class SimError(Exception):
+class SimError(LocalizedError):
     """An error the platform answers with an HTTP status and a JSON error body."""
 
+    code = "platform_error"
+
     def __init__(self, status: int, code: str, message: str, message_zh: str) -> None:
-        super().__init__(f"{code}: {message}")
+        super().__init__(message, message_zh, reason=code)
         self.status = status
         self.code = code
-        self.message = message
-        self.message_zh = message_zh
 
     def body(self) -> dict[str, str]:
         """The JSON error body."""

@@ -62,43 +62,47 @@ def _escpos_printer_module() -> Any:
 
 
 class NetworkTransport:
-    """Raw TCP (port 9100) through python-escpos's ``Network``."""
+    """Raw TCP (port 9100, "JetDirect"): a plain socket.
+
+    python-escpos's ``Network`` adds nothing here but its import, which pulls in Pillow,
+    qrcode, python-barcode, pyusb and a YAML capability database (≈ 8 MB of the daemon's idle
+    memory, docs/performance.md "Footprint"); we only ever used its socket. The other
+    transports (USB, serial, CUPS) stay on python-escpos.
+    """
 
     bidirectional = True
 
     def __init__(self, host: str, port: int = 9100, timeout: float = 5.0) -> None:
         self.host, self.port, self.timeout = host, port, timeout
-        self._printer: Any = None
+        self._sock_: socket.socket | None = None
 
     def open(self) -> None:
         """Connect the socket."""
         self.close()
-        printer = _escpos_printer_module().Network(self.host, self.port, timeout=self.timeout)
         try:
-            printer.open()
-        except Exception as exc:  # python-escpos wraps OSError in DeviceNotFoundError
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as exc:
             raise PrinterOffline(f"{self.host}:{self.port}: {exc}") from exc
-        self._printer = printer
+        self._sock_ = sock
 
     def _sock(self) -> socket.socket:
-        if self._printer is None or not self._printer._device:
+        if self._sock_ is None:
             raise PrinterOffline(f"{self.host}:{self.port}: not connected", reason="not_connected")
-        sock: socket.socket = self._printer._device
-        return sock
+        return self._sock_
 
     def close(self) -> None:
         """Close the socket."""
-        if self._printer is not None:
+        sock, self._sock_ = self._sock_, None
+        if sock is not None:
             with contextlib.suppress(OSError):
-                self._printer.close()
-            self._printer = None
+                sock.close()
 
     def write(self, data: bytes) -> None:
         """Send all bytes."""
         sock = self._sock()
         try:
             sock.settimeout(self.timeout)
-            self._printer._raw(data)
+            sock.sendall(data)
         except OSError as exc:
             self.close()
             raise PrinterOffline(

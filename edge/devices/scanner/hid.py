@@ -1,34 +1,26 @@
 """HID keyboard-wedge scanners through evdev: exclusive grab, reader thread, one door.
 
 The device is grabbed (EVIOCGRAB) so its key presses reach only us and do not also type
-into the kiosk browser. The thread waits on the device fd with a short select timeout (so
-``stop()`` is noticed), converts each evdev event to our ``KeyEvent`` at once, and feeds a
-``KeyDecoder``. An unplug (ENODEV) reports ``ScannerLost``; the path is retried until it
-returns — use ``/dev/input/by-id/...`` in config, since eventN numbers change on replug.
+into the kiosk browser. The reader thread (``reader.py``) waits on the device fd with a short
+select timeout (so ``stop()`` is noticed), converts each evdev event to our ``KeyEvent`` at
+once, and feeds a ``KeyDecoder``. An unplug (ENODEV) reports ``ScannerLost``; the path is
+retried until it returns — use ``/dev/input/by-id/...`` in config, since eventN numbers
+change on replug.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import logging
 import select
-import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from edge.devices.scanner.base import (
-    LoopDoor,
-    ScanFailed,
-    ScannerConnected,
-    ScannerLost,
-    ScanRead,
-    Sink,
-)
-from edge.devices.scanner.errors import ScannerDisconnected
+from edge.devices.scanner.base import LoopDoor, ScanFailed, ScanRead, Sink
 from edge.devices.scanner.frames import RawScan, split_aim
 from edge.devices.scanner.keymaps import KeyDecoder, KeyEvent, Keymap
+from edge.devices.scanner.reader import ReconnectingReader
 
 __all__ = ["EvdevDevice", "HidScanner", "open_evdev"]
 
@@ -75,8 +67,11 @@ def to_key_event(ev: Any) -> KeyEvent:
                     ts=float(ev.sec) + float(ev.usec) / 1e6)
 
 
-class HidScanner:
+class HidScanner(ReconnectingReader[EvdevDevice]):
     """A keyboard-wedge scanner on an evdev path; scans arrive at ``sink`` on the loop."""
+
+    kind = "hid"
+    poll_s = _POLL_S
 
     def __init__(
         self,
@@ -91,76 +86,40 @@ class HidScanner:
         aim: bool = True,
         opener: Callable[[str], EvdevDevice] = open_evdev,
     ) -> None:
+        super().__init__(name or path, sink, reconnect_delay_s=reconnect_delay_s)
         self.path = path
         self.keymap = keymap
-        self.name = name or path
-        self._sink = sink
         self._clock = clock
-        self._delay = reconnect_delay_s
         self._max = max_length
         # Scanners programmed to send AIM ids type them too ("]Q1" + data): strip and keep
         # the symbology, as the serial framing does, or the classifier sees "]Q1<qr>".
         self._aim = aim
         self._opener = opener
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # Made again on every connection (``_prepare``): the Caps Lock state may differ.
+        self._decoder = KeyDecoder(keymap, max_length=max_length)
 
-    async def start(self) -> None:
-        """Start the reader thread (idempotent)."""
-        if self._thread is not None:
-            return
-        door = LoopDoor(asyncio.get_running_loop(), self._sink)
-        self._stop.clear()
-        self._thread = threading.Thread(
-            target=self._run, args=(door,), name=f"scanner-hid:{self.name}", daemon=True
-        )
-        self._thread.start()
+    def _open(self) -> EvdevDevice:
+        return self._opener(self.path)
 
-    async def stop(self) -> None:
-        """Stop the reader thread, ungrab and close the device."""
-        thread, self._thread = self._thread, None
-        if thread is None:
-            return
-        self._stop.set()
-        await asyncio.to_thread(thread.join, _POLL_S * 10 + self._delay)
+    def _prepare(self, dev: EvdevDevice) -> None:
+        # EBUSY here means another process holds the grab: retrying is right, reading
+        # without the grab would type the codes into the browser as well.
+        dev.grab()
+        self._decoder = KeyDecoder(self.keymap, max_length=self._max,
+                                   caps_lock=_LED_CAPSL in dev.leds())
 
-    def _run(self, door: LoopDoor) -> None:
-        reported_down = False
-        while not self._stop.is_set():
-            try:
-                dev = self._opener(self.path)
-            except OSError as exc:
-                if not reported_down:
-                    door.post(ScannerLost(self.name, ScannerDisconnected(self.name, str(exc))))
-                    reported_down = True
-                self._stop.wait(self._delay)
-                continue
-            try:
-                # EBUSY here means another process holds the grab: retrying is right, reading
-                # without the grab would type the codes into the browser as well.
-                dev.grab()
-                decoder = KeyDecoder(self.keymap, max_length=self._max,
-                                     caps_lock=_LED_CAPSL in dev.leds())
-                reported_down = False
-                door.post(ScannerConnected(self.name))
-                self._read_until_error(dev, decoder, door)
-            except OSError as exc:
-                detail = "device busy (grabbed elsewhere)" if exc.errno == errno.EBUSY else str(exc)
-                if not reported_down:
-                    door.post(ScannerLost(self.name, ScannerDisconnected(self.name, detail)))
-                    reported_down = True
-                self._stop.wait(self._delay)
-            finally:
-                self._release(dev)
+    def _describe(self, exc: OSError) -> str:
+        return "device busy (grabbed elsewhere)" if exc.errno == errno.EBUSY else str(exc)
 
-    def _release(self, dev: EvdevDevice) -> None:
+    def _close(self, dev: EvdevDevice) -> None:
         for step in (dev.ungrab, dev.close):
             try:
                 step()
             except OSError:
                 log.debug("releasing %s: %s failed", self.name, step.__name__, exc_info=True)
 
-    def _read_until_error(self, dev: EvdevDevice, decoder: KeyDecoder, door: LoopDoor) -> None:
+    def _read_until_error(self, dev: EvdevDevice, door: LoopDoor) -> None:
+        decoder = self._decoder
         while not self._stop.is_set():
             ready, _, _ = select.select([dev.fd], [], [], _POLL_S)
             if not ready:

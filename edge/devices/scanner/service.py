@@ -50,6 +50,7 @@ from edge.devices.scanner.watcher import (
     SerialDriver,
     registry_matcher,
 )
+from yikatong.common.tasks import BackgroundTask
 
 __all__ = ["ScanEvent", "ScannerService"]
 
@@ -95,7 +96,7 @@ class ScannerService:
         self._queue: asyncio.Queue[ScanEvent | object] | None = None
         self._scanners: dict[str, Scanner] = {}
         self._connected: dict[str, bool] = {}
-        self._watch_task: asyncio.Task[None] | None = None
+        self._discovery: BackgroundTask | None = None
         self.dropped = 0  # frames or texts rejected, for the health report
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -119,16 +120,16 @@ class ScannerService:
             # listers=None means the real buses (pyserial ports and evdev nodes).
             self._watcher = DeviceWatcher(self._listers, matcher=self._match,
                                           interval_s=self._config.discovery_interval_s)
-            self._watch_task = asyncio.create_task(self._watch(self._watcher),
-                                                   name="scanner-discovery")
+            watcher = self._watcher
+            self._discovery = BackgroundTask(lambda: self._watch(watcher),
+                                             name="scanner-discovery")
+            self._discovery.start()
 
     async def stop(self) -> None:
         """Stop discovery and every scanner; ends ``scans()``."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-            self._watch_task = None
+        discovery, self._discovery = self._discovery, None
+        if discovery is not None:
+            await discovery.stop()
         scanners, self._scanners = self._scanners, {}
         for scanner in scanners.values():
             await scanner.stop()

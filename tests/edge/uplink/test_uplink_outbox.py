@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support import Procs
 
 from edge.uplink.errors import OutboxFull
 from edge.uplink.outbox import Outbox, Priority
@@ -280,17 +278,14 @@ CHILD = textwrap.dedent(
         print(e.id, flush=True)   # reported only after enqueue returned (fsynced)
     print("DONE", flush=True)
     import time
-    time.sleep(60)
+    time.sleep(60)  # alive until the test's kill -9, the behaviour under test
     """
 )
 
 
-def test_enqueued_entries_survive_kill_9(tmp_path: Path) -> None:
+def test_enqueued_entries_survive_kill_9(tmp_path: Path, procs: Procs) -> None:
     db = tmp_path / "outbox.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True,
-        cwd=Path(__file__).resolve().parents[3],
-    )
+    proc = procs.python("child", "-c", CHILD, str(db), pipe=True)
     acknowledged = []
     try:
         assert proc.stdout is not None
@@ -299,10 +294,7 @@ def test_enqueued_entries_survive_kill_9(tmp_path: Path) -> None:
                 break
             acknowledged.append(line.strip())
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-        if proc.stdout is not None:
-            proc.stdout.close()
+        Procs.kill9(proc)
     assert proc.returncode == -signal.SIGKILL
     assert len(acknowledged) == 20
     ob = Outbox(db, lambda: datetime.now(UTC))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,8 +12,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import Broker
 
-from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener, render_acl
+from central.broker import Listener, TlsListener, render_acl
 from edge.uplink.client import Uplink
 from edge.uplink.config import TlsConfig, UplinkConfig
 from yikatong.mqtt.session import InboundMessage, MqttSession
@@ -72,59 +74,53 @@ class Pki:
         return certfile, _write_key(self.d / f"{cn}-{id(cert)}.key", key)
 
 
-async def test_mutual_tls_with_identity_as_username(tmp_path: Path) -> None:
+async def test_mutual_tls_with_identity_as_username(
+        tmp_path: Path, make_broker: Callable[..., Broker]) -> None:
     pki = Pki(tmp_path)
     srv_cert, srv_key = pki.issue("broker", server=True)
     acl = tmp_path / "acl"
     acl.write_text(render_acl("central"))
-    cfg = MosquittoConfig(
-        listeners=[Listener(host="127.0.0.1", port=0, tls=TlsListener(
+    broker = make_broker(central=None, acl=acl, listeners=[
+        Listener(host="127.0.0.1", port=0, tls=TlsListener(
             cafile=pki.cafile, certfile=srv_cert, keyfile=srv_key,
-            require_certificate=True, use_identity_as_username=True))],
-        persistence=False, acl_file=acl,
+            require_certificate=True, use_identity_as_username=True))])
+    c_cert, c_key = pki.issue("central")
+    q: asyncio.Queue[InboundMessage] = asyncio.Queue()
+    central = MqttSession(
+        "central", host="127.0.0.1", port=broker.port,
+        tls=TlsConfig(cafile=pki.cafile, certfile=c_cert, keyfile=c_key),
+        subscriptions=[("ykt/v1/dev/+/state", 1)], on_message=q.put_nowait,
     )
-    broker = Mosquitto(tmp_path / "broker", cfg)
-    broker.start()
+    await central.start()
+    assert await central.wait_connected(10)
+    d_cert, d_key = pki.issue("kiosk-301")
+    up = Uplink(
+        UplinkConfig(
+            host="127.0.0.1", port=broker.port,
+            tls=TlsConfig(cafile=pki.cafile, certfile=d_cert, keyfile=d_key),
+            outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json",
+        ),
+        "kiosk-301", role="kiosk", version="1",
+    )
+    await up.start()
     try:
-        c_cert, c_key = pki.issue("central")
-        q: asyncio.Queue[InboundMessage] = asyncio.Queue()
-        central = MqttSession(
-            "central", host="127.0.0.1", port=broker.port,
-            tls=TlsConfig(cafile=pki.cafile, certfile=c_cert, keyfile=c_key),
-            subscriptions=[("ykt/v1/dev/+/state", 1)], on_message=q.put_nowait,
-        )
-        await central.start()
-        assert await central.wait_connected(10)
-        d_cert, d_key = pki.issue("kiosk-301")
-        up = Uplink(
-            UplinkConfig(
-                host="127.0.0.1", port=broker.port,
-                tls=TlsConfig(cafile=pki.cafile, certfile=d_cert, keyfile=d_key),
-                outbox_path=tmp_path / "o.db", state_path=tmp_path / "s.json",
-            ),
-            "kiosk-301", role="kiosk", version="1",
-        )
-        await up.start()
-        try:
-            assert await up.wait_connected(10)
-            msg = await asyncio.wait_for(q.get(), 10)
-            assert msg.topic == "ykt/v1/dev/kiosk-301/state"
-            assert decode(msg.payload).body["online"] is True
-        finally:
-            await up.stop()
-            await central.stop()
-        # a certificate from another CA is refused at the handshake
-        rogue = Pki(tmp_path, "Rogue CA")
-        r_cert, r_key = rogue.issue("kiosk-302")
-        intruder = MqttSession(
-            "kiosk-302", host="127.0.0.1", port=broker.port, backoff_min_s=0.05,
-            backoff_max_s=0.2,
-            tls=TlsConfig(cafile=pki.cafile, certfile=r_cert, keyfile=r_key),
-        )
-        await intruder.start()
-        try:
-            assert await intruder.wait_connected(1.0) is False
-        finally:
-            await intruder.stop()
+        assert await up.wait_connected(10)
+        msg = await asyncio.wait_for(q.get(), 10)
+        assert msg.topic == "ykt/v1/dev/kiosk-301/state"
+        assert decode(msg.payload).body["online"] is True
     finally:
-        broker.stop()
+        await up.stop()
+        await central.stop()
+    # a certificate from another CA is refused at the handshake
+    rogue = Pki(tmp_path, "Rogue CA")
+    r_cert, r_key = rogue.issue("kiosk-302")
+    intruder = MqttSession(
+        "kiosk-302", host="127.0.0.1", port=broker.port, backoff_min_s=0.05,
+        backoff_max_s=0.2,
+        tls=TlsConfig(cafile=pki.cafile, certfile=r_cert, keyfile=r_key),
+    )
+    await intruder.start()
+    try:
+        assert await intruder.wait_connected(1.0) is False
+    finally:
+        await intruder.stop()

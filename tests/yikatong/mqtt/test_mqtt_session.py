@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from support import wait_until_async
 
 from edge.uplink.client import Uplink
 from edge.uplink.config import UplinkConfig
@@ -139,7 +140,7 @@ CHILD = textwrap.dedent(
         await up.start()
         await up.wait_connected(10)
         print("CONNECTED", up.boot_seq, flush=True)
-        await asyncio.sleep(60)
+        await asyncio.sleep(60)  # alive until the test kills it
     asyncio.run(main())
     """
 )
@@ -191,11 +192,7 @@ async def test_broker_restart_reconnects_and_resubscribes(broker, tmp_path) -> N
     try:
         assert await up.wait_connected(10)
         broker.mosquitto.kill9()
-        for _ in range(100):
-            if not up.connected:
-                break
-            await asyncio.sleep(0.05)
-        assert not up.connected
+        await wait_until_async(lambda: not up.connected, 5, what="the link seen down")
         broker.mosquitto.start()
         assert await up.wait_connected(10)
         s, _ = await watcher(broker, "ykt/v1/none")
@@ -285,10 +282,12 @@ async def test_after_a_reconnect_each_pending_request_goes_out_once_money_first(
             ids = [f"lookup{i:04d}" for i in range(10)] + ["payment001", "payment002"]
             tasks += [asyncio.create_task(up.request("reg.departments", {}, timeout=60, id=i))
                       for i in ids[:10]]
-            await asyncio.sleep(0.3)
+            await wait_until_async(  # the lookups fill paho's free slots before the payments
+                lambda: sum(1 for i in ids[:10] if (e := up.outbox.get(i)) and e.attempts) == 5,
+                5, what="5 lookups handed to paho")
             tasks += [asyncio.create_task(up.request("pay.create", PAY, timeout=60, id=i))
                       for i in ids[10:]]
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # behaviour under test: given time, nothing more goes out
             assert up._session is not None and up._session.unacked == 5  # the cap, no more
             entries = [up.outbox.get(i) for i in ids]
             sent = [e.id for e in entries if e is not None and e.attempts > 0]
@@ -299,12 +298,9 @@ async def test_after_a_reconnect_each_pending_request_goes_out_once_money_first(
         assert before == 0  # the stalled broker never read them
         m.start()
         assert await up.wait_connected(10)
-        seen: list[tuple[int, int]] = []
-        for _ in range(100):
-            seen = received_requests(m.log_path.read_text(errors="replace"), dev)
-            if len(seen) >= 12:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(
+            lambda: len(received_requests(m.log_path.read_text(errors="replace"), dev)) >= 12,
+            5, what="12 requests at the broker")
         await asyncio.sleep(1.0)  # room for any duplicate to show up
         seen = received_requests(m.log_path.read_text(errors="replace"), dev)
         assert len(seen) == 12, seen  # each pending request once, not paho's copy as well

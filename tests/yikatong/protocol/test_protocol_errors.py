@@ -45,7 +45,7 @@ def test_codes_are_stable_and_unique() -> None:
 def test_every_error_is_a_protocol_error_with_both_languages(err: e.ProtocolError) -> None:
     assert isinstance(err, e.ProtocolError)
     assert err.message and err.message_zh and err.message != err.message_zh
-    assert str(err) == err.message
+    assert str(err) == f"{err.message} / {err.message_zh}"  # as every LocalizedError
     assert ErrorCode(err.reply_code)  # a catalogue code
     d = err.to_dict()
     assert d["code"] == err.code and d["message_zh"] == err.message_zh

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
 from yikatong.site.demo import Supervised, describe_exit
 
@@ -217,7 +218,7 @@ def test_a_halt_from_another_thread_with_the_real_clock_does_not_restart() -> No
         t = threading.Thread(target=sup.halt)  # as a signal handler's stop would
         t.start()
         t.join(5)
-        time.sleep(0.5)
+        time.sleep(0.5)  # behaviour under test: past the 0.3 s backoff, still no restart
         sup.poll()
         assert len(factory.procs) == 1 and "restarted" not in out.getvalue()
     finally:
@@ -232,10 +233,8 @@ def test_stop_leaves_no_process_of_the_part_alive(make: Callable[..., Any]) -> N
     grandchild = int(proc.stdout.readline())
     assert alive(proc.pid) and alive(grandchild)
     sup.stop()
-    deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(proc.pid) and not alive(grandchild)
+    wait_until(lambda: not alive(grandchild), 5, what="the grandchild gone")
+    assert not alive(proc.pid)
     proc.stdout.close()
 
 
@@ -248,10 +247,7 @@ def test_a_crashed_part_takes_its_process_group_with_it(make: Callable[..., Any]
     os.kill(proc.pid, signal.SIGKILL)
     wait_exit(proc)
     sup.poll()
-    deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not alive(grandchild)
+    wait_until(lambda: not alive(grandchild), 5, what="the grandchild gone")
     assert "was killed by SIGKILL" in lines(out)[-1]
     proc.stdout.close()
 
@@ -304,16 +300,6 @@ def _pids_with(text: str) -> list[int]:
     return found
 
 
-def _wait_for(cond: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.stack
 def test_ykt_demo_restarts_a_killed_edge(tmp_path: Path) -> None:
     # Nothing skips (README): without root or pcscd this is a failure, as for every stack test.
@@ -336,8 +322,8 @@ def test_ykt_demo_restarts_a_killed_edge(tmp_path: Path) -> None:
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-        _wait_for(lambda: any("Press Ctrl-C" in x for x in output) or demo.poll() is not None,
-                  180, "the demo to come up")
+        wait_until(lambda: any("Press Ctrl-C" in x for x in output) or demo.poll() is not None,
+                   180, what="the demo to come up", interval=0.2)
         assert demo.poll() is None, "\n".join(output)
         edge_cfg = workdir / "kiosk-001" / "edge.toml"
         cfg = tomllib.loads(edge_cfg.read_text())
@@ -350,17 +336,17 @@ def test_ykt_demo_restarts_a_killed_edge(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        _wait_for(healthy, 60, "kiosk-001 edge to answer")
+        wait_until(healthy, 60, what="kiosk-001 edge to answer", interval=0.2)
         pids = _pids_with(str(edge_cfg))
         assert len(pids) == 1, pids
         os.kill(pids[0], signal.SIGKILL)
-        _wait_for(lambda: any(re.fullmatch(r"\[demo\] kiosk-001 edge restarted \(pid \d+\)", x)
-                              for x in output), 30, "the restart line")
+        wait_until(lambda: any(re.fullmatch(r"\[demo\] kiosk-001 edge restarted \(pid \d+\)", x)
+                               for x in output), 30, what="the restart line", interval=0.2)
         assert ("[demo] kiosk-001 edge was killed by SIGKILL; restarting in 0.5 s (restart 1)"
                 in output), "\n".join(output)
         new_pid = int(re.findall(r"kiosk-001 edge restarted \(pid (\d+)\)", "\n".join(output))[0])
         assert new_pid != pids[0]
-        _wait_for(healthy, 60, "the restarted edge to answer /v1/health")
+        wait_until(healthy, 60, what="the restarted edge to answer /v1/health", interval=0.2)
         assert _pids_with(str(edge_cfg)) == [new_pid]
         # nothing else was restarted or stopped
         assert [x for x in output if x.startswith("[demo]")] == [
@@ -378,5 +364,6 @@ def test_ykt_demo_restarts_a_killed_edge(tmp_path: Path) -> None:
         t.join(10)
     assert code == 0, "\n".join(output)
     assert "Stopped; nothing left running." in output
-    _wait_for(lambda: not _pids_with(str(workdir)), 10, "every demo process to be gone")
+    wait_until(lambda: not _pids_with(str(workdir)), 10, what="every demo process to be gone",
+               interval=0.2)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from support import wait_until_async
 
 from edge.devices.printer.config import PrinterConfig
 from edge.devices.printer.documents import Document
@@ -240,11 +241,9 @@ async def _print_and_fault_midway(
     import asyncio
 
     task = asyncio.create_task(svc.print(doc, job_id=job_id))
-    for _ in range(200):
-        if printer.bytes_received >= after_bytes:
-            break
-        await asyncio.sleep(0.02)
-    assert printer.bytes_received >= after_bytes and not task.done()
+    await wait_until_async(lambda: printer.bytes_received >= after_bytes, 4,
+                           what=f"{after_bytes} bytes at the printer")
+    assert not task.done()
     printer.set_fault(**fault)
     return await task
 

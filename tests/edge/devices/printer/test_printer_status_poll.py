@@ -62,7 +62,7 @@ async def test_printer_status_near_end_reaches_bus_and_central(tmp_path: Path) -
                 vp.set_fault(near_end=False, cover_open=True)
                 opened = await _next_status(q)
                 assert opened["cover_open"] and not opened["online"]
-                await asyncio.sleep(0.3)  # unchanged status: no further events
+                await asyncio.sleep(0.3)  # behaviour under test: unchanged status, no events
                 assert q.empty()
             finally:
                 pump.cancel()

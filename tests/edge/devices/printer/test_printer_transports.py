@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import select
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +13,7 @@ from typing import Any
 
 import pytest
 import usb.core as usb_core  # pyusb: the [usb] extra, also in [test]
+from support import wait_until_async
 
 from edge.devices.printer import transport as transport_mod
 from edge.devices.printer.config import PrinterConfig
@@ -77,10 +76,7 @@ async def test_serial_transport_prints_over_a_real_pty(
         assert (await svc.status()).ready
         outcome = await svc.print(samples["slip"](), job_id="s-1")
         assert outcome.state == "printed", outcome.reason
-        deadline = time.monotonic() + 5
-        while not far.jobs:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+        await wait_until_async(lambda: far.jobs, 5, what="the job at the far printer")
         assert "门诊挂号凭条" in far.jobs[0].text and far.jobs[0].cut
         far.paper_out = True
         refused = await svc.print(samples["topup"](), job_id="t-1")

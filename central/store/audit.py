@@ -1,0 +1,181 @@
+"""The store's audit: central's own hash chain, and the devices' chains checked on arrival.
+
+Both hash with yikatong/protocol/audit.py. Central's records hash the wire form of their
+time (``format_ts``, milliseconds), so the stored ``ts`` is rounded to the millisecond. The
+chain head (seq, hash) is kept in memory, so appending is one INSERT; a conflicting seq
+(another process appended) re-reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any
+
+from central.store import sql
+from central.store.core import StoreCore
+from central.store.values import AuditEntry, StoreError, canon, from_ts, to_ts
+from yikatong.protocol.audit import GENESIS_HASH, audit_hash, audit_hash_text
+from yikatong.protocol.envelope import canonical_json, format_ts
+
+__all__ = ["AuditOps"]
+
+log = logging.getLogger("central.store")
+
+
+def _flat(detail: dict[str, Any]) -> bool:
+    """True when ``detail`` is already what JSON would give back (str keys, plain values)."""
+    return all(
+        type(k) is str and (v is None or type(v) in (str, int, bool))
+        for k, v in detail.items()
+    )
+
+
+class AuditOps(StoreCore):
+    """Audit chains (part of :class:`~central.store.Store`)."""
+
+    # -- central's chain -------------------------------------------------------------------
+    def audit(self, now: datetime, actor: str, action: str, detail: dict[str, Any]) -> AuditEntry:
+        """Append one hash-chained audit record."""
+        with self.atomic():
+            return self.append_audit_in_tx(now, actor, action, detail)
+
+    def append_audit_in_tx(
+        self, now: datetime, actor: str, action: str, detail: dict[str, Any]
+    ) -> AuditEntry:
+        """:meth:`audit` inside the caller's write transaction (one INSERT as a rule)."""
+        self._require_write()
+        # Milliseconds, like every wire timestamp: the hash covers format_ts of this value.
+        t = round(to_ts(now), 3)
+        if not _flat(detail):
+            detail = json.loads(canon(detail))  # JSON-normalise (str keys): reproducible hash
+        text = canonical_json(detail).decode()
+        ts_text = format_ts(from_ts(t) or now)
+        for _ in range(5):
+            if self._head is None:
+                self._head = self._read_head()
+            seq, prev = self._head[0] + 1, self._head[1]
+            h = audit_hash_text(seq, ts_text, actor, action, text, prev)
+            try:
+                self.connection().execute(sql.AUDIT_ADD, (seq, t, actor, action, text, prev, h))
+            except sqlite3.IntegrityError:
+                self._head = None  # another process appended: re-read the head and relink
+                continue
+            self._head = (seq, h)
+            return AuditEntry(seq, from_ts(t) or now, actor, action, detail, prev, h)
+        raise StoreError("audit chain head keeps moving", "审计链写入冲突")
+
+    def _read_head(self) -> tuple[int, str]:
+        A = self.AuditRecord
+        last = A.select(A.seq, A.hash).order_by(A.seq.desc()).first()
+        return (0, GENESIS_HASH) if last is None else (int(last.seq), str(last.hash))
+
+    def audit_entries(self, since_seq: int = 0) -> list[AuditEntry]:
+        """Audit records after ``since_seq``, in order."""
+        A = self.AuditRecord
+        return [_entry(r) for r in A.select().where(A.seq > since_seq).order_by(A.seq)]
+
+    def audit_by_actions(self, actions: frozenset[str], limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` audit records whose action is in ``actions``, newest first."""
+        A = self.AuditRecord
+        rows = (A.select().where(A.action.in_(sorted(actions))).order_by(A.seq.desc())
+                .limit(limit))
+        return [_entry(r) for r in rows]
+
+    def verify_chain(self) -> tuple[bool, int | None]:
+        """Check every audit hash and link; returns (ok, first bad seq or None)."""
+        prev = GENESIS_HASH
+        expected = 1
+        for r in self.AuditRecord.select().order_by(self.AuditRecord.seq):
+            detail = json.loads(r.detail)
+            if (
+                r.seq != expected
+                or r.prev_hash != prev
+                or audit_hash(r.seq, format_ts(from_ts(r.ts) or datetime.now(UTC)), r.actor,
+                              r.action, detail, prev) != r.hash
+            ):
+                return False, r.seq
+            prev = r.hash
+            expected += 1
+        return True, None
+
+    # -- device audit chains ---------------------------------------------------------------
+    def add_device_audit(self, dev: str, body: dict[str, Any], now: datetime) -> str:
+        """Store one device audit record, checking its hash and link; returns its status."""
+        with self.atomic():
+            return self.add_device_audit_in_tx(dev, body, now)
+
+    def add_device_audit_in_tx(self, dev: str, body: dict[str, Any], now: datetime) -> str:
+        """:meth:`add_device_audit` inside a write: idempotent by (dev, seq); bad ones flagged."""
+        from yikatong.protocol.messages import AuditRecord
+
+        self._require_write()
+        try:
+            r = AuditRecord.model_validate(body)
+        except ValueError:
+            log.warning("invalid audit record from %s ignored", dev)
+            return "invalid"
+        db = self.connection()
+        old = db.execute(sql.DEV_AUDIT_HASH, (dev, r.seq)).fetchone()
+        if old is not None:
+            if old[0] == r.hash:
+                return "duplicate"  # a resend after a lost PUBACK
+            db.execute(sql.DEV_AUDIT_CONFLICT, (dev, r.seq))
+            self._flag_device_audit(dev, r.seq, "conflict", now)
+            return "conflict"
+        detail = json.loads(canon(r.detail))
+        if r.ts is None or r.actor is None or audit_hash(
+                r.seq, r.ts, r.actor, r.action, detail, r.prev_hash) != r.hash:
+            status = "bad_hash"
+        elif r.seq == 1:
+            status = "ok" if r.prev_hash == GENESIS_HASH else "broken_link"
+        else:
+            prev = db.execute(sql.DEV_AUDIT_HASH, (dev, r.seq - 1)).fetchone()
+            status = "gap" if prev is None else ("ok" if prev[0] == r.prev_hash
+                                                 else "broken_link")
+        db.execute(sql.DEV_AUDIT_ADD,
+                   (dev, r.seq, r.ts or "", r.actor or "", r.action, canon(detail).decode(),
+                    r.prev_hash, r.hash, status, to_ts(now)))
+        # A late record may close a gap: its successor's link can be checked now.
+        nxt = db.execute(sql.DEV_AUDIT_GAP_LINK, (dev, r.seq + 1)).fetchone()
+        if nxt is not None:
+            db.execute(sql.DEV_AUDIT_SET_STATUS,
+                       ("ok" if nxt[0] == r.hash else "broken_link", dev, r.seq + 1))
+            if nxt[0] != r.hash:
+                self._flag_device_audit(dev, r.seq + 1, "broken_link", now)
+        if status == "gap":
+            log.warning("device %s audit chain has a gap before seq %d", dev, r.seq)
+        elif status != "ok":
+            self._flag_device_audit(dev, r.seq, status, now)
+        return status
+
+    def _flag_device_audit(self, dev: str, seq: int, status: str, now: datetime) -> None:
+        log.warning("device %s audit record %d: %s", dev, seq, status)
+        self.append_audit_in_tx(now, "forwarder", "device_audit.flagged",
+                                {"dev": dev, "seq": seq, "status": status})
+
+    def device_audit_state(self, dev: str) -> dict[str, Any]:
+        """``{audit_ok, last_seq, count, first_bad_seq}`` of ``dev``'s audit chain."""
+        db = self.connection()
+        count, last, bad = db.execute(sql.DEV_AUDIT_SUMMARY, (dev,)).fetchone()
+        count, last = int(count or 0), int(last or 0)
+        if bad is None and count != last:  # a hole that no later record pointed out yet
+            seqs = [r[0] for r in db.execute(sql.DEV_AUDIT_SEQS, (dev,))]
+            bad = next((i + 1 for i, q in enumerate(seqs) if q != i + 1), None)
+        return {"audit_ok": bad is None, "last_seq": last, "count": count,
+                "first_bad_seq": None if bad is None else int(bad)}
+
+    def device_audit_entries(self, dev: str, since_seq: int = 0) -> list[dict[str, Any]]:
+        """``dev``'s stored audit records after ``since_seq``, with their arrival status."""
+        D = self.DeviceAudit
+        rows = D.select().where((D.dev == dev) & (D.seq > since_seq)).order_by(D.seq)
+        return [{"seq": r.seq, "ts": r.ts, "actor": r.actor, "action": r.action,
+                 "detail": json.loads(r.detail), "prev_hash": r.prev_hash, "hash": r.hash,
+                 "status": r.status} for r in rows]
+
+
+def _entry(r: Any) -> AuditEntry:
+    return AuditEntry(r.seq, from_ts(r.ts) or datetime.now(UTC), r.actor, r.action,
+                      json.loads(r.detail), r.prev_hash, r.hash)

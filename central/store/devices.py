@@ -1,0 +1,125 @@
+"""The store's devices: registry rows, cached enabled/role checks, ``last_seen``, birth/Will."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from central.store import sql
+from central.store.core import DEVICE_CACHE_S, StoreCore
+from central.store.values import DeviceInfo, StoreError, from_ts, to_ts
+
+__all__ = ["DeviceOps"]
+
+
+class DeviceOps(StoreCore):
+    """Devices (part of :class:`~central.store.Store`)."""
+
+    def add_device(self, dev: str, role: str, now: datetime) -> DeviceInfo:
+        """Insert a device (enabled) or re-enable it with ``role``."""
+        D = self.Device
+        with self.atomic():
+            row = D.get_or_none(D.id == dev)
+            if row is None:
+                D.create(id=dev, role=role, enabled=True, created_at=to_ts(now))
+            else:
+                D.update(role=role, enabled=True).where(D.id == dev).execute()
+        self._enabled.pop(dev, None)
+        self._roles.pop(dev, None)
+        info = self.device(dev)
+        if info is None:  # pragma: no cover - just inserted in the same process
+            raise StoreError(f"device {dev} vanished", "设备记录丢失")
+        return info
+
+    def set_enabled(self, dev: str, enabled: bool) -> bool:
+        """Enable/disable a device; False when it is not registered."""
+        with self.atomic():
+            done = bool(
+                self.Device.update(enabled=enabled).where(self.Device.id == dev).execute()
+            )
+        self._enabled.pop(dev, None)
+        return done
+
+    def device_enabled(self, dev: str) -> bool:
+        """True when ``dev`` is registered and enabled (cached: the forwarder asks per message)."""
+        hit = self._enabled.get(dev)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < DEVICE_CACHE_S:
+            return hit[0]
+        row = self.Device.select(self.Device.enabled).where(self.Device.id == dev).first()
+        ok = row is not None and bool(row.enabled)
+        self._enabled[dev] = (ok, now)
+        return ok
+
+    def device_role(self, dev: str) -> str | None:
+        """The registered role of ``dev`` (cached like :meth:`device_enabled`), or None."""
+        hit = self._roles.get(dev)
+        now = time.monotonic()
+        if hit is not None and now - hit[1] < DEVICE_CACHE_S:
+            return hit[0]
+        row = self.connection().execute(sql.DEVICE_ROLE, (dev,)).fetchone()
+        role = None if row is None else str(row[0])
+        self._roles[dev] = (role, now)
+        return role
+
+    def device(self, dev: str) -> DeviceInfo | None:
+        """The device ``dev`` or None."""
+        r = self.Device.get_or_none(self.Device.id == dev)
+        if r is None:
+            return None
+        last_seen = r.last_seen
+        buffered = self._touches.get(dev)
+        if buffered is not None and (last_seen is None or buffered > last_seen):
+            last_seen = buffered  # heard from, not flushed yet
+        return DeviceInfo(
+            r.id, r.role, bool(r.enabled), bool(r.online), from_ts(last_seen), r.last_boot_seq,
+            r.version,
+        )
+
+    def devices(self) -> list[DeviceInfo]:
+        """All devices, by id."""
+        return [
+            d for d in (self.device(r.id) for r in self.Device.select().order_by(self.Device.id))
+            if d is not None
+        ]
+
+    def touch(self, dev: str, now: datetime) -> None:
+        """Record that ``dev`` was heard from at ``now`` (written within ``TOUCH_FLUSH_S``)."""
+        t = to_ts(now)
+        with self._touch_lock:
+            if t > self._touches.get(dev, 0.0):
+                self._touches[dev] = t
+        self._ensure_writer()
+
+    def apply_state(
+        self, dev: str, *, online: bool, boot_seq: int, version: str | None, now: datetime
+    ) -> bool:
+        """Apply a birth/Will; a Will older than the last birth is ignored (returns False)."""
+        with self.atomic():
+            return self.apply_state_in_tx(dev, online=online, boot_seq=boot_seq,
+                                          version=version, now=now)
+
+    def apply_state_in_tx(
+        self, dev: str, *, online: bool, boot_seq: int, version: str | None, now: datetime
+    ) -> bool:
+        """:meth:`apply_state` inside the caller's write transaction."""
+        self._require_write()
+        D = self.Device
+        r = D.get_or_none(D.id == dev)
+        if r is None:
+            return False
+        last = r.last_boot_seq
+        if online:
+            if last is not None and boot_seq < last:
+                return False  # a stale retained birth of an earlier boot
+            D.update(
+                online=True, last_boot_seq=boot_seq, last_seen=to_ts(now),
+                version=version if version is not None else r.version,
+            ).where(D.id == dev).execute()
+            return True
+        # The Will of boot N arrives after the birth of boot N+1 when the broker notices
+        # the dead TCP connection late: that device is online, keep it so.
+        if last is not None and boot_seq < last:
+            return False
+        D.update(online=False, last_boot_seq=boot_seq).where(D.id == dev).execute()
+        return True
