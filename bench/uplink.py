@@ -128,6 +128,9 @@ class Site:
             "central": {"data_dir": str(wd / "central")},
             "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port},
             "platform": {"base_url": self.platform_url},
+            # The bench drives look-ups far faster than a patient at a kiosk: central's
+            # per-device rate limit (docs/security.md) at its ceiling, and 16 devices.
+            "authz": {"kiosk_identify_per_minute": 10_000},
             "dashboard": {"host": "127.0.0.1", "port": self.dash_port,
                           "admin_token_file": str(token_file)},
             "log": {"level": "warning"}}))
@@ -183,7 +186,7 @@ async def bench_round_trip(workdir: Path, rates: list[int], duration: float
             httpx.get, f"{site.platform_url}/admin/patients", timeout=10)).json()
         card = patients[2]["patient"]["card_no"]
         body = {"by": "card", "value": card}
-        uplinks = [await asyncio.to_thread(site.device, f"bench-{i:04d}") for i in range(4)]
+        uplinks = [await asyncio.to_thread(site.device, f"bench-{i:04d}") for i in range(16)]
         for u in uplinks:
             await u.start()
         for u in uplinks:
@@ -240,7 +243,7 @@ async def bench_round_trip(workdir: Path, rates: list[int], duration: float
 # -- (c) forwarder throughput vs raw echo ---------------------------------------------------
 
 
-def _forwarder_proc(db: str, port: int, password: str, ready: Any, stop: Any,
+def _forwarder_proc(db: str, port: int, account: tuple[str, str], ready: Any, stop: Any,
                     no_fsync: bool = False) -> None:
     """Child process: central's Forwarder with an instant platform.
 
@@ -263,8 +266,8 @@ def _forwarder_proc(db: str, port: int, password: str, ready: Any, stop: Any,
         store = open_store(Path(db))
         if no_fsync:
             store.db.execute_sql("PRAGMA synchronous=OFF")
-        fwd = Forwarder(ForwarderSettings(host="127.0.0.1", port=port, username="central",
-                                          password=password, client_id="central-bench"),
+        fwd = Forwarder(ForwarderSettings(host="127.0.0.1", port=port, username=account[0],
+                                          password=account[1], client_id=account[0]),
                         store, Instant())
         await fwd.start()
         await fwd.wait_connected(20)
@@ -278,9 +281,8 @@ def _forwarder_proc(db: str, port: int, password: str, ready: Any, stop: Any,
     # The forwarder keeps a persistent session, so while the next round's echo runs the
     # broker would queue every request for it and the next forwarder would start with that
     # backlog (and answer it into the count). A clean-session connect ends the session.
-    wipe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="central-bench",
-                       clean_session=True)
-    wipe.username_pw_set("central", password)
+    wipe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=account[0], clean_session=True)
+    wipe.username_pw_set(*account)
     wipe.connect("127.0.0.1", port)
     wipe.loop_start()
     deadline = time.monotonic() + 10
@@ -290,10 +292,11 @@ def _forwarder_proc(db: str, port: int, password: str, ready: Any, stop: Any,
     wipe.loop_stop()
 
 
-def _echo_proc(port: int, password: str, ready: Any, stop: Any) -> None:
+def _echo_proc(port: int, account: tuple[str, str], ready: Any, stop: Any) -> None:
     """Child process: raw paho echo of every request to the device's down/resp."""
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="echo-bench")
-    c.username_pw_set("central", password)
+    # The broker binds the client id to the username (docs/security.md).
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=account[0])
+    c.username_pw_set(*account)
     c.max_inflight_messages_set(100)
 
     def on_message(client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -359,7 +362,8 @@ def bench_throughput(workdir: Path, n: int, window: int, rounds: int) -> dict[st
 
     store = open_store(workdir / "central.db")
     registry = Registry(store, workdir / "broker")
-    central_pw = registry.central_credentials().password
+    accounts = {name: (c.username, c.password) for name in ("central-bench", "echo-bench")
+                for c in [registry.central_credentials(name)]}
     dev = "bench-load-0001"
     dev_pw = registry.register(dev, "kiosk").password
     store.close()
@@ -381,11 +385,12 @@ def bench_throughput(workdir: Path, n: int, window: int, rounds: int) -> dict[st
                 ready, stop = ctx.Event(), ctx.Event()
                 if kind == "echo":
                     proc = ctx.Process(target=_echo_proc,
-                                       args=(broker.port, central_pw, ready, stop))
+                                       args=(broker.port, accounts["echo-bench"], ready, stop))
                 else:
                     proc = ctx.Process(target=_forwarder_proc,
                                        args=(str(workdir / "central.db"), broker.port,
-                                             central_pw, ready, stop, kind == "nosync"))
+                                             accounts["central-bench"], ready, stop,
+                                             kind == "nosync"))
                     if kind == "nosync":  # fresh ids: the dedup table already has these
                         payloads = [encode(make_request("reg.departments", dev, {}, now=now))
                                     for _ in range(n)]

@@ -16,8 +16,8 @@ class SessionError(LocalizedError):
     status = 409
 
     def __init__(self, code: str, message: str, message_zh: str) -> None:
+        self.code = code  # before the root's __init__, which derives ``reason`` from it
         super().__init__(message, message_zh)
-        self.code = code
 
 
 class DocumentNotFound(SessionError):
