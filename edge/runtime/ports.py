@@ -131,3 +131,18 @@ class CardHealth(Protocol):
     def __call__(self) -> dict[str, Any]:
         """A snapshot."""
         ...
+
+
+class DocumentDesk(Protocol):
+    """What the staff desk needs of the printing desk (edge/runtime/printing.py): the
+    printer, the last-document memory and the print report, without importing it."""
+
+    printer: PrinterPort
+
+    def forget_last(self) -> None:
+        """Forget the last document (a new cashier may not reprint the previous one's)."""
+        ...
+
+    async def report_print(self, outcome: PrintOutcome, kind: str, copy: bool) -> None:
+        """Report a print's outcome to central and the kiosk."""
+        ...

@@ -20,9 +20,10 @@ from edge.runtime.audit_ship import AuditShipper
 from edge.runtime.card_session import CardSessions, CardSessionState
 from edge.runtime.errors import DocumentNotFound, SessionError
 from edge.runtime.events import EventBus
+from edge.runtime.ledger import Ledger
 from edge.runtime.link import PlatformLink
 from edge.runtime.memory import SessionMemory
-from edge.runtime.payments import Ledger, PaymentDesk
+from edge.runtime.payments import PaymentDesk
 from edge.runtime.ports import Clock, PrinterPort, PrintOutcome, UplinkPort
 from edge.runtime.staff import StaffDesk
 from edge.runtime.terminal import Terminal

@@ -8,19 +8,16 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge.runtime.audit_ship import AuditShipper
 from edge.runtime.errors import SessionError
 from edge.runtime.events import EventBus
+from edge.runtime.ledger import Ledger
 from edge.runtime.link import PlatformLink
-from edge.runtime.payments import Ledger
-from edge.runtime.ports import Clock, PrintOutcome
+from edge.runtime.ports import Clock, DocumentDesk, PrintOutcome
 from edge.runtime.terminal import Terminal
 from yikatong.protocol.messages import StaffInfo
-
-if TYPE_CHECKING:
-    from edge.runtime.printing import PrintDesk
 
 __all__ = ["StaffDesk", "StaffSession"]
 
@@ -59,7 +56,7 @@ class StaffDesk:
         self.ledger = ledger
         self._end_card_session = end_card_session
         self.current: StaffSession | None = None
-        self.printing: PrintDesk | None = None  # set by the runtime once built
+        self.printing: DocumentDesk | None = None  # set by the runtime once built
 
     def require(self) -> StaffSession:
         """The signed-in cashier of this desk, or ``staff_only``."""
