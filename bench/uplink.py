@@ -434,6 +434,9 @@ def _hop_p50(workdir: Path, nodelay: bool, n: int) -> float:
 
     def client(cid: str) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid)
+        # The broker takes the client id from the username (docs/security.md); anonymous
+        # clients without one would share an id and take each other over.
+        c.username_pw_set(cid)
         if nodelay:
             c.on_socket_open = lambda _c, _u, sock: sock.setsockopt(
                 _socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
