@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from yikatong.site.demo import DEMO_PATIENTS, DEMO_STAFF_PIN
 
@@ -137,8 +138,8 @@ def test_cash_receipt_and_refund_of_the_patients_own_payment(desk, site, screens
     for typed, says in (("0", "退款金额"), ("250", "可退金额"), ("abc", "金额")):
         amount.fill(typed)
         pg.get_by_test_id("refund-next").click()
-        pg.get_by_test_id("message").wait_for(timeout=10_000)
-        assert says in pg.get_by_test_id("message").inner_text()
+        # The previous error is still on screen: wait for this input's message, not for any.
+        expect(pg.get_by_test_id("message")).to_contain_text(says, timeout=10_000)
         assert pg.get_by_test_id("id-checked").count() == 0  # errors before the ID check
     shot(pg, screens_dir, "cashier-refund-form-error-zh")
     amount.fill("20")
