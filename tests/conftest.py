@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -159,6 +160,19 @@ def sam_pin_file(tmp_path: Path) -> Path:
     p.write_text(SAM_PIN + "\n")
     p.chmod(0o600)
     return p
+
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """A test that runs a process's ``main`` in-process (``setup_logging``) replaces the root
+    logger's handlers with one writing to the test's captured stdout; restore them, so later
+    tests do not log into a closed capture stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 # --- Mosquitto ---------------------------------------------------------------------------
