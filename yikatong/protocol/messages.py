@@ -65,6 +65,8 @@ __all__ = [
     "CardInserted",
     "CardReadFailed",
     "CardRemoved",
+    "CertRenewReq",
+    "CertRenewResult",
     "Department",
     "DepartmentList",
     "ErrorCode",
@@ -72,6 +74,8 @@ __all__ = [
     "HotlistDelta",
     "HotlistDeltaReq",
     "HotlistNotice",
+    "LogBundleReq",
+    "LogBundleResult",
     "PatientIdentifyReq",
     "PatientInfo",
     "PayCreateReq",
@@ -650,6 +654,41 @@ class StaffSessionInfo(WireModel):
     expires_at: Timestamp
 
 
+_Pem = Annotated[str, StringConstraints(min_length=64, max_length=16_384)]
+_CommandId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+
+
+class CertRenewReq(WireModel):
+    """``device.cert_renew``: a new CSR from a device's new key (``cert.rotate``)."""
+
+    csr: _Pem
+    command_id: _CommandId | None = None
+
+
+class CertRenewResult(WireModel):
+    """The new certificate, the chain to trust, and when it expires."""
+
+    cert: _Pem
+    chain: Annotated[str, StringConstraints(min_length=64, max_length=65_536)]
+    not_after: Timestamp
+
+
+class LogBundleReq(WireModel):
+    """``device.log_bundle``: a masked, gzip'd, base64 log excerpt (``logs.collect``)."""
+
+    command_id: _CommandId
+    lines: Annotated[int, Field(ge=0, le=5000)]
+    gzip_b64: Annotated[str, StringConstraints(max_length=180_000,
+                                               pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+
+
+class LogBundleResult(WireModel):
+    """Central kept the bundle: its size and SHA-256."""
+
+    size: Annotated[int, Field(ge=0)]
+    sha256: Hash256
+
+
 #: type → (body model, result model) of every request a device may send.
 REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "patient.identify": (PatientIdentifyReq, PatientInfo),
@@ -673,10 +712,13 @@ REQUESTS: Final[dict[str, tuple[type[BaseModel], type[BaseModel]]]] = {
     "staff.login": (StaffLoginReq, StaffInfo),
     "staff.logout": (StaffLogoutReq, StaffLogoutResult),
     "staff.session": (StaffSessionReq, StaffSessionInfo),
+    "device.cert_renew": (CertRenewReq, CertRenewResult),
+    "device.log_bundle": (LogBundleReq, LogBundleResult),
 }
 
 #: Requests central answers itself (its own state), never forwarded to the platform.
-CENTRAL_REQUESTS: Final = frozenset({"staff.logout", "staff.session"})
+CENTRAL_REQUESTS: Final = frozenset({"staff.logout", "staff.session", "device.cert_renew",
+                                     "device.log_bundle"})
 
 # --------------------------------------------------------------------------- replies
 

@@ -54,7 +54,7 @@ DEVICE_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9-]{2,62}$")
 #: Hardware serial numbers in enrollment topics (e.g. a Pi's ``10000000abcdef01``).
 SERIAL_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{2,63}$")
 #: Ids used as ``dev`` of fleet-wide/central messages; the registry must refuse them.
-RESERVED_DEVICE_IDS: Final = frozenset({"fleet", "central", "all", "broadcast"})
+RESERVED_DEVICE_IDS: Final = frozenset({"fleet", "central", "all", "broadcast", "enroll", "claim"})
 
 UP_KINDS: Final = frozenset({"req", "event", "telemetry", "result"})
 DOWN_KINDS: Final = frozenset({"resp", "cmd", "config"})
