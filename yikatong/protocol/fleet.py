@@ -12,7 +12,7 @@ Topics and envelope types::
     ykt/v1/dev/{dev}/down/cmd     cmd             central → device, seq+exp+sig
     ykt/v1/dev/{dev}/up/result    config.report   device → central
     ykt/v1/dev/{dev}/up/result    cmd.result      device → central
-    ykt/v1/dev/{dev}/up/req       device.cert_renew, device.log_bundle (messages.py; central answers)
+    ykt/v1/dev/{dev}/up/req       device.cert_renew, device.log_bundle (see messages.py)
 
 Enrollment envelopes carry ``dev = "enroll"`` (a reserved id): the device has no id yet.
 """

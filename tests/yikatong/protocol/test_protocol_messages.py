@@ -213,6 +213,20 @@ EXAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "staff.logout": ({}, {"ended": True}),
     "staff.session": ({}, {"staff_id": "S1001", "name": "刘洋",
                            "expires_at": "2024-05-01T20:30:00.000Z"}),
+    "device.cert_renew": (
+        {"csr": "-----BEGIN CERTIFICATE REQUEST-----\n" + "A" * 64
+                + "\n-----END CERTIFICATE REQUEST-----\n",
+         "command_id": "0123456789abcdef0123456789abcdef"},
+        {"cert": "-----BEGIN CERTIFICATE-----\n" + "B" * 64
+                 + "\n-----END CERTIFICATE-----\n",
+         "chain": "-----BEGIN CERTIFICATE-----\n" + "C" * 64 + "\n-----END CERTIFICATE-----\n",
+         "not_after": "2027-12-31T00:00:00.000Z"},
+    ),
+    "device.log_bundle": (
+        {"command_id": "0123456789abcdef0123456789abcdef", "lines": 200,
+         "gzip_b64": "H4sIAAAAAAAAA8tIzcnJBwCGphA2BQAAAA=="},
+        {"size": 25, "sha256": "0" * 64},
+    ),
 }
 
 EVENT_EXAMPLES: dict[str, dict[str, Any]] = {
