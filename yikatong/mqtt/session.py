@@ -230,6 +230,15 @@ class MqttSession:
         # 0 = unbounded (paho's meaning): central's forwarder relies on paho queueing replies.
         c.max_queued_messages_set(max_queued)
         c.on_socket_open = _t_on_socket_open
+        # Only the network thread touches the socket. Without an "external loop" callback
+        # paho writes a publish straight to the socket from the calling (asyncio) thread,
+        # while the network thread may be reading it: on TLS that corrupts the stream
+        # ("decryption failed or bad record mac"), and a write error there runs
+        # on_disconnect under paho's out-message lock, which drop_out_messages then waits
+        # for forever. With the callback set, a publish is queued and the network thread's
+        # select (woken through paho's socket pair) writes it.
+        c.on_socket_register_write = _t_noop
+        c.on_socket_unregister_write = _t_noop
         c.on_pre_connect = self._t_on_pre_connect
         c.on_connect = self._t_on_connect
         c.on_disconnect = self._t_on_disconnect
@@ -345,7 +354,8 @@ class MqttSession:
             with contextlib.suppress(UplinkError, TimeoutError):
                 await self.publish(final.topic, final.payload, final.qos, final.retain, timeout_s)
         self._stop.set()
-        # disconnect() from this thread is safe: paho guards its socket writes with locks.
+        # disconnect() only queues the DISCONNECT (see on_socket_register_write above): the
+        # network thread's last loop() below writes it.
         with contextlib.suppress(Exception):
             self._client.disconnect()
         thread = self._thread
@@ -476,6 +486,10 @@ class MqttSession:
 
     def _t_on_publish(self, _c: mqtt.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self._post(self._ack, mid)
+
+
+def _t_noop(*_: Any) -> None:
+    """A callback that does nothing (paho's external-loop write hooks, see MqttSession)."""
 
 
 def _t_on_socket_open(_c: mqtt.Client, _u: Any, sock: Any) -> None:
