@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import Field
 
+from central.platform.errors import PlatformRejected
 from central.staff import StaffSessions, ThrottleState
 from central.store import Store
 from yikatong.common.config import StrictModel
@@ -162,6 +163,10 @@ POLICY: dict[str, dict[str, Rule]] = {
         "report.fetch": _OPEN,
         "report.printed": _OPEN,
         "hotlist.delta": _OPEN,
+        # Fleet trust (docs/fleet-trust.md): a device renews its own certificate and
+        # uploads the logs a command asked for; central/fleet checks the rest.
+        "device.cert_renew": _OPEN,
+        "device.log_bundle": _OPEN,
         # not: pay.refund, staff.login, staff.logout, staff.session
     },
     "cashier": {
@@ -169,6 +174,9 @@ POLICY: dict[str, dict[str, Rule]] = {
         "staff.logout": _STAFF,
         "staff.session": _STAFF,  # asked before a desk prints its closing report
         "hotlist.delta": _OPEN,
+        # The device's own business, not the cashier's: no staff session needed.
+        "device.cert_renew": _OPEN,
+        "device.log_bundle": _OPEN,
         # Resolving the desk's own payments goes on after the cashier signed out.
         "pay.status": _OPEN,
         "pay.reverse": _OPEN,
@@ -258,6 +266,8 @@ class Guard:
         self._clock = clock
         self._token = token
         self.staff = staff or StaffSessions(store, clock=clock, token=token)
+        #: Central-local request types answered by another component (central/fleet).
+        self._local: dict[str, Callable[[Envelope], dict[str, Any]]] = {}
         with store.atomic():
             for sql in _SQL:
                 store.connection().execute(sql)
@@ -414,8 +424,22 @@ class Guard:
         """True for request types central answers itself (no platform call)."""
         return type_ in CENTRAL_REQUESTS
 
+    def add_local_handler(self, type_: str, handler: Callable[[Envelope], dict[str, Any]]
+                          ) -> None:
+        """Let ``handler`` answer the central-local request ``type_`` (inside the store write
+        that stores the reply; raise ``PlatformRejected`` to refuse it)."""
+        if type_ not in CENTRAL_REQUESTS:
+            raise ValueError(f"{type_} is not a central-local request")
+        self._local[type_] = handler
+
     def call_local(self, env: Envelope) -> dict[str, Any]:
         """Answer a central-local request; runs inside a store write (see Forwarder)."""
+        handler = self._local.get(env.type)
+        if handler is not None:
+            return handler(env)
+        if env.type.startswith("device."):
+            raise PlatformRejected("not_enabled", "fleet management is not enabled at central",
+                                   message_zh="中心未启用设备管理")
         db, now = self.store.connection(), self._clock()
         if env.type == "staff.session":
             # authorize() already checked (and refreshed) the session; report it.

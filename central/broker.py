@@ -104,6 +104,10 @@ class Listener(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=0, le=65535)
     tls: TlsListener | None = None
+    #: Overrides :attr:`MosquittoConfig.use_username_as_clientid` for this listener (None =
+    #: the broker-wide choice). The enrollment broker turns it off: its ACL confines the
+    #: shared ``claim`` account by client id (``%c`` = the serial), not by username.
+    use_username_as_clientid: bool | None = None
 
 
 class MosquittoConfig(_Strict):
@@ -184,8 +188,10 @@ def render_config(cfg: MosquittoConfig) -> str:
     for lst in cfg.listeners:
         lines.append("")
         lines.append(f"listener {lst.port} {lst.host}")
-        if cfg.use_username_as_clientid:
-            lines.append("use_username_as_clientid true")
+        bind_id = (cfg.use_username_as_clientid if lst.use_username_as_clientid is None
+                   else lst.use_username_as_clientid)
+        lines.append("use_username_as_clientid true" if bind_id
+                     else "use_username_as_clientid false")
         if lst.tls is not None:
             lines += [
                 f"cafile {lst.tls.cafile}",

@@ -200,11 +200,13 @@ class FleetCA:
 
     # -- issuing -------------------------------------------------------------------------
     def issue_device(self, csr_pem: bytes, device_id: str, *, now: datetime | None = None,
-                     days: int = 398) -> Issued:
+                     days: int = 398, csr_cn: str | None = None) -> Issued:
         """A client certificate for ``device_id`` from the device's own CSR (EC P-256).
 
-        The CSR must be signed by the key it carries and name the device as its CN; the
-        certificate's subject is set here, never copied from the request.
+        The CSR must be signed by the key it carries and name ``csr_cn`` as its CN — by
+        default the device id; enrollment passes the hardware serial, because a device asks
+        before it has a name. The certificate's subject is always ``device_id``, set here,
+        never copied from the request.
         """
         now = now or datetime.now(UTC)
         if not is_valid_device_id(device_id):
@@ -221,8 +223,10 @@ class FleetCA:
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
             raise CaError("bad_key", "device keys must be EC P-256", "设备密钥须为 EC P-256")
         cns = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if [a.value for a in cns] != [device_id]:
-            raise CaError("bad_csr", "the request's CN is not the device id",
+        want_cn = device_id if csr_cn is None else csr_cn
+        if [a.value for a in cns] != [want_cn]:
+            raise CaError("bad_csr", "the request's CN is not the device id"
+                          if csr_cn is None else "the request's CN is not the serial number",
                           "证书申请中的设备编号不符")
         cert = (
             x509.CertificateBuilder()
@@ -279,6 +283,11 @@ class FleetCA:
         for s in serials:
             self.revoke(s, now=now, reason=x509.ReasonFlags.cessation_of_operation)
         return serials
+
+    def active_serials(self, device_id: str) -> list[int]:
+        """Serials issued to ``device_id`` and not revoked (expired ones included)."""
+        return [int(s) for s, v in self._record["issued"].items()
+                if v["subject"] == device_id and s not in self._record["revoked"]]
 
     def is_revoked(self, serial: int) -> bool:
         """True once :meth:`revoke` was called for ``serial``."""

@@ -9,13 +9,14 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from central.authz import AuthzSettings
+from central.fleet.settings import FleetSection
 from central.platform.config import PlatformConfig
 from central.retention import PrivacySettings
 from central.staff import StaffSettings
 from yikatong.common.config import StrictModel, TimeZoneName
 
 __all__ = ["BrokerSection", "BrokerTlsSection", "CentralConfig", "CentralSection",
-           "DashboardSection", "ForwarderSection", "forwarder_client_id"]
+           "DashboardSection", "FleetSection", "ForwarderSection", "forwarder_client_id"]
 
 
 class CentralSection(StrictModel):
@@ -29,16 +30,27 @@ class CentralSection(StrictModel):
 
 
 class BrokerTlsSection(StrictModel):
-    """The embedded broker's TLS listener for devices (server certificate from central's CA)."""
+    """The embedded broker's TLS listener for devices.
+
+    Leave ``cafile``/``certfile``/``keyfile`` out to have the fleet CA (``[fleet]``) make
+    them: the server certificate for ``[fleet] server_names``, the CA chain devices trust.
+    """
 
     host: str = "0.0.0.0"  # noqa: S104 - the devices' listener faces the site network
     port: int = Field(default=8883, ge=1, le=65535)
-    cafile: Path
-    certfile: Path
-    keyfile: Path
-    # Per-device client certificates come with enrollment (a later issue); until then
-    # devices authenticate with username + password over this TLS listener.
-    require_certificate: Literal[False] = False
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    # Mutual TLS: devices present their certificate from enrollment (docs/fleet-trust.md);
+    # its CN becomes the username (use_identity_as_username) and, with [fleet], the CA's
+    # CRL is checked. False: username + password over TLS ([broker] legacy_passwords).
+    require_certificate: bool = False
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> BrokerTlsSection:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("broker.tls.certfile and keyfile go together")
+        return self
 
 
 class BrokerSection(StrictModel):
@@ -58,6 +70,9 @@ class BrokerSection(StrictModel):
     password_file: Path | None = None
     fleet_username: str | None = None
     fleet_password_file: Path | None = None
+    # Device passwords (Registry.register). Off by default: devices enroll and use
+    # certificates; old sites whose devices still log in with a password set it true.
+    legacy_passwords: bool = False
 
     @model_validator(mode="after")
     def _external_needs_credentials(self) -> BrokerSection:
@@ -139,3 +154,13 @@ class CentralConfig(StrictModel):
     staff: StaffSettings = StaffSettings()
     privacy: PrivacySettings = PrivacySettings()
     log: LogSection = LogSection()
+    # Fleet trust (enrollment broker, CA, signed config and commands); absent = off.
+    fleet: FleetSection | None = None
+
+    @model_validator(mode="after")
+    def _tls_files_or_fleet(self) -> CentralConfig:
+        t = self.broker.tls
+        if t is not None and self.fleet is None and (t.cafile is None or t.certfile is None):
+            raise ValueError("broker.tls needs cafile, certfile and keyfile, or a [fleet] "
+                             "section whose CA makes them")
+        return self

@@ -25,6 +25,12 @@ message is checked in this order and never stops the forwarder, whatever it cont
    payment record's update when ``hooks`` are given), then published on ``down/resp`` —
    only after that transaction committed.
 
+Fleet trust (``fleet``, central/fleet): ``up/result`` envelopes of type ``config.report`` and
+``cmd.result`` are validated (``parse_fleet_body``; invalid ones audited and dropped) and go
+to the fleet service instead of the event ring, and every birth is passed on (a device
+running another config gets it re-signed). ``device.cert_renew`` / ``device.log_bundle`` are
+central-local requests answered through ``guard.call_local`` on the normal request path.
+
 Every write goes through the store's writer thread (:meth:`Store.write`, group commit):
 the workers await their operation's commit instead of each paying an fsync'd transaction
 on the event-loop thread. ``last_seen`` is buffered and the device check is cached.
@@ -83,6 +89,7 @@ from yikatong.protocol.envelope import (
     peek_id,
 )
 from yikatong.protocol.errors import ProtocolError
+from yikatong.protocol.fleet import TYPE_CMD_RESULT, TYPE_CONFIG_REPORT, parse_fleet_body
 from yikatong.protocol.messages import (
     ErrorCode,
     make_reply_error,
@@ -91,11 +98,13 @@ from yikatong.protocol.messages import (
     parse_state,
 )
 
-__all__ = ["Forwarder", "ForwarderSettings", "OutcomeObserver", "RequestHooks", "body_hash"]
+__all__ = ["FleetHooks", "Forwarder", "ForwarderSettings", "OutcomeObserver", "RequestHooks",
+           "body_hash"]
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+_FLEET_RESULTS = frozenset({TYPE_CONFIG_REPORT, TYPE_CMD_RESULT})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -138,6 +147,16 @@ class OutcomeObserver(Protocol):
         self, env: Envelope, result: dict[str, Any] | None, error: PlatformError | None
     ) -> Awaitable[None] | None:
         """Observe one request's outcome."""
+
+
+class FleetHooks(Protocol):
+    """Fleet trust (:class:`central.fleet.service.FleetService`): results and births."""
+
+    async def on_result(self, dev: str, env: Envelope, body: Any) -> None:
+        """A validated ``config.report`` / ``cmd.result`` from ``dev``."""
+
+    async def on_birth(self, dev: str) -> None:
+        """``dev`` came online (a birth newer than the last one)."""
 
 
 class RequestHooks(Protocol):
@@ -191,9 +210,12 @@ class Forwarder:
         observer: OutcomeObserver | None = None,
         hooks: RequestHooks | None = None,
         guard: Guard | None = None,
+        fleet: FleetHooks | None = None,
     ) -> None:
         self.settings = settings
         self._guard = guard
+        # up/result of the fleet types goes here instead of the event ring (central/fleet).
+        self._fleet = fleet
         self.store = store
         self.adapter = adapter
         self._clock = clock
@@ -353,6 +375,8 @@ class Forwarder:
             # out of the event ring like telemetry.
             dev = t.dev
             await self.store.write(lambda: self.store.add_device_audit_in_tx(dev, env.body, now))
+        elif t.kind == "result" and self._fleet is not None and env.type in _FLEET_RESULTS:
+            await self._handle_fleet_result(t.dev, env, now)
         else:
             dev = t.dev
 
@@ -365,6 +389,20 @@ class Forwarder:
 
     def _sender_ok(self, dev: str) -> bool:
         return self.store.device_enabled(dev)
+
+    async def _handle_fleet_result(self, dev: str, env: Envelope, now: datetime) -> None:
+        """``config.report`` / ``cmd.result``: validated, then to the fleet service."""
+        assert self._fleet is not None
+        try:
+            body = parse_fleet_body(env)
+        except ProtocolError as exc:
+            self.stats["rejected"] += 1
+            log.warning("invalid %s from %s dropped: %s", env.type, dev, exc.message[:200])
+            detail = {"dev": dev, "id": env.id, "type": env.type, "error": exc.message[:200]}
+            await self.store.write(lambda: self.store.append_audit_in_tx(
+                now, "forwarder", "fleet.result_invalid", detail))
+            return
+        await self._fleet.on_result(dev, env, body)
 
     # -- requests ------------------------------------------------------------------------
     async def _handle_request(self, env: Envelope, now: datetime) -> None:
@@ -586,6 +624,11 @@ class Forwarder:
             dev, online=data["online"], boot_seq=data["boot_seq"], version=version, now=now))
         if not applied:
             log.info("stale or unknown state from %s ignored (boot_seq %s)", dev, data["boot_seq"])
+        elif data["online"] and self._fleet is not None:
+            try:
+                await self._fleet.on_birth(dev)
+            except Exception:
+                log.exception("fleet birth hook failed for %s", dev)
 
     # -- publishing ----------------------------------------------------------------------
     def _publish(self, dev: str, reply: Envelope) -> None:

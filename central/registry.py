@@ -1,9 +1,11 @@
 """Device registry: who may connect, and the broker's password and ACL files that say so.
 
-Each device gets its own random broker password, generated here and shown once; the broker
-keeps only the salted hash (``mosquitto_passwd``). There are no shared or default passwords.
-Certificates from central's CA (mutual TLS, ``use_identity_as_username``) replace passwords
-later; the ACL is the same either way because username = client id = device id.
+Devices enroll and authenticate with certificates from central's CA (mutual TLS,
+``use_identity_as_username``; central/fleet). Old sites may keep passwords
+(``[broker] legacy_passwords = true``): each device then gets its own random broker
+password, generated here and shown once; the broker keeps only the salted hash
+(``mosquitto_passwd``). There are no shared or default passwords. The ACL is the same
+either way because username = client id = device id.
 
 Central itself has one broker account per connection (the forwarder, its hot-list
 publisher, every further instance): the broker binds the client id to the username
@@ -73,6 +75,7 @@ class Registry:
         token: Callable[[int], str] = secrets.token_urlsafe,
         on_change: Callable[[], None] | None = None,
         central_users: Sequence[str] = (),
+        legacy_passwords: bool = True,
     ) -> None:
         self.store = store
         self.workdir = Path(broker_workdir)
@@ -84,6 +87,10 @@ class Registry:
         # Accounts made elsewhere (an external broker's, from central.toml) that the ACL
         # written here must still give ykt/v1/#.
         self._extra_central_users = tuple(u for u in central_users if u)
+        # Device passwords (``[broker] legacy_passwords``). ``ykt central`` passes the
+        # setting (default false: devices enroll and get certificates, docs/fleet-trust.md);
+        # a Registry built directly keeps the password behaviour for tools and tests.
+        self.legacy_passwords = legacy_passwords
 
     @property
     def password_file(self) -> Path:
@@ -163,6 +170,11 @@ class Registry:
         if device_id in self.central_usernames():
             raise RegistryError(f"{device_id!r} is one of central's broker accounts",
                                 f"设备编号与中心账号冲突：{device_id!r}")
+        if not self.legacy_passwords:
+            raise RegistryError(
+                "device passwords are off ([broker] legacy_passwords = false): enroll the "
+                "device with its pairing code instead (docs/fleet-trust.md)",
+                "已停用设备密码：请用配对码为设备办理入网")
         password = self._token(24)
         try:
             mosquitto_passwd_set(self.password_file, device_id, password)
@@ -184,10 +196,18 @@ class Registry:
         self._changed()
 
     def enable(self, device_id: str) -> Credentials:
-        """Enable ``device_id`` again with fresh credentials (the old password is gone)."""
+        """Enable ``device_id`` again: with fresh credentials under ``legacy_passwords`` (the
+        old password is gone), else as it was (its certificate authenticates it)."""
         info = self.store.device(device_id)
         if info is None:
             raise RegistryError(f"unknown device {device_id!r}", f"未登记的设备：{device_id!r}")
+        if not self.legacy_passwords:
+            # A device on certificates: enabled again as it was (a revoked certificate stays
+            # revoked; such a device enrolls anew).
+            self.store.set_enabled(device_id, True)
+            self.store.audit(self._clock(), "registry", "device.enable", {"dev": device_id})
+            self._changed()
+            return Credentials(device_id)
         return self.register(device_id, info.role)
 
     def device(self, device_id: str) -> DeviceInfo | None:

@@ -108,9 +108,13 @@ def test_tls_section_is_typed_and_keeps_ports_apart() -> None:
     with pytest.raises(ValueError, match="differ"):
         BrokerSection.model_validate({"port": 8883, "tls": {
             "cafile": "/c", "certfile": "/c", "keyfile": "/k"}})
-    with pytest.raises(ValueError):
-        BrokerSection.model_validate({"tls": {"cafile": "/c", "certfile": "/c",
-                                              "keyfile": "/k", "require_certificate": True}})
+    # Mutual TLS is a choice now (devices enroll for certificates, docs/fleet-trust.md) ...
+    mtls = BrokerSection.model_validate({"tls": {"cafile": "/c", "certfile": "/c",
+                                                 "keyfile": "/k", "require_certificate": True}})
+    assert mtls.tls is not None and mtls.tls.require_certificate
+    # ... and a certificate needs its key.
+    with pytest.raises(ValueError, match="together"):
+        BrokerSection.model_validate({"tls": {"cafile": "/c", "certfile": "/c"}})
 
 
 def test_shipped_configs_agree() -> None:

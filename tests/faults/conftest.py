@@ -72,7 +72,8 @@ class Stack:
             "broker": {"mode": "external", "host": "127.0.0.1", "port": self.broker.port,
                        "username": "central", "password_file": str(self.central_pw_file),
                        "fleet_username": "central-fleet",
-                       "fleet_password_file": str(fleet_pw_file)},
+                       "fleet_password_file": str(fleet_pw_file),
+                       "legacy_passwords": True},  # devices registered by password
             "platform": {"base_url": self.platform_url, "connect_timeout_s": 1.0,
                          "read_timeout_s": read_timeout_s,
                          "breaker": {"failure_threshold": 10, "reset_timeout_s": 2.0}},
@@ -154,7 +155,8 @@ class Stack:
         return dict(self.platform_api("GET", "/admin/stats"))
 
     def unresolved_payments(self) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.dashboard_url}/api/payments/unresolved", timeout=10)
+        r = httpx.get(f"{self.dashboard_url}/api/payments/unresolved", timeout=10,
+                      headers={"Authorization": f"Bearer {self.admin_token}"})
         r.raise_for_status()
         return list(r.json()["payments"])
 

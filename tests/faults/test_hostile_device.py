@@ -13,6 +13,8 @@ those flows for the patients' ID numbers and names (docs/privacy.md).
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import random
 import threading
 import time
@@ -23,6 +25,10 @@ from typing import Any
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from support import wait_until_async
 
 from central.broker import mosquitto_passwd_set, render_acl
@@ -62,8 +68,18 @@ async def ask(up: Uplink, type_: str, body: dict[str, Any], *, auth: str | None 
         return exc.code
 
 
+def _csr() -> str:
+    """A well-formed CSR for kiosk-h01's name (from a key the attacker made)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kiosk-h01")])).sign(
+        key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def _get(stack: Any, path: str) -> Any:
-    r = httpx.get(f"{stack.dashboard_url}{path}", timeout=10)
+    r = httpx.get(f"{stack.dashboard_url}{path}", timeout=10,
+                  headers={"Authorization": f"Bearer {stack.admin_token}"})
     r.raise_for_status()
     return r.json()
 
@@ -179,9 +195,22 @@ async def test_a_stolen_kiosk_is_refused_and_seen_while_real_flows_work(
         # Every request type is tried: those a kiosk may send are tried beyond its limits,
         # or are harmless lookups of public data (departments, slots, the lost-card list).
         harmless = {"reg.departments", "reg.slots", "hotlist.delta"}
-        assert {t for t, _ in attacks.values()} | harmless == set(REQUESTS)
+        # Any device may send these two, but central answers them only for a command it sent
+        # that device (cert.rotate, logs.collect).
+        unasked = {
+            "a certificate renewal nobody asked for": ("device.cert_renew", {"csr": _csr()}),
+            "a log upload for a command never sent": ("device.log_bundle", {
+                "command_id": uuid.uuid4().hex, "lines": 1,
+                "gzip_b64": base64.b64encode(gzip.compress(b"x\n")).decode()}),
+        }
+        assert ({t for t, _ in attacks.values()} | harmless
+                | {t for t, _ in unasked.values()}) == set(REQUESTS)
         for what, (type_, body) in attacks.items():
             assert await ask(kiosk, type_, body) == "forbidden", what
+        for what, (type_, body) in unasked.items():
+            # This stack runs devices on passwords, without [fleet]: refused as not enabled
+            # (with fleet trust on: tests/central/test_fleet_local_requests.py).
+            assert await ask(kiosk, type_, body) == "not_enabled", what
         # Staff actions at a desk without the session central issued, or with another's.
         no_session = await ask(desk2, "pay.create", {
             "patient_id": at_desk["patient_id"], "purpose": "topup", "refs": [],

@@ -1,0 +1,43 @@
+"""``[fleet]`` of central.toml: where the CA and the signing key live, the enrollment broker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from yikatong.common.config import StrictModel
+
+__all__ = ["FleetSection"]
+
+_DAY = 86_400.0
+
+
+class FleetSection(StrictModel):
+    """Fleet trust (docs/fleet-trust.md); present = enrollment, certificates, signed config.
+
+    Paths left out go under ``data_dir/fleet/``.
+    """
+
+    #: The fleet CA (central/ca.py); default ``data_dir/fleet/ca``.
+    ca_dir: Path | None = None
+    #: Central's Ed25519 key for ``config.desired`` and ``cmd``; default
+    #: ``data_dir/fleet/signing.key`` (0600), its public half next to it as ``.pub``.
+    signing_key: Path | None = None
+    #: Listen address and port of the enrollment broker (a second Mosquitto, TLS only).
+    enroll_host: str = "127.0.0.1"
+    enroll_port: int = Field(default=8884, ge=1, le=65535)
+    #: Host names / IP addresses devices dial; the brokers' server certificate names them.
+    server_names: list[str] = Field(default_factory=lambda: ["127.0.0.1", "localhost"],
+                                    min_length=1, max_length=32)
+    #: An enrollment request not approved within this is answered ``expired``.
+    enroll_ttl_s: float = Field(default=_DAY, ge=60, le=30 * _DAY)
+    #: ``exp`` of a signed desired config.
+    config_exp_s: float = Field(default=30 * _DAY, ge=3600, le=365 * _DAY)
+    #: Default ``exp`` of a signed command.
+    command_exp_s: float = Field(default=600.0, ge=10, le=7 * _DAY)
+    #: Lifetime of a device certificate (devices rotate by ``cert.rotate``).
+    cert_days: int = Field(default=398, ge=1, le=3650)
+    #: Central sends ``cert.rotate`` to an online device whose certificate expires within
+    #: this many days (and has no rotation open). Devices never renew on their own say-so.
+    renew_before_days: int = Field(default=30, ge=1, le=365)

@@ -1,0 +1,203 @@
+"""Fleet state in central's SQLite database: its own tables, bound like the store's models.
+
+The declarations here are unbound (see central/store/models.py for why); :class:`FleetTables`
+binds copies to one store's database and creates the tables if they do not exist. Writes
+run inside the store's write transactions (``store.write`` / ``store.atomic``).
+
+Tables::
+
+    fleet_enrollment   one request per serial + public key (pairing code, decision)
+    fleet_device       site, hardware serial and facts of an enrolled device
+    fleet_cert         every certificate issued to a device, and its revocation
+    fleet_layer        desired-config layers: (site|role|device, target) → settings
+    fleet_desired      per device: effective settings, version, hash, last signed envelope
+    fleet_seq          per device: the last seq used (config and cmd share it; never reused)
+    fleet_reported     per device: the last config.report
+    fleet_command      signed commands and their states
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import peewee as pw
+
+from central.store import Store
+from central.store.models import bind
+
+__all__ = ["FleetTables"]
+
+
+class _Declared(pw.Model):
+    """Base of the fleet declarations (unbound)."""
+
+
+class Enrollment(_Declared):
+    """An enrollment request: one per serial and public key."""
+
+    request_id = pw.CharField(primary_key=True, max_length=32)
+    serial = pw.CharField(max_length=64, index=True)
+    key_fp = pw.CharField(max_length=64)
+    csr = pw.TextField()
+    facts = pw.TextField()
+    code = pw.CharField(max_length=9, index=True)
+    status = pw.CharField(max_length=10)  # pending | approved | rejected | expired
+    duplicate = pw.BooleanField(default=False)
+    reenroll_of = pw.CharField(max_length=64, null=True)
+    created_at = pw.FloatField()
+    expires_at = pw.FloatField()
+    decided_by = pw.CharField(max_length=64, null=True)
+    decided_at = pw.FloatField(null=True)
+    reason = pw.CharField(max_length=400, null=True)
+    device_id = pw.CharField(max_length=64, null=True)
+    role = pw.CharField(max_length=16, null=True)
+    site = pw.CharField(max_length=64, null=True)
+    #: The ``approved`` answer body (JSON) sent again when the device asks again.
+    answer = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "fleet_enrollment"
+        indexes = ((("serial", "key_fp"), False),)
+
+
+class FleetDevice(_Declared):
+    """What enrollment knows about a device beside the registry row."""
+
+    dev = pw.CharField(primary_key=True, max_length=64)
+    site = pw.CharField(max_length=64, null=True)
+    serial = pw.CharField(max_length=64, null=True, index=True)
+    facts = pw.TextField(null=True)
+    cert_serial = pw.CharField(max_length=64, null=True)
+    cert_not_after = pw.FloatField(null=True)
+    enrolled_at = pw.FloatField(null=True)
+    #: Old certificates wait for the device to confirm it runs the renewed one: the
+    #: ``cert.rotate`` command id, or "birth" (renewed without a command: next birth).
+    renew_confirm = pw.CharField(max_length=32, null=True)
+
+    class Meta:
+        table_name = "fleet_device"
+
+
+class FleetCert(_Declared):
+    """One certificate issued to a device."""
+
+    serial = pw.CharField(primary_key=True, max_length=64)
+    dev = pw.CharField(max_length=64, index=True)
+    not_after = pw.FloatField()
+    issued_at = pw.FloatField()
+    source = pw.CharField(max_length=16)  # enroll | renew
+    revoked_at = pw.FloatField(null=True)
+
+    class Meta:
+        table_name = "fleet_cert"
+
+
+class ConfigLayer(_Declared):
+    """One layer of desired settings: site defaults, role defaults or one device's own."""
+
+    kind = pw.CharField(max_length=8)
+    target = pw.CharField(max_length=64)
+    settings = pw.TextField()
+    updated_at = pw.FloatField()
+    updated_by = pw.CharField(max_length=64)
+
+    class Meta:
+        table_name = "fleet_layer"
+        primary_key = pw.CompositeKey("kind", "target")
+
+
+class Desired(_Declared):
+    """A device's desired (effective) settings and the last signed envelope of them."""
+
+    dev = pw.CharField(primary_key=True, max_length=64)
+    version = pw.IntegerField()
+    hash = pw.CharField(max_length=64)
+    settings = pw.TextField()
+    seq = pw.IntegerField(null=True)
+    envelope = pw.BlobField(null=True)
+    exp = pw.FloatField(null=True)
+    updated_at = pw.FloatField()
+
+    class Meta:
+        table_name = "fleet_desired"
+
+
+class SeqCounter(_Declared):
+    """The last seq central signed for a device (both streams, never reused)."""
+
+    dev = pw.CharField(primary_key=True, max_length=64)
+    last_seq = pw.IntegerField()
+
+    class Meta:
+        table_name = "fleet_seq"
+
+
+class Reported(_Declared):
+    """The device's last ``config.report``."""
+
+    dev = pw.CharField(primary_key=True, max_length=64)
+    for_version = pw.IntegerField()
+    status = pw.CharField(max_length=10)
+    version = pw.IntegerField()
+    hash = pw.CharField(max_length=64, null=True)
+    code = pw.CharField(max_length=64, null=True)
+    message = pw.CharField(max_length=400, null=True)
+    at = pw.FloatField()
+
+    class Meta:
+        table_name = "fleet_reported"
+
+
+class FleetCommand(_Declared):
+    """A signed command and its state (queued → … → succeeded/failed/expired/rejected)."""
+
+    command_id = pw.CharField(primary_key=True, max_length=32)
+    dev = pw.CharField(max_length=64, index=True)
+    name = pw.CharField(max_length=32)
+    args = pw.TextField()
+    seq = pw.IntegerField()
+    state = pw.CharField(max_length=12, index=True)
+    created_by = pw.CharField(max_length=64)
+    created_at = pw.FloatField(index=True)
+    updated_at = pw.FloatField()
+    exp = pw.FloatField()
+    code = pw.CharField(max_length=64, null=True)
+    message = pw.CharField(max_length=400, null=True)
+    output = pw.TextField(default="{}")
+    #: ``logs.collect``: the bundle the device uploaded (JSON: size, sha256, path).
+    bundle = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "fleet_command"
+
+
+_DECLARED = (Enrollment, FleetDevice, FleetCert, ConfigLayer, Desired, SeqCounter, Reported,
+             FleetCommand)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetTables:
+    """The fleet models bound to one store's database."""
+
+    Enrollment: Any
+    FleetDevice: Any
+    FleetCert: Any
+    ConfigLayer: Any
+    Desired: Any
+    SeqCounter: Any
+    Reported: Any
+    FleetCommand: Any
+
+    @classmethod
+    def open(cls, store: Store) -> FleetTables:
+        """Bind the models to ``store.db`` and create missing tables (an existing one is kept)."""
+        tables = cls(**{m.__name__: bind(m, store.db) for m in _DECLARED})
+        with store.atomic():
+            store.db.create_tables(tables.all(), safe=True)
+        return tables
+
+    def all(self) -> list[Any]:
+        """Every model, in creation order."""
+        return [self.Enrollment, self.FleetDevice, self.FleetCert, self.ConfigLayer,
+                self.Desired, self.SeqCounter, self.Reported, self.FleetCommand]
