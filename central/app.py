@@ -1,8 +1,9 @@
 """``ykt central``: the central service.
 
 Runs (single site) its own supervised Mosquitto with a generated config, the forwarder that
-takes device requests to the platform exactly once, the device registry, and the staff
-dashboard with its REST API.
+takes device requests to the platform exactly once, the device registry, the staff
+dashboard with its REST API and, with ``[fleet]``, fleet trust (central/fleet: the
+enrollment broker, device certificates, signed config and commands).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pydantic import SecretStr
 
 from central.authz import Guard
 from central.broker import Listener, Mosquitto, MosquittoConfig, TlsListener
-from central.config import CentralConfig, forwarder_client_id
+from central.config import BrokerTlsSection, CentralConfig, forwarder_client_id
 from central.dashboard.app import create_dashboard
+from central.fleet.service import FleetService
 from central.fleet_health import HealthThresholds
 from central.forwarder import Forwarder, ForwarderSettings
 from central.hotlist import FleetPublisher, HotlistSync
@@ -34,7 +36,7 @@ from yikatong.common.service import Daemon
 
 log = logging.getLogger("central.app")
 
-__all__ = ["add_central_arguments", "main", "run"]
+__all__ = ["add_central_arguments", "device_tls_listener", "main", "run"]
 
 
 def add_central_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,6 +56,25 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def device_tls_listener(t: BrokerTlsSection, fleet: FleetService | None) -> TlsListener:
+    """The devices' TLS listener: explicit files from central.toml, else the fleet CA's.
+
+    With ``require_certificate`` the certificate's CN is the username; the fleet CA's CRL is
+    checked when the listener trusts the fleet CA (``cafile`` left out).
+    """
+    made = fleet.server_tls if fleet is not None else None
+    cafile = t.cafile or (made.cafile if made is not None else None)
+    certfile = t.certfile or (made.certfile if made is not None else None)
+    keyfile = t.keyfile or (made.keyfile if made is not None else None)
+    if cafile is None or certfile is None or keyfile is None:  # the config validator says so
+        raise ValueError("broker.tls needs its files or a [fleet] section")
+    crl = fleet.crl_file if fleet is not None and t.require_certificate and t.cafile is None \
+        else None
+    return TlsListener(cafile=cafile, certfile=certfile, keyfile=keyfile,
+                       require_certificate=t.require_certificate,
+                       use_identity_as_username=t.require_certificate, crlfile=crl)
+
+
 async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | None = None) -> None:
     """Run every part of central until ``stop`` is set (or a signal arrives)."""
     daemon = Daemon("central", stop)  # signals end it even while the broker is starting
@@ -70,23 +91,32 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
 
     registry = Registry(store, broker_dir, on_change=reload_broker,
                         central_users=(cfg.broker.username or "", cfg.broker.fleet_username or "")
-                        if cfg.broker.mode == "external" else ())
+                        if cfg.broker.mode == "external" else (),
+                        legacy_passwords=cfg.broker.legacy_passwords)
+    # Fleet trust (docs/fleet-trust.md): the CA, the signing key, the enrollment broker.
+    # Made before the device broker is configured: its TLS files and CRL come from here.
+    fleet_trust = (FleetService(store, registry, cfg.fleet, data_dir=data,
+                                reload_broker=reload_broker)
+                   if cfg.fleet is not None else None)
     fw = cfg.forwarder
     common = {"client_id": forwarder_client_id(fw, socket.gethostname()),
               "concurrency": fw.concurrency, "lease_s": fw.lease_s,
               "call_timeout_s": fw.call_timeout_s}
     fleet_login: dict[str, Any] = {}
+    trust_login: dict[str, Any] | None = None
     if cfg.broker.mode == "embedded":
         # One broker account per connection: the broker binds client id to username.
         creds = registry.central_credentials(str(common["client_id"]))
         fleet_creds = registry.central_credentials(f"{common['client_id']}-fleet")
         fleet_login = {"username": fleet_creds.username, "password": fleet_creds.password}
+        if fleet_trust is not None:  # signed config and commands: a connection of its own
+            trust_creds = registry.central_credentials(f"{common['client_id']}-cfg")
+            trust_login = {"username": trust_creds.username, "password": trust_creds.password}
         registry.write_acl()
         listeners = [Listener(host=cfg.broker.host, port=cfg.broker.port)]
         if (t := cfg.broker.tls) is not None:
-            listeners.append(Listener(host=t.host, port=t.port, tls=TlsListener(
-                cafile=t.cafile, certfile=t.certfile, keyfile=t.keyfile,
-                require_certificate=t.require_certificate)))
+            listeners.append(Listener(host=t.host, port=t.port,
+                                      tls=device_tls_listener(t, fleet_trust)))
         mosquitto = Mosquitto(broker_dir, MosquittoConfig(
             listeners=listeners,
             persistence_dir=broker_dir / "persistence",
@@ -118,10 +148,27 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     guard = Guard(store, cfg.authz, staff=StaffSessions(store, cfg.staff))
     retention = Retention(store, guard, cfg.privacy)
     forwarder = Forwarder(settings, store, adapter, share_group=fw.share_group,
-                          hooks=payments, guard=guard)
+                          hooks=payments, guard=guard, fleet=fleet_trust)
     fleet = FleetPublisher.from_forwarder_settings(settings, **fleet_login)
     hotlist = HotlistSync(adapter, fleet, store)
     fleet.on_connected = hotlist.republish  # a restarted broker may have lost the notice
+    if fleet_trust is not None:
+        fleet_trust.install(guard)  # device.cert_renew, device.log_bundle
+        if trust_login is not None:
+            fleet_trust.publisher = FleetPublisher(
+                host=settings.host, port=settings.port, tls=settings.tls,
+                client_id=f"{settings.client_id}-cfg"[:64], keepalive=settings.keepalive,
+                on_connected=fleet_trust.on_publisher_connected, **trust_login)
+        else:
+            # External broker: central.toml names two accounts; the hot-list session
+            # carries the desired configs and commands too.
+            fleet_trust.publisher, fleet_trust.own_publisher = fleet, False
+
+            def both_republish() -> None:
+                hotlist.republish()
+                fleet_trust.on_publisher_connected()
+
+            fleet.on_connected = both_republish
 
     def live_status() -> dict[str, Any]:
         return {
@@ -130,16 +177,21 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
                           {"running": None, "pid": None, "restarts": None,
                            "last_error": None})},
             "forwarder": {"connected": forwarder.connected, **forwarder.stats},
+            **({"fleet_trust": fleet_trust.status()} if fleet_trust is not None else {}),
         }
 
     app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
                            timezone=cfg.central.timezone,
                            extra_status=live_status, payments=payments, guard=guard,
+                           fleet=fleet_trust,
                            thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
                                                        cfg.dashboard.temp_high_c,
                                                        cfg.dashboard.backlog_high))
     await forwarder.start()
     await fleet.start()
+    if fleet_trust is not None:
+        await fleet_trust.start()  # the enrollment broker and central's sessions
+        daemon.spawn(fleet_trust.run(), name="fleet-trust")
     daemon.spawn(forwarder.run(), name="forwarder")
     daemon.serve_http(app, cfg.dashboard.host, cfg.dashboard.port, name="dashboard")
     daemon.spawn(payments.run(), name="payments")
@@ -152,6 +204,8 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
 
     async def stop_connections() -> None:  # leave the broker before the loops are cancelled
         await forwarder.stop()
+        if fleet_trust is not None:
+            await fleet_trust.stop()
         await fleet.stop()
 
     try:

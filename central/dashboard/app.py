@@ -1,30 +1,53 @@
-"""The staff dashboard (fleet health) and central's REST API.
+"""The staff dashboard (fleet health, fleet management) and central's REST API.
 
-Reads are open to the staff network the dashboard is bound to; every change (registering,
-disabling a device, resolving a payment) needs the admin bearer token, and the payment
-actions are audit records (actor ``staff:<operator>``).
+Everything but ``GET /`` (the page), ``GET /static/…`` and ``GET /api/status`` needs a
+signed-in staff member (central/dashboard/auth.py): reads at least ``viewer``; registering
+and disabling a device ``technician``; the payment actions, badge and desk sign-in resets
+and ``/api/audit`` ``administrator``. The fleet endpoints (central/dashboard/fleet_api.py)
+are there when central runs a fleet service. ``/api/status`` without a sign-in answers
+only the site's name and time zone (health checks, the sign-in page).
+
+Every write is audited with the staff member's user name (the admin token: ``admin-token``);
+the payment actions as ``staff:<user name>``.
 """
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.authz import SECURITY_ACTIONS
+from central.dashboard.auth import (
+    ADMIN_ACTOR,
+    VIEWER,
+    Administrator,
+    ApiError,
+    AuthSettings,
+    DashboardAuth,
+    StaffAccounts,
+    StaffUser,
+    Technician,
+    auth_router,
+    signed_in,
+)
+from central.dashboard.auth import SECURITY_ACTIONS as DASHBOARD_SECURITY_ACTIONS
+from central.dashboard.fleet_api import fleet_router
 from central.fleet_health import HealthThresholds, derive_alarms
 from central.payments import PaymentError
 from central.platform.errors import PlatformError
 from central.registry import Registry, RegistryError
 from central.store import Store
+from yikatong.common.errors import LocalizedError
 
 STATIC = Path(__file__).parent / "static"
+#: Files of the page besides index.html, served from ``/static/``.
+_STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
 __all__ = ["create_dashboard"]
 
@@ -38,10 +61,20 @@ class DeviceIn(BaseModel):
 
 
 class StaffActionIn(BaseModel):
-    """Who on the staff side asks for a payment action (recorded in the audit)."""
+    """Who on the staff side asks for a payment action (recorded in the audit).
+
+    A signed-in staff member is always recorded under their own user name; ``operator``
+    only names the person for callers with the shared admin token (scripts).
+    """
 
     model_config = ConfigDict(extra="forbid")
-    operator: str = Field(default="admin", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    operator: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+def _operator(user: StaffUser, who: StaffActionIn | None) -> str:
+    if user.username == ADMIN_ACTOR:
+        return (who.operator if who is not None and who.operator else ADMIN_ACTOR)
+    return user.username
 
 
 class ResolveIn(StaffActionIn):
@@ -67,11 +100,20 @@ def _jsonable(obj: Any) -> Any:
 def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
                      site_name: str, timezone: str = "Asia/Shanghai",
                      extra_status: Any = None, payments: Any = None,
-                     thresholds: HealthThresholds | None = None, guard: Any = None) -> FastAPI:
-    """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform)."""
-    limits = thresholds or HealthThresholds()
+                     thresholds: HealthThresholds | None = None, guard: Any = None,
+                     fleet: Any = None, accounts: StaffAccounts | None = None,
+                     auth_settings: AuthSettings | None = None) -> FastAPI:
+    """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform).
 
-    def fleet() -> list[dict[str, Any]]:
+    ``fleet`` (a ``central.fleet.service.FleetService``) adds the fleet endpoints;
+    ``accounts`` (tests: with a clock of their own) or ``auth_settings`` set up the staff
+    accounts and sessions in ``store``.
+    """
+    limits = thresholds or HealthThresholds()
+    accounts = accounts or StaffAccounts(store, auth_settings)
+    auth = DashboardAuth(accounts, admin_token)
+
+    def fleet_health() -> list[dict[str, Any]]:
         """Every device with its health view and active alarms."""
         health = store.all_health()
         out = []
@@ -84,13 +126,26 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
                         "audit": store.device_audit_state(d.id)})
         return out
 
-    def require_admin(authorization: str = Header(default="")) -> None:
-        if not hmac.compare_digest(authorization.encode(), f"Bearer {admin_token}".encode()):
-            raise HTTPException(status_code=401, detail="admin token required")
+    def audit(user: StaffUser, action: str, detail: dict[str, Any]) -> None:
+        store.audit(accounts.now(), user.username, action, detail)
 
     app = FastAPI(title="Yikatong central", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
-    api = APIRouter(prefix="/api")
+    app.state.staff_auth = auth
+    api = APIRouter(prefix="/api", dependencies=[Depends(VIEWER)])
+    open_api = APIRouter(prefix="/api")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(LocalizedError)
+    async def _localized_error(_: Request, exc: LocalizedError) -> JSONResponse:
+        # The fleet service's errors carry their HTTP status; anything else is a fault.
+        status = getattr(exc, "status", None)
+        return JSONResponse({"error": str(getattr(exc, "code", "error")),
+                             "message": exc.message, "message_zh": exc.message_zh},
+                            status_code=status if isinstance(status, int) else 500)
 
     @app.exception_handler(RegistryError)
     async def _registry_error(_: Request, exc: RegistryError) -> JSONResponse:
@@ -113,23 +168,26 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
             raise HTTPException(status_code=503, detail="payments are not enabled")
         return payments
 
-    @api.get("/status")
-    async def status() -> dict[str, Any]:
-        ok, broken_at = store.verify_chain()
+    @open_api.get("/status")
+    async def status(request: Request) -> dict[str, Any]:
         # The browser renders every time in the site's zone, not its own.
-        out: dict[str, Any] = {"site_name": site_name, "timezone": timezone,
-                               "audit_chain": {"ok": ok, "broken_at": broken_at}}
+        out: dict[str, Any] = {"site_name": site_name, "timezone": timezone}
+        if signed_in(request) is None:  # a health check, or the sign-in page
+            return {**out, "signed_in": False}
+        ok, broken_at = store.verify_chain()
+        out.update({"signed_in": True, "fleet": fleet is not None,
+                    "audit_chain": {"ok": ok, "broken_at": broken_at}})
         if extra_status is not None:
             out.update(extra_status())
         return out
 
     @api.get("/devices")
     async def devices() -> dict[str, Any]:
-        return {"devices": fleet()}
+        return {"devices": fleet_health()}
 
     @api.get("/alarms")
     async def alarms() -> dict[str, Any]:
-        items = [a for d in fleet() for a in d["alarms"]]
+        items = [a for d in fleet_health() for a in d["alarms"]]
         items.sort(key=lambda a: (a["severity"] != "error", a["dev"], a["code"]))
         return {"alarms": items}
 
@@ -146,15 +204,17 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     async def events(limit: int = 20) -> dict[str, Any]:
         return {"events": _jsonable(store.recent_events_all(min(max(limit, 1), 200)))}
 
-    @api.post("/devices", dependencies=[Depends(require_admin)])
-    async def register(dev: DeviceIn) -> dict[str, Any]:
+    @api.post("/devices")
+    async def register(dev: DeviceIn, user: Technician) -> dict[str, Any]:
         creds = registry.register(dev.id, dev.role)
+        audit(user, "staff.device_register", {"dev": dev.id, "role": dev.role})
         # The password is shown this once; central keeps only the broker's hash of it.
         return {"id": dev.id, "username": creds.username, "password": creds.password}
 
-    @api.post("/devices/{dev}/disable", dependencies=[Depends(require_admin)])
-    async def disable(dev: str) -> dict[str, Any]:
+    @api.post("/devices/{dev}/disable")
+    async def disable(dev: str, user: Technician) -> dict[str, Any]:
         registry.disable(dev)
+        audit(user, "staff.device_disable", {"dev": dev})
         return {"id": dev, "enabled": False}
 
     @api.get("/payments/unresolved")
@@ -162,37 +222,40 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         items = payments.unresolved() if payments is not None else []
         return {"payments": [_jsonable(asdict(p)) for p in items]}
 
-    @api.post("/payments/{request_id}/status", dependencies=[Depends(require_admin)])
-    async def payment_status(request_id: str, who: StaffActionIn | None = None
-                             ) -> dict[str, Any]:
-        op = (who or StaffActionIn()).operator
-        info = await need_payments().staff_status(request_id, staff=op)
+    @api.post("/payments/{request_id}/status")
+    async def payment_status(request_id: str, user: Administrator,
+                             who: StaffActionIn | None = None) -> dict[str, Any]:
+        info = await need_payments().staff_status(request_id, staff=_operator(user, who))
         return {"payment": _jsonable(asdict(info))}
 
-    @api.post("/payments/{request_id}/reverse", dependencies=[Depends(require_admin)])
-    async def payment_reverse(request_id: str, who: StaffActionIn | None = None
+    @api.post("/payments/{request_id}/reverse")
+    async def payment_reverse(request_id: str, user: Administrator,
+                              who: StaffActionIn | None = None) -> dict[str, Any]:
+        info = await need_payments().staff_reverse(request_id, staff=_operator(user, who))
+        return {"payment": _jsonable(asdict(info))}
+
+    @api.post("/payments/{request_id}/resolve")
+    async def payment_resolve(request_id: str, req: ResolveIn, user: Administrator
                               ) -> dict[str, Any]:
-        op = (who or StaffActionIn()).operator
-        info = await need_payments().staff_reverse(request_id, staff=op)
-        return {"payment": _jsonable(asdict(info))}
-
-    @api.post("/payments/{request_id}/resolve", dependencies=[Depends(require_admin)])
-    async def payment_resolve(request_id: str, req: ResolveIn) -> dict[str, Any]:
         info = need_payments().staff_resolve(request_id, req.state, req.reason,
-                                             staff=req.operator)
+                                             staff=_operator(user, req))
         return {"payment": _jsonable(asdict(info))}
 
     @api.get("/security")
     async def security(limit: int = 50) -> dict[str, Any]:
-        """Refused requests, sign-in failures and throttles, live staff sessions."""
-        entries = store.audit_by_actions(SECURITY_ACTIONS, min(max(limit, 1), 500))
+        """Refused requests, sign-in failures and throttles (desks and dashboard), sessions."""
+        entries = store.audit_by_actions(SECURITY_ACTIONS | DASHBOARD_SECURITY_ACTIONS,
+                                         min(max(limit, 1), 500))
         staff = guard.staff if guard is not None else None
         return {"events": [_jsonable(asdict(e)) for e in entries],
-                "throttles": _jsonable(staff.throttles()) if staff else [],
-                "sessions": _jsonable(staff.active()) if staff else []}
+                "throttles": [*(_jsonable(staff.throttles()) if staff else []),
+                              *accounts.throttles()],
+                "sessions": _jsonable(staff.active()) if staff else [],
+                "staff_sessions": accounts.active_sessions()}
 
-    @api.post("/staff/{badge}/reset", dependencies=[Depends(require_admin)])
-    async def reset_badge(badge: str, who: StaffActionIn | None = None) -> dict[str, Any]:
+    @api.post("/staff/{badge}/reset")
+    async def reset_badge(badge: str, user: Administrator,
+                          who: StaffActionIn | None = None) -> dict[str, Any]:
         """Administrator: clear a badge's failed sign-ins and end its sessions (audited)."""
         if guard is None:
             raise HTTPException(status_code=503, detail="authorization is not enabled")
@@ -200,32 +263,46 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
             raise HTTPException(status_code=400, detail="bad badge")
         now = datetime.now(UTC)
         changed = guard.staff.reset_badge(badge, now)
-        store.audit(now, f"staff:{(who or StaffActionIn()).operator}", "staff.badge_reset",
+        store.audit(now, f"staff:{_operator(user, who)}", "staff.badge_reset",
                     {"badge": badge, "changed": changed})
         return {"badge": badge, "reset": changed}
 
-    @api.post("/devices/{dev}/signin-reset", dependencies=[Depends(require_admin)])
-    async def reset_device_signin(dev: str, who: StaffActionIn | None = None
-                                  ) -> dict[str, Any]:
+    @api.post("/devices/{dev}/signin-reset")
+    async def reset_device_signin(dev: str, user: Administrator,
+                                  who: StaffActionIn | None = None) -> dict[str, Any]:
         """Administrator: clear a desk's failed sign-ins (audited)."""
         if guard is None:
             raise HTTPException(status_code=503, detail="authorization is not enabled")
         if store.device(dev) is None:
             raise HTTPException(status_code=404, detail="unknown device")
         changed = guard.staff.reset_device(dev)
-        store.audit(datetime.now(UTC), f"staff:{(who or StaffActionIn()).operator}",
+        store.audit(datetime.now(UTC), f"staff:{_operator(user, who)}",
                     "staff.device_signin_reset", {"dev": dev, "changed": changed})
         return {"dev": dev, "reset": changed}
 
     @api.get("/audit")
-    async def audit(since: int = 0) -> dict[str, Any]:
+    async def audit_log(_: Administrator, since: int = 0) -> dict[str, Any]:
         entries = store.audit_entries(since_seq=since)[-200:]
         return {"entries": [_jsonable(asdict(e)) for e in entries]}
 
+    app.include_router(open_api)
+    app.include_router(auth_router(auth))
+    if fleet is not None:
+        app.include_router(fleet_router(
+            fleet, lambda actor, action, detail: store.audit(accounts.now(), actor, action,
+                                                             detail)))
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        path = STATIC / name
+        kind = _STATIC_TYPES.get(path.suffix)
+        if kind is None or "/" in name or not path.is_file():
+            raise HTTPException(status_code=404, detail="Not Found")
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "no-store"})
 
     return app

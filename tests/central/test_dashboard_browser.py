@@ -6,17 +6,34 @@ import time
 
 import httpx
 import pytest
+from fleet_support import enroll_on_site
 
 pytestmark = pytest.mark.stack
 
 OFFLINE_DEV = "kiosk-099"  # registered, never connects
 
 
-def test_dashboard_lists_both_terminals_online_with_telemetry(browser, site):
-    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
+def _signed_in(browser, site, **ctx_kw):
+    """A page on the dashboard, signed in with the site's admin token (the sign-in form's
+    bootstrap way); the dashboard shows nothing before sign-in."""
+    ctx = browser.new_context(**ctx_kw)
     page = ctx.new_page()
+    page.goto(site.dashboard_url)
+    page.locator("#login-view summary").click()
+    page.fill("#login-token", site.admin_token)
+    page.click("#login-token-btn")
+    page.locator("#me-name").wait_for(timeout=15_000)
+    return ctx, page
+
+
+def _auth(site):
+    return {"Authorization": f"Bearer {site.admin_token}"}
+
+
+def test_dashboard_lists_both_terminals_online_with_telemetry(browser, site):
+    ctx, page = _signed_in(browser, site, viewport={"width": 1440, "height": 900},
+                           locale="zh-CN")
     try:
-        page.goto(site.dashboard_url)
         for dev in ("kiosk-001", "cashier-001"):
             row = page.locator(f"tr[data-device='{dev}']")
             row.wait_for(timeout=15_000)
@@ -27,7 +44,8 @@ def test_dashboard_lists_both_terminals_online_with_telemetry(browser, site):
             row.get_by_text("已连接 Present").wait_for(timeout=30_000)
         assert page.locator("#k-online").inner_text() == "2"
         assert "完整" in page.locator("#k-audit").inner_text()
-        health = httpx.get(f"{site.dashboard_url}api/devices", timeout=10).json()["devices"]
+        health = httpx.get(f"{site.dashboard_url}api/devices", headers=_auth(site),
+                           timeout=10).json()["devices"]
         k1 = next(d for d in health if d["id"] == "kiosk-001")["health"]
         # The SAM opens at the first card read: before that it is "not_opened", no alarm.
         assert k1["telemetry_at"] is not None and k1["sam_state"] in ("ok", "not_opened")
@@ -36,17 +54,15 @@ def test_dashboard_lists_both_terminals_online_with_telemetry(browser, site):
         ctx.close()
 
 
-def test_dashboard_shows_paper_near_end_and_offline_alarms(browser, site, screens_dir):
+def test_dashboard_shows_paper_near_end_and_offline_alarms(browser, site, screens_dir, tmp_path):
     auth = {"Authorization": f"Bearer {site.admin_token}"}
     printer = site.terminal("kiosk-001").printer
-    r = httpx.post(f"{site.dashboard_url}api/devices", json={"id": OFFLINE_DEV, "role": "kiosk"},
-                   headers=auth, timeout=10)
-    r.raise_for_status()
+    # enrolled (a technician approved it), then never connected
+    enroll_on_site(site, "OFFLINE0099", OFFLINE_DEV, tmp_path / OFFLINE_DEV)
     printer.set_fault(near_end=True)  # the edge's idle status poll reports it to central
-    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
-    page = ctx.new_page()
+    ctx, page = _signed_in(browser, site, viewport={"width": 1440, "height": 900},
+                           locale="zh-CN")
     try:
-        page.goto(site.dashboard_url)
         near_end = page.locator("[data-alarm='paper_near_end'][data-device='kiosk-001']")
         near_end.wait_for(timeout=40_000)
         offline = page.locator(f"[data-alarm='offline'][data-device='{OFFLINE_DEV}']")
@@ -80,20 +96,17 @@ def test_dashboard_lists_refused_requests_as_security_events(browser, site, scre
     import random
 
     from edge.uplink.client import Uplink
-    from edge.uplink.config import UplinkConfig
+    from edge.uplink.config import TlsConfig, UplinkConfig
     from edge.uplink.errors import Rejected
 
-    auth = {"Authorization": f"Bearer {site.admin_token}"}
-    r = httpx.post(f"{site.dashboard_url}api/devices", json={"id": "kiosk-097", "role": "kiosk"},
-                   headers=auth, timeout=10)
-    r.raise_for_status()
-    pw = tmp_path / "kiosk-097.password"
-    pw.write_text(r.json()["password"])
+    # A genuinely enrolled kiosk (its own certificate): the stolen-device case.
+    ident = enroll_on_site(site, "ROGUE0097", "kiosk-097", tmp_path / "kiosk-097")
 
     async def misbehave() -> list[str]:
-        cfg = UplinkConfig(host="127.0.0.1", port=site.broker_port, username="kiosk-097",
-                           password_file=pw, outbox_path=tmp_path / "outbox.db",
-                           state_path=tmp_path / "state.json")
+        cfg = UplinkConfig(host="127.0.0.1", port=site.tls_port,
+                           tls=TlsConfig(cafile=ident.chain, certfile=ident.cert,
+                                         keyfile=ident.key),
+                           outbox_path=tmp_path / "outbox.db", state_path=tmp_path / "state.json")
         up = Uplink(cfg, "kiosk-097", role="kiosk", version="1.0.0", rng=random.Random(1))
         await up.start()
         codes = []
@@ -113,10 +126,9 @@ def test_dashboard_lists_refused_requests_as_security_events(browser, site, scre
     # Playwright's sync API holds this thread's event loop: the device runs on another.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         assert pool.submit(asyncio.run, misbehave()).result(60) == ["forbidden", "forbidden"]
-    ctx = browser.new_context(viewport={"width": 1440, "height": 900}, locale="zh-CN")
-    page = ctx.new_page()
+    ctx, page = _signed_in(browser, site, viewport={"width": 1440, "height": 900},
+                           locale="zh-CN")
     try:
-        page.goto(site.dashboard_url)
         row = page.locator("tr[data-security='request.forbidden']").first
         row.wait_for(timeout=15_000)
         text = page.locator("[data-testid='security']").inner_text()
@@ -148,14 +160,12 @@ def test_dashboard_shows_site_times_and_event_details_in_words(browser, site, sc
     site.remove_card("kiosk-001")
     printer = site.terminal("kiosk-001").printer
     printer.set_fault(near_end=True)
-    ctx = browser.new_context(viewport={"width": 1440, "height": 1100}, locale="zh-CN",
-                              timezone_id="UTC")
-    page = ctx.new_page()
+    ctx, page = _signed_in(browser, site, viewport={"width": 1440, "height": 1100},
+                           locale="zh-CN", timezone_id="UTC")
     try:
-        page.goto(site.dashboard_url)
         for ev in ("card.inserted", "card.removed", "card.read_failed", "printer.status"):
             page.locator(f"tr[data-event='{ev}']").first.wait_for(timeout=40_000)
-        events = httpx.get(f"{site.dashboard_url}api/events?limit=20",
+        events = httpx.get(f"{site.dashboard_url}api/events?limit=20", headers=_auth(site),
                            timeout=10).json()["events"]
         assert page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone") == "UTC"
         first = page.locator("[data-testid='events'] tbody tr").first

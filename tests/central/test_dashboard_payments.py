@@ -67,11 +67,13 @@ async def test_staff_query_status_now_resolves_and_is_audited(env) -> None:
                           headers=AUTH)
     assert r.status_code == 200 and r.json()["payment"]["state"] == "approved"
     # Charged, but the kiosk was last told "pending": still listed until it learns it.
-    (still,) = (await client.get("/api/payments/unresolved")).json()["payments"]
+    (still,) = (await client.get("/api/payments/unresolved", headers=AUTH)
+                ).json()["payments"]
     assert still["state"] == "approved" and still["device_told"] is False
     ask = new_envelope("pay.status", "kiosk-001", {"payment_id": pid}, now=T0)
     await payments.observe(ask, dict(platform.payments[pid]), None)
-    assert (await client.get("/api/payments/unresolved")).json()["payments"] == []
+    assert (await client.get("/api/payments/unresolved", headers=AUTH)
+            ).json()["payments"] == []
     entries = [(e.actor, e.action) for e in store.audit_entries()]
     assert ("staff:wang.li", "payment.staff_status") in entries
     assert ("staff:wang.li", "payment.state") in entries
@@ -87,7 +89,8 @@ async def test_staff_reverse_now_reverses_once(env) -> None:
     pid = payments.get("paystaff03").payment_id
     assert platform.payments[pid]["state"] == "reversed"
     assert sum(v for k, v in platform.effects.items() if k != "paystaff03") == 1
-    assert ("staff:admin", "payment.staff_reverse") in [
+    # The admin token with no operator named: recorded as the bootstrap administrator.
+    assert ("staff:admin-token", "payment.staff_reverse") in [
         (e.actor, e.action) for e in store.audit_entries()]
     r = await client.post("/api/payments/paystaff03/reverse", headers=AUTH)
     assert r.status_code == 409  # final now: nothing more to reverse
@@ -120,3 +123,24 @@ async def test_staff_mark_resolved_needs_a_reason_and_a_final_state(env) -> None
                           json={"state": "declined", "reason": "x" * 5})
     assert r.status_code == 404
     assert store.verify_chain() == (True, None)
+
+
+async def test_a_signed_in_administrator_acts_under_their_own_name(env) -> None:
+    client, store, payments, platform = env
+    await open_payment(payments, platform, "paystaff05", "pending")
+    for user, role in (("chen.jie", "administrator"), ("wang.li", "technician")):
+        r = await client.post("/api/users", headers=AUTH, json={
+            "username": user, "name": user, "role": role, "password": "correct horse battery"})
+        assert r.status_code == 201
+    tokens = {}
+    for user in ("chen.jie", "wang.li"):
+        r = await client.post("/api/login", headers={"X-Requested-With": "ykt"},
+                              json={"username": user, "password": "correct horse battery"})
+        tokens[user] = {"Authorization": f"Bearer {r.json()['token']}"}
+    r = await client.post("/api/payments/paystaff05/reverse", headers=tokens["wang.li"])
+    assert r.status_code == 403  # payment actions are for administrators
+    r = await client.post("/api/payments/paystaff05/reverse", headers=tokens["chen.jie"],
+                          json={"operator": "someone.else"})
+    assert r.status_code == 200 and r.json()["payment"]["state"] == "reversed"
+    actors = {e.actor for e in store.audit_entries() if e.action == "payment.staff_reverse"}
+    assert actors == {"staff:chen.jie"}  # the name given in the body does not count

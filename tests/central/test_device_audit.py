@@ -108,8 +108,8 @@ async def test_dashboard_shows_per_device_audit_state(store, tmp_path: Path) -> 
     store.add_device_audit("kiosk-002", b[0], T0)
     store.add_device_audit("kiosk-002", b[2], T0)
     app = create_dashboard(store, Registry(store, tmp_path / "broker"), "tok", site_name="测试")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://dash") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                 headers={"Authorization": "Bearer tok"}) as client:
         devices = {d["id"]: d for d in (await client.get("/api/devices")).json()["devices"]}
         one = (await client.get("/api/devices/kiosk-002/audit")).json()
     assert devices["kiosk-001"]["audit"]["audit_ok"] is True

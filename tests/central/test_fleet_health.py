@@ -115,8 +115,8 @@ async def dash(tmp_path: Path):
     store = open_store(tmp_path / "c.db")
     app = create_dashboard(store, Registry(store, tmp_path / "broker"), "tok",
                            site_name="测试", thresholds=HealthThresholds(disk_low_mb=1000))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://dash") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://dash",
+                                 headers={"Authorization": "Bearer tok"}) as client:
         yield client, store
     store.close()
 

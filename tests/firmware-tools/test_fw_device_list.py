@@ -55,8 +55,10 @@ def central_url(tmp_path: Path) -> Iterator[str]:
 
 
 def _ykt(*args: str) -> subprocess.CompletedProcess[str]:
-    # The technician's laptop is in UTC: the times must still be the site's.
-    env = {**os.environ, "TZ": "UTC"}
+    # The technician's laptop is in UTC: the times must still be the site's. Reading the
+    # fleet needs a sign-in: the admin token (the bootstrap administrator) here.
+    env = {**os.environ, "TZ": "UTC", "YKT_CENTRAL_ADMIN_TOKEN": "tok",
+           "YKT_FW_SESSION": os.devnull}
     return subprocess.run([sys.executable, "-m", "yikatong.cli", *args], capture_output=True,
                           text=True, timeout=60, check=False, env=env)
 
