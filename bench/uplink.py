@@ -126,7 +126,8 @@ class Site:
         token_file = secret_file(wd / "admin.token", self.token)
         (wd / "central.toml").write_text(toml({
             "central": {"data_dir": str(wd / "central")},
-            "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port},
+            "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port,
+                       "legacy_passwords": True},  # the bench devices use passwords
             "platform": {"base_url": self.platform_url},
             # The bench drives look-ups far faster than a patient at a kiosk: central's
             # per-device rate limit (docs/security.md) at its ceiling, and 16 devices.

@@ -29,7 +29,7 @@ from edge.uplink.errors import (
 )
 from yikatong.protocol.messages import dump_body
 
-__all__ = ["TokenGate", "create_api"]
+__all__ = ["SwitchableApp", "TokenGate", "create_api", "create_enrollment_api"]
 
 
 class RequestIn(BaseModel):
@@ -171,21 +171,114 @@ class TokenGate:
         await send({"type": "http.response.body", "body": _UNAUTHORIZED})
 
 
-def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
-    """Build the local API app around a running ``EdgeRuntime``."""
+class SwitchableApp:
+    """An ASGI app whose inner app can be replaced while the server runs.
 
-    def check_token(authorization: str = Header(default="")) -> None:
-        # Defence in depth only: TokenGate has already refused a request without the token.
-        expected = f"Bearer {token}"
-        if not hmac.compare_digest(authorization.encode(), expected.encode()):
-            raise HTTPException(status_code=401, detail="bad or missing token")
+    The daemon serves the enrollment API (pairing code) while the device is not enrolled and
+    swaps in the full API once it is, on the same port, without restarting the server.
+    """
 
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def swap(self, app: ASGIApp) -> None:
+        """Serve ``app`` from the next request on (requests under way finish on the old one)."""
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the request to the current app."""
+        await self.app(scope, receive, send)
+
+
+def _bare_app(token: str) -> FastAPI:
     # No schema or docs: the API is for the kiosk UI server only, not to be explored.
     app = FastAPI(title="Yikatong edge local API", version="1", openapi_url=None,
                   docs_url=None, redoc_url=None)
     # Outermost: runs before FastAPI's exception middleware and before any body is read.
     app.add_middleware(TokenGate, token=token)
-    r = APIRouter(prefix="/v1", dependencies=[Depends(check_token)])
+    return app
+
+
+def _token_check(token: str) -> Any:
+    def check_token(authorization: str = Header(default="")) -> None:
+        # Defence in depth only: TokenGate has already refused a request without the token.
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(authorization.encode(), expected.encode()):
+            raise HTTPException(status_code=401, detail="bad or missing token")
+    return check_token
+
+
+_ENROLLED = {"state": "enrolled", "code": None, "serial": None, "expires_at": None,
+             "device_id": None, "retry_at": None, "message": "This terminal is enrolled.",
+             "message_zh": "本机已完成注册。"}
+
+
+def create_enrollment_api(enrollment: Any, token: str) -> FastAPI:
+    """The API of a device waiting for enrollment: the pairing state, nothing else.
+
+    ``enrollment`` is an :class:`edge.fleet.enrollment.EnrollmentState`. ``/v1/health``
+    answers (the kiosk polls it) with no runtime state and the enrollment; ``/v1/events``
+    streams ``enrollment`` events and ends once the device is enrolled (the kiosk reconnects
+    to the full API); every other call is ``503 not_enrolled``.
+    """
+    app = _bare_app(token)
+    r = APIRouter(prefix="/v1", dependencies=[Depends(_token_check(token))])
+
+    @r.get("/enrollment")
+    async def enrollment_state() -> dict[str, Any]:
+        return dict(enrollment.as_dict())
+
+    @r.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"device_id": enrollment.device_id, "role": None, "uplink_connected": False,
+                "reader_present": False, "card": None, "session": None,
+                "platform_ok": None, "staff": None, "ui": {},
+                "enrollment": enrollment.as_dict()}
+
+    @r.get("/ui-settings")
+    async def ui_settings() -> dict[str, Any]:
+        return {"ui": {}}
+
+    @r.get("/events")
+    async def events(request: Request) -> StreamingResponse:
+        async def stream() -> AsyncIterator[bytes]:
+            async with enrollment.bus.subscribe() as q:
+                yield b": connected\n\n"
+                current = {"kind": "enrollment", "data": enrollment.as_dict()}
+                while True:
+                    data = json.dumps(current, ensure_ascii=False)
+                    yield f"event: enrollment\ndata: {data}\n\n".encode()
+                    if current["data"].get("state") == "enrolled":
+                        return  # the full API serves the events from now on
+                    while not await request.is_disconnected():
+                        try:
+                            current = await asyncio.wait_for(q.get(), timeout=15)
+                            break
+                        except TimeoutError:
+                            yield b": keep-alive\n\n"
+                    else:
+                        return
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
+
+    @r.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE"])
+    async def not_enrolled(rest: str) -> JSONResponse:
+        return _error(503, "not_enrolled", "This terminal is waiting for enrollment.",
+                      "本机正在等待注册批准。")
+
+    app.include_router(r)
+    return app
+
+
+def create_api(runtime: EdgeRuntime, token: str, *, enrollment: Any = None) -> FastAPI:
+    """Build the local API app around a running ``EdgeRuntime``.
+
+    ``enrollment``: the :class:`edge.fleet.enrollment.EnrollmentState` of a device that
+    enrolled by claim (``GET /v1/enrollment`` then says ``enrolled`` and its serial).
+    """
+
+    app = _bare_app(token)
+    r = APIRouter(prefix="/v1", dependencies=[Depends(_token_check(token))])
 
     @app.exception_handler(SessionError)
     async def _session_error(_: Request, exc: SessionError) -> JSONResponse:
@@ -210,6 +303,19 @@ def create_api(runtime: EdgeRuntime, token: str) -> FastAPI:
     @r.get("/health")
     async def health() -> dict[str, Any]:
         return runtime.health()
+
+    @r.get("/enrollment")
+    async def enrollment_state() -> dict[str, Any]:
+        """``enrolled`` (a device with a preset identity has no serial or code here)."""
+        if enrollment is None:
+            return {**_ENROLLED, "device_id": runtime.device_id}
+        return {**dict(enrollment.as_dict()), "state": "enrolled",
+                "device_id": runtime.device_id}
+
+    @r.get("/ui-settings")
+    async def ui_settings() -> dict[str, Any]:
+        """The kiosk screen settings central set (language, idle timeout, countdown, voice)."""
+        return {"ui": dict(runtime.ui_settings)}
 
     @r.get("/session")
     async def session() -> dict[str, Any]:

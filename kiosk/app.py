@@ -77,7 +77,9 @@ def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = No
 
     @api.get("/config")
     async def ui_config() -> dict[str, Any]:
-        return {"ui": {**cfg.ui.model_dump(), "today": today().isoformat()}}
+        # The kiosk's TOML with central's screen settings on top (Screen.apply_ui).
+        return {"ui": {**screen.cfg.ui.model_dump(), "today": today().isoformat()},
+                "ui_rev": screen.ui_rev}
 
     @api.get("/state")
     async def state() -> dict[str, Any]:
@@ -90,6 +92,8 @@ def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = No
         # detail that is for technicians and central, not for a public screen.
         summary = {k: health.get(k) for k in ("uplink_connected", "reader_present",
                                               "platform_ok", "role")}
+        if isinstance(health.get("enrollment"), dict):
+            summary["enrollment"] = health["enrollment"].get("state")
         return {"online": True, "health": summary, "session": health.get("session"),
                 "view": screen.view()}
 
@@ -136,7 +140,7 @@ def create_app(cfg: KioskConfig, edge: EdgeClient, *, timing: Timing | None = No
 
     @api.get("/voice/{key}.wav", include_in_schema=False)
     async def voice(key: str) -> Response:
-        wav = await speak(cfg, key)
+        wav = await speak(screen.cfg, key)
         if wav is None:
             return Response(status_code=404)
         return Response(wav, media_type="audio/wav",

@@ -17,7 +17,9 @@ from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from kiosk.config import KioskConfig
+from pydantic import ValidationError
+
+from kiosk.config import KioskConfig, UiConfig
 from kiosk.edge_client import EdgeClient, EdgeError
 from kiosk.flows import FLOWS, Context, Flow, IllegalTransition, Timing
 from kiosk.flows.base import advice, text
@@ -78,6 +80,15 @@ class Screen:
                  timing: Timing | None = None,
                  now: Callable[[], datetime] | None = None) -> None:
         self.cfg = cfg
+        #: The kiosk's own config; ``cfg`` is it with central's screen settings on top.
+        self.base_cfg = cfg
+        #: Screen settings central set (language, idle_timeout_s, countdown_s, voice).
+        self.remote_ui: dict[str, Any] = {}
+        #: Grows when they change: the page fetches /api/config again when it sees a new one.
+        self.ui_rev = 0
+        #: Set while the terminal waits for enrollment: the pairing screen shows it.
+        self.pairing: dict[str, Any] | None = None
+        self._reconnect_now = False  # the pairing API's event stream ended: enrolled
         self.edge = edge
         self.role = cfg.ui.role
         self.timing = timing or Timing()
@@ -120,12 +131,14 @@ class Screen:
     def view(self) -> dict[str, Any]:
         """Everything the page shows."""
         return {
-            "v": self.version, "role": self.role, "screen": self.screen,
+            "v": self.version, "role": self.role,
+            "screen": "pairing" if self.pairing is not None else self.screen,
             "identity": self.identity, "patient": self.patient,
             "flow": self.flow.view() if self.flow else None,
             "staff": self.staff, "error": self.error, "notice": self.notice,
             "online": {"edge": self.edge_ok, "platform": self.platform_ok},
             "today": self.today().isoformat(), "activity": self.activity,
+            "pairing": self.pairing, "ui_rev": self.ui_rev,
         }
 
     def changed(self, *_: Any) -> None:
@@ -158,6 +171,7 @@ class Screen:
         try:
             while True:
                 buffer = ""
+                self._reconnect_now = False
                 try:
                     async for chunk in self.edge.events():
                         if not self.edge_ok:
@@ -169,6 +183,8 @@ class Screen:
                             await self.on_edge_event(ev.get("kind", _kind), ev.get("data", {}))
                 except (EdgeError, OSError, Exception) as exc:
                     log.warning("edge event stream lost: %s", type(exc).__name__)
+                if self._reconnect_now:
+                    continue  # enrolled: the full API's stream is there now
                 if self.edge_ok:
                     self.edge_ok = False
                     self.changed()
@@ -191,6 +207,8 @@ class Screen:
         session ends (kiosk) or the desk locks (cashier) — never while money or paper moves.
         """
         now = asyncio.get_running_loop().time()
+        if self.pairing is not None:
+            return  # nobody is served while the terminal waits for enrollment
         limit = self.cfg.ui.staff_lock_s if self.role == "cashier" else self.cfg.ui.idle_timeout_s
         if now - self._last_action < limit + 10:
             return
@@ -214,6 +232,8 @@ class Screen:
             return
         plat = bool(h.get("uplink_connected")) and h.get("platform_ok") is not False
         changed = (not self.edge_ok) or plat != self.platform_ok
+        changed = self.apply_enrollment(h.get("enrollment"), notify=False) or changed
+        changed = self.apply_ui(h.get("ui"), notify=False) or changed
         self.edge_ok, self.platform_ok = True, plat
         session = h.get("session")
         self._card_in = session is not None and session.get("via") != "ehc_qr"
@@ -290,10 +310,69 @@ class Screen:
         elif kind == "platform.status":
             self.platform_ok = bool(data.get("ok"))
             self.changed()
+        elif kind == "enrollment":
+            self.apply_enrollment(data)
+            if data.get("state") == "enrolled":
+                self._reconnect_now = True
+        elif kind == "ui.settings":
+            self.apply_ui(data)
         elif kind == "staff.logout" and self.staff is not None:
             self.staff = None
             self._wipe("locked")
             self.changed()
+
+    # -- fleet: enrollment and central's screen settings -------------------------------------
+
+    def apply_enrollment(self, enrollment: Any, *, notify: bool = True) -> bool:
+        """Show the pairing screen while the terminal waits for enrollment; True if changed.
+
+        ``enrollment``: the daemon's ``/v1/enrollment`` answer (None: a daemon that has no
+        enrollment, i.e. enrolled). Once enrolled the screen goes back to its idle screen.
+        """
+        state = enrollment.get("state") if isinstance(enrollment, dict) else None
+        if state in ("enrolling", "pending", "rejected"):
+            assert isinstance(enrollment, dict)
+            keys = ("state", "code", "serial", "expires_at", "retry_at", "message",
+                    "message_zh")
+            pairing = {k: enrollment.get(k) for k in keys}
+            if pairing == self.pairing:
+                return False
+            if self.pairing is None:
+                self._wipe(self._idle_screen())
+            self.pairing = pairing
+        elif self.pairing is not None:
+            self.pairing = None
+            self._wipe(self._idle_screen())
+        else:
+            return False
+        if notify:
+            self.changed()
+        return True
+
+    def apply_ui(self, settings: Any, *, notify: bool = True) -> bool:
+        """Take central's screen settings over the kiosk's TOML; True if they changed.
+
+        Only ``language``, ``idle_timeout_s``, ``countdown_s`` and ``voice``; a combination
+        the kiosk cannot run (a countdown longer than the timeout) is ignored.
+        """
+        if not isinstance(settings, dict):
+            settings = {}
+        allowed = {k: v for k, v in settings.items()
+                   if k in ("language", "idle_timeout_s", "countdown_s", "voice")}
+        if allowed == self.remote_ui:
+            return False
+        try:
+            ui = UiConfig.model_validate({**self.base_cfg.ui.model_dump(), **allowed})
+        except ValidationError as exc:
+            log.warning("screen settings from central ignored: %s",
+                        exc.errors(include_input=False)[:1])
+            return False
+        self.remote_ui = allowed
+        self.cfg = self.base_cfg.model_copy(update={"ui": ui})
+        self.ui_rev += 1
+        if notify:
+            self.changed()
+        return True
 
     def _serving(self) -> bool:
         return self.role != "cashier" or self.staff is not None
@@ -481,6 +560,8 @@ class Screen:
                        ) -> dict[str, Any]:
         """Run one page action; returns the view after it (long work continues meanwhile)."""
         self._last_action = asyncio.get_running_loop().time()
+        if self.pairing is not None:
+            return self.view()  # not enrolled: there is nothing to do here yet
         if action == "scan":
             try:
                 scan = await self.edge.scan(str(args.get("text", "")))

@@ -104,6 +104,9 @@ class EdgeRuntime:
         # What was kept for the card session goes with it.
         self.cards.on_wipe += [self.scans.clear_codes, self.memory.clear,
                                self.printing.session_wiped]
+        #: Kiosk screen settings central set (``UiSettings`` fields that are set), served to
+        #: ``ykt kiosk`` in /v1/health and /v1/ui-settings over its own TOML.
+        self.ui_settings: dict[str, Any] = {}
         if hasattr(uplink, "on_settled"):
             # A payment whose outcome was unknown when its screen gave up is asked again by
             # the uplink in the background; its final answer lands here (ledger, audit, and
@@ -333,6 +336,26 @@ class EdgeRuntime:
         """Can a job sent now print completely? Asked before taking money."""
         return await self.printing.printer_check()
 
+    # -- fleet: idle and screen settings ------------------------------------------------------
+
+    def busy_reason(self) -> str | None:
+        """Why a disruptive command (reboot, restart, test print…) must wait now, or None.
+
+        ``card_session``: a card (or e-health QR) session is open — a patient is served.
+        ``payment_unresolved``: a payment was sent and has no final outcome yet.
+        """
+        if self.cards.session is not None:
+            return "card_session"
+        if self.payments.unresolved:
+            return "payment_unresolved"
+        return None
+
+    def set_ui_settings(self, settings: dict[str, Any]) -> None:
+        """Central's screen settings (only the fields it set); the kiosk is told at once."""
+        if settings != self.ui_settings:
+            self.ui_settings = dict(settings)
+            self.bus.publish("ui.settings", dict(settings))
+
     # -- health ----------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -348,6 +371,7 @@ class EdgeRuntime:
             "platform_ok": self.platform_ok,
             "staff": {"name": staff.name, "role": staff.role} if staff else None,
             "uptime_s": self.uptime_s(),
+            "ui": dict(self.ui_settings),
         }
 
     def uptime_s(self) -> int:

@@ -8,6 +8,8 @@ go into the ledger, once per payment id however often their approval is seen.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -22,6 +24,7 @@ from edge.runtime.memory import PayIntent, RefundDone, SessionMemory
 from edge.runtime.ports import Clock
 from edge.runtime.scans import ScanDesk
 from edge.runtime.terminal import Terminal
+from edge.uplink.errors import OutcomeUnknown, UplinkClosed
 from yikatong.protocol.messages import PaymentList, PaymentResult, PaymentSummary, RefundResult
 
 if TYPE_CHECKING:
@@ -30,6 +33,12 @@ if TYPE_CHECKING:
 __all__ = ["PaymentDesk"]
 
 log = logging.getLogger("edge.runtime")
+
+#: Payment states that are an outcome; ``pending``/``unknown`` are not.
+FINAL_PAYMENT_STATES = frozenset({"approved", "declined", "reversed"})
+#: A payment nobody resolved for this long no longer holds back a disruptive command (the
+#: uplink's follow-up and staff take it from there).
+UNRESOLVED_MAX_AGE_S = 3600.0
 
 
 class PaymentDesk:
@@ -51,6 +60,33 @@ class PaymentDesk:
         # request id or payment id → what the payment was for; kept beyond the session,
         # since a payment may settle after the patient left (ledger kind, cash change).
         self._intents: dict[str, PayIntent] = {}
+        # Payments under way or without a final outcome (request id / payment id → since,
+        # monotonic): a reboot or restart ordered from central waits until they resolve.
+        self._unresolved: dict[str, float] = {}
+        self._aliases: dict[str, set[str]] = {}  # payment id → the ids it is held under
+        self._monotonic: Callable[[], float] = time.monotonic
+
+    @property
+    def unresolved(self) -> list[str]:
+        """Request/payment ids of payments sent and not yet resolved (recent ones only)."""
+        cutoff = self._monotonic() - UNRESOLVED_MAX_AGE_S
+        for key in [k for k, t in self._unresolved.items() if t < cutoff]:
+            del self._unresolved[key]
+            self._aliases.pop(key, None)
+        return sorted(self._unresolved)
+
+    def _track(self, result: PaymentResult, *keys: str | None) -> None:
+        """Hold the payment as unresolved until its state is final (under every id of it)."""
+        ids = {k for k in (*keys, result.payment_id) if k}
+        ids |= self._aliases.get(result.payment_id, set())
+        if result.state in FINAL_PAYMENT_STATES:
+            for k in ids:
+                self._unresolved.pop(k, None)
+            self._aliases.pop(result.payment_id, None)
+        else:
+            for k in ids:
+                self._unresolved.setdefault(k, self._monotonic())
+            self._aliases[result.payment_id] = ids
 
     async def pay(self, *, purpose: str, refs: list[str], amount_fen: int, method: str,
                   scan_id: str | None, request_id: str, timeout_s: float | None,
@@ -88,9 +124,12 @@ class PaymentDesk:
         self.shipper.record("payment.requested", {
             "request_id": request_id, "amount_fen": amount_fen, "method": body["method"],
             "purpose": purpose})
+        self._unresolved.setdefault(request_id, self._monotonic())
         try:
             result = await self.link.call("pay.create", body, timeout_s, request_id)
         except Exception as exc:
+            if not _maybe_taken(exc):
+                self._unresolved.pop(request_id, None)  # refused or never sent: nothing moved
             self.shipper.record("payment.error", {
                 "request_id": request_id,
                 "error": str(getattr(exc, "code", "")) or type(exc).__name__})
@@ -105,6 +144,7 @@ class PaymentDesk:
         if isinstance(result, PaymentResult):
             self._audit(request_id, result)
             self._note(result, request_id)
+            self._track(result, request_id)
 
     async def settled_later(self, type_: str, request_id: str, result: BaseModel | None,
                             error: Any) -> None:
@@ -116,6 +156,9 @@ class PaymentDesk:
         if paid is not None:
             self._audit(request_id, paid)
             self._note(paid, request_id)
+            self._track(paid, request_id)
+        elif error is not None:
+            self._unresolved.pop(request_id, None)  # final: the platform never took it
         body = {"request_id": request_id, "state": state,
                 "payment_id": paid.payment_id if paid is not None else ""}
         self.bus.publish("payment.settled", body)
@@ -166,6 +209,7 @@ class PaymentDesk:
         if not isinstance(result, PaymentResult):  # the uplink validated it as this model
             raise TypeError(f"pay.* answered with {type(result).__name__}")
         self._note(result)
+        self._track(result)  # the request id it was created under resolves with it
         return result
 
     async def refund(self, payment_id: str, amount_fen: int, reason: str) -> RefundDone:
@@ -204,3 +248,8 @@ class PaymentDesk:
         if not isinstance(result, PaymentList):  # the uplink validated it as this model
             raise TypeError(f"pay.list answered with {type(result).__name__}")
         return list(result.payments)
+
+
+def _maybe_taken(exc: BaseException) -> bool:
+    """True when a failed ``pay.create`` may still have moved money (outcome unknown)."""
+    return isinstance(exc, OutcomeUnknown | UplinkClosed)

@@ -8,6 +8,7 @@
   let lang = "zh", elder = false, page = 0, pageKey = "";
   let ui = { idle_timeout_s: 60, countdown_s: 10, hospital_name: "", staff_lock_s: 300 };
   let V = null;                    // the last view from the server
+  let uiRev = 0;                   // revision of the screen settings in `ui` (/api/config)
   let lastActivity = Date.now(), stateSince = Date.now(), stateKey = "";
 
   const t = (k) => (I18N[lang][k] ?? k);
@@ -62,6 +63,9 @@
     // counts these as it counts touches, or the first patient after a quiet spell is timed
     // out the moment their card goes in).
     if (!V || v.activity !== V.activity || screenKey(v) !== screenKey(V)) lastActivity = Date.now();
+    // Central changed the screen settings (language, idle timeout, countdown, voice): take
+    // them again from /api/config; the view only says that they changed.
+    if (v.ui_rev !== undefined && v.ui_rev !== uiRev) loadConfig(true);
     V = v; render();
   }
 
@@ -133,6 +137,21 @@
       ${V.online.platform ? "" : fixed("warn", "oos_sub", "oos_works")}
       <div class="actions">${btn(t("reports_nocard"), 'data-start="reports" data-testid="reports-nocard"', "secondary wide")}</div>`,
     reading: () => waiting("reading"),
+    // Not enrolled yet: the pairing code a technician approves at central, big.
+    pairing: () => {
+      const p = V.pairing || {};
+      const head = both(p.state === "rejected" ? "pair_rejected" : p.code ? "pair_title" : "pair_enrolling");
+      const when = (iso) => { try { return new Date(iso).toLocaleString(lang === "zh" ? "zh-CN" : "en-GB", { timeZone: ui.timezone || "Asia/Shanghai", year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit" }); } catch (_) { return iso; } };
+      const line = (k, v, tid) => `<div class="row"><span class="k">${esc(both(k).main)}<span class="en"> ${esc(both(k).sub)}</span></span><span class="v" data-testid="${tid}">${esc(v)}</span></div>`;
+      const [m, s2] = lang === "zh" ? [p.message_zh, p.message] : [p.message, p.message_zh];
+      const code = p.code ? `<div class="pair-label">${esc(both("pair_code").main)} <span class="en">${esc(both("pair_code").sub)}</span></div>
+        <div class="pair-code" data-testid="pairing-code">${esc(p.code)}</div>` : (p.state === "rejected" ? "" : `<div class="spinner"></div>`);
+      return `<div class="pairing" data-testid="pairing" role="status"><div class="pair-h">${esc(head.main)}</div><div class="pair-s">${esc(head.sub)}</div>${code}
+        <div class="card pair-info">${p.serial ? line("pair_serial", p.serial, "pairing-serial") : ""}${p.expires_at && p.state === "pending" ? line("pair_expires", when(p.expires_at), "pairing-expires") : ""}
+        ${p.retry_at && p.state === "rejected" ? line("pair_retry", when(p.retry_at), "pairing-retry") : ""}</div>
+        ${m && p.state !== "pending" ? `<div class="card msg ${p.state === "rejected" ? "err" : ""}" data-testid="pairing-message"><h2>${esc(m)}</h2><div class="en">${esc(s2 || "")}</div></div>` : ""}
+        ${p.state === "pending" ? `<div class="pair-todo">${esc(both("pair_todo").main)}<div class="en">${esc(both("pair_todo").sub)}</div></div>` : ""}</div>`;
+    },
     // The session is over but the card is still in the slot: nothing else until it is out.
     take_card: () => `<div class="attract take" data-testid="take-card" role="alert"><div class="big">${esc(t("take_out"))}</div>
       <div class="sub">${esc(both("take_out").sub)}</div><div class="slotpic">${ICON.cardOut}</div></div>`,
@@ -517,7 +536,7 @@
     const cashier = V.role === "cashier";
     // Nothing to time out on the start screen or while the card is asked back; the clock
     // starts from when the screen is left, not from the last patient's last touch.
-    const idleOk = cashier ? V.screen === "locked" : V.screen === "attract" || V.screen === "take_card";
+    const idleOk = V.screen === "pairing" || (cashier ? V.screen === "locked" : V.screen === "attract" || V.screen === "take_card");
     const ov = $("#overlay");
     if (idleOk || (V.flow && V.flow.busy)) { cd.hidden = ov.hidden = true; lastActivity = Date.now(); return; }
     const limit = cashier ? ui.staff_lock_s : ui.idle_timeout_s;
@@ -555,8 +574,23 @@
     es.onerror = () => { clearTimeout(netTimer); netTimer = setTimeout(() => { $("#net").className = "dot off"; }, 3000); };
   }
 
+  let loading = null;
+  async function loadConfig(changed) {
+    if (loading) return loading;
+    loading = (async () => {
+      try {
+        const c = await (await fetch("/api/config")).json();
+        const before = ui.language;
+        ui = c.ui; uiRev = c.ui_rev ?? 0;
+        if (!changed) { lang = ui.language; elder = !!ui.elder_mode; }
+        else if (ui.language !== before) { lang = ui.language; if (V) render(); }
+      } catch (_) {}
+    })();
+    try { await loading; } finally { loading = null; }
+  }
+
   (async () => {
-    try { ui = (await (await fetch("/api/config")).json()).ui; lang = ui.language; elder = !!ui.elder_mode; } catch (_) {}
+    await loadConfig(false);
     connect();
     setInterval(tick, 500); tick();
   })();

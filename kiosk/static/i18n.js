@@ -81,6 +81,9 @@ window.I18N = {
     oos_works_body: "读卡显示身份信息；已支付但未出凭条的补打。其他业务请到人工窗口办理。",
     reprint_at_counter: "凭条无法在本机补打，请到人工窗口补打（不会重复收费）", show_queue: "请记下或拍下本页候诊号，凭候诊号就诊。",
     m_wechat: "微信支付", m_alipay: "支付宝", m_insurance: "医保统筹",
+    pair_title: "等待管理员批准", pair_enrolling: "正在申请设备证书…", pair_rejected: "申请未获批准",
+    pair_code: "设备配对码", pair_serial: "设备序列号", pair_expires: "有效期至", pair_retry: "将于以下时间重新申请",
+    pair_todo: "请将配对码告知管理员，批准后本机自动启用。",
   },
   en: {
     lang: "中文", elder: "Large text", elder_off: "Standard",
@@ -164,6 +167,9 @@ window.I18N = {
     oos_works_body: "Reading your card; reprinting a paid slip that did not print. Please go to a staffed counter for anything else.",
     reprint_at_counter: "The slip cannot be reprinted here — a staffed counter will print it (no second charge)", show_queue: "Note or photograph the queue number on this screen; it is all you need to be seen.",
     m_wechat: "WeChat Pay", m_alipay: "Alipay", m_insurance: "Medical insurance",
+    pair_title: "Waiting for approval", pair_enrolling: "Requesting this terminal's certificate…", pair_rejected: "Request not approved",
+    pair_code: "Pairing code", pair_serial: "Serial number", pair_expires: "Valid until", pair_retry: "Asking again at",
+    pair_todo: "Give the pairing code to the administrator; this terminal starts once it is approved.",
   },
 };
 

@@ -365,6 +365,25 @@ class CardService:
             raise E.CardRemoved("No card in the patient reader", "请插入居民健康卡。")
         return await self._bounded(self._blocking_all, reader)  # type: ignore[no-any-return]
 
+    async def probe_sam(self) -> dict[str, Any]:
+        """Open the SAM if it is not open yet (as the first card read would; a PIN it
+        refused before is never sent again) and return :meth:`sam_status` — how a reader
+        self-test learns the terminal number before any patient came."""
+        reader = self._sam_reader()
+        if reader is not None and self.config.enabled:
+            def blocking(r: str) -> None:
+                self._acquire(r)
+                try:
+                    self._ensure_sam()
+                finally:
+                    self._card_lock.release()
+
+            try:
+                await self._bounded(blocking, reader)
+            except E.CardError as exc:  # the state says what is wrong
+                log.warning("SAM probe in %s failed (%s)", reader, exc.code)
+        return self.sam_status()
+
     async def reset_sam(self) -> None:
         """Forget the in-memory SAM failure and reopen on next use (the persisted record
         of a rejected PIN stays: the same PIN is still not presented to the same SAM)."""
