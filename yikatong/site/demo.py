@@ -244,6 +244,8 @@ class Terminal:
     sam_slot: Any = None
     terminal_number: bytes = b""  # the SAM's, to put a new one in after a pcscd restart
     parts: list[Supervised] = field(default_factory=list)  # pcscd, edge, kiosk
+    serial: str = ""  # its hardware serial: what it enrolls with (docs/fleet-trust.md)
+    approve: bool = True  # the demo approves it; False: it waits for a person to
 
     @property
     def procs(self) -> list[Any]:
@@ -274,8 +276,11 @@ class Site:
         self.platform_port = self._port(8600)
         self.dashboard_port = self._port(8800)
         self.broker_port = self._port(1883)
+        self.tls_port = self._port(8883)  # devices: mutual TLS with their enrolled certificate
+        self.enroll_port = self._port(8884)  # the enrollment broker (claim credential only)
         self.panel_port = self._port(8900)
         self.admin_token = secrets.token_urlsafe(24)
+        self.claim_dir = self.workdir / "claim"  # the claim bundle the terminals enroll with
         self._panel: Any = None
 
     def _port(self, preferred: int) -> int:
@@ -361,21 +366,32 @@ class Site:
             "card_no": DEMO_LOST_PATIENT["card_number"], "action": "add", "reason": "lost"},
             timeout=10).raise_for_status()
 
-        # 2. central (+ its own Mosquitto)
+        # 2. central (+ its own Mosquitto, the fleet CA and the enrollment broker)
         central_cfg = wd / "central.toml"
         central_cfg.write_text(toml_text({
             "central": {"data_dir": str(wd / "central"), "site_name": "示范市第一人民医院"},
-            "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port},
+            # Devices connect with the certificates they get at enrollment, never passwords.
+            "broker": {"mode": "embedded", "host": "127.0.0.1", "port": self.broker_port,
+                       "tls": {"host": "127.0.0.1", "port": self.tls_port,
+                               "require_certificate": True}},
+            "fleet": {"enroll_host": "127.0.0.1", "enroll_port": self.enroll_port,
+                      "server_names": ["127.0.0.1", "localhost"]},
             "platform": {"kind": "reference", "base_url": self.platform_url},
             "dashboard": {"host": "127.0.0.1", "port": self.dashboard_port,
                           "admin_token_file": str(admin_file)},
         }))
         central = self._spawn("central", ["central", "--config", str(central_cfg)])
         wait_http(f"{self.dashboard_url}api/status", 40, central)
+        self._write_claim_bundle(wd / "claim")
 
-        # 3. two terminals, each with its own card reader, SAM and printer
-        for n, (dev, role) in enumerate((("kiosk-001", "kiosk"), ("cashier-001", "cashier"))):
-            term = Terminal(dev, role, api_port=self._port(8701 + n), ui_port=self._port(8080 + n))
+        # 3. three terminals, each with its own card reader, SAM and printer. They come up
+        # with no identity and ask central for one by claim; the demo approves the first
+        # two as a technician would, and leaves the third waiting with its pairing code.
+        plan = (("kiosk-001", "kiosk", True), ("cashier-001", "cashier", True),
+                ("kiosk-002", "kiosk", False))
+        for n, (dev, role, approve) in enumerate(plan):
+            term = Terminal(dev, role, api_port=self._port(8701 + n), ui_port=self._port(8080 + n),
+                            serial=f"DEMO{self.seed:04d}{n + 1:04d}", approve=approve)
             tdir = wd / dev
             term.printer = VirtualPrinter(host="127.0.0.1", port=0, out_dir=tdir / "paper")
             term.printer.start()
@@ -387,33 +403,94 @@ class Site:
             term.patient_slot = VirtualCardSlot(term.pcscd.patient_port)
             self._start_terminal(term, tdir)
             self.terminals.append(term)
+        for term in self.terminals:
+            if term.approve:
+                self._approve(term)
+        for term in self.terminals:
+            if term.approve:
+                self._wait_online(term)
 
         # 4. hardware panel
         from yikatong.site.panel import start_panel
 
         self._panel = start_panel(self, self.panel_port)
 
-    def _start_terminal(self, term: Terminal, tdir: Path) -> None:
-        r = httpx.post(f"{self.dashboard_url}api/devices", json={"id": term.device_id,
-                       "role": term.role}, headers={"Authorization": f"Bearer {self.admin_token}"},
-                       timeout=10)
+    def _admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def _write_claim_bundle(self, out: Path) -> None:
+        """What a technician puts on a device image (``ykt fw claim-bundle``), from central."""
+        r = httpx.get(f"{self.dashboard_url}api/fleet/claim-bundle", headers=self._admin(),
+                      timeout=10)
         r.raise_for_status()
-        pw_file = secret_file(tdir / "secrets" / "mqtt.password", r.json()["password"])
+        bundle = r.json()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "ca.pem").write_text(bundle["ca_pem"])
+        (out / "central-signing.pub").write_text(bundle["signing_pub_pem"])
+        secret_file(out / "claim.password", bundle["claim_password"])
+        self.claim_dir = out
+
+    def pending_enrollment(self, serial: str, timeout: float = 40.0) -> dict[str, Any]:
+        """The open enrollment request of the device with ``serial`` (waits for it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = httpx.get(f"{self.dashboard_url}api/enrollments", params={"status": "pending"},
+                          headers=self._admin(), timeout=10)
+            r.raise_for_status()
+            rows = r.json()
+            rows = rows.get("enrollments", rows) if isinstance(rows, dict) else rows
+            for row in rows:
+                if row["serial"] == serial and row["status"] == "pending":
+                    return dict(row)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no enrollment request from serial {serial} within "
+                                   f"{timeout:.0f} s (see logs/)")
+            time.sleep(0.2)
+
+    def _approve(self, term: Terminal) -> None:
+        req = self.pending_enrollment(term.serial)
+        r = httpx.post(f"{self.dashboard_url}api/enrollments/{req['code']}/approve",
+                       json={"device_id": term.device_id, "role": term.role, "site": "门诊楼"},
+                       headers=self._admin(), timeout=20)
+        r.raise_for_status()
+        print(f"[demo] approved enrollment {req['code']} of serial {term.serial} as "
+              f"{term.device_id} ({term.role}) — a technician does this with "
+              f"`ykt fw enroll approve {req['code']} --name {term.device_id} --role "
+              f"{term.role} --site 门诊楼`", file=self.out or sys.stdout, flush=True)
+
+    def _wait_online(self, term: Terminal, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = httpx.get(f"{self.dashboard_url}api/devices", headers=self._admin(), timeout=10)
+            if r.status_code == 200 and any(d["id"] == term.device_id and d["online"]
+                                            for d in r.json()["devices"]):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{term.device_id} did not come online with its certificate within "
+                           f"{timeout:.0f} s (see logs/{term.device_id}-edge.log)")
+
+    def _start_terminal(self, term: Terminal, tdir: Path) -> None:
         api_token = secrets.token_urlsafe(24)
         token_file = secret_file(tdir / "secrets" / "edge-api.token", api_token)
         pin_file = secret_file(tdir / "secrets" / "sam.pin", SAM_PIN)
         edge_cfg = tdir / "edge.toml"
         edge_cfg.write_text(toml_text({
-            "device": {"id": term.device_id, "role": term.role,
-                       "hospital_name": "示范市第一人民医院", "data_dir": str(tdir / "data")},
+            # No id or role: the device learns them when central approves its enrollment.
+            "device": {"hospital_name": "示范市第一人民医院", "data_dir": str(tdir / "data")},
             "api": {"host": "127.0.0.1", "port": term.api_port, "token_file": str(token_file)},
             "card": {"patient_reader": term.pcscd.patient_reader,
                      "sam_reader": term.pcscd.sam_reader, "sam_pin_file": str(pin_file),
                      "hotlist_path": str(tdir / "data" / "hotlist.db")},
             "printer": {"kind": "network", "host": "127.0.0.1", "port": term.printer.port,
                         "profile": "xprinter_xp80"},
-            "uplink": {"host": "127.0.0.1", "port": self.broker_port,
-                       "username": term.device_id, "password_file": str(pw_file),
+            "enrollment": {"host": "127.0.0.1", "port": self.enroll_port,
+                           "cafile": str(self.claim_dir / "ca.pem"),
+                           "claim_password_file": str(self.claim_dir / "claim.password"),
+                           "signing_public_key": str(self.claim_dir / "central-signing.pub"),
+                           "serial": term.serial, "model": "Yikatong demo kiosk",
+                           "retry_s": 3.0},
+            "uplink": {"host": "127.0.0.1", "port": self.tls_port,
+                       "tls": {"cafile": str(self.claim_dir / "ca.pem")},
                        "outbox_path": str(tdir / "data" / "outbox.db"),
                        "state_path": str(tdir / "data" / "uplink-state.json"),
                        "retry_interval_s": 3.0},
@@ -528,17 +605,22 @@ class Site:
 
 def guide(site: Site) -> str:
     """What a new user needs once the site is up: URLs, sign-in, secrets' places, flows."""
-    kiosk, cashier = site.terminals
+    kiosk, cashier, waiting = site.terminals
     admin_file = site.workdir / "secrets" / "central-admin.token"
+    central = site.dashboard_url.rstrip("/")
+    auth = f"--central {central} --token-file {admin_file}"
     return f"""
   Yikatong site-in-a-box is running.
     Kiosk UI (patient self-service) : {kiosk.ui_url}
     Cashier UI (desk terminal)      : {cashier.ui_url}
+    Kiosk waiting for enrollment    : {waiting.ui_url}
     Staff dashboard (central)       : {site.dashboard_url}
+      sign in there with 用管理员令牌登录 "Sign in with the admin token" (the file below)
     Central API                     : {site.dashboard_url}api/status
     Hardware panel (insert cards)   : {site.panel_url}
     Reference platform API docs     : {site.platform_url}/docs
-    MQTT broker (Mosquitto)         : 127.0.0.1:{site.broker_port}
+    MQTT broker (Mosquitto)         : 127.0.0.1:{site.broker_port} (central), \
+127.0.0.1:{site.tls_port} (devices, mutual TLS), 127.0.0.1:{site.enroll_port} (enrollment)
     Cashier sign-in                 : badge {DEMO_BADGE}, PIN {DEMO_STAFF_PIN}
     Admin token (ykt fw --token-file): {admin_file}
   Try each flow (cards in the panel; each demo patient has bills, reports and a booking):
@@ -548,7 +630,16 @@ def guide(site: Site) -> str:
     报告 Lab reports : insert the card → 报告打印 → a ready report prints (one is still pending)
     收费 Cashier     : cashier-001 → sign in as above → insert a card → settle bills / top up
     异常卡 Bad cards : panel → 过期卡 expired / 挂失卡 lost / 故障卡 faulty → what to do
-    设备 Fleet       : ykt fw device list --central {site.dashboard_url.rstrip("/")}
+    设备 Fleet       : ykt fw device list {auth}
+  Technician's path (enrollment by claim, docs/fleet-trust.md):
+    {waiting.device_id} waits for approval: its screen {waiting.ui_url} and its printer show
+    a pairing code. Approve it on the dashboard's enrollment page, or:
+      ykt fw enroll list {auth}
+      ykt fw enroll approve CODE --name {waiting.device_id} --role kiosk --site 门诊楼 \\
+          {auth}
+    Then push a setting and run a command on it:
+      ykt fw config set device {waiting.device_id} ui.language=en {auth}
+      ykt fw cmd {waiting.device_id} printer.test --wait {auth}
   Press Ctrl-C to stop everything.
 """
 
