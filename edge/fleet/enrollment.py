@@ -399,7 +399,7 @@ class Enrollment:
     async def _print(self, status: EnrollStatus) -> None:
         if self.printer is None or status.code is None:
             return
-        from edge.fleet.slips import PairingSlip
+        from edge.devices.printer.documents import PairingSlip
 
         expires = None
         if status.expires_at is not None:

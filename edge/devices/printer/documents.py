@@ -21,6 +21,7 @@ __all__ = [
     "Document",
     "LabItem",
     "LabReport",
+    "PairingSlip",
     "PayMethod",
     "PaymentReceipt",
     "ReceiptItem",
@@ -402,6 +403,27 @@ class TestPage:
         _non_empty(self.kind, "device_id", self.device_id)
 
 
+@dataclass(frozen=True)
+class PairingSlip:
+    """设备配对码 / Pairing code, printed once while the device waits for enrollment: what a
+    technician reads to approve it (docs/fleet-trust.md). Times are the site's local time."""
+
+    kind: ClassVar[str] = "pairing_slip"
+
+    hospital_name: str
+    code: str
+    serial: str
+    printed_at: datetime
+    expires_at: datetime | None = None
+    model: str = ""
+    copy: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self)
+        for name in ("hospital_name", "code", "serial"):
+            _non_empty(self.kind, name, getattr(self, name))
+
+
 Document: TypeAlias = (
     RegistrationSlip
     | PaymentReceipt
@@ -412,4 +434,5 @@ Document: TypeAlias = (
     | ClosingReport
     | ShiftReport
     | TestPage
+    | PairingSlip
 )

@@ -16,6 +16,7 @@ from edge.devices.printer.documents import (
     ClosingReport,
     Document,
     LabReport,
+    PairingSlip,
     PaymentReceipt,
     RefundReceipt,
     RegistrationSlip,
@@ -427,6 +428,24 @@ def _test_page(doc: TestPage, page: _Page) -> None:
     page.footer(doc.printed_at, ["如以上内容清晰完整、切纸正常，打印机工作正常。"], doc.copy)
 
 
+def _pairing(doc: PairingSlip, page: _Page) -> None:
+    page.header(doc.hospital_name, "设备配对码", doc.copy)
+    page.text("PAIRING CODE", align="center", bold=True)
+    page.b.feed(1)
+    page.text(doc.code, align="center", bold=True, width=2, height=2)
+    page.b.feed(1)
+    page.rule()
+    page.kv("序列号", doc.serial)
+    if doc.model:
+        page.kv("型号", doc.model)
+    if doc.expires_at is not None:
+        page.kv("有效期至", doc.expires_at.strftime("%Y-%m-%d %H:%M"))
+    page.footer(doc.printed_at, [
+        "请将配对码告知管理员，在中心批准后本机自动启用。",
+        "Give this code to the administrator; the terminal starts once it is approved.",
+    ], doc.copy)
+
+
 _LAYOUTS: dict[type, Callable[[object, _Page], None]] = {
     RegistrationSlip: _slip,  # type: ignore[dict-item]
     PaymentReceipt: _payment,  # type: ignore[dict-item]
@@ -437,6 +456,7 @@ _LAYOUTS: dict[type, Callable[[object, _Page], None]] = {
     ClosingReport: _closing,  # type: ignore[dict-item]
     ShiftReport: _closing,  # type: ignore[dict-item]
     TestPage: _test_page,  # type: ignore[dict-item]
+    PairingSlip: _pairing,  # type: ignore[dict-item]
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -15,6 +15,7 @@ from edge.devices.printer.documents import (
     Document,
     LabItem,
     LabReport,
+    PairingSlip,
     PaymentReceipt,
     ReceiptItem,
     RefundReceipt,
@@ -151,6 +152,13 @@ def test_page() -> TestPage:
     return TestPage(device_id="KIOSK-BJ01-003", version="0.1.0", printed_at=AT)
 
 
+def pairing_slip() -> PairingSlip:
+    """The slip of a device waiting for enrollment."""
+    return PairingSlip(hospital_name="北京市示范医院", code="7K3M-Q9XZ", serial="10000000abcdef01",
+                       printed_at=AT, expires_at=AT + timedelta(hours=24),
+                       model="Raspberry Pi 4 Model B Rev 1.5")
+
+
 ALL = {
     "slip": slip,
     "payment": payment,
@@ -163,6 +171,7 @@ ALL = {
     "cash_topup": cash_topup,
     "shift_report": shift,
     "test_page": test_page,
+    "pairing_slip": pairing_slip,
 }
 
 

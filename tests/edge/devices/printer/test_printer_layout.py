@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,11 +23,16 @@ from edge.devices.printer.sim.decoder import decode
 
 FIXTURES = Path(__file__).parent / "fixtures"
 KINDS = ["cancellation", "cash_payment", "cash_topup", "closing_report", "lab_report",
-         "payment", "refund", "shift_report", "slip", "test_page", "topup"]
+         "pairing_slip", "payment", "refund", "shift_report", "slip", "test_page", "topup"]
 NAME = "张三丰"
 ID_NUMBER = "110105199001011234"
 Samples = dict[str, Callable[[], Document]]
 PROFILES = ["xprinter_xp80", "epson_tm_t88", "xprinter_xp58"]
+
+
+def test_every_document_type_has_a_golden_sample(samples: Samples) -> None:
+    assert sorted(samples) == sorted(KINDS)
+    assert {type(samples[k]()) for k in KINDS} == set(typing.get_args(Document))
 
 
 @pytest.mark.parametrize("profile", PROFILES)
