@@ -123,7 +123,14 @@ def test_shipped_configs_agree() -> None:
     central = tomllib.loads((root / "central.toml").read_text())["broker"]
     assert central["host"] == "127.0.0.1"  # plain listener: central itself only
     assert central["tls"]["host"] == "0.0.0.0" and central["tls"]["port"] == 8883
+    # On certificates: the fleet CA makes the listener's files; devices trust its chain,
+    # which comes in the claim bundle they enroll with.
+    assert central["tls"]["require_certificate"] is True and "cafile" not in central["tls"]
+    fleet = tomllib.loads((root / "central.toml").read_text())["fleet"]
     for name in ("edge-kiosk.toml", "edge-cashier.toml"):
-        edge = tomllib.loads((root / name).read_text())["uplink"]
-        assert edge["port"] == central["tls"]["port"]
-        assert edge["tls"]["cafile"] == central["tls"]["cafile"]
+        edge = tomllib.loads((root / name).read_text())
+        assert edge["uplink"]["port"] == central["tls"]["port"]
+        assert edge["uplink"]["tls"]["cafile"] == edge["enrollment"]["cafile"]
+        assert edge["enrollment"]["port"] == fleet["enroll_port"]
+        assert edge["uplink"]["host"] in fleet["server_names"]
+        assert edge["enrollment"]["host"] in fleet["server_names"]

@@ -48,17 +48,15 @@ def test_fleet_section_defaults_and_the_tls_files_rule(tmp_path: Path) -> None:
         CentralConfig.model_validate(config(tmp_path, fleet={"server_names": []}))
 
 
-def test_the_shipped_fleet_block_loads_once_uncommented() -> None:
-    import re
+def test_the_shipped_config_runs_on_certificates() -> None:
     import tomllib
 
     text = (Path(__file__).resolve().parents[2] / "config" / "central.toml").read_text()
-    head, block = text.split("# [fleet]\n", 1)
-    block, tail = block.split("\n\n", 1)
-    on = head + "[fleet]\n" + re.sub(r"^# ", "", block, flags=re.M) + "\n\n" + tail
-    cfg = CentralConfig.model_validate(tomllib.loads(on))
+    cfg = CentralConfig.model_validate(tomllib.loads(text))
     assert cfg.fleet is not None and cfg.fleet.enroll_port == 8884
     assert cfg.fleet.server_names == ["central.hospital.lan"]
+    assert cfg.broker.tls is not None and cfg.broker.tls.require_certificate
+    assert cfg.broker.legacy_passwords is False
 
 
 @pytest.fixture
