@@ -13,10 +13,10 @@ Files in ``directory`` (keys 0600, the directory 0700)::
 ``issued.json`` records every certificate issued (serial → device id, expiry) and every
 revocation, so the CRL can be rebuilt after an issuing-key rotation.
 
-Rotation (docs/security.md): the issuing CA is rotated with :meth:`FleetCA.rotate_issuing`
-well before it expires; the old issuing certificate stays in ``chain.pem`` until the last
-device certificate it signed has expired or been re-issued (devices rotate their own keys
-by command). The root is rotated only by re-enrolling the fleet.
+Rotation (docs/fleet-trust.md, ``ykt fw ca rotate``): the issuing CA is rotated with
+:meth:`FleetCA.rotate_issuing` well before it expires; the old issuing certificate stays in
+``chain.pem`` until the last device certificate it signed has expired or been re-issued
+(devices rotate their own keys by command). The root is rotated only by re-enrolling the fleet.
 
 The cryptography package does all of it; nothing here is hand-rolled.
 """
@@ -166,6 +166,11 @@ class FleetCA:
         tmp.write_text(json.dumps(self._record, sort_keys=True, indent=1))
         tmp.replace(d / "issued.json")
 
+    def retired_issuing(self) -> list[x509.Certificate]:
+        """Issuing CAs rotated out, newest first (still trusted, still signing their CRL)."""
+        return [x509.load_pem_x509_certificate(p.encode())
+                for p in self._record.get("old_issuing", [])]
+
     @property
     def chain_file(self) -> Path:
         """What devices and the broker trust: issuing CA(s) and root."""
@@ -192,8 +197,10 @@ class FleetCA:
             _write_private(retired / f"{self.issuing.serial_number}.key",
                            _key_pem(self._issuing_key))
         key = ec.generate_private_key(ec.SECP256R1())
-        self.issuing = self._ca_cert(_name("Yikatong Fleet Issuing CA"), key, self.root.subject,
-                                     self._root_key, now, days=days, path_length=0)
+        # Each generation its own name: an operator (and OpenSSL) tells them apart at a glance.
+        self.issuing = self._ca_cert(_name(f"Yikatong Fleet Issuing CA {now:%Y%m%d-%H%M%S}"),
+                                     key, self.root.subject, self._root_key, now, days=days,
+                                     path_length=0)
         self._issuing_key = key
         self._save()
         self.write_crl(now=now)

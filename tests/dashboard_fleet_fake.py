@@ -79,6 +79,7 @@ class FakeFleet:
         self.t0 = now or datetime.now(UTC).replace(microsecond=0)
         self.step_s = step_s
         self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.ca_generations = [2]
         self.script = copy.deepcopy(_OK)
         t0 = self.t0
         self.sites = {"门诊楼": {"ui": {"language": "zh"}, "telemetry_interval_s": 60},
@@ -265,6 +266,24 @@ class FakeFleet:
         d["online"] = False
         d["enabled"] = False
         return self.device_detail(dev)
+
+    def ca_view(self) -> dict[str, Any]:
+        def cert(serial: str, subject: str, days: int) -> dict[str, Any]:
+            return {"serial": serial, "subject": subject, "not_before": _ts(self.t0),
+                    "not_after": _ts(self.t0 + timedelta(days=days))}
+
+        gens = self.ca_generations
+        return {"root": cert("1", "CN=Yikatong Fleet Root CA", 7300),
+                "issuing": cert(str(gens[-1]), f"CN=Yikatong Fleet Issuing CA G{gens[-1]}",
+                                1825),
+                "retired": [cert(str(g), f"CN=Yikatong Fleet Issuing CA G{g}", 1000)
+                            for g in reversed(gens[:-1])],
+                "server": {"serial": "77", "not_after": _ts(self.t0 + timedelta(days=398))}}
+
+    async def rotate_ca(self, *, actor: str) -> dict[str, Any]:
+        self.calls.append(("rotate_ca", {"actor": actor}))
+        self.ca_generations.append(self.ca_generations[-1] + 1)
+        return self.ca_view()
 
     async def disable(self, dev: str, *, actor: str) -> dict[str, Any]:
         self.calls.append(("disable", {"dev": dev, "actor": actor}))

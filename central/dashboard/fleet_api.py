@@ -169,6 +169,14 @@ def fleet_router(fleet: Any, audit: Callable[[str, str, dict[str, Any]], Any]) -
     async def revoke(dev: str, user: Administrator) -> dict[str, Any]:
         return {"revoked": jsonable(await fleet.revoke(dev, actor=user.username))}
 
+    @api.get("/fleet/ca")
+    async def ca(_: Viewer) -> dict[str, Any]:
+        return {"ca": jsonable(fleet.ca_view())}
+
+    @api.post("/fleet/ca/rotate")
+    async def ca_rotate(user: Administrator) -> dict[str, Any]:
+        return {"ca": jsonable(await fleet.rotate_ca(actor=user.username))}
+
     @api.post("/fleet/devices/{dev}/disable")
     async def disable(dev: str, user: Technician) -> dict[str, Any]:
         await fleet.disable(dev, actor=user.username)

@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from pydantic import ValidationError
 
 from central.ca import CaError, FleetCA
@@ -703,6 +704,60 @@ class FleetService:
             now, actor, "fleet.revoke", {"dev": dev, "serials": ",".join(map(str, serials))}))
         self._reload()
         return self.device_detail(dev)
+
+    def ca_view(self) -> dict[str, Any]:
+        """The CA's certificates: root, the issuing CA in use and the retired ones still
+        trusted (they sign their CRL until the certificates they issued are gone)."""
+        def cert(c: x509.Certificate) -> dict[str, Any]:
+            return {"serial": str(c.serial_number), "subject": c.subject.rfc4514_string(),
+                    "not_before": _iso(c.not_valid_before_utc.timestamp()),
+                    "not_after": _iso(c.not_valid_after_utc.timestamp())}
+
+        with self._ca_lock:
+            return {"root": cert(self.ca.root), "issuing": cert(self.ca.issuing),
+                    "retired": [cert(c) for c in self.ca.retired_issuing()],
+                    "server": self._server_view()}
+
+    def _server_view(self) -> dict[str, Any]:
+        try:
+            c = x509.load_pem_x509_certificate(self.server_tls.certfile.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return {"serial": str(c.serial_number),
+                "not_after": _iso(c.not_valid_after_utc.timestamp())}
+
+    async def rotate_ca(self, *, actor: str) -> dict[str, Any]:
+        """A new issuing CA (administrators; docs/fleet-trust.md "Rotating the CA").
+
+        Devices keep working: the old issuing certificate stays in ``chain.pem`` and goes
+        on signing its CRL; new and renewed certificates come from the new one; the brokers'
+        server certificate is re-issued (with its new intermediate, so devices that trust
+        the root verify it) and both brokers reload (Mosquitto re-reads certificates on
+        SIGHUP). Returns :meth:`ca_view`.
+        """
+        actor = _actor(actor)
+        now = self._now()
+
+        def rotate() -> str:
+            with self._ca_lock:
+                old = str(self.ca.issuing.serial_number)
+                self.ca.rotate_issuing(now=now)
+                self.server_tls = server_tls(self.ca, self.fleet_dir,
+                                             self.section.server_names, now=now)
+                self._crl_written = now
+                return old
+
+        old = await asyncio.to_thread(rotate)
+        self._reload()
+        mosq = self.enroll_broker.mosquitto
+        if mosq is not None:
+            await asyncio.to_thread(mosq.reload)
+        view = self.ca_view()
+        await self.store.write(lambda: self.store.append_audit_in_tx(
+            now, actor, "fleet.ca_rotate", {"old_issuing": old,
+                                            "issuing": view["issuing"]["serial"],
+                                            "not_after": view["issuing"]["not_after"]}))
+        return view
 
     async def disable(self, dev: str, *, actor: str) -> dict[str, Any]:
         """Disable ``dev`` (its messages are refused; a password is removed); returns its dict."""

@@ -495,6 +495,42 @@ def cert_rotate(args: argparse.Namespace) -> int:
     return _run_command(args, "cert.rotate", {})
 
 
+def _ca_show(view: dict[str, Any], zone: Any) -> None:
+    rows = [["root", view["root"]["subject"], view["root"]["serial"],
+             site_time(view["root"]["not_after"], zone)],
+            ["issuing", view["issuing"]["subject"], view["issuing"]["serial"],
+             site_time(view["issuing"]["not_after"], zone)]]
+    rows += [["retired", c["subject"], c["serial"], site_time(c["not_after"], zone)]
+             for c in view.get("retired", [])]
+    if view.get("server"):
+        rows.append(["broker server", "", view["server"]["serial"],
+                     site_time(view["server"]["not_after"], zone)])
+    print(table(["CA", "SUBJECT", "SERIAL", f"EXPIRES ({zone.key})"], rows))
+
+
+def ca_show(args: argparse.Namespace) -> int:
+    with _central(args) as c:
+        view = c.call("GET", "/api/fleet/ca")["ca"]
+        if args.json:
+            _json(view)
+            return 0
+        _ca_show(view, _zone(c.zone_name()))
+    return 0
+
+
+def ca_rotate(args: argparse.Namespace) -> int:
+    with _central(args) as c:
+        view = c.call("POST", "/api/fleet/ca/rotate")["ca"]
+        if args.json:
+            _json(view)
+            return 0
+        print("new issuing CA in use; the old one stays trusted and keeps signing its "
+              "revocation list; devices move to the new one as their certificates are "
+              "renewed / 已更换签发证书")
+        _ca_show(view, _zone(c.zone_name()))
+    return 0
+
+
 # -- staff accounts -----------------------------------------------------------------------
 
 def user_add(args: argparse.Namespace) -> int:
@@ -675,6 +711,16 @@ def add_fleet_commands(sub: argparse._SubParsersAction, dsub: argparse._SubParse
     _wait_arg(p)
     _common(p)
     p.set_defaults(func=wrap(cert_rotate))
+
+    ca = sub.add_parser("ca", help="central's fleet CA")
+    casub = ca.add_subparsers(dest="ca_cmd", required=True, metavar="ACTION")
+    p = casub.add_parser("show", help="root, issuing and retired CAs and their expiry")
+    _common(p)
+    p.set_defaults(func=wrap(ca_show))
+    p = casub.add_parser("rotate", help="a new issuing CA (administrator; devices keep "
+                         "working, docs/fleet-trust.md)")
+    _common(p)
+    p.set_defaults(func=wrap(ca_rotate))
 
     u = sub.add_parser("user", help="staff accounts at central (administrator)")
     usub = u.add_subparsers(dest="user_cmd", required=True, metavar="ACTION")

@@ -8,6 +8,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cryptography import x509
 from fleet_support import FleetRig, RawClient, make_csr, rig_fixture  # noqa: F401
 
 from central.fleet.brokers import render_enroll_acl
@@ -167,3 +168,30 @@ async def test_revoked_and_expired_certificates_are_refused(rig: FleetRig) -> No
                             rig.fleet.ca.chain_file.read_text())
     good = rig.device(ok)
     assert await asyncio.to_thread(good.connect)
+
+
+async def test_rotating_the_issuing_ca_keeps_every_device_and_revocation_working(
+        rig: FleetRig) -> None:
+    before = await rig.enroll("SN-CA-1", "kiosk-c01")
+    old_issuer = rig.fleet.ca.issuing
+    view = await rig.fleet.rotate_ca(actor="admin-zhao")
+    assert view["issuing"]["serial"] != str(old_issuer.serial_number)
+    assert [c["serial"] for c in view["retired"]] == [str(old_issuer.serial_number)]
+    # The brokers' server certificate comes from the new issuing CA, both brokers reloaded:
+    # a device enrolled now gets a certificate of the new CA and connects with it.
+    after = await rig.enroll("SN-CA-2", "kiosk-c02")
+    cert = x509.load_pem_x509_certificate(after.cert.read_bytes())
+    cert.verify_directly_issued_by(rig.fleet.ca.issuing)
+    await rig.online(after)
+    # A device holding a certificate of the old CA (and the old chain) still gets in.
+    c = rig.device(before)
+    assert await asyncio.to_thread(c.connect), "the old CA's certificate was refused"
+    await asyncio.to_thread(c.close)
+    # ... and the retired CA still revokes: its CRL is signed and read.
+    await rig.fleet.revoke("kiosk-c01", actor="admin-zhao")
+    assert await rig.refused(before)
+    again = rig.device(after, client_id="kiosk-c02")
+    assert await asyncio.to_thread(again.connect)
+    [audit] = rig.audits("fleet.ca_rotate")
+    assert audit["actor"] == "admin-zhao" and audit["old_issuing"] == str(
+        old_issuer.serial_number)

@@ -324,3 +324,25 @@ def test_unreachable_central_is_one_line_and_exit_1(tmp_path: Path) -> None:
     r = _ykt("enroll", "list", "--central", dead, "--token-file", str(bad),
              env={"YKT_FW_SESSION": str(tmp_path / "s")})
     assert r.returncode == 1 and "world-readable" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ca_show_for_staff_and_rotation_for_administrators_only(fw: Fw) -> None:
+    fw.login("zhao.min")
+    rc, out, err = fw("ca", "show", "--central", fw.url)
+    assert rc == 0, err
+    assert "Yikatong Fleet Issuing CA G2" in out and "retired" not in out
+    rc, _out, err = fw("ca", "rotate", "--central", fw.url)
+    assert rc == 1 and "administrator" in err.lower()
+    fw.login("wang.li")
+    rc, _out, err = fw("ca", "rotate", "--central", fw.url)
+    assert rc == 1 and "administrator" in err.lower()
+    assert [c for c in fw.fleet.calls if c[0] == "rotate_ca"] == []
+    fw.login("chen.jie")
+    rc, out, err = fw("ca", "rotate", "--central", fw.url)
+    assert rc == 0, err
+    assert "已更换签发证书" in out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "G3" in rows["issuing"] and "G2" in rows["retired"]
+    assert fw.fleet.calls[-1] == ("rotate_ca", {"actor": "chen.jie"})
+    rc, out, _err = fw("ca", "show", "--central", fw.url, "--json")
+    assert json.loads(out)["issuing"]["subject"].endswith("G3")
