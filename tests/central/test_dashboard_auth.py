@@ -246,6 +246,8 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, str]] = [
     ("POST", "/api/fleet/devices/{dev}/revoke", "/api/fleet/devices/kiosk-002/revoke", {},
      "administrator"),
     ("GET", "/api/fleet/claim-bundle", "/api/fleet/claim-bundle", None, "administrator"),
+    ("GET", "/api/fleet/ca", "/api/fleet/ca", None, "viewer"),
+    ("POST", "/api/fleet/ca/rotate", "/api/fleet/ca/rotate", {}, "administrator"),
     ("POST", "/api/payments/{request_id}/status", "/api/payments/pay1/status", {},
      "administrator"),
     ("POST", "/api/payments/{request_id}/reverse", "/api/payments/pay1/reverse", {},
