@@ -186,7 +186,7 @@ class FleetService:
         self._bg: set[asyncio.Task[Any]] = set()
         self.stats: dict[str, int] = {"enroll_requests": 0, "enroll_invalid": 0,
                                       "config_published": 0, "publish_errors": 0,
-                                      "results": 0}
+                                      "results": 0, "enroll_capped": 0}
 
     # ================================================================== lifecycle
     @property
@@ -478,6 +478,13 @@ class FleetService:
         if len(open_rows) >= MAX_OPEN_PER_SERIAL:
             log.warning("serial %s has %d open enrollment requests; new key ignored", serial,
                         len(open_rows))
+            return None
+        if not open_rows and E.select().where(
+                (E.status == "pending") & (E.expires_at >= t)).count() \
+                >= self.section.max_open_enrollments:
+            self.stats["enroll_capped"] += 1
+            log.warning("%d enrollment requests are open; the one of %s is ignored until "
+                        "some are decided", self.section.max_open_enrollments, serial)
             return None
         duplicate = bool(open_rows)
         if duplicate:

@@ -32,6 +32,10 @@ class FleetSection(StrictModel):
                                     min_length=1, max_length=32)
     #: An enrollment request not approved within this is answered ``expired``.
     enroll_ttl_s: float = Field(default=_DAY, ge=60, le=30 * _DAY)
+    #: Open (pending) enrollment requests central keeps at most: a leaked claim password
+    #: cannot bury the technicians' list under invented serials. Beyond it new requests
+    #: are ignored (the devices ask again later) and counted in ``enroll_capped``.
+    max_open_enrollments: int = Field(default=200, ge=1, le=100_000)
     #: ``exp`` of a signed desired config.
     config_exp_s: float = Field(default=30 * _DAY, ge=3600, le=365 * _DAY)
     #: Default ``exp`` of a signed command.

@@ -235,3 +235,30 @@ async def test_a_message_for_another_serial_in_the_body_is_ignored(rig: FleetRig
     await asyncio.to_thread(c.publish, "ykt/v1/enroll/SN-TOPIC-01/csr", payload)
     await wait_until_async(lambda: rig.fleet.stats["enroll_invalid"] >= 1, 5)
     assert rig.fleet.enrollments() == []
+
+
+async def test_open_requests_are_capped_so_a_leaked_claim_cannot_flood_the_list(
+        rig: FleetRig) -> None:
+    rig.fleet.section = rig.fleet.section.model_copy(update={"max_open_enrollments": 2})
+    csr1, _ = make_csr("SN-CAP-0001")
+    first, c1 = await ask(rig, "SN-CAP-0001", csr1)
+    await ask(rig, "SN-CAP-0002", make_csr("SN-CAP-0002")[0])
+    # The third invented serial gets no answer and no row; it would ask again later.
+    third = rig.claim("SN-CAP-0003")
+    assert await asyncio.to_thread(third.connect)
+    assert await asyncio.to_thread(third.subscribe, "ykt/v1/enroll/SN-CAP-0003/cert") == 1
+    csr3, _ = make_csr("SN-CAP-0003")
+    await asyncio.to_thread(third.publish, "ykt/v1/enroll/SN-CAP-0003/csr",
+                            csr_envelope("SN-CAP-0003", csr3))
+    assert await asyncio.to_thread(third.get_env, 3) is None
+    assert rig.fleet.stats["enroll_capped"] == 1
+    assert len(rig.fleet.enrollments("pending")) == 2
+    # A device already waiting still gets its code when it asks again.
+    again, _ = await ask(rig, "SN-CAP-0001", csr1, client=c1)
+    assert again.body["code"] == first.body["code"]
+    # Once a technician decides one, the next request is taken.
+    await rig.fleet.reject(first.body["code"], reason="not ours", actor="tech")
+    await asyncio.to_thread(third.publish, "ykt/v1/enroll/SN-CAP-0003/csr",
+                            csr_envelope("SN-CAP-0003", csr3))
+    answer = await asyncio.to_thread(third.get_env, 10)
+    assert answer is not None and answer.body["status"] == "pending"
