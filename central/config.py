@@ -163,4 +163,15 @@ class CentralConfig(StrictModel):
         if t is not None and self.fleet is None and (t.cafile is None or t.certfile is None):
             raise ValueError("broker.tls needs cafile, certfile and keyfile, or a [fleet] "
                              "section whose CA makes them")
+        if self.fleet is not None and t is not None and t.require_certificate \
+                and t.cafile is not None:
+            # The CRL belongs to the fleet CA's listener: with files of another CA given
+            # here, revoking a device would change nothing at the broker.
+            raise ValueError("with [fleet] and require_certificate, leave broker.tls cafile/"
+                             "certfile/keyfile out: the fleet CA makes them and its "
+                             "revocation list is checked")
+        if self.fleet is not None and not self.broker.legacy_passwords and (
+                t is None or not t.require_certificate):
+            raise ValueError("[fleet] devices log in with certificates: set broker.tls "
+                             "require_certificate = true (or legacy_passwords = true)")
         return self

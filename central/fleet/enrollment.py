@@ -88,6 +88,18 @@ def check_csr(pem: str, serial: str) -> CsrCheck:
     return CsrCheck(pem, hashlib.sha256(der).hexdigest())
 
 
+def same_public_key(csr_pem: str, cert_pem: str) -> bool:
+    """True if the CSR asks for the key the certificate already certifies."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    except ValueError:
+        return False
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(csr.public_key().public_bytes(serialization.Encoding.DER, spki)
+                == cert.public_key().public_bytes(serialization.Encoding.DER, spki))
+
+
 def status_body(request_id: str, status: str, **fields: Any) -> dict[str, Any]:
     """An ``enroll.status`` body without None fields."""
     return {"request_id": request_id, "status": status,

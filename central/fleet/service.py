@@ -10,9 +10,9 @@ API and dashboard call it). docs/fleet-trust.md is the design; in short:
   CN = the device id), the chain and the first signed ``config.desired``.
 * **Certificates** — issued and revoked through :class:`~central.ca.FleetCA`; after every
   revocation the CRL is rewritten and the device broker reloaded. ``device.cert_renew``
-  issues a new certificate from a device's new key; the old ones are revoked once the
-  device confirms it runs the new one (its ``cert.rotate`` command succeeded, or — renewed
-  without a command — its next birth).
+  issues a new certificate from a device's new key, only for an open ``cert.rotate``
+  (one certificate per command); the old ones are revoked once the device confirms it
+  runs the new one (its ``cert.rotate`` command succeeded).
 * **Desired config** — layers (site, role, device) merged into each device's settings,
   versioned, signed (one ``seq`` counter per device shared with commands, never reused,
   ``exp`` ``config_exp_s``) and published retained on ``down/config``. Re-signed and
@@ -53,6 +53,7 @@ from central.fleet.enrollment import (
     check_csr,
     new_pairing_code,
     normalise_code,
+    same_public_key,
     status_body,
 )
 from central.fleet.errors import FleetError
@@ -99,6 +100,10 @@ Clock = Callable[[], datetime]
 
 #: At most this many open requests per serial (a claim credential cannot flood the list).
 MAX_OPEN_PER_SERIAL = 4
+#: renew_due sends a device at most one ``cert.rotate`` per this many seconds, and runs this
+#: often itself.
+RENEW_RETRY_S = 6 * 3600
+RENEW_CHECK_S = 600
 #: Largest enrollment message read (a CSR and facts).
 MAX_ENROLL_PAYLOAD = 65_536
 #: Commands listed in :meth:`FleetService.device_detail`.
@@ -165,6 +170,7 @@ class FleetService:
             # The CRL is valid for days; one left from a long stop would lock every device out.
             self.ca.write_crl(now=now)
         self._crl_written = now
+        self._renew_checked = now - timedelta(seconds=RENEW_CHECK_S)  # first round checks
         self.signer = FleetSigner.open(section.signing_key or self.fleet_dir / "signing.key")
         self.tables = FleetTables.open(store)
         self.server_tls: ServerTls = server_tls(self.ca, self.fleet_dir, section.server_names,
@@ -182,7 +188,6 @@ class FleetService:
         self._stopped: asyncio.Event | None = None
         self._decide_lock: asyncio.Lock | None = None
         self._waiters: dict[str, asyncio.Event] = {}
-        self._renewals: dict[str, dict[str, Any]] = {}  # request id → reply (batch re-runs)
         self._bg: set[asyncio.Task[Any]] = set()
         self.stats: dict[str, int] = {"enroll_requests": 0, "enroll_invalid": 0,
                                       "config_published": 0, "publish_errors": 0,
@@ -460,7 +465,15 @@ class FleetService:
                                            "technician",
                                    message_zh="等待审批：请将配对码告知技术人员")
             if row.status == "approved" and row.answer:
-                return dict(json.loads(row.answer))
+                # Asked again (a power cut before it wrote its identity, or it was off past
+                # the config's exp): the same certificate, with the config signed afresh — a
+                # new seq and exp, or the device would refuse the old one as a replay.
+                answer = dict(json.loads(row.answer))
+                if row.device_id and self.store.device(row.device_id) is not None:
+                    *_, env = self._desired_tx(row.device_id, now, force=True)
+                    if env is not None:
+                        answer["config"] = json.loads(encode(env))
+                return answer
             if row.status == "rejected":
                 return status_body(row.request_id, "rejected",
                                    message=(row.reason or "rejected")[:400],
@@ -591,10 +604,10 @@ class FleetService:
                 with self._ca_lock:
                     issued = self.ca.issue_device(csr.encode(), device_id, now=now,
                                                   days=self.section.cert_days, csr_cn=serial)
+                    chain = self.ca.chain_file.read_text()  # not torn by a rotation
             except CaError as exc:
                 raise FleetError(422, exc.code, exc.message, exc.message_zh) from exc
             cert_pem = issued.pem.decode()
-            chain = self.ca.chain_file.read_text()
 
             def register() -> tuple[dict[str, Any], bytes, list[int]]:
                 E, D, C = self.tables.Enrollment, self.tables.FleetDevice, self.tables.FleetCert
@@ -700,13 +713,16 @@ class FleetService:
         self._require_device(dev)
         actor = _actor(actor)
         now = self._now()
-        with self._ca_lock:
-            serials = self.ca.active_serials(dev)
-        await self._revoke_serials(dev, serials, now)
+        # Disabled first: a renewal racing this one is refused inside its write
+        # (cert_renew_in_tx), so the serials read next are all the device will ever have.
         try:
             await asyncio.to_thread(self.registry.disable, dev)
         except RegistryError as exc:
             raise FleetError(404, "unknown_device", exc.message, exc.message_zh) from exc
+        await self.store.write(lambda: None)  # a renewal already in the writer is done
+        with self._ca_lock:
+            serials = self.ca.active_serials(dev)
+        await self._revoke_serials(dev, serials, now)
         await self.store.write(lambda: self.store.append_audit_in_tx(
             now, actor, "fleet.revoke", {"dev": dev, "serials": ",".join(map(str, serials))}))
         self._reload()
@@ -782,83 +798,96 @@ class FleetService:
     def cert_renew_in_tx(self, env: Envelope) -> dict[str, Any]:
         """``device.cert_renew`` (inside the forwarder's write): a new certificate.
 
-        The CSR's CN must be the sending device's id. The old certificates stay valid until
-        the device confirms the new one (see the module docstring).
+        Only in answer to central's own ``cert.rotate`` (sent by staff, or by
+        :meth:`renew_due` near expiry) while it is open: a stolen device cannot extend its
+        certificate by asking, nor by replaying the id of a rotation that is over. One
+        certificate per command, kept in ``fleet_cert``: the same key asking again (a lost
+        reply, a re-run write) gets the same certificate. The CSR's CN must be the sending
+        device's id. The old certificates stay valid until the device reports the command
+        ``succeeded`` (see the module docstring).
         """
-        cached = self._renewals.get(env.id)
-        if cached is not None:
-            return self._record_renewal_tx(env, cached)
         try:
             req = CertRenewReq.model_validate(env.body)
         except ValidationError:
             raise _reject("invalid_request", "invalid cert_renew body",
                           "证书更新请求无效") from None
         dev, now = env.dev, self._now()
-        # Only in answer to central's own cert.rotate (sent by staff, or by renew_due near
-        # expiry): a stolen device cannot extend its certificate by asking.
         if req.command_id is None:
             raise _reject("unknown_command", "a renewal answers a cert.rotate command",
                           "证书更新须由中心发起")
-        self._own_command_tx(dev, req.command_id, "cert.rotate")
+        self._own_command_tx(dev, req.command_id, "cert.rotate", now)
+        self._enabled_tx(dev)
+        C, D = self.tables.FleetCert, self.tables.FleetDevice
+        prior = C.get_or_none(C.command_id == req.command_id)
+        if prior is not None:
+            if not prior.pem or not same_public_key(req.csr, prior.pem):
+                raise _reject("already_renewed", "this cert.rotate already has its certificate",
+                              "该命令已签发证书")
+            with self._ca_lock:
+                chain = self.ca.chain_file.read_text()
+            return {"cert": prior.pem, "chain": chain,
+                    "not_after": format_ts(datetime.fromtimestamp(prior.not_after, UTC))}
         try:
             with self._ca_lock:
                 issued = self.ca.issue_device(req.csr.encode(), dev, now=now,
                                               days=self.section.cert_days)
+                chain = self.ca.chain_file.read_text()
         except CaError as exc:
             raise _reject(exc.code, exc.message, exc.message_zh) from None
-        result = {"cert": issued.pem.decode(), "chain": self.ca.chain_file.read_text(),
-                  "not_after": format_ts(issued.not_after),
-                  "_serial": str(issued.serial), "_not_after": issued.not_after.timestamp(),
-                  "_command_id": req.command_id, "_at": _ts(now)}
-        self._renewals[env.id] = result
-        if len(self._renewals) > 256:
-            self._renewals.pop(next(iter(self._renewals)))
-        return self._record_renewal_tx(env, result)
-
-    def _record_renewal_tx(self, env: Envelope, r: dict[str, Any]) -> dict[str, Any]:
-        D, C = self.tables.FleetDevice, self.tables.FleetCert
-        dev = env.dev
-        if C.get_or_none(C.serial == r["_serial"]) is None:
-            C.create(serial=r["_serial"], dev=dev, not_after=r["_not_after"],
-                     issued_at=r["_at"], source="renew")
-        values = {"cert_serial": r["_serial"], "cert_not_after": r["_not_after"],
-                  "renew_confirm": r["_command_id"] or "birth"}
+        C.create(serial=str(issued.serial), dev=dev, not_after=issued.not_after.timestamp(),
+                 issued_at=_ts(now), source="renew", command_id=req.command_id,
+                 pem=issued.pem.decode())
+        values = {"cert_serial": str(issued.serial),
+                  "cert_not_after": issued.not_after.timestamp(),
+                  "renew_confirm": req.command_id}
         if D.get_or_none(D.dev == dev) is None:
             D.create(dev=dev, **values)
         else:
             D.update(**values).where(D.dev == dev).execute()
-        self.store.append_audit_in_tx(self._now(), dev, "fleet.cert_renew", {
-            "dev": dev, "cert_serial": r["_serial"], "command_id": r["_command_id"]})
-        return {k: v for k, v in r.items() if not k.startswith("_")}
+        self.store.append_audit_in_tx(now, dev, "fleet.cert_renew", {
+            "dev": dev, "cert_serial": str(issued.serial), "command_id": req.command_id})
+        return {"cert": issued.pem.decode(), "chain": chain,
+                "not_after": format_ts(issued.not_after)}
 
-    def _own_command_tx(self, dev: str, command_id: str, name: str) -> Any:
+    def _enabled_tx(self, dev: str) -> None:
+        """Inside the write: a device disabled (or revoked) meanwhile gets nothing new."""
+        info = self.store.device(dev)
+        if info is None or not info.enabled:
+            raise _reject("device_disabled", f"device {dev} is disabled", "设备已停用")
+
+    def _own_command_tx(self, dev: str, command_id: str, name: str, now: datetime) -> Any:
+        """The open (not final, not past ``exp``) command ``name`` of ``dev`` with that id."""
         K = self.tables.FleetCommand
         row = K.get_or_none(K.command_id == command_id)
         if row is None or row.dev != dev or row.name != name:
             raise _reject("unknown_command", f"no {name} command {command_id} for this device",
                           "没有对应的命令")
+        if row.state in FINAL_COMMAND_STATES or row.exp < _ts(now):
+            raise _reject("command_closed", f"{name} command {command_id} is over ({row.state})",
+                          "该命令已结束")
         return row
 
     async def _confirm_renewal(self, dev: str, now: datetime) -> None:
         """The device runs its renewed certificate: revoke the ones before it."""
         D = self.tables.FleetDevice
 
-        def tx() -> str | None:
-            row = D.get_or_none(D.dev == dev)
-            if row is None or row.renew_confirm is None:
-                return None
-            D.update(renew_confirm=None).where(D.dev == dev).execute()
-            return str(row.cert_serial) if row.cert_serial else None
-
-        current = await self.store.write(tx)
-        if current is None:
+        row = D.get_or_none(D.dev == dev)
+        if row is None or row.renew_confirm is None or not row.cert_serial:
             return
+        current = str(row.cert_serial)
         with self._ca_lock:
             older = [s for s in self.ca.active_serials(dev) if str(s) != current]
+        # Revoked first, the marker cleared after: a crash in between revokes again (the
+        # next confirmation or start), never leaves an old certificate valid for good.
         await self._revoke_serials(dev, older, now)
-        await self.store.write(lambda: self.store.append_audit_in_tx(
-            now, "fleet", "fleet.cert_renew_confirmed",
-            {"dev": dev, "cert_serial": current, "revoked": len(older)}))
+
+        def tx() -> None:
+            D.update(renew_confirm=None).where(D.dev == dev).execute()
+            self.store.append_audit_in_tx(now, "fleet", "fleet.cert_renew_confirmed",
+                                          {"dev": dev, "cert_serial": current,
+                                           "revoked": len(older)})
+
+        await self.store.write(tx)
 
     def log_bundle_in_tx(self, env: Envelope) -> dict[str, Any]:
         """``device.log_bundle`` (inside the forwarder's write): keep the device's bundle."""
@@ -868,12 +897,20 @@ class FleetService:
             raise _reject("invalid_request", "invalid log_bundle body",
                           "日志上传请求无效") from None
         dev, now = env.dev, self._now()
-        self._own_command_tx(dev, req.command_id, "logs.collect")
+        row = self._own_command_tx(dev, req.command_id, "logs.collect", now)
         try:
             data = check_bundle(req.gzip_b64)
         except ValueError as exc:
             raise _reject("bad_bundle", f"log bundle refused: {exc}", "日志包无效") from None
         digest = hashlib.sha256(data).hexdigest()
+        if row.bundle:
+            # One bundle per command: the same one again (a lost reply) is answered as before;
+            # another one never replaces what was collected.
+            kept = json.loads(row.bundle)
+            if kept.get("sha256") != digest:
+                raise _reject("already_uploaded", "this logs.collect already has its bundle",
+                              "该命令的日志已上传")
+            return {"size": int(kept["size"]), "sha256": digest}
         folder = self.logs_dir / dev
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = folder / f"{req.command_id}.log.gz"
@@ -1057,10 +1094,6 @@ class FleetService:
     async def on_birth(self, dev: str) -> None:
         """A device came online (forwarder): re-send its config if it runs another one."""
         now = self._now()
-        D = self.tables.FleetDevice
-        fleet_row = D.get_or_none(D.dev == dev)
-        if fleet_row is not None and fleet_row.renew_confirm == "birth":
-            await self._confirm_renewal(dev, now)
         Des, R = self.tables.Desired, self.tables.Reported
         desired = Des.get_or_none(Des.dev == dev)
         if desired is None:
@@ -1278,9 +1311,12 @@ class FleetService:
             D.cert_not_after.is_null(False) & (D.cert_not_after < horizon))]
         if not due:
             return []
+        # Not while one is open, nor again within RENEW_RETRY_S of the last one (a device
+        # that fails its rotation is not sent a new one every round).
         open_rotations = {r.dev for r in K.select(K.dev).where(
             K.dev.in_(due) & (K.name == "cert.rotate")
-            & K.state.not_in(list(FINAL_COMMAND_STATES)))}
+            & (K.state.not_in(list(FINAL_COMMAND_STATES))
+               | (K.created_at > _ts(now) - RENEW_RETRY_S)))}
         sent = []
         for dev in due:
             info = self.store.device(dev)
@@ -1294,13 +1330,31 @@ class FleetService:
             sent.append(dev)
         return sent
 
+    async def confirm_left_renewals(self) -> int:
+        """At start: rotations that succeeded but whose old certificates were not revoked
+        yet (central stopped in between) are finished now; returns how many."""
+        D, K = self.tables.FleetDevice, self.tables.FleetCommand
+        done = [r.dev for r in D.select(D.dev, D.renew_confirm).where(
+            D.renew_confirm.is_null(False))
+            if (cmd := K.get_or_none(K.command_id == r.renew_confirm)) is not None
+            and cmd.state == "succeeded"]
+        for dev in done:
+            await self._confirm_renewal(dev, self._now())
+        return len(done)
+
     async def _periodic(self) -> None:
+        try:
+            await self.confirm_left_renewals()
+        except Exception:
+            log.exception("finishing left-over certificate renewals failed")
         while True:
             await asyncio.sleep(EXPIRY_INTERVAL_S)
             try:
                 await self.expire_due()
-                await self.renew_due()
                 now = self._now()
+                if (now - self._renew_checked).total_seconds() >= RENEW_CHECK_S:
+                    self._renew_checked = now
+                    await self.renew_due()
                 if (now - self._crl_written).total_seconds() >= CRL_REFRESH_S:
                     with self._ca_lock:
                         self.ca.write_crl(now=now)

@@ -72,7 +72,7 @@ class FleetDevice(_Declared):
     cert_not_after = pw.FloatField(null=True)
     enrolled_at = pw.FloatField(null=True)
     #: Old certificates wait for the device to confirm it runs the renewed one: the
-    #: ``cert.rotate`` command id, or "birth" (renewed without a command: next birth).
+    #: ``cert.rotate`` command id (its ``succeeded`` is the confirmation).
     renew_confirm = pw.CharField(max_length=32, null=True)
 
     class Meta:
@@ -88,6 +88,10 @@ class FleetCert(_Declared):
     issued_at = pw.FloatField()
     source = pw.CharField(max_length=16)  # enroll | renew
     revoked_at = pw.FloatField(null=True)
+    #: A renewal: the ``cert.rotate`` it answered (one certificate per command) and the
+    #: certificate itself, handed out again if the same key asks again (a lost reply).
+    command_id = pw.CharField(max_length=32, null=True, unique=True)
+    pem = pw.TextField(null=True)
 
     class Meta:
         table_name = "fleet_cert"

@@ -46,6 +46,16 @@ def test_fleet_section_defaults_and_the_tls_files_rule(tmp_path: Path) -> None:
         CentralConfig.model_validate(config(tmp_path, fleet={"enroll_ttl_s": 1}))
     with pytest.raises(ValidationError):
         CentralConfig.model_validate(config(tmp_path, fleet={"server_names": []}))
+    # Certificates need the listener that asks for them, and its CRL is the fleet CA's.
+    with pytest.raises(ValidationError, match="require_certificate"):
+        CentralConfig.model_validate(config(tmp_path, fleet={}))
+    with pytest.raises(ValidationError, match="revocation list"):
+        CentralConfig.model_validate(config(tmp_path, fleet={}, broker={"tls": {
+            "cafile": "/c.pem", "certfile": "/s.pem", "keyfile": "/s.key",
+            "require_certificate": True}}))
+    legacy = CentralConfig.model_validate(config(tmp_path, fleet={}, broker={
+        "legacy_passwords": True}))
+    assert legacy.fleet is not None  # an old site moving over: passwords still work
 
 
 def test_the_shipped_config_runs_on_certificates() -> None:

@@ -262,3 +262,24 @@ async def test_open_requests_are_capped_so_a_leaked_claim_cannot_flood_the_list(
                             csr_envelope("SN-CAP-0003", csr3))
     answer = await asyncio.to_thread(third.get_env, 10)
     assert answer is not None and answer.body["status"] == "pending"
+
+
+async def test_an_approved_device_asking_again_gets_its_certificate_and_a_fresh_config(
+        rig: FleetRig) -> None:
+    """A power cut after it recorded the config's seq but before it wrote its identity, or a
+    device switched off past the config's exp: the stored approval with a re-signed config."""
+    serial = "SN-AGAIN-001"
+    csr, _ = make_csr(serial)
+    pending, c = await ask(rig, serial, csr)
+    await rig.fleet.approve(pending.body["code"], device_id="kiosk-031", role="kiosk",
+                            site="门诊楼", actor="tech-wang")
+    first = await asyncio.to_thread(c.get_env, 10)
+    assert first is not None and first.body["status"] == "approved"
+    rig.clock.advance(rig.fleet.section.config_exp_s + 60)  # off for longer than exp
+    again, _ = await ask(rig, serial, csr, client=c)
+    assert again.body["status"] == "approved"
+    assert again.body["cert"] == first.body["cert"]
+    old_cfg, new_cfg = first.body["config"], again.body["config"]
+    assert new_cfg["seq"] > old_cfg["seq"] and new_cfg["exp"] > old_cfg["exp"]
+    assert new_cfg["body"] == old_cfg["body"]  # the same settings, signed anew
+    verify(Envelope.model_validate(new_cfg), public_key_from_pem(rig.fleet.signer.public_pem))

@@ -12,11 +12,13 @@ import stat
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from fleet_support import FleetRig, RawClient, make_csr, rig_fixture  # noqa: F401
 from support import wait_until_async
 
+from central.platform.errors import PlatformRejected
 from yikatong.protocol.envelope import encode, new_envelope
 
 
@@ -130,6 +132,59 @@ async def test_a_log_bundle_is_kept_for_its_logs_collect_command(rig: FleetRig) 
     out = rig.fleet.command(cid)["output"]  # type: ignore[index]
     assert out["bundle_size"] == len(data) and out["bundle_sha256"] == digest
     assert rig.audits("fleet.log_bundle")[0]["sha256"] == digest
+    # One bundle per command: the same again is answered the same, another never replaces it.
+    reply = await rig.request(c, "kiosk-l01", "device.log_bundle", bundle)
+    assert error_code(reply) == "ok" and reply["result"]["sha256"] == digest
+    forged = gzip.compress(b"2026-12-01T08:00:00Z info edge: nothing happened\n")
+    reply = await rig.request(c, "kiosk-l01", "device.log_bundle", {
+        **bundle, "gzip_b64": base64.b64encode(forged).decode()})
+    assert error_code(reply) == "rejected" and "already_uploaded" in reply["error"]["message"]
+    assert path.read_bytes() == data
+    # Once the command is over, nothing more is taken for it.
+    await rig.send(c, "kiosk-l01", "result", "cmd.result", {"command_id": cid,
+                                                           "state": "succeeded"})
+    await wait_until_async(lambda: rig.fleet.command(cid)["state"] == "succeeded", 10)
+    reply = await rig.request(c, "kiosk-l01", "device.log_bundle", bundle)
+    assert error_code(reply) == "rejected" and "command_closed" in reply["error"]["message"]
+
+
+async def test_a_rotation_gives_one_certificate_and_its_id_cannot_be_replayed(
+        rig: FleetRig) -> None:
+    """A stolen device holding the id of a cert.rotate cannot mint more certificates."""
+    c = await rig.online(await rig.enroll("SN-REP-1", "kiosk-p01"))
+    sent = await rig.fleet.send_command("kiosk-p01", "cert.rotate", {}, actor="tech")
+    cid = sent["command_id"]
+    csr, _ = make_csr("kiosk-p01")
+    first = await rig.request(c, "kiosk-p01", "device.cert_renew",
+                              {"csr": csr, "command_id": cid})
+    assert error_code(first) == "ok"
+    # The same key again (a new request id: its reply was lost): the same certificate.
+    again = await rig.request(c, "kiosk-p01", "device.cert_renew",
+                              {"csr": csr, "command_id": cid})
+    assert error_code(again) == "ok" and again["result"]["cert"] == first["result"]["cert"]
+    # Another key for the same command: refused.
+    clone, _ = make_csr("kiosk-p01")
+    reply = await rig.request(c, "kiosk-p01", "device.cert_renew",
+                              {"csr": clone, "command_id": cid})
+    assert error_code(reply) == "rejected" and "already_renewed" in reply["error"]["message"]
+    # After the rotation is over (or past its exp) its id is worth nothing.
+    await rig.send(c, "kiosk-p01", "result", "cmd.result", {"command_id": cid,
+                                                           "state": "failed"})
+    await wait_until_async(lambda: rig.fleet.command(cid)["state"] == "failed", 10)
+    reply = await rig.request(c, "kiosk-p01", "device.cert_renew",
+                              {"csr": clone, "command_id": cid})
+    assert error_code(reply) == "rejected" and "command_closed" in reply["error"]["message"]
+    assert len(rig.audits("fleet.cert_renew")) == 1
+    # A device disabled (revoked) while its renewal waits in the writer gets nothing, even
+    # for an open rotation: the check is inside the write, not only at the forwarder's door.
+    open_cmd = await rig.fleet.send_command("kiosk-p01", "cert.rotate", {}, actor="tech")
+    await rig.fleet.disable("kiosk-p01", actor="tech")
+    now = datetime.now(UTC)
+    env = new_envelope("device.cert_renew", "kiosk-p01",
+                       {"csr": clone, "command_id": open_cmd["command_id"]}, now=now,
+                       exp=now + timedelta(minutes=5))
+    with pytest.raises(PlatformRejected, match="device_disabled"):
+        await rig.store.write(lambda: rig.fleet.cert_renew_in_tx(env))
 
 
 async def test_without_fleet_trust_the_requests_are_refused(rig: FleetRig) -> None:
@@ -138,3 +193,22 @@ async def test_without_fleet_trust_the_requests_are_refused(rig: FleetRig) -> No
     csr, _ = make_csr("kiosk-o01")
     reply = await rig.request(c, "kiosk-o01", "device.cert_renew", {"csr": csr})
     assert error_code(reply) == "rejected" and "not_enabled" in reply["error"]["message"]
+
+
+async def test_a_renewal_confirmed_while_central_was_down_is_finished_at_start(
+        rig: FleetRig) -> None:
+    old = await rig.enroll("SN-LEFT-1", "kiosk-x01")
+    c = await rig.online(old)
+    sent = await rig.fleet.send_command("kiosk-x01", "cert.rotate", {}, actor="tech")
+    cid = sent["command_id"]
+    csr, _ = make_csr("kiosk-x01")
+    assert error_code(await rig.request(c, "kiosk-x01", "device.cert_renew",
+                                        {"csr": csr, "command_id": cid})) == "ok"
+    # Central stopped between recording "succeeded" and revoking the old certificate.
+    K = rig.fleet.tables.FleetCommand
+    await rig.store.write(lambda: K.update(state="succeeded").where(
+        K.command_id == cid).execute())
+    assert not rig.fleet.ca.is_revoked(int(old.serial))
+    assert await rig.fleet.confirm_left_renewals() == 1
+    assert rig.fleet.ca.is_revoked(int(old.serial))
+    assert await rig.fleet.confirm_left_renewals() == 0  # done once
