@@ -1092,7 +1092,23 @@ class FleetService:
 
     # ================================================================== results, births
     async def on_birth(self, dev: str) -> None:
-        """A device came online (forwarder): re-send its config if it runs another one."""
+        """A device came online (forwarder): re-send its config if it runs another one.
+
+        In the background: after a broker restart every device is born at once, and the
+        forwarder's workers carry requests (payments), not signatures and publishes.
+        """
+        info = self.store.device(dev)
+        if info is None or not info.enabled:
+            return  # a disabled device is sent nothing
+        self._spawn(self._resend_config(dev), name=f"fleet-birth-{dev}")
+
+    async def _resend_config(self, dev: str) -> None:
+        try:
+            await self._resend_config_now(dev)
+        except Exception:
+            log.exception("re-sending the config of %s failed", dev)
+
+    async def _resend_config_now(self, dev: str) -> None:
         now = self._now()
         Des, R = self.tables.Desired, self.tables.Reported
         desired = Des.get_or_none(Des.dev == dev)
