@@ -275,11 +275,19 @@ class FleetCA:
     def revoke(self, serial: int, *, now: datetime | None = None,
                reason: x509.ReasonFlags = x509.ReasonFlags.unspecified) -> None:
         """Revoke a certificate this CA issued and rewrite the CRL."""
+        self.revoke_many([serial], now=now, reason=reason)
+
+    def revoke_many(self, serials: list[int], *, now: datetime | None = None,
+                    reason: x509.ReasonFlags = x509.ReasonFlags.unspecified) -> None:
+        """Revoke several certificates: one save, one CRL (a device may hold a few)."""
         now = now or datetime.now(UTC)
-        if str(serial) not in self._record["issued"]:
-            raise CaError("unknown_serial", f"serial {serial} was not issued here",
-                          "该证书不是本中心签发的")
-        self._record["revoked"][str(serial)] = {"at": now.isoformat(), "reason": reason.value}
+        for serial in serials:
+            if str(serial) not in self._record["issued"]:
+                raise CaError("unknown_serial", f"serial {serial} was not issued here",
+                              "该证书不是本中心签发的")
+        for serial in serials:
+            self._record["revoked"].setdefault(
+                str(serial), {"at": now.isoformat(), "reason": reason.value})
         self._save()
         self.write_crl(now=now)
 

@@ -600,11 +600,15 @@ class FleetService:
                 return row.request_id, row.serial, row.csr
 
             request_id, serial, csr = await self.store.write(check)
-            try:
+
+            def issue() -> tuple[Any, str]:  # signs and writes files: off the event loop
                 with self._ca_lock:
                     issued = self.ca.issue_device(csr.encode(), device_id, now=now,
                                                   days=self.section.cert_days, csr_cn=serial)
-                    chain = self.ca.chain_file.read_text()  # not torn by a rotation
+                    return issued, self.ca.chain_file.read_text()  # not torn by a rotation
+
+            try:
+                issued, chain = await asyncio.to_thread(issue)
             except CaError as exc:
                 raise FleetError(422, exc.code, exc.message, exc.message_zh) from exc
             cert_pem = issued.pem.decode()
@@ -693,10 +697,13 @@ class FleetService:
         """Revoke ``serials`` at the CA (CRL rewritten), record it, reload the broker."""
         if not serials:
             return
-        with self._ca_lock:
-            for serial in serials:
-                if not self.ca.is_revoked(serial):
-                    self.ca.revoke(serial, now=now)
+        def at_the_ca() -> None:  # signs CRLs and writes files: off the event loop
+            with self._ca_lock:
+                fresh = [s for s in serials if not self.ca.is_revoked(s)]
+                if fresh:
+                    self.ca.revoke_many(fresh, now=now)
+
+        await asyncio.to_thread(at_the_ca)
         C = self.tables.FleetCert
         t = _ts(now)
 
