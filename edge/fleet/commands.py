@@ -12,7 +12,9 @@ Central publishes ``cmd`` on ``ykt/v1/dev/{dev}/down/cmd`` (QoS 1), signed, with
    reports ``delivered``;
 3. a disruptive command (``reboot``, ``service.restart``, ``printer.test``,
    ``reader.selftest``) while a card session is open or a payment is unresolved reports
-   ``waiting`` and runs once the device is idle — or ends ``expired`` at ``exp``;
+   ``waiting`` and runs once the device is idle — or ends ``expired`` at ``exp``; so does
+   ``cert.rotate`` (it restarts the uplink). Idle and ``exp`` are checked again right before
+   the command runs, under the lock that runs one command at a time;
 4. reports ``in_progress`` (journal first), runs, and reports ``succeeded`` / ``failed``
    with its output.
 
@@ -79,6 +81,9 @@ log = logging.getLogger(__name__)
 
 #: Journal states in which a command still has something to do.
 _OPEN = frozenset({"delivered", "waiting", "in_progress"})
+#: Commands that wait for an idle device: the disruptive ones, and cert.rotate (it restarts
+#: the uplink, which a request of a patient's session would see drop).
+_WAITS_FOR_IDLE = DISRUPTIVE_COMMANDS | {"cert.rotate"}
 #: The most a ``device.log_bundle`` may carry (LogBundleReq.gzip_b64).
 _MAX_B64 = 180_000
 
@@ -125,14 +130,31 @@ class LogRing(logging.Handler):
 
 
 def log_bundle(lines: list[str], max_b64: int = _MAX_B64) -> tuple[int, str]:
-    """``(lines kept, base64 of gzip)`` of ``lines``, oldest dropped until it fits."""
+    """``(lines kept, base64 of gzip)`` of ``lines``, oldest dropped until it fits.
+
+    CPU work (run it in a thread): when the whole does not fit, the cut is sized with the
+    compression ratio just measured, so it is compressed about twice, not once per 10 %.
+    """
     keep = list(lines)
-    while True:
-        data = ("\n".join(keep) + ("\n" if keep else "")).encode("utf-8")
-        b64 = base64.b64encode(gzip.compress(data, mtime=0)).decode("ascii")
-        if len(b64) <= max_b64 or not keep:
-            return len(keep), b64
-        keep = keep[max(1, len(keep) // 10):]
+    b64 = _gzip_b64(keep)
+    while len(b64) > max_b64 and keep:
+        raw = sum(len(line.encode("utf-8")) + 1 for line in keep)
+        budget = max_b64 * raw / len(b64) * 0.97  # raw bytes that should fit, with margin
+        n, size = 0, 0
+        for line in reversed(keep):
+            size += len(line.encode("utf-8")) + 1
+            if size > budget:
+                break
+            n += 1
+        n = min(n, len(keep) - 1)  # at least one line less each round
+        keep = keep[len(keep) - n:] if n else []
+        b64 = _gzip_b64(keep)
+    return len(keep), b64
+
+
+def _gzip_b64(lines: list[str]) -> str:
+    data = ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8")
+    return base64.b64encode(gzip.compress(data, mtime=0)).decode("ascii")
 
 
 # --------------------------------------------------------------------------- system
@@ -369,54 +391,89 @@ class CommandRunner:
     async def _execute(self, env: Envelope, seq: int, cmd: Command) -> None:
         result = CommandResult(command_id=cmd.command_id, name=cmd.name, seq=seq,
                                state="in_progress")
-        if cmd.name in DISRUPTIVE_COMMANDS and not await self._wait_idle(env, seq, cmd):
+        waits_for_idle = cmd.name in _WAITS_FOR_IDLE
+        waiting = [False]  # "waiting" reported already (once per command)
+        while True:
+            if waits_for_idle and not await self._wait_idle(env, seq, cmd, waiting):
+                return
+            async with self._run_lock:
+                # Checked again under the lock, right before running: another command may
+                # have held it (cert.rotate: minutes) while a card went in or exp passed.
+                if self._past_exp(env):
+                    await self._expire(env, seq, cmd, "expired",
+                                       message="it expired while another command ran",
+                                       message_zh="等待其他指令执行期间已过期")
+                    return
+                if waits_for_idle and (reason := self.ctx.busy()) is not None:
+                    await self._report_waiting(env, seq, cmd, reason, waiting)
+                    continue  # the lock is released: wait for idle again
+                await self._set(env, result)
+                output = await self._run_handler(env, result, cmd)
+            if output is not None:
+                await self._set(env, result.model_copy(update={"state": "succeeded",
+                                                               "output": _output(output)}))
             return
-        async with self._run_lock:
-            await self._set(env, result)
-            try:
-                async with asyncio.timeout(self.timeout_s):  # not wait_for: keeps a cancel
-                    output = await self.handlers[cmd.name](cmd)
-            except CommandFailed as exc:
-                log.warning("command %s failed: %s", cmd.name, exc.message)
-                await self._set(env, result.model_copy(update={
-                    "state": "failed", "code": exc.code, "message": exc.message[:400],
-                    "message_zh": exc.message_zh, "output": _output(exc.output)}))
-                return
-            except TimeoutError:
-                await self._set(env, result.model_copy(update={
-                    "state": "failed", "code": "timeout", "message": "did not finish in time",
-                    "message_zh": "执行超时"}))
-                return
-            except Exception as exc:
-                log.exception("command %s crashed", cmd.name)
-                await self._set(env, result.model_copy(update={
-                    "state": "failed", "code": "error",
-                    "message": f"{type(exc).__name__}: {exc}"[:400], "message_zh": "执行出错"}))
-                return
-        await self._set(env, result.model_copy(update={"state": "succeeded",
-                                                       "output": _output(output)}))
 
-    async def _wait_idle(self, env: Envelope, seq: int, cmd: Command) -> bool:
-        """Wait until nobody is served; False (reported ``expired``) if ``exp`` comes first."""
-        exp = parse_ts(env.exp) if env.exp else None
-        reported = False
+    async def _run_handler(self, env: Envelope, result: CommandResult,
+                           cmd: Command) -> dict[str, Any] | None:
+        """Run the command (``in_progress`` reported); its output, or None (failure reported)."""
+        try:
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: keeps a cancel
+                return await self.handlers[cmd.name](cmd)
+        except CommandFailed as exc:
+            log.warning("command %s failed: %s", cmd.name, exc.message)
+            await self._set(env, result.model_copy(update={
+                "state": "failed", "code": exc.code, "message": exc.message[:400],
+                "message_zh": exc.message_zh, "output": _output(exc.output)}))
+        except TimeoutError:
+            await self._set(env, result.model_copy(update={
+                "state": "failed", "code": "timeout", "message": "did not finish in time",
+                "message_zh": "执行超时"}))
+        except Exception as exc:
+            log.exception("command %s crashed", cmd.name)
+            await self._set(env, result.model_copy(update={
+                "state": "failed", "code": "error",
+                "message": f"{type(exc).__name__}: {exc}"[:400], "message_zh": "执行出错"}))
+        return None
+
+    def _past_exp(self, env: Envelope) -> bool:
+        return env.exp is not None and self.clock() >= parse_ts(env.exp)
+
+    async def _expire(self, env: Envelope, seq: int, cmd: Command, code: str, *,
+                      message: str, message_zh: str) -> None:
+        log.info("command %s %s expired: %s", cmd.name, cmd.command_id, message)
+        await self._set(env, CommandResult(
+            command_id=cmd.command_id, name=cmd.name, seq=seq, state="expired", code=code,
+            message=message, message_zh=message_zh))
+
+    async def _report_waiting(self, env: Envelope, seq: int, cmd: Command, reason: str,
+                              waiting: list[bool]) -> None:
+        if waiting[0]:
+            return
+        waiting[0] = True
+        log.info("command %s waits: %s", cmd.name, reason)
+        await self._set(env, CommandResult(
+            command_id=cmd.command_id, name=cmd.name, seq=seq, state="waiting",
+            code=reason, message=f"waiting until the device is idle ({reason})",
+            message_zh="等待设备空闲后执行"))
+
+    async def _wait_idle(self, env: Envelope, seq: int, cmd: Command,
+                         waiting: list[bool] | None = None) -> bool:
+        """Wait until nobody is served; False (reported ``expired``) if ``exp`` comes first.
+
+        ``waiting[0]``: ``waiting`` was reported already (it is reported once, then set).
+        """
+        waiting = [False] if waiting is None else waiting
         while True:
             reason = self.ctx.busy()
             if reason is None:
                 return True
-            if exp is not None and self.clock() >= exp:
-                await self._set(env, CommandResult(
-                    command_id=cmd.command_id, name=cmd.name, seq=seq, state="expired",
-                    code="not_idle", message=f"the device was never idle ({reason})",
-                    message_zh="设备一直在服务患者，指令已过期"))
+            if self._past_exp(env):
+                await self._expire(env, seq, cmd, "not_idle",
+                                   message=f"the device was never idle ({reason})",
+                                   message_zh="设备一直在服务患者，指令已过期")
                 return False
-            if not reported:
-                reported = True
-                log.info("command %s waits: %s", cmd.name, reason)
-                await self._set(env, CommandResult(
-                    command_id=cmd.command_id, name=cmd.name, seq=seq, state="waiting",
-                    code=reason, message=f"waiting until the device is idle ({reason})",
-                    message_zh="等待设备空闲后执行"))
+            await self._report_waiting(env, seq, cmd, reason, waiting)
             await asyncio.sleep(self.idle_poll_s)
 
     async def _set(self, env: Envelope, result: CommandResult) -> None:
@@ -484,7 +541,7 @@ class CommandRunner:
         ring = _need(self.ctx.log_ring, "log ring")
         uplink = _need(self.ctx.uplink, "uplink")
         wanted = int(cmd.args.get("lines", 500))
-        kept, b64 = log_bundle(ring.tail(wanted))
+        kept, b64 = await asyncio.to_thread(log_bundle, ring.tail(wanted))
         result = await uplink.request("device.log_bundle", {
             "command_id": cmd.command_id, "lines": kept, "gzip_b64": b64}, timeout=60)
         return {"lines": kept, "size": int(getattr(result, "size", 0)),
@@ -501,7 +558,12 @@ class CommandRunner:
         return {"applied": bool(applied), "version": int(sync.hotlist.version)}
 
     async def _cert_rotate(self, cmd: Command) -> dict[str, Any]:
-        """New key, CSR, ``device.cert_renew``; switch once idle; keep the old until connected."""
+        """New key, CSR, ``device.cert_renew``; switch once idle; keep the old until connected.
+
+        :meth:`_execute` waits for an idle device before this starts (bounded by ``exp``).
+        The switch (files, uplink restart) runs to its end even if the command's timeout or
+        a cancel lands meanwhile: see :meth:`_switch_identity`.
+        """
         store = _need(self.ctx.identity_store, "identity")
         ident = _need(self.ctx.identity, "identity")
         uplink = _need(self.ctx.uplink, "uplink")
@@ -509,35 +571,76 @@ class CommandRunner:
         csr = make_csr(key, self.dev).decode()
         renewed = await uplink.request("device.cert_renew",
                                        {"csr": csr, "command_id": cmd.command_id}, timeout=60)
+        cert, chain = renewed.cert.encode(), renewed.chain.encode()
         try:
-            check_certificate(renewed.cert.encode(), key, self.dev)
+            check_certificate(cert, key, self.dev)
         except IdentityError as exc:
             raise CommandFailed(exc.reason, exc.message, exc.message_zh) from exc
         # The uplink reconnects to take the new certificate: not while a patient is served
-        # (a request in flight would see the link drop).
+        # (a request in flight would see the link drop). A card inserted during the request
+        # above: wait again (bounded by the timeout; nothing has changed yet).
         while self.ctx.busy() is not None:  # noqa: ASYNC110 - polled: no event says "idle"
             await asyncio.sleep(self.idle_poll_s)
-        new = await asyncio.to_thread(store.rotate, key, renewed.cert.encode(),
-                                      renewed.chain.encode(), ident)
-        if await self._reconnect(uplink):
-            await asyncio.to_thread(store.drop_old)
+        switch = asyncio.ensure_future(self._switch_identity(store, uplink, key, cert=cert,
+                                                             chain=chain, ident=ident))
+        cancelled: asyncio.CancelledError | None = None
+        while not switch.done():
+            try:
+                await asyncio.wait({switch})  # a cancel here does not cancel the switch
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # the timeout or a stop: let the switch settle first
+        if cancelled is not None:
+            if not switch.cancelled():
+                switch.exception()  # retrieved (its outcome is logged): asyncio stays quiet
+            raise cancelled
+        return switch.result()
+
+    async def _switch_identity(self, store: IdentityStore, uplink: Any, key: Any, *,
+                               cert: bytes, chain: bytes, ident: Identity) -> dict[str, Any]:
+        """Put the new identity in place and reconnect; go back to the old one if it fails.
+
+        Never left half done: the uplink is always started again, and the ``*.old`` files
+        are always settled (dropped once connected with the new certificate, else restored).
+        """
+        new: Identity | None = None
+        connected = False
+        try:
+            new = await asyncio.to_thread(store.rotate, key, cert, chain, ident)
+            connected = await self._reconnect(uplink)
+        except Exception:
+            log.exception("switching to the new certificate failed")
+        if connected and new is not None:
             self.ctx.identity = new
+            try:
+                await asyncio.to_thread(store.drop_old)
+            except OSError as exc:  # IdentityStore.recover() drops them at the next start
+                log.warning("old identity files not removed: %s", exc)
             log.info("now connected with certificate %s (until %s)", new.cert_serial,
                      new.not_after)
             return {"cert_serial": new.cert_serial, "not_after": new.not_after}
-        log.error("the broker refused the new certificate: back to the old one")
-        old = await asyncio.to_thread(store.restore_old)
-        await self._reconnect(uplink)
+        log.error("the new certificate did not connect: back to the old one")
+        old: Identity | None = None
+        try:
+            old = await asyncio.to_thread(store.restore_old)
+        except Exception:
+            log.exception("restoring the old identity failed")
+        finally:
+            try:
+                await self._reconnect(uplink)
+            except Exception:
+                log.exception("the uplink did not start again")
         self.ctx.identity = old or ident
         raise CommandFailed("new_certificate_refused",
                             "the uplink did not connect with the new certificate; the old "
                             "one is in use again", "新证书无法连接，已恢复原证书",
-                            {"cert_serial": new.cert_serial})
+                            {"cert_serial": new.cert_serial if new is not None else None})
 
     async def _reconnect(self, uplink: Any) -> bool:
         """Restart the uplink (it reads the certificate files when it starts); connected?"""
-        await uplink.stop()
-        await uplink.start()
+        try:
+            await uplink.stop()
+        finally:
+            await uplink.start()
         return bool(await uplink.wait_connected(self.ctx.reconnect_timeout_s))
 
 

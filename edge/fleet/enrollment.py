@@ -14,10 +14,12 @@ before its uplink exists:
    as ``GET /v1/enrollment``; the kiosk shows it full screen) and is printed once on the
    receipt printer (job id ``pairing-{code}``: the printer's durable job store prints a job
    id once, also across restarts);
-4. ``approved``: the first ``config.desired`` in it is checked with central's pinned
-   signing key — signature, ``dev`` = the new device id, seq, expiry, body — *before*
+4. ``approved``: the ``enroll.status`` envelope's signature (central's pinned signing key;
+   every ``enroll.status`` is checked so) and the first ``config.desired`` in it —
+   signature, ``dev`` = the new device id, seq, expiry, body — are checked *before*
    anything else in the message is trusted, then the certificate (our public key, CN = the
-   device id); the config is stored as the first applied one with its seq, the identity is
+   device id, issued by the claim bundle's fleet CA or a CA of the chain it issued); the
+   config is stored as the first applied one with its seq, the identity is
    written (``identity.json`` last), and the session to the enrollment broker ends;
 5. ``rejected``: the reason is shown; after ``rejected_wait_s`` (10 min) it starts again
    with a new key. ``expired``: it asks again at once with a new key (a new request, so a
@@ -52,11 +54,13 @@ from edge.fleet.identity import (
     IdentityError,
     IdentityStore,
     check_certificate,
+    check_issuer,
     make_csr,
 )
 from edge.fleet.remote import CONFIG_STREAM, RunningConfigFile, store_first_config
 from edge.runtime.events import EventBus
 from edge.uplink.config import TlsConfig
+from yikatong.common.config import ConfigError, read_secret
 from yikatong.common.errors import LocalizedError
 from yikatong.mqtt.session import InboundMessage, MqttSession
 from yikatong.protocol import topics
@@ -72,7 +76,7 @@ from yikatong.protocol.fleet import (
     EnrollCsr,
     EnrollStatus,
 )
-from yikatong.protocol.signing import SeqGuard, verify_command
+from yikatong.protocol.signing import SeqGuard, verify_any, verify_command
 
 __all__ = [
     "Enrollment",
@@ -254,14 +258,13 @@ class Enrollment:
                                       "rejected": 0, "expired": 0, "attempts": 0}
 
     def _password(self) -> str:
+        """The claim password, read as every secret is (missing, empty, world-readable: no)."""
         try:
-            value = self.cfg.claim_password_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise EnrollmentError(f"cannot read {self.cfg.claim_password_file}: {exc.strerror}",
-                                  "无法读取注册口令文件") from exc
-        if not value:
-            raise EnrollmentError(f"{self.cfg.claim_password_file} is empty", "注册口令文件为空")
-        return value
+            return read_secret(self.cfg.claim_password_file,
+                               what="enrollment.claim_password_file")
+        except ConfigError as exc:
+            raise EnrollmentError(exc.message,
+                                  "无法读取注册口令文件（缺失、为空或权限过宽）") from exc
 
     async def run(self) -> Identity:
         """Ask until central approves; returns the identity now written to disk."""
@@ -378,6 +381,13 @@ class Enrollment:
             self._ignore(f"unexpected {env.type} for {env.dev}")
             return None
         try:
+            # Central signs every enroll.status: until the whole envelope verifies, nothing
+            # in it (code, device id, role, site, certificate, chain) is central's.
+            verify_any(env, self.keys)
+        except ProtocolError as exc:
+            self._ignore(f"enroll.status not signed by central ({exc.code})")
+            return None
+        try:
             return EnrollStatus.model_validate(env.body)
         except ValidationError as exc:
             self._ignore(f"invalid enroll.status ({exc.error_count()} errors)")
@@ -448,6 +458,19 @@ class Enrollment:
             check_certificate(status.cert.encode(), key, dev)
         except IdentityError as exc:
             self._ignore(f"approval with a certificate that is not ours ({exc.reason})")
+            return None
+        # chain.pem becomes the uplink's trust anchor: the certificate must chain to the
+        # fleet CA of the claim bundle (directly or through a CA of the received chain).
+        try:
+            anchors = await asyncio.to_thread(self.cfg.cafile.read_bytes)
+            check_issuer(status.cert.encode(), status.chain.encode(), anchors)
+        except OSError as exc:
+            self._ignore(f"approval not checked: cannot read {self.cfg.cafile} "
+                         f"({exc.strerror})")
+            return None
+        except IdentityError as exc:
+            self._ignore(f"approval with a certificate the fleet CA did not issue "
+                         f"({exc.reason})")
             return None
         # Config and its seq first, identity.json last: a power cut in between leaves a
         # device that enrolls again, never one that runs without its first config.

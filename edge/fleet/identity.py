@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -46,6 +47,7 @@ __all__ = [
     "IdentityError",
     "IdentityStore",
     "atomic_write",
+    "check_issuer",
     "effective_config",
     "make_csr",
     "new_key",
@@ -129,6 +131,52 @@ def check_certificate(cert_pem: bytes, key: ec.EllipticCurvePrivateKey,
         raise IdentityError(f"the certificate names {cns!r}, not {device_id!r}",
                             "证书中的设备编号不符", reason="cn_mismatch")
     return cert
+
+
+def check_issuer(cert_pem: bytes, chain_pem: bytes, anchors_pem: bytes) -> None:
+    """Raise IdentityError unless ``cert_pem`` chains to a CA certificate of ``anchors_pem``.
+
+    The certificate must be signed by a certificate in ``anchors_pem`` (the claim bundle's
+    fleet CA file), or by a CA certificate of ``chain_pem`` that is itself signed by one in
+    ``anchors_pem``. Without it, whoever can publish on the enrollment broker could hand the
+    device a certificate (and with ``chain.pem`` a trust anchor) of their own.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        anchors = x509.load_pem_x509_certificates(anchors_pem)
+    except ValueError as exc:
+        raise IdentityError("the certificate or the fleet CA file cannot be read",
+                            "证书或根证书文件无法读取", reason="bad_certificate") from exc
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError:
+        chain = []
+    if any(_issued_by(cert, ca) for ca in anchors):
+        return
+    for inter in chain:
+        if _is_ca(inter) and _issued_by(cert, inter) and any(_issued_by(inter, ca)
+                                                             for ca in anchors):
+            return
+    raise IdentityError("the certificate is not issued by the fleet CA",
+                        "证书不是由设备管理中心的证书机构签发", reason="untrusted_issuer")
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """``cert`` names ``issuer`` (a CA certificate) and its signature verifies with it."""
+    if not _is_ca(issuer):
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

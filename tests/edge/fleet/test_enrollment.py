@@ -42,6 +42,7 @@ from yikatong.mqtt.session import InboundMessage, MqttSession
 from yikatong.protocol import topics
 from yikatong.protocol.envelope import decode, encode, new_envelope
 from yikatong.protocol.fleet import ENROLL_DEV, TYPE_ENROLL_STATUS, EnrollCsr
+from yikatong.protocol.signing import sign
 
 SERIAL = "10000000abcdef01"
 
@@ -71,7 +72,8 @@ def test_serial_comes_from_cpuinfo_then_machine_id(tmp_path: Path) -> None:
 class Central:
     """Central's enrollment connection: reads CSRs, answers on ``…/cert``."""
 
-    def __init__(self, eb: Any) -> None:
+    def __init__(self, eb: Any, signer: Any) -> None:
+        self.signer = signer
         self.csrs: asyncio.Queue[EnrollCsr] = asyncio.Queue()
         self.session = MqttSession(
             "central-enroll", host="127.0.0.1", port=eb.port, username=eb.central_user,
@@ -96,8 +98,12 @@ class Central:
     async def next_csr(self, within_s: float = 10) -> EnrollCsr:
         return await asyncio.wait_for(self.csrs.get(), within_s)
 
-    async def answer(self, serial: str, body: dict[str, Any], now: Any) -> None:
+    async def answer(self, serial: str, body: dict[str, Any], now: Any, *,
+                     key: Ed25519PrivateKey | None = None, signed: bool = True) -> None:
+        """Publish ``enroll.status``, signed as central does (``key``: another signer)."""
         env = new_envelope(TYPE_ENROLL_STATUS, ENROLL_DEV, body, now=now)
+        if signed:
+            env = sign(env, key or self.signer.key)
         await self.session.publish(topics.enroll(serial, "cert"), encode(env), qos=1,
                                    timeout_s=5)
 
@@ -165,7 +171,7 @@ async def rig(tmp_path: Path, make_enroll_broker: Callable[[], Any], signer: Any
         rigs.append(r)
         return r
 
-    async with Central(eb) as central:
+    async with Central(eb, signer) as central:
         yield make, central
     for r in rigs:
         await r.close()
@@ -273,6 +279,82 @@ async def test_forged_or_foreign_approvals_are_ignored(rig: Any, issue: Any, fle
     assert (await asyncio.wait_for(r.task, 10)).device_id == "kiosk-101"
 
 
+def self_signed(csr: EnrollCsr, dev: str) -> tuple[str, str]:
+    """A certificate for the CSR's key with CN = ``dev``, signed by a CA of its own (also
+    sent as the chain): right key and name, wrong issuer."""
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Rogue CA")])
+    now = datetime.now(UTC)
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=9))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    req = x509.load_pem_x509_csr(csr.csr.encode())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dev)]))
+            .issuer_name(ca_name).public_key(req.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=9))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return cert.public_bytes(pem).decode(), ca.public_bytes(pem).decode()
+
+
+async def test_approvals_not_from_the_fleet_ca_or_not_signed_by_central_are_ignored(
+        rig: Any, issue: Any, fleet_ca: Any, signer: Any, clock: Any) -> None:
+    make, central = rig
+    r = make()
+    r.start()
+    csr = await central.next_csr()
+    await central.answer(SERIAL, pending(clock=clock), clock())
+    await wait_until_async(lambda: r.state.state == "pending", 10)
+    # Our key, our device id, a config central signed, but a certificate of another CA
+    # (and that CA as the chain, which would become the uplink's trust anchor).
+    body = approved(issue, fleet_ca, csr, signer)
+    cert, chain = self_signed(csr, "kiosk-101")
+    await central.answer(SERIAL, {**body, "cert": cert, "chain": chain}, clock())
+    await central.answer(SERIAL, {**body, "cert": cert}, clock())  # the genuine chain
+    await wait_until_async(lambda: r.enrollment.stats["ignored"] >= 2, 10)
+    # A genuine approval (config and certificate) in an envelope central did not sign.
+    await central.answer(SERIAL, body, clock(), key=Ed25519PrivateKey.generate())
+    await central.answer(SERIAL, body, clock(), signed=False)
+    await wait_until_async(lambda: r.enrollment.stats["ignored"] >= 4, 10)
+    # ... nor is an unsigned "rejected" taken (it would make the device start over).
+    await central.answer(SERIAL, {"request_id": "a" * 32, "status": "rejected"}, clock(),
+                         signed=False)
+    await wait_until_async(lambda: r.enrollment.stats["ignored"] >= 5, 10)
+    assert r.state.state == "pending" and not r.store.json_file.exists()
+    assert r.fleet_state.last("kiosk-101", "config") == (None, None, None)
+    assert r.enrollment.stats["rejected"] == 0
+    # Signed by central, issued by the fleet CA: taken.
+    await central.answer(SERIAL, body, clock())
+    assert r.task is not None
+    assert (await asyncio.wait_for(r.task, 10)).device_id == "kiosk-101"
+
+
+def test_a_certificate_through_an_intermediate_of_the_chain_is_accepted(
+        fleet_ca: Any, issue: Any, tmp_path: Path) -> None:
+    from edge.fleet.identity import IdentityError, check_issuer, make_csr, new_key
+
+    cert = issue(make_csr(new_key(), "x"), "kiosk-101")
+    chain = fleet_ca.chain_file.read_bytes()
+    root = [c for c in x509.load_pem_x509_certificates(chain) if c.subject == c.issuer]
+    assert root  # the claim bundle may hold only the root: the issuing CA comes in the chain
+    root_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in root)
+    check_issuer(cert, chain, chain)
+    check_issuer(cert, chain, root_pem)
+    with pytest.raises(IdentityError):
+        check_issuer(cert, root_pem, root_pem)  # no way from the root to the certificate
+
+
 def make_other_csr() -> EnrollCsr:
     from edge.fleet.identity import make_csr, new_key
 
@@ -334,3 +416,32 @@ async def test_a_restart_while_pending_keeps_the_same_request(rig: Any, clock: A
     r2.start()
     second = await central.next_csr()
     assert csr_public_key(second) == csr_public_key(first)
+
+
+@pytest.mark.parametrize("case", ["world_readable", "empty", "missing"])
+def test_the_claim_password_is_read_as_a_secret(case: str, tmp_path: Path,
+                                                signer: Any) -> None:
+    from edge.fleet.enrollment import EnrollmentError
+
+    pw = tmp_path / "claim.password"
+    if case != "missing":
+        pw.write_text("" if case == "empty" else "s3cret\n")
+        pw.chmod(0o644 if case == "world_readable" else 0o600)
+    data = tmp_path / "data"
+    store = IdentityStore(data)
+    fleet_state = FleetState(store.ensure_dir() / "fleet-state.db")
+    try:
+        cfg = EnrollmentConfig(host="127.0.0.1", cafile=tmp_path / "ca.pem",
+                               claim_password_file=pw,
+                               signing_public_key=tmp_path / "signing.pub", serial=SERIAL)
+        enrollment = Enrollment(cfg, store, fleet_state, RunningConfigFile(data / "rc.json"),
+                                serial=SERIAL, facts=device_facts(SERIAL, "x"),
+                                signing_keys=[signer.key.public_key()])
+        with pytest.raises(EnrollmentError) as err:
+            enrollment._password()
+        assert "claim_password_file" in err.value.message
+        pw.write_text("s3cret\n")
+        pw.chmod(0o600)
+        assert enrollment._password() == "s3cret"
+    finally:
+        fleet_state.close()

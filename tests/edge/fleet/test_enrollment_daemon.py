@@ -30,6 +30,7 @@ from yikatong.protocol import topics
 from yikatong.protocol.envelope import decode, encode, new_envelope
 from yikatong.protocol.fleet import ENROLL_DEV, TYPE_ENROLL_STATUS
 from yikatong.protocol.messages import CertRenewResult, make_reply_ok
+from yikatong.protocol.signing import sign
 
 SERIAL = "SN0000DAEMON01"
 DEV = "kiosk-101"
@@ -140,7 +141,8 @@ async def test_a_blank_device_enrolls_and_runs_without_a_restart(
         return r
 
     async def answer(body: dict[str, Any]) -> None:
-        env = new_envelope(TYPE_ENROLL_STATUS, ENROLL_DEV, body, now=datetime.now(UTC))
+        env = sign(new_envelope(TYPE_ENROLL_STATUS, ENROLL_DEV, body, now=datetime.now(UTC)),
+                   signer.key)  # central signs every enroll.status
         await central.enroll.publish(topics.enroll(SERIAL, "cert"), encode(env), qos=1,
                                      timeout_s=5)
 

@@ -224,6 +224,49 @@ def test_a_log_bundle_is_cut_to_fit() -> None:
     assert gzip.decompress(base64.b64decode(b64)).decode().splitlines() == lines[-kept:]
 
 
+def test_a_log_bundle_is_cut_with_one_measured_ratio(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    import edge.fleet.commands as commands
+
+    rnd = random.Random(7)
+    lines = [f'{{"level": "info", "msg": "card {i} read", "id": "{rnd.getrandbits(64):x}"}}'
+             for i in range(5000)]
+    calls = []
+    real = gzip.compress
+
+    def counted(data: bytes, **kw: Any) -> bytes:
+        calls.append(len(data))
+        return real(data, **kw)
+
+    monkeypatch.setattr(commands.gzip, "compress", counted)
+    kept, b64 = log_bundle(lines, max_b64=20_000)
+    assert len(b64) <= 20_000 and 0 < kept < 5000
+    assert gzip.decompress(base64.b64decode(b64)).decode().splitlines() == lines[-kept:]
+    assert len(calls) <= 3  # not once per 10 % cut
+    assert len(b64) > 18_000  # close to the limit: not cut much further than needed
+
+
+async def test_logs_collect_builds_the_bundle_off_the_event_loop(
+        rig: Rig, link: Any, signer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import edge.fleet.commands as commands
+
+    threads: list[threading.Thread] = []
+    real = commands.log_bundle
+
+    def recorded(lines: list[str], *a: Any) -> tuple[int, str]:
+        threads.append(threading.current_thread())
+        return real(lines, *a)
+
+    monkeypatch.setattr(commands, "log_bundle", recorded)
+    link.answers["device.log_bundle"] = LogBundleResult(size=1, sha256="a" * 64)
+    await run(rig.runner(), signer.cmd(DEV, 1, "logs.collect", command_id=CID))
+    assert link.states(CID)[-1] == "succeeded"
+    assert threads and threads[0] is not threading.main_thread()
+
+
 async def test_log_level_and_hotlist_refresh(rig: Rig, link: Any, signer: Any) -> None:
     r = rig.runner()
     await run(r, signer.cmd(DEV, 1, "log.level", {"level": "debug"}))
@@ -317,6 +360,85 @@ class ReconnectingLink:
         return self.connects.pop(0)
 
 
+class SlowSwitchLink(ReconnectingLink):
+    """Tracks whether the uplink runs; its start takes ``start_s`` (the switch is slow)."""
+
+    def __init__(self, link: Any, connects: list[bool], start_s: float) -> None:
+        super().__init__(link, connects)
+        self.start_s = start_s
+        self.running = True
+        self.switching = asyncio.Event()
+
+    async def stop(self) -> None:
+        self.running = False
+        self.switching.set()
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.start_s)
+        self.running = True
+        await super().start()
+
+
+def renew_answer(link: Any, issue: Any, fleet_ca: Any) -> None:
+    link.answers["device.cert_renew"] = lambda body: CertRenewResult(
+        cert=issue(body["csr"], DEV).decode(), chain=fleet_ca.chain_file.read_text(),
+        not_after="2027-01-01T00:00:00.000Z")
+
+
+@pytest.mark.parametrize("connects", [True, False])
+async def test_a_timeout_during_the_certificate_switch_leaves_it_whole(
+        connects: bool, rig: Rig, link: Any, signer: Any, issue: Any, fleet_ca: Any,
+        tmp_path: Path) -> None:
+    store, ident = enrolled(tmp_path, issue, fleet_ca)
+    uplink = SlowSwitchLink(link, connects=[connects, True], start_s=0.6)
+    renew_answer(link, issue, fleet_ca)
+    r = rig.runner(identity_store=store, identity=ident, uplink=uplink)
+    r.timeout_s = 0.2  # lands while the uplink is stopped for the switch
+    await run(r, signer.cmd(DEV, 1, "cert.rotate", command_id=CID))
+    assert link.states(CID)[-1] == "failed"
+    assert uplink.running  # started again
+    assert not list(store.dir.glob("*.old"))  # settled: dropped or restored
+    assert store.load() == r.ctx.identity
+    if connects:
+        assert r.ctx.identity != ident and uplink.restarts == 1
+    else:
+        assert r.ctx.identity == ident and uplink.restarts == 2
+
+
+async def test_a_stop_during_the_certificate_switch_leaves_it_whole(
+        rig: Rig, link: Any, signer: Any, issue: Any, fleet_ca: Any, tmp_path: Path) -> None:
+    store, ident = enrolled(tmp_path, issue, fleet_ca)
+    uplink = SlowSwitchLink(link, connects=[True], start_s=0.3)
+    renew_answer(link, issue, fleet_ca)
+    r = rig.runner(identity_store=store, identity=ident, uplink=uplink)
+    await r.recover()
+    r.on_message(type("Msg", (), {"payload": signer.cmd(DEV, 1, "cert.rotate",
+                                                        command_id=CID)})())
+    await asyncio.wait_for(uplink.switching.wait(), 5)
+    await r.stop()  # the daemon shuts down in the middle of the switch
+    assert uplink.running and uplink.restarts == 1
+    assert not list(store.dir.glob("*.old"))
+    new = store.load()
+    assert new is not None and new != ident and r.ctx.identity == new
+
+
+async def test_cert_rotate_waits_for_idle_before_asking_for_a_certificate(
+        rig: Rig, link: Any, signer: Any, issue: Any, fleet_ca: Any, tmp_path: Path) -> None:
+    store, ident = enrolled(tmp_path, issue, fleet_ca)
+    uplink = ReconnectingLink(link, connects=[True])
+    renew_answer(link, issue, fleet_ca)
+    r = rig.runner(identity_store=store, identity=ident, uplink=uplink)
+    rig.runtime.card_inserted("Virtual 00 00")
+    task = asyncio.create_task(run(r, signer.cmd(DEV, 1, "cert.rotate", command_id=CID)))
+    await wait_until_async(lambda: "waiting" in link.states(CID), 5)
+    await asyncio.sleep(0.1)
+    assert link.requests == [] and uplink.restarts == 0
+    rig.runtime.card_removed("Virtual 00 00")
+    await asyncio.wait_for(task, 5)
+    assert link.states(CID) == ["delivered", "waiting", "in_progress", "succeeded"]
+    assert uplink.restarts == 1
+
+
 # --------------------------------------------------------------------------- waiting for idle
 
 
@@ -366,6 +488,62 @@ async def test_a_disruptive_command_expires_if_the_device_never_gets_idle(
     await asyncio.wait_for(task, 5)
     assert link.states(CID) == ["delivered", "waiting", "expired"]
     assert rig.paper.written == bytearray()
+    assert r.state.command(CID).state == "expired"
+
+
+class BlockingSync(HotlistSync):
+    """A hot list refresh that holds the run lock until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def sync_once(self) -> bool:
+        self.started.set()
+        await self.release.wait()
+        return await super().sync_once()
+
+
+async def test_a_reboot_waiting_on_the_lock_does_not_run_into_a_card_session(
+        rig: Rig, link: Any, signer: Any) -> None:
+    sync = BlockingSync()
+    r = rig.runner(hotlist_sync=sync)
+    await r.recover()
+    holder = asyncio.create_task(run(r, signer.cmd(DEV, 1, "hotlist.refresh")))
+    await asyncio.wait_for(sync.started.wait(), 5)
+    # Idle now: the reboot passes its idle check and queues on the run lock.
+    reboot = asyncio.create_task(run(r, signer.cmd(DEV, 2, "reboot", command_id=CID)))
+    await wait_until_async(lambda: "delivered" in link.states(CID), 5)
+    await asyncio.sleep(0.1)
+    rig.runtime.card_inserted("Virtual 00 00")  # a patient arrives meanwhile
+    sync.release.set()
+    await asyncio.wait_for(holder, 5)
+    await wait_until_async(lambda: "waiting" in link.states(CID), 5)
+    await asyncio.sleep(0.1)
+    assert rig.executor.calls == []  # never while the card session is open
+    assert link.states(CID) == ["delivered", "waiting"]
+    rig.runtime.card_removed("Virtual 00 00")
+    await asyncio.wait_for(reboot, 5)
+    assert rig.executor.calls == [("reboot",)]
+    assert link.states(CID) == ["delivered", "waiting", "in_progress", "succeeded"]
+
+
+async def test_a_command_that_expires_while_waiting_on_the_lock_never_runs(
+        rig: Rig, link: Any, signer: Any, clock: Any) -> None:
+    sync = BlockingSync()
+    r = rig.runner(hotlist_sync=sync)
+    await r.recover()
+    holder = asyncio.create_task(run(r, signer.cmd(DEV, 1, "hotlist.refresh")))
+    await asyncio.wait_for(sync.started.wait(), 5)
+    reboot = asyncio.create_task(run(r, signer.cmd(DEV, 2, "reboot", exp_s=60,
+                                                   command_id=CID)))
+    await wait_until_async(lambda: "delivered" in link.states(CID), 5)
+    clock.advance(61)
+    sync.release.set()
+    await asyncio.wait_for(asyncio.gather(holder, reboot), 5)
+    assert rig.executor.calls == []
+    assert link.states(CID) == ["delivered", "expired"]
     assert r.state.command(CID).state == "expired"
 
 
