@@ -9,9 +9,11 @@ docs/fleet-trust.md ("Staff roles at central"). Not the desk sessions of cashier
   are never deleted, only disabled, so the audit's names keep meaning someone.
 * **Sessions** (``dashboard_session``): a random token, of which only the SHA-256 is kept;
   ended at sign-out, after ``idle_s`` (30 min) unused, ``max_s`` (12 h) after sign-in, when
-  the account is disabled or its password set. The browser holds the token in the cookie
-  ``ykt_session`` (HttpOnly, SameSite=Strict, Secure over https, Path=/); ``ykt fw`` sends
-  it as ``Authorization: Bearer``. The role is read from the account on every request, so a
+  the account is disabled or its password set. The page's automatic refreshes send
+  ``X-Ykt-Poll: 1`` and do not count as use. The browser holds the token in the cookie
+  ``ykt_session`` (HttpOnly, SameSite=Strict, Secure over https, Path=/) and never sees it
+  otherwise; ``ykt fw`` asks for it in the sign-in answer (``want_token``) and sends it as
+  ``Authorization: Bearer``. The role is read from the account on every request, so a
   change applies at once.
 * **The admin token** (``[dashboard] admin_token_file``) keeps working as the bootstrap
   administrator, actor ``admin-token``: as a Bearer header (scripts, ``ykt fw --token-file``)
@@ -21,7 +23,9 @@ docs/fleet-trust.md ("Staff roles at central"). Not the desk sessions of cashier
   :data:`FREE_FAILURES` failures cost nothing, then each doubles the wait before the next
   try, up to ``max_delay_s``. Never a permanent lock: the right password works again once
   the wait is over, and setting a password clears it. Unknown and known names are treated
-  alike (no user-name probing), and every failure and refused try is a security event.
+  alike (no user-name probing); names that cannot exist share one count. A try is counted
+  before its password is checked, so parallel tries get no more through than serial ones.
+  Every failure is a security event, and so is the first refused try of each wait.
 * **CSRF**: a state-changing request authenticated by the cookie must carry
   ``X-Requested-With: ykt`` (the dashboard's JS sends it; another site's form cannot), or
   it is refused 403. ``POST /api/login`` needs the header too. Bearer requests are exempt:
@@ -42,6 +46,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -110,8 +115,17 @@ _SQL = (
     "last_used REAL NOT NULL, expires_at REAL NOT NULL, ended_at REAL, end_reason TEXT)",
     "CREATE INDEX IF NOT EXISTS dashboard_session_user ON dashboard_session (username)",
     "CREATE TABLE IF NOT EXISTS dashboard_throttle (username TEXT PRIMARY KEY, "
-    "failures INTEGER NOT NULL, last_failure REAL NOT NULL, next_allowed REAL NOT NULL)",
+    "failures INTEGER NOT NULL, last_failure REAL NOT NULL, next_allowed REAL NOT NULL, "
+    "refused_audited REAL NOT NULL DEFAULT 0)",
 )
+#: The throttle key of every user name that cannot exist (fails :data:`USERNAME_RE`): one
+#: shared count, so made-up names are throttled like a real one and add no rows.
+INVALID_NAME_KEY = "(invalid)"
+#: At most this many scrypt checks of sign-ins run at once (the rest wait their turn).
+SCRYPT_CONCURRENCY = 4
+#: Requests carrying this header (the dashboard's automatic refreshes and long-polls) are
+#: authenticated as usual but do not restart the session's idle clock.
+POLL_HEADER = "x-ykt-poll"
 
 
 class AuthSettings(StrictModel):
@@ -202,13 +216,24 @@ def verify_password(password: str, stored: str) -> bool:
 
 
 _DUMMY: list[str] = []
+_DUMMY_LOCK = threading.Lock()
 
 
 def _dummy_hash() -> str:
-    """A hash to check unknown names against, so they take as long as known ones."""
-    if not _DUMMY:
-        _DUMMY.append(hash_password(secrets.token_urlsafe(16)))
-    return _DUMMY[0]
+    """A hash to check unknown names against, so they take as long as known ones.
+
+    An scrypt run: computed once, when :class:`StaffAccounts` starts (or else in the worker
+    thread of the first check), never on the event loop while requests wait.
+    """
+    with _DUMMY_LOCK:
+        if not _DUMMY:
+            _DUMMY.append(hash_password(secrets.token_urlsafe(16)))
+        return _DUMMY[0]
+
+
+def _verify(password: str, stored: str | None) -> bool:
+    """:func:`verify_password` against ``stored``, or the dummy hash when None (worker thread)."""
+    return verify_password(password, stored if stored is not None else _dummy_hash())
 
 
 def _sha(token: str) -> str:
@@ -231,9 +256,17 @@ class StaffAccounts:
         self.settings = settings or AuthSettings()
         self.clock = clock
         self._token = token
+        #: Bounds the scrypt checks of concurrent sign-ins (CPU and memory).
+        self._scrypt = asyncio.Semaphore(SCRYPT_CONCURRENCY)
         with store.atomic():
+            db = store.connection()
             for sql in _SQL:
-                store.connection().execute(sql)
+                db.execute(sql)
+            cols = {r[1] for r in db.execute("PRAGMA table_info(dashboard_throttle)")}
+            if "refused_audited" not in cols:  # a store from before this column
+                db.execute("ALTER TABLE dashboard_throttle ADD COLUMN refused_audited REAL "
+                           "NOT NULL DEFAULT 0")
+        _dummy_hash()  # at start-up, not on the event loop at the first unknown name
 
     def now(self) -> datetime:
         return self.clock()
@@ -341,33 +374,64 @@ class StaffAccounts:
         return int(min(self.settings.base_delay_s * 2 ** (failures - FREE_FAILURES - 1),
                        self.settings.max_delay_s))
 
-    def failed(self, username: str, detail: dict[str, Any]) -> tuple[int, int]:
-        """Count a failed sign-in (audited as a security event); (failures, wait_s)."""
-        t = self.clock().timestamp()
+    def reserve(self, username: str, detail: dict[str, Any]) -> tuple[bool, int, int]:
+        """Count a sign-in try *before* its password is checked: (allowed, failures, wait_s).
+
+        One transaction: when ``username`` must still wait, the try is refused
+        (``(False, failures, seconds left)``; audited ``dashboard.signin_throttled`` once per
+        wait, not at every refusal). Otherwise it is counted as a failure at once and the
+        wait that failure brings starts now (``(True, failures, wait_s)``); a success then
+        clears the count (:meth:`open_session`). So tries sent in parallel are counted like
+        tries one after another: none sees a count its neighbours have not raised yet.
+        """
+        now = self.clock()
+        t = now.timestamp()
         with self.store.atomic():
             db = self.store.connection()
-            row = db.execute("SELECT failures FROM dashboard_throttle WHERE username = ?",
-                             (username,)).fetchone()
-            n = (row[0] if row else 0) + 1
+            row = db.execute("SELECT failures, next_allowed, refused_audited FROM "
+                             "dashboard_throttle WHERE username = ?", (username,)).fetchone()
+            n = row[0] if row else 0
+            if row is not None and row[1] > t:
+                wait = int(row[1] - t + 0.999)
+                if row[2] != row[1]:  # the first refusal of this wait
+                    db.execute("UPDATE dashboard_throttle SET refused_audited = next_allowed "
+                               "WHERE username = ?", (username,))
+                    self.store.append_audit_in_tx(
+                        now, "dashboard", "dashboard.signin_throttled",
+                        {"username": username, "failures": n, "next_try_s": wait, **detail})
+                return False, n, wait
+            n += 1
             wait = self.delay_s(n)
             db.execute("INSERT OR REPLACE INTO dashboard_throttle (username, failures, "
-                       "last_failure, next_allowed) VALUES (?, ?, ?, ?)",
+                       "last_failure, next_allowed, refused_audited) VALUES (?, ?, ?, ?, 0)",
                        (username, n, t, t + wait))
-            self.store.append_audit_in_tx(
-                self.clock(), "dashboard", "dashboard.signin_failed",
-                {"username": username, "failures": n, "next_try_s": wait, **detail})
-        return n, wait
+        return True, n, wait
+
+    def failed(self, username: str, failures: int, wait: int,
+               detail: dict[str, Any]) -> None:
+        """Audit a failed sign-in counted by :meth:`reserve` (a security event)."""
+        self.audit("dashboard", "dashboard.signin_failed",
+                   {"username": username, "failures": failures, "next_try_s": wait, **detail})
 
     async def check_password(self, username: str, password: str) -> dict[str, Any] | None:
-        """The account when ``password`` is right and it is enabled; None otherwise."""
+        """The account when ``password`` is right and it is enabled; None otherwise.
+
+        An unknown name is checked against a dummy hash, so it takes as long as a known one.
+        """
         row = self.store.connection().execute(
             "SELECT pw_hash, disabled FROM dashboard_user WHERE username = ?",
             (username,)).fetchone()
-        stored = row[0] if row else _dummy_hash()
-        ok = await asyncio.to_thread(verify_password, password, stored)
+        ok = await self.verify(password, row[0] if row else None)
         if not ok or row is None or row[1]:
             return None
         return self.user(username)
+
+    async def verify(self, password: str, stored: str | None) -> bool:
+        """:func:`verify_password` in a worker thread, at most :data:`SCRYPT_CONCURRENCY` at
+        once; ``stored`` None checks against the dummy hash (and is always False)."""
+        async with self._scrypt:
+            ok = await asyncio.to_thread(_verify, password, stored)
+        return ok and stored is not None
 
     def open_session(self, username: str, *, bound: str = "",
                      detail: dict[str, Any] | None = None) -> tuple[str, float]:
@@ -388,11 +452,14 @@ class StaffAccounts:
             self.store.append_audit_in_tx(now, username, "dashboard.signin", detail or {})
         return token, exp
 
-    def session(self, token: str, *, bound: str = "") -> tuple[StaffUser, dict[str, Any]] | None:
-        """The live session ``token`` names (its idle clock restarts), or None.
+    def session(self, token: str, *, bound: str = "", touch: bool = True
+                ) -> tuple[StaffUser, dict[str, Any]] | None:
+        """The live session ``token`` names, or None.
 
         ``bound`` is the admin token's fingerprint: a session opened with the admin token
-        lives only while that token is central's.
+        lives only while that token is central's. ``touch`` restarts the idle clock: False
+        for the page's automatic refreshes (:data:`POLL_HEADER`), so a dashboard left open
+        and unattended is signed out after ``idle_s`` like any other.
         """
         t = self.clock().timestamp()
         db = self.store.connection()
@@ -419,7 +486,7 @@ class StaffAccounts:
                            "WHERE token_hash = ? AND ended_at IS NULL",
                            (t, reason, _sha(token)))
             return None
-        if t - last_used >= _TOUCH_S:
+        if touch and t - last_used >= _TOUCH_S:
             with self.store.atomic():
                 db.execute("UPDATE dashboard_session SET last_used = ? WHERE token_hash = ?",
                            (t, _sha(token)))
@@ -490,20 +557,23 @@ class DashboardAuth:
     def identify(self, request: Request) -> tuple[StaffUser, str, dict[str, Any] | None] | None:
         """(user, how: ``admin-token`` | ``bearer`` | ``cookie``, session) or None (nobody).
 
-        A bad Bearer header is refused (401) even when a good cookie comes with it.
+        A bad Bearer header is refused (401) even when a good cookie comes with it. A request
+        with ``X-Ykt-Poll: 1`` (an automatic refresh, not the staff member's doing) does not
+        restart the session's idle clock.
         """
+        touch = request.headers.get(POLL_HEADER, "") != "1"
         token = self._bearer(request)
         if token is not None:
             if self.is_admin_token(token):
                 return ADMIN_USER, ADMIN_ACTOR, None
-            found = self.accounts.session(token, bound=self.admin_fingerprint)
+            found = self.accounts.session(token, bound=self.admin_fingerprint, touch=touch)
             if found is None:
                 raise _unauthorized("session expired or unknown: sign in again",
                                     "会话已过期或无效，请重新登录")
             return found[0], "bearer", found[1]
         cookie = request.cookies.get(SESSION_COOKIE)
         if cookie:
-            found = self.accounts.session(cookie, bound=self.admin_fingerprint)
+            found = self.accounts.session(cookie, bound=self.admin_fingerprint, touch=touch)
             if found is not None:
                 return found[0], "cookie", found[1]
         return None
@@ -582,6 +652,9 @@ class LoginIn(BaseModel):
     username: str | None = Field(default=None, max_length=64)
     password: str | None = Field(default=None, max_length=1024)
     token: str | None = Field(default=None, max_length=1024)
+    #: Answer the session token in the body too (``ykt fw login``). The browser never asks:
+    #: it has the HttpOnly cookie, which the page's scripts cannot read.
+    want_token: bool = False
 
 
 class UserIn(BaseModel):
@@ -624,14 +697,15 @@ def auth_router(auth: DashboardAuth) -> APIRouter:
             raise ApiError(400, "bad_request", "give username and password",
                            "请输入用户名和密码")
         valid_name = name == ADMIN_ACTOR or bool(_USERNAME.match(name))
-        if valid_name:
-            wait = acc.wait_s(name)
-            if wait:
-                acc.audit("dashboard", "dashboard.signin_throttled",
-                          {"username": name, "next_try_s": wait, "ip": ip})
-                raise ApiError(429, "throttled",
-                               f"too many failed sign-ins: try again in {wait} s",
-                               f"登录失败次数过多，请 {wait} 秒后再试", retry_after_s=wait)
+        # Counted before the (slow) check, in one transaction: parallel tries cannot all
+        # pass the throttle before the first of them fails. Names that cannot exist share
+        # one count.
+        key = name if valid_name else INVALID_NAME_KEY
+        allowed, failures, wait = acc.reserve(key, {"ip": ip})
+        if not allowed:
+            raise ApiError(429, "throttled",
+                           f"too many failed sign-ins: try again in {wait} s",
+                           f"登录失败次数过多，请 {wait} 秒后再试", retry_after_s=wait)
         user: StaffUser | None = None
         bound = ""
         if body.token is not None:
@@ -642,22 +716,17 @@ def auth_router(auth: DashboardAuth) -> APIRouter:
             if found is not None:
                 user = StaffUser(found["username"], found["name"], found["role"])
         else:
-            await asyncio.to_thread(verify_password, body.password or "", _dummy_hash())
+            await acc.verify(body.password or "", None)  # as long as a real check
         if user is None:
-            if valid_name:
-                _, wait = acc.failed(name, {"ip": ip})
-            else:
-                acc.audit("dashboard", "dashboard.signin_failed",
-                          {"username": "(invalid)", "ip": ip})
-                wait = 0
+            acc.failed(key, failures, wait, {"ip": ip})
             raise ApiError(401, "signin_failed", "wrong user name or password",
                            "用户名或密码错误", retry_after_s=wait)
         token, exp = acc.open_session(user.username, bound=bound, detail=detail)
         response.set_cookie(SESSION_COOKIE, token, max_age=acc.settings.max_s, path="/",
                             httponly=True, samesite="strict",
                             secure=request.url.scheme == "https")
-        return {"token": token, **_public(user), "expires_at": _iso(exp),
-                "idle_timeout_s": acc.settings.idle_s}
+        out = {**_public(user), "expires_at": _iso(exp), "idle_timeout_s": acc.settings.idle_s}
+        return {"token": token, **out} if body.want_token else out
 
     @api.post("/logout")
     async def logout(request: Request, response: Response) -> dict[str, Any]:

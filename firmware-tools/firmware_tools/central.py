@@ -25,7 +25,7 @@ from yikatong.common.config import read_secret
 from yikatong.common.errors import LocalizedError
 
 __all__ = ["DEFAULT_CENTRAL", "Central", "FwError", "NotAvailable", "clear_session", "connect",
-           "load_session", "save_session", "session_path"]
+           "load_session", "save_session", "session_path", "write_file"]
 
 DEFAULT_CENTRAL = "http://127.0.0.1:8800"
 SESSION_ENV = "YKT_FW_SESSION"
@@ -74,21 +74,32 @@ def load_session() -> dict[str, Any] | None:
     return data
 
 
-def save_session(data: dict[str, Any]) -> Path:
-    """Write the session atomically with mode 0600 (its folder 0700 when new)."""
-    path = session_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=".fw-session.", dir=path.parent)
+def write_file(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write ``path`` atomically with ``mode`` (default 0600: a secret).
+
+    A temporary file in the same folder gets ``mode`` before anything is written to it, is
+    synced, then replaces ``path``: the content is never readable with another mode, even
+    when ``path`` existed with a wider one (which the new file replaces, mode and all), and a
+    crash leaves the old file or the new one, never half of it.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, ensure_ascii=False, indent=1)
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_session(data: dict[str, Any]) -> Path:
+    """Write the session atomically with mode 0600 (its folder 0700 when new)."""
+    path = session_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_file(path, json.dumps(data, ensure_ascii=False, indent=1), 0o600)
     return path
 
 

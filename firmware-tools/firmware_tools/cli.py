@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from firmware_tools.central import FwError, connect
+from firmware_tools.central import FwError, connect, write_file
 from firmware_tools.fleet import add_fleet_commands, device_list, site_time
 from yikatong.common.config import ConfigError
 
@@ -24,10 +23,9 @@ __all__ = ["FwError", "add_fw_commands", "site_time"]
 
 
 def _write_secret(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` with mode 0600, also over an existing file of another mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    write_file(path, data, 0o600)
 
 
 def _keygen(args: argparse.Namespace) -> int:

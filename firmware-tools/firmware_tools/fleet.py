@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import os
 import sys
 import time
 import unicodedata
@@ -30,6 +29,7 @@ from firmware_tools.central import (
     connect,
     load_session,
     save_session,
+    write_file,
 )
 from yikatong.protocol.fleet import FINAL_COMMAND_STATES
 
@@ -186,7 +186,8 @@ def login(args: argparse.Namespace) -> int:
     c = Central(url, None, via="login")
     with c:
         try:
-            res = c.call("POST", "/api/login", json={"username": args.user, "password": pw})
+            res = c.call("POST", "/api/login", json={"username": args.user, "password": pw,
+                                                      "want_token": True})
         except NotAvailable:
             raise FwError(f"central at {url} has no staff sign-in (an older central: use "
                           "--token-file)", "中心服务版本较旧，不支持员工登录") from None
@@ -577,13 +578,6 @@ def user_password(args: argparse.Namespace) -> int:
 
 # -- claim bundle -------------------------------------------------------------------------
 
-def _write(path: Path, text: str, mode: int) -> None:
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, mode)
-
-
 def claim_bundle(args: argparse.Namespace) -> int:
     with _central(args) as c:
         b = c.call("GET", "/api/fleet/claim-bundle")
@@ -591,9 +585,9 @@ def claim_bundle(args: argparse.Namespace) -> int:
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write(out / "ca.pem", b["ca_pem"], 0o644)
-        _write(out / "central-signing.pub", b["signing_pub_pem"], 0o644)
-        _write(out / "claim.password", str(b["claim_password"]).strip() + "\n", 0o600)
+        write_file(out / "ca.pem", b["ca_pem"], 0o644)
+        write_file(out / "central-signing.pub", b["signing_pub_pem"], 0o644)
+        write_file(out / "claim.password", str(b["claim_password"]).strip() + "\n", 0o600)
     except OSError as exc:
         raise FwError(f"cannot write the claim bundle to {out}: {exc.strerror}",
                       f"无法写入 {out}") from None

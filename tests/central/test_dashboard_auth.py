@@ -7,7 +7,9 @@ injected clock, the admin token as bootstrap administrator, and the audit of eve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +18,9 @@ import httpx
 import pytest
 from dashboard_fleet_fake import FakeFleet
 
+from central.dashboard import auth as auth_module
 from central.dashboard.app import create_dashboard
-from central.dashboard.auth import ADMIN_ACTOR, StaffAccounts, verify_password
+from central.dashboard.auth import ADMIN_ACTOR, FREE_FAILURES, StaffAccounts, verify_password
 from central.registry import Registry
 from central.store import open_store
 
@@ -62,14 +65,16 @@ async def add_user(client: httpx.AsyncClient, username: str, role: str,
     assert r.status_code == 201, r.text
 
 
-async def login(client: httpx.AsyncClient, username: str, password: str = PASSWORD
-                ) -> httpx.Response:
-    return await client.post("/api/login", headers=CSRF,
-                             json={"username": username, "password": password})
+async def login(client: httpx.AsyncClient, username: str, password: str = PASSWORD, *,
+                want_token: bool = False) -> httpx.Response:
+    body: dict[str, Any] = {"username": username, "password": password}
+    if want_token:
+        body["want_token"] = True
+    return await client.post("/api/login", headers=CSRF, json=body)
 
 
 async def bearer(client: httpx.AsyncClient, username: str) -> dict[str, str]:
-    r = await login(client, username)
+    r = await login(client, username, want_token=True)
     assert r.status_code == 200, r.text
     client.cookies.clear()  # this caller uses the token, like ykt fw
     return {"Authorization": f"Bearer {r.json()['token']}"}
@@ -88,10 +93,12 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_sess
     assert r.status_code == 200
     body = r.json()
     assert body["username"] == "wang.li" and body["name"] == "王丽"
-    assert body["role"] == "technician" and len(body["token"]) >= 40
+    assert body["role"] == "technician"
+    assert "token" not in body  # the browser has it only in the HttpOnly cookie
     assert datetime.fromisoformat(body["expires_at"]) == T0 + timedelta(hours=12)
     cookie = r.headers["set-cookie"]
-    assert cookie.startswith(f"ykt_session={body['token']};")
+    token = r.cookies["ykt_session"]
+    assert len(token) >= 40 and cookie.startswith(f"ykt_session={token};")
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
     assert "Secure" not in cookie  # plain http here; see the https test
     me = (await client.get("/api/me")).json()
@@ -100,7 +107,7 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_sess
     # Only the token's SHA-256 is kept, and the password only as a salted scrypt hash.
     db = store.connection()
     hashes = [row[0] for row in db.execute("SELECT token_hash FROM dashboard_session")]
-    assert hashes == [hashlib.sha256(body["token"].encode()).hexdigest()]
+    assert hashes == [hashlib.sha256(token.encode()).hexdigest()]
     (pw_hash,) = db.execute("SELECT pw_hash FROM dashboard_user").fetchone()
     assert pw_hash.startswith("scrypt$16384$8$1$") and PASSWORD not in pw_hash
     assert verify_password(PASSWORD, pw_hash) and not verify_password("wrong", pw_hash)
@@ -109,10 +116,27 @@ async def test_sign_in_sets_a_strict_http_only_cookie_and_sign_out_ends_the_sess
     assert r.status_code == 200 and r.json() == {"signed_out": True, "username": "wang.li"}
     assert "ykt_session=" in r.headers["set-cookie"]  # cleared
     assert (await client.get("/api/me")).status_code == 401
-    r = await client.get("/api/devices", headers={"Authorization": f"Bearer {body['token']}"})
+    r = await client.get("/api/devices", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 401  # the token is dead too
     assert ("wang.li", "dashboard.signin") in actions(store)
     assert ("wang.li", "dashboard.signout") in actions(store)
+
+
+async def test_the_token_is_in_the_answer_only_when_asked_for(env):
+    client, _store, _clock, _app = env
+    await add_user(client, "wang.li", "viewer")
+    r = await login(client, "wang.li")  # the page: the cookie only, no token script can read
+    assert r.status_code == 200 and "token" not in r.json() and r.cookies["ykt_session"]
+    client.cookies.clear()
+    r = await login(client, "wang.li", want_token=True)  # ykt fw login
+    assert r.status_code == 200 and r.json()["token"] == r.cookies["ykt_session"]
+    client.cookies.clear()
+    me = await client.get("/api/me", headers={"Authorization": f"Bearer {r.json()['token']}"})
+    assert me.status_code == 200 and me.json()["via"] == "bearer"
+    r = await client.post("/api/login", headers=CSRF, json={"token": ADMIN, "want_token": True})
+    assert r.status_code == 200 and r.json()["token"] == r.cookies["ykt_session"]
+    r = await login(client, "wang.li", "wrong", want_token=True)
+    assert r.status_code == 401 and "token" not in r.json()
 
 
 async def test_the_cookie_is_secure_over_https(tmp_path: Path):
@@ -204,6 +228,80 @@ async def test_wrong_passwords_slow_the_next_try_more_and_more_but_never_lock(en
     assert r.status_code == 200
     assert (await login(client, "wang.li", "another good password")).status_code == 200
     assert store.verify_chain() == (True, None)
+
+
+async def test_parallel_wrong_passwords_get_no_more_tries_than_serial_ones(env):
+    client, store, clock, _app = env
+    await add_user(client, "wang.li", "technician")
+    rs = await asyncio.gather(*(login(client, "wang.li", f"wrong {i}") for i in range(20)))
+    codes = [r.status_code for r in rs]
+    # Exactly what one try after another gets: the free failures, then the failure that
+    # starts the first wait (401 with retry_after_s 5), then refusals without a check.
+    assert codes.count(401) == FREE_FAILURES + 1 and codes.count(429) == 19 - FREE_FAILURES
+    assert sorted(r.json()["retry_after_s"] for r in rs if r.status_code == 401) == [
+        0] * FREE_FAILURES + [5]
+    assert (await login(client, "wang.li")).status_code == 429  # still waiting
+    failed = [e for e in store.audit_entries() if e.action == "dashboard.signin_failed"]
+    assert sorted(e.detail["failures"] for e in failed) == list(range(1, FREE_FAILURES + 2))
+    clock.advance(seconds=5)
+    assert (await login(client, "wang.li")).status_code == 200  # never a lock
+    # The right password in parallel: one try per free failure, the rest wait.
+    rs = await asyncio.gather(*(login(client, "wang.li") for _ in range(10)))
+    assert all(r.status_code in (200, 429) for r in rs)
+
+
+async def test_made_up_names_share_one_throttle_and_refusals_do_not_flood_the_audit(env):
+    client, store, clock, _app = env
+    await add_user(client, "wang.li", "viewer")
+    before = len(store.audit_entries())
+    codes = [(await login(client, f"Not A Name {i}!", "x")).status_code for i in range(50)]
+    assert codes == [401] * (FREE_FAILURES + 1) + [429] * (49 - FREE_FAILURES)
+    new = [e for e in store.audit_entries()[before:]]
+    # Each failure (with the address), and one entry for the refusals of this wait.
+    assert [e.action for e in new] == ["dashboard.signin_failed"] * (FREE_FAILURES + 1) + [
+        "dashboard.signin_throttled"]
+    assert {e.detail["username"] for e in new} == {"(invalid)"}
+    rows = store.connection().execute("SELECT username, failures FROM dashboard_throttle"
+                                      ).fetchall()
+    assert [tuple(r) for r in rows] == [("(invalid)", FREE_FAILURES + 1)]  # one row
+    assert (await login(client, "wang.li")).status_code == 200  # real names unaffected
+
+    # A real name: refusals are audited once per wait, not once per refusal.
+    for _ in range(FREE_FAILURES + 1):
+        await login(client, "wang.li", "wrong")
+    before = len(store.audit_entries())
+    for _ in range(10):
+        assert (await login(client, "wang.li")).status_code == 429
+    clock.advance(seconds=5)
+    assert (await login(client, "wang.li", "wrong")).status_code == 401  # a new wait: 10 s
+    for _ in range(10):
+        assert (await login(client, "wang.li")).status_code == 429
+    assert [e.action for e in store.audit_entries()[before:]] == [
+        "dashboard.signin_throttled", "dashboard.signin_failed", "dashboard.signin_throttled"]
+    assert store.verify_chain() == (True, None)
+
+
+async def test_the_dummy_hash_is_never_computed_on_the_event_loop(env, monkeypatch, tmp_path):
+    client, _store, _clock, _app = env
+    loop_thread = threading.get_ident()
+    real = auth_module.hash_password
+    threads: list[int] = []
+
+    def spy(password: str, **kw: Any) -> str:
+        threads.append(threading.get_ident())
+        return real(password, **kw)
+
+    monkeypatch.setattr(auth_module, "hash_password", spy)
+    monkeypatch.setattr(auth_module, "_DUMMY", [])  # as if central had just started
+    assert (await login(client, "nobody", "whatever")).status_code == 401
+    assert (await login(client, "Not A Name!", "whatever")).status_code == 401
+    assert len(threads) == 1 and threads[0] != loop_thread  # once, in a worker thread
+    # At start-up it is made when the accounts are set up.
+    monkeypatch.setattr(auth_module, "_DUMMY", [])
+    store = open_store(tmp_path / "other.db")
+    StaffAccounts(store)
+    assert auth_module._DUMMY
+    store.close()
 
 
 # -- roles -----------------------------------------------------------------------------------
@@ -372,6 +470,41 @@ async def test_a_session_ends_after_30_idle_minutes_and_12_hours_at_most(env):
     assert (await client.get("/api/me", headers=token)).status_code == 401
 
 
+async def test_automatic_refreshes_do_not_keep_an_unattended_page_signed_in(env):
+    client, _store, clock, _app = env
+    await add_user(client, "wang.li", "viewer")
+    assert (await login(client, "wang.li")).status_code == 200  # the cookie, like the page
+    poll = {"X-Ykt-Poll": "1"}
+    for _ in range(29):  # the page refreshing itself, nobody at the desk
+        clock.advance(minutes=1)
+        assert (await client.get("/api/devices", headers=poll)).status_code == 200
+        assert (await client.get("/api/status", headers=poll)).json()["signed_in"] is True
+    me = (await client.get("/api/me", headers=poll)).json()
+    assert datetime.fromisoformat(me["session"]["idle_expires_at"]) == T0 + timedelta(
+        minutes=30)
+    clock.advance(minutes=1)
+    r = await client.get("/api/devices", headers=poll)  # still checked, and refused now
+    assert r.status_code == 401
+    assert (await client.get("/api/me")).status_code == 401  # ended for good
+
+    # What the staff member does (navigation, a click, a write) restarts the clock; with the
+    # cookie (the page) and with a Bearer token (ykt fw) alike.
+    for via in ("cookie", "bearer"):
+        headers: dict[str, str] = {}
+        if via == "cookie":
+            assert (await login(client, "wang.li")).status_code == 200
+        else:
+            headers = await bearer(client, "wang.li")
+        clock.advance(minutes=20)
+        assert (await client.get("/api/devices", headers=headers)).status_code == 200
+        clock.advance(minutes=20)  # 40 min after sign-in, 20 after the last use
+        r = await client.get("/api/devices", headers={**headers, **poll})
+        assert r.status_code == 200, via
+        clock.advance(minutes=10)  # 30 min after the last use
+        r = await client.get("/api/devices", headers={**headers, **poll})
+        assert r.status_code == 401, via
+
+
 # -- the admin token -------------------------------------------------------------------------
 
 async def test_the_admin_token_is_the_bootstrap_administrator(env, tmp_path: Path):
@@ -384,8 +517,9 @@ async def test_the_admin_token_is_the_bootstrap_administrator(env, tmp_path: Pat
     # The browser may exchange it for a session (the sign-in form's second way).
     r = await client.post("/api/login", headers=CSRF, json={"token": ADMIN})
     assert r.status_code == 200 and r.json()["username"] == ADMIN_ACTOR
+    assert "token" not in r.json()
     assert (await client.get("/api/audit")).status_code == 200
-    session = r.json()["token"]
+    session = r.cookies["ykt_session"]
     client.cookies.clear()
     r = await client.post("/api/login", headers=CSRF, json={"token": "not-the-token"})
     assert r.status_code == 401

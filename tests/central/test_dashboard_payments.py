@@ -135,7 +135,8 @@ async def test_a_signed_in_administrator_acts_under_their_own_name(env) -> None:
     tokens = {}
     for user in ("chen.jie", "wang.li"):
         r = await client.post("/api/login", headers={"X-Requested-With": "ykt"},
-                              json={"username": user, "password": "correct horse battery"})
+                              json={"username": user, "password": "correct horse battery",
+                                    "want_token": True})
         tokens[user] = {"Authorization": f"Bearer {r.json()['token']}"}
     r = await client.post("/api/payments/paystaff05/reverse", headers=tokens["wang.li"])
     assert r.status_code == 403  # payment actions are for administrators

@@ -47,8 +47,8 @@ async def env(tmp_path: Path):
             r = await client.post("/api/users", headers=BOOT, json={
                 "username": user, "name": name, "role": role, "password": PASSWORD})
             assert r.status_code == 201
-            r = await client.post("/api/login", headers=CSRF,
-                                  json={"username": user, "password": PASSWORD})
+            r = await client.post("/api/login", headers=CSRF, json={
+                "username": user, "password": PASSWORD, "want_token": True})
             auth[role] = {"Authorization": f"Bearer {r.json()['token']}"}
         client.cookies.clear()
         yield client, fleet, auth, store

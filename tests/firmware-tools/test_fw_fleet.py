@@ -288,19 +288,52 @@ def test_user_add_list_disable(fw: Fw) -> None:
     assert rc == 1 and "administrator role needed" in err
 
 
-def test_claim_bundle_files_and_modes(fw: Fw) -> None:
+def test_claim_bundle_files_and_modes(fw: Fw, monkeypatch: pytest.MonkeyPatch) -> None:
     out_dir = fw.tmp / "bundle"
     fw.login("wang.li")
     rc, _out, err = fw("claim-bundle", "--out", str(out_dir))
     assert rc == 1 and "administrator role needed" in err and not out_dir.exists()
     fw.login("chen.jie")
+    # An earlier bundle's password file, world-readable (copied around, say): the new
+    # password must never be readable by others, not even for a moment.
+    out_dir.mkdir(mode=0o700)
+    (out_dir / "claim.password").write_text("old\n")
+    (out_dir / "claim.password").chmod(0o644)
+    watch_secret(monkeypatch, out_dir / "claim.password", "claim-Secret-123")
     rc, out, err = fw("claim-bundle", "--out", str(out_dir))
     assert rc == 0, err
     assert "central.example.org:8884" in out and "claim-Secret-123" not in out
     assert (out_dir / "ca.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert stat.S_IMODE((out_dir / "ca.pem").stat().st_mode) == 0o644
     assert "PUBLIC KEY" in (out_dir / "central-signing.pub").read_text()
     assert (out_dir / "claim.password").read_text() == "claim-Secret-123\n"
     assert stat.S_IMODE((out_dir / "claim.password").stat().st_mode) == 0o600
+    assert sorted(p.name for p in out_dir.iterdir()) == [  # no temporary files left
+        "ca.pem", "central-signing.pub", "claim.password"]
+
+
+def watch_secret(monkeypatch: pytest.MonkeyPatch, path: Path, secret: str) -> None:
+    """Fail when ``path`` holds ``secret`` with a mode other than 0600 at any chmod or
+    rename (where a write-then-chmod or an atomic replace shows what it left)."""
+
+    def check() -> None:
+        if path.exists() and secret in path.read_text():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, "secret readable by others"
+
+    real_chmod, real_replace = os.chmod, os.replace
+
+    def chmod(p: Any, mode: int, *a: Any, **kw: Any) -> None:
+        check()
+        real_chmod(p, mode, *a, **kw)
+        check()
+
+    def replace(src: Any, dst: Any, *a: Any, **kw: Any) -> None:
+        check()
+        real_replace(src, dst, *a, **kw)
+        check()
+
+    monkeypatch.setattr(os, "chmod", chmod)
+    monkeypatch.setattr(os, "replace", replace)
 
 
 # -- as a process: no traceback, whatever happens --------------------------------------------

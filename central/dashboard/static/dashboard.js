@@ -2,7 +2,9 @@
 // Central's staff dashboard: sign-in, fleet health overview, fleet management pages.
 // The server decides who may do what (central/dashboard/auth.py); hiding a button from a
 // role that may not use it is only a courtesy. Every request carries X-Requested-With: ykt
-// (central refuses a cookie-authenticated write without it: CSRF).
+// (central refuses a cookie-authenticated write without it: CSRF). The page's automatic
+// refreshes and long-polls also carry X-Ykt-Poll: 1, so they do not count as use: a page
+// left open with nobody at it is signed out after the idle time like any other.
 const $=id=>document.getElementById(id);
 const esc=s=>String(s??"").replace(/[&<>"']/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;","'":"&#39;"}[c]));
 // Every time is shown in the site's zone (central's [central] timezone, from /api/status) as
@@ -29,8 +31,9 @@ function errText(j,status){
   if(j&&j.detail) return String(j.detail);
   return `HTTP ${status}`;
 }
-async function api(path,{method="GET",body,quiet401=false}={}){
+async function api(path,{method="GET",body,quiet401=false,poll=false}={}){
   const headers={"X-Requested-With":"ykt"};
+  if(poll) headers["X-Ykt-Poll"]="1";
   if(body!==undefined) headers["Content-Type"]="application/json";
   const r=await fetch(path,{method,headers,credentials:"same-origin",body:body===undefined?undefined:JSON.stringify(body)});
   const j=await r.json().catch(()=>({}));
@@ -102,12 +105,12 @@ window.addEventListener("hashchange",route);
 async function tick(first){
   try{
     await VIEWS[VIEW](first);
-    if(STATUS&&STATUS.fleet) pendingBadge();
+    if(STATUS&&STATUS.fleet) pendingBadge(first);
     $("updated").textContent=`更新于 Updated ${siteTime(new Date())} (${TZ})`;
   }catch(e){ if(!(e instanceof ApiErr&&e.status===401)) $("updated").textContent=e instanceof ApiErr?e.message:"无法连接 central / cannot reach central"; }
 }
-async function pendingBadge(){
-  const n=(await api("/api/enrollments?status=pending")).enrollments.length; $("n-pending").textContent=n||"";
+async function pendingBadge(first){
+  const n=(await api("/api/enrollments?status=pending",{poll:!first})).enrollments.length; $("n-pending").textContent=n||"";
 }
 
 // -- overview (fleet health) ----------------------------------------------------------------
@@ -194,8 +197,8 @@ function secDetail(e){
   if(d.topic && !d.type) parts.push(d.topic);
   return esc(parts.join(" · "));
 }
-async function refreshSecurity(){
-  const sec=await api("/api/security?limit=30");
+async function refreshSecurity(first){
+  const sec=await api("/api/security?limit=30",{poll:!first});
   $("security").innerHTML=sec.events.length?sec.events.map(e=>{const [t,c]=SEC[e.action]||[e.action,"muted"];
     return `<tr data-security="${esc(e.action)}"><td>${when(e.ts)}</td><td>${esc((e.detail||{}).dev||"—")}</td><td class="${c}">${esc(t)}</td><td>${secDetail(e)}</td></tr>`}).join("")
     :`<tr><td colspan="4" class="muted">无 None</td></tr>`;
@@ -204,8 +207,8 @@ async function refreshSecurity(){
   $("throttles").innerHTML=th.length?"登录失败 Failed sign-ins: "+th.map(t=>`<span data-throttle="${esc(t.id)}">${KIND[t.kind]||esc(t.kind)} ${esc(t.id)} × ${t.failures}${t.wait_s?` (${t.wait_s} s)`:""}
     ${t.kind==="badge"?`<button data-reset="${esc(t.id)}" data-min-role="administrator">重置 Reset</button>`:""}</span>`).join(" · "):"";
 }
-async function refreshOverview(){
-  const [st,dv,al,ev]=await Promise.all(["/api/status","/api/devices","/api/alarms","/api/events?limit=20"].map(u=>api(u)));
+async function refreshOverview(first){
+  const [st,dv,al,ev]=await Promise.all(["/api/status","/api/devices","/api/alarms","/api/events?limit=20"].map(u=>api(u,{poll:!first})));
   STATUS=st; setZone(st.timezone);
   const ds=dv.devices; const on=ds.filter(d=>d.online).length;
   $("k-total").textContent=ds.length;
@@ -229,7 +232,7 @@ async function refreshOverview(){
     <td class="${has(d,"backlog_high")?"warn":""}">${d.health&&d.health.outbox_depth!=null?d.health.outbox_depth:"—"}</td>
     <td>${esc(d.version||"—")}</td><td>${when(d.last_seen)}</td><td>${when(d.health&&d.health.telemetry_at)}</td>
     <td data-audit="${d.audit&&d.audit.count?(d.audit.audit_ok?"ok":"broken"):"none"}" class="${!d.audit||!d.audit.count?"muted":d.audit.audit_ok?"on":"off"}">${!d.audit||!d.audit.count?"—":d.audit.audit_ok?"✓ #"+d.audit.last_seq:"✗ #"+d.audit.first_bad_seq+" / "+d.audit.last_seq}</td></tr>`).join("");
-  const pays=(await api("/api/payments/unresolved")).payments;
+  const pays=(await api("/api/payments/unresolved",{poll:!first})).payments;
   $("pays").innerHTML=pays.length?pays.map(p=>`<tr><td>${when(p.created_at)}</td><td>${esc(p.dev)}</td>
     <td>¥${(p.amount_fen/100).toFixed(2)}</td><td>${esc(p.method)}</td><td class="off" data-state="${esc(p.state)}">${p.state==="approved"&&!p.device_told?"已扣款·终端未获知 Charged, terminal not told":esc(PAYSTATE[p.state]||p.state)}</td><td>${p.checks}</td><td>${when(p.deadline)}</td>
     <td class="muted">${esc(p.reason||"")}</td><td data-request="${esc(p.request_id)}" data-min-role="administrator">
@@ -238,7 +241,7 @@ async function refreshOverview(){
   const evs=ev.events;
   $("events").innerHTML=evs.length?evs.map(e=>`<tr data-event="${esc(e.type)}"><td>${when(e.ts)}</td><td>${esc(e.dev)}</td><td>${esc(EVENT[e.type]||e.type)}</td><td class="muted">${detail(e)}</td></tr>`).join("")
     :`<tr><td colspan="4" class="muted">暂无事件 No events yet</td></tr>`;
-  await refreshSecurity();
+  await refreshSecurity(first);
 }
 // Payment actions (administrator): each is audited under the signed-in user's name.
 async function payAction(rid,act){
@@ -273,8 +276,8 @@ const stateTag=(s,t)=>`<span class="state s-${esc(s)}" data-state="${esc(s)}">${
 const ROLEDEV={kiosk:"自助机 Kiosk",cashier:"收费终端 Cashier"};
 function certCell(t){ if(!t) return `<span class="muted">—</span>`; const days=(new Date(t)-Date.now())/864e5;
   return `<span class="${days<30?"warn":""}">${when(t)}</span>`; }
-async function refreshFleet(){
-  const [sites,devs]=await Promise.all([api("/api/fleet/sites"),api("/api/fleet/devices")]);
+async function refreshFleet(first){
+  const [sites,devs]=await Promise.all([api("/api/fleet/sites",{poll:!first}),api("/api/fleet/devices",{poll:!first})]);
   $("sites").innerHTML=sites.sites.length?sites.sites.map(s=>`<tr data-site="${esc(s.site)}"><td>${s.site?esc(s.site):`<span class="muted">未分配 No site</span>`}</td><td>${s.devices}</td>
     <td class="${s.in_sync===s.devices?"on":""}">${s.in_sync}</td><td class="${s.pending?"warn":"muted"}">${s.pending}</td><td class="${s.failed?"off":"muted"}">${s.failed}</td></tr>`).join("")
     :`<tr><td colspan="5" class="muted">无 None</td></tr>`;
@@ -308,8 +311,8 @@ function reqCard(r,sites){
     <button class="danger" type="submit">拒绝 Reject</button></form>
   </div>`;
 }
-async function refreshEnrollments(){
-  const [all,sites]=await Promise.all([api("/api/enrollments"),api("/api/fleet/sites")]);
+async function refreshEnrollments(first){
+  const [all,sites]=await Promise.all([api("/api/enrollments",{poll:!first}),api("/api/fleet/sites",{poll:!first})]);
   const siteNames=sites.sites.map(s=>s.site).filter(Boolean);
   $("site-list").innerHTML=siteNames.map(s=>`<option value="${esc(s)}">`).join("");
   const pending=all.enrollments.filter(r=>r.status==="pending");
@@ -364,7 +367,7 @@ function renderCommands(){
 async function refreshDevice(first){
   const dev=DEVICE;
   if(first){ $("dev-title").textContent=dev; $("cmd-msg").textContent=""; $("dev-admin-msg").textContent=""; }
-  const d=(await api(`/api/fleet/devices/${encodeURIComponent(dev)}`)).device;
+  const d=(await api(`/api/fleet/devices/${encodeURIComponent(dev)}`,{poll:!first})).device;
   if(dev!==DEVICE) return;
   $("dev-badges").innerHTML=[d.online?`<span class="state s-in_sync">在线 Online</span>`:`<span class="state s-failed">离线 Offline</span>`,
     d.enabled?"":`<span class="state s-failed">已停用 Disabled</span>`,
@@ -392,7 +395,7 @@ async function refreshDevice(first){
 async function follow(id){
   // Long-poll one command until it reaches a final state; the list shows every change.
   for(let i=0;i<120;i++){
-    let c; try{ c=(await api(`/api/commands/${id}?wait=5`)).command; }catch(e){ return; }
+    let c; try{ c=(await api(`/api/commands/${id}?wait=5`,{poll:true})).command; }catch(e){ return; }
     const k=CMDS.findIndex(x=>x.command_id===id); if(k>=0) CMDS[k]=c; else CMDS.unshift(c);
     if(VIEW==="device"&&DEVICE===c.dev) renderCommands();
     if(FINAL.has(c.state)){ if(VIEW==="device"&&DEVICE===c.dev) say("cmd-msg",`${CMD[c.name]||c.name}: ${CST[c.state]}`,c.state==="succeeded"); return; }
@@ -424,8 +427,8 @@ $("dev-revoke").addEventListener("click",async()=>{
 });
 
 // -- staff accounts (administrator) ---------------------------------------------------------
-async function refreshUsers(){
-  const us=(await api("/api/users")).users;
+async function refreshUsers(first){
+  const us=(await api("/api/users",{poll:!first})).users;
   $("users").innerHTML=us.length?us.map(u=>`<tr data-user="${esc(u.username)}"><td class="mono">${esc(u.username)}</td><td>${esc(u.name)}</td><td>${esc(ROLE[u.role]||u.role)}</td>
     <td>${u.disabled?`<span class="state s-failed">已停用 Disabled</span>`:`<span class="state s-in_sync">有效 Active</span>`}</td><td>${when(u.created_at)} <span class="muted">${esc(u.created_by)}</span></td>
     <td><button data-uact="${u.disabled?"enable":"disable"}">${u.disabled?"启用 Enable":"停用 Disable"}</button><button data-uact="password">设密码 Set password</button></td></tr>`).join("")
