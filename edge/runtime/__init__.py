@@ -342,11 +342,14 @@ class EdgeRuntime:
         """Why a disruptive command (reboot, restart, test print…) must wait now, or None.
 
         ``card_session``: a card (or e-health QR) session is open — a patient is served.
-        ``payment_unresolved``: a payment was sent and has no final outcome yet.
+        ``payment_unresolved``: a payment was sent and has no final outcome yet — known to
+        this run, or in the uplink's durable outbox (a restart forgets nothing).
         """
         if self.cards.session is not None:
             return "card_session"
         if self.payments.unresolved:
+            return "payment_unresolved"
+        if self.uplink.unresolved_payments():
             return "payment_unresolved"
         return None
 

@@ -50,6 +50,10 @@ class UplinkPort(Protocol):
         """Queue an event for central durably; its id."""
         ...
 
+    def unresolved_payments(self) -> list[str]:
+        """Request ids of payments without a final outcome (durable: survives a restart)."""
+        ...
+
 
 class PrintOutcome(Protocol):
     """What happened to a print job (``edge.devices.printer.driver.PrintOutcome``)."""

@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 
 #: Request types with an effect on the platform (mirrors central.platform MUTATING_OPERATIONS;
 #: the edge does not import central).
+#: Requests that move money: while one has no final outcome the device is not idle.
+PAYMENT_TYPES = frozenset({"pay.create", "pay.reverse", "pay.refund"})
+
 MUTATING_TYPES = frozenset(
     {"reg.book", "reg.cancel", "reg.checkin", "reg.printed", "pay.create", "pay.reverse",
      "pay.refund", "report.printed"}
@@ -192,6 +195,14 @@ class Uplink:
                                   Any] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
+    def unresolved_payments(self) -> list[str]:
+        """Request ids of payments with no final outcome, from the durable outbox (so also
+        after a restart): queued or sent and unanswered, or answered "pending"/"unknown"/
+        "unavailable" and still followed up (within ``give_up_after_exp_s``)."""
+        since = self._clock() - timedelta(seconds=self.outbox.give_up_after_exp_s)
+        return [*self.outbox.open_ids(PAYMENT_TYPES),
+                *self.outbox.unsettled(PAYMENT_TYPES, since)]
+
     @property
     def connected(self) -> bool:
         """True while the MQTT session is up."""

@@ -554,6 +554,15 @@ class Outbox:
                  b'"state":"unknown"')).fetchall()
         return [str(r[0]) for r in rows]
 
+    def open_ids(self, types: Iterable[str]) -> list[str]:
+        """Ids of entries of ``types`` still pending (queued, or sent and not answered)."""
+        kinds = sorted(set(types))
+        with self._lock:
+            rows = self._connection().execute(
+                f"SELECT id FROM outbox WHERE state = 'pending' AND type IN ({_marks(kinds)}) "  # noqa: S608
+                "ORDER BY seq", kinds).fetchall()
+        return [str(r[0]) for r in rows]
+
     def retry_all_now(self, now: datetime) -> int:
         """Make every pending entry due at ``now`` (after a reconnect); returns how many."""
         with self._write() as con:

@@ -21,6 +21,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 class Uplink:
     connected = True
     answer: Any = None
+    durable: list[str] = []  # noqa: RUF012 - set per test
+
+    def unresolved_payments(self) -> list[str]:
+        return list(self.durable)
 
     async def request(self, type_: str, body: dict[str, Any], **kw: Any) -> Any:
         return self.answer
@@ -109,6 +113,11 @@ async def test_busy_while_a_card_session_is_open_or_a_payment_unresolved() -> No
     up.answer = pending.model_copy(update={"state": "declined"})
     await rt.pay_status("P9")
     assert rt.busy_reason() is None and rt.payments.unresolved == []
+    # After a restart this run knows nothing; the uplink's outbox still does.
+    up.durable = ["req-7"]
+    assert rt.busy_reason() == "payment_unresolved"
+    up.durable = []
+    assert rt.busy_reason() is None
 
 
 # --------------------------------------------------------------------------- edge.toml

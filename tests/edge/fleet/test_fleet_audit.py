@@ -124,6 +124,9 @@ class Uplink:
         self.events.append((type_, body))
         return "e"
 
+    def unresolved_payments(self) -> list[str]:
+        return []  # nothing in an outbox here
+
 
 IDENTITY = SimpleNamespace(name=NAME, id_number=ID_NUMBER, card_number=CARD_NO,
                            masked=lambda: {"name": "李*英"})

@@ -82,6 +82,9 @@ class Uplink:
     async def publish_event(self, type_: str, body: dict[str, Any]) -> str:
         return "e"
 
+    def unresolved_payments(self) -> list[str]:
+        return []  # nothing in an outbox here
+
     async def request(self, *a: Any, **kw: Any) -> Any:
         raise AssertionError("no requests here")
 

@@ -362,3 +362,35 @@ async def test_an_unsettled_reply_keeps_the_bytes_for_the_resend(offline) -> Non
         await task
     entry = offline.outbox.get("payment002")
     assert entry is not None and WALLET_CODE.encode() in entry.payload  # reopen resends these
+
+
+async def test_unresolved_payments_come_from_the_durable_outbox(tmp_path: Path, clock) -> None:
+    """What keeps a reboot from central waiting: read from the outbox, so a restart of the
+    daemon forgets no payment still under way."""
+    from yikatong.protocol.messages import make_reply_ok
+
+    pw = tmp_path / "pw"
+    pw.write_text("secret")
+    cfg = UplinkConfig(host="127.0.0.1", port=free_port(), username="kiosk-403",
+                       password_file=pw, outbox_path=tmp_path / "o.db",
+                       state_path=tmp_path / "s.json")
+    up = Uplink(cfg, "kiosk-403", role="kiosk", version="1", clock=clock)
+    assert up.unresolved_payments() == []
+    body = {"patient_id": "pr_1", "purpose": "bills", "refs": ["B1"], "amount_fen": 100,
+            "method": "wechat", "auth_code": "134567890123456789"}
+    pay = make_request("pay.create", "kiosk-403", body, now=clock(), id="pay0000000001")
+    look = make_request("reg.departments", "kiosk-403", {}, now=clock(), id="dep0000000001")
+    up.outbox.enqueue(pay, kind="req")
+    up.outbox.enqueue(look, kind="req")
+    assert up.unresolved_payments() == ["pay0000000001"]  # queued: money may move
+    pending = PaymentResult(payment_id="P1", state="pending", amount_fen=100, method="wechat")
+    up.outbox.complete(pay.id, encode(make_reply_ok(pay, pending, now=clock())))
+    up.outbox.close()
+    # The daemon restarts: the new process sees it still unresolved.
+    again = Uplink(cfg, "kiosk-403", role="kiosk", version="1", clock=clock)
+    assert again.unresolved_payments() == ["pay0000000001"]
+    done = pending.model_copy(update={"state": "approved"})
+    again.outbox.reopen(pay.id, clock())
+    again.outbox.complete(pay.id, encode(make_reply_ok(pay, done, now=clock())))
+    assert again.unresolved_payments() == []
+    again.outbox.close()

@@ -33,6 +33,9 @@ class RecordingUplink:
         self.events.append((type_, body))
         return f"ev-{len(self.events)}"
 
+    def unresolved_payments(self) -> list[str]:
+        return []  # nothing in an outbox here
+
 
 async def _next_status(q: asyncio.Queue[dict[str, Any]], within: float = 5.0) -> dict[str, Any]:
     async with asyncio.timeout(within):
