@@ -715,6 +715,12 @@ class FleetService:
         self._reload()
         log.info("revoked %d certificate(s) of %s", len(serials), dev)
 
+    async def _registry_disable(self, dev: str) -> None:
+        try:
+            await asyncio.to_thread(self.registry.disable, dev)
+        except RegistryError as exc:
+            raise FleetError(404, "unknown_device", exc.message, exc.message_zh) from exc
+
     async def revoke(self, dev: str, *, actor: str) -> dict[str, Any]:
         """Revoke every certificate of ``dev`` and disable it; returns its device dict."""
         self._require_device(dev)
@@ -722,10 +728,7 @@ class FleetService:
         now = self._now()
         # Disabled first: a renewal racing this one is refused inside its write
         # (cert_renew_in_tx), so the serials read next are all the device will ever have.
-        try:
-            await asyncio.to_thread(self.registry.disable, dev)
-        except RegistryError as exc:
-            raise FleetError(404, "unknown_device", exc.message, exc.message_zh) from exc
+        await self._registry_disable(dev)
         await self.store.write(lambda: None)  # a renewal already in the writer is done
         with self._ca_lock:
             serials = self.ca.active_serials(dev)
@@ -794,10 +797,7 @@ class FleetService:
         self._require_device(dev)
         actor = _actor(actor)
         now = self._now()
-        try:
-            await asyncio.to_thread(self.registry.disable, dev)
-        except RegistryError as exc:
-            raise FleetError(404, "unknown_device", exc.message, exc.message_zh) from exc
+        await self._registry_disable(dev)
         await self.store.write(lambda: self.store.append_audit_in_tx(
             now, actor, "fleet.disable", {"dev": dev}))
         return self.device_detail(dev)
