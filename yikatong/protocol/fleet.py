@@ -20,6 +20,7 @@ Enrollment envelopes carry ``dev = "enroll"`` (a reserved id): the device has no
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import Field, StringConstraints, ValidationError, model_validator
@@ -27,6 +28,7 @@ from pydantic import Field, StringConstraints, ValidationError, model_validator
 from yikatong.protocol.envelope import Envelope, canonical_json
 from yikatong.protocol.errors import InvalidBody
 from yikatong.protocol.messages import Hash256, Timestamp, WireModel, dump_body
+from yikatong.protocol.update import TYPE_UPDATE_STATUS, VERSION_RE, UpdateStatus
 
 __all__ = [
     "COMMANDS",
@@ -234,16 +236,44 @@ COMMANDS: Final[dict[str, bool]] = {
     "cert.rotate": False,
     "log.level": False,
     "hotlist.refresh": False,
+    # Downloads and verifies at once; installs and restarts only on an idle device.
+    "update.install": True,
 }
 DISRUPTIVE_COMMANDS: Final = frozenset(n for n, d in COMMANDS.items() if d)
 COMMAND_STATES: Final = ("queued", "delivered", "waiting", "in_progress", "succeeded",
                          "failed", "expired", "rejected")
 FINAL_COMMAND_STATES: Final = frozenset({"succeeded", "failed", "expired", "rejected"})
 
+class _Matches:
+    """A set of allowed string values given by a regular expression (``value in _Matches``)."""
+
+    def __init__(self, pattern: str) -> None:
+        self._re = re.compile(pattern)
+
+    def __contains__(self, value: object) -> bool:
+        return isinstance(value, str) and self._re.fullmatch(value) is not None
+
+
 _ARGS: Final[dict[str, dict[str, Any]]] = {
     "service.restart": {"service": ("edge", "kiosk")},
     "log.level": {"level": ("debug", "info", "warning", "error")},
     "logs.collect": {"lines": range(1, 5001)},
+    # docs/updates.md: which bundle, where to fetch it (a download token bound to this device
+    # and rollout), the manifest's SHA-256 and whether an older version may replace a newer.
+    "update.install": {
+        "rollout": _Matches(r"[0-9a-f]{32}"),
+        "version": _Matches(VERSION_RE[1:-1]),
+        "url": _Matches(r"https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~%-]+)*/?"),
+        "token": _Matches(r"[A-Za-z0-9_.-]{16,400}"),
+        "manifest_sha256": _Matches(r"[0-9a-f]{64}"),
+        "allow_downgrade": (0, 1),
+    },
+}
+#: Arguments a command cannot go without.
+_REQUIRED: Final[dict[str, frozenset[str]]] = {
+    "service.restart": frozenset({"service"}),
+    "log.level": frozenset({"level"}),
+    "update.install": frozenset({"rollout", "version", "url", "token", "manifest_sha256"}),
 }
 
 
@@ -252,7 +282,8 @@ class Command(WireModel):
 
     command_id: CommandId
     name: Literal["reboot", "service.restart", "printer.test", "reader.selftest",
-                  "logs.collect", "cert.rotate", "log.level", "hotlist.refresh"]
+                  "logs.collect", "cert.rotate", "log.level", "hotlist.refresh",
+                  "update.install"]
     args: dict[str, str | int] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -261,10 +292,9 @@ class Command(WireModel):
         for key, value in self.args.items():
             if key not in allowed or value not in allowed[key]:
                 raise ValueError(f"argument {key}={value!r} not allowed for {self.name}")
-        if self.name in ("service.restart", "log.level"):
-            missing = set(allowed) - set(self.args)
-            if missing:
-                raise ValueError(f"{self.name} needs {sorted(missing)}")
+        missing = _REQUIRED.get(self.name, frozenset()) - set(self.args)
+        if missing:
+            raise ValueError(f"{self.name} needs {sorted(missing)}")
         return self
 
 
@@ -296,6 +326,7 @@ _BODIES: Final[dict[str, type[WireModel]]] = {
     TYPE_CONFIG_REPORT: ConfigReport,
     TYPE_CMD: Command,
     TYPE_CMD_RESULT: CommandResult,
+    TYPE_UPDATE_STATUS: UpdateStatus,
 }
 
 
