@@ -79,7 +79,7 @@ class BundleFile(WireModel):
     sha256: Hash256
     size: Annotated[int, Field(ge=0, le=2**40)]
     #: Empty = every architecture (pure-Python wheels).
-    arch: tuple[Literal["x86_64", "aarch64"], ...] = ()
+    arch: list[Literal["x86_64", "aarch64"]] = Field(default_factory=list)
 
 
 class Manifest(WireModel):
@@ -92,11 +92,11 @@ class Manifest(WireModel):
     min_version: Version
     built_at: Timestamp
     #: Device models this bundle is for (``DeviceFacts.model``); ``*`` = any.
-    models: Annotated[tuple[Short, ...], Field(min_length=1, max_length=32)]
-    architectures: Annotated[tuple[Literal["x86_64", "aarch64"], ...],
+    models: Annotated[list[Short], Field(min_length=1, max_length=32)]
+    architectures: Annotated[list[Literal["x86_64", "aarch64"]],
                              Field(min_length=1, max_length=2)]
     python: Annotated[str, StringConstraints(pattern=r"^3\.[0-9]{1,2}$")]
-    files: Annotated[tuple[BundleFile, ...], Field(min_length=1, max_length=500)]
+    files: Annotated[list[BundleFile], Field(min_length=1, max_length=500)]
     notes: Text | None = None
 
     @model_validator(mode="after")
