@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from firmware_tools.bundle import add_bundle_commands
 from firmware_tools.central import FwError, connect, write_file
 from firmware_tools.fleet import add_fleet_commands, device_list, site_time
 from yikatong.common.config import ConfigError
@@ -116,3 +117,4 @@ def add_fw_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ls.set_defaults(func=_wrap(device_list))
 
     add_fleet_commands(sub, dsub, _wrap)
+    add_bundle_commands(sub, _wrap, common)
