@@ -16,6 +16,7 @@ DEB_PACKAGES=(
   chromium fonts-noto-cjk                          # kiosk browser, Chinese glyphs for UI and receipts
   espeak-ng                                        # optional spoken prompts at the kiosk
   python3 python3-venv python3-dev gcc make pkg-config util-linux
+  systemd openssl                                  # systemd-analyze verify; install-device.sh's bundle check
 )
 
 missing=()
