@@ -13,13 +13,14 @@ the payment actions as ``staff:<user name>``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.authz import SECURITY_ACTIONS
@@ -43,13 +44,22 @@ from central.payments import PaymentError
 from central.platform.errors import PlatformError
 from central.registry import Registry, RegistryError
 from central.store import Store
+from central.store.devices import DeviceState
 from yikatong.common.errors import LocalizedError
 
 STATIC = Path(__file__).parent / "static"
 #: Files of the page besides index.html, served from ``/static/``.
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
-__all__ = ["create_dashboard"]
+__all__ = ["MAX_PAGE", "create_dashboard"]
+
+#: The largest page ``GET /api/devices?limit=`` gives (without ``limit``: every device).
+MAX_PAGE = 1000
+_NO_AUDIT = {"audit_ok": True, "last_seq": 0, "count": 0, "first_bad_seq": None}
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 class DeviceIn(BaseModel):
@@ -113,18 +123,41 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     accounts = accounts or StaffAccounts(store, auth_settings)
     auth = DashboardAuth(accounts, admin_token)
 
-    def fleet_health() -> list[dict[str, Any]]:
-        """Every device with its health view and active alarms."""
-        health = store.all_health()
+    def fleet_health(*, after: str | None = None, limit: int | None = None,
+                     state: DeviceState | None = None) -> list[dict[str, Any]]:
+        """Devices (all, or a page) with health view, active alarms and audit chain state.
+
+        A constant number of queries whatever the fleet's size (devices, their health rows,
+        their audit summaries); run it through ``store.read`` — never on the event loop the
+        forwarder shares (docs/performance.md, "Device list at fleet scale").
+        """
+        devs = store.devices(after=after, limit=limit, state=state)
+        ids = None if limit is None and after is None and state is None else [d.id for d in devs]
+        health = store.all_health(ids)
+        audits = store.device_audit_states(ids)
         out = []
-        for d in store.devices():
+        for d in devs:
             h = health.get(d.id)
             alarms = derive_alarms(d.id, online=d.online, enabled=d.enabled, health=h,
                                    thresholds=limits)
-            out.append({**_jsonable(asdict(d)), "health": h.to_dict() if h else None,
+            out.append({"id": d.id, "role": d.role, "enabled": d.enabled, "online": d.online,
+                        "last_seen": d.last_seen.isoformat() if d.last_seen else None,
+                        "last_boot_seq": d.last_boot_seq, "version": d.version,
+                        "health": h.to_dict() if h else None,
                         "alarms": [asdict(a) for a in alarms],
-                        "audit": store.device_audit_state(d.id)})
+                        "audit": audits.get(d.id) or _NO_AUDIT})
         return out
+
+    def device_list(after: str | None, limit: int | None, state: DeviceState | None) -> bytes:
+        rows = fleet_health(after=after, limit=limit, state=state)
+        more = limit is not None and len(rows) == limit
+        return _json_bytes({"devices": rows, "counts": store.device_counts(),
+                            "next": rows[-1]["id"] if more else None})
+
+    def alarm_list() -> bytes:
+        items = [a for d in fleet_health() for a in d["alarms"]]
+        items.sort(key=lambda a: (a["severity"] != "error", a["dev"], a["code"]))
+        return _json_bytes({"alarms": items})
 
     def audit(user: StaffUser, action: str, detail: dict[str, Any]) -> None:
         store.audit(accounts.now(), user.username, action, detail)
@@ -174,7 +207,7 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         out: dict[str, Any] = {"site_name": site_name, "timezone": timezone}
         if signed_in(request) is None:  # a health check, or the sign-in page
             return {**out, "signed_in": False}
-        ok, broken_at = store.verify_chain()
+        ok, broken_at = await store.read(store.verify_chain)  # grows with the audit log
         out.update({"signed_in": True, "fleet": fleet is not None,
                     "audit_chain": {"ok": ok, "broken_at": broken_at}})
         if extra_status is not None:
@@ -182,14 +215,19 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         return out
 
     @api.get("/devices")
-    async def devices() -> dict[str, Any]:
-        return {"devices": fleet_health()}
+    async def devices(after: str | None = Query(default=None, max_length=64),
+                      limit: int | None = Query(default=None, ge=1, le=MAX_PAGE),
+                      state: DeviceState | None = None) -> Response:
+        """Devices by id: all of them, or a page (``limit``, then ``after`` = ``next``).
+
+        ``counts`` covers the whole fleet whatever the page; ``state`` filters.
+        """
+        body = await store.read(lambda: device_list(after, limit, state))
+        return Response(body, media_type="application/json")
 
     @api.get("/alarms")
-    async def alarms() -> dict[str, Any]:
-        items = [a for d in fleet_health() for a in d["alarms"]]
-        items.sort(key=lambda a: (a["severity"] != "error", a["dev"], a["code"]))
-        return {"alarms": items}
+    async def alarms() -> Response:
+        return Response(await store.read(alarm_list), media_type="application/json")
 
     @api.get("/devices/{dev}/events")
     async def device_events(dev: str, limit: int = 50) -> dict[str, Any]:

@@ -7,6 +7,7 @@ central/store/__init__.py composes them into :class:`~central.store.Store`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -70,6 +71,7 @@ class StoreCore:
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _create_schema(self) -> None:
         m = self.models
@@ -90,6 +92,12 @@ class StoreCore:
         if writer is not None:
             self._q.put(_STOP)
             writer.join(30)
+        with self._writer_lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):  # its connection: closed on its own thread
+                reader.submit(self.db.close).result(30)
+            reader.shutdown(wait=True)
         self.flush_touches()
         self.db.close()
 
@@ -114,6 +122,24 @@ class StoreCore:
         self._ensure_writer()
         self._q.put((fn, fut, loop))
         return fut
+
+    def read(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run the read-only ``fn`` on the store's reader thread; await its result.
+
+        For reads that grow with the fleet (the dashboard's device list, alarms, the audit
+        chain check): on the event loop they would pause the forwarder's MQTT handling for
+        as long as they take. The reader thread has a connection of its own (WAL: it never
+        waits for the writer), and ``fn`` may also do the CPU work of the answer there
+        (alarms, JSON). One thread: dashboard reads queue behind each other instead of
+        taking more of the process's time from the loop. Call from a running event loop.
+        """
+        loop = asyncio.get_running_loop()
+        with self._writer_lock:
+            if self._reader is None:
+                self._reader = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix=f"store-reader:{self.path.name}")
+            reader = self._reader
+        return loop.run_in_executor(reader, fn)
 
     def in_write(self) -> bool:
         """True while this thread is inside a write transaction of this store."""

@@ -1,15 +1,38 @@
-"""The store's devices: registry rows, cached enabled/role checks, ``last_seen``, birth/Will."""
+"""The store's devices: registry rows, cached enabled/role checks, ``last_seen``, birth/Will.
+
+The device list reads the fleet in one query (a page of it with ``after``/``limit``), never
+one query per device (docs/performance.md, "Device list at fleet scale").
+"""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime
+from typing import Any, Literal
+
+import peewee as pw
 
 from central.store import sql
 from central.store.core import DEVICE_CACHE_S, StoreCore
 from central.store.values import DeviceInfo, StoreError, from_ts, to_ts
 
-__all__ = ["DeviceOps"]
+__all__ = ["DEVICE_STATES", "DeviceOps", "DeviceState"]
+
+DeviceState = Literal["online", "offline", "disabled"]
+DEVICE_STATES: frozenset[str] = frozenset({"online", "offline", "disabled"})
+
+
+def _columns(D: Any) -> tuple[Any, ...]:
+    """The columns a :class:`DeviceInfo` is made of, in its field order."""
+    return (D.id, D.role, D.enabled, D.online, D.last_seen, D.last_boot_seq, D.version)
+
+
+def _state_condition(D: Any, state: DeviceState | None) -> Any:
+    if state is None:
+        return None
+    if state == "disabled":
+        return D.enabled == False  # noqa: E712 - a peewee expression
+    return (D.enabled == True) & (D.online == (state == "online"))  # noqa: E712
 
 
 class DeviceOps(StoreCore):
@@ -64,24 +87,48 @@ class DeviceOps(StoreCore):
 
     def device(self, dev: str) -> DeviceInfo | None:
         """The device ``dev`` or None."""
-        r = self.Device.get_or_none(self.Device.id == dev)
-        if r is None:
-            return None
-        last_seen = r.last_seen
-        buffered = self._touches.get(dev)
+        D = self.Device
+        row = D.select(*_columns(D)).where(D.id == dev).tuples().first()
+        return None if row is None else self._info(row, self._touches)
+
+    def devices(self, *, after: str | None = None, limit: int | None = None,
+                state: DeviceState | None = None) -> list[DeviceInfo]:
+        """Devices by id, in one query: all of them, or a page.
+
+        ``after`` (an id) and ``limit`` page through the fleet in id order; ``state`` keeps
+        only ``online`` / ``offline`` (enabled ones) or ``disabled`` devices.
+        """
+        D = self.Device
+        q = D.select(*_columns(D))
+        cond = _state_condition(D, state)
+        if after is not None:
+            q = q.where(D.id > after)
+        if cond is not None:
+            q = q.where(cond)
+        q = q.order_by(D.id)
+        if limit is not None:
+            q = q.limit(limit)
+        touches = self._touches  # the writer swaps the dict; this one stays whole
+        return [self._info(row, touches) for row in q.tuples()]
+
+    def device_counts(self) -> dict[str, int]:
+        """``{total, online, offline, disabled}`` over the whole fleet (one query)."""
+        D = self.Device
+        enabled = pw.Case(None, [(D.enabled == True, 1)], 0)  # noqa: E712 - SQL, not Python
+        online = pw.Case(None, [((D.enabled == True) & (D.online == True), 1)], 0)  # noqa: E712
+        total, on, en = D.select(pw.fn.COUNT(D.id), pw.fn.SUM(online),
+                                 pw.fn.SUM(enabled)).tuples().get()
+        total, on, en = int(total or 0), int(on or 0), int(en or 0)
+        return {"total": total, "online": on, "offline": en - on, "disabled": total - en}
+
+    @staticmethod
+    def _info(row: tuple[Any, ...], touches: dict[str, float]) -> DeviceInfo:
+        dev, role, enabled, online, last_seen, boot_seq, version = row
+        buffered = touches.get(dev)
         if buffered is not None and (last_seen is None or buffered > last_seen):
             last_seen = buffered  # heard from, not flushed yet
-        return DeviceInfo(
-            r.id, r.role, bool(r.enabled), bool(r.online), from_ts(last_seen), r.last_boot_seq,
-            r.version,
-        )
-
-    def devices(self) -> list[DeviceInfo]:
-        """All devices, by id."""
-        return [
-            d for d in (self.device(r.id) for r in self.Device.select().order_by(self.Device.id))
-            if d is not None
-        ]
+        return DeviceInfo(dev, role, bool(enabled), bool(online), from_ts(last_seen), boot_seq,
+                          version)
 
     def touch(self, dev: str, now: datetime) -> None:
         """Record that ``dev`` was heard from at ``now`` (written within ``TOUCH_FLUSH_S``)."""

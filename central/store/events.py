@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -83,7 +84,13 @@ class EventOps(StoreCore):
         row = H.get_or_none(H.dev == dev)
         return None if row is None else fleet_health.DeviceHealth.from_json(row.body)
 
-    def all_health(self) -> dict[str, fleet_health.DeviceHealth]:
-        """Every device's latest health view, by device id."""
+    def all_health(self, devs: Sequence[str] | None = None
+                   ) -> dict[str, fleet_health.DeviceHealth]:
+        """Every device's latest health view (or only ``devs``'), by device id; one query."""
         H = self.DeviceHealthRow
-        return {r.dev: fleet_health.DeviceHealth.from_json(r.body) for r in H.select()}
+        q = H.select(H.dev, H.body)
+        if devs is not None:
+            if not devs:
+                return {}
+            q = q.where(H.dev.in_(list(devs)))
+        return {dev: fleet_health.DeviceHealth.from_json(body) for dev, body in q.tuples()}
