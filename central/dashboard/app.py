@@ -38,6 +38,7 @@ from central.dashboard.auth import (
     signed_in,
 )
 from central.dashboard.auth import SECURITY_ACTIONS as DASHBOARD_SECURITY_ACTIONS
+from central.dashboard.bundles_api import bundles_router
 from central.dashboard.fleet_api import fleet_router
 from central.fleet_health import HealthThresholds, derive_alarms
 from central.payments import PaymentError
@@ -329,6 +330,7 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         app.include_router(fleet_router(
             fleet, lambda actor, action, detail: store.audit(accounts.now(), actor, action,
                                                              detail)))
+        app.include_router(bundles_router(fleet))
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)

@@ -24,6 +24,10 @@ class FleetSection(StrictModel):
     #: Central's Ed25519 key for ``config.desired`` and ``cmd``; default
     #: ``data_dir/fleet/signing.key`` (0600), its public half next to it as ``.pub``.
     signing_key: Path | None = None
+    #: Release public key(s) (PEM, one or more; never a private key): with them, an uploaded
+    #: update bundle must carry a valid signature by one of them (docs/updates.md "Bundles").
+    #: Central only checks; it never holds the release private key.
+    release_keys: Path | None = None
     #: Listen address and port of the enrollment broker (a second Mosquitto, TLS only).
     enroll_host: str = "127.0.0.1"
     enroll_port: int = Field(default=8884, ge=1, le=65535)

@@ -13,6 +13,7 @@ Tables::
     fleet_desired      per device: effective settings, version, hash, last signed envelope
     fleet_seq          per device: the last seq used (config and cmd share it; never reused)
     fleet_reported     per device: the last config.report
+    fleet_bundle       stored update bundles (central/fleet/bundles.py)
     fleet_command      signed commands and their states
 """
 
@@ -153,6 +154,28 @@ class Reported(_Declared):
         table_name = "fleet_reported"
 
 
+class FleetBundle(_Declared):
+    """An update bundle stored under ``data_dir/bundles/<version>/`` (central/fleet/bundles.py)."""
+
+    version = pw.CharField(primary_key=True, max_length=40)
+    manifest_sha256 = pw.CharField(max_length=64)
+    #: Key id of the signature (``manifest.sig``) and whether central checked it.
+    kid = pw.CharField(max_length=16, null=True)
+    signature_checked = pw.BooleanField(default=False)
+    min_version = pw.CharField(max_length=40)
+    #: JSON lists.
+    architectures = pw.TextField()
+    models = pw.TextField()
+    files = pw.IntegerField()
+    size = pw.IntegerField()
+    notes = pw.CharField(max_length=400, null=True)
+    uploaded_by = pw.CharField(max_length=64)
+    uploaded_at = pw.FloatField()
+
+    class Meta:
+        table_name = "fleet_bundle"
+
+
 class FleetCommand(_Declared):
     """A signed command and its state (queued → … → succeeded/failed/expired/rejected)."""
 
@@ -177,7 +200,7 @@ class FleetCommand(_Declared):
 
 
 _DECLARED = (Enrollment, FleetDevice, FleetCert, ConfigLayer, Desired, SeqCounter, Reported,
-             FleetCommand)
+             FleetBundle, FleetCommand)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +214,7 @@ class FleetTables:
     Desired: Any
     SeqCounter: Any
     Reported: Any
+    FleetBundle: Any
     FleetCommand: Any
 
     @classmethod
@@ -204,4 +228,5 @@ class FleetTables:
     def all(self) -> list[Any]:
         """Every model, in creation order."""
         return [self.Enrollment, self.FleetDevice, self.FleetCert, self.ConfigLayer,
-                self.Desired, self.SeqCounter, self.Reported, self.FleetCommand]
+                self.Desired, self.SeqCounter, self.Reported, self.FleetBundle,
+                self.FleetCommand]
