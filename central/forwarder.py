@@ -25,11 +25,12 @@ message is checked in this order and never stops the forwarder, whatever it cont
    payment record's update when ``hooks`` are given), then published on ``down/resp`` —
    only after that transaction committed.
 
-Fleet trust (``fleet``, central/fleet): ``up/result`` envelopes of type ``config.report`` and
-``cmd.result`` are validated (``parse_fleet_body``; invalid ones audited and dropped) and go
-to the fleet service instead of the event ring, and every birth is passed on (a device
-running another config gets it re-signed). ``device.cert_renew`` / ``device.log_bundle`` are
-central-local requests answered through ``guard.call_local`` on the normal request path.
+Fleet trust (``fleet``, central/fleet): ``up/result`` envelopes of type ``config.report``,
+``cmd.result`` and ``update.status`` (docs/updates.md) are validated (``parse_fleet_body``;
+invalid ones audited and dropped) and go to the fleet service instead of the event ring, and
+every birth is passed on (a device running another config gets it re-signed).
+``device.cert_renew`` / ``device.log_bundle`` are central-local requests answered through
+``guard.call_local`` on the normal request path.
 
 Every write goes through the store's writer thread (:meth:`Store.write`, group commit):
 the workers await their operation's commit instead of each paying an fsync'd transaction
@@ -97,6 +98,7 @@ from yikatong.protocol.messages import (
     parse_request,
     parse_state,
 )
+from yikatong.protocol.update import TYPE_UPDATE_STATUS
 
 __all__ = ["FleetHooks", "Forwarder", "ForwarderSettings", "OutcomeObserver", "RequestHooks",
            "body_hash"]
@@ -104,7 +106,7 @@ __all__ = ["FleetHooks", "Forwarder", "ForwarderSettings", "OutcomeObserver", "R
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-_FLEET_RESULTS = frozenset({TYPE_CONFIG_REPORT, TYPE_CMD_RESULT})
+_FLEET_RESULTS = frozenset({TYPE_CONFIG_REPORT, TYPE_CMD_RESULT, TYPE_UPDATE_STATUS})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -153,7 +155,7 @@ class FleetHooks(Protocol):
     """Fleet trust (:class:`central.fleet.service.FleetService`): results and births."""
 
     async def on_result(self, dev: str, env: Envelope, body: Any) -> None:
-        """A validated ``config.report`` / ``cmd.result`` from ``dev``."""
+        """A validated ``config.report`` / ``cmd.result`` / ``update.status`` from ``dev``."""
 
     async def on_birth(self, dev: str) -> None:
         """``dev`` came online (a birth newer than the last one)."""
@@ -391,7 +393,8 @@ class Forwarder:
         return self.store.device_enabled(dev)
 
     async def _handle_fleet_result(self, dev: str, env: Envelope, now: datetime) -> None:
-        """``config.report`` / ``cmd.result``: validated, then to the fleet service."""
+        """``config.report`` / ``cmd.result`` / ``update.status``: validated, then to the
+        fleet service."""
         assert self._fleet is not None
         try:
             body = parse_fleet_body(env)

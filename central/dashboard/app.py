@@ -40,6 +40,7 @@ from central.dashboard.auth import (
 from central.dashboard.auth import SECURITY_ACTIONS as DASHBOARD_SECURITY_ACTIONS
 from central.dashboard.bundles_api import bundles_router
 from central.dashboard.fleet_api import fleet_router
+from central.dashboard.rollouts_api import rollouts_router
 from central.fleet_health import HealthThresholds, derive_alarms
 from central.payments import PaymentError
 from central.platform.errors import PlatformError
@@ -331,6 +332,8 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
             fleet, lambda actor, action, detail: store.audit(accounts.now(), actor, action,
                                                              detail)))
         app.include_router(bundles_router(fleet))
+        if getattr(fleet, "rollouts", None) is not None:  # staged updates, docs/updates.md
+            app.include_router(rollouts_router(fleet.rollouts))
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)

@@ -57,6 +57,7 @@ from central.fleet.enrollment import (
     status_body,
 )
 from central.fleet.errors import FleetError
+from central.fleet.rollouts import RolloutService
 from central.fleet.settings import FleetSection
 from central.fleet.signer import FleetSigner
 from central.fleet.store import FleetTables
@@ -91,6 +92,7 @@ from yikatong.protocol.messages import (
     dump_body,
 )
 from yikatong.protocol.topics import RESERVED_DEVICE_IDS, is_valid_device_id
+from yikatong.protocol.update import UpdateStatus
 
 __all__ = ["FleetService"]
 
@@ -192,6 +194,8 @@ class FleetService:
         self.stats: dict[str, int] = {"enroll_requests": 0, "enroll_invalid": 0,
                                       "config_published": 0, "publish_errors": 0,
                                       "results": 0, "enroll_capped": 0}
+        # Staged rollouts of stored bundles (central/fleet/rollouts.py, bundles.py).
+        self.rollouts = RolloutService(self, clock=clock)
 
     # ================================================================== lifecycle
     @property
@@ -234,6 +238,8 @@ class FleetService:
             asyncio.create_task(self._periodic(), name="fleet-expiry"),
             asyncio.create_task(broker.supervise(), name="fleet-enroll-broker"),
         ]
+        if self.section.rollout_scheduler:  # one instance only (issue 13)
+            self._tasks.append(asyncio.create_task(self.rollouts.run(), name="fleet-rollouts"))
 
     async def wait_ready(self, timeout_s: float = 10.0) -> bool:
         """Wait until the enrollment session (and the publisher, if any) are connected."""
@@ -298,6 +304,7 @@ class FleetService:
                                         and self.publisher.connected),
             "signing_key_id": self.signer.key_id,
             **self.stats,
+            "rollouts": self.rollouts.status(),
         }
 
     def claim_bundle(self) -> dict[str, Any]:
@@ -1135,7 +1142,8 @@ class FleetService:
             self.stats["config_published"] += 1
 
     async def on_result(self, dev: str, env: Envelope, body: WireModel) -> None:
-        """A ``config.report`` or ``cmd.result`` from ``dev`` (validated by the forwarder)."""
+        """A ``config.report``, ``cmd.result`` or ``update.status`` from ``dev`` (validated by
+        the forwarder); an ``update.status`` goes to :attr:`rollouts`."""
         self.stats["results"] += 1
         now = self._now()
         if isinstance(body, ConfigReport):
@@ -1149,6 +1157,8 @@ class FleetService:
                 self._wake(command_id)
             if confirm:
                 await self._confirm_renewal(dev, now)
+        elif isinstance(body, UpdateStatus):
+            await self.rollouts.on_status(dev, body)
 
     def _report_tx(self, dev: str, body: ConfigReport, now: datetime) -> None:
         R = self.tables.Reported
@@ -1214,8 +1224,13 @@ class FleetService:
         }
 
     async def send_command(self, dev: str, name: str, args: dict[str, Any], *, actor: str,
-                           exp_s: float | None = None) -> dict[str, Any]:
-        """Sign and send command ``name`` to ``dev``; returns the command dict (``queued``)."""
+                           exp_s: float | None = None,
+                           in_tx: Callable[[str], object] | None = None) -> dict[str, Any]:
+        """Sign and send command ``name`` to ``dev``; returns the command dict (``queued``).
+
+        ``in_tx(command_id)`` runs inside the transaction that stores the command (a rollout
+        marks its device there); raising from it sends nothing.
+        """
         info = self._require_device(dev)
         if not info.enabled:
             raise FleetError(409, "device_disabled", f"device {dev} is disabled",
@@ -1234,17 +1249,23 @@ class FleetService:
         now = self._now()
         exp = now + timedelta(seconds=exp_s)
 
+        # A download token is a credential: signed into the command, never stored or shown.
+        shown = json.dumps({k: "(token)" if k == "token" else v for k, v in cmd.args.items()},
+                           sort_keys=True)
+
         def tx() -> bytes:
             seq = self._next_seq_tx(dev, now)
             env = self._sign(TYPE_CMD, dev, cmd, now, exp=exp, seq=seq)
             t = _ts(now)
             self.tables.FleetCommand.create(
                 command_id=command_id, dev=dev, name=cmd.name,
-                args=json.dumps(cmd.args, sort_keys=True), seq=seq, state="queued",
+                args=shown, seq=seq, state="queued",
                 created_by=actor, created_at=t, updated_at=t, exp=exp.timestamp())
             self.store.append_audit_in_tx(now, actor, "fleet.cmd_send", {
                 "dev": dev, "command_id": command_id, "name": cmd.name,
-                "args": json.dumps(cmd.args, sort_keys=True)})
+                "args": shown})
+            if in_tx is not None:
+                in_tx(command_id)
             return encode(env)
 
         payload = await self.store.write(tx)

@@ -49,3 +49,18 @@ class FleetSection(StrictModel):
     #: Central sends ``cert.rotate`` to an online device whose certificate expires within
     #: this many days (and has no rotation open). Devices never renew on their own say-so.
     renew_before_days: int = Field(default=30, ge=1, le=365)
+    #: How devices reach central's HTTP API (``http(s)://host:port``, with a path prefix if
+    #: a proxy adds one): rollouts send ``{public_url}/api/fleet/bundles/{version}`` in
+    #: ``update.install``. Without it no rollout can be created (docs/updates.md "Rollouts").
+    public_url: str | None = Field(
+        default=None, max_length=200,
+        pattern=r"^https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~%-]+)*$")
+    #: This instance runs the rollout scheduler. With several central instances (issue 13)
+    #: exactly one must: two would each start devices within the rate.
+    rollout_scheduler: bool = True
+    #: ``exp`` of a rollout's ``update.install``: it waits on the device for an idle moment
+    #: (no card session, no unresolved payment), which may take hours on a busy kiosk.
+    rollout_command_exp_s: float = Field(default=6 * 3600.0, ge=60, le=7 * _DAY)
+    #: After its ``update.install`` ended ``succeeded``, a device has this long to report a
+    #: final ``update.status`` (committed / rolled back / failed) before it counts as failed.
+    rollout_report_timeout_s: float = Field(default=3600.0, ge=30, le=_DAY)

@@ -15,6 +15,8 @@ Tables::
     fleet_reported     per device: the last config.report
     fleet_bundle       stored update bundles (central/fleet/bundles.py)
     fleet_command      signed commands and their states
+    fleet_rollout      staged rollouts of an update bundle (central/fleet/rollouts.py)
+    fleet_rollout_device  per rollout and device: the update's state, command, versions
 """
 
 from __future__ import annotations
@@ -199,8 +201,63 @@ class FleetCommand(_Declared):
         table_name = "fleet_command"
 
 
+class Rollout(_Declared):
+    """A staged rollout of one bundle version (central/fleet/rollouts.py, docs/updates.md)."""
+
+    rollout_id = pw.CharField(primary_key=True, max_length=32)
+    version = pw.CharField(max_length=40)
+    manifest_sha256 = pw.CharField(max_length=64)
+    #: JSON: {site, role, from_versions, devices} as given.
+    target = pw.TextField()
+    allow_downgrade = pw.BooleanField(default=False)
+    max_per_minute = pw.IntegerField()
+    max_in_flight = pw.IntegerField()
+    failure_threshold = pw.IntegerField(null=True)
+    failure_ratio = pw.FloatField(null=True)
+    min_finished = pw.IntegerField()
+    state = pw.CharField(max_length=10, index=True)  # scheduled|running|paused|completed|cancelled
+    reason_code = pw.CharField(max_length=64, null=True)
+    reason = pw.CharField(max_length=400, null=True)
+    notes = pw.CharField(max_length=200, null=True)
+    created_by = pw.CharField(max_length=64)
+    created_at = pw.FloatField(index=True)
+    updated_at = pw.FloatField()
+    start_at = pw.FloatField(null=True)
+    started_at = pw.FloatField(null=True)
+    finished_at = pw.FloatField(null=True)
+    #: Failures are counted among devices finished since this time (the last resume).
+    counted_since = pw.FloatField()
+
+    class Meta:
+        table_name = "fleet_rollout"
+
+
+class RolloutDevice(_Declared):
+    """One device of a rollout: queued → sent → update states → final, or skipped."""
+
+    rollout_id = pw.CharField(max_length=32)
+    dev = pw.CharField(max_length=64, index=True)
+    ord = pw.IntegerField()
+    state = pw.CharField(max_length=16, index=True)
+    command_id = pw.CharField(max_length=32, null=True, index=True)
+    from_version = pw.CharField(max_length=64, null=True)
+    running_version = pw.CharField(max_length=64, null=True)
+    code = pw.CharField(max_length=64, null=True)
+    message = pw.CharField(max_length=400, null=True)
+    bytes_done = pw.IntegerField(null=True)
+    bytes_total = pw.IntegerField(null=True)
+    queued_at = pw.FloatField()
+    started_at = pw.FloatField(null=True)
+    updated_at = pw.FloatField()
+    finished_at = pw.FloatField(null=True)
+
+    class Meta:
+        table_name = "fleet_rollout_device"
+        primary_key = pw.CompositeKey("rollout_id", "dev")
+
+
 _DECLARED = (Enrollment, FleetDevice, FleetCert, ConfigLayer, Desired, SeqCounter, Reported,
-             FleetBundle, FleetCommand)
+             FleetBundle, FleetCommand, Rollout, RolloutDevice)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +273,8 @@ class FleetTables:
     Reported: Any
     FleetBundle: Any
     FleetCommand: Any
+    Rollout: Any
+    RolloutDevice: Any
 
     @classmethod
     def open(cls, store: Store) -> FleetTables:
@@ -229,4 +288,5 @@ class FleetTables:
         """Every model, in creation order."""
         return [self.Enrollment, self.FleetDevice, self.FleetCert, self.ConfigLayer,
                 self.Desired, self.SeqCounter, self.Reported, self.FleetBundle,
-                self.FleetCommand]
+                self.FleetCommand,
+                self.Rollout, self.RolloutDevice]
