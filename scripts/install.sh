@@ -46,11 +46,24 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.yikatong-installed
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+# Runtime dependencies at the exact versions update bundles ship (config/device-constraints.txt,
+# docs/updates.md "Bundles"): what the tests run against is what devices get.
+want="$(cat pyproject.toml config/device-constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test]' -c config/device-constraints.txt
   echo "$want" > "$stamp"
+fi
+# The offline wheelhouse: wheels of those pinned runtime dependencies plus the build backend,
+# so `ykt fw bundle build --offline --wheelhouse .venv/wheelhouse` (and the bundle tests) need
+# no network. Network is allowed here, at install time, never in tests.
+wh=.venv/wheelhouse
+if [ ! -f "$wh/.stamp" ] || [ "$(cat "$wh/.stamp")" != "$want" ]; then
+  echo "==> building the offline wheelhouse $wh"
+  rm -rf "$wh.tmp" && mkdir -p "$wh.tmp"
+  .venv/bin/python -m pip wheel -q --no-deps -r config/device-constraints.txt -w "$wh.tmp"
+  .venv/bin/python -m pip wheel -q 'setuptools>=77' wheel -w "$wh.tmp"
+  rm -rf "$wh" && mv "$wh.tmp" "$wh" && echo "$want" > "$wh/.stamp"
 fi
 echo "==> install complete"
