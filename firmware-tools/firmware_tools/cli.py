@@ -3,7 +3,8 @@
 Signing keys (``keygen``), staff sign-in (``login``/``logout``), enrollment by pairing code
 (``enroll``), devices (``device``), desired config (``config``), signed commands (``cmd``,
 ``cert rotate``), staff accounts (``user``) and the claim bundle of device images
-(``claim-bundle``); docs/fleet-trust.md. Every command says what went wrong in both
+(``claim-bundle``); docs/fleet-trust.md. Update bundles (``bundle``) and staged rollouts of
+them (``rollout``); docs/updates.md. Every command says what went wrong in both
 languages and exits 1 (``cmd --wait``: 2 on timeout), never with a traceback.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from firmware_tools.bundle import add_bundle_commands
 from firmware_tools.central import FwError, connect, write_file
 from firmware_tools.fleet import add_fleet_commands, device_list, site_time
+from firmware_tools.rollout import add_rollout_commands
 from yikatong.common.config import ConfigError
 
 __all__ = ["FwError", "add_fw_commands", "site_time"]
@@ -118,3 +120,4 @@ def add_fw_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
     add_fleet_commands(sub, dsub, _wrap)
     add_bundle_commands(sub, _wrap, common)
+    add_rollout_commands(sub, _wrap)
