@@ -28,7 +28,7 @@ from yikatong.protocol.signing import key_id, public_key_to_pem
 from yikatong.protocol.update import Manifest, parse_manifest
 
 __all__ = ["HOST_ARCH", "OTHER_RELEASE_KEY", "REPO", "TEST_RELEASE_KEY", "WHEELHOUSE",
-           "build_test_bundle", "release_kid", "write_release_pub"]
+           "build_test_bundle", "release_kid", "require_wheelhouse", "write_release_pub"]
 
 REPO = Path(__file__).resolve().parents[1]
 WHEELHOUSE = REPO / ".venv" / "wheelhouse"
@@ -56,7 +56,8 @@ def write_release_pub(path: Path, *keys: Ed25519PrivateKey) -> Path:
     return path
 
 
-def _require_wheelhouse() -> None:
+def require_wheelhouse() -> None:
+    """Fail (never skip) with what to do when the offline wheelhouse is missing."""
     if not any(WHEELHOUSE.glob("*.whl")):
         raise RuntimeError(
             f"no wheelhouse at {WHEELHOUSE}: bundle tests build offline from it. "
@@ -69,7 +70,7 @@ def build_test_bundle(out: Path, *, version: str, project: Path = REPO,
                       models: Sequence[str] = ("*",), min_version: str = "0.0.1",
                       architectures: Sequence[str] = (), notes: str | None = None) -> Manifest:
     """Build (offline), sign with ``key`` (None: leave unsigned) and put a bundle in ``out``."""
-    _require_wheelhouse()
+    require_wheelhouse()
     params = (str(project), version, tuple(models), min_version, tuple(architectures), notes)
     built = _cache.get(params)
     if built is None:

@@ -63,7 +63,7 @@ def bundles_router(fleet: Any) -> APIRouter:
 
     @api.get("")
     async def list_bundles(_: Technician) -> dict[str, Any]:
-        return {"bundles": store().list()}
+        return {"bundles": store().list_bundles()}
 
     @api.get("/{version}")
     async def show(version: str, _: Technician) -> dict[str, Any]:

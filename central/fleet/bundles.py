@@ -183,7 +183,7 @@ class BundleStore:
                 "uploaded_by": r.uploaded_by,
                 "uploaded_at": datetime.fromtimestamp(r.uploaded_at, UTC).isoformat()}
 
-    def list(self) -> list[dict[str, Any]]:
+    def list_bundles(self) -> list[dict[str, Any]]:
         """Every stored bundle, newest upload first."""
         B = self.tables.FleetBundle
         return [self._row(r) for r in B.select().order_by(B.uploaded_at.desc())]

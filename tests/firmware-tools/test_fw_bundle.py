@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from bundle_support import HOST_ARCH, REPO, WHEELHOUSE
+from bundle_support import HOST_ARCH, REPO, WHEELHOUSE, require_wheelhouse
 from dashboard_fleet_fake import serve
 from firmware_tools.bundle import read_pins, runtime_pins
 
@@ -46,6 +46,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def signed(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Path:
     """A bundle built and signed with the CLI, exactly as a release engineer would."""
+    require_wheelhouse()
     out = tmp_path_factory.mktemp("bundle") / "b"
     rc = ykt(["fw", "bundle", "build", "--out", str(out), "--offline", "--wheelhouse",
               str(WHEELHOUSE), "--set-version", "1.5.0", "--min-version", "1.2.0",
@@ -279,3 +280,12 @@ def test_an_unsigned_or_other_key_bundle_is_not_uploaded(central: Any, bundle: P
     (bundle / "manifest.sig").unlink()
     rc, _out, err = run(capsys, "bundle", "upload", str(bundle))
     assert rc == 1 and "not signed" in err
+
+
+def test_a_missing_wheelhouse_fails_and_says_what_to_do(monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Path) -> None:
+    import bundle_support
+
+    monkeypatch.setattr(bundle_support, "WHEELHOUSE", tmp_path / "absent")
+    with pytest.raises(RuntimeError, match=r"scripts/install\.sh"):
+        bundle_support.require_wheelhouse()
