@@ -103,6 +103,22 @@ def _add_sim(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     ssub = p.add_subparsers(dest="sim_cmd", required=True, metavar="DEVICE")
     add_sim_card_commands(ssub)
     add_sim_printer_commands(ssub)
+    _add_sim_fleet(ssub)
+
+
+def _add_sim_fleet(ssub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from yikatong.site.simfleet import add_sim_fleet_arguments, main
+
+    p = ssub.add_parser(
+        "fleet",
+        help="many simulated terminals against a running central (load, reply checks)",
+        description="Enroll N simulated devices at central (each its own certificate, "
+        "approved through the technician API; cached for the next run), connect them from a "
+        "few processes and send births, telemetry, events and a checked request mix. Prints "
+        "what was sent and answered, latencies and errors; exit 1 on anything unexpected.",
+    )
+    add_sim_fleet_arguments(p)
+    p.set_defaults(func=main)
 
 
 def _add_fw(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
