@@ -449,4 +449,67 @@ $("user-form").addEventListener("submit",async e=>{
   tick(false);
 });
 
+// -- rollouts: staged software updates (docs/updates.md "Rollouts") -------------------------
+VIEWS.rollouts=refreshRollouts;
+const RST={scheduled:"已计划 Scheduled",running:"进行中 Running",paused:"已暂停 Paused",completed:"已完成 Completed",cancelled:"已取消 Cancelled"};
+const UST={queued:"排队 Queued",sent:"已下发 Sent",downloading:"下载中 Downloading",downloaded:"已下载 Downloaded",verified:"已校验 Verified",
+  installing:"安装中 Installing",awaiting_health:"健康检查 Health check",committed:"已更新 Committed",rolled_back:"已回滚 Rolled back",failed:"失败 Failed",skipped:"已跳过 Skipped"};
+let ROLLOUT=null;
+function roTarget(t){ t=t||{}; const p=[];
+  if(t.site) p.push(`院区 site ${esc(t.site)}`); if(t.role) p.push(esc(ROLEDEV[t.role]||t.role));
+  if((t.from_versions||[]).length) p.push(`从 from ${esc(t.from_versions.join(", "))}`);
+  if((t.devices||[]).length) p.push(t.devices.length<=3?t.devices.map(esc).join(", "):`${t.devices.length} 台 devices`);
+  return p.join(" · ")||"全部设备 All devices"; }
+// Done first (green), then on the way, then failures (red), then still to go (grey).
+const UBAR=["committed","awaiting_health","installing","verified","downloaded","downloading","sent","rolled_back","failed","queued","skipped"];
+function roBar(r){ const n=r.devices||1;
+  return UBAR.filter(s=>r.counts[s]).map(s=>`<span class="u-${s}" style="width:${100*r.counts[s]/n}%" title="${UST[s]}: ${r.counts[s]}"></span>`).join(""); }
+async function refreshRollouts(first){
+  const list=(await api("/api/rollouts",{poll:!first})).rollouts;
+  if(!ROLLOUT&&list.length) ROLLOUT=list[0].rollout_id;
+  $("ro-rows").innerHTML=list.length?list.map(r=>`<tr data-rollout="${esc(r.rollout_id)}" class="${r.rollout_id===ROLLOUT?"sel":""}"><td class="mono">${esc(r.version)}</td>
+    <td>${stateTag(r.state,RST[r.state])}</td><td>${roTarget(r.target)}</td><td><div class="ro-bar">${roBar(r)}</div></td>
+    <td>${r.done}/${r.devices}</td><td class="${r.failed?"off":"muted"}">${r.failed}</td><td>${when(r.created_at)}</td><td>${esc(r.created_by)}</td></tr>`).join("")
+    :`<tr><td colspan="8" class="muted">还没有发布任务 No rollouts yet</td></tr>`;
+  $("ro-detail").hidden=!ROLLOUT;
+  if(!ROLLOUT) return;
+  const id=ROLLOUT, r=(await api(`/api/rollouts/${id}`,{poll:!first})).rollout;
+  if(id!==ROLLOUT) return;
+  $("ro-title").textContent=r.version; $("ro-state").innerHTML=stateTag(r.state,RST[r.state]); $("ro-id").textContent=r.rollout_id;
+  $("ro-reason").hidden=!r.reason;
+  $("ro-reason").textContent=r.reason?`${r.reason_code==="failure_threshold"?"已达失败阈值，自动暂停 Paused at its failure threshold: ":""}${r.reason}`:"";
+  const thr=[r.failure_threshold!=null?`${r.failure_threshold} 台失败 failed`:"",r.failure_ratio!=null?`${Math.round(r.failure_ratio*100)}% (≥${r.min_finished} 台完成 finished)`:""].filter(Boolean).join(" / ");
+  $("ro-facts").innerHTML=[["目标 Target",roTarget(r.target)+(r.allow_downgrade?` <span class="warn">允许降级 downgrade allowed</span>`:"")],
+    ["速率 Rate",`每分钟最多 ${r.max_per_minute} 台 per minute · 同时最多 ${r.max_in_flight} 台 at once`],["暂停阈值 Pauses at",thr||"—"],
+    ["创建 Created",`${when(r.created_at)} · ${esc(r.created_by)}`],["开始 Started",when(r.started_at)],["结束 Ended",when(r.finished_at)],
+    ["进度 Progress",`${r.done}/${r.devices} 完成 done · ${r.in_flight} 进行中 in flight · <span class="${r.failed?"off":""}">${r.failed} 失败 failed</span>`],
+    ...(r.notes?[["说明 Notes",esc(r.notes)]]:[])].map(([k,v])=>`<dt>${k}</dt><dd>${v}</dd>`).join("");
+  $("ro-bar").innerHTML=roBar(r);
+  $("ro-legend").innerHTML=UBAR.filter(s=>r.counts[s]).map(s=>`<span data-count="${s}"><i class="u-${s}"></i>${UST[s]} <b>${r.counts[s]}</b></span>`).join("");
+  for(const b of document.querySelectorAll("[data-ro-act]")){ const a=b.dataset.roAct;
+    b.disabled=!(a==="pause"?["running","scheduled"]:a==="resume"?["paused","scheduled"]:["running","paused","scheduled"]).includes(r.state); }
+  $("ro-devs").innerHTML=r.device_rows.map(d=>`<tr data-ro-dev="${esc(d.dev)}"><td><a class="mono" href="#/device/${encodeURIComponent(d.dev)}">${esc(d.dev)}</a></td>
+    <td>${stateTag(d.state,UST[d.state])}</td><td class="mono">${esc(d.from_version||"—")}</td><td class="mono">${esc(d.running_version||"—")}</td>
+    <td>${d.bytes_total?`${Math.round(100*(d.bytes_done||0)/d.bytes_total)}%`:"—"}</td><td>${when(d.updated_at)}</td>
+    <td class="mono">${esc(d.code||"")}</td><td class="muted">${esc(d.message||"")}</td></tr>`).join("");
+}
+$("ro-rows").addEventListener("click",e=>{ const tr=e.target.closest("tr[data-rollout]"); if(!tr) return; ROLLOUT=tr.dataset.rollout; $("ro-msg").textContent=""; tick(true); });
+$("ro-detail").addEventListener("click",async e=>{
+  const b=e.target.closest("button[data-ro-act]"); if(!b||!ROLLOUT) return;
+  const act=b.dataset.roAct, body={};
+  if(act!=="resume"){ const why=prompt(act==="pause"?"暂停原因（可不填）Why pause? (optional)":"取消原因（可不填）取消后不能恢复。Why cancel? (optional) It cannot be undone.");
+    if(why===null) return; if(why.trim().length>=2) body.reason=why.trim(); }
+  try{ const r=(await api(`/api/rollouts/${ROLLOUT}/${act}`,{method:"POST",body})).rollout; say("ro-msg",`${r.version}: ${RST[r.state]}`,true); tick(true); }
+  catch(err){ say("ro-msg",err.message,false); }
+});
+$("ro-form").addEventListener("submit",async e=>{
+  e.preventDefault(); const f=Object.fromEntries(new FormData(e.target));
+  const body={version:f.version.trim(),max_per_minute:+f.max_per_minute,max_in_flight:+f.max_in_flight,failure_threshold:+f.failure_threshold};
+  if(f.site.trim()) body.site=f.site.trim(); if(f.role) body.role=f.role; if(f.notes.trim()) body.notes=f.notes.trim();
+  if(!confirm(`开始向${roTarget(body)}发布 ${body.version}？ Start installing ${body.version}?`)) return;
+  try{ const r=(await api("/api/rollouts",{method:"POST",body})).rollout; ROLLOUT=r.rollout_id;
+    say("ro-create-msg",`${r.version}: ${r.counts.queued} 台排队 queued, ${r.counts.skipped} 台跳过 skipped`,true); e.target.reset(); tick(true); }
+  catch(err){ say("ro-create-msg",err.message,false); }
+});
+
 start().catch(()=>{ $("updated").textContent="无法连接 central / cannot reach central"; });
