@@ -86,8 +86,9 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     mosquitto: Mosquitto | None = None
 
     def reload_broker() -> None:
+        # Coalesced: a batch of registrations shares a few SIGHUPs (central/broker.py).
         if mosquitto is not None and mosquitto.running():
-            mosquitto.reload()
+            mosquitto.request_reload()
 
     registry = Registry(store, broker_dir, on_change=reload_broker,
                         central_users=(cfg.broker.username or "", cfg.broker.fleet_username or "")

@@ -35,6 +35,7 @@ import os
 import pwd
 import queue
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -60,6 +61,7 @@ __all__ = [
     "mosquitto_passwd_set",
     "render_acl",
     "render_config",
+    "write_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -262,29 +264,84 @@ def _passwd_bin() -> str:
     return found
 
 
+_FILE_LOCKS: dict[Path, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    """One lock per file: two edits of the password file never interleave."""
+    key = path.resolve()
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(key, threading.Lock())
+
+
+def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
+    """Write ``path`` whole or not at all: a private temporary file, fsync, rename.
+
+    Mosquitto re-reads its password and ACL files on SIGHUP while ``ykt central`` may be
+    writing the next version; an in-place rewrite lets it read half a file, and every
+    connected client whose line is missing from that half is disconnected (the batch
+    registrations of docs/architecture.md, "Broker reloads").
+    """
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def _edit_password_file(password_file: Path, args: list[str], what: str, what_zh: str) -> None:
+    """Run ``mosquitto_passwd *args`` on a copy of ``password_file``, then swap it in.
+
+    mosquitto_passwd rewrites the file it is given in place (it copies its result back into
+    the original); the broker must never see that half-written, so it edits a private copy
+    (0600: the hashes are still secrets) that replaces the file in one rename.
+    """
+    password_file.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(password_file):
+        old = password_file.read_bytes() if password_file.exists() else b""
+        work = password_file.with_name(
+            f".{password_file.name}.edit.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(work, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(old)
+            proc = subprocess.run([_passwd_bin(), *args[:1], str(work), *args[1:]],
+                                  capture_output=True, text=True, timeout=30, check=False)
+            if proc.returncode != 0:
+                raise BrokerError(f"{what}: {proc.stderr.strip()}", what_zh)
+            write_atomic(password_file, work.read_bytes())
+        finally:
+            with contextlib.suppress(OSError):
+                work.unlink()
+
+
 def mosquitto_passwd_set(password_file: Path, username: str, password: str) -> None:
-    """Add or replace ``username`` in ``password_file`` (hashed by mosquitto_passwd -b)."""
+    """Add or replace ``username`` in ``password_file`` (hashed by mosquitto_passwd -b).
+
+    The file is replaced atomically (:func:`write_atomic`), never rewritten in place.
+    """
     if not USERNAME_RE.fullmatch(username):
         raise BrokerError(f"invalid username {username!r}", f"用户名无效：{username!r}")
-    password_file.parent.mkdir(parents=True, exist_ok=True)
-    if not password_file.exists():
-        # Created 0600 before anything is written: the hashes are still secrets.
-        fd = os.open(password_file, os.O_CREAT | os.O_WRONLY, 0o600)
-        os.close(fd)
     # -b puts the password on the command line (visible in /proc for a moment to the same
     # user); acceptable for a local child process, and it is what the brief prescribes.
-    proc = subprocess.run(
-        [_passwd_bin(), "-b", str(password_file), username, password],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BrokerError(
-            f"mosquitto_passwd failed for {username}: {proc.stderr.strip()}",
-            f"写入代理密码失败：{username}",
-        )
+    _edit_password_file(password_file, ["-b", username, password],
+                        f"mosquitto_passwd failed for {username}",
+                        f"写入代理密码失败：{username}")
 
 
 def mosquitto_passwd_delete(password_file: Path, username: str) -> None:
@@ -294,18 +351,9 @@ def mosquitto_passwd_delete(password_file: Path, username: str) -> None:
     text = password_file.read_text()
     if not any(line.split(":", 1)[0] == username for line in text.splitlines()):
         return
-    proc = subprocess.run(
-        [_passwd_bin(), "-D", str(password_file), username],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BrokerError(
-            f"mosquitto_passwd -D failed for {username}: {proc.stderr.strip()}",
-            f"删除代理密码失败：{username}",
-        )
+    _edit_password_file(password_file, ["-D", username],
+                        f"mosquitto_passwd -D failed for {username}",
+                        f"删除代理密码失败：{username}")
 
 
 # -- process supervision helpers (Linux: prctl, /proc) --------------------------------------
@@ -481,6 +529,7 @@ class Mosquitto:
         *,
         binary: str = "mosquitto",
         start_timeout_s: float = 10.0,
+        reload_delay_s: float = 0.25,
     ) -> None:
         self.workdir = Path(workdir)
         self._binary = shutil.which(binary) or (
@@ -494,6 +543,12 @@ class Mosquitto:
         self.restarts = 0
         self.last_error: str | None = None
         self.adopted: list[int] = []  # leftover brokers of this workdir we stopped
+        #: SIGHUPs sent, and reload requests that shared one (:meth:`request_reload`).
+        self.reloads = 0
+        self.reloads_coalesced = 0
+        self.reload_delay_s = reload_delay_s
+        self._reload_lock = threading.Lock()
+        self._reload_timer: threading.Timer | None = None
         self.started_pids: list[int] = []  # every child ever started (tests check none is left)
         # Port 0 is resolved once, so restarts come back on the same port (clients reconnect).
         listeners = [
@@ -660,6 +715,10 @@ class Mosquitto:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns when the process is gone."""
+        with self._reload_lock:  # the next start reads the files anyway
+            timer, self._reload_timer = self._reload_timer, None
+        if timer is not None:
+            timer.cancel()
         with self._lock:
             self._stopping = True
             proc = self._proc
@@ -707,9 +766,37 @@ class Mosquitto:
         proc = self._proc
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGHUP)
+            self.reloads += 1
             return True
         log.warning("mosquitto not running; password/ACL reload deferred to its next start")
         return False
+
+    def request_reload(self) -> None:
+        """Reload within ``reload_delay_s``; every request meanwhile shares that one SIGHUP.
+
+        What the registry calls after each change: a batch of registrations (hundreds of
+        password-file edits) costs a few reloads, not one each. Each reload re-checks every
+        connected client's password in the broker, so fewer is cheaper for the whole site.
+        The files are always whole when read (:func:`write_atomic`), so no reload drops a
+        client whose account is unchanged. Thread-safe; returns at once.
+        """
+        with self._reload_lock:
+            if self._reload_timer is not None:
+                self.reloads_coalesced += 1
+                return
+            timer = threading.Timer(self.reload_delay_s, self._reload_due)
+            timer.daemon = True
+            self._reload_timer = timer
+        timer.start()
+
+    def _reload_due(self) -> None:
+        with self._reload_lock:
+            self._reload_timer = None
+        self.reload()
+
+    def reload_pending(self) -> bool:
+        """True while a requested reload has not been sent yet."""
+        return self._reload_timer is not None
 
     async def supervise(self, check_interval_s: float = 0.5, max_backoff_s: float = 10.0) -> None:
         """Run forever (as a task): restart the broker whenever it dies unexpectedly."""

@@ -32,6 +32,7 @@ from central.broker import (
     mosquitto_passwd_delete,
     mosquitto_passwd_set,
     render_acl,
+    write_atomic,
 )
 from central.store import DeviceInfo, Store
 from yikatong.common.errors import LocalizedError
@@ -122,7 +123,8 @@ class Registry:
 
     def write_acl(self) -> Path:
         """(Re)write the ACL file (every central account gets ykt/v1/#, devices the pattern)."""
-        self.acl_file.write_text(render_acl(*self.central_usernames()))
+        # Whole or not at all: the broker may be re-reading it right now (write_atomic).
+        write_atomic(self.acl_file, render_acl(*self.central_usernames()), 0o644)
         return self.acl_file
 
     def central_credentials(self, connection: str = CENTRAL_USER) -> Credentials:
