@@ -67,7 +67,8 @@ from yikatong.protocol.signing import public_key_from_pem, verify
 from yikatong.site.simdevice import VISITS, DeviceSpec, PahoLoop, Plan, worker_entry
 
 __all__ = ["DEFAULT_MIX", "CentralSite", "FleetOptions", "FleetRun", "SimFleetError", "Target",
-           "add_sim_fleet_arguments", "device_ids", "format_summary", "main", "provision",
+           "add_sim_fleet_arguments", "device_ids", "format_summary", "load_patients", "main",
+           "presence", "provision",
            "run_fleet", "summarize"]
 
 #: Visit weights of ``--mix`` when none is given (a visit is 1–6 requests).
@@ -485,15 +486,15 @@ def load_patients(target: Target) -> list[dict[str, str]]:
     base = target.platform_url.rstrip("/")
     try:
         r = httpx.get(f"{base}/admin/patients", timeout=30)
-        h = httpx.get(f"{base}/hotlist", params={"since_version": 0}, timeout=30)
+        h = httpx.get(f"{base}/api/v1/hotlist", params={"since_version": 0}, timeout=30)
     except httpx.HTTPError as exc:
         raise SimFleetError("platform", f"the platform at {base} does not answer: {exc}",
                             f"平台 {base} 无应答") from None
-    if r.status_code != 200:
-        raise SimFleetError("platform_admin", f"{base}/admin/patients: HTTP {r.status_code} "
-                            "(the reference platform with admin_enabled)",
-                            f"{base}/admin/patients 不可用（HTTP {r.status_code}）")
-    blocked = set(h.json().get("added", [])) if h.status_code == 200 else set()
+    if r.status_code != 200 or h.status_code != 200:
+        raise SimFleetError("platform_admin", f"{base}/admin/patients, /api/v1/hotlist: HTTP "
+                            f"{r.status_code}, {h.status_code} (the reference platform with "
+                            "admin_enabled)", f"{base} 的患者或挂失列表不可用")
+    blocked = set(h.json()["added"])  # since 0: the whole list of lost cards
     rows = r.json()
     rows = rows.get("patients", rows) if isinstance(rows, dict) else rows
     out = []
