@@ -646,12 +646,17 @@ class RolloutService:
                                      & D.state.in_(list(IN_FLIGHT_STATES))).count()
         recent = D.select().where((D.rollout_id == ro.rollout_id)
                                   & (D.started_at > t - RATE_WINDOW_S)).count()
-        return max(0, min(ro.max_per_minute - recent, ro.max_in_flight - in_flight))
+        return max(0, min(int(ro.max_per_minute) - int(recent),
+                          int(ro.max_in_flight) - int(in_flight)))
 
     async def tick(self) -> int:
         """One scheduler round; returns how many devices were sent their command."""
         async with self._lock:
             self.stats["rounds"] += 1
+            R, D = self.R, self.D
+            if not (R.select().where(R.state.in_(list(OPEN_ROLLOUT_STATES))).exists()
+                    or D.select().where(D.state.in_(list(IN_FLIGHT_STATES))).exists()):
+                return 0  # nothing to do: no write transaction every second
             now = self._now()
             running = await self.store.write(lambda: self._settle_tx(now))
             sent = 0

@@ -67,7 +67,7 @@ def _resolve(c: Central, ref: str) -> str:
     if len(found) > 1:
         raise FwError(f"{len(found)} rollouts start with {ref}: give more of the id",
                       f"有 {len(found)} 个发布任务以 {ref} 开头，请输入更长的编号")
-    return found[0]
+    return str(found[0])
 
 
 def _target(r: dict[str, Any]) -> str:
