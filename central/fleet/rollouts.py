@@ -675,11 +675,18 @@ class RolloutService:
         publisher = self.fleet.publisher
         if publisher is None or not publisher.connected:
             return 0  # nothing can go out: try on a later round
+        # Offline (enabled) devices stay queued and are tried again later; one query for
+        # them all, not one per queued device every second.
+        Dv = self.store.Device
+        waiting = {r.id for r in Dv.select(Dv.id).where(
+            (Dv.online == False) & (Dv.enabled == True))}  # noqa: E712 - SQL, not Python
         sent = 0
-        for row in list(D.select().where((D.rollout_id == rollout_id)
-                                         & (D.state == "queued")).order_by(D.ord)):
+        for row in list(D.select(D.dev).where((D.rollout_id == rollout_id)
+                                              & (D.state == "queued")).order_by(D.ord)):
             if sent >= budget:
                 break
+            if row.dev in waiting:
+                continue
             info = self.store.device(row.dev)
             if info is not None and info.enabled and not info.online:
                 continue  # offline: stays queued, tried again later
