@@ -15,7 +15,7 @@ from edge.uplink.config import UplinkConfig
 from yikatong.common.config import StrictModel, TimeZoneName
 
 __all__ = ["ApiConfig", "DeviceConfig", "EdgeConfig", "EnrollmentConfig", "LogConfig",
-           "RemoteConfig"]
+           "RemoteConfig", "UpdateConfig"]
 
 
 class DeviceConfig(StrictModel):
@@ -99,6 +99,29 @@ class RemoteConfig(StrictModel):
     idle_poll_s: float = Field(default=1.0, gt=0, le=60)
 
 
+class UpdateConfig(StrictModel):
+    """``[update]``: software updates into A/B slots (docs/updates.md, "On the device").
+
+    ``update.install`` (signed by central) is refused unless the daemon runs from a slot
+    under ``root`` and the bundle is signed by a key in ``release_keys``.
+    """
+
+    enabled: bool = True
+    #: The A/B root: slots/a, slots/b, current, committed, update/.
+    root: Path = Path("/opt/yikatong")
+    #: Release public key(s), PEM (one or more blocks), put there by the installer.
+    release_keys: Path = Path("/etc/yikatong/release.pub")
+    #: Seconds a new version has after its start to pass every health check.
+    health_deadline_s: float = Field(default=120.0, ge=5, le=3600)
+    #: Starts of a new version before the guard rolls it back.
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    #: What the health check requires (a part the config switches off is not probed).
+    health_checks: list[Literal["uplink", "reader", "sam", "printer"]] = Field(
+        default_factory=lambda: ["uplink", "reader", "sam", "printer"])
+    #: Times a broken download is resumed within one command.
+    download_retries: int = Field(default=5, ge=0, le=100)
+
+
 class LogConfig(StrictModel):
     """Logging level; output is JSON lines on stdout (journald)."""
 
@@ -119,6 +142,7 @@ class EdgeConfig(StrictModel):
     telemetry_interval_s: float = Field(default=30.0, ge=1.0, le=3600.0)
     enrollment: EnrollmentConfig | None = None
     remote: RemoteConfig = RemoteConfig()
+    update: UpdateConfig = UpdateConfig()
 
     @model_validator(mode="before")
     @classmethod

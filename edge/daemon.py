@@ -250,14 +250,23 @@ async def _run(cfg: EdgeConfig, token: str, *, daemon: Daemon, ring: Any, execut
                               rules=scanner_cfg.rules() if scanner_cfg is not None else None,
                               ledger=Ledger(cfg.device.data_dir / "ledger.db"),
                               audit=AuditLog(cfg.device.data_dir / "audit.db", clock=clock))
-        remote = commands = None
+        remote = commands = updates = None
+        system = executor or SystemctlExecutor()
+        if cfg.update.enabled:
+            # docs/updates.md: update.install, and the health check of a version on trial.
+            from edge.update.service import UpdateService
+
+            updates = UpdateService(cfg.update, uplink, version=installed_version(),
+                                    executor=system, unit=cfg.remote.edge_unit,
+                                    busy=runtime.busy_reason, stop=daemon.stop.set,
+                                    model=_device_model(cfg))
         if keys and cfg.remote.enabled:
             # Registered before uplink.start(): the desired config is retained.
             remote = RemoteConfigService(uplink, fleet_state, running_file, dev=dev, keys=keys,
                                          clock=clock.now)
             remote.attach(uplink)
             ctx = CommandContext(
-                executor=executor or SystemctlExecutor(), busy=runtime.busy_reason,
+                executor=system, busy=runtime.busy_reason, updates=updates,
                 printer=printer, cards=cards, hotlist_sync=hotlist_sync, uplink=uplink,
                 identity_store=store if identity is not None else None, identity=identity,
                 log_ring=ring, version=installed_version(), timezone=cfg.device.timezone,
@@ -310,8 +319,18 @@ async def _run(cfg: EdgeConfig, token: str, *, daemon: Daemon, ring: Any, execut
         # (a sample taken while offline was dropped, as QoS 0 telemetry should be).
         uplink.add_connect_listener(telemetry.poke)
         await telemetry.start()
+        if updates is not None:  # every part is up: a version on trial is health-checked now
+            from edge.update.health import HealthProbes
+
+            updates.probes = HealthProbes(uplink=uplink, cards=cards, printer=printer,
+                                          card_enabled=cfg.card.enabled,
+                                          printer_enabled=cfg.printer.enabled)
+            updates.runner = commands
+            await updates.start()
 
         async def stop_producers() -> None:  # the sources, before the pumps reading them end
+            if updates is not None:
+                await updates.stop_tasks()
             await telemetry.stop()
             if commands is not None:
                 await commands.stop()
@@ -328,6 +347,15 @@ async def _run(cfg: EdgeConfig, token: str, *, daemon: Daemon, ring: Any, execut
             log.info("edge daemon stopped")
     finally:
         fleet_state.close()
+
+
+def _device_model(cfg: EdgeConfig) -> str | None:
+    """The model an update bundle must list (as enrollment reports it), or None: any."""
+    if cfg.enrollment is None:
+        return None
+    from edge.fleet.enrollment import detect_model
+
+    return cfg.enrollment.model or detect_model()
 
 
 def _make_enrollment(cfg: EdgeConfig, state: Any, *, printer: Any, fleet_state: Any,

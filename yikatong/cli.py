@@ -132,6 +132,12 @@ def _add_fw(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_fw_commands(p.add_subparsers(dest="fw_cmd", required=True, metavar="COMMAND"))
 
 
+def _add_update(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from edge.update.cli import add_update_commands
+
+    add_update_commands(sub, _SHORT_HELP["update"])  # guard, status, rollback, install
+
+
 _COMMANDS: tuple[Adder, ...] = (
     _add_edge,
     _add_kiosk,
@@ -141,10 +147,11 @@ _COMMANDS: tuple[Adder, ...] = (
     _add_card,
     _add_sim,
     _add_fw,
+    _add_update,
 )
 
 
-_NAMES = ("edge", "kiosk", "central", "platform-sim", "demo", "card", "sim", "fw")
+_NAMES = ("edge", "kiosk", "central", "platform-sim", "demo", "card", "sim", "fw", "update")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -177,6 +184,7 @@ _SHORT_HELP = {
     "card": "technician card tools: read a health card, show the SAM",
     "sim": "simulated hardware: virtual health cards, virtual ESC/POS printer",
     "fw": "technician fleet tools: signing keys, device registration, config, commands",
+    "update": "software update slots on this device: guard, status, rollback, install",
 }
 
 

@@ -11,12 +11,17 @@ Central publishes ``cmd`` on ``ykt/v1/dev/{dev}/down/cmd`` (QoS 1), signed, with
    else (a power cut after that never makes it, or an older one, acceptable again) and
    reports ``delivered``;
 3. a disruptive command (``reboot``, ``service.restart``, ``printer.test``,
-   ``reader.selftest``) while a card session is open or a payment is unresolved reports
-   ``waiting`` and runs once the device is idle — or ends ``expired`` at ``exp``; so does
-   ``cert.rotate`` (it restarts the uplink). Idle and ``exp`` are checked again right before
-   the command runs, under the lock that runs one command at a time;
+   ``reader.selftest``, ``update.install``) while a card session is open or a payment is
+   unresolved reports ``waiting`` and runs once the device is idle — or ends ``expired`` at
+   ``exp``; so does ``cert.rotate`` (it restarts the uplink). Idle and ``exp`` are checked
+   again right before the command runs, under the lock that runs one command at a time;
 4. reports ``in_progress`` (journal first), runs, and reports ``succeeded`` / ``failed``
    with its output.
+
+``update.install`` (docs/updates.md) downloads and verifies at once, before it waits for
+an idle device; it installs and restarts once idle, and stays ``in_progress`` across the
+restart: the new version settles it (``succeeded`` once committed) or the old one after a
+rollback (``failed`` with the reason). Its progress is ``update.status`` (edge/update/).
 
 At-most-once: a command the journal holds is never run again. After a restart, one that had
 not finished is reported ``failed`` (``interrupted``) — except a ``reboot`` or a restart of
@@ -70,6 +75,7 @@ from yikatong.protocol.messages import dump_body
 __all__ = [
     "CommandContext",
     "CommandFailed",
+    "CommandPending",
     "CommandRunner",
     "LogRing",
     "SystemExecutor",
@@ -97,6 +103,15 @@ class CommandFailed(LocalizedError):
                  output: dict[str, Any] | None = None) -> None:
         super().__init__(message, message_zh, reason=code)
         self.code = code
+        self.output = output or {}
+
+
+class CommandPending(Exception):
+    """A handler is done for now; the command stays ``in_progress`` and is settled later
+    (:meth:`CommandRunner.settle`), e.g. by the new version after an update's restart."""
+
+    def __init__(self, output: dict[str, Any] | None = None) -> None:
+        super().__init__("pending")
         self.output = output or {}
 
 
@@ -224,6 +239,8 @@ class CommandContext:
         level.upper())
     #: Seconds to wait for the uplink to connect with a new certificate.
     reconnect_timeout_s: float = 30.0
+    #: Software updates (``edge.update.service.UpdateService``); None: not on this device.
+    updates: Any = None
 
 
 Handler = Callable[[Command], Awaitable[dict[str, Any]]]
@@ -264,7 +281,10 @@ class CommandRunner:
             "printer.test": self._printer_test, "reader.selftest": self._reader_selftest,
             "logs.collect": self._logs_collect, "cert.rotate": self._cert_rotate,
             "log.level": self._log_level, "hotlist.refresh": self._hotlist_refresh,
+            "update.install": self._update_install,
         }
+        #: Envelope ids of commands being run (handlers that report on their own need them).
+        self._corr: dict[str, str] = {}
 
     def attach(self, uplink: Any) -> None:
         """Register for ``down/cmd`` (before ``uplink.start()``)."""
@@ -284,7 +304,12 @@ class CommandRunner:
             restarted = rec.state == "in_progress" and (
                 rec.name == "reboot"
                 or (rec.name == "service.restart" and rec.args.get("service") == "edge"))
-            if restarted:
+            if rec.name == "update.install" and self.ctx.updates is not None:
+                outcome = self.ctx.updates.interrupted(rec)
+                if outcome is None:  # its trial runs: the health check settles it
+                    continue
+                state, code, msg, msg_zh = outcome
+            elif restarted:
                 state, code, msg, msg_zh = ("succeeded", None, "restarted", "已重启")
             else:
                 state, code, msg, msg_zh = ("failed", "interrupted",
@@ -294,7 +319,21 @@ class CommandRunner:
             log.info("command %s %s after a restart: %s", rec.name, rec.command_id, state)
             await self._report(rec.env_id, CommandResult.model_validate({
                 "command_id": rec.command_id, "name": rec.name, "seq": rec.seq,
-                "state": state, "code": code, "message": msg, "message_zh": msg_zh}))
+                "state": state, "code": code, "message": msg[:400], "message_zh": msg_zh}))
+
+    async def settle(self, command_id: str, state: str, *, code: str | None = None,
+                     message: str | None = None, message_zh: str | None = None,
+                     output: dict[str, Any] | None = None) -> None:
+        """Give a pending command (``in_progress`` across a restart) its final state."""
+        rec = await asyncio.to_thread(self.state.command, command_id)
+        if rec is None or rec.state in FINAL_COMMAND_STATES:
+            return
+        await asyncio.to_thread(self.state.command_state, command_id, state, code=code,
+                                output=_output(output))
+        await self._report(rec.env_id, CommandResult.model_validate({
+            "command_id": command_id, "name": rec.name, "seq": rec.seq, "state": state,
+            "code": code, "message": None if message is None else message[:400],
+            "message_zh": message_zh, "output": _output(output)}))
 
     async def stop(self) -> None:
         """Cancel commands still waiting or running (the journal says where they were)."""
@@ -393,6 +432,17 @@ class CommandRunner:
                                state="in_progress")
         waits_for_idle = cmd.name in _WAITS_FOR_IDLE
         waiting = [False]  # "waiting" reported already (once per command)
+        self._corr[cmd.command_id] = env.id
+        try:
+            await self._execute_idle(env, seq, cmd, result, waits_for_idle=waits_for_idle,
+                                     waiting=waiting)
+        finally:
+            self._corr.pop(cmd.command_id, None)
+
+    async def _execute_idle(self, env: Envelope, seq: int, cmd: Command, result: CommandResult,
+                            *, waits_for_idle: bool, waiting: list[bool]) -> None:
+        if cmd.name == "update.install" and not await self._prepare_update(env, result, cmd):
+            return  # download or verification refused: reported failed
         while True:
             if waits_for_idle and not await self._wait_idle(env, seq, cmd, waiting):
                 return
@@ -414,12 +464,40 @@ class CommandRunner:
                                                                "output": _output(output)}))
             return
 
+    async def _prepare_update(self, env: Envelope, result: CommandResult, cmd: Command) -> bool:
+        """``update.install``'s download and verification, before any wait for idle."""
+        from edge.update.slots import UpdateError
+
+        updates = self.ctx.updates
+        try:
+            if updates is None:
+                raise CommandFailed("unsupported", "no software updates on this device",
+                                    "本机不支持软件更新")
+            await updates.prepare(cmd, env.id)
+        except (UpdateError, CommandFailed) as exc:
+            log.warning("update %s refused: %s", cmd.args.get("version"), exc.message)
+            await self._set(env, result.model_copy(update={
+                "state": "failed", "code": exc.code, "message": exc.message[:400],
+                "message_zh": exc.message_zh}))
+            return False
+        except Exception as exc:
+            log.exception("update download crashed")
+            await self._set(env, result.model_copy(update={
+                "state": "failed", "code": "error",
+                "message": f"{type(exc).__name__}: {exc}"[:400], "message_zh": "执行出错"}))
+            return False
+        return True
+
     async def _run_handler(self, env: Envelope, result: CommandResult,
                            cmd: Command) -> dict[str, Any] | None:
-        """Run the command (``in_progress`` reported); its output, or None (failure reported)."""
+        """Run the command (``in_progress`` reported); its output, or None (failure reported,
+        or the command stays ``in_progress``: :class:`CommandPending`)."""
         try:
             async with asyncio.timeout(self.timeout_s):  # not wait_for: keeps a cancel
                 return await self.handlers[cmd.name](cmd)
+        except CommandPending as pending:
+            log.info("command %s %s in progress until settled", cmd.name, cmd.command_id)
+            await self._set(env, result.model_copy(update={"output": _output(pending.output)}))
         except CommandFailed as exc:
             log.warning("command %s failed: %s", cmd.name, exc.message)
             await self._set(env, result.model_copy(update={
@@ -556,6 +634,21 @@ class CommandRunner:
         sync = _need(self.ctx.hotlist_sync, "hot list sync")
         applied = await sync.sync_once()
         return {"applied": bool(applied), "version": int(sync.hotlist.version)}
+
+    async def _update_install(self, cmd: Command) -> dict[str, Any]:
+        """Install the bundle :meth:`_prepare_update` fetched, switch, restart (docs/updates.md).
+
+        The device is idle (the runner waited). The command stays ``in_progress``: the
+        restarted daemon settles it after its health check (:class:`CommandPending`).
+        """
+        from edge.update.slots import UpdateError
+
+        updates = _need(self.ctx.updates, "software updates")
+        try:
+            output = await updates.install(cmd, self._corr.get(cmd.command_id, ""))
+        except UpdateError as exc:
+            raise CommandFailed(exc.code, exc.message, exc.message_zh) from exc
+        raise CommandPending(output)
 
     async def _cert_rotate(self, cmd: Command) -> dict[str, Any]:
         """New key, CSR, ``device.cert_renew``; switch once idle; keep the old until connected.
