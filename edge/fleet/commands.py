@@ -106,12 +106,14 @@ class CommandFailed(LocalizedError):
         self.output = output or {}
 
 
-class CommandPending(Exception):
+class CommandPending(LocalizedError):
     """A handler is done for now; the command stays ``in_progress`` and is settled later
     (:meth:`CommandRunner.settle`), e.g. by the new version after an update's restart."""
 
+    code = "pending"
+
     def __init__(self, output: dict[str, Any] | None = None) -> None:
-        super().__init__("pending")
+        super().__init__("the command continues after a restart", "指令将在重启后继续")
         self.output = output or {}
 
 
