@@ -24,6 +24,7 @@ from central.fleet.service import FleetService
 from central.fleet_health import HealthThresholds
 from central.forwarder import Forwarder, ForwarderSettings
 from central.hotlist import FleetPublisher, HotlistSync
+from central.metrics import CentralMetrics, metrics_router
 from central.payments import Payments
 from central.platform.config import create_adapter
 from central.registry import Registry
@@ -143,12 +144,16 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
                         "forwarder's account; a broker binding client id to username will "
                         "make them disconnect each other")
 
-    adapter = create_adapter(cfg.platform)
+    # Prometheus /metrics (central/metrics.py); every platform call is timed by the wrapper.
+    metrics = CentralMetrics(store, thresholds=HealthThresholds(
+        cfg.dashboard.disk_low_mb, cfg.dashboard.temp_high_c, cfg.dashboard.backlog_high))
+    adapter = metrics.wrap(create_adapter(cfg.platform))
     payments = Payments(store, adapter)
     # Central decides what each device and each staff member may do (central/authz.py).
     guard = Guard(store, cfg.authz, staff=StaffSessions(store, cfg.staff))
     retention = Retention(store, guard, cfg.privacy)
     forwarder = Forwarder(settings, store, adapter, share_group=fw.share_group,
+                          metrics=metrics,
                           hooks=payments, guard=guard, fleet=fleet_trust)
     fleet = FleetPublisher.from_forwarder_settings(settings, **fleet_login)
     hotlist = HotlistSync(adapter, fleet, store)
@@ -188,6 +193,13 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
                            thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
                                                        cfg.dashboard.temp_high_c,
                                                        cfg.dashboard.backlog_high))
+    sessions = {"hotlist": fleet}
+    if fleet_trust is not None and trust_login is not None:
+        sessions["fleet_trust"] = fleet_trust.publisher
+    metrics.watch(forwarder=forwarder, mosquitto=mosquitto, payments=payments,
+                  sessions=sessions)
+    if cfg.metrics.enabled:  # a token from [metrics], else loopback clients only
+        app.include_router(metrics_router(metrics, cfg.metrics))
     await forwarder.start()
     await fleet.start()
     if fleet_trust is not None:

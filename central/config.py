@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from central.authz import AuthzSettings
 from central.fleet.settings import FleetSection
+from central.metrics import MetricsSettings
 from central.platform.config import PlatformConfig
 from central.retention import PrivacySettings
 from central.staff import StaffSettings
@@ -154,6 +155,8 @@ class CentralConfig(StrictModel):
     staff: StaffSettings = StaffSettings()
     privacy: PrivacySettings = PrivacySettings()
     log: LogSection = LogSection()
+    # Who may read /metrics (central/metrics.py); enabled by default, loopback only.
+    metrics: MetricsSettings = MetricsSettings()
     # Fleet trust (enrollment broker, CA, signed config and commands); absent = off.
     fleet: FleetSection | None = None
 

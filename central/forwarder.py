@@ -53,11 +53,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -108,6 +110,8 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 _FLEET_RESULTS = frozenset({TYPE_CONFIG_REPORT, TYPE_CMD_RESULT, TYPE_UPDATE_STATUS})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# When the worker took the message it is handling (each worker is a task of its own).
+_STARTED: contextvars.ContextVar[float] = contextvars.ContextVar("ykt_fwd_started")
 
 
 class ForwarderSettings(BaseModel):
@@ -159,6 +163,14 @@ class FleetHooks(Protocol):
 
     async def on_birth(self, dev: str) -> None:
         """``dev`` came online (a birth newer than the last one)."""
+
+
+class ForwarderMetrics(Protocol):
+    """Counts answered requests (:class:`central.metrics.CentralMetrics`)."""
+
+    def request_done(self, type_: str, outcome: object, seconds: float | None) -> None:
+        """A request of ``type_`` answered (or released) with ``outcome`` (a reply code,
+        ``ok``, ``resent`` …) ``seconds`` after a worker took it."""
 
 
 class RequestHooks(Protocol):
@@ -213,11 +225,14 @@ class Forwarder:
         hooks: RequestHooks | None = None,
         guard: Guard | None = None,
         fleet: FleetHooks | None = None,
+        metrics: ForwarderMetrics | None = None,
     ) -> None:
         self.settings = settings
         self._guard = guard
         # up/result of the fleet types goes here instead of the event ring (central/fleet).
         self._fleet = fleet
+        # Each answered request and its latency (central/metrics.py).
+        self._metrics = metrics
         self.store = store
         self.adapter = adapter
         self._clock = clock
@@ -242,6 +257,11 @@ class Forwarder:
     def connected(self) -> bool:
         """True while the broker connection is up."""
         return self._session is not None and self._session.connected
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages received and waiting for a worker."""
+        return self._queue.qsize() if self._queue is not None else 0
 
     async def start(self) -> None:
         """Connect and start the workers (returns at once; ``wait_connected`` to wait)."""
@@ -325,6 +345,7 @@ class Forwarder:
     async def handle(self, msg: InboundMessage) -> None:
         """Process one inbound message (public for tests and for other transports)."""
         self.stats["received"] += 1
+        _STARTED.set(time.perf_counter())
         try:
             t = topics.parse(msg.topic)
         except ProtocolError as exc:
@@ -359,6 +380,7 @@ class Forwarder:
             if t.kind == "req" and self._sender_ok(t.dev):
                 # The topic's device is real (the ACL guarantees who published): tell it.
                 self._publish(t.dev, _error_reply(env, t.dev, "unauthorized", exc, now))
+                self._measure(env.type, "unauthorized")
             return
         self.store.touch(t.dev, now)
         if t.kind == "req":
@@ -426,6 +448,7 @@ class Forwarder:
                     lambda: hooks.refresh_reply(env, old, now, self._reply_id())) or old
             if reply is not None:
                 self._publish_bytes(env.dev, reply)
+                self._measure(env.type, "resent")
             return
         if begin.status == "busy":
             return  # another worker is on it; the device will resend if that one dies
@@ -441,6 +464,7 @@ class Forwarder:
                     "请求编号重复且内容不同", False, now=now,
                 ),
             )
+            self._measure(env.type, "duplicate_mismatch")
             return
         if is_expired(env, now) and not begin.retaken and not self.store.was_attempted(env.id):
             # Past exp and never sent to the platform: not acted on. One that was sent (the
@@ -480,6 +504,7 @@ class Forwarder:
                 self._publish(env.dev, self._unsure(
                     env, PlatformUnavailable(f"central could not record the request: "
                                              f"{type(exc).__name__}"), mutating=False))
+                self._measure(env.type, ErrorCode.PLATFORM_UNAVAILABLE)
                 return
         await self._call_platform(env)
 
@@ -537,10 +562,21 @@ class Forwarder:
 
         await self.store.write(release)
         self._publish(env.dev, reply)
+        self._measure(env.type, detail["code"])
         await self._observe(env, None, error)
 
     def _reply_id(self) -> str:
         return f"{self._boot}{next(self._reply_seq):010x}"
+
+    def _measure(self, type_: str, outcome: object) -> None:
+        if self._metrics is None:
+            return
+        started = _STARTED.get(None)
+        try:
+            self._metrics.request_done(
+                type_, outcome, None if started is None else time.perf_counter() - started)
+        except Exception:  # a metrics fault must not cost a reply
+            log.exception("forwarder metrics hook failed")
 
     def _unsure(self, env: Envelope, exc: PlatformError, *, mutating: bool) -> Envelope:
         if mutating and not isinstance(exc, PlatformUnavailable):
@@ -612,6 +648,7 @@ class Forwarder:
 
         await self.store.write(finish)
         self._publish_bytes(env.dev, sent[0])  # only now: the outcome is committed
+        self._measure(env.type, outcome)
 
     # -- state ---------------------------------------------------------------------------
     async def _handle_state(self, dev: str, msg: InboundMessage) -> None:

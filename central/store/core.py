@@ -141,6 +141,10 @@ class StoreCore:
             reader = self._reader
         return loop.run_in_executor(reader, fn)
 
+    def pending_writes(self) -> int:
+        """Operations queued for the writer thread and not yet taken (``/metrics``)."""
+        return self._q.qsize()
+
     def in_write(self) -> bool:
         """True while this thread is inside a write transaction of this store."""
         return getattr(self._tx_depth, "n", 0) > 0
