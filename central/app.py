@@ -31,6 +31,7 @@ from central.registry import Registry
 from central.retention import Retention
 from central.staff import StaffSessions
 from central.store import open_store
+from central.telemetry_history import TelemetryHistory
 from yikatong.common.config import load_config, read_secret
 from yikatong.common.logging import setup_logging
 from yikatong.common.service import Daemon
@@ -151,10 +152,12 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     payments = Payments(store, adapter)
     # Central decides what each device and each staff member may do (central/authz.py).
     guard = Guard(store, cfg.authz, staff=StaffSessions(store, cfg.staff))
-    retention = Retention(store, guard, cfg.privacy)
+    history = TelemetryHistory(store, cfg.telemetry)  # samples for the charts, downsampled
+    retention = Retention(store, guard, cfg.privacy, telemetry=history)
     forwarder = Forwarder(settings, store, adapter, share_group=fw.share_group,
                           metrics=metrics,
-                          hooks=payments, guard=guard, fleet=fleet_trust)
+                          hooks=payments, guard=guard, fleet=fleet_trust,
+                          history=history)
     fleet = FleetPublisher.from_forwarder_settings(settings, **fleet_login)
     hotlist = HotlistSync(adapter, fleet, store)
     fleet.on_connected = hotlist.republish  # a restarted broker may have lost the notice
@@ -189,7 +192,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     app = create_dashboard(store, registry, admin_token, site_name=cfg.central.site_name,
                            timezone=cfg.central.timezone,
                            extra_status=live_status, payments=payments, guard=guard,
-                           fleet=fleet_trust,
+                           fleet=fleet_trust, telemetry=cfg.telemetry,
                            thresholds=HealthThresholds(cfg.dashboard.disk_low_mb,
                                                        cfg.dashboard.temp_high_c,
                                                        cfg.dashboard.backlog_high))
@@ -210,6 +213,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     daemon.spawn(payments.run(), name="payments")
     daemon.spawn(hotlist.run(), name="hotlist")
     daemon.spawn(retention.run(), name="retention")
+    daemon.spawn(history.run(), name="telemetry-history")
     if mosquitto is not None:
         daemon.spawn(mosquitto.supervise(), name="broker")
     log.info("central started", extra={"broker": f"{cfg.broker.host}:{cfg.broker.port}",
@@ -217,6 +221,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
 
     async def stop_connections() -> None:  # leave the broker before the loops are cancelled
         await forwarder.stop()
+        await history.flush()  # the samples still buffered
         if fleet_trust is not None:
             await fleet_trust.stop()
         await fleet.stop()

@@ -14,6 +14,7 @@ from central.metrics import MetricsSettings
 from central.platform.config import PlatformConfig
 from central.retention import PrivacySettings
 from central.staff import StaffSettings
+from central.telemetry_history import TelemetrySettings
 from yikatong.common.config import StrictModel, TimeZoneName
 
 __all__ = ["BrokerSection", "BrokerTlsSection", "CentralConfig", "CentralSection",
@@ -154,6 +155,8 @@ class CentralConfig(StrictModel):
     authz: AuthzSettings = AuthzSettings()
     staff: StaffSettings = StaffSettings()
     privacy: PrivacySettings = PrivacySettings()
+    # Telemetry history: raw, minute and hour tiers and their retention.
+    telemetry: TelemetrySettings = TelemetrySettings()
     log: LogSection = LogSection()
     # Who may read /metrics (central/metrics.py); enabled by default, loopback only.
     metrics: MetricsSettings = MetricsSettings()

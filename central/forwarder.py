@@ -103,7 +103,7 @@ from yikatong.protocol.messages import (
 from yikatong.protocol.update import TYPE_UPDATE_STATUS
 
 __all__ = ["FleetHooks", "Forwarder", "ForwarderSettings", "OutcomeObserver", "RequestHooks",
-           "body_hash"]
+           "TelemetrySink", "body_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,16 @@ class FleetHooks(Protocol):
 
     async def on_birth(self, dev: str) -> None:
         """``dev`` came online (a birth newer than the last one)."""
+
+
+class TelemetrySink(Protocol):
+    """Telemetry history (:class:`central.telemetry_history.TelemetryHistory`)."""
+
+    def record(self, dev: str, body: dict[str, Any], now: datetime) -> bool:
+        """Buffer an accepted ``telemetry`` sample (must not block: runs on the loop)."""
+
+    def note_birth(self, dev: str) -> None:
+        """``dev`` came online (a live birth, not a retained copy)."""
 
 
 class ForwarderMetrics(Protocol):
@@ -226,6 +236,7 @@ class Forwarder:
         guard: Guard | None = None,
         fleet: FleetHooks | None = None,
         metrics: ForwarderMetrics | None = None,
+        history: TelemetrySink | None = None,
     ) -> None:
         self.settings = settings
         self._guard = guard
@@ -233,6 +244,8 @@ class Forwarder:
         self._fleet = fleet
         # Each answered request and its latency (central/metrics.py).
         self._metrics = metrics
+        # Accepted telemetry samples and live births also go to the history (charts).
+        self._history = history
         self.store = store
         self.adapter = adapter
         self._clock = clock
@@ -394,6 +407,8 @@ class Forwarder:
             ):
                 self.stats["rejected"] += 1
                 log.warning("invalid telemetry from %s ignored", dev)
+            elif self._history is not None:
+                self._history.record(dev, env.body, now)
         elif t.kind == "event" and env.type == "audit":
             # The device's audit chain has its own table (checked link by link), and stays
             # out of the event ring like telemetry.
@@ -669,6 +684,8 @@ class Forwarder:
                 await self._fleet.on_birth(dev)
             except Exception:
                 log.exception("fleet birth hook failed for %s", dev)
+        if applied and data["online"] and self._history is not None and not msg.retain:
+            self._history.note_birth(dev)  # a reconnect (a retained copy is an old one)
 
     # -- publishing ----------------------------------------------------------------------
     def _publish(self, dev: str, reply: Envelope) -> None:

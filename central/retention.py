@@ -8,6 +8,10 @@ resend — minutes. After ``personal_reply_retention_s`` such a reply is replace
 recognised and never acted on twice); after ``request_log_retention_days`` the row goes.
 Grants and staff sessions are purged with it. Payment records are money records and are
 kept (they hold no name or ID number, only the platform's patient id).
+
+Telemetry history (central/telemetry_history.py) is pruned by the same task: raw samples
+after ``[telemetry] raw_days``, minute and hour aggregates after ``minute_days`` /
+``hour_days``, in batches of short transactions.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import Field
 
@@ -66,8 +71,11 @@ class Retention:
     """Runs the purge every ``purge_interval_s``."""
 
     def __init__(self, store: Store, guard: Guard | None, settings: PrivacySettings, *,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 telemetry: Any = None) -> None:
         self.store = store
+        #: a ``central.telemetry_history.TelemetryHistory`` (its ``prune_once``), or None
+        self.telemetry = telemetry
         self.guard = guard
         self.settings = settings
         self._clock = clock
@@ -81,7 +89,11 @@ class Retention:
             now, personal_types=PERSONAL_REPLY_TYPES,
             personal_keep_s=s.personal_reply_retention_s, keep_s=keep_s, redact=redact_reply)
         grants = self.guard.purge(now, min(keep_s, 86_400)) if self.guard is not None else 0
-        return {"redacted": redacted, "deleted": deleted, "grants": grants}
+        out = {"redacted": redacted, "deleted": deleted, "grants": grants}
+        if self.telemetry is not None:
+            pruned = self.telemetry.prune_once(now)
+            out.update({f"telemetry_{tier}": n for tier, n in pruned.items()})
+        return out
 
     async def run(self) -> None:
         """Purge now and then every ``purge_interval_s`` (as a task)."""

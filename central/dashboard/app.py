@@ -41,6 +41,7 @@ from central.dashboard.auth import SECURITY_ACTIONS as DASHBOARD_SECURITY_ACTION
 from central.dashboard.bundles_api import bundles_router
 from central.dashboard.fleet_api import fleet_router
 from central.dashboard.rollouts_api import rollouts_router
+from central.dashboard.telemetry_api import telemetry_router
 from central.fleet_health import HealthThresholds, derive_alarms
 from central.payments import PaymentError
 from central.platform.errors import PlatformError
@@ -114,7 +115,8 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
                      extra_status: Any = None, payments: Any = None,
                      thresholds: HealthThresholds | None = None, guard: Any = None,
                      fleet: Any = None, accounts: StaffAccounts | None = None,
-                     auth_settings: AuthSettings | None = None) -> FastAPI:
+                     auth_settings: AuthSettings | None = None,
+                     telemetry: Any = None) -> FastAPI:
     """Build the dashboard app; ``extra_status()`` adds live fields (broker, platform).
 
     ``fleet`` (a ``central.fleet.service.FleetService``) adds the fleet endpoints;
@@ -334,6 +336,7 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         app.include_router(bundles_router(fleet))
         if getattr(fleet, "rollouts", None) is not None:  # staged updates, docs/updates.md
             app.include_router(rollouts_router(fleet.rollouts))
+    app.include_router(telemetry_router(store, telemetry))  # charts: [telemetry] settings
     app.include_router(api)
 
     @app.get("/", include_in_schema=False)

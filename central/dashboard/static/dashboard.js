@@ -426,6 +426,90 @@ $("dev-revoke").addEventListener("click",async()=>{
   catch(err){ say("dev-admin-msg",err.message,false); }
 });
 
+// -- device telemetry charts (central/dashboard/telemetry_api.py) ---------------------------
+// The device page's last 6 hours / 2 days / 30 days: one plain SVG chart per metric (the page
+// is served offline: no chart library). Gauges: the average as a line over a min–max band;
+// reconnects: a bar per bucket. Fetched when the page opens, on a range switch and every 30 s.
+const TELE={range:"6h",dev:null,at:0};
+const TELE_UNIT={level:"",msgs:"条 msgs",MB:"MB","°C":"°C","":"",times:"次 times"};
+const TELE_COLOR={paper:"#0b4f6c",backlog:"#b54708",disk:"#067647",temp:"#b42318",load:"#6941c6",reconnects:"#475467"};
+const TELE_PAPER={0:"缺纸 out",1:"将尽 near end",2:"正常 ok"};
+const TELE_TIER={raw:"原始采样 raw samples",minute:"分钟汇总 per-minute",hour:"小时汇总 per-hour"};
+function teleTicks(lo,hi,n,whole){
+  if(hi<=lo) hi=lo+1;
+  const raw=(hi-lo)/n, mag=10**Math.floor(Math.log10(raw)), f=raw/mag;
+  const step=Math.max(whole?1:0,(f<=1?1:f<=2?2:f<=2.5?2.5:f<=5?5:10)*mag), out=[];
+  for(let v=Math.ceil(lo/step)*step; v<=hi+step*1e-9; v+=step) out.push(+v.toFixed(6));
+  return out;
+}
+const teleNum=v=>Math.abs(v)>=1e4?(v/1e3).toFixed(0)+"k":Math.abs(v)>=100?v.toFixed(0):+v.toFixed(2)+"";
+function teleTime(ms,range){ const s=siteTime(new Date(ms)); return range==="6h"?s.slice(11,16):range==="2d"?s.slice(5,13)+"时":s.slice(5,10); }
+function teleChart(m,from,to,step,range){
+  const W=400,H=170,L=46,R=8,T=8,B=24, w=W-L-R, h=H-T-B;
+  // free disk in GB once it is that large
+  const gb=m.name==="disk"&&m.points.some(p=>p[3]>=2048), pts=gb?m.points.map(p=>[p[0],p[1]/1024,p[2]/1024,p[3]/1024]):m.points;
+  const x=t=>L+(t-from)/(to-from)*w;
+  let lo,hi;
+  if(m.name==="paper"){lo=0;hi=2;}
+  else if(pts.length){ lo=Math.min(...pts.map(p=>p[2])); hi=Math.max(...pts.map(p=>p[3]));
+    if(m.kind==="counter"||m.name==="backlog") lo=0;
+    const pad=(hi-lo)*0.08||Math.max(1,Math.abs(hi)*0.05); if(lo!==0) lo-=pad; hi+=pad; }
+  else{lo=0;hi=1;}
+  const y=v=>T+h-(v-lo)/(hi-lo)*h;
+  const yt=m.name==="paper"?[0,1,2]:teleTicks(lo,hi,4,m.kind==="counter");
+  const xt=[], span=to-from, tstep=range==="6h"?3600e3:range==="2d"?12*3600e3:7*864e5;
+  for(let t=Math.ceil(from/tstep)*tstep;t<to;t+=tstep) if(x(t)>L+24&&x(t)<W-R-24) xt.push(t);
+  let g=yt.map(v=>`<line class="grid" x1="${L}" x2="${W-R}" y1="${y(v)}" y2="${y(v)}"/><text x="${L-4}" y="${y(v)+4}" text-anchor="end">${m.name==="paper"?esc(TELE_PAPER[v].split(" ")[0]):teleNum(v)}</text>`).join("");
+  g+=xt.map(t=>`<line class="grid" x1="${x(t)}" x2="${x(t)}" y1="${T}" y2="${T+h}"/><text x="${x(t)}" y="${H-6}" text-anchor="middle">${esc(teleTime(t,range))}</text>`).join("");
+  g+=`<line class="axis" x1="${L}" x2="${W-R}" y1="${T+h}" y2="${T+h}"/><line class="axis" x1="${L}" x2="${L}" y1="${T}" y2="${T+h}"/>`;
+  const c=TELE_COLOR[m.name]||"#0b4f6c";
+  let body="";
+  if(!pts.length) body=`<text class="none" x="${L+w/2}" y="${T+h/2}" text-anchor="middle">无数据 No data</text>`;
+  else if(m.kind==="counter"){
+    const bw=Math.max(1.5,(step?step*1000:span/pts.length)/span*w*0.8);
+    body=pts.filter(p=>p[1]>0).map(p=>`<rect x="${(x(p[0])-bw/2).toFixed(1)}" y="${y(p[1]).toFixed(1)}" width="${bw.toFixed(1)}" height="${(T+h-y(p[1])).toFixed(1)}" fill="${c}"/>`).join("");
+  }else{
+    // a gap longer than three buckets (or samples) breaks the line: the device said nothing
+    const dts=pts.slice(1).map((p,i)=>p[0]-pts[i][0]).sort((a,b)=>a-b);
+    const gap=3*Math.max(step*1000,dts.length?dts[dts.length>>1]:0);
+    const segs=[[]]; pts.forEach((p,i)=>{ if(i&&p[0]-pts[i-1][0]>gap) segs.push([]); segs[segs.length-1].push(p); });
+    for(const s of segs){
+      const line=s.map(p=>`${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
+      if(step&&s.length>1) body+=`<polygon points="${s.map(p=>`${x(p[0]).toFixed(1)},${y(p[3]).toFixed(1)}`).join(" ")} ${s.slice().reverse().map(p=>`${x(p[0]).toFixed(1)},${y(p[2]).toFixed(1)}`).join(" ")}" fill="${c}" fill-opacity=".15"/>`;
+      body+=s.length>1?`<polyline points="${line}" fill="none" stroke="${c}" stroke-width="1.6"/>`:`<circle cx="${x(s[0][0]).toFixed(1)}" cy="${y(s[0][1]).toFixed(1)}" r="2" fill="${c}"/>`;
+    }
+  }
+  const unit=gb?"GB":TELE_UNIT[m.unit]??m.unit, last=pts.length?pts[pts.length-1][1]:null;
+  const latest=last===null?"":m.kind==="counter"?`共 ${pts.reduce((a,p)=>a+p[1],0)} 次 total`
+    :m.name==="paper"?`最新 latest ${esc(TELE_PAPER[Math.round(last)]||last)}`:`最新 latest ${teleNum(last)} ${esc(unit)}`;
+  return `<div class="chart" data-metric="${esc(m.name)}"><h3><span>${esc(m.label_zh)} ${esc(m.label)}${unit&&m.name!=="paper"?` <span class="muted">(${esc(unit)})</span>`:""}</span><span class="muted">${latest}</span></h3>
+    <svg viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(m.label)}" data-points="${pts.length}">${g}${body}</svg></div>`;
+}
+async function refreshTelemetry(first){
+  const dev=DEVICE; if(!dev) return;
+  if(TELE.dev!==dev){ TELE.dev=dev; TELE.at=0; $("tele-charts").innerHTML=""; $("tele-msg").textContent=""; }
+  if(!first&&Date.now()-TELE.at<30000) return;
+  TELE.at=Date.now();
+  const range=TELE.range;
+  let j;
+  try{ j=await api(`/api/devices/${encodeURIComponent(dev)}/telemetry?range=${range}`,{poll:!first}); }
+  catch(e){ if(e instanceof ApiErr&&e.status===401) throw e; if(dev===DEVICE) say("tele-msg",e.message,false); return; }
+  if(dev!==DEVICE||range!==TELE.range) return;
+  const from=Date.parse(j.from), to=Date.parse(j.to);
+  $("tele-tier").textContent=`${TELE_TIER[j.tier]||j.tier}${j.step_s?` · ${j.step_s>=3600?j.step_s/3600+" 小时 h":j.step_s/60+" 分钟 min"}`:""}`;
+  $("tele-charts").innerHTML=j.metrics.map(m=>teleChart(m,from,to,j.step_s,range)).join("");
+  $("tele-msg").textContent="";
+}
+$("tele-range").addEventListener("click",e=>{
+  const b=e.target.closest("button[data-range]"); if(!b) return;
+  TELE.range=b.dataset.range; TELE.at=0;
+  for(const x of $("tele-range").querySelectorAll("button")) x.classList.toggle("on",x===b);
+  refreshTelemetry(true).catch(()=>{});
+});
+{ const deviceView=VIEWS.device; // the device page also draws the charts (after its own parts)
+  VIEWS.device=async first=>{ const r=await Promise.allSettled([deviceView(first),refreshTelemetry(first)]);
+    for(const x of r) if(x.status==="rejected") throw x.reason; }; }
+
 // -- staff accounts (administrator) ---------------------------------------------------------
 async function refreshUsers(first){
   const us=(await api("/api/users",{poll:!first})).users;

@@ -1,0 +1,533 @@
+"""Telemetry history: every device's samples, downsampled in three tiers, with retention.
+
+The health view (central/fleet_health.py) keeps only each device's latest sample. This
+module keeps the samples themselves so the dashboard can chart the last hours, days and
+months (docs/architecture.md, "Telemetry history"; sizes and speeds in
+docs/performance.md, "Telemetry history"):
+
+* **raw** — one row per ``telemetry`` message, kept ``raw_days`` (default 1);
+* **minute** — per device and minute: count, sum, min and max of each metric, kept
+  ``minute_days`` (default 30);
+* **hour** — the same per hour, kept ``hour_days`` (default 365).
+
+Metrics (:data:`METRICS`): paper as a level (2 ok, 1 near end, 0 out; unknown is no value),
+outbox backlog, free disk, CPU temperature, 1-minute load, and reconnects — the device's
+live births central saw since its previous sample (``state`` online, not a retained copy),
+counted into the next sample. Values are stored as small integers (temperature in tenths of
+a degree, load in hundredths): SQLite stores them in 1–3 bytes instead of an 8-byte REAL.
+
+Writes never slow the forwarder: :meth:`TelemetryHistory.record` (called on the event loop
+for a sample the health view accepted) only appends a tuple to a buffer; :meth:`run` hands
+the buffer to the store's writer thread every ``flush_interval_s`` (or at
+``flush_max_samples``) as one ``executemany`` in one transaction (central/store/core.py).
+
+Rollup is incremental and exact. The raw table's key is an ``AUTOINCREMENT`` id, so ids
+only grow in commit order (the store has one writer); each tier keeps a watermark, the last
+raw id folded into it. A rollup step reads the raw rows after the watermark (at most
+``batch_rows``), adds them into the tier's rows with an upsert (counts and sums added, min
+and max kept) and moves the watermark — in one transaction. A crash before the commit
+leaves both as they were, one after it finds the watermark moved: no sample is ever counted
+twice or lost, and a sample arriving late for a minute already rolled up is merged into it.
+Both aggregate tiers are built from raw, so raw rows are deleted only once both watermarks
+passed them.
+
+Reads: the aggregate tables are keyed (dev, ts) ``WITHOUT ROWID`` — one device's rows are
+contiguous and a range query reads only them; raw has an index on (dev, ts_ms). Retention
+(:meth:`TelemetryHistory.prune_once`, run by central/retention.py) deletes in batches of
+short transactions: raw oldest-first by id, the aggregates per device by key range.
+
+Single-site SQLite: the id watermark relies on SQLite's serialized writes. With several
+instances (``[forwarder] share_group``) each instance sees every birth, so reconnects are
+counted once per instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import peewee as pw
+from playhouse.sqlite_ext import AutoIncrementField
+from pydantic import Field, ValidationError, model_validator
+
+from central.store import Store
+from central.store.models import bind
+from yikatong.common.config import StrictModel
+from yikatong.common.errors import LocalizedError
+from yikatong.protocol.messages import Telemetry
+
+__all__ = ["METRICS", "TIERS", "Metric", "Series", "TelemetryHistory", "TelemetryQueryError",
+           "TelemetrySettings", "ensure_schema", "query", "sample_row"]
+
+log = logging.getLogger(__name__)
+
+Tier = Literal["raw", "minute", "hour"]
+#: Bucket length of each aggregate tier, seconds.
+TIERS: dict[str, int] = {"minute": 60, "hour": 3600}
+#: At most this many points per series in an answer (aggregates are re-bucketed to fit).
+MAX_POINTS = 720
+
+
+class TelemetrySettings(StrictModel):
+    """``[telemetry]`` of central.toml."""
+
+    #: Raw samples are kept this long.
+    raw_days: int = Field(default=1, ge=1, le=30)
+    #: Minute aggregates are kept this long.
+    minute_days: int = Field(default=30, ge=1, le=400)
+    #: Hour aggregates are kept this long.
+    hour_days: int = Field(default=365, ge=1, le=3650)
+    #: Buffered samples are written at least this often (one transaction per flush).
+    flush_interval_s: float = Field(default=1.0, ge=0.05, le=60.0)
+    #: ... or as soon as this many are buffered.
+    flush_max_samples: int = Field(default=2000, ge=1, le=100_000)
+    #: How often the rollup runs.
+    rollup_interval_s: int = Field(default=60, ge=1, le=3600)
+    #: Rows per rollup or retention transaction (short transactions: the forwarder's writes
+    #: wait behind each one).
+    batch_rows: int = Field(default=20_000, ge=100, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _tiers_nest(self) -> TelemetrySettings:
+        if not self.raw_days <= self.minute_days <= self.hour_days:
+            raise ValueError("telemetry retention must nest: raw_days <= minute_days <= "
+                             "hour_days")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One charted metric: its stored column, scale and what it is called."""
+
+    name: str
+    label: str
+    label_zh: str
+    unit: str
+    #: Stored value = reading × scale (an integer).
+    scale: int = 1
+    #: "gauge": average/min/max per bucket; "counter": the total per bucket.
+    kind: Literal["gauge", "counter"] = "gauge"
+
+
+#: The metrics, in chart order. Column names are the metric names.
+METRICS: tuple[Metric, ...] = (
+    Metric("paper", "Paper", "打印纸", "level"),
+    Metric("backlog", "Outbox backlog", "待发送积压", "msgs"),
+    Metric("disk", "Free disk", "磁盘剩余", "MB"),
+    Metric("temp", "CPU temperature", "CPU 温度", "°C", scale=10),
+    Metric("load", "Load (1 min)", "负载（1 分钟）", "", scale=100),
+    Metric("reconnects", "Reconnects", "重新连接", "times", kind="counter"),
+)
+_BY_NAME = {m.name: m for m in METRICS}
+_GAUGES = tuple(m.name for m in METRICS if m.kind == "gauge")
+_COUNTERS = tuple(m.name for m in METRICS if m.kind == "counter")
+PAPER_LEVEL = {"ok": 2, "near_end": 1, "out": 0}
+
+
+# -- tables -----------------------------------------------------------------------------------
+class TelemetryRaw(pw.Model):
+    """One telemetry sample (scaled integers; None = not reported)."""
+
+    id = AutoIncrementField()
+    dev = pw.TextField()
+    ts_ms = pw.IntegerField()
+    paper = pw.IntegerField(null=True)
+    backlog = pw.IntegerField()
+    disk = pw.IntegerField()
+    temp = pw.IntegerField(null=True)
+    load = pw.IntegerField(null=True)
+    reconnects = pw.IntegerField()
+
+    class Meta:
+        table_name = "telemetry_raw"
+        indexes = ((("dev", "ts_ms"), False),)
+
+
+def _aggregate_fields() -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "dev": pw.TextField(), "ts": pw.IntegerField(), "n": pw.IntegerField(),
+    }
+    for name in _GAUGES:
+        fields[f"{name}_n"] = pw.IntegerField()
+        fields[f"{name}_sum"] = pw.IntegerField()
+        fields[f"{name}_min"] = pw.IntegerField(null=True)
+        fields[f"{name}_max"] = pw.IntegerField(null=True)
+    for name in _COUNTERS:
+        fields[name] = pw.IntegerField()
+    return fields
+
+
+def _aggregate_model(table: str) -> type[pw.Model]:
+    meta = type("Meta", (), {"table_name": table, "without_rowid": True,
+                             "primary_key": pw.CompositeKey("dev", "ts")})
+    doc = f"Per device and {table.rsplit('_', 1)[1]}: n, and count/sum/min/max per metric."
+    return type(f"Telemetry{table.rsplit('_', 1)[1].title()}", (pw.Model,),
+                {**_aggregate_fields(), "Meta": meta, "__module__": __name__, "__doc__": doc})
+
+
+TelemetryMinute = _aggregate_model("telemetry_minute")
+TelemetryHour = _aggregate_model("telemetry_hour")
+
+
+class TelemetryRollup(pw.Model):
+    """Each aggregate tier's watermark: the last raw id folded into it."""
+
+    tier = pw.TextField(primary_key=True)
+    raw_id = pw.IntegerField()
+
+    class Meta:
+        table_name = "telemetry_rollup"
+
+
+_RAW = TelemetryRaw._meta.table_name
+_TABLE = {"minute": TelemetryMinute._meta.table_name, "hour": TelemetryHour._meta.table_name}
+_RAW_COLS = ("dev", "ts_ms", *(m.name for m in METRICS))
+
+
+def _bind(model: type[pw.Model], db: pw.Database) -> Any:
+    """``model`` bound to ``db`` (central/store/models.py ``bind``), keeping WITHOUT ROWID."""
+    bound = bind(model, db)
+    bound._meta.without_rowid = model._meta.without_rowid
+    return bound
+
+
+def ensure_schema(store: Store) -> None:
+    """Create the history's tables in central's store (kept as they are if they exist)."""
+    models = [_bind(m, store.db) for m in (TelemetryRaw, TelemetryMinute, TelemetryHour,
+                                            TelemetryRollup)]
+    with store.atomic():
+        store.db.create_tables(models)
+        db = store.connection()
+        for tier in TIERS:
+            db.execute("INSERT OR IGNORE INTO telemetry_rollup (tier, raw_id) VALUES (?, 0)",
+                       (tier,))
+
+
+# -- statements (on these tables only; table names from the models) ---------------------------
+_INSERT_RAW = (f"INSERT INTO {_RAW} ({', '.join(_RAW_COLS)}) "  # noqa: S608 - names, not input
+               f"VALUES ({', '.join('?' * len(_RAW_COLS))})")
+
+
+def _rollup_sql(tier: str) -> str:
+    """Fold raw rows ``id > ? AND id <= ?`` into ``tier`` (an upsert: sums added)."""
+    bucket_ms = TIERS[tier] * 1000
+    cols, sel, upd = ["dev", "ts", "n"], ["dev", f"(ts_ms / {bucket_ms}) * {TIERS[tier]}",
+                                           "COUNT(*)"], ["n = n + excluded.n"]
+    for g in _GAUGES:
+        cols += [f"{g}_n", f"{g}_sum", f"{g}_min", f"{g}_max"]
+        sel += [f"COUNT({g})", f"COALESCE(SUM({g}), 0)", f"MIN({g})", f"MAX({g})"]
+        upd += [f"{g}_n = {g}_n + excluded.{g}_n", f"{g}_sum = {g}_sum + excluded.{g}_sum",
+                # scalar MIN/MAX are NULL when either side is: fall back to the other side
+                f"{g}_min = COALESCE(MIN({g}_min, excluded.{g}_min), {g}_min, excluded.{g}_min)",
+                f"{g}_max = COALESCE(MAX({g}_max, excluded.{g}_max), {g}_max, excluded.{g}_max)"]
+    for c in _COUNTERS:
+        cols.append(c)
+        sel.append(f"SUM({c})")
+        upd.append(f"{c} = {c} + excluded.{c}")
+    return (f"INSERT INTO {_TABLE[tier]} ({', '.join(cols)}) "  # noqa: S608 - names only
+            f"SELECT {', '.join(sel)} FROM {_RAW} WHERE id > ? AND id <= ? GROUP BY 1, 2 "
+            f"ON CONFLICT (dev, ts) DO UPDATE SET {', '.join(upd)}")
+
+
+_ROLLUP = {tier: _rollup_sql(tier) for tier in TIERS}
+
+
+def sample_row(dev: str, body: dict[str, Any], now: datetime,
+               reconnects: int = 0) -> tuple[Any, ...] | None:
+    """The raw row of a ``telemetry`` body (None if it is not a valid one)."""
+    try:
+        t = Telemetry.model_validate(body)
+    except ValidationError:
+        return None
+    return (dev, int(now.timestamp() * 1000), PAPER_LEVEL.get(t.printer.paper),
+            t.outbox_depth, t.disk_free_mb,
+            None if t.cpu_temp_c is None else round(t.cpu_temp_c * 10),
+            None if t.load_1m is None else round(t.load_1m * 100), reconnects)
+
+
+# -- the history ------------------------------------------------------------------------------
+class TelemetryHistory:
+    """Buffers samples, writes them in batches, rolls them up and prunes them."""
+
+    def __init__(self, store: Store, settings: TelemetrySettings | None = None, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.settings = settings or TelemetrySettings()
+        self._clock = clock
+        self._buf: list[tuple[Any, ...]] = []
+        self._births: dict[str, int] = {}
+        self._wake: asyncio.Event | None = None
+        self._flushing: asyncio.Lock | None = None
+        self.stats: dict[str, int] = {"recorded": 0, "invalid": 0, "written": 0, "flushes": 0,
+                                      "dropped": 0, "births": 0}
+        ensure_schema(store)
+
+    # -- intake (event loop; never touches the database) -----------------------------------
+    def record(self, dev: str, body: dict[str, Any], now: datetime) -> bool:
+        """Buffer one sample of ``dev`` received at ``now``; False if the body is invalid."""
+        row = sample_row(dev, body, now, self._births.pop(dev, 0))
+        if row is None:
+            self.stats["invalid"] += 1
+            return False
+        self._buf.append(row)
+        self.stats["recorded"] += 1
+        if len(self._buf) >= self.settings.flush_max_samples and self._wake is not None:
+            self._wake.set()
+        return True
+
+    def note_birth(self, dev: str) -> None:
+        """``dev`` (re)connected: counted into its next sample's ``reconnects``."""
+        self._births[dev] = self._births.get(dev, 0) + 1
+        self.stats["births"] += 1
+
+    @property
+    def buffered(self) -> int:
+        """Samples waiting for the next flush."""
+        return len(self._buf)
+
+    async def flush(self) -> int:
+        """Write the buffered samples now (one transaction on the store's writer)."""
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            rows, self._buf = self._buf, []
+            if not rows:
+                return 0
+            try:
+                await self.store.write(
+                    lambda: self.store.connection().executemany(_INSERT_RAW, rows))
+            except Exception:
+                log.exception("telemetry history: writing %d samples failed", len(rows))
+                keep = 10 * self.settings.flush_max_samples - len(self._buf)
+                if keep > 0:
+                    self._buf[:0] = rows[-keep:]
+                self.stats["dropped"] += max(0, len(rows) - max(keep, 0))
+                return 0
+            self.stats["written"] += len(rows)
+            self.stats["flushes"] += 1
+            return len(rows)
+
+    async def run(self) -> None:
+        """Flush every ``flush_interval_s`` (sooner when the buffer fills) and roll up every
+        ``rollup_interval_s``, until cancelled (the buffer is flushed on the way out)."""
+        self._wake = asyncio.Event()
+        next_rollup = time.monotonic()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval_s)
+                self._wake.clear()
+                await self.flush()
+                if time.monotonic() >= next_rollup:
+                    next_rollup = time.monotonic() + self.settings.rollup_interval_s
+                    try:
+                        done = await asyncio.to_thread(self.rollup)
+                        if any(done.values()):
+                            log.debug("telemetry rollup", extra=done)
+                    except Exception:
+                        log.exception("telemetry rollup failed")
+        finally:
+            await asyncio.shield(self.flush())
+
+    # -- rollup (a worker thread; short transactions) ---------------------------------------
+    def watermarks(self) -> dict[str, int]:
+        """Each tier's watermark (the last raw id folded into it)."""
+        rows = self.store.connection().execute(
+            "SELECT tier, raw_id FROM telemetry_rollup").fetchall()
+        return {str(t): int(r) for t, r in rows}
+
+    def rollup_step(self, tier: str) -> int:
+        """Fold the next (at most ``batch_rows``) raw rows into ``tier``; rows folded."""
+        with self.store.atomic():
+            db = self.store.connection()
+            (wm,) = db.execute("SELECT raw_id FROM telemetry_rollup WHERE tier = ?",
+                               (tier,)).fetchone()
+            (top,) = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_RAW}").fetchone()  # noqa: S608
+            hi = min(int(top), int(wm) + self.settings.batch_rows)
+            if hi <= wm:
+                return 0
+            db.execute(_ROLLUP[tier], (wm, hi))
+            db.execute("UPDATE telemetry_rollup SET raw_id = ? WHERE tier = ?", (hi, tier))
+            # ids may have gaps (a failed flush): count what was folded, not the id span
+            (n,) = db.execute(f"SELECT COUNT(*) FROM {_RAW} WHERE id > ? AND id <= ?",  # noqa: S608
+                              (wm, hi)).fetchone()
+        return int(n)
+
+    def rollup(self, *, max_steps: int | None = None) -> dict[str, int]:
+        """Roll every tier up to the newest raw row (or ``max_steps`` steps per tier)."""
+        out: dict[str, int] = {}
+        for tier in TIERS:
+            total, steps = 0, 0
+            while max_steps is None or steps < max_steps:
+                n = self.rollup_step(tier)
+                steps += 1
+                if not n and self._caught_up(tier):
+                    break
+                total += n
+            out[tier] = total
+        return out
+
+    def _caught_up(self, tier: str) -> bool:
+        db = self.store.connection()
+        (top,) = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_RAW}").fetchone()  # noqa: S608
+        return self.watermarks()[tier] >= int(top)
+
+    # -- retention (central/retention.py runs it) -------------------------------------------
+    def prune_once(self, now: datetime | None = None) -> dict[str, int]:
+        """Delete what is past its tier's retention, in batches; rows deleted per tier.
+
+        Raw rows go only once both aggregate tiers have folded them in.
+        """
+        now = now or self._clock()
+        s = self.settings
+        t = now.timestamp()
+        out = {"raw": self._prune_raw(int((t - s.raw_days * 86_400) * 1000))}
+        for tier, days in (("minute", s.minute_days), ("hour", s.hour_days)):
+            out[tier] = self._prune_tier(tier, int(t - days * 86_400))
+        return out
+
+    def _prune_raw(self, cutoff_ms: int) -> int:
+        deleted = 0
+        batch = self.settings.batch_rows
+        while True:
+            with self.store.atomic():
+                db = self.store.connection()
+                safe = min(self.watermarks().values())
+                rows = db.execute(f"SELECT id, ts_ms FROM {_RAW} WHERE id <= ? "  # noqa: S608
+                                  "ORDER BY id LIMIT ?", (safe, batch)).fetchall()
+                last = None
+                for id_, ts_ms in rows:  # oldest first: stop at the first one still kept
+                    if ts_ms >= cutoff_ms:
+                        break
+                    last = id_
+                if last is None:
+                    return deleted
+                n = db.execute(f"DELETE FROM {_RAW} WHERE id <= ?", (last,)).rowcount  # noqa: S608
+            deleted += n
+            if last != rows[-1][0] or len(rows) < batch:
+                return deleted
+
+    def _prune_tier(self, tier: str, cutoff: int) -> int:
+        table = _TABLE[tier]
+        deleted, dev = 0, ""
+        per_tx = max(1, self.settings.batch_rows // 100)  # devices per transaction
+        while True:
+            with self.store.atomic():
+                db = self.store.connection()
+                for _ in range(per_tx):
+                    # the next device in key order: one index seek (a loose index scan)
+                    row = db.execute(f"SELECT dev FROM {table} WHERE dev > ? "  # noqa: S608
+                                     "ORDER BY dev LIMIT 1", (dev,)).fetchone()
+                    if row is None:
+                        return deleted
+                    dev = row[0]
+                    deleted += db.execute(f"DELETE FROM {table} WHERE dev = ? AND ts < ?",  # noqa: S608
+                                          (dev, cutoff)).rowcount
+
+
+# -- reading ----------------------------------------------------------------------------------
+class TelemetryQueryError(LocalizedError):
+    """A history query that cannot be answered (bad metric, range or tier)."""
+
+    code = "telemetry_query"
+
+    def __init__(self, reason: str, message: str, message_zh: str) -> None:
+        super().__init__(message, message_zh, reason=reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One metric's points: ``(t_ms, value, min, max)``; value is the average of a gauge and
+    the total of a counter over each bucket."""
+
+    metric: Metric
+    points: list[tuple[int, float, float, float]]
+
+
+def pick_tier(start: float, end: float, now: float, settings: TelemetrySettings) -> Tier:
+    """The finest tier that still holds ``start`` and gives a chartable number of points."""
+    span = end - start
+    if span <= 12 * 3600 and start >= now - settings.raw_days * 86_400:
+        return "raw"
+    if span <= 7 * 86_400 and start >= now - settings.minute_days * 86_400:
+        return "minute"
+    return "hour"
+
+
+def bucket_step(tier: Tier, span: float) -> int:
+    """The bucket length (s) of an answer from ``tier``: the tier's own, or a multiple of it
+    so that ``span`` gives at most :data:`MAX_POINTS` points (0 = raw samples as they are)."""
+    if tier == "raw":
+        return 0
+    base = TIERS[tier]
+    return base * max(1, math.ceil(span / base / MAX_POINTS))
+
+
+def query(store: Store, dev: str, metrics: Sequence[str], start: float, end: float, *,
+          tier: Tier, step: int | None = None) -> list[Series]:
+    """``metrics`` of ``dev`` in [start, end) (epoch seconds) from ``tier``."""
+    for name in metrics:
+        if name not in _BY_NAME:
+            raise TelemetryQueryError("unknown_metric", f"unknown metric {name!r}",
+                                      f"未知指标 {name}")
+    chosen = [_BY_NAME[n] for n in metrics]
+    db = store.connection()
+    if tier == "raw":
+        cols = ", ".join(m.name for m in chosen)
+        rows = db.execute(f"SELECT ts_ms, {cols} FROM {_RAW} WHERE dev = ? AND ts_ms >= ? "  # noqa: S608
+                          "AND ts_ms < ? ORDER BY ts_ms",
+                          (dev, int(start * 1000), int(end * 1000))).fetchall()
+        return [Series(m, [(r[0], v, v, v) for r in rows
+                           if (v := _scaled(r[i + 1], m)) is not None])
+                for i, m in enumerate(chosen)]
+    step = step or bucket_step(tier, end - start)
+    base = TIERS[tier]
+    if step % base:
+        raise TelemetryQueryError("bad_step", f"step must be a multiple of {base} s",
+                                  f"步长须为 {base} 秒的整数倍")
+    sel = []
+    for m in chosen:
+        if m.kind == "counter":
+            sel += ["SUM(n)", f"SUM({m.name})", "NULL", "NULL"]
+        else:
+            sel += [f"SUM({m.name}_n)", f"SUM({m.name}_sum)", f"MIN({m.name}_min)",
+                    f"MAX({m.name}_max)"]
+    lo = int(start) // base * base  # the bucket holding ``start`` counts
+    rows = db.execute(f"SELECT (ts / {step}) * {step} AS b, {', '.join(sel)} "  # noqa: S608
+                      f"FROM {_TABLE[tier]} WHERE dev = ? AND ts >= ? AND ts < ? "
+                      "GROUP BY b ORDER BY b", (dev, lo, int(end))).fetchall()
+    out = []
+    for i, m in enumerate(chosen):
+        pts = []
+        for r in rows:
+            n, total, lo_v, hi_v = r[1 + 4 * i: 5 + 4 * i]
+            if m.kind == "counter":
+                pts.append((r[0] * 1000, float(total), float(total), float(total)))
+            elif n:
+                pts.append((r[0] * 1000, total / n / m.scale, lo_v / m.scale, hi_v / m.scale))
+        out.append(Series(m, pts))
+    return out
+
+
+def _scaled(v: int | None, m: Metric) -> float | None:
+    return None if v is None else v / m.scale
+
+
+def explain(store: Store, dev: str, tier: Tier, start: float, end: float) -> list[str]:
+    """SQLite's plan for one device's range read from ``tier`` (tests, the bench)."""
+    db = store.connection()
+    if tier == "raw":
+        q = f"SELECT * FROM {_RAW} WHERE dev = ? AND ts_ms >= ? AND ts_ms < ?"  # noqa: S608
+        args: Iterable[Any] = (dev, int(start * 1000), int(end * 1000))
+    else:
+        q = f"SELECT * FROM {_TABLE[tier]} WHERE dev = ? AND ts >= ? AND ts < ?"  # noqa: S608
+        args = (dev, int(start), int(end))
+    return [str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + q, tuple(args))]
