@@ -315,6 +315,8 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, str]] = [
     ("GET", "/api/events", "/api/events", None, "viewer"),
     ("GET", "/api/devices/{dev}/events", "/api/devices/kiosk-001/events", None, "viewer"),
     ("GET", "/api/devices/{dev}/audit", "/api/devices/kiosk-001/audit", None, "viewer"),
+    ("GET", "/api/devices/{dev}/telemetry", "/api/devices/kiosk-001/telemetry", None,
+     "viewer"),
     ("GET", "/api/payments/unresolved", "/api/payments/unresolved", None, "viewer"),
     ("GET", "/api/security", "/api/security", None, "viewer"),
     ("GET", "/api/enrollments", "/api/enrollments", None, "viewer"),
