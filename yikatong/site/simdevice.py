@@ -741,6 +741,7 @@ class Worker:
         self.departments: list[str] = []
         self.pacer = Pacer(plan.rate, self._start_visit, self.stats)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.cost: dict[str, Any] = {}  # CPU and memory of the traffic phase
         weights = {k: v for k, v in plan.mix.items() if v > 0 and k in VISIT_FUNCS}
         self._kinds = list(weights)
         self._weights = [weights[k] for k in self._kinds]
@@ -818,11 +819,24 @@ async def run_worker(plan: Plan, specs: list[DeviceSpec],
                          "seconds": time.monotonic() - t0})
     try:
         if await wait_go():
+            cpu0, t1 = time.process_time(), time.monotonic()
             await w.traffic()
-            report("traffic_done", {})
+            cpu = {"cpu_s": time.process_time() - cpu0, "wall_s": time.monotonic() - t1,
+                   "rss_kb": _rss_kb(), "devices": w.stats.connected}
+            report("traffic_done", cpu)
+            w.cost = cpu
     finally:
         await w.stop_all()
-    return w.stats.as_dict()
+    return {**w.stats.as_dict(), "cost": w.cost}
+
+
+def _rss_kb() -> int:
+    """This process's resident set size in kB (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
 
 
 def worker_entry(index: int, plan: Plan, specs: list[DeviceSpec], out: Any, *, go: Any,

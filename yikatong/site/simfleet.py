@@ -709,6 +709,10 @@ def summarize(run: FleetRun) -> dict[str, Any]:
         "presence": {"online_while_up": run.presence_online,
                      "online_after_stop": run.presence_offline},
         "crashed": run.crashed,
+        "simulator": {"processes": len(run.workers),
+                      "cpu_s": round(sum(w.get("cost", {}).get("cpu_s", 0.0)
+                                         for w in run.workers), 2),
+                      "rss_kb": sum(w.get("cost", {}).get("rss_kb", 0) for w in run.workers)},
         "ok": not problems,
         "problems": problems,
     }
