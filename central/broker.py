@@ -281,7 +281,7 @@ def write_atomic(path: Path, data: bytes | str, mode: int = 0o600) -> None:
     Mosquitto re-reads its password and ACL files on SIGHUP while ``ykt central`` may be
     writing the next version; an in-place rewrite lets it read half a file, and every
     connected client whose line is missing from that half is disconnected (the batch
-    registrations of docs/architecture.md, "Broker reloads").
+    registrations in docs/performance.md, "Device list at fleet scale").
     """
     raw = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
