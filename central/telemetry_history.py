@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -316,25 +315,29 @@ class TelemetryHistory:
 
     async def run(self) -> None:
         """Flush every ``flush_interval_s`` (sooner when the buffer fills) and roll up every
-        ``rollup_interval_s``, until cancelled (the buffer is flushed on the way out)."""
+        ``rollup_interval_s`` (its own task: a long catch-up never holds the flushes back),
+        until cancelled (the buffer is flushed on the way out)."""
         self._wake = asyncio.Event()
-        next_rollup = time.monotonic()
+        roller = asyncio.create_task(self._rollup_loop(), name="telemetry-rollup")
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval_s)
                 self._wake.clear()
                 await self.flush()
-                if time.monotonic() >= next_rollup:
-                    next_rollup = time.monotonic() + self.settings.rollup_interval_s
-                    try:
-                        done = await asyncio.to_thread(self.rollup)
-                        if any(done.values()):
-                            log.debug("telemetry rollup", extra=done)
-                    except Exception:
-                        log.exception("telemetry rollup failed")
         finally:
+            roller.cancel()
             await asyncio.shield(self.flush())
+
+    async def _rollup_loop(self) -> None:
+        while True:
+            try:
+                done = await asyncio.to_thread(self.rollup)
+                if any(done.values()):
+                    log.debug("telemetry rollup", extra=done)
+            except Exception:
+                log.exception("telemetry rollup failed")
+            await asyncio.sleep(self.settings.rollup_interval_s)
 
     # -- rollup (a worker thread; short transactions) ---------------------------------------
     def watermarks(self) -> dict[str, int]:

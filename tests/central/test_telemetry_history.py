@@ -177,10 +177,10 @@ async def test_samples_are_buffered_and_written_in_one_flush(history) -> None:
     assert rows(store, "SELECT COUNT(*) FROM telemetry_raw") == [(50,)]
 
 
-async def test_run_flushes_when_the_buffer_fills(tmp_path: Path) -> None:
+async def test_run_flushes_when_the_buffer_fills_and_rolls_up(tmp_path: Path) -> None:
     store = open_store(tmp_path / "c.db")
     h = TelemetryHistory(store, TelemetrySettings(flush_interval_s=60, flush_max_samples=10,
-                                                  rollup_interval_s=3600))
+                                                  rollup_interval_s=1))
     task = asyncio.create_task(h.run())
     try:
         await asyncio.sleep(0.1)
@@ -191,6 +191,11 @@ async def test_run_flushes_when_the_buffer_fills(tmp_path: Path) -> None:
                 break
             await asyncio.sleep(0.02)
         assert h.stats["written"] == 10
+        for _ in range(150):  # the rollup task, every second
+            if h.watermarks() == {"minute": 10, "hour": 10}:
+                break
+            await asyncio.sleep(0.02)
+        assert h.watermarks() == {"minute": 10, "hour": 10}
         h.record("kiosk-001", body(), T0 + timedelta(seconds=20))
     finally:
         task.cancel()
