@@ -347,6 +347,12 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, str]] = [
      "administrator"),
     ("GET", "/api/fleet/claim-bundle", "/api/fleet/claim-bundle", None, "administrator"),
     ("GET", "/api/fleet/ca", "/api/fleet/ca", None, "viewer"),
+    ("GET", "/api/fleet/bundles", "/api/fleet/bundles", None, "technician"),
+    ("GET", "/api/fleet/bundles/{version}", "/api/fleet/bundles/1.5.0", None, "technician"),
+    ("PUT", "/api/fleet/bundles/{version}", "/api/fleet/bundles/1.5.0", None,
+     "administrator"),
+    ("DELETE", "/api/fleet/bundles/{version}", "/api/fleet/bundles/1.5.0", None,
+     "administrator"),
     ("POST", "/api/fleet/ca/rotate", "/api/fleet/ca/rotate", {}, "administrator"),
     ("POST", "/api/payments/{request_id}/status", "/api/payments/pay1/status", {},
      "administrator"),
@@ -372,6 +378,10 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, str]] = [
 #: Open to everyone (they decide themselves what to answer).
 OPEN = {("GET", "/api/status"), ("POST", "/api/login"), ("POST", "/api/logout"),
         ("GET", "/api/me")}
+#: Device downloads: a download token central put in a signed update.install, no session.
+DOWNLOADS = {("GET", "/api/fleet/bundles/{version}/manifest.json"),
+             ("GET", "/api/fleet/bundles/{version}/manifest.sig"),
+             ("GET", "/api/fleet/bundles/{version}/files/{path:path}")}
 RANK = {"viewer": 0, "technician": 1, "administrator": 2}
 
 
@@ -387,7 +397,20 @@ async def test_the_table_names_every_endpoint(env):
     _client, _store, _clock, app = env
     routes = {(m, r.path) for r in _routes(app.routes) if r.path.startswith("/api/")
               for m in getattr(r, "methods", ()) if m != "HEAD"}
-    assert routes == {(m, p) for m, p, *_ in ENDPOINTS} | OPEN
+    assert routes == {(m, p) for m, p, *_ in ENDPOINTS} | OPEN | DOWNLOADS
+
+
+async def test_downloads_need_a_download_token_not_a_staff_session(env):
+    client, _store, _clock, _app = env
+    await add_user(client, "chen.jie", "administrator")
+    staff = await bearer(client, "chen.jie")
+    for _m, tpl in sorted(DOWNLOADS):
+        path = tpl.replace("{version}", "1.5.0").replace("{path:path}", "wheels/x.whl")
+        r = await client.get(path)
+        assert r.status_code in (401, 404), (path, r.text)
+        # A staff token is not a download token: never a file for it.
+        r = await client.get(path, headers=staff)
+        assert r.status_code in (403, 404), (path, r.text)
 
 
 async def test_every_endpoint_needs_its_role(env):
