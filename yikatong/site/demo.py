@@ -375,7 +375,9 @@ class Site:
                        "tls": {"host": "127.0.0.1", "port": self.tls_port,
                                "require_certificate": True}},
             "fleet": {"enroll_host": "127.0.0.1", "enroll_port": self.enroll_port,
-                      "server_names": ["127.0.0.1", "localhost"]},
+                      "server_names": ["127.0.0.1", "localhost"],
+                      # where the terminals fetch update bundles (docs/updates.md)
+                      "public_url": f"http://127.0.0.1:{self.dashboard_port}"},
             "platform": {"kind": "reference", "base_url": self.platform_url},
             "dashboard": {"host": "127.0.0.1", "port": self.dashboard_port,
                           "admin_token_file": str(admin_file)},
