@@ -27,8 +27,18 @@ from yikatong.bundle import write_signature
 from yikatong.protocol.signing import key_id, public_key_to_pem
 from yikatong.protocol.update import Manifest, parse_manifest
 
-__all__ = ["HOST_ARCH", "OTHER_RELEASE_KEY", "REPO", "TEST_RELEASE_KEY", "WHEELHOUSE",
-           "build_test_bundle", "release_kid", "require_wheelhouse", "write_release_pub"]
+__all__ = [
+    "HOST_ARCH",
+    "OTHER_RELEASE_KEY",
+    "REPO",
+    "TEST_RELEASE_KEY",
+    "WHEELHOUSE",
+    "build_test_bundle",
+    "release_kid",
+    "require_wheelhouse",
+    "small_bundle_tar",
+    "write_release_pub",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 WHEELHOUSE = REPO / ".venv" / "wheelhouse"
@@ -87,3 +97,35 @@ def build_test_bundle(out: Path, *, version: str, project: Path = REPO,
     if key is not None:
         write_signature(out, key)
     return parse_manifest((out / "manifest.json").read_bytes())
+
+
+def small_bundle_tar(version: str, key: Ed25519PrivateKey, *, min_version: str = "1.0.0",
+                     models: Sequence[str] = ("*",)) -> bytes:
+    """A small signed bundle (one stand-in wheel) as the tar ``ykt fw bundle upload`` sends.
+
+    For tests of central's store and rollouts, which never install it; the install tests use
+    :func:`build_test_bundle` (real wheels).
+    """
+    import io
+    import tarfile
+
+    from yikatong.protocol.update import manifest_bytes
+
+    wheel = f"wheels/yikatong-{version}-py3-none-any.whl"
+    data = f"not really a wheel, version {version}".encode()
+    manifest = Manifest(version=version, min_version=min_version,
+                        built_at="2025-06-01T00:00:00.000Z", models=list(models),
+                        architectures=["x86_64", "aarch64"], python="3.11",
+                        files=[{"path": wheel, "sha256": hashlib.sha256(data).hexdigest(),
+                                "size": len(data)}])
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        (root / "wheels").mkdir()
+        (root / wheel).write_bytes(data)
+        (root / "manifest.json").write_bytes(manifest_bytes(manifest))
+        write_signature(root, key)
+        with tarfile.open(fileobj=buf, mode="w:") as tar:
+            for name in ("manifest.json", "manifest.sig", wheel):
+                tar.add(root / name, arcname=name)
+    return buf.getvalue()

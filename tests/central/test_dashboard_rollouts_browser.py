@@ -11,11 +11,7 @@ sync API holds an event loop in this one). Writes docs/screens/dashboard-rollout
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import json
-import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -26,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from bundle_support import small_bundle_tar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central.broker import free_port
@@ -35,8 +32,7 @@ from central.fleet.bundles import bundles_of
 from central.fleet.service import FleetService
 from central.registry import Registry
 from central.store import open_store
-from yikatong.bundle import write_signature
-from yikatong.protocol.update import Manifest, UpdateStatus, manifest_bytes
+from yikatong.protocol.update import UpdateStatus
 
 ADMIN = "boot-token-for-rollout-page"
 NOW = datetime(2026, 3, 9, 23, 5, 7, tzinfo=UTC)
@@ -60,24 +56,7 @@ def in_thread(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def bundle_tar(version: str) -> bytes:
-    wheel = f"wheels/yikatong-{version}-py3-none-any.whl"
-    data = b"wheel " + version.encode()
-    manifest = Manifest(version=version, min_version="1.0.0",
-                        built_at="2026-03-01T00:00:00.000Z", models=["*"],
-                        architectures=["x86_64"], python="3.11",
-                        files=[{"path": wheel, "sha256": hashlib.sha256(data).hexdigest(),
-                                "size": len(data)}])
-    buf = io.BytesIO()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "wheels").mkdir()
-        (root / wheel).write_bytes(data)
-        (root / "manifest.json").write_bytes(manifest_bytes(manifest))
-        write_signature(root, Ed25519PrivateKey.generate())
-        with tarfile.open(fileobj=buf, mode="w:") as tar:
-            for name in ("manifest.json", "manifest.sig", wheel):
-                tar.add(root / name, arcname=name)
-    return buf.getvalue()
+    return small_bundle_tar(version, Ed25519PrivateKey.generate())
 
 
 @pytest.fixture

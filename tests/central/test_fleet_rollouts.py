@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
-import tarfile
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from bundle_support import small_bundle_tar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_support import FleetRig, Identity, RawClient, start_fleet_rig, stop_fleet_rig
 from support import Broker, wait_until_async
@@ -36,12 +34,10 @@ from central.dashboard.app import create_dashboard
 from central.dashboard.auth import StaffAccounts
 from central.fleet import FleetError
 from central.fleet.bundles import bundles_of
-from yikatong.bundle import write_signature
 from yikatong.mqtt.session import state_payload
 from yikatong.protocol.envelope import decode
 from yikatong.protocol.fleet import Command
 from yikatong.protocol.signing import public_key_from_pem, verify
-from yikatong.protocol.update import Manifest, manifest_bytes
 
 PUBLIC_URL = "http://central.test:8800"
 ADMIN_TOKEN = "rollout-admin-token-for-tests"
@@ -52,25 +48,8 @@ RELEASE_KEY = Ed25519PrivateKey.generate()
 
 def bundle_tar(version: str, *, min_version: str = "1.0.0",
                models: tuple[str, ...] = ("*",)) -> bytes:
-    """A small signed bundle as the uncompressed tar ``ykt fw bundle upload`` sends."""
-    wheel = f"wheels/yikatong-{version}-py3-none-any.whl"
-    data = f"not really a wheel, version {version}".encode()
-    manifest = Manifest(version=version, min_version=min_version,
-                        built_at="2025-06-01T00:00:00.000Z", models=list(models),
-                        architectures=["x86_64", "aarch64"], python="3.11",
-                        files=[{"path": wheel, "sha256": hashlib.sha256(data).hexdigest(),
-                                "size": len(data)}])
-    buf = io.BytesIO()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        (root / "wheels").mkdir()
-        (root / wheel).write_bytes(data)
-        (root / "manifest.json").write_bytes(manifest_bytes(manifest))
-        write_signature(root, RELEASE_KEY)
-        with tarfile.open(fileobj=buf, mode="w:") as tar:
-            for name in ("manifest.json", "manifest.sig", wheel):
-                tar.add(root / name, arcname=name)
-    return buf.getvalue()
+    """A small bundle signed with this test's release key."""
+    return small_bundle_tar(version, RELEASE_KEY, min_version=min_version, models=models)
 
 
 async def upload(rig: FleetRig, version: str, **kw: Any) -> str:
