@@ -83,7 +83,9 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
 
     data = cfg.central.data_dir
     data.mkdir(parents=True, exist_ok=True)
-    store = open_store(data / "central.db")
+    store = open_store(cfg.store.url or data / "central.db",
+                       password=cfg.store.password_file.read_text().strip()
+                       if cfg.store.password_file is not None else None)
     broker_dir = data / "broker"
     mosquitto: Mosquitto | None = None
 

@@ -138,6 +138,40 @@ def forwarder_client_id(section: ForwarderSection, hostname: str) -> str:
     return "central-" + host[: 58 - len("central-") - len(suffix)] + suffix
 
 
+class StoreSection(StrictModel):
+    """Where central keeps its state (docs/scaling.md).
+
+    Left out: SQLite at ``<data_dir>/central.db`` (one instance, the single-site default).
+    ``url = "postgresql://user@host:5432/dbname"``: PostgreSQL, which several central
+    instances share. The password, if any, is read from ``password_file`` (never in the URL,
+    so central.toml holds no secret).
+    """
+
+    url: str | None = Field(default=None, pattern=r"^postgres(ql)?://[^\s]+$")
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _no_password_in_url(self) -> StoreSection:
+        if self.url is not None and "@" in self.url and \
+                ":" in self.url.split("://", 1)[1].split("@", 1)[0]:
+            raise ValueError("store.url must not carry a password: use store.password_file")
+        return self
+
+
+class ClusterSection(StrictModel):
+    """Several central instances on one PostgreSQL store (docs/scaling.md).
+
+    Work that must happen once — the payment resolver, the hot-list publisher, alarm
+    derivation, retention, the telemetry rollup and the rollout scheduler — runs on the one
+    instance holding the ``jobs`` lease in the store; when that instance dies, another takes
+    the lease over after ``lease_s``.
+    """
+
+    # False: this instance never runs the once-only jobs (it only forwards and serves).
+    jobs: bool = True
+    lease_s: float = Field(default=15.0, ge=2.0, le=600.0)
+
+
 class LogSection(StrictModel):
     """Logging level; JSON lines on stdout."""
 
@@ -158,6 +192,9 @@ class CentralConfig(StrictModel):
     # Telemetry history: raw, minute and hour tiers and their retention.
     telemetry: TelemetrySettings = TelemetrySettings()
     log: LogSection = LogSection()
+    # SQLite in data_dir (default) or PostgreSQL shared by several instances.
+    store: StoreSection = StoreSection()
+    cluster: ClusterSection = ClusterSection()
     # Who may read /metrics (central/metrics.py); enabled by default, loopback only.
     metrics: MetricsSettings = MetricsSettings()
     # Fleet trust (enrollment broker, CA, signed config and commands); absent = off.

@@ -295,11 +295,12 @@ class _Snapshot(Collector):
         m, store = self.m, self.m.store
         size = GaugeMetricFamily("ykt_store_bytes", "Central's database files",
                                  labels=["file"])
-        for name, path in (("db", store.path), ("wal", Path(f"{store.path}-wal"))):
-            try:
-                size.add_metric([name], path.stat().st_size)
-            except OSError:
-                size.add_metric([name], 0)
+        if store.path is not None:  # SQLite; PostgreSQL's size is the database server's
+            for name, path in (("db", store.path), ("wal", Path(f"{store.path}-wal"))):
+                try:
+                    size.add_metric([name], path.stat().st_size)
+                except OSError:
+                    size.add_metric([name], 0)
         yield size
         yield _gauge("ykt_store_write_queue", "Operations waiting for the store's writer",
                      store.pending_writes())

@@ -17,6 +17,7 @@ DEB_PACKAGES=(
   espeak-ng                                        # optional spoken prompts at the kiosk
   python3 python3-venv python3-dev gcc make pkg-config util-linux
   systemd openssl                                  # systemd-analyze verify; install-device.sh's bundle check
+  postgresql                                       # central's multi-instance store; tests run their own server
 )
 
 missing=()
@@ -30,7 +31,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 # The distribution's own pcscd/mosquitto services are not ours: Yikatong starts its own
 # instances (private pcscd namespace, generated Mosquitto config) and must not race them.
-for svc in mosquitto pcscd pcscd.socket; do
+for svc in mosquitto pcscd pcscd.socket postgresql; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true
   fi
@@ -52,7 +53,7 @@ want="$(cat pyproject.toml config/device-constraints.txt | sha256sum | cut -d' '
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]' -c config/device-constraints.txt
+  .venv/bin/python -m pip install -q -e '.[test,postgres]' -c config/device-constraints.txt
   echo "$want" > "$stamp"
 fi
 # The offline wheelhouse: wheels of those pinned runtime dependencies plus the build backend,

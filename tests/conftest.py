@@ -11,6 +11,10 @@
   rig (``procs``), built on tests/support.py, which also holds the one wait helper
   (``wait_until`` / ``wait_until_async``). The reference platform is in
   tests/central/platform/.
+- One PostgreSQL server for the session (``postgres``, tests/pg_support.py) and
+  ``central_db``: where a test's central store lives — a SQLite file, or a fresh PostgreSQL
+  database when the test is run for both engines (``pytest.mark.parametrize("store_engine",
+  ENGINES, indirect=True)``, or ``pytestmark = BOTH_ENGINES`` for a whole module).
 - ``pytest_collection_modifyitems`` marks every test using a real-stack fixture ``stack``.
 """
 
@@ -25,6 +29,7 @@ from typing import Any
 
 import pytest
 from smartcard import scard as s  # importing does not contact pcscd; the first call does
+from pg_support import PgServer
 from support import Broker, Procs, Site, new_broker, wait_until
 
 from central.registry import Registry
@@ -214,11 +219,54 @@ def logged_broker(make_broker: Callable[..., Broker]) -> Broker:
     return make_broker(log_types=("error", "warning", "notice", "information", "debug"))
 
 
+# --- central's store: SQLite, or PostgreSQL -----------------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """This session's own PostgreSQL server (initdb in a temporary directory, loopback)."""
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store_engine(request: pytest.FixtureRequest) -> str:
+    """``sqlite`` (default) or ``postgresql`` (parametrized indirectly: ``BOTH_ENGINES``)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def central_db(store_engine: str, request: pytest.FixtureRequest
+               ) -> Iterator[Callable[[Path], Path | str]]:
+    """Factory: ``central_db(workdir)`` is where a central store for ``workdir`` lives.
+
+    SQLite: ``workdir/central.db``. PostgreSQL: one fresh database per workdir (the same
+    database again for the same workdir — a restarted central finds its state), dropped
+    after the test.
+    """
+    made: dict[Path, str] = {}
+    server: PgServer | None = (request.getfixturevalue("postgres")
+                               if store_engine == "postgresql" else None)
+
+    def target(workdir: Path) -> Path | str:
+        if server is None:
+            return workdir / "central.db"
+        if workdir not in made:
+            made[workdir] = server.new_database()
+        return made[workdir]
+
+    yield target
+    if server is not None:
+        for url in made.values():
+            server.drop_database(url)
+
+
 # --- central's site on the broker ------------------------------------------------------------
 
 
 @pytest.fixture
-def make_site(tmp_path: Path, make_broker: Callable[..., Broker]) -> Iterator[Callable[..., Site]]:
+def make_site(tmp_path: Path, make_broker: Callable[..., Broker],
+              central_db: Callable[[Path], Path | str]) -> Iterator[Callable[..., Site]]:
     """Factory: ``make_site(workdir=None, *, accounts=(), **broker_cfg)`` starts a site.
 
     Store + registry in ``workdir`` (default ``tmp_path``) with central's default account and
@@ -231,7 +279,7 @@ def make_site(tmp_path: Path, make_broker: Callable[..., Broker]) -> Iterator[Ca
     def make(workdir: Path | None = None, *, accounts: tuple[str, ...] = (), **cfg: Any
              ) -> Site:
         wd = workdir or tmp_path
-        store = open_store(wd / "central.db")
+        store = open_store(central_db(wd))
         stores.append(store)
         registry = Registry(store, wd / "broker")
         creds = registry.central_credentials()
@@ -271,7 +319,7 @@ STACK_FIXTURES = frozenset({
     "pcscd_daemon", "pcscd", "patient_slot", "sam_slot",
     "site", "browser",
     "make_broker", "broker", "logged_broker",
-    "make_site", "broker_site", "forwarder", "stack",
+    "make_site", "broker_site", "forwarder", "stack", "postgres",
 })
 
 

@@ -1,7 +1,10 @@
 """Central's store: devices, request dedup log, hash-chained audit, recent events, payments.
 
-peewee on SQLite (WAL, ``synchronous=FULL``) for a single site; the same models map to
-PostgreSQL when several ``ykt central`` instances share the load.
+peewee on SQLite (WAL, ``synchronous=FULL``) for a single site; the same models on
+PostgreSQL (``[store] url``) when several ``ykt central`` instances share the load —
+central/store/engine.py says what differs, central/store/migrations.py brings a database of
+any earlier version up to date on either engine, and docs/scaling.md how the dedup, payment
+and audit-chain guarantees hold between instances.
 
 Layout: ``models.py`` declares every table once (explicit table names, kept from the first
 release so existing databases open unchanged); ``core.py`` opens the database and runs
@@ -57,6 +60,10 @@ class Store(DeviceOps, RequestOps, EventOps, PaymentOps):
     """Central's database; open with :func:`open_store`."""
 
 
-def open_store(path: Path, **kwargs: Any) -> Store:
-    """Open (creating if needed) central's store at ``path``."""
-    return Store(path, **kwargs)
+def open_store(target: Path | str, **kwargs: Any) -> Store:
+    """Open (creating if needed, migrating) central's store.
+
+    ``target``: a SQLite file, or a ``postgresql://`` URL (central/store/engine.py); the
+    PostgreSQL password, if any, as ``password=``.
+    """
+    return Store(target, **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +18,7 @@ import peewee as pw
 
 from central.store import sql
 from central.store.core import StoreCore
+from central.store.engine import INTEGRITY_ERRORS
 from central.store.values import AuditEntry, StoreError, canon, from_ts, to_ts
 from yikatong.protocol.audit import GENESIS_HASH, audit_hash, audit_hash_text
 from yikatong.protocol.envelope import canonical_json, format_ts
@@ -26,6 +26,9 @@ from yikatong.protocol.envelope import canonical_json, format_ts
 __all__ = ["AuditOps"]
 
 log = logging.getLogger("central.store")
+
+#: The advisory lock (PostgreSQL) serializing appends to central's chain between instances.
+AUDIT_CHAIN_LOCK = 0x796B7402
 
 
 def _flat(detail: dict[str, Any]) -> bool:
@@ -56,6 +59,12 @@ class AuditOps(StoreCore):
             detail = json.loads(canon(detail))  # JSON-normalise (str keys): reproducible hash
         text = canonical_json(detail).decode()
         ts_text = format_ts(from_ts(t) or now)
+        if self.dialect.postgres:
+            # Several instances append to one chain: each holds the chain's lock until its
+            # transaction ends, and reads the head under it (another instance may have
+            # appended since this one last did).
+            self.lock_in_tx(AUDIT_CHAIN_LOCK)
+            self._head = self._read_head()
         for _ in range(5):
             if self._head is None:
                 self._head = self._read_head()
@@ -63,7 +72,9 @@ class AuditOps(StoreCore):
             h = audit_hash_text(seq, ts_text, actor, action, text, prev)
             try:
                 self.connection().execute(sql.AUDIT_ADD, (seq, t, actor, action, text, prev, h))
-            except sqlite3.IntegrityError:
+            except INTEGRITY_ERRORS:
+                if self.dialect.postgres:  # cannot happen under the lock; the write fails
+                    raise
                 self._head = None  # another process appended: re-read the head and relink
                 continue
             self._head = (seq, h)
@@ -138,9 +149,11 @@ class AuditOps(StoreCore):
             prev = db.execute(sql.DEV_AUDIT_HASH, (dev, r.seq - 1)).fetchone()
             status = "gap" if prev is None else ("ok" if prev[0] == r.prev_hash
                                                  else "broken_link")
-        db.execute(sql.DEV_AUDIT_ADD,
-                   (dev, r.seq, r.ts or "", r.actor or "", r.action, canon(detail).decode(),
-                    r.prev_hash, r.hash, status, to_ts(now)))
+        if db.execute(sql.DEV_AUDIT_ADD,
+                      (dev, r.seq, r.ts or "", r.actor or "", r.action, canon(detail).decode(),
+                       r.prev_hash, r.hash, status, to_ts(now))).rowcount != 1:
+            # Another instance stored this (dev, seq) since the read above: judge it again.
+            return self.add_device_audit_in_tx(dev, body, now)
         # A late record may close a gap: its successor's link can be checked now.
         nxt = db.execute(sql.DEV_AUDIT_GAP_LINK, (dev, r.seq + 1)).fetchone()
         if nxt is not None:

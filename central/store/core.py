@@ -11,7 +11,6 @@ import concurrent.futures
 import contextlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,8 @@ from typing import Any, TypeVar
 
 import peewee as pw
 
-from central.store import sql
+from central.store import migrations, sql
+from central.store.engine import Conn, Dialect, label, open_database
 from central.store.models import bind_models
 from central.store.values import StoreError
 
@@ -38,15 +38,17 @@ _STOP = object()
 class StoreCore:
     """Opens the database and runs write transactions; see central/store/__init__.py."""
 
-    def __init__(self, path: Path, *, events_per_device: int = 200) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: Path | str, *, events_per_device: int = 200,
+                 password: str | None = None) -> None:
+        db, dialect = open_database(target, password=password)
+        #: The SQLite file, or None on PostgreSQL (``target`` was a ``postgresql://`` URL).
+        self.path: Path | None = None if dialect.postgres else Path(target)
+        #: A short name for threads and logs (file name or ``host/dbname``).
+        self.label = label(target)
         self.events_per_device = events_per_device
-        self.db = pw.SqliteDatabase(
-            str(self.path),
-            pragmas={"journal_mode": "wal", "synchronous": "full", "foreign_keys": 1},
-            timeout=10,
-        )
+        self.db: pw.Database = db
+        #: What differs between SQLite and PostgreSQL in hand-written SQL (engine.py).
+        self.dialect: Dialect = dialect
         m = bind_models(self.db)
         #: This store's peewee models (bound to :attr:`db`; central/store/models.py).
         self.models = m
@@ -74,16 +76,7 @@ class StoreCore:
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _create_schema(self) -> None:
-        m = self.models
-        self.db.create_tables(m.all())  # IF NOT EXISTS: an existing database is kept as is
-        self.db.execute_sql(sql.AUDIT_ACTION_INDEX)
-        cols = {c.name for c in self.db.get_columns(m.RequestLog._meta.table_name)}
-        if "owner" not in cols:  # a store made before owners were recorded
-            self.db.execute_sql(sql.REQ_ADD_OWNER)
-        if "told" not in {c.name for c in self.db.get_columns(m.Payment._meta.table_name)}:
-            self.db.execute_sql(sql.PAYMENT_ADD_TOLD)
-        if "purged" not in cols:  # a store made before replies were minimised on retention
-            self.db.execute_sql(sql.REQ_ADD_PURGED)
+        migrations.apply(self.db, self.models)
 
     def close(self) -> None:
         """Stop the writer (after its queue and buffered touches are written) and close."""
@@ -137,7 +130,7 @@ class StoreCore:
         with self._writer_lock:
             if self._reader is None:
                 self._reader = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix=f"store-reader:{self.path.name}")
+                    1, thread_name_prefix=f"store-reader:{self.label}")
             reader = self._reader
         return loop.run_in_executor(reader, fn)
 
@@ -154,14 +147,31 @@ class StoreCore:
             raise StoreError("a *_in_tx store method was called outside a write transaction",
                              "数据库写操作不在事务中")
 
-    def connection(self) -> sqlite3.Connection:
-        """This thread's ``sqlite3`` connection (inside the open write transaction, if any).
+    def connection(self) -> Conn:
+        """This thread's connection (inside the open write transaction, if any).
 
         For the statements of central/store/sql.py, and for modules with tables of their own
-        in central's database (central/authz.py, central/staff.py).
+        in central's database (central/authz.py, central/staff.py): ``?`` placeholders and
+        the SQL both engines take (central/store/engine.py).
         """
-        conn: sqlite3.Connection = self.db.connection()
-        return conn
+        return Conn(self.db.connection(), self.dialect)
+
+    def savepoint(self) -> Any:
+        """A savepoint inside the open write: a statement that fails inside it (a duplicate
+        key) rolls back alone. Needed on PostgreSQL, where any error otherwise aborts the
+        whole transaction; on SQLite it costs one statement more."""
+        self._require_write()
+        return self.db.atomic()
+
+    def lock_in_tx(self, key: int) -> None:
+        """Inside a write: hold the store-wide lock ``key`` until this transaction ends.
+
+        PostgreSQL: ``pg_advisory_xact_lock`` (every instance on the database waits on it).
+        SQLite: nothing to do, ``BEGIN IMMEDIATE`` already made this the only writer.
+        """
+        self._require_write()
+        if self.dialect.postgres:
+            self.connection().execute("SELECT pg_advisory_xact_lock(?)", (key,))
 
     # -- group commit --------------------------------------------------------------------
     def _ensure_writer(self) -> None:
@@ -170,7 +180,7 @@ class StoreCore:
         with self._writer_lock:
             if self._writer is None:
                 self._writer = threading.Thread(
-                    target=self._writer_main, name=f"store-writer:{self.path.name}", daemon=True
+                    target=self._writer_main, name=f"store-writer:{self.label}", daemon=True
                 )
                 self._writer.start()
 
@@ -239,7 +249,7 @@ class StoreCore:
         return touches
 
     def _write_touches(self, touches: dict[str, float]) -> None:
-        self.connection().executemany(sql.TOUCH, [(t, dev) for dev, t in touches.items()])
+        self.connection().executemany(sql.TOUCH, [(t, dev, t) for dev, t in touches.items()])
 
 
 class _Atomic:
@@ -253,7 +263,9 @@ class _Atomic:
         store = self._store
         store._lock.acquire()
         try:
-            self._tx = store.db.atomic("IMMEDIATE")
+            # SQLite: take the write lock at BEGIN (a read-then-write never fails to upgrade).
+            self._tx = store.db.atomic() if store.dialect.postgres else \
+                store.db.atomic("IMMEDIATE")
             self._tx.__enter__()
         except BaseException:
             store._lock.release()

@@ -41,12 +41,9 @@ class DeviceOps(StoreCore):
     def add_device(self, dev: str, role: str, now: datetime) -> DeviceInfo:
         """Insert a device (enabled) or re-enable it with ``role``."""
         D = self.Device
-        with self.atomic():
-            row = D.get_or_none(D.id == dev)
-            if row is None:
-                D.create(id=dev, role=role, enabled=True, created_at=to_ts(now))
-            else:
-                D.update(role=role, enabled=True).where(D.id == dev).execute()
+        with self.atomic():  # one statement: two instances registering at once both succeed
+            D.insert(id=dev, role=role, enabled=True, created_at=to_ts(now)).on_conflict(
+                conflict_target=[D.id], update={D.role: role, D.enabled: True}).execute()
         self._enabled.pop(dev, None)
         self._roles.pop(dev, None)
         info = self.device(dev)

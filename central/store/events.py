@@ -68,14 +68,17 @@ class EventOps(StoreCore):
         """:meth:`update_health` inside the caller's write transaction."""
         self._require_write()
         H = self.DeviceHealthRow
-        row = H.get_or_none(H.dev == dev)
+        q = H.select().where(H.dev == dev)
+        if self.dialect.postgres:  # two instances merging into one row: one after the other
+            q = q.for_update()
+        row = q.first()
         view = fleet_health.merge(
             None if row is None else fleet_health.DeviceHealth.from_json(row.body),
             type_, body, now)
         if view is None:
             return False
-        H.insert(dev=dev, updated_at=to_ts(now), body=view.to_json()).on_conflict_replace(
-        ).execute()
+        H.insert(dev=dev, updated_at=to_ts(now), body=view.to_json()).on_conflict(
+            conflict_target=[H.dev], preserve=[H.updated_at, H.body]).execute()
         return True
 
     def device_health(self, dev: str) -> fleet_health.DeviceHealth | None:

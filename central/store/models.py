@@ -45,8 +45,8 @@ class Device(_Declared):
     id = pw.CharField(primary_key=True, max_length=64)
     role = pw.CharField(max_length=16)
     enabled = pw.BooleanField(default=True)
-    created_at = pw.FloatField()
-    last_seen = pw.FloatField(null=True)
+    created_at = pw.DoubleField()
+    last_seen = pw.DoubleField(null=True)
     last_boot_seq = pw.IntegerField(null=True)
     online = pw.BooleanField(default=False)
     version = pw.CharField(max_length=64, null=True)
@@ -64,8 +64,8 @@ class RequestLog(_Declared):
     body_hash = pw.CharField(max_length=64)
     state = pw.CharField(max_length=16)  # received | done
     reply = pw.BlobField(null=True)
-    received_at = pw.FloatField()
-    done_at = pw.FloatField(null=True)
+    received_at = pw.DoubleField()
+    done_at = pw.DoubleField(null=True)
     # "<client_id>/<boot nonce>" of the forwarder working on it (see begin_request).
     owner = pw.CharField(max_length=100, null=True)
     # 1 once retention replaced a personal reply by its minimised form.
@@ -83,7 +83,7 @@ class Attempted(_Declared):
 
     id = pw.TextField(primary_key=True)
     dev = pw.TextField()
-    at = pw.FloatField()
+    at = pw.DoubleField()
 
     class Meta:
         table_name = "attempted"
@@ -93,7 +93,7 @@ class AuditRecord(_Declared):
     """Central's own hash-chained audit record (yikatong/protocol/audit.py)."""
 
     seq = pw.IntegerField(primary_key=True)
-    ts = pw.FloatField()
+    ts = pw.DoubleField()
     actor = pw.CharField(max_length=64)
     action = pw.CharField(max_length=64)
     detail = pw.TextField()
@@ -120,7 +120,7 @@ class DeviceAudit(_Declared):
     prev_hash = pw.CharField(max_length=64)
     hash = pw.CharField(max_length=64)
     status = pw.CharField(max_length=16)
-    received_at = pw.FloatField()
+    received_at = pw.DoubleField()
 
     class Meta:
         table_name = "deviceaudit"
@@ -133,7 +133,7 @@ class DeviceEvent(_Declared):
     dev = pw.CharField(max_length=64, index=True)
     kind = pw.CharField(max_length=16)
     type = pw.CharField(max_length=64)
-    ts = pw.FloatField()
+    ts = pw.DoubleField()
     body = pw.TextField()
 
     class Meta:
@@ -144,7 +144,7 @@ class DeviceHealthRow(_Declared):
     """One row per device, overwritten: its health view (central/fleet_health.py)."""
 
     dev = pw.CharField(primary_key=True, max_length=64)
-    updated_at = pw.FloatField()
+    updated_at = pw.DoubleField()
     body = pw.TextField()
 
     class Meta:
@@ -162,9 +162,9 @@ class Payment(_Declared):
     amount_fen = pw.IntegerField()
     method = pw.CharField(max_length=16)
     state = pw.CharField(max_length=16, index=True)
-    created_at = pw.FloatField()
-    updated_at = pw.FloatField()
-    deadline = pw.FloatField()
+    created_at = pw.DoubleField()
+    updated_at = pw.DoubleField()
+    deadline = pw.DoubleField()
     checks = pw.IntegerField(default=0)
     reason = pw.CharField(max_length=200, null=True)
     # The request body for re-asking with the same key; None when it held a wallet

@@ -16,6 +16,10 @@ __all__ = ["RequestOps"]
 class RequestOps(AuditOps):
     """Request dedup (part of :class:`~central.store.Store`; a finish appends an audit record)."""
 
+    @property
+    def _req_get_locked(self) -> str:
+        return sql.req_get_locked(self.dialect.for_update)
+
     def begin_request(  # noqa: PLR0917
         self, req_id: str, dev: str, type_: str, body_hash: str, now: datetime, lease_s: float,
         owner: str | None = None,
@@ -43,8 +47,12 @@ class RequestOps(AuditOps):
         self._require_write()
         t = to_ts(now)
         db = self.connection()
-        r = db.execute(sql.REQ_GET, (req_id,)).fetchone()
-        if r is None:
+        # The INSERT is the claim: of two instances given the same new id at once, exactly
+        # one inserts; the other waits for its commit and reads the row below.
+        if db.execute(sql.REQ_NEW, (req_id, dev, type_, body_hash, t, owner)).rowcount == 1:
+            return Begin("new")
+        r = db.execute(self._req_get_locked, (req_id,)).fetchone()
+        if r is None:  # released by its claimer between the two statements: claim it now
             db.execute(sql.REQ_NEW, (req_id, dev, type_, body_hash, t, owner))
             return Begin("new")
         r_dev, r_type, r_hash, r_state, r_reply, r_received, r_owner = r

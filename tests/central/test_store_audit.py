@@ -7,15 +7,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pg_support import BOTH_ENGINES
 
 from central.store import Begin, StoreError, open_store
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
+pytestmark = BOTH_ENGINES
+
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = open_store(tmp_path / "central.db", events_per_device=5)
+def store(tmp_path: Path, central_db):
+    s = open_store(central_db(tmp_path), events_per_device=5)
     yield s
     s.close()
 
@@ -27,14 +30,14 @@ def test_audit_chain_verifies_and_detects_tampering(store) -> None:
     entries = store.audit_entries()
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
-    store.db.execute_sql("UPDATE auditrecord SET detail = ? WHERE seq = 3", ('{"n":99}',))
+    store.connection().execute("UPDATE auditrecord SET detail = ? WHERE seq = 3", ('{"n":99}',))
     assert store.verify_chain() == (False, 3)
 
 
 def test_audit_chain_detects_a_deleted_record(store) -> None:
     for i in range(4):
         store.audit(T0, "registry", "device.register", {"n": i})
-    store.db.execute_sql("DELETE FROM auditrecord WHERE seq = 2")
+    store.connection().execute("DELETE FROM auditrecord WHERE seq = 2")
     assert store.verify_chain() == (False, 3)
 
 
@@ -100,10 +103,9 @@ def test_audit_records_of_any_json_detail_verify(store) -> None:
 
 
 async def test_group_commit_resolves_after_commit_and_isolates_a_failing_operation(
-    store, tmp_path: Path
+    store, tmp_path: Path, central_db
 ) -> None:
     import asyncio
-    import sqlite3
 
     def ok(n: int):
         return lambda: store.append_audit_in_tx(T0, "t", "ok", {"n": n}).seq
@@ -118,11 +120,11 @@ async def test_group_commit_resolves_after_commit_and_isolates_a_failing_operati
     assert isinstance(results[25], RuntimeError)
     assert sorted(r for r in results if isinstance(r, int)) == list(range(1, 51))
     # committed by the time the futures resolved: another connection sees all of it
-    con = sqlite3.connect(tmp_path / "central.db")
+    other = open_store(central_db(tmp_path))
     try:
-        actions = [a for (a,) in con.execute("SELECT action FROM auditrecord ORDER BY seq")]
+        actions = [e.action for e in other.audit_entries()]
     finally:
-        con.close()
+        other.close()
     assert actions == ["ok"] * 50  # the failed operation's write was rolled back
     assert store.verify_chain() == (True, None)
 

@@ -31,10 +31,12 @@ def _v1_db(path: Path, *, drop: tuple[tuple[str, str], ...] = ()) -> Path:
 
 
 def _schema(path: Path) -> dict[str, str]:
+    """Every table and index but the migrations' own record (central/store/migrations.py)."""
     con = sqlite3.connect(path)
     try:
         return {name: ddl for name, ddl in con.execute(
-            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")}
+            "SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL")
+            if name != "store_migration"}
     finally:
         con.close()
 
