@@ -313,12 +313,18 @@ class TelemetryHistory:
             self.stats["flushes"] += 1
             return len(rows)
 
-    async def run(self) -> None:
-        """Flush every ``flush_interval_s`` (sooner when the buffer fills) and roll up every
-        ``rollup_interval_s`` (its own task: a long catch-up never holds the flushes back),
-        until cancelled (the buffer is flushed on the way out)."""
+    async def run(self, *, rollup: bool = True) -> None:
+        """Flush every ``flush_interval_s`` (sooner when the buffer fills) and, with
+        ``rollup``, roll up every ``rollup_interval_s`` (its own task: a long catch-up never
+        holds the flushes back), until cancelled (the buffer is flushed on the way out).
+
+        Every central instance flushes the samples it received; the rollup must run on one
+        instance only (``rollup=False`` here, :meth:`rollup_loop` under central's jobs
+        lease: central/leases.py).
+        """
         self._wake = asyncio.Event()
-        roller = asyncio.create_task(self._rollup_loop(), name="telemetry-rollup")
+        roller = asyncio.create_task(self.rollup_loop(), name="telemetry-rollup") \
+            if rollup else None
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -326,10 +332,12 @@ class TelemetryHistory:
                 self._wake.clear()
                 await self.flush()
         finally:
-            roller.cancel()
+            if roller is not None:
+                roller.cancel()
             await asyncio.shield(self.flush())
 
-    async def _rollup_loop(self) -> None:
+    async def rollup_loop(self) -> None:
+        """Roll up every ``rollup_interval_s`` until cancelled (one instance: see :meth:`run`)."""
         while True:
             try:
                 done = await asyncio.to_thread(self.rollup)

@@ -183,6 +183,10 @@ class FleetService:
         self.enroll_broker.claim_password()  # made now: the claim bundle needs it
         self.publisher = publisher
         self.own_publisher = own_publisher
+        #: Run the rollout scheduler in :meth:`start` (with ``[fleet] rollout_scheduler``).
+        #: ``ykt central`` sets it False and runs :meth:`RolloutService.run` as one of the
+        #: jobs only the holder of central's jobs lease runs (central/leases.py).
+        self.scheduler_here = True
         self._reload_broker = reload_broker
         self._enroll_session: MqttSession | None = None
         self._enroll_queue: asyncio.Queue[InboundMessage] | None = None
@@ -238,7 +242,7 @@ class FleetService:
             asyncio.create_task(self._periodic(), name="fleet-expiry"),
             asyncio.create_task(broker.supervise(), name="fleet-enroll-broker"),
         ]
-        if self.section.rollout_scheduler:  # one instance only (issue 13)
+        if self.section.rollout_scheduler and self.scheduler_here:
             self._tasks.append(asyncio.create_task(self.rollouts.run(), name="fleet-rollouts"))
 
     async def wait_ready(self, timeout_s: float = 10.0) -> bool:
