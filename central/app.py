@@ -24,6 +24,7 @@ from central.fleet.service import FleetService
 from central.fleet_health import HealthThresholds
 from central.forwarder import Forwarder, ForwarderSettings
 from central.hotlist import FleetPublisher, HotlistSync
+from central.leases import JobsLease, Leases
 from central.metrics import CentralMetrics, metrics_router
 from central.payments import Payments
 from central.platform.config import create_adapter
@@ -181,8 +182,19 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
 
             fleet.on_connected = both_republish
 
+    # Once-only jobs run on the instance holding the store's jobs lease (central/leases.py);
+    # with one instance (SQLite) that is this one, at once.
+    jobs: dict[str, Any] = {"payments": payments.run, "hotlist": hotlist.run,
+                            "retention": retention.run, "telemetry-rollup": history.rollup_loop}
+    if fleet_trust is not None and fleet_trust.section.rollout_scheduler:
+        fleet_trust.scheduler_here = False
+        jobs["rollouts"] = fleet_trust.rollouts.run
+    jobs_lease = JobsLease(Leases(store, Leases.new_holder(str(common["client_id"]))), jobs,
+                           lease_s=cfg.cluster.lease_s, enabled=cfg.cluster.jobs)
+
     def live_status() -> dict[str, Any]:
         return {
+            "jobs": jobs_lease.status(),
             "broker": {"mode": cfg.broker.mode,
                        **(mosquitto.status() if mosquitto else
                           {"running": None, "pid": None, "restarts": None,
@@ -212,10 +224,8 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
         daemon.spawn(fleet_trust.run(), name="fleet-trust")
     daemon.spawn(forwarder.run(), name="forwarder")
     daemon.serve_http(app, cfg.dashboard.host, cfg.dashboard.port, name="dashboard")
-    daemon.spawn(payments.run(), name="payments")
-    daemon.spawn(hotlist.run(), name="hotlist")
-    daemon.spawn(retention.run(), name="retention")
-    daemon.spawn(history.run(), name="telemetry-history")
+    daemon.spawn(jobs_lease.run(), name="jobs-lease")
+    daemon.spawn(history.run(rollup=False), name="telemetry-history")  # this instance's samples
     if mosquitto is not None:
         daemon.spawn(mosquitto.supervise(), name="broker")
     log.info("central started", extra={"broker": f"{cfg.broker.host}:{cfg.broker.port}",

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smartcard import scard as s  # importing does not contact pcscd; the first call does
 from pg_support import PgServer
+from smartcard import scard as s  # importing does not contact pcscd; the first call does
 from support import Broker, Procs, Site, new_broker, wait_until
 
 from central.registry import Registry

@@ -72,7 +72,7 @@ class PgServer:
                         "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
                        check=True, capture_output=True)
         log = (self.dir / "server.log").open("ab")
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed arguments
+        self.proc = subprocess.Popen(
             [*self._run_as, pg_bin("postgres"), "-D", str(data), "-p", str(self.port),
              "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",

@@ -20,7 +20,7 @@ from playhouse.migrate import SchemaMigrator, migrate
 from central.store import sql
 from central.store.models import bind
 
-__all__ = ["STEPS", "apply", "applied"]
+__all__ = ["STEPS", "applied", "apply"]
 
 
 class _Migration(pw.Model):
