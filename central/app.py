@@ -96,7 +96,8 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
             mosquitto.request_reload()
 
     registry = Registry(store, broker_dir, on_change=reload_broker,
-                        central_users=(cfg.broker.username or "", cfg.broker.fleet_username or "")
+                        central_users=(cfg.broker.username or "", cfg.broker.fleet_username or "",
+                                       *cfg.broker.other_central_users)
                         if cfg.broker.mode == "external" else (),
                         legacy_passwords=cfg.broker.legacy_passwords)
     # Fleet trust (docs/fleet-trust.md): the CA, the signing key, the enrollment broker.

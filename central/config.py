@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -72,6 +72,11 @@ class BrokerSection(StrictModel):
     password_file: Path | None = None
     fleet_username: str | None = None
     fleet_password_file: Path | None = None
+    # external mode, several central instances on one broker (docs/scaling.md): the other
+    # instances' accounts (forwarder and fleet), kept in the ACL this instance writes, so a
+    # device registered here never rewrites the others out of the broker's ACL.
+    other_central_users: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+                              ] = Field(default_factory=list, max_length=64)
     # Device passwords (Registry.register). Off by default: devices enroll and use
     # certificates; old sites whose devices still log in with a password set it true.
     legacy_passwords: bool = False
