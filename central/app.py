@@ -215,7 +215,7 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     if fleet_trust is not None and trust_login is not None:
         sessions["fleet_trust"] = fleet_trust.publisher
     metrics.watch(forwarder=forwarder, mosquitto=mosquitto, payments=payments,
-                  sessions=sessions)
+                  sessions=sessions, jobs=jobs_lease)
     if cfg.metrics.enabled:  # a token from [metrics], else loopback clients only
         app.include_router(metrics_router(metrics, cfg.metrics))
     await forwarder.start()

@@ -119,12 +119,15 @@ class CentralMetrics:
         self.mosquitto: Any = None
         self.payments: Any = None
         self.sessions: dict[str, Any] = {}
+        self.jobs: Any = None
         self.registry.register(_Snapshot(self))
 
     def watch(self, *, forwarder: Any = None, mosquitto: Any = None, payments: Any = None,
-              sessions: dict[str, Any] | None = None) -> None:
+              sessions: dict[str, Any] | None = None, jobs: Any = None) -> None:
         """The live objects the scrape reads (``sessions``: name → object with
-        ``connected``, e.g. the hot-list publisher)."""
+        ``connected``, e.g. the hot-list publisher; ``jobs``: the jobs lease,
+        central/leases.py)."""
+        self.jobs = jobs if jobs is not None else self.jobs
         self.forwarder = forwarder if forwarder is not None else self.forwarder
         self.mosquitto = mosquitto if mosquitto is not None else self.mosquitto
         self.payments = payments if payments is not None else self.payments
@@ -257,6 +260,10 @@ class _Snapshot(Collector):
             yield _gauge("ykt_payments_unresolved",
                          "Payments not final, or approved with the terminal not told",
                          len(m.payments.unresolved()))
+        if m.jobs is not None:  # several instances: exactly one should show 1
+            yield _gauge("ykt_jobs_lease_held",
+                         "This instance holds the jobs lease and runs the once-only jobs",
+                         1 if m.jobs.held else 0)
         yield from self._broker()
         yield from self._queues()
         m.scrape_seconds.observe(time.perf_counter() - t0)

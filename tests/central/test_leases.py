@@ -143,3 +143,25 @@ async def test_an_instance_kept_out_of_jobs_never_runs_them(two) -> None:
     t.cancel()
     await asyncio.gather(t, return_exceptions=True)
     assert ran == [] and Leases(a, "central-b/1").acquire("jobs", 5) == 1
+
+
+async def test_metrics_say_which_instance_holds_the_jobs_lease(two) -> None:
+    from prometheus_client import generate_latest
+
+    from central.metrics import CentralMetrics
+
+    a, b = two
+    ja = JobsLease(Leases(a, "central-a/1"), {}, lease_s=5)
+    jb = JobsLease(Leases(b, "central-b/1"), {}, lease_s=5)
+    ma, mb = CentralMetrics(a), CentralMetrics(b)
+    ma.watch(jobs=ja)
+    mb.watch(jobs=jb)
+    tasks = [asyncio.create_task(ja.run())]
+    await wait_until_async(lambda: ja.held, 5)
+    tasks.append(asyncio.create_task(jb.run()))
+    await asyncio.sleep(0.2)
+    assert b"ykt_jobs_lease_held 1.0" in generate_latest(ma.registry)
+    assert b"ykt_jobs_lease_held 0.0" in generate_latest(mb.registry)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
