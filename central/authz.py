@@ -30,7 +30,6 @@ import hashlib
 import json
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -41,6 +40,8 @@ from pydantic import Field
 from central.platform.errors import PlatformRejected
 from central.staff import StaffSessions, ThrottleState
 from central.store import Store
+from central.store.engine import Conn
+from central.store.migrations import SCHEMA_LOCK
 from yikatong.common.config import StrictModel
 from yikatong.common.errors import LocalizedError
 from yikatong.common.privacy import mask_card_number, mask_id_number, mask_name
@@ -215,17 +216,42 @@ _OBJECTS: dict[str, tuple[tuple[str, str], ...]] = {
     "pay.reverse": (("payment_id", "payment"),),
 }
 
+#: The grant kind naming the patient a device identified last (``ref`` is empty): the
+#: patient at the desk, whose payments it may refund. One row per device, replaced by each
+#: ``patient.identify`` — no ordering of grants by insertion, which PostgreSQL does not keep.
+CURRENT_PATIENT = "current"
+
+# The SQL both engines take (central/store/engine.py): DOUBLE PRECISION times, BIGINT minutes,
+# upserts by ON CONFLICT. Tables made by earlier versions on SQLite keep their REAL columns
+# (the same 8-byte float there).
 _SQL = (
     "CREATE TABLE IF NOT EXISTS access_grant (dev TEXT NOT NULL, kind TEXT NOT NULL, "
-    "ref TEXT NOT NULL, value TEXT NOT NULL, expires_at REAL NOT NULL, "
+    "ref TEXT NOT NULL, value TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL, "
     "PRIMARY KEY (dev, kind, ref))",
     "CREATE INDEX IF NOT EXISTS access_grant_expiry ON access_grant (expires_at)",
     "CREATE TABLE IF NOT EXISTS request_authz (id TEXT PRIMARY KEY, dev TEXT NOT NULL, "
-    "type TEXT NOT NULL, body_hash TEXT NOT NULL, auth_hash TEXT, at REAL NOT NULL)",
+    "type TEXT NOT NULL, body_hash TEXT NOT NULL, auth_hash TEXT, "
+    "at DOUBLE PRECISION NOT NULL)",
     "CREATE INDEX IF NOT EXISTS request_authz_at ON request_authz (at)",
-    "CREATE TABLE IF NOT EXISTS rate_limit (key TEXT PRIMARY KEY, minute INTEGER NOT NULL, "
+    "CREATE TABLE IF NOT EXISTS rate_limit (key TEXT PRIMARY KEY, minute BIGINT NOT NULL, "
     "count INTEGER NOT NULL)",
 )
+_GRANT = ("INSERT INTO access_grant (dev, kind, ref, value, expires_at) VALUES (?, ?, ?, ?, ?) "
+          "ON CONFLICT (dev, kind, ref) DO UPDATE SET value = excluded.value, "
+          "expires_at = excluded.expires_at")
+_PASSED = ("INSERT INTO request_authz (id, dev, type, body_hash, auth_hash, at) "
+           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET dev = excluded.dev, "
+           "type = excluded.type, body_hash = excluded.body_hash, "
+           "auth_hash = excluded.auth_hash, at = excluded.at")
+# One statement counts the look-up, so instances sharing a database add up exactly (the
+# conflicting row is locked until the transaction ends). A minute older than the stored one
+# (an instance whose clock lags) counts into the stored minute instead of resetting it.
+_COUNT = ("INSERT INTO rate_limit (key, minute, count) VALUES (?, ?, 1) "
+          "ON CONFLICT (key) DO UPDATE SET "
+          "count = CASE WHEN rate_limit.minute >= excluded.minute THEN rate_limit.count + 1 "
+          "ELSE 1 END, "
+          "minute = CASE WHEN rate_limit.minute >= excluded.minute THEN rate_limit.minute "
+          "ELSE excluded.minute END")
 
 
 def _hash(text: str) -> str:
@@ -269,6 +295,7 @@ class Guard:
         #: Central-local request types answered by another component (central/fleet).
         self._local: dict[str, Callable[[Envelope], dict[str, Any]]] = {}
         with store.atomic():
+            store.lock_in_tx(SCHEMA_LOCK)
             for sql in _SQL:
                 store.connection().execute(sql)
 
@@ -328,13 +355,12 @@ class Guard:
         out = self._translate(db, env, now, strict=True)
         if env.type == "pay.refund":
             self._check_refund(db, env, now)
-        db.execute("INSERT OR REPLACE INTO request_authz (id, dev, type, body_hash, auth_hash, at)"
-                   " VALUES (?, ?, ?, ?, ?, ?)",
+        db.execute(_PASSED,
                    (env.id, env.dev, env.type, bh, _hash(env.auth) if env.auth else None,
                     now.timestamp()))
         return Verdict(out, role, staff_id)
 
-    def _rate_limit(self, db: sqlite3.Connection, dev: str, role: str, now: datetime) -> None:
+    def _rate_limit(self, db: Conn, dev: str, role: str, now: datetime) -> None:
         """At most ``*_identify_per_minute`` look-ups per device and clock minute.
 
         A refused look-up raises inside the write, so its count is rolled back: the counter
@@ -344,17 +370,15 @@ class Guard:
                  else self.settings.desk_identify_per_minute)
         minute = int(now.timestamp() // 60)
         key = f"identify:{dev}"
-        row = db.execute("SELECT minute, count FROM rate_limit WHERE key = ?", (key,)).fetchone()
-        count = row[1] + 1 if row is not None and row[0] == minute else 1
-        db.execute("INSERT OR REPLACE INTO rate_limit (key, minute, count) VALUES (?, ?, ?)",
-                   (key, minute, count))
+        db.execute(_COUNT, (key, minute))
+        count = int(db.execute("SELECT count FROM rate_limit WHERE key = ?", (key,)).fetchone()[0])
         if count > limit:
             raise Denied(ErrorCode.THROTTLED, f"more than {limit} patient look-ups a minute",
                          "too many patient look-ups from this terminal; try again in a minute",
                          "本终端查询过于频繁，请稍后再试", retryable=True,
                          action="request.rate_limited")
 
-    def _translate(self, db: sqlite3.Connection, env: Envelope, now: datetime, *,
+    def _translate(self, db: Conn, env: Envelope, now: datetime, *,
                    strict: bool) -> Envelope:
         """Check every object the request names; patient references become platform ids."""
         fields = _OBJECTS.get(env.type)
@@ -378,7 +402,7 @@ class Guard:
             body[field_name] = real if isinstance(body[field_name], list) else real[0]
         return env.model_copy(update={"body": body})
 
-    def _granted(self, db: sqlite3.Connection, dev: str, kind: str, ref: str, t: float, *,
+    def _granted(self, db: Conn, dev: str, kind: str, ref: str, t: float, *,
                  strict: bool) -> str | None:
         kinds = ("booking", "bill") if kind == "ref" else (kind,)
         for k in kinds:
@@ -402,7 +426,7 @@ class Guard:
                 return ref
         return None
 
-    def _check_refund(self, db: sqlite3.Connection, env: Envelope, now: datetime) -> None:
+    def _check_refund(self, db: Conn, env: Envelope, now: datetime) -> None:
         pid = str(env.body.get("payment_id", ""))
         owner = self.store.payment_owner(pid)
         if owner is None:
@@ -411,9 +435,9 @@ class Guard:
                          "查无此笔支付，无法在此退款")
         # The patient at the desk is the one it identified last (a new card replaces the
         # previous patient, even while that patient's references are still valid).
-        current = db.execute("SELECT value FROM access_grant WHERE dev = ? AND kind = 'patient' "
-                             "AND expires_at > ? ORDER BY expires_at DESC, rowid DESC LIMIT 1",
-                             (env.dev, now.timestamp())).fetchone()
+        current = db.execute("SELECT value FROM access_grant WHERE dev = ? AND kind = ? "
+                             "AND ref = '' AND expires_at > ?",
+                             (env.dev, CURRENT_PATIENT, now.timestamp())).fetchone()
         if current is None or current[0] != owner[1]:
             raise Denied(ErrorCode.FORBIDDEN, "refund of another patient's payment",
                          "this payment belongs to another patient than the one at the desk",
@@ -461,14 +485,13 @@ class Guard:
         dev = env.dev
 
         def grant(kind: str, refs: Iterable[str], value: str = "") -> None:
-            db.executemany(
-                "INSERT OR REPLACE INTO access_grant (dev, kind, ref, value, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)", [(dev, kind, r, value or r, exp) for r in refs])
+            db.executemany(_GRANT, [(dev, kind, r, value or r, exp) for r in refs])
 
         t = env.type
         if t == "patient.identify":
             ref = PATIENT_REF_PREFIX + self._token(18)
             grant("patient", [ref], str(result["patient_id"]))
+            grant(CURRENT_PATIENT, [""], str(result["patient_id"]))
             return minimise_patient(result, ref)
         if t in ("reg.book", "reg.checkin"):
             grant("booking", [str(result.get("booking_id", ""))])

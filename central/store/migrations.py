@@ -61,7 +61,10 @@ STEPS: list[tuple[str, Callable[[pw.Database, Any], None]]] = [
     ("0004_requestlog_purged", _add_column("RequestLog", "purged", _zero())),
 ]
 
-_LOCK_KEY = 0x796B7401  # "ykt" 01: two instances starting at once migrate one after the other
+#: Held (PostgreSQL advisory lock) while the schema changes: here, and in the modules that
+#: create tables of their own on open, so two instances starting at once on an empty database
+#: never race on CREATE TABLE IF NOT EXISTS (which PostgreSQL does not make atomic).
+SCHEMA_LOCK = 0x796B7401  # "ykt" 01
 
 
 def apply(db: pw.Database, models: Any) -> list[str]:
@@ -70,7 +73,7 @@ def apply(db: pw.Database, models: Any) -> list[str]:
     done_now: list[str] = []
     with db.atomic():
         if isinstance(db, pw.PostgresqlDatabase):
-            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
         db.create_tables([M])
         have = {r.name for r in M.select(M.name)}
         for name, step in STEPS:
