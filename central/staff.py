@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,6 +29,8 @@ from typing import Any
 from pydantic import Field
 
 from central.store import Store
+from central.store.engine import Conn
+from central.store.migrations import SCHEMA_LOCK
 from yikatong.common.config import StrictModel
 from yikatong.protocol.envelope import format_ts
 
@@ -39,15 +40,25 @@ __all__ = ["ALARM_FAILURES", "FREE_FAILURES", "Session", "StaffSessions", "Staff
 FREE_FAILURES = 3
 ALARM_FAILURES = 5
 
+# The SQL both engines take (central/store/engine.py); SQLite tables of earlier versions keep
+# their REAL columns (the same 8-byte float there).
 _SQL = (
     "CREATE TABLE IF NOT EXISTS staff_session (token_hash TEXT PRIMARY KEY, dev TEXT NOT NULL, "
     "badge TEXT NOT NULL, staff_id TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL, "
-    "issued_at REAL NOT NULL, last_used REAL NOT NULL, expires_at REAL NOT NULL, "
-    "ended_at REAL, end_reason TEXT)",
+    "issued_at DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL, "
+    "expires_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION, end_reason TEXT)",
     "CREATE INDEX IF NOT EXISTS staff_session_dev ON staff_session (dev)",
     "CREATE TABLE IF NOT EXISTS signin_throttle (key TEXT PRIMARY KEY, "
-    "failures INTEGER NOT NULL, last_failure REAL NOT NULL, next_allowed REAL NOT NULL)",
+    "failures INTEGER NOT NULL, last_failure DOUBLE PRECISION NOT NULL, "
+    "next_allowed DOUBLE PRECISION NOT NULL)",
 )
+_SESSION = ("SELECT dev, badge, staff_id, name, role, last_used, expires_at, ended_at "
+            "FROM staff_session WHERE token_hash = ?")
+# One statement counts a failure, so failures counted by several instances at once add up
+# (the conflicting row stays locked until the transaction ends).
+_FAILURE = ("INSERT INTO signin_throttle (key, failures, last_failure, next_allowed) "
+            "VALUES (?, 1, ?, ?) ON CONFLICT (key) DO UPDATE SET "
+            "failures = signin_throttle.failures + 1, last_failure = excluded.last_failure")
 
 
 class StaffSettings(StrictModel):
@@ -89,6 +100,12 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _desk_lock(dev: str) -> int:
+    """The store-wide lock key of one desk's sign-ins (a signed 64-bit number)."""
+    return int.from_bytes(hashlib.sha256(f"staff-desk:{dev}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
 class StaffSessions:
     """Sessions and throttles in central's store (all methods run inside a write)."""
 
@@ -100,14 +117,18 @@ class StaffSessions:
         self._clock = clock
         self._token = token
         with store.atomic():
+            store.lock_in_tx(SCHEMA_LOCK)
             for sql in _SQL:
                 store.connection().execute(sql)
 
     # -- sessions -------------------------------------------------------------------------
-    def open(self, db: sqlite3.Connection, dev: str, badge: str, info: dict[str, Any],
+    def open(self, db: Conn, dev: str, badge: str, info: dict[str, Any],
              now: datetime) -> dict[str, Any]:
         """After the platform accepted badge + PIN: a new session; returns the reply result."""
         t = now.timestamp()
+        # Two sign-ins at one desk handled by two instances at once: the second waits for the
+        # first to commit, then ends its session, so a desk never has two live ones.
+        self.store.lock_in_tx(_desk_lock(dev))
         db.execute("UPDATE staff_session SET ended_at = ?, end_reason = 'replaced' "
                    "WHERE dev = ? AND ended_at IS NULL", (t, dev))
         token = self._token(32)
@@ -121,15 +142,15 @@ class StaffSessions:
         return {**info, "session_token": token,
                 "expires_at": format_ts(datetime.fromtimestamp(exp, UTC))}
 
-    def use(self, db: sqlite3.Connection, dev: str, token: str | None,
+    def use(self, db: Conn, dev: str, token: str | None,
             now: datetime) -> Session | None:
         """The live session ``token`` names at ``dev`` (its idle clock restarts), or None."""
         if not token:
             return None
         t = now.timestamp()
-        row = db.execute("SELECT dev, badge, staff_id, name, role, last_used, expires_at, "
-                         "ended_at FROM staff_session WHERE token_hash = ?",
-                         (_hash(token),)).fetchone()
+        # Locked (PostgreSQL): a sign-out committed by another instance meanwhile is seen
+        # here, never overwritten by this use.
+        row = db.execute(_SESSION + self.store.dialect.for_update, (_hash(token),)).fetchone()
         if row is None:
             return None
         r_dev, badge, staff_id, name, role, last_used, expires_at, ended_at = row
@@ -137,13 +158,13 @@ class StaffSessions:
             return None
         if t >= expires_at or t - last_used >= self.settings.idle_s:
             db.execute("UPDATE staff_session SET ended_at = ?, end_reason = 'expired' "
-                       "WHERE token_hash = ?", (t, _hash(token)))
+                       "WHERE token_hash = ? AND ended_at IS NULL", (t, _hash(token)))
             return None
         db.execute("UPDATE staff_session SET last_used = ? WHERE token_hash = ?",
                    (t, _hash(token)))
         return Session(dev, badge, staff_id, name, role, expires_at)
 
-    def end(self, db: sqlite3.Connection, dev: str, token: str | None, now: datetime,
+    def end(self, db: Conn, dev: str, token: str | None, now: datetime,
             reason: str) -> bool:
         """End the session ``token`` names at ``dev``; False when it was not live."""
         if not token:
@@ -165,7 +186,7 @@ class StaffSessions:
                  "last_used": datetime.fromtimestamp(r[5], UTC)} for r in rows]
 
     # -- throttle -------------------------------------------------------------------------
-    def throttle_wait_s(self, db: sqlite3.Connection, dev: str, badge: str,
+    def throttle_wait_s(self, db: Conn, dev: str, badge: str,
                         now: datetime) -> tuple[int, str]:
         """Seconds until the badge and the device may try again (0: now), and which waits."""
         t = now.timestamp()
@@ -179,19 +200,19 @@ class StaffSessions:
                     worst = (wait, kind)
         return worst
 
-    def failed(self, db: sqlite3.Connection, dev: str, badge: str,
+    def failed(self, db: Conn, dev: str, badge: str,
                now: datetime) -> ThrottleState:
         """Count one failed sign-in for the badge and the device; returns the new state."""
         t = now.timestamp()
         counts: list[int] = []
         waits: list[int] = []
         for key in (f"badge:{badge}", f"dev:{dev}"):
-            row = db.execute("SELECT failures FROM signin_throttle WHERE key = ?",
-                             (key,)).fetchone()
-            n = (row[0] if row else 0) + 1
+            db.execute(_FAILURE, (key, t, t))
+            n = int(db.execute("SELECT failures FROM signin_throttle WHERE key = ?",
+                               (key,)).fetchone()[0])
             wait = self.delay_s(n)
-            db.execute("INSERT OR REPLACE INTO signin_throttle (key, failures, last_failure, "
-                       "next_allowed) VALUES (?, ?, ?, ?)", (key, n, t, t + wait))
+            db.execute("UPDATE signin_throttle SET next_allowed = ? WHERE key = ?",
+                       (t + wait, key))
             counts.append(n)
             waits.append(wait)
         return ThrottleState(counts[0], counts[1], max(waits),
@@ -232,7 +253,7 @@ class StaffSessions:
                  "last_failure": datetime.fromtimestamp(lf, UTC),
                  "wait_s": max(0, int(na - t + 0.999))} for k, n, lf, na in rows]
 
-    def purge(self, db: sqlite3.Connection, now: datetime, keep_s: float) -> int:
+    def purge(self, db: Conn, now: datetime, keep_s: float) -> int:
         """Delete ended or expired sessions older than ``keep_s``."""
         t = now.timestamp()
         return int(db.execute(

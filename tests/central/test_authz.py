@@ -1,7 +1,8 @@
 """Central's authorization (central/authz.py, central/staff.py): role table, staff sessions,
 sign-in throttling, object grants, reply minimisation and retention — through the
 forwarder's own message handling, with a scripted platform (no broker: replies are read
-from the store, which is what the device would be sent)."""
+from the store, which is what the device would be sent). On SQLite and PostgreSQL; the last
+tests race two instances (two stores on one PostgreSQL database) on the same operation."""
 
 from __future__ import annotations
 
@@ -113,9 +114,9 @@ class Platform(PlatformAdapter):
 class Central:
     """A forwarder with the guard, fed envelopes directly."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, target: Path | str) -> None:
         self.clock = Clock()
-        self.store: Store = open_store(tmp / "central.db")
+        self.store: Store = open_store(target)
         self.platform = Platform()
         tokens = (f"tok{n:04d}-abcdefghijklmnopqrstuvw" for n in itertools.count())
         self.staff = StaffSessions(self.store, StaffSettings(idle_s=600, max_s=3600),
@@ -154,9 +155,15 @@ class Central:
         return str(r["result"]["patient_id"])
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_engine(request: pytest.FixtureRequest) -> str:
+    """Every test with a store runs on both engines (the policy table's test needs none)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def central(tmp_path: Path) -> Any:
-    c = Central(tmp_path)
+def central(tmp_path: Path, central_db) -> Any:
+    c = Central(central_db(tmp_path))
     yield c
     c.store.close()
 
@@ -397,11 +404,11 @@ async def test_report_names_are_masked_and_replies_purged_after_retention(
     no = listed["result"]["reports"][0]["report_no"]
     rep = await central.ask("kiosk-001", "report.fetch", {"report_no": no})
     assert rep["result"]["patient_name"] == "张*丰"
-    db = tmp_path / "central.db"
-    central.store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-    raw = db.read_bytes()
-    assert ID_NUMBER[:-1].encode() not in raw and "张三丰".encode() not in raw
-    assert b"13812345678" not in raw
+    if central.store.path is not None:  # SQLite: what lies in the file on disk
+        central.store.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        raw = central.store.path.read_bytes()
+        assert ID_NUMBER[:-1].encode() not in raw and "张三丰".encode() not in raw
+        assert b"13812345678" not in raw
     retention = Retention(central.store, central.guard,
                           PrivacySettings(personal_reply_retention_s=600), clock=central.clock)
     assert retention.purge_once()["redacted"] == 0  # not yet
