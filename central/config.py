@@ -218,8 +218,10 @@ class CentralConfig(StrictModel):
             raise ValueError("with [fleet] and require_certificate, leave broker.tls cafile/"
                              "certfile/keyfile out: the fleet CA makes them and its "
                              "revocation list is checked")
-        if self.fleet is not None and not self.broker.legacy_passwords and (
-                t is None or not t.require_certificate):
+        # The embedded broker's device listener is made here; an external broker's is set
+        # up on that broker (docs/scaling.md: mutual TLS, certificate CN as username).
+        if self.fleet is not None and not self.broker.legacy_passwords and \
+                self.broker.mode == "embedded" and (t is None or not t.require_certificate):
             raise ValueError("[fleet] devices log in with certificates: set broker.tls "
                              "require_certificate = true (or legacy_passwords = true)")
         return self
