@@ -57,6 +57,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from central.store import Store
+from central.store.migrations import SCHEMA_LOCK
 from yikatong.common.config import StrictModel
 from yikatong.common.errors import LocalizedError
 from yikatong.protocol.envelope import format_ts
@@ -105,19 +106,25 @@ _KEEP_ENDED_S = 7 * 86_400
 #: ``last_used`` is written at most this often per session (every poll would be a write).
 _TOUCH_S = 10.0
 
+# The SQL both engines take (central/store/engine.py); SQLite tables of earlier versions keep
+# their REAL columns (the same 8-byte float there).
 _SQL = (
     "CREATE TABLE IF NOT EXISTS dashboard_user (username TEXT PRIMARY KEY, "
     "name TEXT NOT NULL, role TEXT NOT NULL, pw_hash TEXT NOT NULL, "
-    "disabled INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, created_by TEXT NOT NULL, "
-    "updated_at REAL NOT NULL)",
+    "disabled INTEGER NOT NULL DEFAULT 0, created_at DOUBLE PRECISION NOT NULL, "
+    "created_by TEXT NOT NULL, updated_at DOUBLE PRECISION NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dashboard_session (token_hash TEXT PRIMARY KEY, "
-    "username TEXT NOT NULL, bound TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, "
-    "last_used REAL NOT NULL, expires_at REAL NOT NULL, ended_at REAL, end_reason TEXT)",
+    "username TEXT NOT NULL, bound TEXT NOT NULL DEFAULT '', "
+    "created_at DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL, "
+    "expires_at DOUBLE PRECISION NOT NULL, ended_at DOUBLE PRECISION, end_reason TEXT)",
     "CREATE INDEX IF NOT EXISTS dashboard_session_user ON dashboard_session (username)",
     "CREATE TABLE IF NOT EXISTS dashboard_throttle (username TEXT PRIMARY KEY, "
-    "failures INTEGER NOT NULL, last_failure REAL NOT NULL, next_allowed REAL NOT NULL, "
-    "refused_audited REAL NOT NULL DEFAULT 0)",
+    "failures INTEGER NOT NULL, last_failure DOUBLE PRECISION NOT NULL, "
+    "next_allowed DOUBLE PRECISION NOT NULL, "
+    "refused_audited DOUBLE PRECISION NOT NULL DEFAULT 0)",
 )
+_THROTTLE_GET = ("SELECT failures, next_allowed, refused_audited FROM dashboard_throttle "
+                 "WHERE username = ?")
 #: The throttle key of every user name that cannot exist (fails :data:`USERNAME_RE`): one
 #: shared count, so made-up names are throttled like a real one and add no rows.
 INVALID_NAME_KEY = "(invalid)"
@@ -259,13 +266,14 @@ class StaffAccounts:
         #: Bounds the scrypt checks of concurrent sign-ins (CPU and memory).
         self._scrypt = asyncio.Semaphore(SCRYPT_CONCURRENCY)
         with store.atomic():
+            store.lock_in_tx(SCHEMA_LOCK)
             db = store.connection()
             for sql in _SQL:
                 db.execute(sql)
-            cols = {r[1] for r in db.execute("PRAGMA table_info(dashboard_throttle)")}
+            cols = {c.name for c in store.db.get_columns("dashboard_throttle")}
             if "refused_audited" not in cols:  # a store from before this column
-                db.execute("ALTER TABLE dashboard_throttle ADD COLUMN refused_audited REAL "
-                           "NOT NULL DEFAULT 0")
+                db.execute("ALTER TABLE dashboard_throttle ADD COLUMN refused_audited "
+                           "DOUBLE PRECISION NOT NULL DEFAULT 0")
         _dummy_hash()  # at start-up, not on the event loop at the first unknown name
 
     def now(self) -> datetime:
@@ -304,14 +312,15 @@ class StaffAccounts:
         pw_hash = await asyncio.to_thread(hash_password, password)
         t = self.clock().timestamp()
         with self.store.atomic():
-            db = self.store.connection()
-            if db.execute("SELECT 1 FROM dashboard_user WHERE username = ?",
-                          (username,)).fetchone():
+            # No look-before-insert: the same name added on two instances at once must give
+            # one account and one 409, not a duplicate-key error.
+            if not self.store.connection().execute(
+                    "INSERT INTO dashboard_user (username, name, role, pw_hash, disabled, "
+                    "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?) "
+                    "ON CONFLICT (username) DO NOTHING",
+                    (username, name, role, pw_hash, t, actor, t)).rowcount:
                 raise ApiError(409, "user_exists", f"user {username} exists already",
                                f"用户 {username} 已存在")
-            db.execute("INSERT INTO dashboard_user (username, name, role, pw_hash, disabled, "
-                       "created_at, created_by, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?, ?)",
-                       (username, name, role, pw_hash, t, actor, t))
             self.store.append_audit_in_tx(self.clock(), actor, "dashboard.user_add",
                                           {"username": username, "name": name, "role": role})
         return self.user(username) or {}
@@ -388,10 +397,16 @@ class StaffAccounts:
         t = now.timestamp()
         with self.store.atomic():
             db = self.store.connection()
-            row = db.execute("SELECT failures, next_allowed, refused_audited FROM "
-                             "dashboard_throttle WHERE username = ?", (username,)).fetchone()
-            n = row[0] if row else 0
-            if row is not None and row[1] > t:
+            # The row exists (a try counts as a failure until it succeeds, so it would be
+            # written below anyway) and is locked on PostgreSQL: tries arriving at several
+            # instances at once are counted one after another, like tries at one.
+            db.execute("INSERT INTO dashboard_throttle (username, failures, last_failure, "
+                       "next_allowed, refused_audited) VALUES (?, 0, ?, 0, 0) "
+                       "ON CONFLICT (username) DO NOTHING", (username, t))
+            row = db.execute(_THROTTLE_GET + self.store.dialect.for_update,
+                             (username,)).fetchone()
+            n = row[0]
+            if row[1] > t:
                 wait = int(row[1] - t + 0.999)
                 if row[2] != row[1]:  # the first refusal of this wait
                     db.execute("UPDATE dashboard_throttle SET refused_audited = next_allowed "
@@ -402,9 +417,9 @@ class StaffAccounts:
                 return False, n, wait
             n += 1
             wait = self.delay_s(n)
-            db.execute("INSERT OR REPLACE INTO dashboard_throttle (username, failures, "
-                       "last_failure, next_allowed, refused_audited) VALUES (?, ?, ?, ?, 0)",
-                       (username, n, t, t + wait))
+            db.execute("UPDATE dashboard_throttle SET failures = ?, last_failure = ?, "
+                       "next_allowed = ?, refused_audited = 0 WHERE username = ?",
+                       (n, t, t + wait, username))
         return True, n, wait
 
     def failed(self, username: str, failures: int, wait: int,
@@ -502,12 +517,13 @@ class StaffAccounts:
         t = self.clock().timestamp()
         with self.store.atomic():
             db = self.store.connection()
-            row = db.execute("SELECT username FROM dashboard_session WHERE token_hash = ? "
-                             "AND ended_at IS NULL", (_sha(token),)).fetchone()
-            if row is None:
+            # Compare-and-set: of two sign-outs of one session (two instances), one ends it.
+            if not db.execute("UPDATE dashboard_session SET ended_at = ?, end_reason = ? "
+                              "WHERE token_hash = ? AND ended_at IS NULL",
+                              (t, reason, _sha(token))).rowcount:
                 return None
-            db.execute("UPDATE dashboard_session SET ended_at = ?, end_reason = ? "
-                       "WHERE token_hash = ?", (t, reason, _sha(token)))
+            row = db.execute("SELECT username FROM dashboard_session WHERE token_hash = ?",
+                             (_sha(token),)).fetchone()
             self.store.append_audit_in_tx(self.clock(), row[0], "dashboard.signout",
                                           {"reason": reason})
         return str(row[0])

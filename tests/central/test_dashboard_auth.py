@@ -3,6 +3,8 @@
 Sign-in and sign-out, the cookie's attributes, wrong-password throttling (growing, never a
 lock), every endpoint's role, the CSRF header rule, idle and maximum session lifetimes on an
 injected clock, the admin token as bootstrap administrator, and the audit of every write.
+On SQLite and PostgreSQL; the last tests race two instances (two stores on one PostgreSQL
+database): parallel sign-ins, sign-outs and account creation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from dashboard_fleet_fake import FakeFleet
+from pg_support import BOTH_ENGINES
 
 from central.dashboard import auth as auth_module
 from central.dashboard.app import create_dashboard
@@ -29,6 +32,8 @@ ADMIN = "boot-token-for-tests"
 PASSWORD = "correct horse battery"
 CSRF = {"X-Requested-With": "ykt"}
 BOOT = {"Authorization": f"Bearer {ADMIN}"}
+
+pytestmark = BOTH_ENGINES
 
 
 class Clock:
@@ -45,8 +50,8 @@ class Clock:
 
 
 @pytest.fixture
-async def env(tmp_path: Path):
-    store = open_store(tmp_path / "c.db")
+async def env(tmp_path: Path, central_db):
+    store = open_store(central_db(tmp_path))
     clock = Clock()
     accounts = StaffAccounts(store, clock=clock)
     fleet = FakeFleet()
@@ -139,8 +144,8 @@ async def test_the_token_is_in_the_answer_only_when_asked_for(env):
     assert r.status_code == 401 and "token" not in r.json()
 
 
-async def test_the_cookie_is_secure_over_https(tmp_path: Path):
-    store = open_store(tmp_path / "c.db")
+async def test_the_cookie_is_secure_over_https(tmp_path: Path, central_db):
+    store = open_store(central_db(tmp_path))
     app = create_dashboard(store, Registry(store, tmp_path / "broker"), ADMIN, site_name="t")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="https://dash") as client:
@@ -281,7 +286,8 @@ async def test_made_up_names_share_one_throttle_and_refusals_do_not_flood_the_au
     assert store.verify_chain() == (True, None)
 
 
-async def test_the_dummy_hash_is_never_computed_on_the_event_loop(env, monkeypatch, tmp_path):
+async def test_the_dummy_hash_is_never_computed_on_the_event_loop(env, monkeypatch, tmp_path,
+                                                                  central_db):
     client, _store, _clock, _app = env
     loop_thread = threading.get_ident()
     real = auth_module.hash_password
@@ -298,7 +304,7 @@ async def test_the_dummy_hash_is_never_computed_on_the_event_loop(env, monkeypat
     assert len(threads) == 1 and threads[0] != loop_thread  # once, in a worker thread
     # At start-up it is made when the accounts are set up.
     monkeypatch.setattr(auth_module, "_DUMMY", [])
-    store = open_store(tmp_path / "other.db")
+    store = open_store(central_db(tmp_path / "other"))
     StaffAccounts(store)
     assert auth_module._DUMMY
     store.close()
