@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central.platform.base import PlatformAdapter
 from central.platform.errors import PlatformError
 from central.store import Store
+from central.store.migrations import SCHEMA_LOCK
 from central.store.models import bind
 from yikatong.mqtt.errors import UplinkError
 from yikatong.mqtt.session import MqttSession
@@ -74,13 +75,14 @@ class HotlistState(pw.Model):
     """The hot-list version: a small table of its own in central's database (unbound).
 
     Bound to a store's database with :func:`central.store.models.bind`, like the store's own
-    models (several stores may be open in one process).
+    models (several stores may be open in one process). The column types are the ones both
+    engines keep exactly (a platform's version may be a large number; times are 8-byte floats).
     """
 
     key = pw.CharField(primary_key=True, max_length=32)
-    version = pw.IntegerField()
-    published_version = pw.IntegerField(null=True)
-    updated_at = pw.FloatField()
+    version = pw.BigIntegerField()
+    published_version = pw.BigIntegerField(null=True)
+    updated_at = pw.DoubleField()
 
     class Meta:
         table_name = "hotlist_state"
@@ -121,7 +123,9 @@ class HotlistSync:
         self.published_version: int | None = None
         if store is not None:
             self._State = bind(HotlistState, store.db)
-            store.db.create_tables([self._State], safe=True)
+            with store.atomic():
+                store.lock_in_tx(SCHEMA_LOCK)
+                store.db.create_tables([self._State], safe=True)
             row = self._State.get_or_none(self._State.key == "hotlist")
             if row is not None:
                 self.version = int(row.version)
@@ -186,16 +190,15 @@ class HotlistSync:
             return
         S = self._State
         now = self._clock().timestamp()
+        # One upsert: the first write of two instances starting on a new database at once
+        # must not fail on the other's row. Without ``published`` the stored one is kept.
+        update: dict[Any, Any] = {S.version: self.version, S.updated_at: now}
+        if published is not None:
+            update[S.published_version] = published
         with self.store.atomic():
-            row = S.get_or_none(S.key == "hotlist")
-            if row is None:
-                S.create(key="hotlist", version=self.version, published_version=published,
-                         updated_at=now)
-            else:
-                S.update(version=self.version,
-                         published_version=published if published is not None
-                         else row.published_version,
-                         updated_at=now).where(S.key == "hotlist").execute()
+            S.insert(key="hotlist", version=self.version, published_version=published,
+                     updated_at=now).on_conflict(conflict_target=[S.key],
+                                                 update=update).execute()
 
     # -- the loop ----------------------------------------------------------------------
     async def run(self) -> None:

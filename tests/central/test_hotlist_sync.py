@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.forwarder import Forwarder
@@ -88,15 +89,17 @@ async def test_publishes_the_version_only_when_it_changes(tmp_path: Path) -> Non
     assert (env.type, env.dev, env.sig) == ("hotlist.notice", "fleet", None)
 
 
-async def test_version_survives_a_restart_and_is_announced_again(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "central.db")
+@BOTH_ENGINES
+async def test_version_survives_a_restart_and_is_announced_again(tmp_path: Path,
+                                                                 central_db) -> None:
+    store = open_store(central_db(tmp_path))
     plat, pub = ListPlatform(), Recorder()
     plat.version = 7
     sync = HotlistSync(plat, pub, store, clock=lambda: NOW)
     await sync.poll_once()
     await sync.publish_if_needed()
     store.close()
-    store = open_store(tmp_path / "central.db")
+    store = open_store(central_db(tmp_path))
     try:
         pub2 = Recorder()
         again = HotlistSync(ListPlatform(), pub2, store, clock=lambda: NOW)
@@ -107,6 +110,18 @@ async def test_version_survives_a_restart_and_is_announced_again(tmp_path: Path)
         again.republish()
         assert await again.publish_if_needed()
         assert pub2.versions() == [7, 7]
+        # A second instance on the same database (its own connection) starting at the same
+        # time: it finds the version, and a version either one sees is kept for both.
+        other = open_store(central_db(tmp_path))
+        try:
+            second = HotlistSync(ListPlatform(), Recorder(), other, clock=lambda: NOW)
+            assert second.version == 7
+            plat.version = 8
+            sync2 = HotlistSync(plat, Recorder(), other, clock=lambda: NOW)
+            await sync2.poll_once()
+        finally:
+            other.close()
+        assert HotlistSync(ListPlatform(), Recorder(), store, clock=lambda: NOW).version == 8
     finally:
         store.close()
 
@@ -218,6 +233,7 @@ def admin_hotlist(platform: RunningServer, card: str, action: str = "add") -> in
 
 
 @pytest.mark.stack
+@BOTH_ENGINES
 async def test_lost_card_reaches_online_and_offline_devices(
     broker_site: Any, platform: RunningServer, central: Central, tmp_path: Path
 ) -> None:
