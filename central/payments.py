@@ -15,6 +15,13 @@ States::
 * ``outcome_in_tx`` records the outcome in the same transaction that stores the reply;
   ``pay.status``/``pay.reverse`` results update the record too.
 
+Several central instances may share one PostgreSQL store (docs/architecture.md): every
+read-modify-write of a row here holds the row's lock (``FOR UPDATE``, PostgreSQL only; on
+SQLite the write transaction is already the only one) or is a compare-and-set UPDATE, so no
+final outcome is overwritten, no transition is audited twice, and a payment is never both
+reversed and answered "approved": a reversal is first claimed on the row (``REVERSING``), and
+a ``pay.create`` reply reads the row under its lock.
+
 ``resolve_once`` (run every few seconds by ``run``) handles what is still open, and never
 creates a payment again (a repeat ``pay.create`` after the patient left could charge them):
 
@@ -56,12 +63,14 @@ from central.platform.errors import (
     PlatformUnsupported,
 )
 from central.store import Store
+from central.store.engine import INTEGRITY_ERRORS
 from yikatong.common.errors import LocalizedError
 from yikatong.protocol.envelope import Envelope, decode, encode
 from yikatong.protocol.errors import ProtocolError
 from yikatong.protocol.messages import make_reply_ok
 
-__all__ = ["NEEDS_STAFF", "NOT_TAKEN", "OPEN_STATES", "PaymentError", "PaymentInfo", "Payments"]
+__all__ = ["NEEDS_STAFF", "NOT_TAKEN", "OPEN_STATES", "REVERSING", "PaymentError", "PaymentInfo",
+           "Payments"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,9 @@ FINAL_STATES = ("approved", "declined", "reversed")
 _SECRET_FIELDS = frozenset({"auth_code"})
 NEEDS_STAFF = "needs staff: outcome unknown and no payment id to ask the platform about"
 NOT_TAKEN = "not charged: the platform never took a payment under this key (key closed)"
+#: The reason of an open payment whose reversal has started: from then on no ``pay.create``
+#: reply says "approved" for it, whatever the replying instance's clock says.
+REVERSING = "reversal started: the outcome was still open"
 
 
 class PaymentError(LocalizedError):
@@ -164,13 +176,15 @@ class Payments:
         """
         if env.type != "pay.create" or result.get("state") not in ("approved", "pending"):
             return result
-        P = self.store.Payment
-        row = P.get_or_none(P.request_id == env.id)
+        # Locked: a reversal claimed by another instance's resolver either committed before
+        # (seen here) or waits for this reply's transaction (and then finds the row final).
+        row = self._row(env.id, lock=True)
         if row is None:
             return result
         if row.state == "reversed":
             return {**result, "state": "reversed", "reason": "reversed_past_deadline"}
-        if row.state in OPEN_STATES and self._clock().timestamp() >= row.deadline:
+        if row.state in OPEN_STATES and (row.reason == REVERSING
+                                         or self._clock().timestamp() >= row.deadline):
             return {**result, "state": "unknown", "reason": "being_reversed"}
         return result
 
@@ -193,9 +207,15 @@ class Payments:
         if not isinstance(result, dict) or result.get("state") not in ("pending", "unknown"):
             return None
         P = self.store.Payment
-        row = P.get_or_none(P.request_id == env.id)
+        row = self._row(env.id, lock=True)
         if row is None or row.state not in FINAL_STATES:
             return None
+        # Under the row's lock: a resend handled by another instance meanwhile has brought the
+        # stored reply up to date already; every resend gets those same bytes.
+        R = self.store.RequestLog
+        stored = R.get_or_none(R.id == env.id)
+        if stored is not None and stored.reply is not None and bytes(stored.reply) != reply:
+            return bytes(stored.reply)
         fresh = {**result, "state": row.state}
         if row.payment_id:
             fresh["payment_id"] = row.payment_id
@@ -223,18 +243,24 @@ class Payments:
             None if _SECRET_FIELDS & body.keys()
             else json.dumps(body, sort_keys=True, ensure_ascii=False)
         )
-        with self.store.atomic():
-            row = P.create(
-                request_id=env.id, payment_id=None, dev=env.dev,
-                patient_id=str(body.get("patient_id", ""))[:64],
-                amount_fen=_int(body.get("amount_fen")), method=str(body.get("method", ""))[:16],
-                state="created", created_at=now.timestamp(), updated_at=now.timestamp(),
-                deadline=deadline, request_body=stored_body,
-            )
-            self.store.append_audit_in_tx(
-                now, "payments", "payment.created",
-                {"request_id": env.id, "dev": env.dev, "amount_fen": row.amount_fen},
-            )
+        try:
+            # Nested in the caller's write, a savepoint: a row another instance inserted
+            # meanwhile (a request taken over after its lease) fails this INSERT alone.
+            with self.store.atomic():
+                row = P.create(
+                    request_id=env.id, payment_id=None, dev=env.dev,
+                    patient_id=str(body.get("patient_id", ""))[:64],
+                    amount_fen=_int(body.get("amount_fen")),
+                    method=str(body.get("method", ""))[:16],
+                    state="created", created_at=now.timestamp(), updated_at=now.timestamp(),
+                    deadline=deadline, request_body=stored_body,
+                )
+                self.store.append_audit_in_tx(
+                    now, "payments", "payment.created",
+                    {"request_id": env.id, "dev": env.dev, "amount_fen": row.amount_fen},
+                )
+        except INTEGRITY_ERRORS:
+            return False
         self._fresh.add(env.id)
         return True
 
@@ -254,12 +280,13 @@ class Payments:
             elif isinstance(error, PlatformUnavailable) and fresh and row.state == "created":
                 # This call created the row and the platform certainly did nothing: no
                 # payment exists. (A row from an earlier attempt stays: that attempt may
-                # have charged.)
-                P.delete().where(P.request_id == env.id).execute()
-                self.store.append_audit_in_tx(
-                    self._clock(), "payments", "payment.not_sent",
-                    {"request_id": env.id, "dev": env.dev},
-                )
+                # have charged.) Compare-and-set: a row another instance moved on stays.
+                if P.delete().where((P.request_id == env.id)
+                                    & (P.state == "created")).execute():
+                    self.store.append_audit_in_tx(
+                        self._clock(), "payments", "payment.not_sent",
+                        {"request_id": env.id, "dev": env.dev},
+                    )
                 return
         if result is not None:
             self._apply(env.id, result, actor="forwarder")
@@ -296,7 +323,9 @@ class Payments:
         P = self.store.Payment
         now = self._clock()
         with self.store.atomic():
-            row = P.get_or_none(P.request_id == request_id)
+            # Locked until the transaction ends: two instances recording outcomes of one
+            # payment at once decide one after the other, on the row as the other left it.
+            row = self._row(request_id, lock=True)
             if row is None or row.state == state:
                 return
             if row.state in FINAL_STATES and not (row.state != "reversed" and state == "reversed"):
@@ -313,6 +342,22 @@ class Payments:
                 {"request_id": request_id, "payment_id": row.payment_id, "from": row.state,
                  "to": state},
             )
+
+    def _row(self, request_id: str, *, lock: bool = False) -> Any:
+        """The payment row, or None; ``lock``: held until the write ends (PostgreSQL)."""
+        P = self.store.Payment
+        query = P.select().where(P.request_id == request_id)
+        if lock and self.store.dialect.postgres:  # SQLite rejects FOR UPDATE (and needs none)
+            query = query.for_update()
+        return query.first()
+
+    def _claim_reversal(self, request_id: str) -> bool:
+        """Mark an open payment ``REVERSING`` before the reversal is sent; False when it is
+        final by now (e.g. another instance answered "approved" meanwhile: not reversed)."""
+        P = self.store.Payment
+        with self.store.atomic():
+            return bool(P.update(reason=REVERSING).where(
+                (P.request_id == request_id) & P.state.in_(OPEN_STATES)).execute())
 
     # -- resolution --------------------------------------------------------------------
     async def resolve_once(self) -> int:
@@ -363,9 +408,13 @@ class Payments:
         # brings the outcome; after the deadline staff must look.
         if now < row.deadline or row.reason == NEEDS_STAFF:
             return
+        P = self.store.Payment
         with self.store.atomic():
-            self.store.Payment.update(reason=NEEDS_STAFF).where(
-                self.store.Payment.request_id == row.request_id).execute()
+            # Compare-and-set: flagged (and audited) once, whichever instance gets here first.
+            if not P.update(reason=NEEDS_STAFF).where(
+                    (P.request_id == row.request_id) & P.state.in_(OPEN_STATES)
+                    & ((P.reason != NEEDS_STAFF) | P.reason.is_null())).execute():
+                return
             self.store.audit(
                 self._clock(), "resolver", "payment.needs_staff",
                 {"request_id": row.request_id, "state": row.state},
@@ -375,9 +424,18 @@ class Payments:
 
     async def _reverse_by_key(self, row: Any, *, actor: str) -> None:
         # Its own fixed key: the by-id reversal's key is bound to another request body.
+        if not self._claim_reversal(row.request_id):
+            return
         try:
             result = await self.adapter.pay_reverse_by_key(
                 row.request_id, idempotency_key=_key("reverse_by_key", row.request_id))
+        except PlatformUnsupported:
+            # Nothing was sent: the row's reason goes back to what it said.
+            P = self.store.Payment
+            with self.store.atomic():
+                P.update(reason=row.reason).where(
+                    (P.request_id == row.request_id) & (P.reason == REVERSING)).execute()
+            raise
         except PaymentNotFound:
             # Definitive: nothing was taken, and the platform now refuses the key for good.
             with self.store.atomic():
@@ -402,6 +460,8 @@ class Payments:
         self._apply(row.request_id, result, actor=actor)
 
     async def _reverse(self, row: Any, *, actor: str) -> None:
+        if not self._claim_reversal(row.request_id):
+            return
         result = await self.adapter.call(
             "pay.reverse", {"payment_id": row.payment_id},
             idempotency_key=_key("reverse", row.request_id),
@@ -409,9 +469,8 @@ class Payments:
         self._apply(row.request_id, result, actor=actor)
 
     # -- staff actions (dashboard) -----------------------------------------------------
-    def _open_row(self, request_id: str) -> Any:
-        P = self.store.Payment
-        row = P.get_or_none(P.request_id == request_id)
+    def _open_row(self, request_id: str, *, lock: bool = False) -> Any:
+        row = self._row(request_id, lock=lock)
         if row is None:
             raise PaymentError("not_found", f"no payment for request {request_id}",
                                "没有该支付记录")
@@ -471,19 +530,23 @@ class Payments:
         if not reason:
             raise PaymentError("reason_required", "a reason is required", "请填写处理原因")
         P = self.store.Payment
-        row = P.get_or_none(P.request_id == request_id)
-        if row is not None and row.state == "approved" and not row.told and state == "approved":
-            # Charged, and the terminal never learnt it: staff served the patient (slip
-            # reprinted at the desk, or contacted); that settles it.
-            self._staff_audit(staff, "payment.staff_served", request_id, reason=reason[:200])
-            with self.store.atomic():
-                P.update(told=1, reason=f"staff: {reason}"[:200]).where(
-                    P.request_id == request_id).execute()
-            return self._info(request_id)
-        self._open_row(request_id)
-        self._staff_audit(staff, "payment.staff_resolve", request_id, state=state,
-                          reason=reason[:200])
-        self._transition(request_id, state, reason=f"staff: {reason}", actor=f"staff:{staff}")
+        with self.store.atomic():
+            if state == "approved" and P.update(told=1, reason=f"staff: {reason}"[:200]).where(
+                    (P.request_id == request_id) & (P.state == "approved")
+                    & (P.told == 0)).execute():
+                # Charged, and the terminal never learnt it: staff served the patient (slip
+                # reprinted at the desk, or contacted); that settles it (once: the update is
+                # a compare-and-set).
+                self._staff_audit(staff, "payment.staff_served", request_id,
+                                  reason=reason[:200])
+                return self._info(request_id)
+            # Checked under the row's lock: of two staff resolving one payment on two
+            # instances, the second is told it is final already.
+            self._open_row(request_id, lock=True)
+            self._staff_audit(staff, "payment.staff_resolve", request_id, state=state,
+                              reason=reason[:200])
+            self._transition(request_id, state, reason=f"staff: {reason}",
+                             actor=f"staff:{staff}")
         return self._info(request_id)
 
     def _info(self, request_id: str) -> PaymentInfo:

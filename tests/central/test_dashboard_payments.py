@@ -1,4 +1,6 @@
-"""Staff resolve unresolved payments from the dashboard: token required, every action audited."""
+"""Staff resolve unresolved payments from the dashboard: token required, every action audited.
+
+On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pg_support import BOTH_ENGINES
 
 from central.dashboard.app import create_dashboard
 from central.payments import Payments
@@ -21,9 +24,12 @@ TOKEN = "staff-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+pytestmark = BOTH_ENGINES
+
+
 @pytest.fixture
-async def env(tmp_path: Path, fake_platform):
-    store = open_store(tmp_path / "c.db")
+async def env(tmp_path: Path, fake_platform, central_db):
+    store = open_store(central_db(tmp_path))
     payments = Payments(store, fake_platform, clock=lambda: T0)
     app = create_dashboard(store, Registry(store, tmp_path / "broker"), TOKEN,
                            site_name="测试", payments=payments)

@@ -1,13 +1,14 @@
 """Payment tracking and resolution: row before the call, status / reversal past the deadline,
-never a second pay.create; staff actions."""
+never a second pay.create; staff actions. On SQLite and PostgreSQL; the last tests race two
+instances (two stores on one PostgreSQL database) on the same payment."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pg_support import BOTH_ENGINES
 
 from central.payments import NEEDS_STAFF, Payments
 from central.platform.errors import (
@@ -36,9 +37,12 @@ def clock() -> Clock:
     return Clock()
 
 
+pytestmark = BOTH_ENGINES
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    s = open_store(tmp_path / "c.db")
+def store(tmp_path: Path, central_db):
+    s = open_store(central_db(tmp_path))
     yield s
     s.close()
 
@@ -56,26 +60,28 @@ async def platform_create(fake_platform, env):
 
 
 async def test_created_row_is_committed_before_the_platform_is_called(
-    store, fake_platform, clock
+    store, fake_platform, clock, tmp_path, central_db
 ) -> None:
     pay = Payments(store, fake_platform, clock=clock)
     env = create("paybefore01")
     seen: list[tuple[str, str] | None] = []
+    # Another connection to the same database: a restarted central, or another instance.
+    other = open_store(central_db(tmp_path))
 
     class Watching(type(fake_platform)):
         async def call(self, op, body, *, idempotency_key, timeout=None):  # noqa: ASYNC109
-            # What another connection (a restarted central) would find right now.
-            con = sqlite3.connect(store.path)
-            try:
-                seen.append(con.execute("SELECT request_id, state FROM payment").fetchone())
-            finally:
-                con.close()
+            # What the other connection finds right now.
+            seen.append(other.connection().execute(
+                "SELECT request_id, state FROM payment").fetchone())
             return await super().call(op, body, idempotency_key=idempotency_key)
 
     watching = Watching()
     await pay.before_call(env)
-    result = await watching.call("pay.create", dict(env.body), idempotency_key=env.id)
-    assert seen == [("paybefore01", "created")]
+    try:
+        result = await watching.call("pay.create", dict(env.body), idempotency_key=env.id)
+    finally:
+        other.close()
+    assert [tuple(r) for r in seen] == [("paybefore01", "created")]
     await pay.observe(env, result, None)
     assert pay.get("paybefore01").state == "approved"
     assert await pay.before_call(env) is None  # a resend keeps the first row
@@ -164,8 +170,9 @@ async def test_wallet_payment_code_is_never_stored_and_waits_for_the_device(
     await pay.observe(env, None, PlatformOutcomeUnknown("timeout"))
     row = store.Payment.get(store.Payment.request_id == "paywallet01")
     assert row.request_body is None
-    raw = b"".join(p.read_bytes() for p in Path(store.path).parent.glob("c.db*"))
-    assert b"134567890123456789" not in raw
+    if store.path is not None:  # SQLite: nor is it anywhere in the files on disk
+        raw = b"".join(p.read_bytes() for p in store.path.parent.glob("central.db*"))
+        assert raw and b"134567890123456789" not in raw
     calls_before = sum(fake_platform.calls.values())
     assert await pay.resolve_once() == 1
     assert sum(fake_platform.calls.values()) == calls_before  # cannot re-ask without the code
