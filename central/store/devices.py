@@ -89,17 +89,22 @@ class DeviceOps(StoreCore):
         return None if row is None else self._info(row, self._touches)
 
     def devices(self, *, after: str | None = None, limit: int | None = None,
-                state: DeviceState | None = None) -> list[DeviceInfo]:
+                state: DeviceState | None = None, prefix: str | None = None
+                ) -> list[DeviceInfo]:
         """Devices by id, in one query: all of them, or a page.
 
         ``after`` (an id) and ``limit`` page through the fleet in id order; ``state`` keeps
-        only ``online`` / ``offline`` (enabled ones) or ``disabled`` devices.
+        only ``online`` / ``offline`` (enabled ones) or ``disabled`` devices; ``prefix`` the
+        ids that start with it (an index range from ``prefix`` on, checked by SUBSTR: where
+        the matches end depends on the collation on PostgreSQL, so there is no upper bound).
         """
         D = self.Device
         q = D.select(*_columns(D))
         cond = _state_condition(D, state)
         if after is not None:
             q = q.where(D.id > after)
+        if prefix:
+            q = q.where((D.id >= prefix) & (pw.fn.SUBSTR(D.id, 1, len(prefix)) == prefix))
         if cond is not None:
             q = q.where(cond)
         q = q.order_by(D.id)
