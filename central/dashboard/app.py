@@ -14,6 +14,8 @@ the payment actions as ``staff:<user name>``.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,16 +51,23 @@ from central.registry import Registry, RegistryError
 from central.store import Store
 from central.store.devices import DeviceState
 from yikatong.common.errors import LocalizedError
+from yikatong.protocol.audit import GENESIS_HASH
 
 STATIC = Path(__file__).parent / "static"
 #: Files of the page besides index.html, served from ``/static/``.
 _STATIC_TYPES = {".js": "text/javascript", ".css": "text/css"}
 
-__all__ = ["MAX_PAGE", "create_dashboard"]
+__all__ = ["AUDIT_CHECK_BATCH", "AUDIT_FULL_EVERY_S", "MAX_PAGE", "AuditChainCheck",
+           "create_dashboard"]
 
 #: The largest page ``GET /api/devices?limit=`` gives (without ``limit``: every device).
 MAX_PAGE = 1000
 _NO_AUDIT = {"audit_ok": True, "last_seq": 0, "count": 0, "first_bad_seq": None}
+#: How often ``/api/status`` walks central's whole audit chain again (docs/performance.md,
+#: "Fleet"): a record altered after it was checked is found within this time.
+AUDIT_FULL_EVERY_S = 900.0
+#: Audit records one status call checks at most: the new ones, or the next part of a pass.
+AUDIT_CHECK_BATCH = 2000
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -74,6 +83,67 @@ def _json_with_list(key: str, items: list[Any], rest: dict[str, Any]) -> bytes:
     """
     head = _json_bytes(rest)[:-1] + (b"," if rest else b"")
     return head + _json_bytes(key) + b":[" + b",".join(map(_json_bytes, items)) + b"]}"
+
+
+class AuditChainCheck:
+    """Central's audit chain as ``/api/status`` reports it, at a cost per call that does not
+    grow with the chain (docs/performance.md, "Fleet").
+
+    Each call checks only what was appended since the last one (``verify_chain_since`` from
+    the remembered seq and hash), at most ``batch`` records. Every ``full_every_s`` a pass
+    starts again from the first record and walks the whole chain, a batch per call, so an
+    old record altered after it was checked is found by the next pass; ``step(full=True)``
+    (an administrator's ``?full=1``) walks all of it at once. The last verdict stands while
+    a pass is under way; a broken chain stays reported until a later pass finds it whole.
+    Runs on the store's reader thread (``store.read``); the lock keeps calls one at a time.
+    """
+
+    def __init__(self, store: Store, clock: Callable[[], datetime], *,
+                 full_every_s: float = AUDIT_FULL_EVERY_S,
+                 batch: int = AUDIT_CHECK_BATCH) -> None:
+        self.store = store
+        self.clock = clock
+        self.full_every_s = full_every_s
+        self.batch = batch
+        self._lock = threading.Lock()
+        self._at: tuple[int, str] = (0, GENESIS_HASH)  # the last record found good
+        self._pass_started: datetime | None = None
+        self._passing = False  # a pass from the first record is under way
+        self.full_at: datetime | None = None  # when the last pass that reached the head began
+        self.broken_at: int | None = None
+        self.rows_read = 0  # records read by every check so far (the cost per call)
+
+    def step(self, *, full: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Check what is due; returns (``audit_chain``, ``audit_check``) of the status."""
+        with self._lock:
+            now = self.clock()
+            due = (self._pass_started is None
+                   or (now - self._pass_started).total_seconds() >= self.full_every_s)
+            if full or (due and not self._passing):
+                self._at, self._pass_started, self._passing = (0, GENESIS_HASH), now, True
+            if self.broken_at is None or self._passing:
+                self._advance(whole=full)
+            return ({"ok": self.broken_at is None, "broken_at": self.broken_at},
+                    {"checked_seq": self._at[0], "full_pass": self._passing,
+                     "full_at": self.full_at.isoformat() if self.full_at else None,
+                     "full_every_s": self.full_every_s})
+
+    def _advance(self, *, whole: bool) -> None:
+        while True:
+            start = self._at[0]
+            bad, seq, h, read = self.store.verify_chain_since(*self._at, self.batch)
+            self.rows_read += read
+            self._at = (seq, h)
+            if bad is not None:
+                self.broken_at, self._passing = bad, False
+                return
+            if read - (start > 0) < self.batch:  # the head: everything is checked
+                if self._passing:
+                    self.full_at, self.broken_at = self._pass_started, None
+                    self._passing = False
+                return
+            if not whole:
+                return
 
 
 class DeviceIn(BaseModel):
@@ -139,15 +209,17 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     auth = DashboardAuth(accounts, admin_token)
 
     def fleet_health(*, after: str | None = None, limit: int | None = None,
-                     state: DeviceState | None = None) -> list[dict[str, Any]]:
+                     state: DeviceState | None = None,
+                     prefix: str | None = None) -> list[dict[str, Any]]:
         """Devices (all, or a page) with health view, active alarms and audit chain state.
 
         A constant number of queries whatever the fleet's size (devices, their health rows,
         their audit summaries); run it through ``store.read`` — never on the event loop the
         forwarder shares (docs/performance.md, "Device list at fleet scale").
         """
-        devs = store.devices(after=after, limit=limit, state=state)
-        ids = None if limit is None and after is None and state is None else [d.id for d in devs]
+        devs = store.devices(after=after, limit=limit, state=state, prefix=prefix)
+        whole = limit is None and after is None and state is None and not prefix
+        ids = None if whole else [d.id for d in devs]
         health = store.all_health(ids)
         audits = store.device_audit_states(ids)
         out = []
@@ -163,23 +235,38 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
                         "audit": audits.get(d.id) or _NO_AUDIT})
         return out
 
-    def device_list(after: str | None, limit: int | None, state: DeviceState | None) -> bytes:
-        rows = fleet_health(after=after, limit=limit, state=state)
+    def device_list(after: str | None, limit: int | None, state: DeviceState | None,
+                    prefix: str | None) -> bytes:
+        rows = fleet_health(after=after, limit=limit, state=state, prefix=prefix)
         more = limit is not None and len(rows) == limit
         return _json_with_list("devices", rows, {"counts": store.device_counts(),
                                                  "next": rows[-1]["id"] if more else None})
 
-    def alarm_list() -> bytes:
-        items = [a for d in fleet_health() for a in d["alarms"]]
-        items.sort(key=lambda a: (a["severity"] != "error", a["dev"], a["code"]))
-        return _json_with_list("alarms", items, {})
+    def alarm_list(limit: int | None) -> bytes:
+        """Every device's active alarms, errors first; ``limit`` keeps the first ones.
+
+        Only what the alarms are made of (devices and their health rows, not the audit
+        summaries or health views of :func:`fleet_health`); ``total`` and ``errors`` count
+        them all, so a page can show a thousand offline devices as a number.
+        """
+        health = store.all_health()
+        found = [a for d in store.devices()
+                 for a in derive_alarms(d.id, online=d.online, enabled=d.enabled,
+                                        health=health.get(d.id), thresholds=limits)]
+        found.sort(key=lambda a: (a.severity != "error", a.dev, a.code))
+        errors = sum(a.severity == "error" for a in found)
+        shown = found if limit is None else found[:limit]
+        return _json_with_list("alarms", [asdict(a) for a in shown],
+                               {"total": len(found), "errors": errors})
 
     def audit(user: StaffUser, action: str, detail: dict[str, Any]) -> None:
         store.audit(accounts.now(), user.username, action, detail)
 
+    audit_check = AuditChainCheck(store, accounts.now)
     app = FastAPI(title="Yikatong central", version="1", openapi_url=None, docs_url=None,
                   redoc_url=None)
     app.state.staff_auth = auth
+    app.state.audit_check = audit_check
     api = APIRouter(prefix="/api", dependencies=[Depends(VIEWER)])
     open_api = APIRouter(prefix="/api")
 
@@ -217,14 +304,21 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
         return payments
 
     @open_api.get("/status")
-    async def status(request: Request) -> dict[str, Any]:
+    async def status(request: Request, full: bool = False) -> dict[str, Any]:
+        """The site; signed in, also the audit chain's state and the live fields.
+
+        The chain is checked incrementally (:class:`AuditChainCheck`); ``full=1`` checks
+        all of it now, for administrators (403 for the other roles).
+        """
         # The browser renders every time in the site's zone, not its own.
         out: dict[str, Any] = {"site_name": site_name, "timezone": timezone}
         if signed_in(request) is None:  # a health check, or the sign-in page
             return {**out, "signed_in": False}
-        ok, broken_at = await store.read(store.verify_chain)  # grows with the audit log
-        out.update({"signed_in": True, "fleet": fleet is not None,
-                    "audit_chain": {"ok": ok, "broken_at": broken_at}})
+        if full:
+            auth.check(request, "administrator")
+        chain, check = await store.read(lambda: audit_check.step(full=full))
+        out.update({"signed_in": True, "fleet": fleet is not None, "audit_chain": chain,
+                    "audit_check": check})
         if extra_status is not None:
             out.update(extra_status())
         return out
@@ -232,17 +326,23 @@ def create_dashboard(store: Store, registry: Registry, admin_token: str, *,
     @api.get("/devices")
     async def devices(after: str | None = Query(default=None, max_length=64),
                       limit: int | None = Query(default=None, ge=1, le=MAX_PAGE),
-                      state: DeviceState | None = None) -> Response:
+                      state: DeviceState | None = None,
+                      prefix: str | None = Query(default=None, max_length=64,
+                                                 pattern=r"^[^\x00-\x1f\x7f]*$")
+                      ) -> Response:
         """Devices by id: all of them, or a page (``limit``, then ``after`` = ``next``).
 
-        ``counts`` covers the whole fleet whatever the page; ``state`` filters.
+        ``counts`` covers the whole fleet whatever the page; ``state`` and ``prefix`` (the
+        start of the id) filter.
         """
-        body = await store.read(lambda: device_list(after, limit, state))
+        body = await store.read(lambda: device_list(after, limit, state, prefix))
         return Response(body, media_type="application/json")
 
     @api.get("/alarms")
-    async def alarms() -> Response:
-        return Response(await store.read(alarm_list), media_type="application/json")
+    async def alarms(limit: int | None = Query(default=None, ge=1, le=MAX_PAGE)) -> Response:
+        """Active alarms, errors first (``limit``: the first ones; ``total`` counts all)."""
+        return Response(await store.read(lambda: alarm_list(limit)),
+                        media_type="application/json")
 
     @api.get("/devices/{dev}/events")
     async def device_events(dev: str, limit: int = 50) -> dict[str, Any]:

@@ -231,6 +231,40 @@ class AuditOps(StoreCore):
                  "detail": json.loads(r.detail), "prev_hash": r.prev_hash, "hash": r.hash,
                  "status": r.status} for r in rows]
 
+    def verify_chain_since(self, seq: int, hash_: str, limit: int
+                           ) -> tuple[int | None, int, str, int]:
+        """:meth:`verify_chain` from a record already checked: the next ``limit`` records.
+
+        ``seq`` / ``hash_`` is where an earlier check ended (0 and ``GENESIS_HASH``: the
+        start). That record is read again (still there, same hash), then up to ``limit``
+        records after it are checked like :meth:`verify_chain` does, so the cost is what was
+        appended since, not the chain's length (the dashboard's status check,
+        docs/performance.md "Fleet").
+        Returns (first bad seq or None, the last seq found good, its hash, records read);
+        fewer than ``limit`` new records read means the check reached the chain's head.
+        """
+        A = self.AuditRecord
+        rows = (A.select(A.seq, A.ts, A.actor, A.action, A.detail, A.prev_hash, A.hash)
+                .where(A.seq >= seq).order_by(A.seq).limit(limit + (seq > 0)).tuples())
+        good, prev, read = seq, hash_, 0
+        for r_seq, ts, actor, action, detail, prev_hash, h in rows:
+            read += 1
+            if read == 1 and seq > 0:
+                if r_seq != seq or h != hash_:  # the record the last check ended at changed
+                    return seq, good, prev, read
+                continue
+            if (
+                r_seq != good + 1
+                or prev_hash != prev
+                or audit_hash(r_seq, format_ts(from_ts(ts) or datetime.now(UTC)), actor,
+                              action, json.loads(detail), prev) != h
+            ):
+                return int(r_seq), good, prev, read
+            good, prev = int(r_seq), str(h)
+        if seq > 0 and read == 0:  # the chain is shorter than it was
+            return seq, good, prev, read
+        return None, good, prev, read
+
 
 def _entry(r: Any) -> AuditEntry:
     return AuditEntry(r.seq, from_ts(r.ts) or datetime.now(UTC), r.actor, r.action,

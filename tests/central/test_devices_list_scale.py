@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pg_support import BOTH_ENGINES
 
 from central.dashboard.app import create_dashboard
 from central.fleet_health import DeviceHealth
@@ -82,7 +83,7 @@ async def _traced(store: Store) -> list[str]:
     seen: list[str] = []
 
     def install() -> None:
-        conn: sqlite3.Connection = store.connection()
+        conn: sqlite3.Connection = store.connection().raw
         conn.set_trace_callback(seen.append)
 
     await store.read(install)
@@ -93,7 +94,7 @@ async def _statements(store: Store, call: Callable[[], Any]) -> int:
     seen = await _traced(store)
     await call()
     n = len(seen)
-    await store.read(lambda: store.connection().set_trace_callback(None))
+    await store.read(lambda: store.connection().raw.set_trace_callback(None))
     return n
 
 
@@ -116,9 +117,14 @@ async def test_device_list_costs_the_same_statements_for_10_and_500_devices(dash
         async def alarms() -> None:
             assert (await client.get("/api/alarms")).status_code == 200
 
+        async def search() -> None:
+            r = await client.get("/api/devices", params={"limit": 5, "prefix": "dev-0000"})
+            assert [d["id"] for d in r.json()["devices"]] == [f"dev-{i:05d}" for i in range(5)]
+
         counts[size] = {"list": await _statements(store, listing),
                         "page": await _statements(store, page),
-                        "alarms": await _statements(store, alarms)}
+                        "alarms": await _statements(store, alarms),
+                        "search": await _statements(store, search)}
     assert counts[10] == counts[500], counts
     # Devices, health rows, audit summaries, the window over the one chain with a hole,
     # the fleet's counts: a handful, never one per device.
@@ -161,6 +167,59 @@ async def test_bulk_answers_equal_the_per_device_ones(dash) -> None:
         d["id"] for d in enabled if not d["online"]}
     assert (await client.get("/api/devices", params={"limit": 0})).status_code == 422
     assert (await client.get("/api/devices", params={"state": "lost"})).status_code == 422
+
+
+async def test_a_prefix_finds_the_ids_that_start_with_it_page_by_page(dash) -> None:
+    client, store = dash
+    fill_fleet(store, 0, 250)
+    store.add_device("dev-001-spare", "kiosk", NOW)
+    store.add_device("dev%0000", "kiosk", NOW)  # SQL wildcards are plain characters here
+
+    async def ids(**params: Any) -> tuple[list[str], Any]:
+        body = (await client.get("/api/devices", params=params)).json()
+        assert body["counts"]["total"] == 252  # the counts are the whole fleet's
+        return [d["id"] for d in body["devices"]], body["next"]
+
+    assert (await ids(prefix="dev-001"))[0] == [
+        "dev-001-spare", *(f"dev-{i:05d}" for i in range(100, 200))]  # "-" sorts before "0"
+    first, nxt = await ids(prefix="dev-001", limit=60)
+    rest, last = await ids(prefix="dev-001", limit=60, after=nxt)
+    assert first + rest == (await ids(prefix="dev-001"))[0] and last is None
+    assert (await ids(prefix="dev-0024", state="offline"))[0] == [
+        f"dev-{i:05d}" for i in range(240, 250) if i % 3 == 0 and i % 7]
+    assert (await ids(prefix="dev%"))[0] == ["dev%0000"]
+    assert (await ids(prefix="dev_0"))[0] == []
+    assert (await ids(prefix="zzz"))[0] == []
+    assert (await client.get("/api/devices", params={"prefix": "x" * 65})).status_code == 422
+    assert (await client.get("/api/devices", params={"prefix": "a\x01"})).status_code == 422
+
+
+@BOTH_ENGINES
+def test_the_prefix_query_runs_on_both_engines(tmp_path: Path, central_db) -> None:
+    store = open_store(central_db(tmp_path))
+    try:
+        for dev in ("kiosk-001", "kiosk-002", "kiosk-010", "kiosk_01", "cashier-001"):
+            store.add_device(dev, "kiosk", NOW)
+        assert [d.id for d in store.devices(prefix="kiosk-00")] == ["kiosk-001", "kiosk-002"]
+        assert [d.id for d in store.devices(prefix="kiosk-0", after="kiosk-001", limit=1)
+                ] == ["kiosk-002"]
+        assert [d.id for d in store.devices(prefix="kiosk_")] == ["kiosk_01"]
+    finally:
+        store.close()
+
+
+async def test_alarms_errors_first_and_a_limit_keeps_the_first_ones(dash) -> None:
+    client, store = dash
+    fill_fleet(store, 0, 60)
+    whole = (await client.get("/api/alarms")).json()
+    items = whole["alarms"]
+    assert whole["total"] == len(items) > 20
+    assert whole["errors"] == sum(a["severity"] == "error" for a in items) > 0
+    assert [a["severity"] == "error" for a in items] == sorted(
+        (a["severity"] == "error" for a in items), reverse=True)
+    page = (await client.get("/api/alarms", params={"limit": 20})).json()
+    assert page == {"total": whole["total"], "errors": whole["errors"], "alarms": items[:20]}
+    assert (await client.get("/api/alarms", params={"limit": 0})).status_code == 422
 
 
 async def _max_lag(work: Callable[[], Any], tick_s: float = 0.002) -> tuple[float, float]:
