@@ -1,5 +1,6 @@
 """Central's copy of each device's audit chain: idempotent ingest, gaps and broken links
-flagged, the dashboard's per-device state, and the real path through Mosquitto."""
+flagged, the dashboard's per-device state, and the real path through Mosquitto. On SQLite
+and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.dashboard.app import create_dashboard
@@ -34,9 +36,12 @@ def _chain(tmp_path: Path, n: int, reader: str = "r") -> list[dict]:
             for i in range(n)]
 
 
+pytestmark = BOTH_ENGINES
+
+
 @pytest.fixture
-def store(tmp_path: Path):
-    s = open_store(tmp_path / "central.db")
+def store(tmp_path: Path, central_db):
+    s = open_store(central_db(tmp_path))
     yield s
     s.close()
 

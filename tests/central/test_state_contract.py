@@ -8,6 +8,8 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pg_support import BOTH_ENGINES
+
 from central.forwarder import Forwarder, ForwarderSettings
 from central.store import open_store
 from yikatong.mqtt.session import InboundMessage, state_payload
@@ -37,8 +39,10 @@ def test_the_device_publishes_what_the_document_shows() -> None:
     assert (ours.type, ours.dev, ours.body) == (theirs.type, theirs.dev, theirs.body)
 
 
-async def test_central_applies_the_documents_examples_and_the_legacy_form(tmp_path) -> None:
-    store = open_store(tmp_path / "central.db")
+@BOTH_ENGINES
+async def test_central_applies_the_documents_examples_and_the_legacy_form(tmp_path,
+                                                                          central_db) -> None:
+    store = open_store(central_db(tmp_path))
     store.add_device("kiosk-0001", "kiosk", NOW)
     fwd = Forwarder(ForwarderSettings(), store, adapter=None, clock=lambda: NOW)  # type: ignore[arg-type]
     topic = "ykt/v1/dev/kiosk-0001/state"

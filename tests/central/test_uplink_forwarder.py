@@ -1,4 +1,5 @@
-"""Device uplink ↔ real Mosquitto ↔ forwarder ↔ fake fake_platform, end to end."""
+"""Device uplink ↔ real Mosquitto ↔ forwarder ↔ fake fake_platform, end to end; central's store
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.forwarder import Forwarder
@@ -21,6 +23,8 @@ from edge.uplink.errors import (
 )
 from yikatong.mqtt.session import InboundMessage, MqttSession
 from yikatong.protocol.envelope import encode, new_envelope
+
+pytestmark = BOTH_ENGINES
 
 PAY = {"patient_id": "P001", "purpose": "registration", "refs": ["B1"], "amount_fen": 1200,
        "method": "prepaid"}
@@ -387,11 +391,11 @@ async def test_forwarder_reports_payment_outcomes_to_the_resolver(
 
 
 async def test_two_forwarders_share_the_load_without_kicking_each_other(
-    broker_site, fake_platform
+    broker_site, fake_platform, central_db, tmp_path
 ) -> None:
     from central.store import open_store
 
-    store_b = open_store(broker_site.store.path)  # a second instance on the common store
+    store_b = open_store(central_db(tmp_path))  # a second instance on the common store
     fwds = [
         Forwarder(broker_site.forwarder_settings(client_id="central-a", concurrency=4),
                   broker_site.store, fake_platform, share_group="ykt"),

@@ -1,4 +1,6 @@
-"""The edge daemon is killed with SIGKILL mid-payment; after restart the outcome is recovered."""
+"""The edge daemon is killed with SIGKILL mid-payment; after restart the outcome is recovered.
+
+Central's store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,10 +11,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from edge.uplink.client import Uplink
 from edge.uplink.outbox import Outbox
+
+pytestmark = BOTH_ENGINES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +76,7 @@ async def test_edge_killed_after_publish_recovers_the_stored_outcome(
 
 
 async def test_central_restarted_during_the_platform_call_lists_then_resolves_the_payment(
-    broker_site, fake_platform, tmp_path
+    broker_site, fake_platform, tmp_path, central_db
 ) -> None:
     from central.forwarder import Forwarder
     from central.payments import Payments
@@ -96,7 +101,7 @@ async def test_central_restarted_during_the_platform_call_lists_then_resolves_th
         await fwd1.stop()  # central gone mid-call: nothing answered, nothing stored
         assert broker_site.store.request_state("restart001") == "received"
 
-        store2 = open_store(broker_site.store.path)  # the restarted central
+        store2 = open_store(central_db(tmp_path))  # the restarted central
         pay2 = Payments(store2, fake_platform)
         [row] = pay2.unresolved()
         assert (row.request_id, row.state, row.payment_id) == ("restart001", "created", None)
