@@ -20,6 +20,7 @@ from central.platform.errors import (
     PlatformRejected,
     PlatformUnavailable,
 )
+from central.platform.http import KeepAliveTransport
 
 __all__ = ["RESULT_KEYS", "ReferenceAdapter"]
 
@@ -133,7 +134,8 @@ class ReferenceAdapter(PlatformAdapter):
         self._headers_factory = headers_factory
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/") + API,
-            transport=transport,
+            # Tests pass in-process transports; the real one is lean HTTP/1.1 (http.py).
+            transport=transport or KeepAliveTransport(),
             timeout=httpx.Timeout(read_timeout, connect=connect_timeout),
             # Never follow redirects: a redirected POST could repeat an effect elsewhere.
             follow_redirects=False,
