@@ -6,6 +6,7 @@ tests race two instances (two stores on one PostgreSQL database) on the same ope
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import Counter
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pg_support import race
 
-from central.authz import POLICY, AuthzSettings, Guard
+from central.authz import POLICY, AuthzSettings, Denied, Guard
 from central.forwarder import Forwarder, ForwarderSettings
 from central.payments import Payments
 from central.platform.base import PlatformAdapter
@@ -431,3 +433,84 @@ async def test_patient_lookups_are_rate_limited_per_device(central: Central) -> 
     await central.identify("kiosk-002")
     central.clock.advance(60)
     await central.identify("kiosk-001")
+
+
+# -- two instances on one database --------------------------------------------------------
+# Two stores on one database are two connections, as two central instances have; race()
+# starts each round's operations together (a barrier), 50 rounds.
+
+ROUNDS = 50
+
+
+def test_patient_lookups_counted_by_two_instances_add_up_exactly(
+        central: Central, tmp_path: Path, central_db) -> None:
+    other = open_store(central_db(tmp_path))
+    try:
+        limit = ROUNDS + 10
+        settings = AuthzSettings(kiosk_identify_per_minute=limit)
+        guards = [Guard(s, settings, clock=central.clock) for s in (central.store, other)]
+
+        def identify(k: int, _store: Store, _round: int) -> str:
+            env = make_request("patient.identify", "kiosk-001", {"by": "card", "value": "HC01"},
+                               now=central.clock(), exp=central.clock() + timedelta(minutes=5))
+            try:
+                asyncio.run(guards[k].authorize(env))
+            except Denied as exc:
+                return str(exc.code)
+            return "ok"
+
+        outcomes = Counter(o for pair in race([central.store, other], identify, ROUNDS)
+                           for o in pair)
+    finally:
+        other.close()
+    # A lost update would let more than the limit through.
+    assert outcomes == {"ok": limit, "throttled": 2 * ROUNDS - limit}
+    row = central.store.connection().execute(
+        "SELECT count FROM rate_limit WHERE key = ?", ("identify:kiosk-001",)).fetchone()
+    assert row[0] == limit
+
+
+def test_failed_sign_ins_counted_by_two_instances_add_up_exactly(
+        central: Central, tmp_path: Path, central_db) -> None:
+    other = open_store(central_db(tmp_path))
+    try:
+        staffs = [central.staff, StaffSessions(other, clock=central.clock)]
+
+        def fail(k: int, store: Store, _round: int) -> int:
+            with store.atomic():
+                return staffs[k].failed(store.connection(), f"cashier-00{k + 1}", "S1003",
+                                        central.clock()).badge_failures
+
+        seen = sorted(n for pair in race([central.store, other], fail, ROUNDS) for n in pair)
+    finally:
+        other.close()
+    # Every failure saw the count the one before it left: 1 … 100, none twice.
+    assert seen == list(range(1, 2 * ROUNDS + 1))
+    state = {(t["kind"], t["id"]): t["failures"] for t in central.staff.throttles()}
+    assert state == {("badge", "S1003"): 2 * ROUNDS, ("dev", "cashier-001"): ROUNDS,
+                     ("dev", "cashier-002"): ROUNDS}
+
+
+def test_sign_ins_at_one_desk_on_two_instances_leave_one_live_session(
+        central: Central, tmp_path: Path, central_db) -> None:
+    other = open_store(central_db(tmp_path))
+    info = {"staff_id": "ST1003", "name": "收费员三", "role": "cashier"}
+    try:
+        staffs = [central.staff, StaffSessions(other, clock=central.clock)]
+
+        def sign_in_then_count(k: int, store: Store, r: int) -> int | None:
+            if r % 2 == 0:  # both instances sign the desk in at once
+                with store.atomic():
+                    staffs[k].open(store.connection(), "cashier-001", "S1003", info,
+                                   central.clock())
+                return None
+            # the next round, after both committed: the desk's live sessions
+            return int(store.connection().execute(
+                "SELECT COUNT(*) FROM staff_session WHERE dev = ? AND ended_at IS NULL",
+                ("cashier-001",)).fetchone()[0])
+
+        counts = [n for pair in race([central.store, other], sign_in_then_count, 2 * ROUNDS)
+                  for n in pair if n is not None]
+    finally:
+        other.close()
+    assert counts == [1] * (2 * ROUNDS)
