@@ -207,22 +207,49 @@ async function refreshSecurity(first){
   $("throttles").innerHTML=th.length?"登录失败 Failed sign-ins: "+th.map(t=>`<span data-throttle="${esc(t.id)}">${KIND[t.kind]||esc(t.kind)} ${esc(t.id)} × ${t.failures}${t.wait_s?` (${t.wait_s} s)`:""}
     ${t.kind==="badge"?`<button data-reset="${esc(t.id)}" data-min-role="administrator">重置 Reset</button>`:""}</span>`).join(" · "):"";
 }
+// The Devices table shows one page of 100 (the API pages by id: ?limit, ?after = the last
+// id of the page before, ?state, ?prefix); the counts and the alarm total are the whole
+// fleet's, so the page costs the same at 10 devices and at 10,000 (docs/performance.md "Fleet").
+const PAGE=100, ALARMS_SHOWN=100;
+const DEVS={state:"",prefix:"",after:[null],at:0,next:null};
+function devQuery(){
+  const q=new URLSearchParams({limit:PAGE}), after=DEVS.after[DEVS.at];
+  if(after) q.set("after",after); if(DEVS.state) q.set("state",DEVS.state); if(DEVS.prefix) q.set("prefix",DEVS.prefix);
+  return "/api/devices?"+q;
+}
+function auditKpi(st){
+  const c=st.audit_chain, k=st.audit_check||{}, every=Math.round((k.full_every_s||900)/60);
+  $("k-audit").textContent=c.ok?"✓ 完整":"✗ 断裂 #"+c.broken_at;
+  $("k-audit").parentElement.classList.toggle("bad",!c.ok);
+  const last=k.full_at?siteTime(new Date(k.full_at)).slice(5,16):"—";
+  $("k-audit-how").textContent=(k.full_pass?`全链复查中 re-checking #${k.checked_seq} · `:"")
+    +`新记录每次刷新检查；全链每 ${every} 分钟复查，旧记录被改在复查时发现（上次 ${last}）。`
+    +`New records: every refresh. Whole chain: every ${every} min, which finds a changed old record (last ${last}).`;
+}
 async function refreshOverview(first){
-  const [st,dv,al,ev]=await Promise.all(["/api/status","/api/devices","/api/alarms","/api/events?limit=20"].map(u=>api(u,{poll:!first})));
+  const list=devQuery();
+  const [st,dv,al,ev]=await Promise.all(["/api/status",list,`/api/alarms?limit=${ALARMS_SHOWN}`,"/api/events?limit=20"].map(u=>api(u,{poll:!first})));
   STATUS=st; setZone(st.timezone);
-  const ds=dv.devices; const on=ds.filter(d=>d.online).length;
-  $("k-total").textContent=ds.length;
-  $("k-online").textContent=on;
-  $("k-offline").textContent=ds.length-on;
-  const alarms=al.alarms;
-  $("k-alarms").textContent=alarms.length;
-  $("kpi-alarms").className="kpi"+(alarms.some(a=>a.severity==="error")?" bad":alarms.length?" warn":"");
+  const n=dv.counts;
+  $("k-total").textContent=n.total;
+  $("k-online").textContent=n.online;
+  $("k-offline").textContent=n.total-n.online;
+  for(const b of $("dev-filter").querySelectorAll("button")) b.querySelector("b").textContent=b.dataset.state?n[b.dataset.state]:n.total;
+  const alarms=al.alarms, more=al.total-alarms.length;
+  $("k-alarms").textContent=al.total;
+  $("kpi-alarms").className="kpi"+(al.errors?" bad":al.total?" warn":"");
   $("alarms").innerHTML=alarms.length?alarms.map(a=>`<div class="alarm ${esc(a.severity)}" data-alarm="${esc(a.code)}" data-device="${esc(a.dev)}">
     <span>${a.severity==="error"?"●":"▲"}</span><span class="dev">${esc(a.dev)}</span><b>${esc(a.message_zh)}</b><span>${esc(a.message)}</span></div>`).join("")
+    +(more>0?`<span class="muted" data-more="${more}">…… 另有 ${more} 条告警 and ${more} more alarms</span>`:"")
     :`<span class="none">✓ 无告警 No alarms</span>`;
-  $("k-audit").textContent=st.audit_chain.ok?"✓ 完整":"✗ 断裂 #"+st.audit_chain.broken_at;
+  auditKpi(st);
+  if(list!==devQuery()) return; // the filter or page changed while this page was on its way
+  const ds=dv.devices; DEVS.next=dv.next;
+  const of=DEVS.prefix?"":` / ${DEVS.state?n[DEVS.state]:n.total}`;
+  $("dev-range").textContent=ds.length?`第 ${DEVS.at+1} 页 page ${DEVS.at+1} · ${DEVS.at*PAGE+1}–${DEVS.at*PAGE+ds.length}${of}`:"";
+  $("dev-prev").disabled=DEVS.at===0; $("dev-next").disabled=!dv.next;
   const devLink=id=>st.fleet?`<a href="#/device/${encodeURIComponent(id)}">${esc(id)}</a>`:esc(id);
-  $("rows").innerHTML=ds.map(d=>`<tr data-device="${esc(d.id)}"><td>${devLink(d.id)}</td><td>${d.role==="kiosk"?"自助机 Kiosk":"收费终端 Cashier"}</td>
+  $("rows").innerHTML=ds.length?ds.map(d=>`<tr data-device="${esc(d.id)}"><td>${devLink(d.id)}</td><td>${d.role==="kiosk"?"自助机 Kiosk":"收费终端 Cashier"}</td>
     <td class="${d.online?"on":"off"}">${d.online?"在线 Online":"离线 Offline"}${d.enabled?"":" (停用 disabled)"}</td>
     ${paperCell(d)}
     <td class="${d.health&&d.health.reader_present!=null?(d.health.reader_present?"on":"off"):"muted"}">${d.health&&d.health.reader_present!=null?(d.health.reader_present?"已连接 Present":"未连接 Missing"):"—"}</td>
@@ -231,7 +258,8 @@ async function refreshOverview(first){
     <td class="${has(d,"temp_high")?"warn":""}">${d.health&&d.health.cpu_temp_c!=null?d.health.cpu_temp_c+" °C":"—"}</td>
     <td class="${has(d,"backlog_high")?"warn":""}">${d.health&&d.health.outbox_depth!=null?d.health.outbox_depth:"—"}</td>
     <td>${esc(d.version||"—")}</td><td>${when(d.last_seen)}</td><td>${when(d.health&&d.health.telemetry_at)}</td>
-    <td data-audit="${d.audit&&d.audit.count?(d.audit.audit_ok?"ok":"broken"):"none"}" class="${!d.audit||!d.audit.count?"muted":d.audit.audit_ok?"on":"off"}">${!d.audit||!d.audit.count?"—":d.audit.audit_ok?"✓ #"+d.audit.last_seq:"✗ #"+d.audit.first_bad_seq+" / "+d.audit.last_seq}</td></tr>`).join("");
+    <td data-audit="${d.audit&&d.audit.count?(d.audit.audit_ok?"ok":"broken"):"none"}" class="${!d.audit||!d.audit.count?"muted":d.audit.audit_ok?"on":"off"}">${!d.audit||!d.audit.count?"—":d.audit.audit_ok?"✓ #"+d.audit.last_seq:"✗ #"+d.audit.first_bad_seq+" / "+d.audit.last_seq}</td></tr>`).join("")
+    :`<tr><td colspan="13" class="muted">${DEVS.prefix?`没有以 “${esc(DEVS.prefix)}” 开头的设备 No device id starts with “${esc(DEVS.prefix)}”`:"无设备 No devices"}</td></tr>`;
   const pays=(await api("/api/payments/unresolved",{poll:!first})).payments;
   $("pays").innerHTML=pays.length?pays.map(p=>`<tr><td>${when(p.created_at)}</td><td>${esc(p.dev)}</td>
     <td>¥${(p.amount_fen/100).toFixed(2)}</td><td>${esc(p.method)}</td><td class="off" data-state="${esc(p.state)}">${p.state==="approved"&&!p.device_told?"已扣款·终端未获知 Charged, terminal not told":esc(PAYSTATE[p.state]||p.state)}</td><td>${p.checks}</td><td>${when(p.deadline)}</td>
@@ -268,6 +296,27 @@ $("throttles").addEventListener("click",async e=>{
     $("sec-msg").textContent=`工牌 ${b.dataset.reset} 已重置 badge reset`; }
   catch(err){ $("sec-msg").textContent=`重置失败 reset failed: ${err.message}`; }
   tick(false);
+});
+
+function devPage(reset){ if(reset){DEVS.after=[null];DEVS.at=0;} tick(true); }
+$("dev-filter").addEventListener("click",e=>{
+  const b=e.target.closest("button[data-state]"); if(!b) return;
+  DEVS.state=b.dataset.state;
+  for(const x of $("dev-filter").querySelectorAll("button")) x.classList.toggle("on",x===b);
+  devPage(true);
+});
+let SEARCH_T=null;
+$("dev-search").addEventListener("input",e=>{
+  clearTimeout(SEARCH_T);
+  SEARCH_T=setTimeout(()=>{ const p=e.target.value.trim().toLowerCase(); if(p!==DEVS.prefix){DEVS.prefix=p; devPage(true);} },250);
+});
+$("dev-next").addEventListener("click",()=>{ if(!DEVS.next) return; DEVS.after[DEVS.at+1]=DEVS.next; DEVS.at++; devPage(false); });
+$("dev-prev").addEventListener("click",()=>{ if(DEVS.at>0){DEVS.at--; devPage(false);} });
+$("k-audit-full").addEventListener("click",async e=>{
+  e.target.disabled=true;
+  try{ auditKpi(await api("/api/status?full=1")); }
+  catch(err){ $("k-audit-how").textContent=err.message; }
+  finally{ e.target.disabled=false; }
 });
 
 // -- fleet: sites and devices ---------------------------------------------------------------
