@@ -118,6 +118,9 @@ class Stats:
 
     def __init__(self) -> None:
         self.sent: Counter[str] = Counter()
+        # What had been sent when the go came: telemetry and events start at connect, so a
+        # receiver's count from the go on is to be compared with ``sent - sent_before_go``.
+        self.sent_before_go: Counter[str] = Counter()
         self.replies: Counter[str] = Counter()  # "type outcome"
         self.latency: dict[str, list[float]] = defaultdict(list)
         self.errors: Counter[str] = Counter()
@@ -134,7 +137,8 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         """Plain data for the parent."""
-        return {"sent": dict(self.sent), "replies": dict(self.replies),
+        return {"sent": dict(self.sent), "sent_before_go": dict(self.sent_before_go),
+                "replies": dict(self.replies),
                 "latency": {k: list(v) for k, v in self.latency.items()},
                 "errors": dict(self.errors), "notes": dict(self.notes),
                 "connect_s": list(self.connect_s), "connected": self.connected,
@@ -819,6 +823,7 @@ async def run_worker(plan: Plan, specs: list[DeviceSpec],
                          "seconds": time.monotonic() - t0})
     try:
         if await wait_go():
+            w.stats.sent_before_go.update(w.stats.sent)
             cpu0, t1 = time.process_time(), time.monotonic()
             await w.traffic()
             cpu = {"cpu_s": time.process_time() - cpu0, "wall_s": time.monotonic() - t1,

@@ -652,6 +652,7 @@ def _pct(values: list[float], q: float) -> float:
 def summarize(run: FleetRun) -> dict[str, Any]:
     """The JSON summary of a run (what ``--json`` prints)."""
     sent: Counter[str] = Counter()
+    sent_before_go: Counter[str] = Counter()
     replies: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     notes: Counter[str] = Counter()
@@ -662,6 +663,7 @@ def summarize(run: FleetRun) -> dict[str, Any]:
     connected = failed = 0
     for w in run.workers:
         sent.update(w["sent"])
+        sent_before_go.update(w["sent_before_go"])
         replies.update(w["replies"])
         errors.update(w["errors"])
         notes.update(w["notes"])
@@ -700,6 +702,7 @@ def summarize(run: FleetRun) -> dict[str, Any]:
         "traffic_s": round(run.traffic_s, 2),
         "requests_per_s": round(reqs / run.traffic_s, 2) if run.traffic_s else 0.0,
         "sent": dict(sorted(sent.items())),
+        "sent_before_go": dict(sorted(sent_before_go.items())),
         "received": dict(sorted(received.items())),
         "visits": dict(sorted(visits.items())),
         "replies": dict(sorted(replies.items())),

@@ -82,6 +82,11 @@ def test_every_request_answered_and_presence_right(central_site: CentralSite) ->
     assert s["sent"]["telemetry"] >= N  # one each at least (5 s interval, 12 s of traffic)
     assert s["sent"]["state birth"] == N and s["sent"]["state offline"] == N
     assert s["sent"]["result config.report"] >= N  # every device applied its config
+    # Births come before the go, requests and offline states only after it.
+    before = s["sent_before_go"]
+    assert before["state birth"] == N and "state offline" not in before
+    assert not any(k.startswith("req ") for k in before)
+    assert all(n <= s["sent"][k] for k, n in before.items())
     assert s["received"]["resp"] == sum(requests.values())
     # central's own view of the fleet: the devices' telemetry reached their health rows
     r = httpx.get(f"{target.dashboard_url}api/devices", headers=target.headers(), timeout=30)
