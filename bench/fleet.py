@@ -15,9 +15,12 @@ directory, so ``--workdir`` makes a second run skip it), then for each size N:
 2. **Central**: the N devices against central's own broker with telemetry every
    ``--telemetry-s`` and a request mix at N / ``--devices-per-req`` requests per second
    (``ykt sim fleet``: every reply checked). While it runs, every few seconds: the time of
-   ``GET /api/devices``, ``/api/fleet/devices``, ``/api/fleet/sites`` and ``/metrics``
-   (reported as missing until central has it), the forwarder's ``received`` counter (ingest
-   rate against what the devices sent), central's and Mosquitto's RSS and CPU.
+   the dashboard's Devices page requests (``/api/status``, ``/api/devices?limit=100``,
+   ``/api/alarms``), of the whole ``/api/devices`` list, ``/api/fleet/devices``,
+   ``/api/fleet/sites`` and ``/metrics``; the forwarder's ``received`` counter and queue;
+   central's and Mosquitto's RSS and CPU. Ingest: the forwarder's counter over the whole
+   leg (before the first connect, and once it has everything or stopped moving) against
+   all the devices sent, and Mosquitto's drop notices in central's broker log.
    Presence: how many of the N central shows online once they are connected and after
    they left.
 
@@ -200,8 +203,26 @@ def raw_leg(site: CentralSite, target: Target, n: int, args: argparse.Namespace,
         raw.stop()
 
 
+#: What the sampler times, every few seconds: the dashboard's Devices page (its first page,
+#: status with the incremental audit check, the fleet's alarms), the whole list for
+#: comparison (the simulator's presence check reads it), the fleet pages and /metrics.
+SAMPLED = ("api/status", "api/devices?limit=100", "api/alarms", "api/devices",
+           "api/fleet/devices", "api/fleet/sites", "metrics")
+#: The line Mosquitto logs (notice) when it starts dropping messages for a slow client.
+DROP_NOTICE = b"Outgoing messages are being dropped"
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of an unlabelled sample ``name`` in a Prometheus text page."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
 class Sampler:
-    """While the central leg runs: API timings, ingest counter, RSS and CPU, every few s."""
+    """While the central leg runs: API timings, ingest counter and forwarder queue, RSS and
+    CPU, every few seconds."""
 
     def __init__(self, target: Target, central_pid: int, broker_pid: int | None,
                  every_s: float) -> None:
@@ -212,20 +233,18 @@ class Sampler:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _get(self, http: httpx.Client, path: str) -> tuple[float, int]:
-        t0 = time.monotonic()
-        r = http.get(f"{self.t.dashboard_url}{path}")
-        return time.monotonic() - t0, r.status_code
-
     def _run(self) -> None:
         with httpx.Client(headers=self.t.headers(), timeout=60) as http:
             while not self.stop.is_set():
                 row: dict[str, Any] = {"t": time.monotonic()}
-                if not self.samples:  # (a signed-in status verifies the audit chain: once)
-                    st = http.get(f"{self.t.dashboard_url}api/status").json()
-                    row["received"] = st.get("forwarder", {}).get("received", 0)
-                for path in ("api/devices", "api/fleet/devices", "api/fleet/sites", "metrics"):
-                    row[path] = self._get(http, path)
+                for path in SAMPLED:
+                    t0 = time.monotonic()
+                    r = http.get(f"{self.t.dashboard_url}{path}")
+                    row[path] = (time.monotonic() - t0, r.status_code)
+                    if path == "api/status" and r.status_code == 200:
+                        row["received"] = r.json()["forwarder"]["received"]
+                    elif path == "metrics" and r.status_code == 200:
+                        row["fwd_queue"] = metric(r.text, "ykt_forwarder_queue")
                 for name, pid in self.pids.items():
                     row[f"{name}_rss_kb"] = status_kb(pid)["VmRSS"]
                     row[f"{name}_cpu_s"] = cpu_s(pid)
@@ -233,9 +252,38 @@ class Sampler:
                 self.stop.wait(self.every_s)
 
 
+def received(target: Target) -> int:
+    """Central forwarder's ``received`` counter (messages a worker took off its queue)."""
+    with httpx.Client(headers=target.headers(), timeout=60) as http:
+        return int(http.get(f"{target.dashboard_url}api/status").json()["forwarder"]["received"])
+
+
+def drain(target: Target, expected: int, *, settle_s: float = 10.0,
+          timeout_s: float = 300.0) -> tuple[int, float]:
+    """Wait until central has taken ``expected`` messages, or its counter stood still for
+    ``settle_s``; returns (the counter, seconds waited)."""
+    t0 = last_change = time.monotonic()
+    last = received(target)
+    while last < expected and time.monotonic() - last_change < settle_s \
+            and time.monotonic() - t0 < timeout_s:
+        time.sleep(0.5)
+        now = received(target)
+        if now != last:
+            last, last_change = now, time.monotonic()
+    return last, time.monotonic() - t0
+
+
 def central_leg(site: CentralSite, target: Target, n: int, args: argparse.Namespace,
                 rss0_kb: int) -> dict[str, Any]:
-    """N devices against central with telemetry and a checked request mix."""
+    """N devices against central with telemetry and a checked request mix.
+
+    Ingest is counted over the whole leg: the forwarder's counter before the first device
+    connects, and again once central has taken everything the devices sent (births,
+    telemetry and events from their connect on, requests, results, offline states), against
+    all the devices sent. A window from the go to a fixed moment after the traffic would
+    leave out what was sent before the go (telemetry starts at connect) and what was still
+    queued at central at the end, and read as a loss.
+    """
     cpid = site.pid("central")
     assert cpid is not None
     bpid = mosquitto_pid(cpid)
@@ -243,28 +291,32 @@ def central_leg(site: CentralSite, target: Target, n: int, args: argparse.Namesp
     opts = FleetOptions(devices=n, duration_s=args.duration, rate=rate,
                         telemetry_s=args.telemetry_s, event_s=300, cashier_share=args.cashiers,
                         badge=DEMO_BADGE, pin=DEMO_STAFF_PIN, reply_timeout_s=60)
+    broker_log = site.workdir / "central" / "broker" / "mosquitto.log"
+    log_at = broker_log.stat().st_size if broker_log.exists() else 0
+    received0 = received(target)
     sampler = Sampler(target, cpid, bpid, args.sample_s)
     run = run_fleet(target, opts, say=lambda s: print("  " + s, flush=True),
                     during=sampler.thread.start)
     sampler.stop.set()
     sampler.thread.join(120)
-    time.sleep(3)  # what is still queued at central
-    with httpx.Client(headers=target.headers(), timeout=60) as http:
-        received_end = http.get(f"{target.dashboard_url}api/status").json()["forwarder"][
-            "received"]
-    t_end = time.monotonic()
     s = summarize(run)
-    smp = sampler.samples
-    out: dict[str, Any] = {"summary": s, "rate": rate}
     sent = s["sent"]
-    # Everything the devices sent after the go (births and first config reports came before).
-    after_go = sum(sent.values()) - sent.get("state birth", 0) - \
-        sent.get("result config.report", 0)
-    if smp:
-        a = smp[0]
-        out["ingested"] = received_end - a["received"]
-        out["sent_after_go"] = after_go
-        out["ingest_per_s"] = out["ingested"] / (t_end - a["t"])
+    sent_total = sum(sent.values())
+    received_end, drain_s = drain(target, received0 + sent_total)
+    with broker_log.open("rb") as f:
+        f.seek(log_at)
+        drops = f.read().count(DROP_NOTICE)
+    smp = sampler.samples
+    out: dict[str, Any] = {"summary": s, "rate": rate, "sent_total": sent_total,
+                           "ingested": received_end - received0, "drain_s": drain_s,
+                           "broker_drop_notices": drops,
+                           "sent_before_go": sum(s["sent_before_go"].values()),
+                           "fwd_queue_max": max((x.get("fwd_queue") or 0 for x in smp),
+                                                default=0)}
+    ticks = [x for x in smp if "received" in x]
+    if len(ticks) >= 2:
+        a, b = ticks[0], ticks[-1]
+        out["ingest_per_s"] = (b["received"] - a["received"]) / (b["t"] - a["t"])
     if len(smp) >= 2:
         a, b = smp[0], smp[-1]
         span = b["t"] - a["t"]
@@ -275,7 +327,7 @@ def central_leg(site: CentralSite, target: Target, n: int, args: argparse.Namesp
     central_rss = max((x["central_rss_kb"] for x in smp), default=0)
     out["central_rss_kb"] = central_rss
     out["central_kb_per_device"] = (central_rss - rss0_kb) / n if central_rss else float("nan")
-    for path in ("api/devices", "api/fleet/devices", "api/fleet/sites", "metrics"):
+    for path in SAMPLED:
         times = [x[path][0] for x in smp if x[path][1] == 200]
         codes = sorted({x[path][1] for x in smp})
         out[path] = {"n": len(times), "p50": percentile(times, 50),
@@ -304,10 +356,9 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], stopped: str | N
         "from the cache).",
         "",
         "| devices | connect all | presence up / after | requests/s sent → answered ok | "
-        "req p50 / p99 / max (slowest type) | errors | /api/devices p50 / max | "
-        "/api/fleet/devices max | "
-        "/metrics | central CPU | central RSS | KB / device | Mosquitto CPU / RSS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "req p50 / p99 / max (slowest type) | errors | central CPU | central RSS | "
+        "KB / device | Mosquitto CPU / RSS |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c = r["central"]
@@ -318,35 +369,59 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], stopped: str | N
         mx = max((v["max"] for v in lat), default=float("nan"))
         ok = sum(v for k, v in s["replies"].items() if k.endswith((" ok", " rejected")))
         pres = s["presence"]
-        m = c["metrics"]
-        metrics = (f"{_f(m['p50'])} s" if m["n"] else f"HTTP {'/'.join(map(str, m['codes']))}")
         lines.append(
             f"| {r['n']:,} | {s['devices']['connect_wall_s']:.0f} s "
             f"({s['devices']['connected']:,} ok) | {pres['online_while_up'].get('online', '?')}"
             f" / {pres['online_after_stop'].get('online', '?')} | {c['rate']:.0f} → "
             f"{ok / max(s['traffic_s'], 1e-9):.1f} | {_f(p50, '.3f')} / {_f(p99, '.3f')} / "
             f"{_f(mx, '.2f')} s | {sum(s['errors'].values())} | "
-            f"{_f(c['api/devices']['p50'])} / {_f(c['api/devices']['max'])} s | "
-            f"{_f(c['api/fleet/devices']['max'])} s | {metrics} | "
             f"{c.get('central_cpu_pct', float('nan')):.0f} % | "
             f"{c['central_rss_kb'] / 1024:.0f} MB | {_f(c['central_kb_per_device'], '.1f')} | "
             f"{c.get('broker_cpu_pct', float('nan')):.0f} % / "
             f"{c.get('broker_rss_kb', 0) / 1024:.0f} MB |")
+
+    def timing(c: dict[str, Any], path: str) -> str:
+        t = c[path]
+        if not t["n"]:
+            return f"HTTP {'/'.join(map(str, t['codes']))}"
+        return f"{_f(t['p50'])} / {_f(t['max'])} s"
+
+    lines += [
+        "",
+        "The dashboard under that load, sampled every few seconds (p50 / max). The Devices "
+        "page asks for `/api/status` (the audit chain checked from where the last check "
+        "ended), its first 100 devices (`/api/devices?limit=100`) and `/api/alarms`; the "
+        "whole list is there for comparison (the simulator's presence check reads it):",
+        "",
+        "| devices | /api/status | /api/devices?limit=100 | /api/alarms | /api/devices (all) | "
+        "/api/fleet/devices | /api/fleet/sites | /metrics |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r["central"]
+        lines.append(f"| {r['n']:,} | " + " | ".join(timing(c, p) for p in SAMPLED) + " |")
     lines += [
         "",
         "Ingest against raw broker delivery, same devices, same certificates, same TLS "
         "listener settings (a second Mosquitto with central's listener block and one "
-        "subscriber instead of central):",
+        "subscriber instead of central). Central's ingest is counted over the whole leg "
+        "(forwarder counter before the first connect and once it stopped moving, against "
+        "everything the devices sent, births to offline states); \"drained\" is how long "
+        "the counter still moved after the simulator's run (which ends with its own check, "
+        "up to 30 s, that central shows every device offline), \"queue max\" the forwarder's "
+        "largest backlog seen by the sampler, \"drop notices\" Mosquitto's \"Outgoing messages "
+        "are being dropped\" lines in central's broker log during the leg:",
         "",
         "| devices | telemetry sent/s | raw: delivered / sent | raw latency p50 / p99 / max | "
         "raw Mosquitto CPU / RSS | central: ingested/s (forwarder), all kinds | "
-        "central ingested / devices sent |",
-        "|---|---|---|---|---|---|---|",
+        "central ingested / devices sent | of which sent before the go | queue max | "
+        "drained | drop notices |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b, c = r["raw"], r["central"]
         tel = b["sent"] / max(b["traffic_s"], 1e-9)
-        ratio = c.get("ingested", float("nan")) / max(c.get("sent_after_go", 0), 1)
+        ratio = c["ingested"] / max(c["sent_total"], 1)
         lines.append(
             f"| {r['n']:,} | {tel:.0f} | {b['delivered']:,} / {b['sent']:,} | "
             f"{_f(b['latency_p50'], '.3f')} / {_f(b['latency_p99'], '.3f')} / "
@@ -354,7 +429,9 @@ def report(results: list[dict[str, Any]], meta: dict[str, Any], stopped: str | N
             f"{100 * b['broker_cpu_s'] / max(b['traffic_s'], 1e-9):.0f} % / "
             f"{b['broker_rss_kb'] / 1024:.0f} MB | "
             f"{_f(c.get('ingest_per_s', float('nan')), '.0f')} | "
-            f"{c.get('ingested', 0):,} / {c.get('sent_after_go', 0):,} = {_f(ratio, '.3f')} |")
+            f"{c['ingested']:,} / {c['sent_total']:,} = {_f(ratio, '.4f')} | "
+            f"{c['sent_before_go']:,} | {c['fwd_queue_max']:,.0f} | {c['drain_s']:.0f} s | "
+            f"{c['broker_drop_notices']} |")
     sim = [r["central"]["summary"]["simulator"] for r in results]
     lines += ["", "The simulator itself (paho clients on one asyncio loop per process, "
               "docs/architecture.md \"Fleet simulator\"): " + "; ".join(
