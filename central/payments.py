@@ -169,22 +169,23 @@ class Payments:
     def reply_result(self, env: Envelope, result: dict[str, Any]) -> dict[str, Any]:
         """What a ``pay.create`` reply may say now (inside the reply's transaction).
 
-        The platform answers a resend with the outcome it stored first. If the resolver has
-        since reversed that payment — or may be reversing it right now, past the deadline —
-        an "approved" reply would print a receipt for money that went back: say the current
-        state instead, so the device shows the truth and asks ``pay.status``.
+        The platform answers a resend with the outcome it stored first. If the resolver (or
+        staff) has since reversed that payment — or is reversing it right now: the row is
+        claimed ``REVERSING`` before the reversal is sent — an "approved" reply would print a
+        receipt for money that went back: say the current state instead, so the device shows
+        the truth and asks ``pay.status``. The row is read under its lock, so a claim made on
+        another instance either committed before (seen here) or waits for this transaction
+        and then finds the payment final (and does not reverse it). No clock is compared:
+        two instances' clocks may disagree about the deadline, the row cannot.
         """
         if env.type != "pay.create" or result.get("state") not in ("approved", "pending"):
             return result
-        # Locked: a reversal claimed by another instance's resolver either committed before
-        # (seen here) or waits for this reply's transaction (and then finds the row final).
         row = self._row(env.id, lock=True)
         if row is None:
             return result
         if row.state == "reversed":
             return {**result, "state": "reversed", "reason": "reversed_past_deadline"}
-        if row.state in OPEN_STATES and (row.reason == REVERSING
-                                         or self._clock().timestamp() >= row.deadline):
+        if row.state in OPEN_STATES and row.reason == REVERSING:
             return {**result, "state": "unknown", "reason": "being_reversed"}
         return result
 
@@ -289,9 +290,12 @@ class Payments:
                     )
                 return
         if result is not None:
+            # What the reply says (reply_result, same transaction, decided before this outcome
+            # is recorded — as the forwarder decides it): final → the device knows. Asked
+            # after, an "approved" just recorded would count a reply that said "unknown".
+            said = self.reply_result(env, result).get("state")
             self._apply(env.id, result, actor="forwarder")
-            # What the reply says (reply_result, same transaction): final → the device knows.
-            if self.reply_result(env, result).get("state") in FINAL_STATES:
+            if said in FINAL_STATES:
                 P.update(told=1).where(P.request_id == env.id).execute()
         elif isinstance(error, PlatformRejected):
             self._transition(env.id, "declined", reason=f"{error.code}: {error.reason}",

@@ -4,13 +4,14 @@ instances (two stores on one PostgreSQL database) on the same payment."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from pg_support import BOTH_ENGINES
+from pg_support import BOTH_ENGINES, race
 
-from central.payments import NEEDS_STAFF, Payments
+from central.payments import NEEDS_STAFF, PaymentError, Payments
 from central.platform.errors import (
     PlatformOutcomeUnknown,
     PlatformRejected,
@@ -267,3 +268,106 @@ async def test_a_request_never_sent_to_the_platform_still_expires(store, fake_pl
     row = store.RequestLog.get(store.RequestLog.id == "late000001")
     assert decode(bytes(row.reply)).body["error"]["code"] == "expired"
     assert fake_platform.calls["late000001"] == 0
+
+
+# -- two instances on one database --------------------------------------------------------
+# Two stores on one database are two connections, as two central instances have; race()
+# starts each round's operations together (a barrier), one payment a round.
+
+ROUNDS = 50
+
+
+class Reversing:
+    """A platform that reverses every payment it is asked to (the other calls never come)."""
+
+    async def call(self, op: str, body: dict, *, idempotency_key: str,
+                   timeout: float | None = None) -> dict:  # noqa: ASYNC109
+        assert op == "pay.reverse", op
+        return {"payment_id": body["payment_id"], "state": "reversed", "amount_fen": 1200,
+                "method": "prepaid"}
+
+
+def pending_payments(pay: Payments) -> None:
+    """``ROUNDS`` pending payments ``race000000``… with payment ids ``PR0``…"""
+    for r in range(ROUNDS):
+        asyncio.run(pay.observe(create(f"race{r:06d}"), {
+            "payment_id": f"PR{r}", "state": "pending", "amount_fen": 1200,
+            "method": "prepaid"}, None))
+
+
+def test_an_outcome_and_a_staff_resolution_on_two_instances_settle_once(
+    store, fake_platform, clock, tmp_path, central_db
+) -> None:
+    other = open_store(central_db(tmp_path))
+    try:
+        pays = [Payments(store, fake_platform, clock=clock),
+                Payments(other, fake_platform, clock=clock)]
+        pending_payments(pays[0])
+
+        def settle(k: int, s, r: int) -> str:
+            if k == 0:  # a device's pay.status answered "approved", on one instance
+                status = new_envelope("pay.status", "kiosk-001", {"payment_id": f"PR{r}"},
+                                      now=T0, id=f"status{r:06d}")
+                with s.atomic():
+                    pays[0].outcome_in_tx(status, {"payment_id": f"PR{r}",
+                                                   "state": "approved"}, None)
+                return "approved"
+            try:  # staff mark it declined on the other, at the same moment
+                pays[1].staff_resolve(f"race{r:06d}", "declined", "not on the platform",
+                                      staff="li")
+            except PaymentError as exc:
+                return exc.code
+            return "declined"
+
+        results = race([store, other], settle, ROUNDS)
+    finally:
+        other.close()
+    finals = [e for e in store.audit_entries() if e.action == "payment.state"
+              and e.detail["from"] == "pending"]
+    for r, (_, staff) in enumerate(results):
+        info = pays[0].get(f"race{r:06d}")
+        # Whichever came first stands; the other is refused, never written over it.
+        assert (info.state, staff) in (("approved", "already_final"),
+                                       ("declined", "declined")), (r, info.state, staff)
+        [final] = [e for e in finals if e.detail["request_id"] == f"race{r:06d}"]
+        assert final.detail["to"] == info.state
+    assert store.verify_chain() == (True, None)
+
+
+def test_a_reversal_and_an_approved_reply_on_two_instances_never_both_happen(
+    store, fake_platform, clock, tmp_path, central_db
+) -> None:
+    other = open_store(central_db(tmp_path))
+    try:
+        pays = [Payments(store, Reversing(), clock=clock),  # type: ignore[arg-type]
+                Payments(other, fake_platform, clock=clock)]
+        pending_payments(pays[0])
+
+        def act(k: int, s, r: int) -> str:
+            rid = f"race{r:06d}"
+            if k == 0:  # staff reverse the payment on one instance
+                try:
+                    asyncio.run(pays[0].staff_reverse(rid, staff="li"))
+                except PaymentError as exc:
+                    return exc.code
+                return "asked"
+            # the platform answers the device's pay.create "approved" on the other: what
+            # the reply says is decided in the transaction that records it (the forwarder)
+            approved = {"payment_id": f"PR{r}", "state": "approved", "amount_fen": 1200,
+                        "method": "prepaid"}
+            with s.atomic():
+                said = pays[1].reply_result(create(rid), approved)["state"]
+                pays[1].outcome_in_tx(create(rid), approved, None)
+            return str(said)
+
+        results = race([store, other], act, ROUNDS)
+    finally:
+        other.close()
+    for r, (_, said) in enumerate(results):
+        info = pays[0].get(f"race{r:06d}")
+        assert info.state in ("approved", "reversed"), (r, info)
+        if said in ("approved", "reversed"):  # a receipt, or "money returned": the truth
+            assert info.state == said and info.device_told, (r, said, info)
+        else:  # told "being confirmed": reversed, or approved and listed for staff
+            assert said == "unknown" and not info.device_told, (r, said, info)
+    assert store.verify_chain() == (True, None)

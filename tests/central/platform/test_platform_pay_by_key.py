@@ -397,8 +397,21 @@ async def test_a_create_answered_past_the_deadline_is_not_told_approved(
     result = await adapter.call("pay.create", dict(env.body), idempotency_key=env.id)
     assert result["state"] == "approved"
     assert pay.reply_result(env, result) is result  # in time: passed through as it is
-    clock.advance(31)  # the resolver may be reversing it now: the device must ask again
-    assert pay.reply_result(env, result)["state"] == "unknown"
+    clock.advance(31)  # past the deadline, but no reversal started: still the truth
+    assert pay.reply_result(env, result) is result
+    # Once a reversal is on its way (claimed on the row first, on whichever instance), a
+    # resend answered meanwhile must not print a receipt: the device asks again.
+    seen: list[str] = []
+    reverse = adapter.pay_reverse_by_key
+
+    async def watched(request_id: str, *, idempotency_key: str) -> dict[str, Any]:
+        seen.append(pay.reply_result(env, result)["state"])
+        return await reverse(request_id, idempotency_key=idempotency_key)
+
+    adapter.pay_reverse_by_key = watched  # type: ignore[method-assign]
+    await pay.staff_reverse("latepay01", staff="li")
+    assert seen == ["unknown"]
+    assert pay.reply_result(env, result)["state"] == "reversed"
 
 
 async def test_resolver_reverses_by_key_when_the_crash_left_no_reply_past_the_deadline(
