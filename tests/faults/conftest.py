@@ -8,6 +8,13 @@ own, and killing central never leaves an orphaned embedded broker holding the po
 registered through central's REST API land in that password file; the test sends the broker
 SIGHUP afterwards, as central itself does in embedded mode.
 
+Several instances (``Stack(..., instances=2, store_url=...)``): every ``ykt central`` shares
+one PostgreSQL store and one share group (``[forwarder] share_group``), with its own data_dir,
+dashboard port, client id and broker accounts. The broker reads the first instance's files,
+which hold every instance's accounts (each instance lists the others' in ``[broker]
+other_central_users``, so the ACL it rewrites on a registration keeps them): devices are
+registered through the first instance.
+
 Processes come from the shared ``procs`` rig and the broker from ``make_broker``
 (tests/conftest.py, tests/support.py): every one is stopped at teardown, and the teardown
 fails the test if any is still alive.
@@ -18,6 +25,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,30 +43,67 @@ MUTATING = ("reg.book", "reg.cancel", "pay.create", "pay.reverse", "pay.refund",
             "report.printed")
 
 
+@dataclass
+class Central:
+    """One ``ykt central`` of the stack: its data_dir, config, dashboard and process."""
+
+    name: str  # also its forwarder's broker account; ``<name>-fleet`` is the hot list's
+    data_dir: Path
+    config: Path
+    dashboard_port: int
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def username(self) -> str:
+        return self.name
+
+    @property
+    def fleet_username(self) -> str:
+        return f"{self.name}-fleet"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+
 class Stack:
-    """Reference platform + external Mosquitto + ``ykt central``, each restartable."""
+    """Reference platform + external Mosquitto + ``ykt central`` (one or several), each
+    restartable."""
 
     def __init__(self, workdir: Path, procs: Procs, make_broker: Callable[..., Broker], *,
-                 wallet_pending_s: float = 3.0, read_timeout_s: float = 2.0) -> None:
+                 wallet_pending_s: float = 3.0, read_timeout_s: float = 2.0,
+                 instances: int = 1, store_url: str | None = None,
+                 forwarder: dict[str, Any] | None = None,
+                 cluster: dict[str, Any] | None = None) -> None:
+        if instances > 1 and store_url is None:
+            raise ValueError("several central instances share one PostgreSQL store_url")
         self.workdir = workdir
         self.procs = procs
+        self.store_url = store_url
         self.platform_port = free_port()
-        self.dashboard_port = free_port()
-        self.data_dir = workdir / "central"
-        broker_dir = self.data_dir / "broker"
+        # One instance keeps the single-site names; several are central-a, central-b, ...
+        names = ["central"] if instances == 1 else [
+            f"central-{chr(ord('a') + i)}" for i in range(instances)]
+        self.centrals = [Central(n, workdir / n, workdir / f"{n}.toml", free_port())
+                         for n in names]
+        broker_dir = self.data_dir / "broker"  # the first instance's files: the broker's
         broker_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = secrets.token_urlsafe(18)
         self.platform_db = workdir / "platform.db"
         # central's broker credentials and ACL, in the files its registry maintains
         self.passwd, self.acl = broker_dir / "passwd", broker_dir / "acl"
-        central_pw = secrets.token_urlsafe(24)
-        mosquitto_passwd_set(self.passwd, "central", central_pw)
-        self.central_pw_file = secret_file(broker_dir / "central.password", central_pw)
-        # The broker binds client id to username: the hot-list publisher needs its own account.
-        fleet_pw = secrets.token_urlsafe(24)
-        mosquitto_passwd_set(self.passwd, "central-fleet", fleet_pw)
-        fleet_pw_file = secret_file(workdir / "central-fleet.password", fleet_pw)
-        self.acl.write_text(render_acl("central", "central-fleet"))
+        # The broker binds client id to username: the hot-list publisher needs its own
+        # account, as does every instance's forwarder.
+        pw_files: dict[str, Path] = {}
+        for c in self.centrals:
+            for user in (c.username, c.fleet_username):
+                pw = secrets.token_urlsafe(24)
+                mosquitto_passwd_set(self.passwd, user, pw)
+                pw_files[user] = secret_file(workdir / "secrets" / f"{user}.password", pw)
+        self.central_pw_file = pw_files[self.centrals[0].username]
+        users = [u for c in self.centrals for u in (c.username, c.fleet_username)]
+        self.acl.write_text(render_acl(*users))
         self.rig = make_broker(workdir / "mosquitto", start=False, passwd=self.passwd,
                                acl=self.acl, persistence_dir=workdir / "mosquitto" / "data")
         token_file = secret_file(workdir / "admin.token", self.admin_token)
@@ -66,25 +111,34 @@ class Stack:
         self.platform_cfg.write_text(toml({"platform_sim": {
             "db_path": str(self.platform_db), "seed": 20240601, "admin_enabled": True,
             "wallet_pending_s": wallet_pending_s, "fault_hang_s": 3.0}}))
-        self.central_cfg = workdir / "central.toml"
-        self.central_cfg.write_text(toml({
-            "central": {"data_dir": str(self.data_dir)},
-            "broker": {"mode": "external", "host": "127.0.0.1", "port": self.broker.port,
-                       "username": "central", "password_file": str(self.central_pw_file),
-                       "fleet_username": "central-fleet",
-                       "fleet_password_file": str(fleet_pw_file),
-                       "legacy_passwords": True},  # devices registered by password
-            "platform": {"base_url": self.platform_url, "connect_timeout_s": 1.0,
-                         "read_timeout_s": read_timeout_s,
-                         "breaker": {"failure_threshold": 10, "reset_timeout_s": 2.0}},
-            "dashboard": {"host": "127.0.0.1", "port": self.dashboard_port,
-                          "admin_token_file": str(token_file)},
-            "forwarder": {"concurrency": 32},
-            "log": {"level": "warning"},
-        }))
+        for i, c in enumerate(self.centrals):
+            others = [u for o in self.centrals if o is not c
+                      for u in (o.username, o.fleet_username)]
+            cfg: dict[str, Any] = {
+                "central": {"data_dir": str(c.data_dir)},
+                "broker": {"mode": "external", "host": "127.0.0.1", "port": self.broker.port,
+                           "username": c.username,
+                           "password_file": str(pw_files[c.username]),
+                           "fleet_username": c.fleet_username,
+                           "fleet_password_file": str(pw_files[c.fleet_username]),
+                           "legacy_passwords": True},  # devices registered by password
+                "platform": {"base_url": self.platform_url, "connect_timeout_s": 1.0,
+                             "read_timeout_s": read_timeout_s,
+                             "breaker": {"failure_threshold": 10, "reset_timeout_s": 2.0}},
+                "dashboard": {"host": "127.0.0.1", "port": c.dashboard_port,
+                              "admin_token_file": str(token_file)},
+                "forwarder": {"concurrency": 32},
+                "log": {"level": "warning"},
+            }
+            if others:
+                cfg["broker"]["other_central_users"] = others
+                cfg["forwarder"].update({"client_id": c.name, "instance": i,
+                                         **(forwarder or {})})
+                cfg["cluster"] = dict(cluster or {})
+            if store_url is not None:
+                cfg["store"] = {"url": store_url}
+            c.config.write_text(toml(cfg))
         self.platform: subprocess.Popen[bytes] | None = None
-        self.central: subprocess.Popen[bytes] | None = None
-        self.central_starts = 0
 
     @property
     def broker(self) -> Mosquitto:
@@ -95,8 +149,23 @@ class Stack:
         return f"http://127.0.0.1:{self.platform_port}"
 
     @property
+    def data_dir(self) -> Path:
+        """The first instance's data_dir (its broker files are the broker's)."""
+        return self.centrals[0].data_dir
+
+    @property
     def dashboard_url(self) -> str:
-        return f"http://127.0.0.1:{self.dashboard_port}"
+        """The first instance's dashboard (devices are registered there)."""
+        return self.centrals[0].dashboard_url
+
+    @property
+    def central(self) -> subprocess.Popen[bytes] | None:
+        return self.centrals[0].proc
+
+    @property
+    def store_target(self) -> Path | str:
+        """Where central's store is: the shared PostgreSQL URL, or the one SQLite file."""
+        return self.store_url or self.data_dir / "central.db"
 
     # -- processes ------------------------------------------------------------------------
     def start_platform(self) -> None:
@@ -105,24 +174,27 @@ class Stack:
             "127.0.0.1", "--port", str(self.platform_port), "--admin")
         wait_http(f"{self.platform_url}/openapi.json", 60, self.platform)
 
-    def start_central(self) -> None:
-        self.central_starts += 1
-        self.central = self.procs.ykt(f"central-{self.central_starts}", "central",
-                                      "--config", str(self.central_cfg))
-        wait_http(f"{self.dashboard_url}/api/status", 60, self.central)
+    def start_central(self, i: int = 0) -> None:
+        c = self.centrals[i]
+        c.starts += 1
+        c.proc = self.procs.ykt(f"{c.name}-{c.starts}", "central", "--config", str(c.config))
+        wait_http(f"{c.dashboard_url}/api/status", 60, c.proc)
 
-    def kill_central(self) -> None:
-        assert self.central is not None
-        Procs.kill9(self.central)
+    def kill_central(self, i: int = 0) -> None:
+        proc = self.centrals[i].proc
+        assert proc is not None
+        Procs.kill9(proc)
 
-    def stop_central(self) -> None:
-        if self.central is not None:
-            Procs.terminate(self.central)
+    def stop_central(self, i: int = 0) -> None:
+        proc = self.centrals[i].proc
+        if proc is not None:
+            Procs.terminate(proc)
 
     def start(self) -> None:
         self.broker.start()
         self.start_platform()
-        self.start_central()
+        for i in range(len(self.centrals)):
+            self.start_central(i)
 
     def stop(self) -> list[int]:
         left = self.procs.stop_all()  # central first, then its broker
@@ -154,20 +226,41 @@ class Stack:
     def stats(self) -> dict[str, Any]:
         return dict(self.platform_api("GET", "/admin/stats"))
 
-    def unresolved_payments(self) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.dashboard_url}/api/payments/unresolved", timeout=10,
+    def central_status(self, i: int = 0) -> dict[str, Any]:
+        """``/api/status`` of instance ``i``."""
+        r = httpx.get(f"{self.centrals[i].dashboard_url}/api/status", timeout=10,
+                      headers={"Authorization": f"Bearer {self.admin_token}"})
+        r.raise_for_status()
+        return dict(r.json())
+
+    def unresolved_payments(self, i: int = 0) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.centrals[i].dashboard_url}/api/payments/unresolved", timeout=10,
                       headers={"Authorization": f"Bearer {self.admin_token}"})
         r.raise_for_status()
         return list(r.json()["payments"])
 
 
 @pytest.fixture
-def stack(tmp_path: Path, procs: Procs, make_broker: Callable[..., Broker]) -> Iterator[Stack]:
-    """A started stack; everything is stopped afterwards and nothing may be left running."""
-    s = Stack(tmp_path, procs, make_broker)
-    try:
+def make_stack(tmp_path: Path, procs: Procs, make_broker: Callable[..., Broker]
+               ) -> Iterator[Callable[..., Stack]]:
+    """Factory: ``make_stack(**kw)`` is a started :class:`Stack` (``kw`` as its constructor
+    takes them); everything is stopped afterwards and nothing may be left running."""
+    made: list[Stack] = []
+
+    def make(**kw: Any) -> Stack:
+        s = Stack(tmp_path, procs, make_broker, **kw)
+        made.append(s)
         s.start()
-        yield s
+        return s
+
+    try:
+        yield make
     finally:
-        left = s.stop()
+        left = [pid for s in made for pid in s.stop()]
         assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture
+def stack(make_stack: Callable[..., Stack]) -> Stack:
+    """A started single-instance stack (see ``make_stack``)."""
+    return make_stack()
