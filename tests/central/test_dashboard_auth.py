@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from dashboard_fleet_fake import FakeFleet
-from pg_support import BOTH_ENGINES
+from pg_support import BOTH_ENGINES, race
 
 from central.dashboard import auth as auth_module
 from central.dashboard.app import create_dashboard
@@ -607,3 +607,40 @@ async def test_every_write_is_audited_with_the_user_name(env):
         ADMIN_ACTOR
     assert "pw_hash" not in users["wang.li"]
     assert store.verify_chain() == (True, None)
+
+
+# -- two instances on one database -----------------------------------------------------------
+# Two stores on one database are two connections, as two central instances have; race()
+# starts each round's operations together (a barrier), 50 rounds.
+
+ROUNDS = 50
+
+
+def test_sign_in_tries_on_two_instances_are_counted_like_tries_on_one(tmp_path, central_db):
+    stores = [open_store(central_db(tmp_path)) for _ in range(2)]
+    try:
+        clock = Clock()
+        accounts = [StaffAccounts(s, clock=clock) for s in stores]
+        allowed = race(stores, lambda k, _s, _r: accounts[k].reserve("wang.li", {})[0], ROUNDS)
+        # The clock stands still: the free tries and the one that starts the wait, then
+        # every try waits — however the 100 tries interleave.
+        assert sum(a for pair in allowed for a in pair) == FREE_FAILURES + 1
+        assert accounts[0].throttles()[0]["failures"] == FREE_FAILURES + 1
+        assert [a for _, a in actions(stores[0])].count("dashboard.signin_throttled") == 1
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_session_signed_out_on_two_instances_at_once_ends_once(tmp_path, central_db):
+    stores = [open_store(central_db(tmp_path)) for _ in range(2)]
+    try:
+        clock = Clock()
+        accounts = [StaffAccounts(s, clock=clock) for s in stores]
+        tokens = [accounts[0].open_session("wang.li")[0] for _ in range(ROUNDS)]
+        ended = race(stores, lambda k, _s, r: accounts[k].end_session(tokens[r]), ROUNDS)
+        assert all(sorted(pair, key=str) == [None, "wang.li"] for pair in ended), ended
+        assert [a for _, a in actions(stores[0])].count("dashboard.signout") == ROUNDS
+    finally:
+        for s in stores:
+            s.close()
