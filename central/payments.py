@@ -15,7 +15,7 @@ States::
 * ``outcome_in_tx`` records the outcome in the same transaction that stores the reply;
   ``pay.status``/``pay.reverse`` results update the record too.
 
-Several central instances may share one PostgreSQL store (docs/architecture.md): every
+Several central instances may share one PostgreSQL store (docs/scaling.md): every
 read-modify-write of a row here holds the row's lock (``FOR UPDATE``, PostgreSQL only; on
 SQLite the write transaction is already the only one) or is a compare-and-set UPDATE, so no
 final outcome is overwritten, no transition is audited twice, and a payment is never both
