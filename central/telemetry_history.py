@@ -21,24 +21,43 @@ for a sample the health view accepted) only appends a tuple to a buffer; :meth:`
 the buffer to the store's writer thread every ``flush_interval_s`` (or at
 ``flush_max_samples``) as one ``executemany`` in one transaction (central/store/core.py).
 
-Rollup is incremental and exact. The raw table's key is an ``AUTOINCREMENT`` id, so ids
-only grow in commit order (the store has one writer); each tier keeps a watermark, the last
-raw id folded into it. A rollup step reads the raw rows after the watermark (at most
-``batch_rows``), adds them into the tier's rows with an upsert (counts and sums added, min
-and max kept) and moves the watermark — in one transaction. A crash before the commit
-leaves both as they were, one after it finds the watermark moved: no sample is ever counted
-twice or lost, and a sample arriving late for a minute already rolled up is merged into it.
-Both aggregate tiers are built from raw, so raw rows are deleted only once both watermarks
-passed them.
+Rollup is incremental and exact. The raw table's key is an auto-numbered id that is never
+reused; each tier keeps a watermark, the last raw id folded into it. A rollup step reads the
+raw rows after the watermark (at most ``batch_rows``, and none above the *safe top*, below),
+adds them into the tier's rows with an upsert (counts and sums added, min and max kept) and
+moves the watermark — in one transaction, holding the watermark's row (``FOR UPDATE`` on
+PostgreSQL) so two rollups never fold one range twice. A crash before the commit leaves both
+as they were, one after it finds the watermark moved: no sample is ever counted twice or
+lost, and a sample arriving late for a minute already rolled up is merged into it. Both
+aggregate tiers are built from raw, so raw rows are deleted only once both watermarks passed
+them.
 
-Reads: the aggregate tables are keyed (dev, ts) ``WITHOUT ROWID`` — one device's rows are
-contiguous and a range query reads only them; raw has an index on (dev, ts_ms). Retention
-(:meth:`TelemetryHistory.prune_once`, run by central/retention.py) deletes in batches of
-short transactions: raw oldest-first by id, the aggregates per device by key range.
+The safe top: a watermark may only pass ids that can no longer appear. On SQLite the file
+has one writer at a time (``BEGIN IMMEDIATE``) and the id is drawn inside it, so ids commit
+in order and the newest committed id is safe. On PostgreSQL several instances insert at
+once and draw ids from one sequence before they commit: instance A may draw 10, B draw 11
+and commit, and a rollup reading MAX(id) = 11 would move the watermark past 10 for good
+before A commits it — a sample lost from the aggregates. So every flush holds a *shared*
+advisory lock (:data:`RAW_LOCK`) from before its INSERT until its commit, and the rollup
+reads MAX(id) holding the same lock *exclusively*, in a transaction of its own that does
+nothing else: while it holds it no flush is open, so every id up to that maximum is committed
+or will never exist, and every later flush draws a larger id (the identity sequence hands out
+increasing values; its cache is 1). The cost is one short wait of the rollup for the open
+flushes, and of new flushes for that one ``SELECT``. The other way considered — roll up only
+below the smallest id of any open transaction — needs each open transaction's first id
+published somewhere, i.e. a write per flush in another table, for the same guarantee.
 
-Single-site SQLite: the id watermark relies on SQLite's serialized writes. With several
-instances (``[forwarder] share_group``) each instance sees every birth, so reconnects are
-counted once per instance.
+Reads: the aggregate tables are keyed (dev, ts) — ``WITHOUT ROWID`` on SQLite, so one
+device's rows are contiguous — and a range query reads only them; raw has an index on
+(dev, ts_ms). Retention (:meth:`TelemetryHistory.prune_once`, run by central/retention.py)
+deletes in batches of short transactions: raw oldest-first by id, the aggregates per device
+by key range.
+
+Columns are ``BIGINT`` (epoch milliseconds, sums), the SQL the one both engines take
+(central/store/engine.py). With several instances (``[forwarder] share_group``) each instance
+flushes the samples it received and only the holder of central's jobs lease rolls up
+(:meth:`TelemetryHistory.run`); each instance sees every birth, so reconnects are counted
+once per instance.
 """
 
 from __future__ import annotations
@@ -52,18 +71,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import peewee as pw
-from playhouse.sqlite_ext import AutoIncrementField
 from pydantic import Field, ValidationError, model_validator
 
 from central.store import Store
-from central.store.models import bind
+from central.store.engine import Dialect
+from central.store.migrations import SCHEMA_LOCK
 from yikatong.common.config import StrictModel
 from yikatong.common.errors import LocalizedError
 from yikatong.protocol.messages import Telemetry
 
-__all__ = ["METRICS", "TIERS", "Metric", "Series", "TelemetryHistory", "TelemetryQueryError",
-           "TelemetrySettings", "ensure_schema", "query", "sample_row"]
+__all__ = ["METRICS", "RAW_LOCK", "TIERS", "Metric", "Series", "TelemetryHistory",
+           "TelemetryQueryError", "TelemetrySettings", "ensure_schema", "query", "sample_row"]
 
 log = logging.getLogger(__name__)
 
@@ -131,111 +149,83 @@ PAPER_LEVEL = {"ok": 2, "near_end": 1, "out": 0}
 
 
 # -- tables -----------------------------------------------------------------------------------
-class TelemetryRaw(pw.Model):
-    """One telemetry sample (scaled integers; None = not reported)."""
-
-    id = AutoIncrementField()
-    dev = pw.TextField()
-    ts_ms = pw.IntegerField()
-    paper = pw.IntegerField(null=True)
-    backlog = pw.IntegerField()
-    disk = pw.IntegerField()
-    temp = pw.IntegerField(null=True)
-    load = pw.IntegerField(null=True)
-    reconnects = pw.IntegerField()
-
-    class Meta:
-        table_name = "telemetry_raw"
-        indexes = ((("dev", "ts_ms"), False),)
-
-
-def _aggregate_fields() -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "dev": pw.TextField(), "ts": pw.IntegerField(), "n": pw.IntegerField(),
-    }
-    for name in _GAUGES:
-        fields[f"{name}_n"] = pw.IntegerField()
-        fields[f"{name}_sum"] = pw.IntegerField()
-        fields[f"{name}_min"] = pw.IntegerField(null=True)
-        fields[f"{name}_max"] = pw.IntegerField(null=True)
-    for name in _COUNTERS:
-        fields[name] = pw.IntegerField()
-    return fields
-
-
-def _aggregate_model(table: str) -> type[pw.Model]:
-    meta = type("Meta", (), {"table_name": table, "without_rowid": True,
-                             "primary_key": pw.CompositeKey("dev", "ts")})
-    doc = f"Per device and {table.rsplit('_', 1)[1]}: n, and count/sum/min/max per metric."
-    return type(f"Telemetry{table.rsplit('_', 1)[1].title()}", (pw.Model,),
-                {**_aggregate_fields(), "Meta": meta, "__module__": __name__, "__doc__": doc})
-
-
-TelemetryMinute = _aggregate_model("telemetry_minute")
-TelemetryHour = _aggregate_model("telemetry_hour")
-
-
-class TelemetryRollup(pw.Model):
-    """Each aggregate tier's watermark: the last raw id folded into it."""
-
-    tier = pw.TextField(primary_key=True)
-    raw_id = pw.IntegerField()
-
-    class Meta:
-        table_name = "telemetry_rollup"
-
-
-_RAW = TelemetryRaw._meta.table_name
-_TABLE = {"minute": TelemetryMinute._meta.table_name, "hour": TelemetryHour._meta.table_name}
+_RAW = "telemetry_raw"
+_TABLE = {"minute": "telemetry_minute", "hour": "telemetry_hour"}
 _RAW_COLS = ("dev", "ts_ms", *(m.name for m in METRICS))
+#: Raw columns that may be NULL (not reported); the rest are always there.
+_NULLABLE = frozenset({"paper", "temp", "load"})
+
+#: Shared by every flush until its commit, taken exclusively by the rollup to find the
+#: safe top (PostgreSQL; module docstring).
+RAW_LOCK = 0x796B7411
 
 
-def _bind(model: type[pw.Model], db: pw.Database) -> Any:
-    """``model`` bound to ``db`` (central/store/models.py ``bind``), keeping WITHOUT ROWID."""
-    bound = bind(model, db)
-    bound._meta.without_rowid = model._meta.without_rowid
-    return bound
+def _raw_ddl(dialect: Dialect) -> list[str]:
+    """One telemetry sample per row (scaled integers; NULL = not reported)."""
+    cols = [f"{c} BIGINT{'' if c in _NULLABLE else ' NOT NULL'}" for c in _RAW_COLS[2:]]
+    return [f"CREATE TABLE IF NOT EXISTS {_RAW} (id {dialect.serial_pk}, dev TEXT NOT NULL, "
+            f"ts_ms BIGINT NOT NULL, {', '.join(cols)})",
+            # the name peewee gave it when the table was first made
+            f"CREATE INDEX IF NOT EXISTS telemetryraw_dev_ts_ms ON {_RAW} (dev, ts_ms)"]
+
+
+def _aggregate_ddl(tier: str, dialect: Dialect) -> str:
+    """Per device and bucket: n, and count/sum/min/max per gauge, the total per counter."""
+    cols = ["dev TEXT NOT NULL", "ts BIGINT NOT NULL", "n BIGINT NOT NULL"]
+    for g in _GAUGES:
+        cols += [f"{g}_n BIGINT NOT NULL", f"{g}_sum BIGINT NOT NULL", f"{g}_min BIGINT",
+                 f"{g}_max BIGINT"]
+    cols += [f"{c} BIGINT NOT NULL" for c in _COUNTERS]
+    rowid = "" if dialect.postgres else " WITHOUT ROWID"
+    return (f"CREATE TABLE IF NOT EXISTS {_TABLE[tier]} ({', '.join(cols)}, "
+            f"PRIMARY KEY (dev, ts)){rowid}")
 
 
 def ensure_schema(store: Store) -> None:
     """Create the history's tables in central's store (kept as they are if they exist)."""
-    models = [_bind(m, store.db) for m in (TelemetryRaw, TelemetryMinute, TelemetryHour,
-                                            TelemetryRollup)]
     with store.atomic():
-        store.db.create_tables(models)
+        store.lock_in_tx(SCHEMA_LOCK)  # two instances starting at once: one after the other
         db = store.connection()
+        for ddl in [*_raw_ddl(store.dialect), *(_aggregate_ddl(t, store.dialect) for t in TIERS),
+                    # each aggregate tier's watermark: the last raw id folded into it
+                    "CREATE TABLE IF NOT EXISTS telemetry_rollup (tier TEXT PRIMARY KEY, "
+                    "raw_id BIGINT NOT NULL)"]:
+            db.execute(ddl)
         for tier in TIERS:
-            db.execute("INSERT OR IGNORE INTO telemetry_rollup (tier, raw_id) VALUES (?, 0)",
-                       (tier,))
+            db.execute("INSERT INTO telemetry_rollup (tier, raw_id) VALUES (?, 0) "
+                       "ON CONFLICT (tier) DO NOTHING", (tier,))
 
 
-# -- statements (on these tables only; table names from the models) ---------------------------
+# -- statements (on these tables only; names are constants) -----------------------------------
 _INSERT_RAW = (f"INSERT INTO {_RAW} ({', '.join(_RAW_COLS)}) "  # noqa: S608 - names, not input
                f"VALUES ({', '.join('?' * len(_RAW_COLS))})")
 
 
-def _rollup_sql(tier: str) -> str:
+def _rollup_sql(tier: str, dialect: Dialect) -> str:
     """Fold raw rows ``id > ? AND id <= ?`` into ``tier`` (an upsert: sums added)."""
     bucket_ms = TIERS[tier] * 1000
+    t, least, greatest = _TABLE[tier], dialect.least, dialect.greatest
     cols, sel, upd = ["dev", "ts", "n"], ["dev", f"(ts_ms / {bucket_ms}) * {TIERS[tier]}",
-                                           "COUNT(*)"], ["n = n + excluded.n"]
+                                           "COUNT(*)"], [f"n = {t}.n + excluded.n"]
     for g in _GAUGES:
         cols += [f"{g}_n", f"{g}_sum", f"{g}_min", f"{g}_max"]
         sel += [f"COUNT({g})", f"COALESCE(SUM({g}), 0)", f"MIN({g})", f"MAX({g})"]
-        upd += [f"{g}_n = {g}_n + excluded.{g}_n", f"{g}_sum = {g}_sum + excluded.{g}_sum",
-                # scalar MIN/MAX are NULL when either side is: fall back to the other side
-                f"{g}_min = COALESCE(MIN({g}_min, excluded.{g}_min), {g}_min, excluded.{g}_min)",
-                f"{g}_max = COALESCE(MAX({g}_max, excluded.{g}_max), {g}_max, excluded.{g}_max)"]
+        # The stored row is named by its table: a bare column is ambiguous on PostgreSQL.
+        # SQLite's scalar MIN/MAX is NULL when either side is, LEAST/GREATEST skip a NULL:
+        # the COALESCE falls back to the other side on both.
+        upd += [f"{g}_n = {t}.{g}_n + excluded.{g}_n",
+                f"{g}_sum = {t}.{g}_sum + excluded.{g}_sum",
+                f"{g}_min = COALESCE({least}({t}.{g}_min, excluded.{g}_min), {t}.{g}_min, "
+                f"excluded.{g}_min)",
+                f"{g}_max = COALESCE({greatest}({t}.{g}_max, excluded.{g}_max), {t}.{g}_max, "
+                f"excluded.{g}_max)"]
     for c in _COUNTERS:
         cols.append(c)
         sel.append(f"SUM({c})")
-        upd.append(f"{c} = {c} + excluded.{c}")
-    return (f"INSERT INTO {_TABLE[tier]} ({', '.join(cols)}) "  # noqa: S608 - names only
+        upd.append(f"{c} = {t}.{c} + excluded.{c}")
+    return (f"INSERT INTO {t} ({', '.join(cols)}) "  # noqa: S608 - names only
             f"SELECT {', '.join(sel)} FROM {_RAW} WHERE id > ? AND id <= ? GROUP BY 1, 2 "
             f"ON CONFLICT (dev, ts) DO UPDATE SET {', '.join(upd)}")
-
-
-_ROLLUP = {tier: _rollup_sql(tier) for tier in TIERS}
 
 
 def sample_row(dev: str, body: dict[str, Any], now: datetime,
@@ -267,6 +257,7 @@ class TelemetryHistory:
         self.stats: dict[str, int] = {"recorded": 0, "invalid": 0, "written": 0, "flushes": 0,
                                       "dropped": 0, "births": 0}
         ensure_schema(store)
+        self._rollup_sql = {tier: _rollup_sql(tier, store.dialect) for tier in TIERS}
 
     # -- intake (event loop; never touches the database) -----------------------------------
     def record(self, dev: str, body: dict[str, Any], now: datetime) -> bool:
@@ -300,8 +291,7 @@ class TelemetryHistory:
             if not rows:
                 return 0
             try:
-                await self.store.write(
-                    lambda: self.store.connection().executemany(_INSERT_RAW, rows))
+                await self.store.write(lambda: self.insert_in_tx(rows))
             except Exception:
                 log.exception("telemetry history: writing %d samples failed", len(rows))
                 keep = 10 * self.settings.flush_max_samples - len(self._buf)
@@ -312,6 +302,13 @@ class TelemetryHistory:
             self.stats["written"] += len(rows)
             self.stats["flushes"] += 1
             return len(rows)
+
+    def insert_in_tx(self, rows: list[tuple[Any, ...]]) -> None:
+        """Inside a write: store raw sample rows (:func:`sample_row`)."""
+        db = self.store.connection()
+        if self.store.dialect.postgres:  # held to the commit: see "the safe top" above
+            db.execute("SELECT pg_advisory_xact_lock_shared(?)", (RAW_LOCK,))
+        db.executemany(_INSERT_RAW, rows)
 
     async def run(self, *, rollup: bool = True) -> None:
         """Flush every ``flush_interval_s`` (sooner when the buffer fills) and, with
@@ -354,41 +351,50 @@ class TelemetryHistory:
             "SELECT tier, raw_id FROM telemetry_rollup").fetchall()
         return {str(t): int(r) for t, r in rows}
 
+    def safe_top(self) -> int:
+        """The highest raw id the rollup may pass: every id up to it is committed or will
+        never exist (module docstring, "the safe top")."""
+        with self.store.atomic():
+            self.store.lock_in_tx(RAW_LOCK)  # PostgreSQL: no flush is open while it is held
+            (top,) = self.store.connection().execute(
+                f"SELECT COALESCE(MAX(id), 0) FROM {_RAW}").fetchone()  # noqa: S608
+        return int(top)
+
     def rollup_step(self, tier: str) -> int:
         """Fold the next (at most ``batch_rows``) raw rows into ``tier``; rows folded."""
+        return self._step(tier, self.safe_top())[0]
+
+    def _step(self, tier: str, top: int) -> tuple[int, int]:
+        """Fold raw rows after ``tier``'s watermark, up to ``top``: (rows folded, watermark)."""
         with self.store.atomic():
             db = self.store.connection()
-            (wm,) = db.execute("SELECT raw_id FROM telemetry_rollup WHERE tier = ?",
-                               (tier,)).fetchone()
-            (top,) = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_RAW}").fetchone()  # noqa: S608
-            hi = min(int(top), int(wm) + self.settings.batch_rows)
+            # the watermark's row held: a second rollup waits, then starts after this one
+            lock = self.store.dialect.for_update
+            (wm,) = db.execute("SELECT raw_id FROM telemetry_rollup WHERE tier = ?"  # noqa: S608
+                               + lock, (tier,)).fetchone()
+            wm = int(wm)
+            hi = min(top, wm + self.settings.batch_rows)
             if hi <= wm:
-                return 0
-            db.execute(_ROLLUP[tier], (wm, hi))
+                return 0, wm
+            db.execute(self._rollup_sql[tier], (wm, hi))
             db.execute("UPDATE telemetry_rollup SET raw_id = ? WHERE tier = ?", (hi, tier))
             # ids may have gaps (a failed flush): count what was folded, not the id span
             (n,) = db.execute(f"SELECT COUNT(*) FROM {_RAW} WHERE id > ? AND id <= ?",  # noqa: S608
                               (wm, hi)).fetchone()
-        return int(n)
+        return int(n), hi
 
     def rollup(self, *, max_steps: int | None = None) -> dict[str, int]:
-        """Roll every tier up to the newest raw row (or ``max_steps`` steps per tier)."""
+        """Roll every tier up to the safe top as of now (or ``max_steps`` steps per tier)."""
+        top = self.safe_top()
         out: dict[str, int] = {}
         for tier in TIERS:
-            total, steps = 0, 0
-            while max_steps is None or steps < max_steps:
-                n = self.rollup_step(tier)
+            total, steps, wm = 0, 0, -1
+            while (max_steps is None or steps < max_steps) and wm < top:
+                n, wm = self._step(tier, top)
                 steps += 1
-                if not n and self._caught_up(tier):
-                    break
                 total += n
             out[tier] = total
         return out
-
-    def _caught_up(self, tier: str) -> bool:
-        db = self.store.connection()
-        (top,) = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {_RAW}").fetchone()  # noqa: S608
-        return self.watermarks()[tier] >= int(top)
 
     # -- retention (central/retention.py runs it) -------------------------------------------
     def prune_once(self, now: datetime | None = None) -> dict[str, int]:
@@ -505,12 +511,12 @@ def query(store: Store, dev: str, metrics: Sequence[str], start: float, end: flo
         raise TelemetryQueryError("bad_step", f"step must be a multiple of {base} s",
                                   f"步长须为 {base} 秒的整数倍")
     sel = []
-    for m in chosen:
+    for m in chosen:  # PostgreSQL's SUM of a BIGINT is a NUMERIC (a Decimal): cast back
         if m.kind == "counter":
-            sel += ["SUM(n)", f"SUM({m.name})", "NULL", "NULL"]
+            sel += ["CAST(SUM(n) AS BIGINT)", f"CAST(SUM({m.name}) AS BIGINT)", "NULL", "NULL"]
         else:
-            sel += [f"SUM({m.name}_n)", f"SUM({m.name}_sum)", f"MIN({m.name}_min)",
-                    f"MAX({m.name}_max)"]
+            sel += [f"CAST(SUM({m.name}_n) AS BIGINT)", f"CAST(SUM({m.name}_sum) AS BIGINT)",
+                    f"MIN({m.name}_min)", f"MAX({m.name}_max)"]
     lo = int(start) // base * base  # the bucket holding ``start`` counts
     rows = db.execute(f"SELECT (ts / {step}) * {step} AS b, {', '.join(sel)} "  # noqa: S608
                       f"FROM {_TABLE[tier]} WHERE dev = ? AND ts >= ? AND ts < ? "
@@ -533,7 +539,8 @@ def _scaled(v: int | None, m: Metric) -> float | None:
 
 
 def explain(store: Store, dev: str, tier: Tier, start: float, end: float) -> list[str]:
-    """SQLite's plan for one device's range read from ``tier`` (tests, the bench)."""
+    """The database's plan for one device's range read from ``tier`` (tests, the bench):
+    SQLite's ``EXPLAIN QUERY PLAN`` details, or PostgreSQL's ``EXPLAIN`` lines."""
     db = store.connection()
     if tier == "raw":
         q = f"SELECT * FROM {_RAW} WHERE dev = ? AND ts_ms >= ? AND ts_ms < ?"  # noqa: S608
@@ -541,4 +548,6 @@ def explain(store: Store, dev: str, tier: Tier, start: float, end: float) -> lis
     else:
         q = f"SELECT * FROM {_TABLE[tier]} WHERE dev = ? AND ts >= ? AND ts < ?"  # noqa: S608
         args = (dev, int(start), int(end))
+    if store.dialect.postgres:
+        return [str(r[0]) for r in db.execute("EXPLAIN " + q, tuple(args))]
     return [str(r[-1]) for r in db.execute("EXPLAIN QUERY PLAN " + q, tuple(args))]
