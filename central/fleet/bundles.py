@@ -252,11 +252,13 @@ class BundleStore:
 
             def tx() -> None:
                 B = self.tables.FleetBundle
-                if B.get_or_none(version=version) is not None:
+                # One statement: of two uploads of one version at once (two instances on
+                # PostgreSQL) exactly one inserts, the other is told it exists.
+                if not B.insert(**row, uploaded_by=actor, uploaded_at=now.timestamp()).on_conflict(
+                        conflict_target=[B.version], action="NOTHING").as_rowcount().execute():
                     raise BundleStoreError(409, "bundle_exists",
                                            f"bundle {version} is already stored",
                                            f"更新包 {version} 已存在")
-                B.create(**row, uploaded_by=actor, uploaded_at=now.timestamp())
                 self.store.append_audit_in_tx(now, actor, "fleet.bundle_upload", {
                     "version": version, "manifest_sha256": row["manifest_sha256"],
                     "kid": row["kid"], "signature_checked": row["signature_checked"],
@@ -265,8 +267,11 @@ class BundleStore:
             try:
                 await self.store.write(tx)
             except BaseException:
-                if self.get(version) is None:
-                    os.rename(final, tree)  # removed with the work folder
+                kept = self.get(version)
+                # Not ours (nothing stored, or another upload's row): our files go with the
+                # work folder — unless they are that upload's very bundle (same manifest).
+                if kept is None or kept["manifest_sha256"] != row["manifest_sha256"]:
+                    os.rename(final, tree)
                 raise
         finally:
             shutil.rmtree(work, ignore_errors=True)

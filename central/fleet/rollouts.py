@@ -34,6 +34,15 @@ and ``waiting`` handling as every command) with a download token from
 :class:`central.fleet.bundles.BundleTokens` bound to the device, rollout and version.
 Every staff action is audited with the staff member's name; the scheduler's own steps as
 ``rollout``.
+
+Several instances (PostgreSQL, central/fleet/store.py): statuses arrive at any of them and
+staff act on any of them while the scheduler runs on one. Every write that moves a rollout
+or its devices holds the rollout's row first (``FOR UPDATE``), then its devices' rows, and
+appends to the audit chain last — one order everywhere, so two instances never deadlock — and
+moves a device's row only from the state it read (compare-and-set): a status never moves a
+row back, a device is sent one ``update.install`` per rollout, and a cancelled or paused
+rollout starts no one. Creating a rollout holds :data:`~central.fleet.store.ROLLOUT_LOCK`:
+a device is queued in one open rollout only.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from central.fleet.bundles import bundles_of, tokens_of
 from central.fleet.errors import FleetError
+from central.fleet.store import ROLLOUT_LOCK, for_update
 from yikatong.protocol.envelope import format_ts
 from yikatong.protocol.errors import ProtocolError
 from yikatong.protocol.update import (
@@ -331,6 +341,7 @@ class RolloutService:
 
         def tx() -> None:
             R, D, t = self.R, self.D, _t(now)
+            self.store.lock_in_tx(ROLLOUT_LOCK)  # another create's devices are busy here
             busy = {r.dev for r in D.select(D.dev).join(
                 R, on=(D.rollout_id == R.rollout_id)).where(
                 R.state.in_(list(OPEN_ROLLOUT_STATES))
@@ -399,7 +410,8 @@ class RolloutService:
 
         def tx() -> None:
             R, D, t = self.R, self.D, _t(now)
-            row = R.get(R.rollout_id == rollout_id)
+            row = self._hold(rollout_id)
+            assert row is not None  # checked above; rollouts are never deleted
             if row.state not in allowed:
                 raise FleetError(409, "rollout_" + row.state,
                                  f"a {row.state} rollout cannot be {action}d"
@@ -520,10 +532,16 @@ class RolloutService:
             "dev": dev, "rollout_id": body.rollout_id, "state": body.state,
             "version": body.version, "why": why})
 
+    def _hold(self, rollout_id: str) -> Any:
+        """The rollout's row, held to the end of the write (module docstring), or None."""
+        R = self.R
+        return for_update(self.store, R.select().where(R.rollout_id == rollout_id)).first()
+
     def _status_tx(self, dev: str, body: UpdateStatus, now: datetime) -> None:
-        R, D, t = self.R, self.D, _t(now)
-        ro = R.get_or_none(R.rollout_id == body.rollout_id)
-        row = D.get_or_none((D.rollout_id == body.rollout_id) & (D.dev == dev))
+        D, t = self.D, _t(now)
+        ro = self._hold(body.rollout_id)
+        row = for_update(self.store, D.select().where((D.rollout_id == body.rollout_id)
+                                                      & (D.dev == dev))).first()
         if ro is None or row is None:
             self._refuse_tx(dev, body, "not_in_rollout", now)
             return
@@ -573,8 +591,10 @@ class RolloutService:
                    f"(threshold {ro.failure_ratio:.0%})")
         if why is None:
             return False
-        R.update(state="paused", reason_code="failure_threshold", reason=why,
-                 updated_at=_t(now)).where(R.rollout_id == rollout_id).execute()
+        if not R.update(state="paused", reason_code="failure_threshold", reason=why,
+                        updated_at=_t(now)).where((R.rollout_id == rollout_id)
+                                                  & (R.state == "running")).execute():
+            return False
         self.store.append_audit_in_tx(now, SCHEDULER_ACTOR, "rollout.paused", {
             "rollout_id": rollout_id, "reason": why, "failed": failed,
             "finished": len(finished)})
@@ -585,8 +605,9 @@ class RolloutService:
         """Commands over, report deadlines, thresholds, starts and ends; returns the running."""
         R, D, t = self.R, self.D, _t(now)
         K = self.fleet.tables.FleetCommand
-        open_ids = [r.rollout_id for r in R.select(R.rollout_id).where(
-            R.state.in_(list(OPEN_ROLLOUT_STATES)))]
+        # the open rollouts' rows held first (module docstring: one lock order)
+        open_ids = [r.rollout_id for r in for_update(self.store, R.select(R.rollout_id).where(
+            R.state.in_(list(OPEN_ROLLOUT_STATES))).order_by(R.rollout_id))]
         # In-flight devices of any rollout (a cancelled one's started devices still count).
         rows = list(D.select(D, K.state.alias("cmd_state"), K.code.alias("cmd_code"),
                              K.message.alias("cmd_message"),
@@ -609,9 +630,12 @@ class RolloutService:
                     "command's success")
             if code is None:
                 continue
-            D.update(state="failed", code=str(code)[:64], message=str(message)[:400],
-                     updated_at=t, finished_at=t).where(
-                (D.rollout_id == r.rollout_id) & (D.dev == r.dev)).execute()
+            # only from the state read: a final status committed meanwhile stays
+            if not D.update(state="failed", code=str(code)[:64], message=str(message)[:400],
+                            updated_at=t, finished_at=t).where(
+                    (D.rollout_id == r.rollout_id) & (D.dev == r.dev)
+                    & (D.state == r.state)).execute():
+                continue
             self.store.append_audit_in_tx(now, SCHEDULER_ACTOR, "rollout.device_failed", {
                 "rollout_id": r.rollout_id, "dev": r.dev, "code": code,
                 "command_id": r.command_id})
@@ -622,7 +646,8 @@ class RolloutService:
         for ro in list(R.select().where(R.rollout_id.in_(open_ids))):
             if ro.state == "scheduled" and ro.start_at is not None and ro.start_at <= t:
                 R.update(state="running", started_at=t, updated_at=t,
-                         counted_since=t).where(R.rollout_id == ro.rollout_id).execute()
+                         counted_since=t).where((R.rollout_id == ro.rollout_id)
+                                                & (R.state == "scheduled")).execute()
                 self.store.append_audit_in_tx(now, SCHEDULER_ACTOR, "rollout.start",
                                               {"rollout_id": ro.rollout_id})
                 ro.state = "running"
@@ -632,7 +657,7 @@ class RolloutService:
                 ["queued", *IN_FLIGHT_STATES])).count()
             if left == 0:
                 R.update(state="completed", finished_at=t, updated_at=t).where(
-                    R.rollout_id == ro.rollout_id).execute()
+                    (R.rollout_id == ro.rollout_id) & (R.state == "running")).execute()
                 counts = self._counts(ro.rollout_id)
                 self.store.append_audit_in_tx(now, SCHEDULER_ACTOR, "rollout.completed", {
                     "rollout_id": ro.rollout_id, **{k: v for k, v in counts.items() if v}})
@@ -699,11 +724,12 @@ class RolloutService:
 
         def tx() -> None:
             D, t = self.D, _t(now)
-            D.update(state="skipped", code=code, message=message[:400], updated_at=t,
-                     finished_at=t).where((D.rollout_id == rollout_id) & (D.dev == dev)
-                                          & (D.state == "queued")).execute()
-            self.store.append_audit_in_tx(now, SCHEDULER_ACTOR, "rollout.device_skipped", {
-                "rollout_id": rollout_id, "dev": dev, "code": code})
+            if D.update(state="skipped", code=code, message=message[:400], updated_at=t,
+                        finished_at=t).where((D.rollout_id == rollout_id) & (D.dev == dev)
+                                             & (D.state == "queued")).execute():
+                self.store.append_audit_in_tx(now, SCHEDULER_ACTOR, "rollout.device_skipped",
+                                              {"rollout_id": rollout_id, "dev": dev,
+                                               "code": code})
 
         await self.store.write(tx)
 
@@ -744,15 +770,16 @@ class RolloutService:
         now = self._now()
 
         def mark(command_id: str) -> None:  # inside send_command's write transaction
-            R, D, t = self.R, self.D, _t(now)
-            still = R.get_or_none(R.rollout_id == rollout_id)
-            row = D.get_or_none((D.rollout_id == rollout_id) & (D.dev == dev))
-            if still is None or still.state != "running" or row is None \
-                    or row.state != "queued":
+            D, t = self.D, _t(now)
+            still = self._hold(rollout_id)  # a pause or cancel waits for this write
+            if still is None or still.state != "running":
                 raise _Stale(dev)
-            D.update(state="sent", command_id=command_id, from_version=version,
-                     started_at=t, updated_at=t).where(
-                (D.rollout_id == rollout_id) & (D.dev == dev)).execute()
+            # only from queued: a second scheduler (or a round run twice) sends nothing more
+            if not D.update(state="sent", command_id=command_id, from_version=version,
+                            started_at=t, updated_at=t).where(
+                    (D.rollout_id == rollout_id) & (D.dev == dev)
+                    & (D.state == "queued")).execute():
+                raise _Stale(dev)
 
         try:
             await self.fleet.send_command(dev, "update.install", args,

@@ -21,9 +21,9 @@ API and dashboard call it). docs/fleet-trust.md is the design; in short:
   arriving on ``up/result`` (through the forwarder) move them on, never back out of a
   final state; past ``exp`` without a final state they become ``expired``.
 
-Everything is in central's SQLite (:mod:`central.fleet.store`); every staff action is
-audited with the staff member's name. All times returned are ISO 8601 UTC strings, all
-returns JSON-able.
+Everything is in central's database (:mod:`central.fleet.store`, SQLite or PostgreSQL, which
+also says how several instances write it at once); every staff action is audited with the
+staff member's name. All times returned are ISO 8601 UTC strings, all returns JSON-able.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from central.fleet.errors import FleetError
 from central.fleet.rollouts import RolloutService
 from central.fleet.settings import FleetSection
 from central.fleet.signer import FleetSigner
-from central.fleet.store import FleetTables
+from central.fleet.store import CONFIG_LOCK, ENROLL_LOCK, FleetTables, for_update
 from central.platform.errors import PlatformRejected
 from central.registry import ROLES, Registry, RegistryError
 from central.store import Store
@@ -360,17 +360,17 @@ class FleetService:
         """The next seq for ``dev``: above every earlier one, and at least the clock in ms.
 
         The clock floor keeps seqs growing even if central's database were restored from an
-        older backup: devices would otherwise refuse everything as a replay.
+        older backup: devices would otherwise refuse everything as a replay. One upsert reads
+        and moves the counter: two instances signing for one device at once (PostgreSQL) get
+        two seqs, the second computed from the first's committed value.
         """
-        S = self.tables.SeqCounter
-        row = S.get_or_none(S.dev == dev)
-        last = int(row.last_seq) if row is not None else 0
-        seq = max(last + 1, int(_ts(now) * 1000))
-        if row is None:
-            S.create(dev=dev, last_seq=seq)
-        else:
-            S.update(last_seq=seq).where(S.dev == dev).execute()
-        return seq
+        upsert = ("INSERT INTO fleet_seq (dev, last_seq) VALUES (?, ?) "  # noqa: S608 - names
+                  "ON CONFLICT (dev) DO UPDATE SET last_seq = "
+                  f"{self.store.dialect.greatest}(fleet_seq.last_seq + 1, excluded.last_seq) "
+                  "RETURNING last_seq")
+        (seq,) = self.store.connection().execute(
+            upsert, (dev, int(_ts(now) * 1000))).fetchone()
+        return int(seq)
 
     def _sign(self, type_: str, dev: str, body: WireModel | dict[str, Any], now: datetime, *,
               exp: datetime | None = None, seq: int | None = None,
@@ -462,6 +462,9 @@ class FleetService:
 
     def _record_request_tx(self, serial: str, fp: str, csr: str, facts: str,
                            now: datetime) -> dict[str, Any] | None:
+        # One at a time across instances: the same request asked twice, the caps and the
+        # pairing codes are decided on what the others committed.
+        self.store.lock_in_tx(ENROLL_LOCK)
         E, t = self.tables.Enrollment, _ts(now)
         row = (E.select().where((E.serial == serial) & (E.key_fp == fp))
                .order_by(E.created_at.desc()).first())
@@ -555,6 +558,9 @@ class FleetService:
         return True
 
     def _pending_by_code_tx(self, code: str, now: datetime) -> Any:
+        # Held to the end of the write: two staff deciding one code on two instances are
+        # served one after the other, and the second finds it decided.
+        self.store.lock_in_tx(ENROLL_LOCK)
         E = self.tables.Enrollment
         rows = list(E.select().where(E.code == code).order_by(E.created_at.desc()))
         if not rows:
@@ -634,10 +640,8 @@ class FleetService:
                           "cert_serial": str(issued.serial),
                           "cert_not_after": issued.not_after.timestamp(),
                           "enrolled_at": t, "renew_confirm": None}
-                if D.get_or_none(D.dev == device_id) is None:
-                    D.create(dev=device_id, **values)
-                else:
-                    D.update(**values).where(D.dev == device_id).execute()
+                D.insert(dev=device_id, **values).on_conflict(
+                    conflict_target=[D.dev], update=values).execute()
                 C.create(serial=str(issued.serial), dev=device_id,
                          not_after=issued.not_after.timestamp(), issued_at=t, source="enroll")
                 with self._ca_lock:
@@ -858,10 +862,8 @@ class FleetService:
         values = {"cert_serial": str(issued.serial),
                   "cert_not_after": issued.not_after.timestamp(),
                   "renew_confirm": req.command_id}
-        if D.get_or_none(D.dev == dev) is None:
-            D.create(dev=dev, **values)
-        else:
-            D.update(**values).where(D.dev == dev).execute()
+        D.insert(dev=dev, **values).on_conflict(conflict_target=[D.dev],
+                                                update=values).execute()
         self.store.append_audit_in_tx(now, dev, "fleet.cert_renew", {
             "dev": dev, "cert_serial": str(issued.serial), "command_id": req.command_id})
         return {"cert": issued.pem.decode(), "chain": chain,
@@ -874,9 +876,11 @@ class FleetService:
             raise _reject("device_disabled", f"device {dev} is disabled", "设备已停用")
 
     def _own_command_tx(self, dev: str, command_id: str, name: str, now: datetime) -> Any:
-        """The open (not final, not past ``exp``) command ``name`` of ``dev`` with that id."""
+        """The open (not final, not past ``exp``) command ``name`` of ``dev`` with that id,
+        held to the end of the write: the same answer handled by two instances at once is
+        handled one after the other (one certificate, one bundle per command)."""
         K = self.tables.FleetCommand
-        row = K.get_or_none(K.command_id == command_id)
+        row = for_update(self.store, K.select().where(K.command_id == command_id)).first()
         if row is None or row.dev != dev or row.name != name:
             raise _reject("unknown_command", f"no {name} command {command_id} for this device",
                           "没有对应的命令")
@@ -969,6 +973,7 @@ class FleetService:
 
         Returns (dev, version, hash, the new signed envelope or None).
         """
+        self.store.lock_in_tx(CONFIG_LOCK)  # the layers as committed; a version used once
         Dv, D, Des = self.store.Device, self.tables.FleetDevice, self.tables.Desired
         device = Dv.get_or_none(Dv.id == dev)
         fleet_row = D.get_or_none(D.dev == dev)
@@ -996,6 +1001,7 @@ class FleetService:
 
     def _signed_config_tx(self, dev: str, version: int, digest: str,
                           settings: dict[str, Any], now: datetime) -> Envelope:
+        self.store.lock_in_tx(CONFIG_LOCK)  # the stored envelope is the newest signed
         Des = self.tables.Desired
         seq = self._next_seq_tx(dev, now)
         exp = now + timedelta(seconds=self.section.config_exp_s)
@@ -1048,21 +1054,24 @@ class FleetService:
         now = self._now()
 
         def tx() -> tuple[dict[str, Any], list[tuple[str, int, str, Envelope | None]]]:
+            # Before reading the layer: a merge never starts from a layer another instance
+            # is changing (its change would be lost).
+            self.store.lock_in_tx(CONFIG_LOCK)
             L = self.tables.ConfigLayer
             base = {} if replace else self._layer(kind, target)
             merged = dump_body(validate_settings(merge(base, settings, none_deletes=True)))
             text = json.dumps(merged, sort_keys=True, ensure_ascii=False)
-            if L.get_or_none((L.kind == kind) & (L.target == target)) is None:
-                L.create(kind=kind, target=target, settings=text, updated_at=_ts(now),
-                         updated_by=actor)
-            else:
-                L.update(settings=text, updated_at=_ts(now), updated_by=actor).where(
-                    (L.kind == kind) & (L.target == target)).execute()
+            values = {"settings": text, "updated_at": _ts(now), "updated_by": actor}
+            L.insert(kind=kind, target=target, **values).on_conflict(
+                conflict_target=[L.kind, L.target], update=values).execute()
+            results = [self._desired_tx(d, now, force=False)
+                       for d in self._affected(kind, target)]
+            # The audit chain's lock last, as in every fleet write (locks taken in one order
+            # by every instance: no deadlock between them).
             self.store.append_audit_in_tx(now, actor, "fleet.config_set", {
                 "kind": kind, "target": target, "replace": replace,
                 "settings": json.dumps(settings, sort_keys=True, ensure_ascii=False)[:2000]})
-            return merged, [self._desired_tx(d, now, force=False)
-                            for d in self._affected(kind, target)]
+            return merged, results
 
         merged, results = await self.store.write(tx)
         await self._publish_configs(results)
@@ -1076,9 +1085,11 @@ class FleetService:
         now = self._now()
 
         def tx() -> list[tuple[str, int, str, Envelope | None]]:
-            self.store.append_audit_in_tx(now, actor, "fleet.config_push",
+            results = [self._desired_tx(d, now, force=True)
+                       for d in self._affected(kind, target)]
+            self.store.append_audit_in_tx(now, actor, "fleet.config_push",  # its lock last
                                           {"kind": kind, "target": target})
-            return [self._desired_tx(d, now, force=True) for d in self._affected(kind, target)]
+            return results
 
         results = await self.store.write(tx)
         await self._publish_configs(results)
@@ -1169,10 +1180,8 @@ class FleetService:
         values = {"for_version": body.version, "status": body.status,
                   "version": body.running_version, "hash": body.running_hash,
                   "code": body.code, "message": body.message, "at": _ts(now)}
-        if R.get_or_none(R.dev == dev) is None:
-            R.create(dev=dev, **values)
-        else:
-            R.update(**values).where(R.dev == dev).execute()
+        R.insert(dev=dev, **values).on_conflict(conflict_target=[R.dev],
+                                                update=values).execute()
         if body.status != "applied":
             self.store.append_audit_in_tx(now, dev, "fleet.config_" + body.status, {
                 "dev": dev, "version": body.version, "code": body.code})
@@ -1184,7 +1193,9 @@ class FleetService:
             self.store.append_audit_in_tx(now, dev, "fleet.cmd_result_unreadable", {
                 "dev": dev, "state": body.state, "code": body.code, "seq": body.seq})
             return None
-        row = K.get_or_none(K.command_id == body.command_id)
+        # held: two results of one command handled at once (two instances) never move it
+        # back nor out of a final state
+        row = for_update(self.store, K.select().where(K.command_id == body.command_id)).first()
         if row is None:
             self.store.append_audit_in_tx(now, dev, "fleet.cmd_result_unknown", {
                 "dev": dev, "command_id": body.command_id, "state": body.state})
@@ -1265,11 +1276,11 @@ class FleetService:
                 command_id=command_id, dev=dev, name=cmd.name,
                 args=shown, seq=seq, state="queued",
                 created_by=actor, created_at=t, updated_at=t, exp=exp.timestamp())
+            if in_tx is not None:  # before the audit: its lock is taken last (set_config)
+                in_tx(command_id)
             self.store.append_audit_in_tx(now, actor, "fleet.cmd_send", {
                 "dev": dev, "command_id": command_id, "name": cmd.name,
                 "args": shown})
-            if in_tx is not None:
-                in_tx(command_id)
             return encode(env)
 
         payload = await self.store.write(tx)
@@ -1331,8 +1342,9 @@ class FleetService:
         finals = list(FINAL_COMMAND_STATES)
 
         def tx() -> list[str]:
-            due = [r.command_id for r in K.select(K.command_id).where(
-                (K.exp < t) & K.state.not_in(finals))]
+            # held: a result committed meanwhile (another instance) is not overwritten
+            due = [r.command_id for r in for_update(self.store, K.select(K.command_id).where(
+                (K.exp < t) & K.state.not_in(finals)))]
             if due:
                 K.update(state="expired", code="expired", updated_at=t,
                          message="no final state before exp").where(

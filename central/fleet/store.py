@@ -1,8 +1,17 @@
-"""Fleet state in central's SQLite database: its own tables, bound like the store's models.
+"""Fleet state in central's database: its own tables, bound like the store's models.
 
 The declarations here are unbound (see central/store/models.py for why); :class:`FleetTables`
 binds copies to one store's database and creates the tables if they do not exist. Writes
 run inside the store's write transactions (``store.write`` / ``store.atomic``).
+
+SQLite or PostgreSQL (central/store/engine.py): times are ``DoubleField`` (PostgreSQL's REAL
+is 4 bytes and would ruin them), seqs and byte counts ``BigIntegerField`` (seqs are epoch
+milliseconds; INTEGER is 32 bits there). Several central instances may write these tables
+at once on PostgreSQL, in READ COMMITTED transactions: a read that decides a write holds its
+rows (:func:`for_update`), a counter moves in one upsert, a state moves by compare-and-set
+(``UPDATE … WHERE state = …``), and what reads many rows to decide (the config layers, the
+enrollment list, the devices busy in rollouts) is written under one advisory lock each
+(:data:`CONFIG_LOCK`, :data:`ENROLL_LOCK`, :data:`ROLLOUT_LOCK`; ``store.lock_in_tx``).
 
 Tables::
 
@@ -27,9 +36,24 @@ from typing import Any
 import peewee as pw
 
 from central.store import Store
+from central.store.migrations import SCHEMA_LOCK
 from central.store.models import bind
 
-__all__ = ["FleetTables"]
+__all__ = ["CONFIG_LOCK", "ENROLL_LOCK", "ROLLOUT_LOCK", "FleetTables", "for_update"]
+
+#: Held by every write that reads config layers or signs a config: versions never repeat and
+#: a device's desired settings always merge every committed layer.
+CONFIG_LOCK = 0x796B7420
+#: Held by every write that records or decides an enrollment request (caps, codes, approval).
+ENROLL_LOCK = 0x796B7421
+#: Held by every write that creates a rollout (a device is queued in one open rollout only).
+ROLLOUT_LOCK = 0x796B7422
+
+
+def for_update(store: Store, query: Any) -> Any:
+    """``query`` holding the rows it reads until the write ends (PostgreSQL's ``FOR UPDATE``;
+    SQLite refuses the clause, and its write transaction already excludes other writers)."""
+    return query.for_update() if store.dialect.postgres else query
 
 
 class _Declared(pw.Model):
@@ -48,10 +72,10 @@ class Enrollment(_Declared):
     status = pw.CharField(max_length=10)  # pending | approved | rejected | expired
     duplicate = pw.BooleanField(default=False)
     reenroll_of = pw.CharField(max_length=64, null=True)
-    created_at = pw.FloatField()
-    expires_at = pw.FloatField()
+    created_at = pw.DoubleField()
+    expires_at = pw.DoubleField()
     decided_by = pw.CharField(max_length=64, null=True)
-    decided_at = pw.FloatField(null=True)
+    decided_at = pw.DoubleField(null=True)
     reason = pw.CharField(max_length=400, null=True)
     device_id = pw.CharField(max_length=64, null=True)
     role = pw.CharField(max_length=16, null=True)
@@ -72,8 +96,8 @@ class FleetDevice(_Declared):
     serial = pw.CharField(max_length=64, null=True, index=True)
     facts = pw.TextField(null=True)
     cert_serial = pw.CharField(max_length=64, null=True)
-    cert_not_after = pw.FloatField(null=True)
-    enrolled_at = pw.FloatField(null=True)
+    cert_not_after = pw.DoubleField(null=True)
+    enrolled_at = pw.DoubleField(null=True)
     #: Old certificates wait for the device to confirm it runs the renewed one: the
     #: ``cert.rotate`` command id (its ``succeeded`` is the confirmation).
     renew_confirm = pw.CharField(max_length=32, null=True)
@@ -87,10 +111,10 @@ class FleetCert(_Declared):
 
     serial = pw.CharField(primary_key=True, max_length=64)
     dev = pw.CharField(max_length=64, index=True)
-    not_after = pw.FloatField()
-    issued_at = pw.FloatField()
+    not_after = pw.DoubleField()
+    issued_at = pw.DoubleField()
     source = pw.CharField(max_length=16)  # enroll | renew
-    revoked_at = pw.FloatField(null=True)
+    revoked_at = pw.DoubleField(null=True)
     #: A renewal: the ``cert.rotate`` it answered (one certificate per command) and the
     #: certificate itself, handed out again if the same key asks again (a lost reply).
     command_id = pw.CharField(max_length=32, null=True, unique=True)
@@ -106,7 +130,7 @@ class ConfigLayer(_Declared):
     kind = pw.CharField(max_length=8)
     target = pw.CharField(max_length=64)
     settings = pw.TextField()
-    updated_at = pw.FloatField()
+    updated_at = pw.DoubleField()
     updated_by = pw.CharField(max_length=64)
 
     class Meta:
@@ -121,10 +145,10 @@ class Desired(_Declared):
     version = pw.IntegerField()
     hash = pw.CharField(max_length=64)
     settings = pw.TextField()
-    seq = pw.IntegerField(null=True)
+    seq = pw.BigIntegerField(null=True)
     envelope = pw.BlobField(null=True)
-    exp = pw.FloatField(null=True)
-    updated_at = pw.FloatField()
+    exp = pw.DoubleField(null=True)
+    updated_at = pw.DoubleField()
 
     class Meta:
         table_name = "fleet_desired"
@@ -134,7 +158,7 @@ class SeqCounter(_Declared):
     """The last seq central signed for a device (both streams, never reused)."""
 
     dev = pw.CharField(primary_key=True, max_length=64)
-    last_seq = pw.IntegerField()
+    last_seq = pw.BigIntegerField()
 
     class Meta:
         table_name = "fleet_seq"
@@ -150,7 +174,7 @@ class Reported(_Declared):
     hash = pw.CharField(max_length=64, null=True)
     code = pw.CharField(max_length=64, null=True)
     message = pw.CharField(max_length=400, null=True)
-    at = pw.FloatField()
+    at = pw.DoubleField()
 
     class Meta:
         table_name = "fleet_reported"
@@ -169,10 +193,10 @@ class FleetBundle(_Declared):
     architectures = pw.TextField()
     models = pw.TextField()
     files = pw.IntegerField()
-    size = pw.IntegerField()
+    size = pw.BigIntegerField()  # bytes: up to MAX_UPLOAD_BYTES (2 GiB)
     notes = pw.CharField(max_length=400, null=True)
     uploaded_by = pw.CharField(max_length=64)
-    uploaded_at = pw.FloatField()
+    uploaded_at = pw.DoubleField()
 
     class Meta:
         table_name = "fleet_bundle"
@@ -185,12 +209,12 @@ class FleetCommand(_Declared):
     dev = pw.CharField(max_length=64, index=True)
     name = pw.CharField(max_length=32)
     args = pw.TextField()
-    seq = pw.IntegerField()
+    seq = pw.BigIntegerField()
     state = pw.CharField(max_length=12, index=True)
     created_by = pw.CharField(max_length=64)
-    created_at = pw.FloatField(index=True)
-    updated_at = pw.FloatField()
-    exp = pw.FloatField()
+    created_at = pw.DoubleField(index=True)
+    updated_at = pw.DoubleField()
+    exp = pw.DoubleField()
     code = pw.CharField(max_length=64, null=True)
     message = pw.CharField(max_length=400, null=True)
     output = pw.TextField(default="{}")
@@ -213,20 +237,20 @@ class Rollout(_Declared):
     max_per_minute = pw.IntegerField()
     max_in_flight = pw.IntegerField()
     failure_threshold = pw.IntegerField(null=True)
-    failure_ratio = pw.FloatField(null=True)
+    failure_ratio = pw.DoubleField(null=True)
     min_finished = pw.IntegerField()
     state = pw.CharField(max_length=10, index=True)  # scheduled|running|paused|completed|cancelled
     reason_code = pw.CharField(max_length=64, null=True)
     reason = pw.CharField(max_length=400, null=True)
     notes = pw.CharField(max_length=200, null=True)
     created_by = pw.CharField(max_length=64)
-    created_at = pw.FloatField(index=True)
-    updated_at = pw.FloatField()
-    start_at = pw.FloatField(null=True)
-    started_at = pw.FloatField(null=True)
-    finished_at = pw.FloatField(null=True)
+    created_at = pw.DoubleField(index=True)
+    updated_at = pw.DoubleField()
+    start_at = pw.DoubleField(null=True)
+    started_at = pw.DoubleField(null=True)
+    finished_at = pw.DoubleField(null=True)
     #: Failures are counted among devices finished since this time (the last resume).
-    counted_since = pw.FloatField()
+    counted_since = pw.DoubleField()
 
     class Meta:
         table_name = "fleet_rollout"
@@ -244,12 +268,12 @@ class RolloutDevice(_Declared):
     running_version = pw.CharField(max_length=64, null=True)
     code = pw.CharField(max_length=64, null=True)
     message = pw.CharField(max_length=400, null=True)
-    bytes_done = pw.IntegerField(null=True)
-    bytes_total = pw.IntegerField(null=True)
-    queued_at = pw.FloatField()
-    started_at = pw.FloatField(null=True)
-    updated_at = pw.FloatField()
-    finished_at = pw.FloatField(null=True)
+    bytes_done = pw.BigIntegerField(null=True)
+    bytes_total = pw.BigIntegerField(null=True)
+    queued_at = pw.DoubleField()
+    started_at = pw.DoubleField(null=True)
+    updated_at = pw.DoubleField()
+    finished_at = pw.DoubleField(null=True)
 
     class Meta:
         table_name = "fleet_rollout_device"
@@ -281,6 +305,7 @@ class FleetTables:
         """Bind the models to ``store.db`` and create missing tables (an existing one is kept)."""
         tables = cls(**{m.__name__: bind(m, store.db) for m in _DECLARED})
         with store.atomic():
+            store.lock_in_tx(SCHEMA_LOCK)  # two instances starting at once: one after the other
             store.db.create_tables(tables.all(), safe=True)
         return tables
 
