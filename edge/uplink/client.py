@@ -16,8 +16,14 @@ Delivery (docs/architecture.md "Delivery rules"):
   ``request_exp_s``), so nothing starts taking effect long after the patient was told it is
   being confirmed.
 * The pump hands MQTT at most its free inflight slots (``max_inflight`` minus unacknowledged
-  publishes), highest priority first, and wakes on every PUBACK: a payment enqueued behind a
-  burst of lookups goes out next, not after everything paho already queued.
+  publishes), highest priority first, and a PUBACK wakes it when it waits for a slot: a
+  payment enqueued behind a burst of lookups goes out next, not after everything paho
+  already queued. A request that finds a free slot and nothing stored due skips the pump:
+  it is stored and marked sent in one fsynced transaction (``Outbox.enqueue_sent``) and
+  published at once — the same rule with one commit instead of two.
+* A reply is stored (and the request's personal data minimised, the WAL truncated) on a
+  worker thread, so those fsyncs never stall the event loop; the caller is answered after
+  that completion is on disk.
 * Caller timeouts (``timeout``, default per type prefix, ``pay.*`` longer):
 
   - ``pay.*`` → :class:`OutcomeUnknown`, always; the entry keeps going and a late reply is
@@ -181,6 +187,10 @@ class Uplink:
         self._wake: asyncio.Event | None = None
         self._connect_listeners: list[Callable[[], None]] = []
         self._pump_task: asyncio.Task[None] | None = None
+        # The pump's last round found every in-flight slot taken: a PUBACK wakes it.
+        self._blocked = False
+        # Replies being stored by a worker thread (see _on_reply).
+        self._completing: set[asyncio.Future[bool]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = True
         # Ids asked again by the follow-up (see _follow_up) and not settled yet, with when
@@ -286,6 +296,8 @@ class Uplink:
                               now=self._clock()),
             )
             await self._session.stop(final=final)
+        if self._completing:  # replies being stored: their callers get them, then close
+            await asyncio.gather(*self._completing, return_exceptions=True)
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(UplinkClosed())
@@ -328,9 +340,16 @@ class Uplink:
         except ProtocolError as exc:
             raise Rejected(exc.code, exc.message, exc.message_zh) from exc
         payload = encode(env)  # once: the outbox stores exactly these bytes
-        entry = self.outbox.enqueue(
-            env, priority=priority_for("req", type), kind="req", payload=payload
-        )
+        prio = priority_for("req", type)
+        if exp > now and self._can_send_now(now):  # past exp: failed locally, never sent
+            sent = self.outbox.enqueue_sent(env, payload, now, priority=prio)
+            if sent is not None:
+                # Stored and marked sent in one fsynced transaction: publish it now rather
+                # than in the pump's next round (nothing else is waiting for a slot).
+                fut = self._waiter(sent.id)
+                self._publish_entry(sent)
+                return await self._await_reply(sent, fut, type, wait_s)
+        entry = self.outbox.enqueue(env, priority=prio, kind="req", payload=payload)
         if entry.payload != payload:
             stored = decode(entry.payload)
             # A finished entry keeps only a minimised body (outbox.minimise): a legitimate
@@ -352,17 +371,30 @@ class Uplink:
             return self._outcome(entry)
         fut = self._waiter(entry.id)
         self._kick()
+        return await self._await_reply(entry, fut, type, wait_s)
+
+    async def _await_reply(self, entry: OutboxEntry, fut: asyncio.Future[bytes | None],
+                           type_: str, wait_s: float) -> BaseModel:
         fresh: bytes | None = None
         try:
             fresh = await asyncio.wait_for(asyncio.shield(fut), wait_s)
         except TimeoutError:
             current = self.outbox.get(entry.id)
             if current is None or current.state == "pending":
-                raise self._gave_up(entry.id, type) from None
+                raise self._gave_up(entry.id, type_) from None
         final = self.outbox.get(entry.id)
         if final is None:
             raise UnknownRequest(entry.id)
         return self._outcome(final, fresh)
+
+    def _can_send_now(self, now: datetime) -> bool:
+        """True when a new request may skip the pump: connected, a slot free, and no
+        stored entry due — so it overtakes nothing that waits (the pump's priority order)."""
+        session = self._session
+        if session is None or not session.connected or session.free_slots <= 0:
+            return False
+        due = self.outbox.next_due_at()
+        return due is None or due > now
 
     def _gave_up(self, req_id: str, type_: str) -> UplinkError:
         """The error for a caller timeout on a still-pending request (rules in the docstring)."""
@@ -527,10 +559,27 @@ class Uplink:
         if env.type != "resp" or env.corr is None or env.dev != self.device_id:
             log.warning("reply without corr/dev dropped (id %s)", env.id)
             return
-        if self.outbox.complete(env.corr, msg.payload):
-            self._resolve(env.corr, msg.payload)
-            if env.corr in self._following:
-                self._settled(env.corr, msg.payload)
+        # The completion (its commit, and the WAL truncation that clears the request's
+        # personal data) runs on a worker thread: those fsyncs would otherwise stall this
+        # loop, which meanwhile serves the screen and the other replies. The caller gets
+        # its answer once the completion is stored, as before.
+        done = asyncio.ensure_future(
+            asyncio.to_thread(self.outbox.complete, env.corr, msg.payload))
+        self._completing.add(done)
+        done.add_done_callback(functools.partial(self._completed, env.corr, msg.payload))
+
+    def _completed(self, req_id: str, reply: bytes, done: asyncio.Future[bool]) -> None:
+        self._completing.discard(done)
+        if done.cancelled():
+            return
+        if done.exception() is not None:
+            # Still pending on disk: the resend gets central's stored reply again.
+            log.error("storing the reply to %s failed: %r", req_id, done.exception())
+            return
+        if done.result():
+            self._resolve(req_id, reply)
+            if req_id in self._following:
+                self._settled(req_id, reply)
         # else: a duplicate reply (central re-sent it for our resend) or not ours — ignore.
 
     # -- follow-up of unknown outcomes -----------------------------------------------------
@@ -624,6 +673,7 @@ class Uplink:
                 status = self._send_due()
             except Exception:
                 log.exception("outbox pump error")  # keep pumping: the next tick retries
+            self._blocked = status == "blocked"
             delay = self.config.retry_interval_s
             nxt = self.outbox.next_due_at()
             if nxt is not None and status != "blocked":
@@ -659,25 +709,36 @@ class Uplink:
         for i, e in enumerate(due):
             if e.id not in marked:
                 continue  # finished meanwhile (a reply, a withdrawal): nothing to send
-            fut = session.publish_nowait(topics.up(self.device_id, e.kind), e.payload, qos=1)
-            if fut.done() and fut.exception() is not None:
+            if not self._publish_entry(e):
                 # The link dropped. This one stays "maybe sent" (the safe side); the rest were
                 # never handed over, so they are unsent again. The reconnect resends all.
                 rest = [x.id for x in due[i + 1:] if x.id in marked]
                 if rest:
                     self.outbox.unmark_sent(rest, now)
                 return "idle"
-            oneway = e.kind in ("event", "result")
-            fut.add_done_callback(functools.partial(self._acked, e.id, oneway))
         if len(due) == limit:
             return "more"
         return "blocked" if len(due) == batch else "idle"
 
+    def _publish_entry(self, e: OutboxEntry) -> bool:
+        """Hand a stored, marked-sent entry to MQTT; False when the link is down."""
+        assert self._session is not None  # only called while connected
+        fut = self._session.publish_nowait(topics.up(self.device_id, e.kind), e.payload, qos=1)
+        if fut.done() and fut.exception() is not None:
+            fut.exception()  # read: the outbox resends it after the reconnect
+            return False
+        oneway = e.kind in ("event", "result")
+        fut.add_done_callback(functools.partial(self._acked, e.id, oneway))
+        return True
+
     def _acked(self, entry_id: str, oneway: bool, fut: asyncio.Future[None]) -> None:
         # Requests end on the reply, not PUBACK; events and results end here. Either way a
-        # slot is free again (or the link dropped), so the pump gets another turn.
+        # slot is free again (or the link dropped): a pump that waits for one gets its turn.
+        # (A pump that is not blocked runs on its own schedule; a round per PUBACK would
+        # cost every request its queries for nothing.)
         if not fut.cancelled() and fut.exception() is None and oneway:
             self.outbox.complete(entry_id, None)
         if not fut.cancelled():
             fut.exception()  # read, so asyncio does not log it
-        self._kick()
+        if self._blocked or fut.cancelled() or fut.exception() is not None:
+            self._kick()

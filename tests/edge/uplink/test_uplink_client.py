@@ -212,6 +212,36 @@ async def test_a_batch_is_marked_in_priority_order_within_the_free_slots(tmp_pat
         await up.stop()
 
 
+async def test_a_new_request_overtakes_nothing_that_waits_for_a_slot(tmp_path: Path,
+                                                                     clock) -> None:
+    # A request skips the pump only when nothing stored is due: here the payment waits for a
+    # slot, so the lookup that comes after it goes through the pump, behind it.
+    cfg, fake = crash_rig(tmp_path, "kiosk-404")
+    fake.free_slots = 0
+    up = Uplink(cfg, "kiosk-404", role="kiosk", version="1", clock=clock,
+                session_factory=fake.factory)
+    await up.start()
+    try:
+        pay = asyncio.create_task(up.request("pay.create", PAY, timeout=5, id="paywaits1"))
+        await asyncio.sleep(0.1)
+        fake.free_slots = 1  # one slot came free (its PUBACK's kick has not run yet)
+        lookup = asyncio.create_task(up.request("reg.departments", {}, timeout=5,
+                                                id="lookup001"))
+        await asyncio.sleep(0.2)
+        assert up.outbox.get("paywaits1").attempts == 1
+        assert up.outbox.get("lookup001").attempts == 0 and len(fake.snapshots) == 1
+        fake.free_slots = 1
+        other = asyncio.create_task(up.request("reg.departments", {}, timeout=5,
+                                               id="lookup002"))
+        await asyncio.sleep(0.1)  # lookup001 is due: the pump sends it, not lookup002
+        assert up.outbox.get("lookup001").attempts == 1
+        assert up.outbox.get("lookup002").attempts == 0
+        for t in (pay, lookup, other):
+            t.cancel()
+    finally:
+        await up.stop()
+
+
 def reply_to(request_id: str, result: object) -> bytes:
     """A reply envelope as central would send it, with any ``result`` (even a wrong one)."""
     return encode(new_envelope("resp", "kiosk-401", {"status": "ok", "result": result},

@@ -91,6 +91,53 @@ def test_a_send_recorded_before_a_crash_never_expires_as_not_taken(tmp_path, clo
         again.close()
 
 
+def test_enqueue_sent_stores_and_marks_in_one_commit(tmp_path, clock):
+    # The uplink's direct send: on disk *and* marked sent before the first byte leaves, so a
+    # kill -9 right after the publish leaves an entry that reads "maybe taken".
+    db = tmp_path / "direct.db"
+    ob = Outbox(db, clock, retry_interval_s=10)
+    e = env("pay.create", id_="direct001", exp=T0 + timedelta(seconds=30))
+    got = ob.enqueue_sent(e, encode(e), clock())
+    assert got == ob.get("direct001")
+    assert got.attempts == 1 and got.last_sent_at == clock()
+    assert got.next_attempt_at == clock() + timedelta(seconds=10)  # resent after the interval
+    assert ob.enqueue_sent(e, encode(e), clock()) is None  # a known id: left as stored
+    assert ob.get("direct001").attempts == 1
+    ob.close()
+    clock.advance(300)
+    again = Outbox(db, clock, retry_interval_s=10)
+    try:
+        assert again.expire(clock()) == []  # past exp, but it may have been taken
+        assert [x.id for x in again.due(clock(), 10)] == ["direct001"]
+    finally:
+        again.close()
+
+
+def test_a_minimising_completion_is_durable_and_leaves_no_wal_behind(tmp_path, clock):
+    db = tmp_path / "done.db"
+    ob = Outbox(db, clock)
+    e = new_envelope("patient.identify", "kiosk-001", {"by": "card", "value": "6222020200001234"},
+                     now=T0, id="ident0001")
+    ob.enqueue(e, kind="req")
+    reply = encode(new_envelope("resp", "kiosk-001", {"status": "ok", "result": {
+        "patient_id": "pr_1", "name": "李秀英", "card_no": "6222020200001234"}},
+        now=T0, corr="ident0001"))
+    assert ob.complete("ident0001", reply)
+    # The commit ran at synchronous=NORMAL; the WAL truncation after it synced the WAL.
+    assert ob._connection().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    wal = Path(f"{db}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    on_disk = db.read_bytes()
+    assert b"6222020200001234" not in on_disk and "李秀英".encode() not in on_disk
+    ob.close()
+    again = Outbox(db, clock)
+    try:
+        assert again.get("ident0001").state == "done"
+        assert not again.complete("ident0001", reply)  # a duplicate reply changes nothing
+    finally:
+        again.close()
+
+
 def test_mark_sent_many_marks_only_pending_and_unmark_restores_unsent(outbox, clock):
     for i in range(3):
         outbox.enqueue(env(id_=f"batch{i:04d}", exp=T0 + timedelta(seconds=5)), kind="req")
