@@ -39,7 +39,7 @@ from pydantic import Field
 
 from central.platform.errors import PlatformRejected
 from central.staff import StaffSessions, ThrottleState
-from central.store import Store
+from central.store import Store, StoreError
 from central.store.engine import Conn
 from central.store.migrations import SCHEMA_LOCK
 from yikatong.common.config import StrictModel
@@ -55,6 +55,7 @@ __all__ = [
     "Denied",
     "Guard",
     "Rule",
+    "Verdict",
 ]
 
 log = logging.getLogger(__name__)
@@ -304,15 +305,32 @@ class Guard:
         """Allow ``env`` (returning what to forward) or raise :class:`Denied` (audited)."""
         now = self._clock()
         try:
-            return await self.store.write(lambda: self._authorize_tx(env, now))
+            return await self.store.write(lambda: self.authorize_in_tx(env, now))
         except Denied as exc:
-            detail = {"dev": env.dev, "type": env.type, "id": env.id,
-                      "code": str(exc.code), "reason": exc.reason[:200]}
-            action = exc.action
-            await self.store.write(lambda: self.store.append_audit_in_tx(now, "authz", action,
-                                                                         detail))
-            log.warning("refused %s from %s: %s", env.type, env.dev, exc.reason)
+            await self.refused(env, exc, now)
             raise
+
+    def authorize_in_tx(self, env: Envelope, now: datetime | None = None) -> Verdict:
+        """:meth:`authorize` inside the caller's write, without the audit of a refusal.
+
+        The forwarder decides in the transaction that claims the request (one commit fewer
+        per request). A :class:`Denied` leaves this method's writes (the look-up count) to
+        the caller's savepoint to roll back, and :meth:`refused` to record.
+        """
+        if not self.store.in_write():
+            raise StoreError("authorize_in_tx was called outside a write transaction",
+                             "授权检查不在数据库事务中")
+        return self._authorize_tx(env, self._clock() if now is None else now)
+
+    async def refused(self, env: Envelope, exc: Denied, now: datetime | None = None) -> None:
+        """Record a refusal (an audit record, a security event on the dashboard) and log it."""
+        at = self._clock() if now is None else now
+        detail = {"dev": env.dev, "type": env.type, "id": env.id,
+                  "code": str(exc.code), "reason": exc.reason[:200]}
+        action = exc.action
+        await self.store.write(lambda: self.store.append_audit_in_tx(at, "authz", action,
+                                                                     detail))
+        log.warning("refused %s from %s: %s", env.type, env.dev, exc.reason)
 
     def _authorize_tx(self, env: Envelope, now: datetime) -> Verdict:
         db = self.store.connection()

@@ -17,7 +17,9 @@ message is checked in this order and never stops the forwarder, whatever it cont
 6a. authorized by central's policy (``guard``, central/authz.py): the device's role, a staff
    session where one is needed, and only objects central handed that device; refused →
    ``forbidden``/``session_expired``/``throttled`` (stored, audited). Patient references
-   become platform ids here;
+   become platform ids here. Steps 4–6a are one write transaction (the claim, its expiry
+   and its authorization commit together), so a request costs one commit fewer; a refusal
+   rolls back only its own writes (a savepoint), the claim stays;
 7. ``adapter.call(type, body, idempotency_key=env.id)`` (or central answers itself, e.g.
    ``staff.logout``);
 8. reply minimised for the device (masked personal fields, grants recorded) and stored **in
@@ -68,7 +70,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from central.authz import Denied, Guard
+from central.authz import Denied, Guard, Verdict
 from central.platform.base import MUTATING_OPERATIONS, PlatformAdapter
 from central.platform.errors import (
     PlatformError,
@@ -76,7 +78,7 @@ from central.platform.errors import (
     PlatformRejected,
     PlatformUnavailable,
 )
-from central.store import Store
+from central.store import Begin, Store
 from yikatong.mqtt.config import TlsConfig
 from yikatong.mqtt.session import InboundMessage, MqttSession
 from yikatong.protocol import topics
@@ -447,9 +449,33 @@ class Forwarder:
     # -- requests ------------------------------------------------------------------------
     async def _handle_request(self, env: Envelope, now: datetime) -> None:
         bh, lease, owner = body_hash(env), self.settings.lease_s, self.owner
-        begin = await self.store.write(lambda: self.store.begin_request_in_tx(
-            env.id, env.dev, env.type, bh, now, lease, owner,
-            legacy=lambda: legacy_body_hash(env)))
+        try:
+            parse_request(env)  # pure: its answer is used only for a newly claimed request
+            invalid: ProtocolError | None = None
+        except ProtocolError as exc:
+            invalid = exc
+        guard = self._guard
+
+        def claim() -> tuple[Begin, bool, Verdict | Denied | None]:
+            # Claim, expiry and authorization in one transaction (one commit per request
+            # fewer than a write each): (begin, expired, verdict or refusal).
+            begin = self.store.begin_request_in_tx(
+                env.id, env.dev, env.type, bh, now, lease, owner,
+                legacy=lambda: legacy_body_hash(env))
+            if begin.status != "new":
+                return begin, False, None
+            if (is_expired(env, now) and not begin.retaken
+                    and not self.store.was_attempted(env.id)):
+                return begin, True, None
+            if invalid is not None or guard is None:
+                return begin, False, None
+            try:
+                with self.store.atomic():  # a savepoint: a refusal undoes only its own writes
+                    return begin, False, guard.authorize_in_tx(env)
+            except Denied as exc:
+                return begin, False, exc
+
+        begin, expired, verdict = await self.store.write(claim)
         if begin.status == "done":
             self.stats["resent"] += 1
             reply = begin.reply
@@ -481,7 +507,7 @@ class Forwarder:
             )
             self._measure(env.type, "duplicate_mismatch")
             return
-        if is_expired(env, now) and not begin.retaken and not self.store.was_attempted(env.id):
+        if expired:
             # Past exp and never sent to the platform: not acted on. One that was sent (the
             # outcome was unknown, or a worker died during the call) is asked again below
             # with the same idempotency key — "expired" would tell the device "not charged"
@@ -491,24 +517,23 @@ class Forwarder:
                 False, now=now,
             ), now, "expired")
             return
-        try:
-            parse_request(env)
-        except ProtocolError as exc:
+        if invalid is not None:
             await self._finish(env, make_reply_error(
-                env, exc.reply_code, _clean(exc.message, exc.code),
-                _clean(exc.message_zh, "请求无效"), False, now=now,
-            ), now, exc.reply_code)
+                env, invalid.reply_code, _clean(invalid.message, invalid.code),
+                _clean(invalid.message_zh, "请求无效"), False, now=now,
+            ), now, invalid.reply_code)
             return
-        if self._guard is not None:
-            try:
-                env = (await self._guard.authorize(env)).env
-            except Denied as exc:
-                self.stats["forbidden"] += 1
-                await self._finish(env, make_reply_error(
-                    env, exc.code, _clean(exc.message, str(exc.code)),
-                    _clean(exc.message_zh, "无权办理"), exc.retryable, now=now,
-                ), now, str(exc.code))
-                return
+        if isinstance(verdict, Denied):
+            assert guard is not None
+            self.stats["forbidden"] += 1
+            await guard.refused(env, verdict)
+            await self._finish(env, make_reply_error(
+                env, verdict.code, _clean(verdict.message, str(verdict.code)),
+                _clean(verdict.message_zh, "无权办理"), verdict.retryable, now=now,
+            ), now, str(verdict.code))
+            return
+        if verdict is not None:
+            env = verdict.env
         if self._hooks is not None:
             try:
                 await self._hooks.before_call(env)

@@ -429,6 +429,11 @@ async def test_patient_lookups_are_rate_limited_per_device(central: Central) -> 
     r = await central.ask("kiosk-001", "patient.identify", {"by": "card", "value": "HC01"})
     assert code(r) == "throttled" and r["error"]["retryable"] is True
     assert central.store.audit_by_actions(frozenset({"request.rate_limited"}), 10)
+    # Decided in the transaction that claimed the request: the refusal's own count was rolled
+    # back (a savepoint), the claim and its stored answer were not.
+    row = central.store.connection().execute(
+        "SELECT count FROM rate_limit WHERE key = ?", ("identify:kiosk-001",)).fetchone()
+    assert row[0] == 30
     # Other kiosks are not affected, and the next minute this one may look up again.
     await central.identify("kiosk-002")
     central.clock.advance(60)
