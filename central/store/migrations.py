@@ -45,6 +45,17 @@ def _add_column(model_attr: str, column: str, field: pw.Field) -> Callable[[pw.D
     return step
 
 
+def _to_bigint(model_attr: str, column: str) -> Callable[[pw.Database, Any], None]:
+    """Widen an INTEGER column to BIGINT on PostgreSQL, where INTEGER is 32-bit (every store,
+    new ones too: the model keeps ``IntegerField`` so SQLite's DDL stays the first release's,
+    and SQLite's INTEGER holds 64 bits already)."""
+    def step(db: pw.Database, m: Any) -> None:
+        if isinstance(db, pw.PostgresqlDatabase):
+            table = getattr(m, model_attr)._meta.table_name
+            db.execute_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE BIGINT')
+    return step
+
+
 def _zero() -> pw.IntegerField:
     # A database-side DEFAULT as well: the hot path's INSERTs leave the column out.
     return pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
@@ -59,6 +70,8 @@ STEPS: list[tuple[str, Callable[[pw.Database, Any], None]]] = [
     ("0003_payment_told", _add_column("Payment", "told", _zero())),
     # A store made before replies were minimised on retention.
     ("0004_requestlog_purged", _add_column("RequestLog", "purged", _zero())),
+    # boot_seq is a protocol Count, beyond 32 bits on a device that counts in epoch ms.
+    ("0005_device_boot_seq_bigint", _to_bigint("Device", "last_boot_seq")),
 ]
 
 #: Held (PostgreSQL advisory lock) while the schema changes: here, and in the modules that
