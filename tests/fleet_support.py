@@ -336,10 +336,13 @@ class FleetRig:
 
 
 async def start_fleet_rig(workdir: Path, make_broker: Callable[..., Broker], *,
-                          clock: Clock | None = None, **section: Any) -> FleetRig:
-    """Build and start the rig in ``workdir`` (brokers stopped by ``make_broker``)."""
+                          clock: Clock | None = None, db: Path | str | None = None,
+                          **section: Any) -> FleetRig:
+    """Build and start the rig in ``workdir`` (brokers stopped by ``make_broker``); central's
+    store at ``db`` (tests/conftest.py ``central_db``: SQLite or PostgreSQL), by default
+    ``workdir/central.db``."""
     clock = clock or Clock()
-    store = open_store(workdir / "central.db")
+    store = open_store(db if db is not None else workdir / "central.db")
     registry = Registry(store, workdir / "broker", legacy_passwords=False, clock=clock)
     fwd_login = registry.central_credentials("central")
     cfg_login = registry.central_credentials("central-cfg")
@@ -381,10 +384,11 @@ async def stop_fleet_rig(rig: FleetRig) -> None:
 
 
 @pytest.fixture(name="rig")
-async def rig_fixture(tmp_path: Path, make_broker: Callable[..., Broker]
-                      ) -> AsyncIterator[FleetRig]:
-    """A started :class:`FleetRig` in ``tmp_path``; everything stopped afterwards."""
-    r = await start_fleet_rig(tmp_path, make_broker)
+async def rig_fixture(tmp_path: Path, make_broker: Callable[..., Broker],
+                      central_db: Callable[[Path], Path | str]) -> AsyncIterator[FleetRig]:
+    """A started :class:`FleetRig` in ``tmp_path`` (its store on the test's engine:
+    ``central_db``); everything stopped afterwards."""
+    r = await start_fleet_rig(tmp_path, make_broker, db=central_db(tmp_path))
     try:
         yield r
     finally:

@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 from fleet_support import FleetRig, RawClient, rig_fixture  # noqa: F401
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.fleet import FleetError
 from yikatong.protocol.envelope import parse_ts
 from yikatong.protocol.fleet import Command
 from yikatong.protocol.signing import public_key_from_pem, verify
+
+# The store-level guarantees (seqs, versions, states) on both engines.
+pytestmark = BOTH_ENGINES
 
 
 async def result(rig: FleetRig, c: RawClient, dev: str, command_id: str | None, state: str,

@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 from fleet_support import FleetRig, RawClient, rig_fixture  # noqa: F401
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.fleet import FleetError
 from yikatong.protocol.envelope import Envelope
 from yikatong.protocol.fleet import ConfigDesired
 from yikatong.protocol.signing import public_key_from_pem, verify
+
+# The store-level guarantees (seqs, versions, states) on both engines.
+pytestmark = BOTH_ENGINES
 
 
 def check(rig: FleetRig, env: Envelope, dev: str) -> ConfigDesired:

@@ -15,12 +15,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 from fleet_support import FleetRig, RawClient, csr_envelope, make_csr, rig_fixture  # noqa: F401
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.fleet import FleetError
 from yikatong.protocol.envelope import Envelope
 from yikatong.protocol.fleet import PAIRING_CODE_RE, ConfigDesired, EnrollStatus
 from yikatong.protocol.signing import public_key_from_pem, verify
+
+# The store-level guarantees (seqs, versions, states) on both engines.
+pytestmark = BOTH_ENGINES
 
 
 async def ask(rig: FleetRig, serial: str, csr: str, *, client: RawClient | None = None,

@@ -16,10 +16,14 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from fleet_support import FleetRig, RawClient, make_csr, rig_fixture  # noqa: F401
+from pg_support import BOTH_ENGINES
 from support import wait_until_async
 
 from central.platform.errors import PlatformRejected
 from yikatong.protocol.envelope import encode, new_envelope
+
+# The store-level guarantees (seqs, versions, states) on both engines.
+pytestmark = BOTH_ENGINES
 
 
 async def cmd_result(rig: FleetRig, c: RawClient, dev: str, cid: str, state: str) -> None:

@@ -28,6 +28,7 @@ import pytest
 from bundle_support import small_bundle_tar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_support import FleetRig, Identity, RawClient, start_fleet_rig, stop_fleet_rig
+from pg_support import BOTH_ENGINES
 from support import Broker, wait_until_async
 
 from central.dashboard.app import create_dashboard
@@ -42,6 +43,9 @@ from yikatong.protocol.signing import public_key_from_pem, verify
 PUBLIC_URL = "http://central.test:8800"
 ADMIN_TOKEN = "rollout-admin-token-for-tests"
 RELEASE_KEY = Ed25519PrivateKey.generate()
+
+# The store-level guarantees (seqs, versions, states) on both engines.
+pytestmark = BOTH_ENGINES
 
 # -- bundle and rig ----------------------------------------------------------------------------
 
@@ -64,10 +68,10 @@ async def upload(rig: FleetRig, version: str, **kw: Any) -> str:
 
 
 @pytest.fixture(name="rig")
-async def rollout_rig(tmp_path: Path, make_broker: Callable[..., Broker]
+async def rollout_rig(tmp_path: Path, make_broker: Callable[..., Broker], central_db
                       ) -> AsyncIterator[FleetRig]:
     r = await start_fleet_rig(tmp_path, make_broker, public_url=PUBLIC_URL,
-                              rollout_scheduler=False)
+                              rollout_scheduler=False, db=central_db(tmp_path))
     try:
         yield r
     finally:
@@ -500,9 +504,10 @@ async def test_creation_checks_and_skips(rig: FleetRig, api: httpx.AsyncClient) 
 
 
 async def test_without_public_url_no_rollout_is_created(tmp_path: Path,
-                                                        make_broker: Callable[..., Broker]
-                                                        ) -> None:
-    rig = await start_fleet_rig(tmp_path, make_broker, rollout_scheduler=False)
+                                                        make_broker: Callable[..., Broker],
+                                                        central_db) -> None:
+    rig = await start_fleet_rig(tmp_path, make_broker, rollout_scheduler=False,
+                                db=central_db(tmp_path))
     try:
         await upload(rig, "1.5.0")
         await rig.enroll("SN-U01", "kiosk-u01")
@@ -514,8 +519,9 @@ async def test_without_public_url_no_rollout_is_created(tmp_path: Path,
 
 
 async def test_the_background_scheduler_runs_a_rollout_to_its_end(
-        tmp_path: Path, make_broker: Callable[..., Broker]) -> None:
-    rig = await start_fleet_rig(tmp_path, make_broker, public_url=PUBLIC_URL)
+        tmp_path: Path, make_broker: Callable[..., Broker], central_db) -> None:
+    rig = await start_fleet_rig(tmp_path, make_broker, public_url=PUBLIC_URL,
+                                db=central_db(tmp_path))
     app = create_dashboard(rig.store, rig.registry, ADMIN_TOKEN, site_name="测试医院",
                            fleet=rig.fleet, accounts=StaffAccounts(rig.store))
     try:

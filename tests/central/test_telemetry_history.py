@@ -1,5 +1,6 @@
 """Telemetry history: raw samples from the forwarder, exact rollup, crash safety, retention,
-the API's tier choice, one device's query cost, and the device page's charts in Chromium.
+the API's tier choice, one device's query cost, and the device page's charts in Chromium —
+each on SQLite and on PostgreSQL (``BOTH_ENGINES``; only the settings check has no store).
 
 The browser test comes last: the browser fixture (module scope) holds an event loop in this
 thread from the first browser test to the end of the module.
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import math
-import sqlite3
 import tempfile
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,9 @@ import pytest
 from dashboard_fleet_fake import FakeFleet, serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pg_support import BOTH_ENGINES, race
 from pydantic import ValidationError
+from support import wait_until
 
 from central.config import CentralConfig
 from central.dashboard.app import create_dashboard
@@ -36,6 +38,7 @@ from central.telemetry_history import (
     TelemetrySettings,
     explain,
     query,
+    sample_row,
 )
 from yikatong.common.config import load_config
 
@@ -93,8 +96,8 @@ def expected(samples: list[tuple[str, datetime, dict[str, Any]]], bucket: int
 
 
 @pytest.fixture
-def history(tmp_path: Path):
-    store = open_store(tmp_path / "c.db")
+def history(tmp_path: Path, central_db):
+    store = open_store(central_db(tmp_path))
     h = TelemetryHistory(store, TelemetrySettings(batch_rows=100), clock=lambda: T0)
     yield h
     store.close()
@@ -116,6 +119,7 @@ def test_settings_nest_and_ship_in_central_toml() -> None:
 
 # -- intake ---------------------------------------------------------------------------------
 
+@BOTH_ENGINES
 async def test_forwarder_puts_real_telemetry_in_raw_and_counts_reconnects(
     broker_site, fake_platform, tmp_path: Path
 ) -> None:
@@ -166,6 +170,7 @@ async def test_forwarder_puts_real_telemetry_in_raw_and_counts_reconnects(
     assert h.stats["invalid"] == 0  # the health view refused it first
 
 
+@BOTH_ENGINES
 async def test_samples_are_buffered_and_written_in_one_flush(history) -> None:
     store = history.store
     for i in range(50):
@@ -177,8 +182,10 @@ async def test_samples_are_buffered_and_written_in_one_flush(history) -> None:
     assert rows(store, "SELECT COUNT(*) FROM telemetry_raw") == [(50,)]
 
 
-async def test_run_flushes_when_the_buffer_fills_and_rolls_up(tmp_path: Path) -> None:
-    store = open_store(tmp_path / "c.db")
+@BOTH_ENGINES
+async def test_run_flushes_when_the_buffer_fills_and_rolls_up(tmp_path: Path,
+                                                               central_db) -> None:
+    store = open_store(central_db(tmp_path))
     h = TelemetryHistory(store, TelemetrySettings(flush_interval_s=60, flush_max_samples=10,
                                                   rollup_interval_s=1))
     task = asyncio.create_task(h.run())
@@ -216,14 +223,18 @@ sample_st = st.tuples(
 )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# central_db gives each example a fresh database (a new temporary directory each time)
+@BOTH_ENGINES
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.lists(sample_st, min_size=1, max_size=80), st.integers(min_value=1, max_value=4))
-def test_rollup_equals_hand_computed_aggregates(draw: list[Any], steps: int) -> None:
+def test_rollup_equals_hand_computed_aggregates(central_db, draw: list[Any], steps: int
+                                               ) -> None:
     samples = [(dev, T0 + timedelta(milliseconds=ms),
                 body(backlog=b, temp=t, paper=p, disk=d, load=None if b % 3 else b / 100))
                for dev, ms, b, t, p, d in draw]
     with tempfile.TemporaryDirectory() as d:
-        store = open_store(Path(d) / "c.db")
+        store = open_store(central_db(Path(d)))
         try:
             h = TelemetryHistory(store, TelemetrySettings(batch_rows=100), clock=lambda: T0)
             half = len(samples) // 2
@@ -252,6 +263,7 @@ def _spread(n: int) -> list[tuple[str, datetime, dict[str, Any]]]:
              body(backlog=i % 11, temp=40 + i % 9, disk=9000 - i)) for i in range(n)]
 
 
+@BOTH_ENGINES
 def test_a_rollup_stopped_after_one_step_never_double_counts(history) -> None:
     store = history.store  # batch_rows = 100: 450 samples take five steps per tier
     samples = _spread(450)
@@ -267,6 +279,7 @@ def test_a_rollup_stopped_after_one_step_never_double_counts(history) -> None:
     assert aggregates(store, "hour") == expected(samples, 3600)
 
 
+@BOTH_ENGINES
 def test_a_crash_inside_a_rollup_step_rolls_the_step_back(history, monkeypatch) -> None:
     store = history.store
     samples = _spread(250)
@@ -280,7 +293,7 @@ def test_a_crash_inside_a_rollup_step_rolls_the_step_back(history, monkeypatch) 
     class Dying:
         """The connection dies when the watermark is to move: after the upsert ran."""
 
-        def __init__(self, conn: sqlite3.Connection) -> None:
+        def __init__(self, conn: Any) -> None:
             self._c = conn
 
         def execute(self, sql: str, *args: Any) -> Any:
@@ -298,6 +311,7 @@ def test_a_crash_inside_a_rollup_step_rolls_the_step_back(history, monkeypatch) 
     assert aggregates(store, "hour") == expected(samples, 3600)
 
 
+@BOTH_ENGINES
 def test_a_late_sample_is_merged_into_its_rolled_up_minute(history) -> None:
     store = history.store
     first = [("kiosk-001", T0 + timedelta(seconds=5), body(backlog=4, temp=40))]
@@ -312,8 +326,90 @@ def test_a_late_sample_is_merged_into_its_rolled_up_minute(history) -> None:
     assert backlog.points == [(int(T0.timestamp()) * 1000, 7.0, 4.0, 10.0)]
 
 
+def _raw_vs_tier(store: Store, tier: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Per device and bucket: (samples, backlog sum) from raw, and as rolled up in ``tier``."""
+    size = 60 if tier == "minute" else 3600
+    raw = rows(store, f"SELECT dev, (ts_ms / {size * 1000}) * {size} AS b, COUNT(*), "
+                      "CAST(SUM(backlog) AS BIGINT) FROM telemetry_raw GROUP BY dev, b "
+                      "ORDER BY dev, b")
+    rolled = rows(store, f"SELECT dev, ts, n, backlog_sum FROM telemetry_{tier} ORDER BY dev, ts")
+    return raw, rolled
+
+
+@BOTH_ENGINES
+def test_two_instances_inserting_while_a_third_rolls_up_lose_and_repeat_nothing(
+        tmp_path: Path, central_db) -> None:
+    """Three stores on one database (three instances): two flush samples, the third rolls
+    up at the same moments (a barrier per round); afterwards every sample is in each tier
+    exactly once."""
+    target = central_db(tmp_path)
+    stores = [open_store(target) for _ in range(3)]
+    settings_ = TelemetrySettings(batch_rows=100)
+    hs = [TelemetryHistory(s, settings_, clock=lambda: T0) for s in stores]
+    try:
+        def op(k: int, store: Store, r: int) -> int:
+            if k == 2:
+                return sum(hs[k].rollup().values())
+            batch = [sample_row(f"kiosk-{k}{i % 3}", body(backlog=r * 100 + i),
+                                T0 + timedelta(seconds=7 * (r * 25 + i))) for i in range(25)]
+            with store.atomic():
+                hs[k].insert_in_tx([b for b in batch if b is not None])
+            return len(batch)
+
+        results = race(stores, op, rounds=40)
+        assert sum(r[0] + r[1] for r in results) == 2 * 40 * 25
+        hs[2].rollup()
+        for tier in ("minute", "hour"):
+            raw, rolled = _raw_vs_tier(stores[0], tier)
+            assert sum(r[2] for r in raw) == 2000
+            assert rolled == raw, tier
+    finally:
+        for s in stores:
+            s.close()
+
+
+@pytest.mark.parametrize("store_engine", ["postgresql"], indirect=True)
+def test_a_rollup_waits_for_a_flush_that_drew_its_ids_but_has_not_committed(
+        tmp_path: Path, central_db) -> None:
+    """PostgreSQL: instance A draws raw ids and has not committed; B inserts later ids and
+    commits. A rollup now must not move its watermark past A's ids (they would never be
+    folded in): it waits for A, then folds both."""
+    target = central_db(tmp_path)
+    a, b, c = (open_store(target) for _ in range(3))
+    ha, hb, hc = (TelemetryHistory(s, TelemetrySettings(), clock=lambda: T0) for s in (a, b, c))
+    rollup: concurrent.futures.Future[dict[str, int]] | None = None
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        with a.atomic():
+            ha.insert_in_tx([sample_row("kiosk-a", body(backlog=1), T0)])
+            with b.atomic():  # another thread's connection would do the same: b is its own
+                hb.insert_in_tx([sample_row("kiosk-b", body(backlog=2), T0)])
+            assert rows(c, "SELECT dev FROM telemetry_raw") == [("kiosk-b",)]  # A's unseen
+
+            rollup = pool.submit(hc.rollup)
+
+            def waiting() -> bool:  # the rollup's lock request, queued behind A's
+                return rows(b, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND NOT granted") == [(1,)]
+
+            wait_until(waiting, 10, what="the rollup waiting for the open flush")
+            assert not rollup.done()
+        assert rollup.result(10) == {"minute": 2, "hour": 2}
+        assert hc.watermarks() == {"minute": 2, "hour": 2}
+        for tier in ("minute", "hour"):
+            raw, rolled = _raw_vs_tier(c, tier)
+            assert rolled == raw
+            assert [(r[0], r[2], r[3]) for r in raw] == [("kiosk-a", 1, 1), ("kiosk-b", 1, 2)]
+    finally:
+        pool.submit(c.db.close).result(10)  # the rollup thread's connection
+        pool.shutdown(wait=True)
+        for s in (a, b, c):
+            s.close()
+
+
 # -- retention ------------------------------------------------------------------------------
 
+@BOTH_ENGINES
 def test_retention_drops_the_right_rows_from_each_tier(history) -> None:
     store = history.store
     ages = {"400d": timedelta(days=400), "40d": timedelta(days=40), "2d": timedelta(days=2),
@@ -343,6 +439,7 @@ def test_retention_drops_the_right_rows_from_each_tier(history) -> None:
     assert devs("telemetry_minute") == ["kiosk-002", "kiosk-003", "kiosk-009"]
 
 
+@BOTH_ENGINES
 def test_raw_retention_works_in_batches(history) -> None:
     store = history.store  # batch_rows = 100
     old = [(f"kiosk-{i % 7:03d}", T0 - timedelta(days=2, seconds=-i), body()) for i in range(350)]
@@ -355,8 +452,8 @@ def test_raw_retention_works_in_batches(history) -> None:
 
 # -- reads ----------------------------------------------------------------------------------
 
-def _fleet(path: Path, n_devices: int) -> Store:
-    store = open_store(path)
+def _fleet(target: Path | str, n_devices: int) -> Store:
+    store = open_store(target)
     h = TelemetryHistory(store, TelemetrySettings(batch_rows=1_000_000))
     samples = [(f"kiosk-{d:04d}", T0 + timedelta(minutes=i), body(backlog=i % 5))
                for i in range(120) for d in range(n_devices)]
@@ -365,10 +462,49 @@ def _fleet(path: Path, n_devices: int) -> Store:
     return store
 
 
-def test_one_device_among_many_reads_only_its_rows(tmp_path: Path) -> None:
-    small, big = _fleet(tmp_path / "5.db", 5), _fleet(tmp_path / "200.db", 200)
+def _pg_rows_read(store: Store, tier: str, t0: float, t1: float) -> tuple[list[str], int]:
+    """PostgreSQL: how one device's range read from ``tier`` reaches the table (the node
+    types that read its rows) and how many rows it looked at — returned, plus removed by a
+    filter or a recheck."""
+    q = ("SELECT * FROM telemetry_raw WHERE dev = ? AND ts_ms >= ? AND ts_ms < ?"
+         if tier == "raw" else
+         f"SELECT * FROM telemetry_{tier} WHERE dev = ? AND ts >= ? AND ts < ?")
+    scale = 1000 if tier == "raw" else 1
+    ((plan,),) = store.connection().execute(
+        "EXPLAIN (ANALYZE, FORMAT JSON) " + q,
+        ("kiosk-0003", int(t0 * scale), int(t1 * scale))).fetchall()
+    reads, looked = [], 0
+    todo = [plan[0]["Plan"]]
+    while todo:
+        node = todo.pop()
+        todo += node.get("Plans", [])
+        if "Relation Name" in node:  # the node that reads the table's rows
+            reads.append(node["Node Type"])
+            looked += (node["Actual Rows"] + node.get("Rows Removed by Filter", 0)
+                       + node.get("Rows Removed by Index Recheck", 0))
+    return reads, looked
+
+
+@BOTH_ENGINES
+def test_one_device_among_many_reads_only_its_rows(tmp_path: Path, central_db,
+                                                   store_engine: str) -> None:
+    small = _fleet(central_db(tmp_path / "5"), 5)
+    big = _fleet(central_db(tmp_path / "200"), 200)
     try:
         t0, t1 = T0.timestamp(), T0.timestamp() + 2 * 3600
+        want = {"raw": 120, "minute": 120, "hour": 2}  # rows of kiosk-0003 in the range
+        if store_engine == "postgresql":
+            for store in (small, big):  # the planner's statistics, as autovacuum would make
+                for table in ("telemetry_raw", "telemetry_minute", "telemetry_hour"):
+                    store.connection().execute(f"ANALYZE {table}")
+            for tier, n in want.items():
+                assert "Index Cond" in "\n".join(explain(big, "kiosk-0003", tier, t0, t1))  # type: ignore[arg-type]
+                reads, looked = _pg_rows_read(big, tier, t0, t1)
+                # through the index on (dev, ts…): exactly this device's rows, none more
+                assert reads and all(r in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan")
+                                     for r in reads), (tier, reads)
+                assert looked == n, (tier, looked)
+            return
         plans = {tier: explain(big, "kiosk-0003", tier, t0, t1)  # type: ignore[arg-type]
                  for tier in ("raw", "minute", "hour")}
         assert plans == {
@@ -385,13 +521,13 @@ def test_one_device_among_many_reads_only_its_rows(tmp_path: Path) -> None:
                 steps[0] += 1
                 return 0
 
-            conn = store.connection()
+            conn = store.connection().raw  # sqlite3's own connection: its progress handler
             conn.set_progress_handler(tick, 10)
             try:
                 (s,) = query(store, "kiosk-0003", ["backlog"], t0, t1, tier=tier)  # type: ignore[arg-type]
             finally:
                 conn.set_progress_handler(None, 10)
-            assert len(s.points) == (120 if tier != "hour" else 2)
+            assert len(s.points) == want[tier]
             return steps[0]
 
         for tier in ("raw", "minute", "hour"):
@@ -447,8 +583,8 @@ def _history_site(store: Store, now: datetime
 
 
 @pytest.fixture
-def api_site(tmp_path: Path):
-    store = open_store(tmp_path / "c.db")
+def api_site(tmp_path: Path, central_db):
+    store = open_store(central_db(tmp_path))
     now = _now()
     for dev in ("kiosk-001", "kiosk-002"):
         store.add_device(dev, "kiosk", now)
@@ -471,6 +607,7 @@ async def _viewer_token(client: httpx.AsyncClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
+@BOTH_ENGINES
 async def test_api_picks_the_tier_by_range(api_site) -> None:
     app, samples, births, now = api_site
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
@@ -550,8 +687,8 @@ def _fill_in_thread(store: Store, now: datetime) -> None:
 
 
 @pytest.fixture
-def chart_site(tmp_path: Path):
-    store = open_store(tmp_path / "c.db")
+def chart_site(tmp_path: Path, central_db):
+    store = open_store(central_db(tmp_path))
     now = _now()
     store.add_device("kiosk-001", "kiosk", now)
     store.apply_state("kiosk-001", online=True, boot_seq=1, version="1.4.0", now=now)
@@ -569,6 +706,7 @@ def chart_site(tmp_path: Path):
     store.close()
 
 
+@BOTH_ENGINES
 def test_device_page_draws_the_charts(browser, chart_site, screens_dir) -> None:
     ctx = browser.new_context(viewport={"width": 1366, "height": 900}, locale="zh-CN",
                               timezone_id="UTC")
