@@ -21,9 +21,9 @@ Delivery (docs/architecture.md "Delivery rules"):
   already queued. A request that finds a free slot and nothing stored due skips the pump:
   it is stored and marked sent in one fsynced transaction (``Outbox.enqueue_sent``) and
   published at once — the same rule with one commit instead of two.
-* A reply is stored (and the request's personal data minimised, the WAL truncated) on a
-  worker thread, so those fsyncs never stall the event loop; the caller is answered after
-  that completion is on disk.
+* Those two hot writes — storing a new request, storing its reply (with the request's
+  personal data minimised and the WAL truncated) — run on worker threads, so their fsyncs
+  never stall the event loop; the caller is answered after the reply is on disk.
 * Caller timeouts (``timeout``, default per type prefix, ``pay.*`` longer):
 
   - ``pay.*`` → :class:`OutcomeUnknown`, always; the entry keeps going and a late reply is
@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -91,6 +92,7 @@ _PAHO_QUEUE_HEADROOM = 8
 __all__ = ["MUTATING_TYPES", "Uplink", "error_from_reply"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Request types with an effect on the platform (mirrors central.platform MUTATING_OPERATIONS;
 #: the edge does not import central).
@@ -189,8 +191,10 @@ class Uplink:
         self._pump_task: asyncio.Task[None] | None = None
         # The pump's last round found every in-flight slot taken: a PUBACK wakes it.
         self._blocked = False
-        # Replies being stored by a worker thread (see _on_reply).
-        self._completing: set[asyncio.Future[bool]] = set()
+        # Outbox writes running on worker threads (_off_loop, _on_reply), and the in-flight
+        # slots promised to requests being stored for a direct send.
+        self._disk_ops: set[asyncio.Future[Any]] = set()
+        self._reserved = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = True
         # Ids asked again by the follow-up (see _follow_up) and not settled yet, with when
@@ -296,8 +300,8 @@ class Uplink:
                               now=self._clock()),
             )
             await self._session.stop(final=final)
-        if self._completing:  # replies being stored: their callers get them, then close
-            await asyncio.gather(*self._completing, return_exceptions=True)
+        if self._disk_ops:  # requests and replies being stored: let them finish, then close
+            await asyncio.gather(*self._disk_ops, return_exceptions=True)
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(UplinkClosed())
@@ -341,13 +345,22 @@ class Uplink:
             raise Rejected(exc.code, exc.message, exc.message_zh) from exc
         payload = encode(env)  # once: the outbox stores exactly these bytes
         prio = priority_for("req", type)
-        if exp > now and self._can_send_now(now):  # past exp: failed locally, never sent
-            sent = self.outbox.enqueue_sent(env, payload, now, priority=prio)
+        if exp > now and self._free_slots() > 0:  # past exp: failed locally, never sent
+            # Stored and marked sent in one fsynced transaction (on a worker thread: the loop
+            # goes on meanwhile), then published at once instead of in the pump's next round.
+            # None when something stored is due: then this one queues behind it.
+            self._reserved += 1  # the slot it will take, until it is handed to paho
+            try:
+                sent = await self._off_loop(self.outbox.enqueue_sent, env, payload, now,
+                                            priority=prio)
+                if sent is not None:
+                    if self._closed:
+                        raise UplinkClosed()  # stored: sent again after the next start
+                    fut = self._waiter(sent.id)
+                    self._publish_entry(sent)
+            finally:
+                self._reserved -= 1
             if sent is not None:
-                # Stored and marked sent in one fsynced transaction: publish it now rather
-                # than in the pump's next round (nothing else is waiting for a slot).
-                fut = self._waiter(sent.id)
-                self._publish_entry(sent)
                 return await self._await_reply(sent, fut, type, wait_s)
         entry = self.outbox.enqueue(env, priority=prio, kind="req", payload=payload)
         if entry.payload != payload:
@@ -382,19 +395,29 @@ class Uplink:
             current = self.outbox.get(entry.id)
             if current is None or current.state == "pending":
                 raise self._gave_up(entry.id, type_) from None
+        if fresh is not None:
+            # The waiter gets reply bytes only after complete() stored them (the entry is
+            # done): no read, which would wait for the outbox lock behind another fsync.
+            return self._outcome(dataclasses.replace(entry, state="done"), fresh)
         final = self.outbox.get(entry.id)
         if final is None:
             raise UnknownRequest(entry.id)
         return self._outcome(final, fresh)
 
-    def _can_send_now(self, now: datetime) -> bool:
-        """True when a new request may skip the pump: connected, a slot free, and no
-        stored entry due — so it overtakes nothing that waits (the pump's priority order)."""
+    def _free_slots(self) -> int:
+        """In-flight slots neither taken nor promised to a request being stored."""
         session = self._session
-        if session is None or not session.connected or session.free_slots <= 0:
-            return False
-        due = self.outbox.next_due_at()
-        return due is None or due > now
+        if session is None or not session.connected:
+            return 0
+        return session.free_slots - self._reserved
+
+    async def _off_loop(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn`` (an outbox write: it waits for fsync) on a worker thread; :meth:`stop`
+        waits for it before it closes the outbox. A cancelled caller leaves it running."""
+        task = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kwargs))
+        self._disk_ops.add(task)
+        task.add_done_callback(self._disk_ops.discard)
+        return await asyncio.shield(task)
 
     def _gave_up(self, req_id: str, type_: str) -> UplinkError:
         """The error for a caller timeout on a still-pending request (rules in the docstring)."""
@@ -565,11 +588,11 @@ class Uplink:
         # its answer once the completion is stored, as before.
         done = asyncio.ensure_future(
             asyncio.to_thread(self.outbox.complete, env.corr, msg.payload))
-        self._completing.add(done)
+        self._disk_ops.add(done)
+        done.add_done_callback(self._disk_ops.discard)
         done.add_done_callback(functools.partial(self._completed, env.corr, msg.payload))
 
     def _completed(self, req_id: str, reply: bytes, done: asyncio.Future[bool]) -> None:
-        self._completing.discard(done)
         if done.cancelled():
             return
         if done.exception() is not None:
@@ -695,9 +718,9 @@ class Uplink:
         session = self._session
         if session is None or not session.connected:
             return "idle"
-        batch = min(limit, session.free_slots)
+        batch = min(limit, self._free_slots())
         if batch <= 0 and session.give_up_unacked(max(30.0, 3 * self.config.keepalive)):
-            batch = min(limit, session.free_slots)
+            batch = min(limit, self._free_slots())
         if batch <= 0:
             return "blocked"
         due = self.outbox.due(now, batch)

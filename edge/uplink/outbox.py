@@ -241,6 +241,8 @@ _INSERT = (
     "ON CONFLICT(id) DO NOTHING"
 )
 _GET = f"SELECT {_COLS} FROM outbox WHERE id = ?"  # noqa: S608 - fixed column list
+# Is any stored entry due (waiting for the pump)? Then a new one may not skip the queue.
+_ANY_DUE = "SELECT 1 FROM outbox WHERE state = 'pending' AND next_attempt_at <= ? LIMIT 1"
 _MARK_SENT = (
     "UPDATE outbox SET attempts = attempts + 1, last_sent_at = ?, next_attempt_at = ? "
     "WHERE id = ? AND state = 'pending'"
@@ -364,7 +366,9 @@ class Outbox:
 
         ``payload`` is ``encode(envelope)`` when the caller already has it (encoded once).
         """
-        return self._insert(envelope, priority, kind, payload, None)[0]
+        entry, _new = self._insert(envelope, priority, kind, payload, None)
+        assert entry is not None  # only an insert as sent ever declines
+        return entry
 
     def enqueue_sent(
         self, envelope: Envelope, payload: bytes, now: datetime, *, priority: int | None = None,
@@ -375,7 +379,9 @@ class Outbox:
         slot is free and nothing else waits): one commit where :meth:`enqueue` then
         :meth:`mark_sent_many` take two, and the same rule — on disk, marked sent, before
         the first byte leaves. None when the id is already stored (nothing changed; the
-        caller takes the ordinary :meth:`enqueue` path for it).
+        caller takes the ordinary :meth:`enqueue` path for it), or when another stored entry
+        is due: that one waits for a slot, and this one must queue behind it in the pump's
+        priority order rather than overtake it.
         """
         entry, new = self._insert(envelope, priority, "req", payload, _ts(now))
         return entry if new else None
@@ -383,7 +389,7 @@ class Outbox:
     def _insert(
         self, envelope: Envelope, priority: int | None, kind: str, payload: bytes | None,
         sent_at: float | None,
-    ) -> tuple[OutboxEntry, bool]:
+    ) -> tuple[OutboxEntry | None, bool]:
         if kind not in KINDS:
             raise ValueError(f"unknown kind {kind!r}")
         prio = int(priority if priority is not None else priority_for(kind, envelope.type))
@@ -400,6 +406,8 @@ class Outbox:
                 if row is not None:
                     return _entry(row), False
                 self._make_room(con, self._count - self.max_entries + 1)
+            if sent_at is not None and con.execute(_ANY_DUE, (sent_at,)).fetchone():
+                return None, False
             seq = self._last_seq + 1
             cur = con.execute(_INSERT, (envelope.id, seq, kind, envelope.type, prio, data,
                                         attempts, now, next_at, exp, sent_at))

@@ -103,12 +103,16 @@ def test_enqueue_sent_stores_and_marks_in_one_commit(tmp_path, clock):
     assert got.next_attempt_at == clock() + timedelta(seconds=10)  # resent after the interval
     assert ob.enqueue_sent(e, encode(e), clock()) is None  # a known id: left as stored
     assert ob.get("direct001").attempts == 1
+    ob.enqueue(env(id_="waiting01"), kind="req")  # due now, waiting for the pump
+    late = env("pay.create", id_="direct002")
+    assert ob.enqueue_sent(late, encode(late), clock()) is None  # it may not overtake
+    assert ob.get("direct002") is None
     ob.close()
     clock.advance(300)
     again = Outbox(db, clock, retry_interval_s=10)
     try:
         assert again.expire(clock()) == []  # past exp, but it may have been taken
-        assert [x.id for x in again.due(clock(), 10)] == ["direct001"]
+        assert [x.id for x in again.due(clock(), 10)] == ["direct001", "waiting01"]
     finally:
         again.close()
 
