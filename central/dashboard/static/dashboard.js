@@ -228,13 +228,23 @@ function auditKpi(st){
 }
 async function refreshOverview(first){
   const list=devQuery();
-  const [st,dv,al,ev]=await Promise.all(["/api/status",list,`/api/alarms?limit=${ALARMS_SHOWN}`,"/api/events?limit=20"].map(u=>api(u,{poll:!first})));
+  // The alarms (the fleet's health rows, the slowest of these at 10,000 devices) are drawn
+  // when they come: the counts and the table do not wait for them.
+  const alarmsAsked=api(`/api/alarms?limit=${ALARMS_SHOWN}`,{poll:!first});
+  alarmsAsked.catch(()=>{}); // awaited below; a failure there is this refresh's failure
+  const [st,dv,ev]=await Promise.all(["/api/status",list,"/api/events?limit=20"].map(u=>api(u,{poll:!first})));
   STATUS=st; setZone(st.timezone);
   const n=dv.counts;
   $("k-total").textContent=n.total;
   $("k-online").textContent=n.online;
   $("k-offline").textContent=n.total-n.online;
   for(const b of $("dev-filter").querySelectorAll("button")) b.querySelector("b").textContent=b.dataset.state?n[b.dataset.state]:n.total;
+  auditKpi(st);
+  if(list===devQuery()) renderDevices(st,dv); // else the filter or page changed meanwhile
+  await Promise.all([drawAlarms(alarmsAsked),drawPaymentsEvents(first,ev)]);
+}
+async function drawAlarms(asked){
+  const al=await asked;
   const alarms=al.alarms, more=al.total-alarms.length;
   $("k-alarms").textContent=al.total;
   $("kpi-alarms").className="kpi"+(al.errors?" bad":al.total?" warn":"");
@@ -242,9 +252,9 @@ async function refreshOverview(first){
     <span>${a.severity==="error"?"●":"▲"}</span><span class="dev">${esc(a.dev)}</span><b>${esc(a.message_zh)}</b><span>${esc(a.message)}</span></div>`).join("")
     +(more>0?`<span class="muted" data-more="${more}">…… 另有 ${more} 条告警 and ${more} more alarms</span>`:"")
     :`<span class="none">✓ 无告警 No alarms</span>`;
-  auditKpi(st);
-  if(list!==devQuery()) return; // the filter or page changed while this page was on its way
-  const ds=dv.devices; DEVS.next=dv.next;
+}
+function renderDevices(st,dv){
+  const n=dv.counts, ds=dv.devices; DEVS.next=dv.next;
   const of=DEVS.prefix?"":` / ${DEVS.state?n[DEVS.state]:n.total}`;
   $("dev-range").textContent=ds.length?`第 ${DEVS.at+1} 页 page ${DEVS.at+1} · ${DEVS.at*PAGE+1}–${DEVS.at*PAGE+ds.length}${of}`:"";
   $("dev-prev").disabled=DEVS.at===0; $("dev-next").disabled=!dv.next;
@@ -260,6 +270,8 @@ async function refreshOverview(first){
     <td>${esc(d.version||"—")}</td><td>${when(d.last_seen)}</td><td>${when(d.health&&d.health.telemetry_at)}</td>
     <td data-audit="${d.audit&&d.audit.count?(d.audit.audit_ok?"ok":"broken"):"none"}" class="${!d.audit||!d.audit.count?"muted":d.audit.audit_ok?"on":"off"}">${!d.audit||!d.audit.count?"—":d.audit.audit_ok?"✓ #"+d.audit.last_seq:"✗ #"+d.audit.first_bad_seq+" / "+d.audit.last_seq}</td></tr>`).join("")
     :`<tr><td colspan="13" class="muted">${DEVS.prefix?`没有以 “${esc(DEVS.prefix)}” 开头的设备 No device id starts with “${esc(DEVS.prefix)}”`:"无设备 No devices"}</td></tr>`;
+}
+async function drawPaymentsEvents(first,ev){
   const pays=(await api("/api/payments/unresolved",{poll:!first})).payments;
   $("pays").innerHTML=pays.length?pays.map(p=>`<tr><td>${when(p.created_at)}</td><td>${esc(p.dev)}</td>
     <td>¥${(p.amount_fen/100).toFixed(2)}</td><td>${esc(p.method)}</td><td class="off" data-state="${esc(p.state)}">${p.state==="approved"&&!p.device_told?"已扣款·终端未获知 Charged, terminal not told":esc(PAYSTATE[p.state]||p.state)}</td><td>${p.checks}</td><td>${when(p.deadline)}</td>
