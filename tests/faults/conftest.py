@@ -15,6 +15,13 @@ which hold every instance's accounts (each instance lists the others' in ``[brok
 other_central_users``, so the ACL it rewrites on a registration keeps them): devices are
 registered through the first instance.
 
+Fleet trust (``fleet=True``): every instance runs ``[fleet]`` with its own enrollment broker,
+on the first instance's key material (CA, signing key, claim password, server certificate),
+copied into the others' data_dir before their first start (docs/scaling.md, "Fleet trust
+with several instances"). The broker gets the devices' mutual-TLS listener on that CA and
+its CRL (``tls_port``), as central's embedded broker would have it; it starts after the
+first instance has made the material.
+
 Processes come from the shared ``procs`` rig and the broker from ``make_broker``
 (tests/conftest.py, tests/support.py): every one is stopped at teardown, and the teardown
 fails the test if any is still alive.
@@ -23,6 +30,7 @@ fails the test if any is still alive.
 from __future__ import annotations
 
 import secrets
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,9 +39,17 @@ from typing import Any
 
 import httpx
 import pytest
+from pg_support import PgServer
 from support import Broker, Procs
 
-from central.broker import Mosquitto, free_port, mosquitto_passwd_set, render_acl
+from central.broker import (
+    Listener,
+    Mosquitto,
+    TlsListener,
+    free_port,
+    mosquitto_passwd_set,
+    render_acl,
+)
 from edge.uplink.config import UplinkConfig
 from yikatong.site.demo import secret_file, wait_http
 from yikatong.site.demo import toml_text as toml
@@ -51,6 +67,7 @@ class Central:
     data_dir: Path
     config: Path
     dashboard_port: int
+    enroll_port: int  # its enrollment broker's (with fleet trust)
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
 
@@ -75,7 +92,7 @@ class Stack:
                  wallet_pending_s: float = 3.0, read_timeout_s: float = 2.0,
                  instances: int = 1, store_url: str | None = None,
                  forwarder: dict[str, Any] | None = None,
-                 cluster: dict[str, Any] | None = None) -> None:
+                 cluster: dict[str, Any] | None = None, fleet: bool = False) -> None:
         if instances > 1 and store_url is None:
             raise ValueError("several central instances share one PostgreSQL store_url")
         self.workdir = workdir
@@ -85,8 +102,9 @@ class Stack:
         # One instance keeps the single-site names; several are central-a, central-b, ...
         names = ["central"] if instances == 1 else [
             f"central-{chr(ord('a') + i)}" for i in range(instances)]
-        self.centrals = [Central(n, workdir / n, workdir / f"{n}.toml", free_port())
-                         for n in names]
+        self.centrals = [Central(n, workdir / n, workdir / f"{n}.toml", free_port(),
+                                 free_port()) for n in names]
+        self.fleet = fleet
         broker_dir = self.data_dir / "broker"  # the first instance's files: the broker's
         broker_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = secrets.token_urlsafe(18)
@@ -104,8 +122,16 @@ class Stack:
         self.central_pw_file = pw_files[self.centrals[0].username]
         users = [u for c in self.centrals for u in (c.username, c.fleet_username)]
         self.acl.write_text(render_acl(*users))
+        listeners = [Listener(host="127.0.0.1", port=0)]
+        if fleet:  # the first instance's fleet CA, server certificate and CRL
+            made = self.data_dir / "fleet"
+            listeners.append(Listener(host="127.0.0.1", port=free_port(), tls=TlsListener(
+                cafile=made / "ca" / "chain.pem", certfile=made / "broker-server.pem",
+                keyfile=made / "broker-server.key", crlfile=made / "ca" / "crl.pem",
+                require_certificate=True, use_identity_as_username=True)))
         self.rig = make_broker(workdir / "mosquitto", start=False, passwd=self.passwd,
-                               acl=self.acl, persistence_dir=workdir / "mosquitto" / "data")
+                               acl=self.acl, persistence_dir=workdir / "mosquitto" / "data",
+                               listeners=listeners)
         token_file = secret_file(workdir / "admin.token", self.admin_token)
         self.platform_cfg = workdir / "platform-sim.toml"
         self.platform_cfg.write_text(toml({"platform_sim": {
@@ -137,12 +163,20 @@ class Stack:
                 cfg["cluster"] = dict(cluster or {})
             if store_url is not None:
                 cfg["store"] = {"url": store_url}
+            if fleet:
+                cfg["fleet"] = {"enroll_host": "127.0.0.1", "enroll_port": c.enroll_port,
+                                "server_names": ["127.0.0.1", "localhost"]}
             c.config.write_text(toml(cfg))
         self.platform: subprocess.Popen[bytes] | None = None
 
     @property
     def broker(self) -> Mosquitto:
         return self.rig.mosquitto
+
+    @property
+    def tls_port(self) -> int:
+        """The devices' mutual-TLS listener (with fleet trust)."""
+        return self.broker.cfg.listeners[1].port
 
     @property
     def platform_url(self) -> str:
@@ -191,9 +225,15 @@ class Stack:
             Procs.terminate(proc)
 
     def start(self) -> None:
-        self.broker.start()
+        if not self.fleet:
+            self.broker.start()
         self.start_platform()
-        for i in range(len(self.centrals)):
+        self.start_central(0)
+        if self.fleet:  # the broker's TLS files exist now; the others get the same keys
+            for c in self.centrals[1:]:
+                shutil.copytree(self.data_dir / "fleet", c.data_dir / "fleet")
+            self.broker.start()
+        for i in range(1, len(self.centrals)):
             self.start_central(i)
 
     def stop(self) -> list[int]:
@@ -226,18 +266,19 @@ class Stack:
     def stats(self) -> dict[str, Any]:
         return dict(self.platform_api("GET", "/admin/stats"))
 
+    def central_get(self, i: int, path: str, **kw: Any) -> Any:
+        """``GET path`` on instance ``i``'s API, as the administrator."""
+        r = httpx.get(f"{self.centrals[i].dashboard_url}{path}", timeout=10,
+                      headers={"Authorization": f"Bearer {self.admin_token}"}, **kw)
+        r.raise_for_status()
+        return r.json()
+
     def central_status(self, i: int = 0) -> dict[str, Any]:
         """``/api/status`` of instance ``i``."""
-        r = httpx.get(f"{self.centrals[i].dashboard_url}/api/status", timeout=10,
-                      headers={"Authorization": f"Bearer {self.admin_token}"})
-        r.raise_for_status()
-        return dict(r.json())
+        return dict(self.central_get(i, "/api/status"))
 
     def unresolved_payments(self, i: int = 0) -> list[dict[str, Any]]:
-        r = httpx.get(f"{self.centrals[i].dashboard_url}/api/payments/unresolved", timeout=10,
-                      headers={"Authorization": f"Bearer {self.admin_token}"})
-        r.raise_for_status()
-        return list(r.json()["payments"])
+        return list(self.central_get(i, "/api/payments/unresolved")["payments"])
 
 
 @pytest.fixture
@@ -258,6 +299,15 @@ def make_stack(tmp_path: Path, procs: Procs, make_broker: Callable[..., Broker]
     finally:
         left = [pid for s in made for pid in s.stop()]
         assert not left, f"processes left running: {left}"
+
+
+@pytest.fixture
+def cluster_db(postgres: PgServer) -> Iterator[str]:
+    """A fresh PostgreSQL database for several instances; dropped after the test. Request it
+    before ``make_stack``, so the stack using it has stopped by then."""
+    url = postgres.new_database("cluster")
+    yield url
+    postgres.drop_database(url)
 
 
 @pytest.fixture
