@@ -10,12 +10,13 @@ accounts. The devices (registered through A, whose password file the broker read
 workload are those of the single-instance test (tests/faults/chaos_workload.py), against the
 reference platform dropping 10 % of the replies after commit. Meanwhile:
 
-- A is SIGKILLed. B takes the jobs lease (payment resolver …) over after ``[cluster]
-  lease_s``; only then is A restarted: A's earlier boot's claimed requests are its own again
-  at once, requests queued for A's session wait for it.
+- A is SIGKILLed in the middle of a platform call. B takes the jobs lease (payment
+  resolver …) over after ``[cluster] lease_s``; only then is A restarted: A's earlier boot's
+  claimed requests are its own again at once, requests queued for A's session wait for it.
 - the broker is SIGKILLed and restarted;
-- B is SIGKILLed and stays dead: A takes the jobs lease back, and the requests B had claimed
-  (its rows, ``received``) over after ``[forwarder] lease_s`` when their devices resend.
+- B is SIGKILLed in the middle of a platform call and stays dead: A takes the jobs lease
+  back, and the requests B had claimed (its rows, ``received``) over after ``[forwarder]
+  lease_s`` when their devices resend.
 
 Then everything the single-instance test holds against the platform's own records
 (chaos_workload.check_exactly_once: every request a definitive outcome, exactly one platform
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,6 @@ from faults.chaos_workload import (
     wait_resolved,
     work,
 )
-from pg_support import PgServer
 from support import wait_until_async
 
 from central.store import Store, open_store
@@ -63,22 +63,14 @@ CALL_TIMEOUT_S = 4.0  # a platform call (read timeout 2 s, the sim's hangs 3 s) 
 REQUEST_LEASE_S = 8.0  # a dead instance's claimed request is taken over after this
 JOBS_LEASE_S = 3.0  # the jobs lease moves after this (central/leases.py)
 # (fraction of the requests done, what happens)
-CHAOS = [(0.2, "kill A"), (0.5, "broker"), (0.7, "kill B")]
+CHAOS = [(0.2, "kill A"), (0.45, "broker"), (0.6, "kill B")]
 
 
 @pytest.fixture
-def chaos_db(postgres: PgServer) -> Iterator[str]:
-    """A fresh PostgreSQL database, dropped after the stack using it has stopped."""
-    url = postgres.new_database("chaos")
-    yield url
-    postgres.drop_database(url)
-
-
-@pytest.fixture
-def two_centrals(chaos_db: str, make_stack: Callable[..., Stack]) -> Stack:
-    """Platform, broker and centrals A and B on ``chaos_db``, started (stopped by
+def two_centrals(cluster_db: str, make_stack: Callable[..., Stack]) -> Stack:
+    """Platform, broker and centrals A and B on ``cluster_db``, started (stopped by
     ``make_stack`` afterwards)."""
-    return make_stack(instances=2, store_url=chaos_db,
+    return make_stack(instances=2, store_url=cluster_db,
                       forwarder={"share_group": "chaos", "lease_s": REQUEST_LEASE_S,
                                  "call_timeout_s": CALL_TIMEOUT_S},
                       cluster={"lease_s": JOBS_LEASE_S})
@@ -98,7 +90,7 @@ class Watch:
         self.orphans: dict[str, list[str]] = {}  # instance name -> request ids
 
     def sample(self, i: int) -> None:
-        """Add instance ``i``'s forwarder counters (call once per boot, last thing)."""
+        """Add instance ``i``'s forwarder counters (once per boot, near its end)."""
         fw = self.stack.central_status(i)["forwarder"]
         self.handled[self.stack.centrals[i].name] += fw["replied"]
 
@@ -112,12 +104,12 @@ class Watch:
 
     async def kill_mid_call(self, i: int) -> None:
         """SIGKILL instance ``i`` while it is calling the platform: once one of its claimed
-        requests has been in flight for a while (the platform's hang faults); keep the ids
-        it leaves claimed."""
+        requests has been in flight for a while (a call the platform hangs on: its read
+        timeout is 2 s away, time enough to kill first); keep the ids it leaves claimed."""
         name = self.stack.centrals[i].name
+        await asyncio.to_thread(self.sample, i)  # a lower bound of what this boot did
         await wait_until_async(lambda: asyncio.to_thread(self.claimed, i, 0.3), 30,
                                interval=0.05, what=f"{name} in the middle of a platform call")
-        await asyncio.to_thread(self.sample, i)
         await asyncio.to_thread(self.stack.kill_central, i)
         self.orphans[name] = await asyncio.to_thread(self.claimed, i)
 
