@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import peewee as pw
 
 from central.store import migrations, sql
-from central.store.engine import Conn, Dialect, label, open_database
+from central.store.engine import Conn, Dialect, is_retryable, label, open_database
 from central.store.models import bind_models
 from central.store.values import StoreError
 
@@ -28,6 +28,7 @@ __all__ = ["DEVICE_CACHE_S", "MAX_BATCH", "TOUCH_FLUSH_S", "StoreCore"]
 
 MAX_BATCH = 256  # operations per group commit
 TOUCH_FLUSH_S = 1.0  # last_seen is written at most this often
+DEADLOCK_ATTEMPTS = 3  # runs of a write PostgreSQL keeps picking as a deadlock's victim
 DEVICE_CACHE_S = 5.0  # bounds how long another process's registry write goes unseen
 
 log = logging.getLogger("central.store")
@@ -207,7 +208,8 @@ class StoreCore:
         finally:
             self.db.close()  # this thread's connection
 
-    def _run_batch(self, batch: list[Any], touches: dict[str, float]) -> None:
+    def _run_batch(self, batch: list[Any], touches: dict[str, float], attempt: int = 1
+                   ) -> None:
         results: list[Any] = []
         try:
             with self.atomic():
@@ -224,6 +226,13 @@ class StoreCore:
                 # One bad operation must not fail the others: each again on its own.
                 for item in batch:
                     self._run_batch([item], {})
+                return
+            if batch and attempt < DEADLOCK_ATTEMPTS and is_retryable(exc):
+                # PostgreSQL ended this transaction to break a deadlock with another
+                # instance's (a batch takes row locks in its operations' order, theirs in
+                # another): nothing of it was written; run it again.
+                log.info("store write retried (%s): %s", attempt, type(exc).__name__)
+                self._run_batch(batch, {}, attempt + 1)
                 return
             _settle([(loop, fut, None, exc) for _fn, fut, loop in batch])
             if not batch:
