@@ -187,6 +187,9 @@ async def run(cfg: CentralConfig, admin_token: str, *, stop: asyncio.Event | Non
     # with one instance (SQLite) that is this one, at once.
     jobs: dict[str, Any] = {"payments": payments.run, "hotlist": hotlist.run,
                             "retention": retention.run, "telemetry-rollup": history.rollup_loop}
+    if fleet_trust is not None:  # command expiry and certificate renewals
+        fleet_trust.jobs_here = False
+        jobs["fleet"] = fleet_trust.run_jobs
     if fleet_trust is not None and fleet_trust.section.rollout_scheduler:
         fleet_trust.scheduler_here = False
         jobs["rollouts"] = fleet_trust.rollouts.run

@@ -291,6 +291,23 @@ class FleetCA:
         self._save()
         self.write_crl(now=now)
 
+    def record_revoked(self, revoked: dict[int, datetime],
+                       reason: x509.ReasonFlags = x509.ReasonFlags.unspecified) -> list[int]:
+        """Take revocations decided elsewhere onto this CA's record; the serials new to it.
+
+        With several central instances (docs/scaling.md) every instance holds a copy of the
+        same CA, but each records only what it issued itself; the store's certificate table
+        is what they share. A serial another instance issued and revoked is put on this
+        copy's list too, so every instance's CRL names it. The caller writes the CRL.
+        """
+        new = [serial for serial in revoked if str(serial) not in self._record["revoked"]]
+        for serial in new:
+            self._record["revoked"][str(serial)] = {"at": revoked[serial].isoformat(),
+                                                    "reason": reason.value}
+        if new:
+            self._save()
+        return new
+
     def revoke_device(self, device_id: str, *, now: datetime | None = None) -> list[int]:
         """Revoke every certificate issued to ``device_id``; returns their serials."""
         serials = [int(s) for s, v in self._record["issued"].items()

@@ -187,6 +187,11 @@ class FleetService:
         #: ``ykt central`` sets it False and runs :meth:`RolloutService.run` as one of the
         #: jobs only the holder of central's jobs lease runs (central/leases.py).
         self.scheduler_here = True
+        #: Run the once-only fleet jobs (command expiry, certificate renewals) in
+        #: :meth:`start`; ``ykt central`` sets it False and runs :meth:`run_jobs` under the
+        #: jobs lease. The CRL is kept up to date on every instance regardless.
+        self.jobs_here = True
+        self._revoked_seen = -1  # revoked certificates in the store at the last sync
         self._reload_broker = reload_broker
         self._enroll_session: MqttSession | None = None
         self._enroll_queue: asyncio.Queue[InboundMessage] | None = None
@@ -239,9 +244,11 @@ class FleetService:
         assert broker is not None  # started above
         self._tasks = [
             asyncio.create_task(self._enroll_worker(), name="fleet-enroll"),
-            asyncio.create_task(self._periodic(), name="fleet-expiry"),
+            asyncio.create_task(self._periodic(), name="fleet-crl"),
             asyncio.create_task(broker.supervise(), name="fleet-enroll-broker"),
         ]
+        if self.jobs_here:
+            self._tasks.append(asyncio.create_task(self.run_jobs(), name="fleet-expiry"))
         if self.section.rollout_scheduler and self.scheduler_here:
             self._tasks.append(asyncio.create_task(self.rollouts.run(), name="fleet-rollouts"))
 
@@ -334,6 +341,38 @@ class FleetService:
                 self._reload_broker()
             except Exception:  # a reload failure must not undo a revocation
                 log.exception("device broker reload failed")
+
+    def _active_serials(self, dev: str) -> list[int]:
+        """Certificates of ``dev`` not revoked, whichever instance issued them: this CA
+        copy's record and the store's certificate table (several instances, docs/scaling.md)."""
+        C = self.tables.FleetCert
+        shared = {int(r.serial) for r in C.select(C.serial).where(
+            (C.dev == dev) & C.revoked_at.is_null())}
+        with self._ca_lock:
+            local = set(self.ca.active_serials(dev))
+        return sorted(shared | local)
+
+    def sync_revocations(self) -> int:
+        """Put revocations other instances recorded in the store on this instance's CRL.
+
+        Cheap when nothing changed (one COUNT); runs every second on every instance. Returns
+        how many serials were new here (the CRL was rewritten and the broker reloaded).
+        """
+        C = self.tables.FleetCert
+        n = C.select().where(C.revoked_at.is_null(False)).count()
+        if n == self._revoked_seen:
+            return 0
+        rows = C.select(C.serial, C.revoked_at).where(C.revoked_at.is_null(False)).tuples()
+        revoked = {int(serial): datetime.fromtimestamp(at, UTC) for serial, at in rows}
+        with self._ca_lock:
+            new = self.ca.record_revoked(revoked, x509.ReasonFlags.cessation_of_operation)
+            if new:
+                self.ca.write_crl(now=self._now())
+        self._revoked_seen = n
+        if new:
+            self._reload()
+            log.info("%d certificate(s) revoked by another instance put on the CRL", len(new))
+        return len(new)
 
     def _require_device(self, dev: str) -> Any:
         info = self.store.device(dev) if isinstance(dev, str) else None
@@ -644,9 +683,7 @@ class FleetService:
                     conflict_target=[D.dev], update=values).execute()
                 C.create(serial=str(issued.serial), dev=device_id,
                          not_after=issued.not_after.timestamp(), issued_at=t, source="enroll")
-                with self._ca_lock:
-                    older = [s for s in self.ca.active_serials(device_id)
-                             if s != issued.serial]
+                older = [s for s in self._active_serials(device_id) if s != issued.serial]
                 _dev, _version, _hash, env = self._desired_tx(device_id, now, force=True)
                 assert env is not None
                 answer = status_body(
@@ -714,9 +751,11 @@ class FleetService:
             return
         def at_the_ca() -> None:  # signs CRLs and writes files: off the event loop
             with self._ca_lock:
-                fresh = [s for s in serials if not self.ca.is_revoked(s)]
-                if fresh:
-                    self.ca.revoke_many(fresh, now=now)
+                # Also serials another instance issued (the store's table is what instances
+                # share; each CA copy records only its own issues).
+                if self.ca.record_revoked(dict.fromkeys(serials, now),
+                                          x509.ReasonFlags.cessation_of_operation):
+                    self.ca.write_crl(now=now)
 
         await asyncio.to_thread(at_the_ca)
         C = self.tables.FleetCert
@@ -745,8 +784,7 @@ class FleetService:
         # (cert_renew_in_tx), so the serials read next are all the device will ever have.
         await self._registry_disable(dev)
         await self.store.write(lambda: None)  # a renewal already in the writer is done
-        with self._ca_lock:
-            serials = self.ca.active_serials(dev)
+        serials = self._active_serials(dev)
         await self._revoke_serials(dev, serials, now)
         await self.store.write(lambda: self.store.append_audit_in_tx(
             now, actor, "fleet.revoke", {"dev": dev, "serials": ",".join(map(str, serials))}))
@@ -897,8 +935,7 @@ class FleetService:
         if row is None or row.renew_confirm is None or not row.cert_serial:
             return
         current = str(row.cert_serial)
-        with self._ca_lock:
-            older = [s for s in self.ca.active_serials(dev) if str(s) != current]
+        older = [s for s in self._active_serials(dev) if str(s) != current]
         # Revoked first, the marker cleared after: a crash in between revokes again (the
         # next confirmation or start), never leaves an old certificate valid for good.
         await self._revoke_serials(dev, older, now)
@@ -1402,7 +1439,10 @@ class FleetService:
             await self._confirm_renewal(dev, self._now())
         return len(done)
 
-    async def _periodic(self) -> None:
+    async def run_jobs(self) -> None:
+        """The fleet's once-only work, until cancelled: commands past their ``exp`` expire,
+        certificates near their end are renewed, renewals a crash left are finished. One
+        instance runs it (``ykt central``: under the jobs lease, central/leases.py)."""
         try:
             await self.confirm_left_renewals()
         except Exception:
@@ -1415,6 +1455,18 @@ class FleetService:
                 if (now - self._renew_checked).total_seconds() >= RENEW_CHECK_S:
                     self._renew_checked = now
                     await self.renew_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fleet expiry round failed")
+
+    async def _periodic(self) -> None:
+        """Every instance: revocations from the others onto this CRL, the CRL kept fresh."""
+        while True:
+            await asyncio.sleep(EXPIRY_INTERVAL_S)
+            try:
+                await asyncio.to_thread(self.sync_revocations)
+                now = self._now()
                 if (now - self._crl_written).total_seconds() >= CRL_REFRESH_S:
                     with self._ca_lock:
                         self.ca.write_crl(now=now)
@@ -1423,7 +1475,7 @@ class FleetService:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("fleet expiry round failed")
+                log.exception("keeping the CRL up to date failed")
 
     # ================================================================== views
     def _cert_view(self, dev: str) -> dict[str, Any] | None:
