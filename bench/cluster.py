@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import Procs, machine, percentile, write_section  # noqa: E402
+from common import Procs, machine, open_loop, percentile, write_section  # noqa: E402
 
 from central.broker import (  # noqa: E402
     Listener,
@@ -205,25 +205,6 @@ class Rig:
         self.pg.stop()
 
 
-async def _open_loop(call: Any, rate: float, seconds: float) -> tuple[list[float], int]:
-    loop = asyncio.get_running_loop()
-    lat: list[float] = []
-    errors = 0
-    t0 = loop.time() + 0.05
-
-    async def one(at: float) -> None:
-        nonlocal errors
-        await asyncio.sleep(max(0.0, at - loop.time()))
-        try:
-            await call()
-            lat.append((loop.time() - at) * 1000)
-        except Exception:
-            errors += 1
-
-    await asyncio.gather(*(one(t0 + i / rate) for i in range(int(rate * seconds))))
-    return lat, errors
-
-
 async def _closed_loop(call: Any, seconds: float, lanes: int) -> tuple[float, int]:
     end = time.monotonic() + seconds
     count = errors = 0
@@ -276,7 +257,7 @@ async def run_leg(rig: Rig, args: argparse.Namespace, body: dict[str, Any],
         done = cap * args.seconds
         cpu = {k: (c1[k] - c0[k]) / max(done, 1) * 1e6 for k in c0}  # µs per request
         await asyncio.sleep(1)
-        lat, err = await _open_loop(ours, args.rate, args.seconds)
+        lat, err = await open_loop(ours, args.rate, args.seconds)
         return {"leg": f"{'one' if instances == 1 else 'two'} · "
                        f"{'SQLite' if engine == 'sqlite' else 'PostgreSQL'}",
                 "capacity": cap, "errors": cap_err + err, "p50": percentile(lat, 50),
@@ -307,7 +288,7 @@ async def bench(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             await direct()
         legs: list[dict[str, Any]] = []
         d_cap, d_err = await _closed_loop(direct, args.seconds, args.lanes)
-        d_lat, d_err2 = await _open_loop(direct, args.rate, args.seconds)
+        d_lat, d_err2 = await open_loop(direct, args.rate, args.seconds)
         legs.append({"leg": "direct", "capacity": d_cap, "errors": d_err + d_err2,
                      "p50": percentile(d_lat, 50), "p99": percentile(d_lat, 99)})
         for instances, engine in ((1, "sqlite"), (1, "postgresql"), (2, "postgresql")):

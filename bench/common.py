@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import platform
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PERF_DOC = REPO / "docs" / "performance.md"
@@ -77,3 +79,24 @@ def write_section(title: str, body: str, doc: Path = PERF_DOC) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     doc.write_text(text)
+
+
+async def open_loop(call: Any, rate: float, duration: float) -> tuple[list[float], int]:
+    """Start ``call()`` at ``rate``/s for ``duration`` s; latencies (ms) from the schedule."""
+    loop = asyncio.get_running_loop()
+    n = int(rate * duration)
+    lat: list[float] = []
+    errors = 0
+    t0 = loop.time() + 0.05
+
+    async def one(at: float) -> None:
+        nonlocal errors
+        await asyncio.sleep(max(0.0, at - loop.time()))
+        try:
+            await call()
+            lat.append((loop.time() - at) * 1000)
+        except Exception:
+            errors += 1
+
+    await asyncio.gather(*(one(t0 + i / rate) for i in range(n)))
+    return lat, errors

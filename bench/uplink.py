@@ -41,7 +41,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Procs, machine, percentile, write_section
+from bench.common import Procs, machine, open_loop, percentile, write_section
 from edge.uplink.outbox import Outbox
 from yikatong.protocol.envelope import encode
 from yikatong.protocol.messages import make_request
@@ -179,27 +179,6 @@ def _cpu_procs(site: Site) -> dict[str, int]:
     return out
 
 
-async def _open_loop(call: Any, rate: float, duration: float) -> tuple[list[float], int]:
-    """Start ``call()`` at ``rate``/s for ``duration`` s; latencies (ms) from the schedule."""
-    loop = asyncio.get_running_loop()
-    n = int(rate * duration)
-    lat: list[float] = []
-    errors = 0
-    t0 = loop.time() + 0.05
-
-    async def one(at: float) -> None:
-        nonlocal errors
-        await asyncio.sleep(max(0.0, at - loop.time()))
-        try:
-            await call()
-            lat.append((loop.time() - at) * 1000)
-        except Exception:
-            errors += 1
-
-    await asyncio.gather(*(one(t0 + i / rate) for i in range(n)))
-    return lat, errors
-
-
 async def bench_round_trip(workdir: Path, rates: list[int], duration: float
                            ) -> list[dict[str, Any]]:
     site = Site(workdir)
@@ -253,8 +232,8 @@ async def bench_round_trip(workdir: Path, rates: list[int], duration: float
 
         out: list[dict[str, Any]] = []
         for rate in rates:
-            d_lat, d_err = await _open_loop(direct, rate, duration)
-            o_lat, o_err = await _open_loop(ours, rate, duration)
+            d_lat, d_err = await open_loop(direct, rate, duration)
+            o_lat, o_err = await open_loop(ours, rate, duration)
             out.append({"rate": rate, "n": len(o_lat), "direct_p50": percentile(d_lat, 50),
                         "direct_p99": percentile(d_lat, 99), "ours_p50": percentile(o_lat, 50),
                         "ours_p99": percentile(o_lat, 99), "errors": o_err, "d_errors": d_err})
