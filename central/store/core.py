@@ -29,6 +29,8 @@ __all__ = ["DEVICE_CACHE_S", "MAX_BATCH", "TOUCH_FLUSH_S", "StoreCore"]
 MAX_BATCH = 256  # operations per group commit
 TOUCH_FLUSH_S = 1.0  # last_seen is written at most this often
 DEADLOCK_ATTEMPTS = 3  # runs of a write PostgreSQL keeps picking as a deadlock's victim
+#: PostgreSQL advisory lock every write transaction takes first (see ``_Atomic``).
+WRITE_LOCK = 0x796B7400
 DEVICE_CACHE_S = 5.0  # bounds how long another process's registry write goes unseen
 
 log = logging.getLogger("central.store")
@@ -276,7 +278,17 @@ class _Atomic:
             self._tx = store.db.atomic() if store.dialect.postgres else \
                 store.db.atomic("IMMEDIATE")
             self._tx.__enter__()
-        except BaseException:
+            if store.dialect.postgres and not getattr(store._tx_depth, "n", 0):
+                # Every instance's writes one after the other, as BEGIN IMMEDIATE makes them
+                # on SQLite. Taken first, before any row lock: two instances' batches then
+                # never hold locks the other waits for (a deadlock costs PostgreSQL's
+                # deadlock_timeout, 1 s, each time); platform calls stay outside writes.
+                store.db.connection().execute("SELECT pg_advisory_xact_lock(%s)",
+                                              (WRITE_LOCK,))
+        except BaseException as exc:
+            if self._tx is not None:  # entered, then the lock failed: roll it back
+                with contextlib.suppress(Exception):
+                    self._tx.__exit__(type(exc), exc, exc.__traceback__)
             store._lock.release()
             raise
         depth = store._tx_depth
