@@ -198,6 +198,15 @@ async def test_refused_and_pool_exhausted_mean_never_sent(serve) -> None:
     (b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n", httpx.RemoteProtocolError),
     (b"HTTP/1.1 200 OK\r\ncontent-length: -3\r\n\r\n", httpx.RemoteProtocolError),
     (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", httpx.RemoteProtocolError),
+    # Ambiguous framing (request smuggling / response splitting, RFC 9112 §6.3, §11).
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+     b"2\r\n{}\r\n0\r\n\r\n", httpx.RemoteProtocolError),
+    (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n{}",
+     httpx.RemoteProtocolError),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n", httpx.RemoteProtocolError),
+    (b"HTTP/1.1 200 OK\r\nbad name: x\r\ncontent-length: 2\r\n\r\n{}",
+     httpx.RemoteProtocolError),
+    (b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 200_000 + b"\r\n\r\n", httpx.RemoteProtocolError),
     (b"hang", httpx.ReadTimeout),
 ])
 async def test_a_broken_answer_after_the_request_went_out_is_an_unknown_outcome(
@@ -216,6 +225,22 @@ async def test_a_broken_answer_after_the_request_went_out_is_an_unknown_outcome(
     async with _client(server.url, transport, read=0.2) as c:
         with pytest.raises(error):
             await c.post("/pay", json={"amount_fen": 1})
+    assert transport._pools[("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))].idle == []
+
+
+async def test_a_header_value_with_a_line_break_is_never_sent(serve) -> None:
+    received: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.set_result(await reader.read())  # everything until the client closes
+
+    server = await serve(record)
+    transport = KeepAliveTransport()
+    async with _client(server.url, transport) as c:
+        with pytest.raises(httpx.LocalProtocolError):
+            await c.post("/pay", json={}, headers={"Idempotency-Key": "k\r\nX-Injected: 1"})
+    async with asyncio.timeout(5):
+        assert await received == b""  # the connection opened, closed with no request on it
     assert transport._pools[("http", "127.0.0.1", int(server.url.rsplit(":", 1)[1]))].idle == []
 
 
@@ -245,3 +270,64 @@ async def test_other_schemes_are_refused() -> None:
         await transport.handle_async_request(httpx.Request("GET", "ftp://127.0.0.1/x"))
     with pytest.raises(ValueError, match="max_connections"):
         KeepAliveTransport(max_connections=0)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_an_oversized_answer_is_an_unknown_outcome_and_its_connection_is_closed(
+    serve, framing: str,
+) -> None:
+    payload = b"x" * 4096
+
+    async def big_then_small(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await _request(reader)
+            if head.split(b" ")[1] == b"/small":
+                writer.write(_answer(b"{}"))
+            elif framing == "chunked":
+                writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                             + b"".join(b"400\r\n" + payload[i:i + 1024] + b"\r\n"
+                                       for i in range(0, len(payload), 1024))
+                             + b"0\r\n\r\n")
+            else:
+                writer.write(_answer(payload))
+            await writer.drain()
+
+    server = await serve(big_then_small)
+    transport = KeepAliveTransport(max_body_bytes=2048)
+    async with _client(server.url, transport) as c:
+        assert (await c.get("/small")).json() == {}
+        with pytest.raises(httpx.RemoteProtocolError, match="larger than 2048 bytes"):
+            await c.get("/big")
+        assert (await c.get("/small")).json() == {}
+    assert server.connections == 2  # the connection the big answer was on was not reused
+
+
+async def test_bytes_after_a_complete_answer_end_the_connection(serve) -> None:
+    """A second, unrequested answer must never be taken as the next request's answer."""
+    async def extra_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await _request(reader)
+            writer.write(_answer(b'{"n": 1}') + _answer(b'{"n": 2}'))
+            await writer.drain()
+
+    server = await serve(extra_answer)
+    async with _client(server.url, KeepAliveTransport()) as c:
+        assert (await c.get("/a")).json() == {"n": 1}
+        assert (await c.get("/b")).json() == {"n": 1}
+    assert server.connections == 2
+
+
+async def test_an_http_1_0_answer_is_read_and_its_connection_not_reused(serve) -> None:
+    async def http10(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _request(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+        await writer.drain()
+        await reader.read()  # the server would keep it open: the client must close it
+
+    server = await serve(http10)
+    transport = KeepAliveTransport()
+    async with _client(server.url, transport) as c:
+        r = await c.get("/a")
+        assert (r.json(), r.http_version) == ({}, "HTTP/1.0")
+        assert (await c.get("/b")).json() == {}
+    assert server.connections == 2
