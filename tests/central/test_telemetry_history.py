@@ -371,37 +371,43 @@ def test_two_instances_inserting_while_a_third_rolls_up_lose_and_repeat_nothing(
 @pytest.mark.parametrize("store_engine", ["postgresql"], indirect=True)
 def test_a_rollup_waits_for_a_flush_that_drew_its_ids_but_has_not_committed(
         tmp_path: Path, central_db) -> None:
-    """PostgreSQL: instance A draws raw ids and has not committed; B inserts later ids and
-    commits. A rollup now must not move its watermark past A's ids (they would never be
-    folded in): it waits for A, then folds both."""
+    """PostgreSQL: instance A draws raw ids and has not committed. Instance B's flush and a
+    rollup on instance C must wait for A (every write takes the store's write lock first,
+    central/store/core.py), so the rollup's watermark can never pass A's ids; once A
+    commits, every sample is folded exactly once."""
     target = central_db(tmp_path)
     a, b, c = (open_store(target) for _ in range(3))
     ha, hb, hc = (TelemetryHistory(s, TelemetrySettings(), clock=lambda: T0) for s in (a, b, c))
-    rollup: concurrent.futures.Future[dict[str, int]] | None = None
-    pool = concurrent.futures.ThreadPoolExecutor(1)
+    pool = concurrent.futures.ThreadPoolExecutor(2)
     try:
         with a.atomic():
             ha.insert_in_tx([sample_row("kiosk-a", body(backlog=1), T0)])
-            with b.atomic():  # another thread's connection would do the same: b is its own
-                hb.insert_in_tx([sample_row("kiosk-b", body(backlog=2), T0)])
-            assert rows(c, "SELECT dev FROM telemetry_raw") == [("kiosk-b",)]  # A's unseen
 
+            def flush_b() -> None:
+                with b.atomic():
+                    hb.insert_in_tx([sample_row("kiosk-b", body(backlog=2), T0)])
+
+            flushed = pool.submit(flush_b)
             rollup = pool.submit(hc.rollup)
 
-            def waiting() -> bool:  # the rollup's lock request, queued behind A's
-                return rows(b, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
-                               "AND NOT granted") == [(1,)]
+            def waiting() -> bool:  # both lock requests queued behind A's open write
+                return rows(c, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND NOT granted") == [(2,)]
 
-            wait_until(waiting, 10, what="the rollup waiting for the open flush")
-            assert not rollup.done()
-        assert rollup.result(10) == {"minute": 2, "hour": 2}
+            wait_until(waiting, 10, what="B's flush and the rollup waiting for A's")
+            assert not flushed.done() and not rollup.done()
+            assert rows(c, "SELECT dev FROM telemetry_raw") == []  # nothing committed yet
+        flushed.result(10)
+        rollup.result(10)
+        hc.rollup()  # whichever of B's flush and the first rollup went first
         assert hc.watermarks() == {"minute": 2, "hour": 2}
         for tier in ("minute", "hour"):
             raw, rolled = _raw_vs_tier(c, tier)
             assert rolled == raw
             assert [(r[0], r[2], r[3]) for r in raw] == [("kiosk-a", 1, 1), ("kiosk-b", 1, 2)]
     finally:
-        pool.submit(c.db.close).result(10)  # the rollup thread's connection
+        for _ in range(2):
+            pool.submit(lambda: (b.db.close(), c.db.close())).result(10)
         pool.shutdown(wait=True)
         for s in (a, b, c):
             s.close()
