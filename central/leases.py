@@ -4,7 +4,8 @@ Several ``ykt central`` instances may share one PostgreSQL store (docs/scaling.m
 handling needs no leader — every request is claimed by its own row (central/store) — but a
 few jobs must run once: the payment resolver (it calls the platform about the same
 payments), the hot-list poller and publisher, retention, the telemetry rollup, the
-rollout scheduler and the fleet's command expiry and certificate renewals. They run on the instance holding the ``jobs`` lease.
+rollout scheduler and the fleet's command expiry and certificate renewals. They run on
+the instance holding the ``jobs`` lease.
 
 A lease is one row of ``central_lease``: name, holder (``<client id>/<boot nonce>``), expiry
 and an epoch that grows each time the lease changes hands. Taking or renewing it is a single
